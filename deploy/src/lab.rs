@@ -1,0 +1,754 @@
+//! Building, driving and tearing down a lab: namespaces and veths via `ip`,
+//! daemons and swarm formation via the `shoal` binary, state in `lab.json`.
+
+use std::ffi::OsStr;
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+use crate::{lab_dir, validate_prefix, LabConfig, LabError};
+
+const BRIDGE: &str = "br0";
+const SWARM_PORT: u16 = 2377;
+const SOCKET_TIMEOUT: Duration = Duration::from_secs(20);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One simulated machine of a lab.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LabHost {
+    pub name: String,
+    pub netns: String,
+    pub addr: Ipv4Addr,
+    pub manager: bool,
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    pub pid: Option<u32>,
+}
+
+/// A lab as recorded in `<dir>/lab.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Lab {
+    pub prefix: String,
+    pub shoal_bin: PathBuf,
+    pub dir: PathBuf,
+    pub hosts: Vec<LabHost>,
+}
+
+impl Lab {
+    /// Create the namespaces, start one daemon per host, form the swarm and
+    /// wait until every node is Ready. Leftovers of an earlier lab with the
+    /// same prefix are removed first; on failure everything is removed again.
+    pub fn up(cfg: &LabConfig) -> Result<Lab, LabError> {
+        cfg.validate()?;
+        if lab_dir(&cfg.prefix).exists() || !lab_netns(&cfg.prefix)?.is_empty() {
+            warn!(prefix = %cfg.prefix, "removing leftovers of a previous lab");
+            Lab::down(&cfg.prefix)?;
+        }
+        let mut lab = Lab {
+            prefix: cfg.prefix.clone(),
+            shoal_bin: cfg.shoal_bin.clone(),
+            dir: lab_dir(&cfg.prefix),
+            hosts: Vec::new(),
+        };
+        match lab.build(cfg) {
+            Ok(()) => Ok(lab),
+            Err(err) => {
+                if let Err(down_err) = Lab::down(&cfg.prefix) {
+                    warn!(prefix = %cfg.prefix, error = %down_err, "cleanup after failed lab up");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn build(&mut self, cfg: &LabConfig) -> Result<(), LabError> {
+        create_dir(&self.dir)?;
+        let ul = underlay_netns(&self.prefix);
+        run(Command::new("ip").args(["netns", "add", &ul]))?;
+        run(Command::new("ip").args(["-n", &ul, "link", "add", BRIDGE, "type", "bridge"]))?;
+        run(Command::new("ip").args(["-n", &ul, "link", "set", BRIDGE, "up"]))?;
+
+        for (i, (name, manager)) in host_names(cfg.managers, cfg.workers)
+            .into_iter()
+            .enumerate()
+        {
+            let addr = host_addr(i + 1).ok_or_else(|| LabError::AddressesExhausted {
+                prefix: self.prefix.clone(),
+            })?;
+            let host = self.new_host(name, manager, addr);
+            self.hosts.push(host.clone());
+            self.save()?;
+            self.create_netns(&host)?;
+        }
+
+        // Start every daemon before waiting on any, so their start-up overlaps.
+        let mut children = Vec::new();
+        for i in 0..self.hosts.len() {
+            let child = self.spawn_daemon(&self.hosts[i])?;
+            self.hosts[i].pid = Some(child.id());
+            self.save()?;
+            children.push(child);
+        }
+        for (host, child) in self.hosts.iter().zip(children.iter_mut()) {
+            wait_for_socket(host, child)?;
+        }
+
+        self.form_swarm(cfg)?;
+        self.save()
+    }
+
+    fn form_swarm(&self, cfg: &LabConfig) -> Result<(), LabError> {
+        let first = &self.hosts[0];
+        let leader_addr = format!("{}:{SWARM_PORT}", first.addr);
+        let mut init = vec!["swarm".to_string(), "init".into()];
+        init.extend(["--advertise-addr".into(), leader_addr.clone()]);
+        if let Some(ms) = cfg.heartbeat_ms {
+            init.extend(["--dispatcher-heartbeat".into(), format!("{ms}ms")]);
+        }
+        let init: Vec<&str> = init.iter().map(String::as_str).collect();
+        self.shoal(&first.name, &init)?;
+        let worker_token = self.shoal(&first.name, &["swarm", "join-token", "-q", "worker"])?;
+        let manager_token = self.shoal(&first.name, &["swarm", "join-token", "-q", "manager"])?;
+
+        // Managers strictly one after the other: each join changes raft
+        // membership, and the CLI returns only once the join has completed.
+        let others = self.hosts[1..].iter();
+        for host in others
+            .clone()
+            .filter(|h| h.manager)
+            .chain(others.filter(|h| !h.manager))
+        {
+            let token = if host.manager {
+                &manager_token
+            } else {
+                &worker_token
+            };
+            let advertise = format!("{}:{SWARM_PORT}", host.addr);
+            self.shoal(
+                &host.name,
+                &[
+                    "swarm",
+                    "join",
+                    "--token",
+                    token.trim(),
+                    "--advertise-addr",
+                    &advertise,
+                    &leader_addr,
+                ],
+            )?;
+            info!(host = %host.name, "joined swarm");
+        }
+        self.wait_ready(cfg.ready_timeout)
+    }
+
+    fn wait_ready(&self, timeout: Duration) -> Result<(), LabError> {
+        let expected = self.hosts.len();
+        let deadline = Instant::now() + timeout;
+        let first = &self.hosts[0].name;
+        loop {
+            // Errors are expected while raft settles after the joins; only
+            // the last one matters if we give up.
+            let (ready, last) = match self.shoal(first, &["node", "ls", "--format", "json"]) {
+                Ok(out) => {
+                    let (total, ready) = count_ready(&out);
+                    if total == expected && ready == expected {
+                        return Ok(());
+                    }
+                    (ready, one_line(&out))
+                }
+                Err(err) => (0, err.to_string()),
+            };
+            if Instant::now() >= deadline {
+                return Err(LabError::ClusterNotReady {
+                    expected,
+                    ready,
+                    timeout,
+                    last,
+                });
+            }
+            sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Read `lab.json` of the lab with this prefix.
+    pub fn load(prefix: &str) -> Result<Lab, LabError> {
+        validate_prefix(prefix)?;
+        let path = state_file(&lab_dir(prefix));
+        let data = fs::read(&path).map_err(|source| LabError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&data).map_err(|source| LabError::State { path, source })
+    }
+
+    /// Remove every trace of the lab: its daemons, namespaces and state dir.
+    /// Does not rely on `lab.json` being present or intact.
+    pub fn down(prefix: &str) -> Result<(), LabError> {
+        validate_prefix(prefix)?;
+        let dir = lab_dir(prefix);
+        if state_file(&dir).exists() {
+            match Lab::load(prefix) {
+                Ok(lab) => {
+                    for host in &lab.hosts {
+                        if let Some(pid) = host.pid {
+                            kill_daemon_pid(pid, &host.name, true, |d| d == host.data_dir)?;
+                        }
+                    }
+                }
+                Err(err) => warn!(error = %err, "ignoring unreadable lab state"),
+            }
+        }
+        // Catches daemons whose pid never made it into lab.json (crash
+        // between spawn and save, or a corrupt state file).
+        let own = std::process::id();
+        for pid in proc_pids().into_iter().filter(|&p| p != own) {
+            kill_daemon_pid(pid, "unrecorded lab daemon", true, |d| d.starts_with(&dir))?;
+        }
+        for ns in lab_netns(prefix)? {
+            run(Command::new("ip").args(["netns", "del", &ns]))?;
+        }
+        match fs::remove_dir_all(&dir) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => Err(LabError::Io {
+                path: dir,
+                source: err,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn host(&self, name: &str) -> Result<&LabHost, LabError> {
+        self.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .ok_or_else(|| LabError::UnknownHost {
+                prefix: self.prefix.clone(),
+                host: name.to_string(),
+            })
+    }
+
+    fn host_mut(&mut self, name: &str) -> Result<&mut LabHost, LabError> {
+        self.host(name)?;
+        Ok(self
+            .hosts
+            .iter_mut()
+            .find(|h| h.name == name)
+            .expect("host checked above"))
+    }
+
+    fn exec_command(&self, host: &str, argv: &[String]) -> Result<Command, LabError> {
+        let h = self.host(host)?;
+        if argv.is_empty() {
+            return Err(LabError::EmptyCommand {
+                host: host.to_string(),
+            });
+        }
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &h.netns])
+            .args(argv)
+            .env("SHOAL_HOST", unix_url(&h.socket));
+        Ok(cmd)
+    }
+
+    /// Run a command inside host's netns with SHOAL_HOST=unix://<its socket> set.
+    pub fn exec(&self, host: &str, argv: &[String]) -> Result<Output, LabError> {
+        let mut cmd = self.exec_command(host, argv)?;
+        cmd.stdin(Stdio::null())
+            .output()
+            .map_err(|source| spawn_err(&cmd, source))
+    }
+
+    /// Like [`Lab::exec`] but with the caller's stdio, for interactive use.
+    pub fn exec_status(&self, host: &str, argv: &[String]) -> Result<ExitStatus, LabError> {
+        let mut cmd = self.exec_command(host, argv)?;
+        cmd.status().map_err(|source| spawn_err(&cmd, source))
+    }
+
+    /// Run `shoal -H unix://<sock> <args>` in host's netns; stdout on success.
+    pub fn shoal(&self, host: &str, args: &[&str]) -> Result<String, LabError> {
+        let h = self.host(host)?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &h.netns])
+            .arg(&self.shoal_bin)
+            .arg("-H")
+            .arg(unix_url(&h.socket))
+            .args(args);
+        run(&mut cmd)
+    }
+
+    /// SIGKILL the host's daemon (after checking the pid is still it) and
+    /// wait for it to be gone, simulating a crash.
+    pub fn kill_daemon(&mut self, host: &str) -> Result<(), LabError> {
+        let h = self.host_mut(host)?;
+        if let Some(pid) = h.pid.take() {
+            let data_dir = h.data_dir.clone();
+            let name = h.name.clone();
+            kill_daemon_pid(pid, &name, false, |d| d == data_dir)?;
+        }
+        self.save()
+    }
+
+    /// Start the host's daemon again on its existing data dir and socket.
+    pub fn start_daemon(&mut self, host: &str) -> Result<(), LabError> {
+        let h = self.host(host)?.clone();
+        if let Some(pid) = h.pid.filter(|&p| is_daemon_of(p, &h.data_dir)) {
+            return Err(LabError::DaemonRunning { host: h.name, pid });
+        }
+        // A daemon killed with SIGKILL leaves its socket file behind, which
+        // would make the readiness check below pass too early.
+        remove_file_if_exists(&h.socket)?;
+        let mut child = self.spawn_daemon(&h)?;
+        self.host_mut(host)?.pid = Some(child.id());
+        self.save()?;
+        wait_for_socket(&h, &mut child)
+    }
+
+    /// Add a host with its own namespace and running daemon, not yet part of
+    /// the swarm (tests join it explicitly). Returns its name.
+    pub fn add_host(&mut self, manager: bool) -> Result<String, LabError> {
+        let letter = if manager { 'm' } else { 'w' };
+        let number = self
+            .hosts
+            .iter()
+            .filter_map(|h| h.name.strip_prefix(letter)?.parse::<usize>().ok())
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let next_octet = self
+            .hosts
+            .iter()
+            .map(|h| h.addr.octets()[3])
+            .max()
+            .unwrap_or(10);
+        let addr = next_octet
+            .checked_add(1)
+            .filter(|&o| o < 255)
+            .map(|o| Ipv4Addr::new(192, 168, 77, o))
+            .ok_or_else(|| LabError::AddressesExhausted {
+                prefix: self.prefix.clone(),
+            })?;
+        let host = self.new_host(format!("{letter}{number}"), manager, addr);
+        let name = host.name.clone();
+        // Recorded before anything is created so that `down` sees it even if
+        // we fail half-way.
+        self.hosts.push(host.clone());
+        self.save()?;
+        self.create_netns(&host)?;
+        let mut child = self.spawn_daemon(&host)?;
+        self.host_mut(&name)?.pid = Some(child.id());
+        self.save()?;
+        wait_for_socket(&host, &mut child)?;
+        Ok(name)
+    }
+
+    /// Write `lab.json`, atomically so that a crash never leaves half a file.
+    pub fn save(&self) -> Result<(), LabError> {
+        let path = state_file(&self.dir);
+        let tmp = path.with_extension("json.tmp");
+        let data = serde_json::to_vec_pretty(self).map_err(|source| LabError::State {
+            path: path.clone(),
+            source,
+        })?;
+        fs::write(&tmp, data).map_err(|source| LabError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        fs::rename(&tmp, &path).map_err(|source| LabError::Io { path, source })
+    }
+
+    fn new_host(&self, name: String, manager: bool, addr: Ipv4Addr) -> LabHost {
+        let dir = self.dir.join(&name);
+        LabHost {
+            netns: format!("{}-{name}", self.prefix),
+            addr,
+            manager,
+            data_dir: dir.join("data"),
+            socket: dir.join("shoal.sock"),
+            log: dir.join("daemon.log"),
+            pid: None,
+            name,
+        }
+    }
+
+    fn create_netns(&self, host: &LabHost) -> Result<(), LabError> {
+        let ul = underlay_netns(&self.prefix);
+        let ns = host.netns.as_str();
+        let peer = format!("v{}", host.name);
+        let cidr = format!("{}/24", host.addr);
+        run(Command::new("ip").args(["netns", "add", ns]))?;
+        run(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]))?;
+        run(Command::new("ip").args([
+            "netns", "exec", &ul, "ip", "link", "add", &peer, "type", "veth", "peer", "name",
+            "eth0", "netns", ns,
+        ]))?;
+        run(Command::new("ip").args(["-n", &ul, "link", "set", &peer, "master", BRIDGE]))?;
+        run(Command::new("ip").args(["-n", &ul, "link", "set", &peer, "up"]))?;
+        run(Command::new("ip").args(["-n", ns, "addr", "add", &cidr, "dev", "eth0"]))?;
+        run(Command::new("ip").args(["-n", ns, "link", "set", "eth0", "up"]))?;
+        Ok(())
+    }
+
+    fn spawn_daemon(&self, host: &LabHost) -> Result<Child, LabError> {
+        create_dir(&host.data_dir)?;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&host.log)
+            .map_err(|source| io_err(&host.log, source))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|source| io_err(&host.log, source))?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &host.netns])
+            .arg(&self.shoal_bin)
+            .arg("daemon")
+            .arg("--data-dir")
+            .arg(&host.data_dir)
+            .arg("--socket")
+            .arg(&host.socket)
+            .arg("--hostname")
+            .arg(&host.name)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        // SAFETY: setsid is async-signal-safe and touches no memory. A session
+        // of its own detaches the daemon from our terminal, so it outlives
+        // `shoal lab up` and ignores a Ctrl-C aimed at the CLI.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| spawn_err(&cmd, source))?;
+        debug!(host = %host.name, pid = child.id(), "daemon started");
+        Ok(child)
+    }
+}
+
+/// Host names in address order: managers `m1..`, then workers `w1..`.
+fn host_names(managers: usize, workers: usize) -> Vec<(String, bool)> {
+    let m = (1..=managers).map(|i| (format!("m{i}"), true));
+    let w = (1..=workers).map(|i| (format!("w{i}"), false));
+    m.chain(w).collect()
+}
+
+/// Address of the `index`-th host (1-based), if it still fits the /24.
+fn host_addr(index: usize) -> Option<Ipv4Addr> {
+    u8::try_from(10 + index)
+        .ok()
+        .filter(|&o| o < 255)
+        .map(|o| Ipv4Addr::new(192, 168, 77, o))
+}
+
+fn underlay_netns(prefix: &str) -> String {
+    format!("{prefix}-ul")
+}
+
+/// Whether `ns` is one of the namespaces a lab with `prefix` creates.
+fn is_lab_netns(ns: &str, prefix: &str) -> bool {
+    let Some(rest) = ns.strip_prefix(prefix).and_then(|r| r.strip_prefix('-')) else {
+        return false;
+    };
+    if rest == "ul" {
+        return true;
+    }
+    let digits = rest.strip_prefix(['m', 'w']).unwrap_or("");
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn lab_netns(prefix: &str) -> Result<Vec<String>, LabError> {
+    let out = run(Command::new("ip").args(["netns", "list"]))?;
+    // Lines look like "name" or "name (id: 3)".
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|ns| is_lab_netns(ns, prefix))
+        .map(str::to_string)
+        .collect())
+}
+
+/// The `--data-dir` argument of a NUL-separated `/proc/<pid>/cmdline`; it
+/// identifies a lab daemon more reliably than any process name.
+fn daemon_data_dir(cmdline: &[u8]) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut args = cmdline.split(|&b| b == 0);
+    args.by_ref().find(|a| *a == b"--data-dir")?;
+    args.next()
+        .filter(|a| !a.is_empty())
+        .map(|a| PathBuf::from(OsStr::from_bytes(a)))
+}
+
+fn is_daemon_of(pid: u32, data_dir: &Path) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()
+        .and_then(|c| daemon_data_dir(&c))
+        .is_some_and(|d| d == data_dir)
+}
+
+fn proc_pids() -> Vec<u32> {
+    fs::read_dir("/proc")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// SIGKILL `pid` if its `--data-dir` satisfies `is_ours`, then wait until
+/// it is gone. With `group`, the daemon's process group (it is the leader,
+/// see `spawn_daemon`) goes too, taking anything the daemon started with it.
+fn kill_daemon_pid(
+    pid: u32,
+    what: &str,
+    group: bool,
+    is_ours: impl Fn(&Path) -> bool,
+) -> Result<(), LabError> {
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return Ok(());
+    };
+    if !daemon_data_dir(&cmdline).is_some_and(|d| is_ours(&d)) {
+        return Ok(());
+    }
+    let Ok(raw) = libc::pid_t::try_from(pid) else {
+        return Ok(());
+    };
+    // SAFETY: plain syscalls on a pid whose identity was checked just above.
+    unsafe {
+        if group && libc::getpgid(raw) == raw {
+            libc::kill(-raw, libc::SIGKILL);
+        }
+        libc::kill(raw, libc::SIGKILL);
+    }
+    debug!(pid, what, "sent SIGKILL");
+    let deadline = Instant::now() + EXIT_TIMEOUT;
+    loop {
+        // If we spawned it ourselves it lingers as a zombie until reaped;
+        // for anyone else's child this fails with ECHILD, which is fine.
+        // SAFETY: a null status pointer is allowed by waitpid.
+        unsafe { libc::waitpid(raw, std::ptr::null_mut(), libc::WNOHANG) };
+        if !is_running(pid) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(LabError::KillTimeout {
+                pid,
+                what: what.to_string(),
+                timeout: EXIT_TIMEOUT,
+            });
+        }
+        sleep(Duration::from_millis(20));
+    }
+}
+
+/// Exists and is not a zombie (a zombie nobody reaps is as good as gone).
+fn is_running(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the parenthesised command name, which may itself
+    // contain spaces and parentheses.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, r)| r.trim_start().chars().next());
+    !matches!(state, Some('Z' | 'X') | None)
+}
+
+fn wait_for_socket(host: &LabHost, child: &mut Child) -> Result<(), LabError> {
+    let deadline = Instant::now() + SOCKET_TIMEOUT;
+    loop {
+        if host.socket.exists() && UnixStream::connect(&host.socket).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(LabError::DaemonExited {
+                host: host.name.clone(),
+                status,
+                last_log: last_line(&host.log),
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(LabError::DaemonNotReady {
+                host: host.name.clone(),
+                socket: host.socket.clone(),
+                log: host.log.clone(),
+                timeout: SOCKET_TIMEOUT,
+            });
+        }
+        sleep(Duration::from_millis(50));
+    }
+}
+
+/// (lines, lines with Status "Ready") of `node ls --format json` output.
+fn count_ready(out: &str) -> (usize, usize) {
+    let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    let ready = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("Status").and_then(|s| s.as_str()) == Some("Ready"))
+        .count();
+    (lines.len(), ready)
+}
+
+/// Run to completion; stdout on success, otherwise the command line and stderr.
+fn run(cmd: &mut Command) -> Result<String, LabError> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| spawn_err(cmd, source))?;
+    if !out.status.success() {
+        return Err(LabError::CommandFailed {
+            cmd: command_line(cmd),
+            status: out.status,
+            stderr: one_line(&String::from_utf8_lossy(&out.stderr)),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn command_line(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Multi-line output squeezed into one line for an error message.
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+fn last_line(path: &Path) -> String {
+    fs::read_to_string(path)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
+fn unix_url(socket: &Path) -> String {
+    format!("unix://{}", socket.display())
+}
+
+fn state_file(dir: &Path) -> PathBuf {
+    dir.join("lab.json")
+}
+
+fn create_dir(path: &Path) -> Result<(), LabError> {
+    fs::create_dir_all(path).map_err(|source| io_err(path, source))
+}
+
+fn remove_file_if_exists(path: &Path) -> Result<(), LabError> {
+    match fs::remove_file(path) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(io_err(path, err)),
+        _ => Ok(()),
+    }
+}
+
+fn io_err(path: &Path, source: io::Error) -> LabError {
+    LabError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn spawn_err(cmd: &Command, source: io::Error) -> LabError {
+    LabError::Spawn {
+        cmd: command_line(cmd),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_addresses() {
+        let names = host_names(2, 3);
+        let got: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(got, ["m1", "m2", "w1", "w2", "w3"]);
+        assert_eq!(names.iter().filter(|(_, m)| *m).count(), 2);
+        assert_eq!(host_addr(1), Some(Ipv4Addr::new(192, 168, 77, 11)));
+        assert_eq!(host_addr(57), Some(Ipv4Addr::new(192, 168, 77, 67)));
+        assert_eq!(host_addr(244), Some(Ipv4Addr::new(192, 168, 77, 254)));
+        assert_eq!(host_addr(245), None);
+    }
+
+    #[test]
+    fn netns_matching() {
+        for ns in ["lab-ul", "lab-m1", "lab-w12"] {
+            assert!(is_lab_netns(ns, "lab"), "{ns}");
+        }
+        for ns in [
+            "lab-x1", "lab-m", "lab-m1a", "labx-m1", "lab2-m1", "lab", "lab-", "other-ul",
+        ] {
+            assert!(!is_lab_netns(ns, "lab"), "{ns}");
+        }
+    }
+
+    #[test]
+    fn cmdline_matching() {
+        let daemon = b"ip\0netns\0exec\0t-m1\0/bin/shoal\0daemon\0--data-dir\0/run/shoal-lab/t/m1/data\0--socket\0/run/shoal-lab/t/m1/shoal.sock\0";
+        let dir = daemon_data_dir(daemon).unwrap();
+        assert_eq!(dir, Path::new("/run/shoal-lab/t/m1/data"));
+        assert!(dir.starts_with(lab_dir("t")));
+        // Path::starts_with compares whole components, so a lab named "t"
+        // never claims the daemons of lab "tt".
+        assert!(!dir.starts_with(lab_dir("tt")));
+        assert!(!Path::new("/run/shoal-lab/tt/m1/data").starts_with(lab_dir("t")));
+        assert_eq!(
+            daemon_data_dir(b"tail\0-f\0/run/shoal-lab/t/m1/daemon.log\0"),
+            None
+        );
+        assert_eq!(daemon_data_dir(b"shoal\0daemon\0--data-dir\0"), None);
+        assert_eq!(daemon_data_dir(b""), None);
+    }
+
+    #[test]
+    fn ready_counting() {
+        let out = concat!(
+            r#"{"ID":"a","Hostname":"m1","Status":"Ready","Availability":"Active","ManagerStatus":"Leader"}"#,
+            "\n",
+            r#"{"ID":"b","Hostname":"w1","Status":"Down","Availability":"Active","ManagerStatus":""}"#,
+            "\n\n",
+            "not json\n",
+        );
+        assert_eq!(count_ready(out), (3, 1));
+        assert_eq!(count_ready(""), (0, 0));
+    }
+
+    #[test]
+    fn error_messages_are_single_line() {
+        assert_eq!(
+            one_line("  Error: no\n\n  hint: x \n"),
+            "Error: no | hint: x"
+        );
+        let cmd = {
+            let mut c = Command::new("ip");
+            c.args(["netns", "add", "t-ul"]);
+            c
+        };
+        assert_eq!(command_line(&cmd), "ip netns add t-ul");
+    }
+}
