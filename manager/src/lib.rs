@@ -1,1 +1,19 @@
-//! placeholder
+//! The manager: the replicated store and the components that run on it.
+//!
+//! Cut as swarmkit cuts it: [`store`] (typed tables changed only through Raft), [`raft`]
+//! (openraft, on disk, over gRPC), [`ca`] (certificates and join tokens), [`controlapi`]
+//! (validated CRUD for the CLI), [`dispatcher`] (the session every node holds with the
+//! leader), [`membership`] (raft voters follow the nodes' roles). Components talk only through
+//! the store. Leader-only loops start when this node gains leadership and stop when it loses
+//! it ([`manager::Manager`]).
+
+pub mod auth;
+pub mod ca;
+pub mod controlapi;
+pub mod dispatcher;
+pub mod manager;
+pub mod membership;
+pub mod raft;
+pub mod store;
+
+pub use manager::{Manager, ManagerConfig};

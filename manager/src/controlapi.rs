@@ -1,0 +1,273 @@
+//! The control API's cluster calls: validation, then a transaction through raft.
+//!
+//! Runs on the leader; on a follower each call is forwarded to the leader over mutual TLS with
+//! this manager's certificate, so the CLI can talk to any manager.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::pb;
+use proto::pb::control_client::ControlClient;
+use proto::security::{JoinToken, Role};
+use tonic::transport::Channel;
+use tonic::Status;
+
+use crate::manager::{now_ms, pb_node, update_with_retry, Manager};
+use crate::store::{Availability, Kind, NodeState, Object, Op, StoreData, Txn};
+
+/// Shortest heartbeat period and certificate validity a cluster accepts.
+pub const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+pub const MIN_CERT_EXPIRY: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub struct ControlApi {
+    pub mgr: Arc<Manager>,
+}
+
+fn pb_cluster(c: &crate::store::Cluster) -> pb::ClusterInfo {
+    pb::ClusterInfo {
+        id: c.id.clone(),
+        heartbeat_period_ms: c.heartbeat_period_ms,
+        cert_expiry_ms: c.cert_expiry_ms,
+        root_ca_digest: c.root_ca.digest().unwrap_or_default(),
+        created_at_ms: c.created_at_ms,
+        version: c.version,
+    }
+}
+
+fn cluster_of(d: &StoreData) -> Result<crate::store::Cluster, Status> {
+    d.cluster
+        .clone()
+        .ok_or_else(|| Status::failed_precondition("the swarm is not initialised yet"))
+}
+
+/// Validate cluster settings a user typed.
+pub fn validate_settings(heartbeat_ms: u64, cert_expiry_ms: u64) -> Result<(), Status> {
+    if heartbeat_ms != 0 && Duration::from_millis(heartbeat_ms) < MIN_HEARTBEAT {
+        return Err(Status::invalid_argument(format!(
+            "--dispatcher-heartbeat must be at least {}ms",
+            MIN_HEARTBEAT.as_millis()
+        )));
+    }
+    if cert_expiry_ms != 0 && Duration::from_millis(cert_expiry_ms) < MIN_CERT_EXPIRY {
+        return Err(Status::invalid_argument(format!(
+            "--cert-expiry must be at least {}s",
+            MIN_CERT_EXPIRY.as_secs()
+        )));
+    }
+    Ok(())
+}
+
+impl ControlApi {
+    pub fn new(mgr: Arc<Manager>) -> ControlApi {
+        ControlApi { mgr }
+    }
+
+    /// `Some(client)` when the call must go to the leader.
+    fn leader(&self) -> Result<Option<ControlClient<Channel>>, Status> {
+        if self.mgr.is_leader() {
+            Ok(None)
+        } else {
+            Ok(Some(ControlClient::new(self.mgr.leader_channel()?)))
+        }
+    }
+
+    pub async fn get_cluster(&self) -> Result<pb::ClusterInfo, Status> {
+        if let Some(mut c) = self.leader()? {
+            return Ok(c.get_cluster(pb::Empty {}).await?.into_inner());
+        }
+        self.mgr.linearizable().await?;
+        self.mgr.store.view(|d| cluster_of(d).map(|c| pb_cluster(&c)))
+    }
+
+    pub async fn update_cluster(
+        &self,
+        req: pb::UpdateClusterRequest,
+    ) -> Result<pb::ClusterInfo, Status> {
+        if let Some(mut c) = self.leader()? {
+            return Ok(c.update_cluster(req).await?.into_inner());
+        }
+        validate_settings(req.heartbeat_period_ms, req.cert_expiry_ms)?;
+        update_with_retry(&self.mgr, |d| {
+            let mut c = cluster_of(d)?;
+            if req.heartbeat_period_ms != 0 {
+                c.heartbeat_period_ms = req.heartbeat_period_ms;
+            }
+            if req.cert_expiry_ms != 0 {
+                c.cert_expiry_ms = req.cert_expiry_ms;
+            }
+            Ok(Txn::new(vec![Op::Update(Object::Cluster(c))]))
+        })
+        .await?;
+        self.mgr.store.view(|d| cluster_of(d).map(|c| pb_cluster(&c)))
+    }
+
+    pub async fn get_join_tokens(
+        &self,
+        req: pb::GetJoinTokensRequest,
+    ) -> Result<pb::JoinTokens, Status> {
+        if let Some(mut c) = self.leader()? {
+            return Ok(c.get_join_tokens(req).await?.into_inner());
+        }
+        if req.rotate_worker || req.rotate_manager {
+            update_with_retry(&self.mgr, |d| {
+                let mut c = cluster_of(d)?;
+                let digest = c
+                    .root_ca
+                    .digest()
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                if req.rotate_worker {
+                    c.worker_token = JoinToken::generate(&digest).to_string();
+                }
+                if req.rotate_manager {
+                    c.manager_token = JoinToken::generate(&digest).to_string();
+                }
+                Ok(Txn::new(vec![Op::Update(Object::Cluster(c))]))
+            })
+            .await?;
+        } else {
+            self.mgr.linearizable().await?;
+        }
+        self.mgr.store.view(|d| {
+            let c = cluster_of(d)?;
+            Ok(pb::JoinTokens {
+                worker: c.worker_token,
+                manager: c.manager_token,
+            })
+        })
+    }
+
+    pub async fn list_nodes(&self) -> Result<pb::ListNodesResponse, Status> {
+        if let Some(mut c) = self.leader()? {
+            return Ok(c.list_nodes(pb::Empty {}).await?.into_inner());
+        }
+        self.mgr.linearizable().await?;
+        let leader = self.mgr.leader_id();
+        Ok(self.mgr.store.view(|d| pb::ListNodesResponse {
+            nodes: d.nodes.values().map(|n| pb_node(n, leader)).collect(),
+        }))
+    }
+
+    pub async fn get_node(&self, req: pb::GetNodeRequest) -> Result<pb::Node, Status> {
+        if let Some(mut c) = self.leader()? {
+            return Ok(c.get_node(req).await?.into_inner());
+        }
+        self.mgr.linearizable().await?;
+        let leader = self.mgr.leader_id();
+        self.mgr.store.view(|d| {
+            d.find_node(&req.id)
+                .map(|n| pb_node(n, leader))
+                .map_err(|e| Status::not_found(e.to_string()))
+        })
+    }
+
+    pub async fn update_node(&self, req: pb::UpdateNodeRequest) -> Result<pb::Node, Status> {
+        if let Some(mut c) = self.leader()? {
+            return Ok(c.update_node(req).await?.into_inner());
+        }
+        let availability = match req.availability.as_str() {
+            "" => None,
+            s => Some(Availability::parse(s).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "invalid availability {s:?}: expected active, pause or drain"
+                ))
+            })?),
+        };
+        let role = match req.desired_role.as_str() {
+            "" => None,
+            s => Some(s.parse::<Role>().map_err(Status::invalid_argument)?),
+        };
+        let mut adds = Vec::new();
+        for l in &req.label_add {
+            let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+            if k.is_empty() {
+                return Err(Status::invalid_argument(format!(
+                    "invalid label {l:?}: expected key=value"
+                )));
+            }
+            adds.push((k.to_string(), v.to_string()));
+        }
+        let mut id = String::new();
+        update_with_retry(&self.mgr, |d| {
+            let mut n = d
+                .find_node(&req.id)
+                .map_err(|e| Status::not_found(e.to_string()))?
+                .clone();
+            id = n.id.clone();
+            if let Some(a) = availability {
+                n.availability = a;
+            }
+            if let Some(r) = role {
+                if r == Role::Worker && n.desired_role == Role::Manager {
+                    let managers = d
+                        .nodes
+                        .values()
+                        .filter(|m| m.desired_role == Role::Manager)
+                        .count();
+                    if managers <= 1 {
+                        return Err(Status::failed_precondition(format!(
+                            "node {} is the last manager of the swarm and cannot be demoted",
+                            n.id
+                        )));
+                    }
+                }
+                n.desired_role = r;
+            }
+            for k in &req.label_rm {
+                if n.labels.remove(k).is_none() {
+                    return Err(Status::invalid_argument(format!(
+                        "label {k:?} does not exist on node {}",
+                        n.id
+                    )));
+                }
+            }
+            for (k, v) in &adds {
+                n.labels.insert(k.clone(), v.clone());
+            }
+            n.updated_at_ms = now_ms();
+            Ok(Txn::new(vec![Op::Update(Object::Node(n))]))
+        })
+        .await?;
+        let leader = self.mgr.leader_id();
+        self.mgr.store.view(|d| {
+            d.nodes
+                .get(&id)
+                .map(|n| pb_node(n, leader))
+                .ok_or_else(|| Status::not_found(format!("node {id} not found")))
+        })
+    }
+
+    pub async fn remove_node(&self, req: pb::RemoveNodeRequest) -> Result<pb::Empty, Status> {
+        if let Some(mut c) = self.leader()? {
+            return Ok(c.remove_node(req).await?.into_inner());
+        }
+        update_with_retry(&self.mgr, |d| {
+            let n = d
+                .find_node(&req.id)
+                .map_err(|e| Status::not_found(e.to_string()))?;
+            if n.role == Role::Manager || n.desired_role == Role::Manager {
+                return Err(Status::failed_precondition(format!(
+                    "node {} is a cluster manager and a member of the raft cluster; demote it to worker before removal",
+                    n.id
+                )));
+            }
+            if n.state != NodeState::Down && !req.force {
+                return Err(Status::failed_precondition(format!(
+                    "node {} is not down and can't be removed; stop it first or use --force",
+                    n.id
+                )));
+            }
+            let mut c = cluster_of(d)?;
+            c.removed_nodes.insert(n.id.clone());
+            Ok(Txn::new(vec![
+                Op::Delete {
+                    kind: Kind::Node,
+                    id: n.id.clone(),
+                },
+                Op::Update(Object::Cluster(c)),
+            ]))
+        })
+        .await?;
+        Ok(pb::Empty {})
+    }
+}

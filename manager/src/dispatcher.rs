@@ -1,0 +1,253 @@
+//! The dispatcher: one session stream per node, held with the leader.
+//!
+//! A node registers (its description), then heartbeats every period; each heartbeat is
+//! answered with the session state the node needs (heartbeat period, manager addresses, the
+//! leader, its desired role). Liveness is tracked in memory on the leader and only
+//! transitions are written to the store: a node is Ready when it registers and Down once it
+//! has missed three periods. A new leader gives every node a full grace period before
+//! judging it, so a failover does not mark the cluster down.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proto::pb;
+use proto::security::Role;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::Caller;
+use crate::manager::{now_ms, update_with_retry, Manager};
+use crate::store::{NodeDescription, NodeState, Object, Op, Store, Txn};
+
+/// Missed heartbeat periods after which a node is Down.
+pub const MISSED_PERIODS: u32 = 3;
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+
+pub struct Dispatcher {
+    store: Store,
+    last_seen: Mutex<HashMap<String, Instant>>,
+}
+
+impl Dispatcher {
+    pub fn new(store: Store) -> Dispatcher {
+        Dispatcher {
+            store,
+            last_seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn seen(&self, node: &str) {
+        self.last_seen
+            .lock()
+            .expect("dispatcher lock")
+            .insert(node.to_string(), Instant::now());
+    }
+
+    fn period(&self) -> Duration {
+        self.store
+            .view(|d| d.cluster.as_ref().map(|c| c.heartbeat_period_ms))
+            .map(Duration::from_millis)
+            .unwrap_or(DEFAULT_HEARTBEAT)
+    }
+
+    /// Leader-only: marks nodes Down after missed heartbeats.
+    pub async fn monitor(self: Arc<Self>, mgr: Arc<Manager>, cancel: CancellationToken) {
+        // Grace: everyone counts as seen when this leader starts.
+        {
+            let now = Instant::now();
+            let mut seen = self.last_seen.lock().expect("dispatcher lock");
+            seen.clear();
+            for id in self.store.view(|d| d.nodes.keys().cloned().collect::<Vec<_>>()) {
+                seen.insert(id, now);
+            }
+        }
+        loop {
+            let period = self.period();
+            let tick = (period / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(tick) => {}
+            }
+            let limit = period * MISSED_PERIODS;
+            let now = Instant::now();
+            let expired: Vec<String> = {
+                let mut seen = self.last_seen.lock().expect("dispatcher lock");
+                self.store.view(|d| {
+                    d.nodes
+                        .values()
+                        .filter(|n| n.state != NodeState::Down)
+                        .filter(|n| {
+                            let t = *seen.entry(n.id.clone()).or_insert(now);
+                            now.duration_since(t) > limit
+                        })
+                        .map(|n| n.id.clone())
+                        .collect()
+                })
+            };
+            for id in expired {
+                tracing::info!(node = %id, "heartbeat expired: node down");
+                let res = set_state(&mgr, &id, NodeState::Down, "heartbeat failure", None).await;
+                if let Err(e) = res {
+                    tracing::debug!(node = %id, error = %e, "could not mark node down");
+                }
+            }
+        }
+    }
+
+    fn session_message(&self, mgr: &Manager, node_id: &str) -> pb::SessionMessage {
+        let (desired_role, raft_id) = self.store.view(|d| {
+            d.nodes
+                .get(node_id)
+                .map(|n| (n.desired_role, n.raft_id))
+                .unwrap_or((Role::Worker, 0))
+        });
+        pb::SessionMessage {
+            heartbeat_period_ms: self.period().as_millis() as u64,
+            managers: mgr.manager_addrs(),
+            leader_addr: mgr.leader_addr().unwrap_or_default(),
+            desired_role: desired_role.as_str().into(),
+            raft_id,
+        }
+    }
+}
+
+async fn set_state(
+    mgr: &Manager,
+    id: &str,
+    state: NodeState,
+    message: &str,
+    description: Option<&NodeDescription>,
+) -> Result<(), Status> {
+    update_with_retry(mgr, |d| {
+        let mut n = d
+            .nodes
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("node {id} is not part of the swarm")))?;
+        n.state = state;
+        n.status_message = message.to_string();
+        if let Some(desc) = description {
+            let mut desc = desc.clone();
+            desc.engine_version = env!("CARGO_PKG_VERSION").into();
+            n.description = desc;
+        }
+        n.updated_at_ms = now_ms();
+        Ok(Txn::new(vec![Op::Update(Object::Node(n))]))
+    })
+    .await
+    .map(|_| ())
+}
+
+pub struct DispatcherService {
+    mgr: Arc<Manager>,
+}
+
+pub fn service(mgr: Arc<Manager>) -> pb::dispatcher_server::DispatcherServer<DispatcherService> {
+    pb::dispatcher_server::DispatcherServer::new(DispatcherService { mgr })
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::dispatcher_server::Dispatcher for DispatcherService {
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<pb::SessionRequest>>,
+    ) -> Result<Response<SessionStream>, Status> {
+        let mgr = self.mgr.clone();
+        let Caller::Node(cert) = mgr.auth.node(&req)? else {
+            return Err(Status::unauthenticated("a session needs a node certificate"));
+        };
+        if !mgr.is_leader() {
+            return Err(mgr.not_leader());
+        }
+        let mut inbound = req.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("session closed before registering"))?;
+        let Some(pb::session_request::Msg::Register(reg)) = first.msg else {
+            return Err(Status::invalid_argument("the first session message must be Register"));
+        };
+        let d = reg.description.unwrap_or_default();
+        let registered_addr = mgr
+            .store
+            .view(|s| s.nodes.get(&cert.node_id).map(|n| n.description.addr.clone()))
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "node {} is not part of the swarm (was it removed?)",
+                    cert.node_id
+                ))
+            })?;
+        let desc = NodeDescription {
+            hostname: d.hostname,
+            // The address is fixed at join: raft and peers rely on it.
+            addr: registered_addr,
+            platform: d.platform,
+            engine_version: d.engine_version,
+        };
+        set_state(&mgr, &cert.node_id, NodeState::Ready, "", Some(&desc)).await?;
+        let dispatcher = mgr.dispatcher.clone();
+        dispatcher.seen(&cert.node_id);
+        tracing::debug!(node = %cert.node_id, "session registered");
+
+        let (tx, rx) = mpsc::channel(8);
+        let node_id = cert.node_id.clone();
+        let _ = tx.send(Ok(dispatcher.session_message(&mgr, &node_id))).await;
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = tx.closed() => return,
+                };
+                match msg {
+                    Ok(Some(pb::SessionRequest {
+                        msg: Some(pb::session_request::Msg::Heartbeat(_)),
+                    })) => {
+                        if !mgr.is_leader() {
+                            let _ = tx.send(Err(mgr.not_leader())).await;
+                            return;
+                        }
+                        dispatcher.seen(&node_id);
+                        let down = mgr.store.view(|d| {
+                            d.nodes.get(&node_id).map(|n| n.state != NodeState::Ready)
+                        });
+                        match down {
+                            None => {
+                                let _ = tx
+                                    .send(Err(Status::not_found(format!(
+                                        "node {node_id} has been removed from the swarm"
+                                    ))))
+                                    .await;
+                                return;
+                            }
+                            Some(true) => {
+                                let _ = set_state(&mgr, &node_id, NodeState::Ready, "", None).await;
+                            }
+                            Some(false) => {}
+                        }
+                        if tx
+                            .send(Ok(dispatcher.session_message(&mgr, &node_id)))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}

@@ -1,0 +1,360 @@
+//! A manager node's lifecycle: raft, the TCP gRPC server, and the leader-only loops.
+//!
+//! ```text
+//!   Manager::start ── raft::start ── tcp server (Raft, Ca, Control, Dispatcher services)
+//!        │
+//!        └─ leadership watch ──gain──▶ spawn: membership reconciler, dispatcher monitor
+//!                             ──lose──▶ cancel them
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::BasicNode;
+use proto::pb;
+use proto::transport::{client_config, serve_tls, tls_channel, Credentials};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::Status;
+
+use crate::auth::Authorizer;
+use crate::dispatcher::Dispatcher;
+use crate::raft::{self, NodeId, Raft, RaftTuning};
+use crate::store::{Store, Txn, TxnError, TxnOutcome};
+
+/// Metadata key carrying the leader's address on refusals from a follower.
+pub const LEADER_METADATA: &str = "x-shoal-leader";
+
+#[derive(Clone, Debug)]
+pub struct ManagerConfig {
+    pub node_id: String,
+    pub raft_id: NodeId,
+    pub data_dir: PathBuf,
+    pub listen_addr: SocketAddr,
+    pub advertise_addr: String,
+    pub tuning: RaftTuning,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Raft(#[from] raft::RaftSetupError),
+    #[error("raft initialisation failed: {0}")]
+    Init(String),
+}
+
+/// The services the TCP server needs besides raft; built by the node glue, which also
+/// implements the control API's node-local calls.
+pub type ExtraRoutes = Box<dyn FnOnce(Arc<Manager>) -> tonic::service::Routes + Send>;
+
+pub struct Manager {
+    pub config: ManagerConfig,
+    pub raft: Raft,
+    pub store: Store,
+    pub creds: Arc<Credentials>,
+    pub auth: Authorizer,
+    pub dispatcher: Arc<Dispatcher>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Manager {
+    /// Opens raft from the data dir, binds the manager port and starts serving.
+    pub async fn start(
+        config: ManagerConfig,
+        creds: Arc<Credentials>,
+        extra: ExtraRoutes,
+    ) -> Result<Arc<Manager>, ManagerError> {
+        let store = Store::new();
+        let network = raft::Network::new(creds.clone());
+        std::fs::create_dir_all(&config.data_dir).ok();
+        let raft = raft::start(
+            config.raft_id,
+            &config.data_dir,
+            store.clone(),
+            network,
+            &config.tuning,
+        )
+        .await?;
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .map_err(|e| ManagerError::Listen {
+                addr: config.listen_addr,
+                source: e,
+            })?;
+        let auth = Authorizer::new(store.clone());
+        let cancel = CancellationToken::new();
+        let mgr = Arc::new(Manager {
+            dispatcher: Arc::new(Dispatcher::new(store.clone())),
+            config,
+            raft: raft.clone(),
+            store,
+            creds: creds.clone(),
+            auth: auth.clone(),
+            cancel: cancel.clone(),
+            tasks: TaskTracker::new(),
+        });
+
+        let mut routes = extra(mgr.clone());
+        routes = routes
+            .add_service(raft::serve_raft(raft.clone(), auth.clone()))
+            .add_service(crate::ca::service(mgr.clone()))
+            .add_service(crate::dispatcher::service(mgr.clone()));
+        let incoming = serve_tls(listener, creds);
+        let c = cancel.clone();
+        mgr.tasks.spawn(async move {
+            let res = tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, c.cancelled())
+                .await;
+            if let Err(e) = res {
+                tracing::error!(error = %e, "manager gRPC server stopped");
+            }
+        });
+        let m = mgr.clone();
+        mgr.tasks.spawn(async move { m.leadership_loop().await });
+        Ok(mgr)
+    }
+
+    /// Bootstrap a new single-manager cluster.
+    pub async fn initialize(&self) -> Result<(), ManagerError> {
+        let mut members = BTreeMap::new();
+        members.insert(
+            self.config.raft_id,
+            BasicNode {
+                addr: self.config.advertise_addr.clone(),
+            },
+        );
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| ManagerError::Init(e.to_string()))?;
+        Ok(())
+    }
+
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.raft.shutdown()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;
+    }
+
+    pub fn leader_id(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader_id() == Some(self.config.raft_id)
+    }
+
+    /// The advertise address of the current leader, if one is known.
+    pub fn leader_addr(&self) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+    }
+
+    /// Addresses of every raft member (voters and learners).
+    pub fn manager_addrs(&self) -> Vec<String> {
+        let (_, nodes) = raft::membership(&self.raft);
+        nodes.values().map(|n| n.addr.clone()).collect()
+    }
+
+    /// Wait until some leader is known (after start or failover).
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<NodeId> {
+        let mut rx = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(l) = rx.borrow().current_leader {
+                return Some(l);
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// A refusal telling the caller where the leader is.
+    pub fn not_leader(&self) -> Status {
+        let mut s = Status::unavailable(match self.leader_addr() {
+            Some(a) => format!("this manager is not the leader; the leader is {a}"),
+            None => "no leader is elected yet; retry shortly".to_string(),
+        });
+        if let Some(addr) = self.leader_addr() {
+            if let Ok(v) = addr.parse() {
+                s.metadata_mut().insert(LEADER_METADATA, v);
+            }
+        }
+        s
+    }
+
+    /// A channel to the current leader, authenticated as this manager.
+    pub fn leader_channel(&self) -> Result<tonic::transport::Channel, Status> {
+        let addr = self.leader_addr().ok_or_else(|| self.not_leader())?;
+        let id = self
+            .creds
+            .get()
+            .ok_or_else(|| Status::unavailable("this node has no certificate"))?;
+        let cfg = client_config(&id.ca_pem, Some(&id)).map_err(|e| Status::internal(e.to_string()))?;
+        tls_channel(&addr, cfg).map_err(|e| Status::internal(e.to_string()))
+    }
+
+    /// Propose a transaction; Ok(index) once committed and applied.
+    pub async fn propose(&self, txn: Txn) -> Result<u64, ProposeError> {
+        match self.raft.client_write(txn).await {
+            Ok(resp) => match resp.data {
+                TxnOutcome::Applied { index } => Ok(index),
+                TxnOutcome::Refused(e) => Err(ProposeError::Refused(e)),
+                TxnOutcome::Nothing => Ok(resp.log_id.index),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(ProposeError::NotLeader)
+            }
+            Err(e) => Err(ProposeError::Raft(e.to_string())),
+        }
+    }
+
+    /// Confirm leadership with a quorum before serving a read.
+    pub async fn linearizable(&self) -> Result<(), Status> {
+        self.raft
+            .ensure_linearizable()
+            .await
+            .map(|_| ())
+            .map_err(|_| self.not_leader())
+    }
+
+    async fn leadership_loop(self: Arc<Self>) {
+        let mut rx = self.raft.metrics();
+        let mut leader_cancel: Option<CancellationToken> = None;
+        loop {
+            let leading = rx.borrow().current_leader == Some(self.config.raft_id)
+                && rx.borrow().state.is_leader();
+            match (leading, &leader_cancel) {
+                (true, None) => {
+                    tracing::info!(node = %self.config.node_id, "became leader");
+                    let token = self.cancel.child_token();
+                    let m = self.clone();
+                    let t = token.clone();
+                    self.tasks
+                        .spawn(async move { crate::membership::run(m, t).await });
+                    let m = self.clone();
+                    let t = token.clone();
+                    self.tasks
+                        .spawn(async move { m.dispatcher.clone().monitor(m, t).await });
+                    leader_cancel = Some(token);
+                }
+                (false, Some(t)) => {
+                    tracing::info!(node = %self.config.node_id, "lost leadership");
+                    t.cancel();
+                    leader_cancel = None;
+                }
+                _ => {}
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                r = rx.changed() => if r.is_err() { break },
+            }
+        }
+        if let Some(t) = leader_cancel {
+            t.cancel();
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    #[error("this manager is not the leader")]
+    NotLeader,
+    #[error("{0}")]
+    Refused(TxnError),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+impl ProposeError {
+    pub fn into_status(self, mgr: &Manager) -> Status {
+        match self {
+            ProposeError::NotLeader => mgr.not_leader(),
+            ProposeError::Refused(e @ TxnError::Conflict { .. }) => Status::aborted(e.to_string()),
+            ProposeError::Refused(e @ TxnError::NotFound { .. }) => Status::not_found(e.to_string()),
+            ProposeError::Refused(e @ TxnError::Exists { .. }) => {
+                Status::already_exists(e.to_string())
+            }
+            ProposeError::Raft(e) => Status::unavailable(e),
+        }
+    }
+}
+
+/// Read-modify-write with retries on version conflicts.
+pub async fn update_with_retry<F>(mgr: &Manager, mut build: F) -> Result<u64, Status>
+where
+    F: FnMut(&crate::store::StoreData) -> Result<Txn, Status>,
+{
+    for _ in 0..10 {
+        let txn = mgr.store.view(&mut build)?;
+        match mgr.propose(txn).await {
+            Ok(i) => return Ok(i),
+            Err(ProposeError::Refused(TxnError::Conflict { .. })) => continue,
+            Err(e) => return Err(e.into_status(mgr)),
+        }
+    }
+    Err(Status::aborted("too many concurrent updates; retry"))
+}
+
+/// Convert to the wire form.
+pub fn pb_node(n: &crate::store::Node, leader: Option<NodeId>) -> pb::Node {
+    use proto::security::Role;
+    use crate::store::NodeState;
+    let is_leader = n.role == Role::Manager && leader == Some(n.raft_id);
+    let manager_status = if n.role != Role::Manager {
+        ""
+    } else if is_leader {
+        "leader"
+    } else if n.state == NodeState::Ready {
+        "reachable"
+    } else {
+        "unreachable"
+    };
+    pb::Node {
+        id: n.id.clone(),
+        version: n.version,
+        role: n.role.as_str().into(),
+        desired_role: n.desired_role.as_str().into(),
+        availability: n.availability.as_str().into(),
+        labels: n.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        description: Some(pb::NodeDescription {
+            hostname: n.description.hostname.clone(),
+            addr: n.description.addr.clone(),
+            platform: n.description.platform.clone(),
+            engine_version: n.description.engine_version.clone(),
+        }),
+        status: n.state.as_str().into(),
+        status_message: n.status_message.clone(),
+        manager_status: manager_status.into(),
+        raft_id: n.raft_id,
+        created_at_ms: n.created_at_ms,
+        updated_at_ms: n.updated_at_ms,
+        cert_not_after_ms: n.cert_not_after_ms,
+        leader: is_leader,
+    }
+}

@@ -1,0 +1,521 @@
+//! The cluster store: typed tables in memory, changed only by applying committed Raft entries.
+//!
+//! ```text
+//!  controlapi / dispatcher / ca ──Txn──▶ raft (client_write) ──commit──▶ StateMachine::apply
+//!                                                                        │
+//!       view(|data| …) ◀── Arc<RwLock<StoreData>> ◀────────────────── Store::apply_txn
+//!       watch()        ◀── broadcast<Event> ◀───────────────────────────┘
+//! ```
+//!
+//! Every write is a [`Txn`]: a list of operations that all apply or none does. An update names
+//! the version it read; if the object changed since, the whole transaction is refused with
+//! [`TxnError::Conflict`] and the writer re-reads and retries (optimistic concurrency, as
+//! swarmkit's store). An object's version is the Raft log index of the entry that last wrote
+//! it, so versions are identical on every manager. `apply_txn` is deterministic: it reads no
+//! clock and no randomness; timestamps come inside the transaction.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+
+use proto::security::{Role, RootCa};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+/// Cluster-wide settings and secrets; exactly one exists once the swarm is initialised.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cluster {
+    pub id: String,
+    pub version: u64,
+    pub created_at_ms: i64,
+    pub root_ca: RootCa,
+    pub worker_token: String,
+    pub manager_token: String,
+    pub heartbeat_period_ms: u64,
+    pub cert_expiry_ms: u64,
+    /// Ids of removed nodes: their certificates are refused until they expire.
+    pub removed_nodes: BTreeSet<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Availability {
+    #[default]
+    Active,
+    Pause,
+    Drain,
+}
+
+impl Availability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Availability::Active => "active",
+            Availability::Pause => "pause",
+            Availability::Drain => "drain",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Availability> {
+        match s {
+            "active" => Some(Availability::Active),
+            "pause" => Some(Availability::Pause),
+            "drain" => Some(Availability::Drain),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    #[default]
+    Unknown,
+    Ready,
+    Down,
+    Disconnected,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Unknown => "unknown",
+            NodeState::Ready => "ready",
+            NodeState::Down => "down",
+            NodeState::Disconnected => "disconnected",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NodeDescription {
+    pub hostname: String,
+    pub addr: String,
+    pub platform: String,
+    pub engine_version: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: String,
+    pub version: u64,
+    /// Raft member id, fixed at join; used when the node is (or becomes) a manager.
+    pub raft_id: u64,
+    /// The role written into the node's current certificate.
+    pub role: Role,
+    /// The role the operator asked for (promote/demote); the node follows by renewing.
+    pub desired_role: Role,
+    pub availability: Availability,
+    pub labels: BTreeMap<String, String>,
+    pub description: NodeDescription,
+    pub state: NodeState,
+    pub status_message: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub cert_not_after_ms: i64,
+}
+
+/// The object kinds the store holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Object {
+    Cluster(Cluster),
+    Node(Node),
+}
+
+impl Object {
+    fn kind(&self) -> Kind {
+        match self {
+            Object::Cluster(_) => Kind::Cluster,
+            Object::Node(_) => Kind::Node,
+        }
+    }
+    fn id(&self) -> &str {
+        match self {
+            Object::Cluster(c) => &c.id,
+            Object::Node(n) => &n.id,
+        }
+    }
+    fn version(&self) -> u64 {
+        match self {
+            Object::Cluster(c) => c.version,
+            Object::Node(n) => n.version,
+        }
+    }
+    fn set_version(&mut self, v: u64) {
+        match self {
+            Object::Cluster(c) => c.version = v,
+            Object::Node(n) => n.version = v,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    Cluster,
+    Node,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Fails if an object of that kind and id exists.
+    Create(Object),
+    /// Fails unless the stored object's version equals the given object's version.
+    Update(Object),
+    /// Fails if the object does not exist.
+    Delete { kind: Kind, id: String },
+}
+
+/// One Raft entry's worth of changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Txn {
+    pub ops: Vec<Op>,
+}
+
+impl Txn {
+    pub fn new(ops: Vec<Op>) -> Txn {
+        Txn { ops }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum TxnError {
+    #[error("{kind:?} {id} changed since it was read (version {expected}, now {actual}); retry")]
+    Conflict {
+        kind: Kind,
+        id: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("{kind:?} {id} already exists")]
+    Exists { kind: Kind, id: String },
+    #[error("{kind:?} {id} not found")]
+    NotFound { kind: Kind, id: String },
+}
+
+/// What applying an entry returned to its proposer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOutcome {
+    Applied { index: u64 },
+    Refused(TxnError),
+    /// Entries that carry no transaction (blank, membership).
+    Nothing,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    Put(Object),
+    Deleted { kind: Kind, id: String },
+}
+
+/// A committed transaction, as watchers see it.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub index: u64,
+    pub changes: Arc<Vec<Change>>,
+}
+
+/// The tables. Cloneable so that snapshots and tests can hold a copy.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreData {
+    pub cluster: Option<Cluster>,
+    pub nodes: BTreeMap<String, Node>,
+}
+
+impl StoreData {
+    fn get(&self, kind: Kind, id: &str) -> Option<u64> {
+        match kind {
+            Kind::Cluster => self.cluster.as_ref().filter(|c| c.id == id).map(|c| c.version),
+            Kind::Node => self.nodes.get(id).map(|n| n.version),
+        }
+    }
+
+    fn check(&self, op: &Op) -> Result<(), TxnError> {
+        match op {
+            Op::Create(o) => match self.get(o.kind(), o.id()) {
+                Some(_) => Err(TxnError::Exists {
+                    kind: o.kind(),
+                    id: o.id().to_string(),
+                }),
+                None if o.kind() == Kind::Cluster && self.cluster.is_some() => {
+                    Err(TxnError::Exists {
+                        kind: Kind::Cluster,
+                        id: o.id().to_string(),
+                    })
+                }
+                None => Ok(()),
+            },
+            Op::Update(o) => match self.get(o.kind(), o.id()) {
+                None => Err(TxnError::NotFound {
+                    kind: o.kind(),
+                    id: o.id().to_string(),
+                }),
+                Some(v) if v != o.version() => Err(TxnError::Conflict {
+                    kind: o.kind(),
+                    id: o.id().to_string(),
+                    expected: o.version(),
+                    actual: v,
+                }),
+                Some(_) => Ok(()),
+            },
+            Op::Delete { kind, id } => match self.get(*kind, id) {
+                None => Err(TxnError::NotFound {
+                    kind: *kind,
+                    id: id.clone(),
+                }),
+                Some(_) => Ok(()),
+            },
+        }
+    }
+
+    fn put(&mut self, o: Object) {
+        match o {
+            Object::Cluster(c) => self.cluster = Some(c),
+            Object::Node(n) => {
+                self.nodes.insert(n.id.clone(), n);
+            }
+        }
+    }
+
+    fn delete(&mut self, kind: Kind, id: &str) {
+        match kind {
+            Kind::Cluster => self.cluster = None,
+            Kind::Node => {
+                self.nodes.remove(id);
+            }
+        }
+    }
+
+    /// Apply a transaction at log index `index`: all operations or none. Deterministic.
+    pub fn apply_txn(&mut self, index: u64, txn: &Txn) -> Result<Vec<Change>, TxnError> {
+        // Check against the state as each earlier op of the same txn leaves it: a txn may
+        // create and then update the same object.
+        let mut scratch: Option<StoreData> = None;
+        for (i, op) in txn.ops.iter().enumerate() {
+            let cur = scratch.as_ref().unwrap_or(self);
+            cur.check(op)?;
+            if i + 1 < txn.ops.len() {
+                let s = scratch.get_or_insert_with(|| self.clone());
+                s.apply_unchecked(index, op);
+            }
+        }
+        let mut changes = Vec::with_capacity(txn.ops.len());
+        for op in &txn.ops {
+            changes.push(self.apply_unchecked(index, op));
+        }
+        Ok(changes)
+    }
+
+    fn apply_unchecked(&mut self, index: u64, op: &Op) -> Change {
+        match op {
+            Op::Create(o) | Op::Update(o) => {
+                let mut o = o.clone();
+                o.set_version(index);
+                self.put(o.clone());
+                Change::Put(o)
+            }
+            Op::Delete { kind, id } => {
+                self.delete(*kind, id);
+                Change::Deleted {
+                    kind: *kind,
+                    id: id.clone(),
+                }
+            }
+        }
+    }
+
+    /// Find a node by full id, unique id prefix, or hostname (as Docker's CLI resolves names).
+    pub fn find_node(&self, key: &str) -> Result<&Node, FindError> {
+        if let Some(n) = self.nodes.get(key) {
+            return Ok(n);
+        }
+        let by_name: Vec<&Node> = self
+            .nodes
+            .values()
+            .filter(|n| n.description.hostname == key)
+            .collect();
+        if by_name.len() == 1 {
+            return Ok(by_name[0]);
+        }
+        if by_name.len() > 1 {
+            return Err(FindError::Ambiguous(key.to_string()));
+        }
+        let by_prefix: Vec<&Node> = self
+            .nodes
+            .values()
+            .filter(|n| !key.is_empty() && n.id.starts_with(key))
+            .collect();
+        match by_prefix.len() {
+            1 => Ok(by_prefix[0]),
+            0 => Err(FindError::NotFound(key.to_string())),
+            _ => Err(FindError::Ambiguous(key.to_string())),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FindError {
+    #[error("node {0} not found")]
+    NotFound(String),
+    #[error("node {0} is ambiguous: it matches more than one node")]
+    Ambiguous(String),
+}
+
+/// A handle to the in-memory tables and their change stream.
+#[derive(Clone)]
+pub struct Store {
+    data: Arc<RwLock<StoreData>>,
+    events: broadcast::Sender<Event>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Store {
+    pub fn new() -> Store {
+        let (events, _) = broadcast::channel(4096);
+        Store {
+            data: Arc::new(RwLock::new(StoreData::default())),
+            events,
+        }
+    }
+
+    /// Read under a consistent snapshot of all tables.
+    pub fn view<R>(&self, f: impl FnOnce(&StoreData) -> R) -> R {
+        f(&self.data.read().expect("store lock"))
+    }
+
+    /// Changes committed from now on.
+    pub fn watch(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    pub(crate) fn apply(&self, index: u64, txn: &Txn) -> TxnOutcome {
+        let res = self.data.write().expect("store lock").apply_txn(index, txn);
+        match res {
+            Ok(changes) => {
+                let _ = self.events.send(Event {
+                    index,
+                    changes: Arc::new(changes),
+                });
+                TxnOutcome::Applied { index }
+            }
+            Err(e) => TxnOutcome::Refused(e),
+        }
+    }
+
+    pub(crate) fn replace(&self, data: StoreData) {
+        *self.data.write().expect("store lock") = data;
+    }
+
+    pub(crate) fn clone_data(&self) -> StoreData {
+        self.data.read().expect("store lock").clone()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn node(id: &str, host: &str) -> Node {
+        Node {
+            id: id.into(),
+            version: 0,
+            raft_id: 1,
+            role: Role::Worker,
+            desired_role: Role::Worker,
+            availability: Availability::Active,
+            labels: BTreeMap::new(),
+            description: NodeDescription {
+                hostname: host.into(),
+                ..Default::default()
+            },
+            state: NodeState::Unknown,
+            status_message: String::new(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            cert_not_after_ms: 0,
+        }
+    }
+
+    #[test]
+    fn create_update_delete_with_versions() {
+        let store = Store::new();
+        let mut rx = store.watch();
+        let out = store.apply(5, &Txn::new(vec![Op::Create(Object::Node(node("a", "h1")))]));
+        assert_eq!(out, TxnOutcome::Applied { index: 5 });
+        let a = store.view(|d| d.nodes["a"].clone());
+        assert_eq!(a.version, 5);
+        let ev = rx.try_recv().unwrap();
+        assert_eq!(ev.index, 5);
+
+        // A stale update is refused and changes nothing.
+        let mut stale = a.clone();
+        stale.version = 4;
+        stale.availability = Availability::Drain;
+        let out = store.apply(6, &Txn::new(vec![Op::Update(Object::Node(stale))]));
+        assert!(matches!(out, TxnOutcome::Refused(TxnError::Conflict { .. })));
+        assert_eq!(store.view(|d| d.nodes["a"].availability), Availability::Active);
+
+        let mut fresh = a.clone();
+        fresh.availability = Availability::Drain;
+        let out = store.apply(7, &Txn::new(vec![Op::Update(Object::Node(fresh))]));
+        assert_eq!(out, TxnOutcome::Applied { index: 7 });
+        assert_eq!(store.view(|d| d.nodes["a"].version), 7);
+
+        let out = store.apply(
+            8,
+            &Txn::new(vec![Op::Delete {
+                kind: Kind::Node,
+                id: "a".into(),
+            }]),
+        );
+        assert_eq!(out, TxnOutcome::Applied { index: 8 });
+        assert!(store.view(|d| d.nodes.is_empty()));
+    }
+
+    #[test]
+    fn transaction_is_all_or_nothing() {
+        let store = Store::new();
+        store.apply(1, &Txn::new(vec![Op::Create(Object::Node(node("a", "h1")))]));
+        let out = store.apply(
+            2,
+            &Txn::new(vec![
+                Op::Create(Object::Node(node("b", "h2"))),
+                Op::Create(Object::Node(node("a", "dup"))),
+            ]),
+        );
+        assert!(matches!(out, TxnOutcome::Refused(TxnError::Exists { .. })));
+        assert!(store.view(|d| !d.nodes.contains_key("b")));
+        // Create then update the same object inside one transaction.
+        let mut c = node("c", "h3");
+        let out = store.apply(
+            3,
+            &Txn::new(vec![Op::Create(Object::Node(c.clone())), {
+                c.version = 3;
+                c.availability = Availability::Pause;
+                Op::Update(Object::Node(c))
+            }]),
+        );
+        assert_eq!(out, TxnOutcome::Applied { index: 3 });
+        assert_eq!(store.view(|d| d.nodes["c"].availability), Availability::Pause);
+    }
+
+    #[test]
+    fn find_node_by_id_prefix_and_hostname() {
+        let store = Store::new();
+        store.apply(
+            1,
+            &Txn::new(vec![
+                Op::Create(Object::Node(node("abc123", "alpha"))),
+                Op::Create(Object::Node(node("abd456", "beta"))),
+            ]),
+        );
+        store.view(|d| {
+            assert_eq!(d.find_node("abc123").unwrap().id, "abc123");
+            assert_eq!(d.find_node("abd").unwrap().id, "abd456");
+            assert_eq!(d.find_node("beta").unwrap().id, "abd456");
+            assert!(matches!(d.find_node("ab"), Err(FindError::Ambiguous(_))));
+            assert!(matches!(d.find_node("zzz"), Err(FindError::NotFound(_))));
+        });
+    }
+}
