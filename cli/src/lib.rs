@@ -1,1 +1,7 @@
-//! placeholder
+//! The `shoal` binary's library: the CLI commands and the node daemon.
+//!
+//! `main` parses flags and calls [`commands::run`]; `shoal daemon` runs [`daemon::run`].
+
+pub mod commands;
+pub mod daemon;
+pub mod output;

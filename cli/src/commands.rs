@@ -1,0 +1,654 @@
+//! The CLI: Docker's verbs, flags and output shapes.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use proto::pb;
+use proto::pb::control_client::ControlClient;
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::output::{json_line, table, title, Format};
+
+#[derive(Parser, Debug)]
+#[command(name = "shoal", version, about = "A container cluster orchestrator in the manner of Docker Swarm mode")]
+pub struct Cli {
+    /// Daemon socket to connect to (unix://PATH).
+    #[arg(short = 'H', long = "host", env = "SHOAL_HOST", global = true, default_value = "unix:///run/shoal/shoal.sock")]
+    pub host: String,
+    /// Log level of the daemon and the lab (error, warn, info, debug, trace).
+    #[arg(long = "log-level", global = true, default_value = "info")]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run a node.
+    Daemon(DaemonArgs),
+    /// Manage the swarm.
+    #[command(subcommand)]
+    Swarm(SwarmCmd),
+    /// Manage swarm nodes.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Show this node's swarm state.
+    Info(InfoArgs),
+    /// A multi-host cluster on this machine, each host a network namespace.
+    #[command(subcommand)]
+    Lab(LabCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct DaemonArgs {
+    /// Directory for the node's keys, certificates, raft log and state.
+    #[arg(long, default_value = "/var/lib/shoal")]
+    pub data_dir: PathBuf,
+    /// Unix socket for the CLI.
+    #[arg(long, default_value = "/run/shoal/shoal.sock")]
+    pub socket: PathBuf,
+    /// Node name to use instead of the OS hostname.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Raft heartbeat interval.
+    #[arg(long, default_value = "150ms", value_parser = parse_duration)]
+    pub raft_heartbeat: Duration,
+    /// Raft election timeout (the lower bound; the upper is 5/3 of it).
+    #[arg(long, default_value = "600ms", value_parser = parse_duration)]
+    pub election_timeout: Duration,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SwarmCmd {
+    /// Initialize a swarm.
+    Init {
+        /// Advertised address (IP[:PORT]).
+        #[arg(long)]
+        advertise_addr: Option<String>,
+        /// Listen address (IP[:PORT]).
+        #[arg(long, default_value = "0.0.0.0:2377")]
+        listen_addr: String,
+        /// Dispatcher heartbeat period.
+        #[arg(long, value_parser = parse_duration)]
+        dispatcher_heartbeat: Option<Duration>,
+        /// Validity period for node certificates.
+        #[arg(long, value_parser = parse_duration)]
+        cert_expiry: Option<Duration>,
+    },
+    /// Join a swarm as a node and/or manager.
+    Join {
+        /// Token for entry into the swarm.
+        #[arg(long)]
+        token: String,
+        /// Advertised address (IP[:PORT]).
+        #[arg(long)]
+        advertise_addr: Option<String>,
+        /// Listen address (IP[:PORT]).
+        #[arg(long, default_value = "0.0.0.0:2377")]
+        listen_addr: String,
+        /// A manager's address: HOST:PORT.
+        remote: String,
+    },
+    /// Manage join tokens.
+    JoinToken {
+        /// Only display the token.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Rotate the join token.
+        #[arg(long)]
+        rotate: bool,
+        /// worker or manager.
+        role: String,
+    },
+    /// Leave the swarm.
+    Leave {
+        /// Force this node to leave the swarm, ignoring warnings.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Update the swarm.
+    Update {
+        #[arg(long, value_parser = parse_duration)]
+        dispatcher_heartbeat: Option<Duration>,
+        #[arg(long, value_parser = parse_duration)]
+        cert_expiry: Option<Duration>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCmd {
+    /// List nodes in the swarm.
+    #[command(alias = "list")]
+    Ls {
+        /// Format output: table or json.
+        #[arg(long, default_value = "table")]
+        format: Format,
+        /// Only display IDs.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Display detailed information on one or more nodes.
+    Inspect {
+        /// Print the information in a human friendly format.
+        #[arg(long)]
+        pretty: bool,
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Update a node.
+    Update {
+        /// Availability of the node (active, pause, drain).
+        #[arg(long)]
+        availability: Option<String>,
+        /// Role of the node (worker, manager).
+        #[arg(long)]
+        role: Option<String>,
+        /// Add or update a node label (key=value).
+        #[arg(long = "label-add")]
+        label_add: Vec<String>,
+        /// Remove a node label if exists.
+        #[arg(long = "label-rm")]
+        label_rm: Vec<String>,
+        node: String,
+    },
+    /// Promote one or more nodes to manager in the swarm.
+    Promote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Demote one or more nodes from manager in the swarm.
+    Demote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Remove one or more nodes from the swarm.
+    #[command(alias = "remove")]
+    Rm {
+        /// Force remove a node from the swarm.
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    #[arg(long, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LabCmd {
+    /// Create the hosts, start a daemon on each and join them into one swarm.
+    Up {
+        #[arg(long, default_value_t = 1)]
+        managers: usize,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Prefix of everything the lab creates (1-8 of a-z, 0-9).
+        #[arg(long, default_value = "shoal")]
+        prefix: String,
+        /// Dispatcher heartbeat period of the lab's swarm.
+        #[arg(long, value_parser = parse_duration)]
+        dispatcher_heartbeat: Option<Duration>,
+    },
+    /// Stop the lab's daemons and remove its hosts, also after a crash.
+    Down {
+        #[arg(long, default_value = "shoal")]
+        prefix: String,
+    },
+    /// Run a command on a lab host (SHOAL_HOST points at its daemon).
+    Exec {
+        #[arg(long, default_value = "shoal")]
+        prefix: String,
+        host: String,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. 5s, 500ms, 1m"))
+}
+
+/// A one-line error for the user.
+#[derive(Debug)]
+pub struct CliError(String);
+
+impl From<Status> for CliError {
+    fn from(s: Status) -> Self {
+        CliError(format!("Error response from daemon: {}", s.message()))
+    }
+}
+
+impl From<deploy::LabError> for CliError {
+    fn from(e: deploy::LabError) -> Self {
+        CliError(format!("Error: {e}"))
+    }
+}
+
+type CliResult = Result<(), CliError>;
+
+pub fn run(cli: Cli) -> i32 {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let res = match cli.cmd {
+        Cmd::Daemon(args) => return rt.block_on(run_daemon(args, &cli.log_level)),
+        Cmd::Lab(cmd) => run_lab(cmd, &cli.log_level),
+        cmd => rt.block_on(async {
+            let client = connect(&cli.host).await?;
+            match cmd {
+                Cmd::Swarm(c) => swarm(client, c).await,
+                Cmd::Node(c) => node(client, c).await,
+                Cmd::Info(a) => info(client, a).await,
+                Cmd::Daemon(_) | Cmd::Lab(_) => unreachable!("handled above"),
+            }
+        }),
+    };
+    match res {
+        Ok(()) => 0,
+        Err(CliError(msg)) => {
+            eprintln!("{}", msg.lines().next().unwrap_or_default());
+            1
+        }
+    }
+}
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},openraft=warn,h2=warn,tower=warn,hyper=warn")));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+async fn run_daemon(args: DaemonArgs, level: &str) -> i32 {
+    init_tracing(level);
+    let hostname = args.hostname.clone().unwrap_or_else(os_hostname);
+    let cfg = crate::daemon::DaemonConfig {
+        data_dir: args.data_dir,
+        socket: args.socket,
+        hostname,
+        tuning: manager::raft::RaftTuning {
+            heartbeat: args.raft_heartbeat,
+            election_min: args.election_timeout,
+            election_max: args.election_timeout * 5 / 3,
+            ..Default::default()
+        },
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("signal handler");
+        let mut int = signal(SignalKind::interrupt()).expect("signal handler");
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::info!("shutting down");
+        s.cancel();
+    });
+    match crate::daemon::run(cfg, shutdown).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            1
+        }
+    }
+}
+
+fn os_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+async fn connect(host: &str) -> Result<ControlClient<Channel>, CliError> {
+    let path = host.strip_prefix("unix://").ok_or_else(|| {
+        CliError(format!("Error: invalid --host {host:?}: expected unix:///path/to/socket"))
+    })?;
+    let ch = proto::transport::unix_channel(PathBuf::from(path))
+        .await
+        .map_err(|_| CliError(format!("Cannot connect to the shoal daemon at {host}. Is the shoal daemon running?")))?;
+    Ok(ControlClient::new(ch)
+        .max_decoding_message_size(64 << 20))
+}
+
+/// Retry while the cluster has no leader (an election takes about a second).
+async fn retry<T, F, Fut>(mut f: F) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match f().await {
+            Err(s) if s.code() == Code::Unavailable && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+fn ms(d: Option<Duration>) -> u64 {
+    d.map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
+    match cmd {
+        SwarmCmd::Init { advertise_addr, listen_addr, dispatcher_heartbeat, cert_expiry } => {
+            let r = c
+                .swarm_init(pb::SwarmInitRequest {
+                    advertise_addr: advertise_addr.unwrap_or_default(),
+                    listen_addr,
+                    heartbeat_period_ms: ms(dispatcher_heartbeat),
+                    cert_expiry_ms: ms(cert_expiry),
+                })
+                .await?
+                .into_inner();
+            println!("Swarm initialized: current node ({}) is now a manager.\n", r.node_id);
+            println!("To add a worker to this swarm, run the following command:\n\n    {}\n", r.worker_join_command);
+            println!("To add a manager to this swarm, run 'shoal swarm join-token manager' and follow the instructions.\n");
+        }
+        SwarmCmd::Join { token, advertise_addr, listen_addr, remote } => {
+            let r = c
+                .swarm_join(pb::SwarmJoinRequest {
+                    token,
+                    remote_addr: remote,
+                    advertise_addr: advertise_addr.unwrap_or_default(),
+                    listen_addr,
+                })
+                .await?
+                .into_inner();
+            println!("This node joined a swarm as a {}.", r.role);
+        }
+        SwarmCmd::JoinToken { quiet, rotate, role } => {
+            if role != "worker" && role != "manager" {
+                return Err(CliError(format!("Error: unknown role {role:?}: use worker or manager")));
+            }
+            let worker = role == "worker";
+            let req = pb::GetJoinTokensRequest { rotate_worker: rotate && worker, rotate_manager: rotate && !worker };
+            let t = retry(|| {
+                let mut c = c.clone();
+                let req = req.clone();
+                async move { c.get_join_tokens(req).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+            let token = if worker { t.worker } else { t.manager };
+            if rotate && !quiet {
+                println!("Successfully rotated {role} join token.\n");
+            }
+            if quiet {
+                println!("{token}");
+            } else {
+                let info = c.info(pb::Empty {}).await?.into_inner();
+                println!("To add a {role} to this swarm, run the following command:\n\n    shoal swarm join --token {token} {}\n", info.node_addr);
+            }
+        }
+        SwarmCmd::Leave { force } => {
+            c.swarm_leave(pb::SwarmLeaveRequest { force }).await?;
+            println!("Node left the swarm.");
+        }
+        SwarmCmd::Update { dispatcher_heartbeat, cert_expiry } => {
+            let req = pb::UpdateClusterRequest { heartbeat_period_ms: ms(dispatcher_heartbeat), cert_expiry_ms: ms(cert_expiry) };
+            retry(|| {
+                let mut c = c.clone();
+                async move { c.update_cluster(req).await }
+            })
+            .await?;
+            println!("Swarm updated.");
+        }
+    }
+    Ok(())
+}
+
+fn node_row(n: &pb::Node, self_id: &str) -> (Vec<String>, String) {
+    let host = n.description.as_ref().map(|d| d.hostname.clone()).unwrap_or_default();
+    let engine = n.description.as_ref().map(|d| d.engine_version.clone()).unwrap_or_default();
+    let is_self = n.id == self_id;
+    let json = json_line(vec![
+        ("Availability", json!(title(&n.availability))),
+        ("EngineVersion", json!(engine)),
+        ("Hostname", json!(host)),
+        ("ID", json!(n.id)),
+        ("ManagerStatus", json!(title(&n.manager_status))),
+        ("Self", json!(is_self)),
+        ("Status", json!(title(&n.status))),
+        ("TLSStatus", json!("Ready")),
+    ]);
+    let id = if is_self { format!("{} *", n.id) } else { n.id.clone() };
+    (
+        vec![id, host, title(&n.status), title(&n.availability), title(&n.manager_status), engine],
+        json,
+    )
+}
+
+async fn list_nodes(c: &ControlClient<Channel>) -> Result<Vec<pb::Node>, Status> {
+    let mut nodes = retry(|| {
+        let mut c = c.clone();
+        async move { c.list_nodes(pb::Empty {}).await.map(|r| r.into_inner().nodes) }
+    })
+    .await?;
+    nodes.sort_by(|a, b| {
+        let h = |n: &pb::Node| n.description.as_ref().map(|d| d.hostname.clone()).unwrap_or_default();
+        h(a).cmp(&h(b)).then(a.id.cmp(&b.id))
+    });
+    Ok(nodes)
+}
+
+async fn get_node(c: &ControlClient<Channel>, id: &str) -> Result<pb::Node, Status> {
+    retry(|| {
+        let mut c = c.clone();
+        let id = id.to_string();
+        async move { c.get_node(pb::GetNodeRequest { id }).await.map(|r| r.into_inner()) }
+    })
+    .await
+}
+
+async fn update_node(c: &ControlClient<Channel>, req: pb::UpdateNodeRequest) -> Result<pb::Node, Status> {
+    retry(|| {
+        let mut c = c.clone();
+        let req = req.clone();
+        async move { c.update_node(req).await.map(|r| r.into_inner()) }
+    })
+    .await
+}
+
+fn ts(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn inspect_json(n: &pb::Node) -> Value {
+    let d = n.description.clone().unwrap_or_default();
+    let (os, arch) = d.platform.split_once('/').unwrap_or((d.platform.as_str(), ""));
+    let mut v = json!({
+        "ID": n.id,
+        "Version": {"Index": n.version},
+        "CreatedAt": ts(n.created_at_ms),
+        "UpdatedAt": ts(n.updated_at_ms),
+        "Spec": {
+            "Labels": n.labels,
+            "Role": n.desired_role,
+            "Availability": n.availability,
+        },
+        "Description": {
+            "Hostname": d.hostname,
+            "Platform": {"Architecture": arch, "OS": os},
+            "Engine": {"EngineVersion": d.engine_version},
+            "TLSInfo": {"CertNotAfter": ts(n.cert_not_after_ms)},
+        },
+        "Status": {"State": n.status, "Message": n.status_message, "Addr": d.addr.split(':').next().unwrap_or_default()},
+        "RaftID": n.raft_id,
+    });
+    if n.role == "manager" {
+        v["ManagerStatus"] = json!({
+            "Leader": n.leader,
+            "Reachability": n.manager_status,
+            "Addr": d.addr,
+        });
+    }
+    v
+}
+
+async fn node(c: ControlClient<Channel>, cmd: NodeCmd) -> CliResult {
+    match cmd {
+        NodeCmd::Ls { format, quiet } => {
+            let self_id = c.clone().info(pb::Empty {}).await?.into_inner().node_id;
+            let nodes = list_nodes(&c).await?;
+            if quiet {
+                for n in &nodes {
+                    println!("{}", n.id);
+                }
+                return Ok(());
+            }
+            let rows: Vec<(Vec<String>, String)> = nodes.iter().map(|n| node_row(n, &self_id)).collect();
+            match format {
+                Format::Json => {
+                    for (_, j) in rows {
+                        println!("{j}");
+                    }
+                }
+                Format::Table => {
+                    let cells: Vec<Vec<String>> = rows.into_iter().map(|(r, _)| r).collect();
+                    print!("{}", table(&["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ENGINE VERSION"], &cells));
+                }
+            }
+        }
+        NodeCmd::Inspect { pretty, nodes } => {
+            let mut out = Vec::new();
+            for id in &nodes {
+                out.push(get_node(&c, id).await?);
+            }
+            if pretty {
+                for n in &out {
+                    let d = n.description.clone().unwrap_or_default();
+                    println!("ID:\t\t\t{}", n.id);
+                    println!("Hostname:\t\t{}", d.hostname);
+                    println!("Joined at:\t\t{}", ts(n.created_at_ms));
+                    println!("Status:\n State:\t\t\t{}\n Availability:\t\t{}\n Address:\t\t{}", title(&n.status), title(&n.availability), d.addr);
+                    if n.role == "manager" {
+                        println!("Manager Status:\n Address:\t\t{}\n Raft Status:\t\t{}\n Leader:\t\t{}", d.addr, title(&n.manager_status), if n.leader { "Yes" } else { "No" });
+                    }
+                    if !n.labels.is_empty() {
+                        println!("Labels:");
+                        let mut labels: Vec<_> = n.labels.iter().collect();
+                        labels.sort();
+                        for (k, v) in labels {
+                            println!(" - {k}={v}");
+                        }
+                    }
+                    println!("Platform:\n Operating System:\t{}", d.platform);
+                    println!("Engine Version:\t\t{}", d.engine_version);
+                    println!("TLS Info:\n Certificate expires:\t{}", ts(n.cert_not_after_ms));
+                }
+            } else {
+                let arr: Vec<Value> = out.iter().map(inspect_json).collect();
+                println!("{}", serde_json::to_string_pretty(&arr).unwrap_or_default());
+            }
+        }
+        NodeCmd::Update { availability, role, label_add, label_rm, node } => {
+            if availability.is_none() && role.is_none() && label_add.is_empty() && label_rm.is_empty() {
+                return Err(CliError("Error: nothing to update: give --availability, --role, --label-add or --label-rm".into()));
+            }
+            let n = update_node(&c, pb::UpdateNodeRequest {
+                id: node,
+                availability: availability.unwrap_or_default(),
+                desired_role: role.unwrap_or_default(),
+                label_add,
+                label_rm,
+            })
+            .await?;
+            println!("{}", n.id);
+        }
+        NodeCmd::Promote { nodes } => {
+            for id in nodes {
+                let n = update_node(&c, pb::UpdateNodeRequest { id: id.clone(), desired_role: "manager".into(), ..Default::default() }).await?;
+                println!("Node {} promoted to a manager in the swarm.", n.id);
+            }
+        }
+        NodeCmd::Demote { nodes } => {
+            for id in nodes {
+                let n = update_node(&c, pb::UpdateNodeRequest { id: id.clone(), desired_role: "worker".into(), ..Default::default() }).await?;
+                println!("Manager {} demoted in the swarm.", n.id);
+            }
+        }
+        NodeCmd::Rm { force, nodes } => {
+            for id in nodes {
+                retry(|| {
+                    let mut c = c.clone();
+                    let id = id.clone();
+                    async move { c.remove_node(pb::RemoveNodeRequest { id, force }).await }
+                })
+                .await?;
+                println!("{id}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn info(mut c: ControlClient<Channel>, a: InfoArgs) -> CliResult {
+    let i = c.info(pb::Empty {}).await?.into_inner();
+    match a.format {
+        Format::Json => println!(
+            "{}",
+            json_line(vec![
+                ("ClusterID", json!(i.cluster_id)),
+                ("IsLeader", json!(i.is_leader)),
+                ("LeaderAddr", json!(i.leader_addr)),
+                ("LocalNodeState", json!(i.local_node_state)),
+                ("Managers", json!(i.managers)),
+                ("NodeAddr", json!(i.node_addr)),
+                ("NodeID", json!(i.node_id)),
+                ("Role", json!(i.role)),
+            ])
+        ),
+        Format::Table => {
+            println!("Swarm: {}", i.local_node_state);
+            if i.local_node_state == "active" {
+                println!(" NodeID: {}\n Is Manager: {}\n ClusterID: {}\n Node Address: {}", i.node_id, i.role == "manager", i.cluster_id, i.node_addr);
+                println!(" Manager Addresses:");
+                for m in &i.managers {
+                    println!("  {m}");
+                }
+                if i.role == "manager" {
+                    println!(" Leader: {}", if i.is_leader { "this node".to_string() } else { i.leader_addr.clone() });
+                }
+                println!(" Certificate expires: {}", ts(i.cert_not_after_ms));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run_lab(cmd: LabCmd, level: &str) -> CliResult {
+    std::env::set_var("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| level.to_string()));
+    match cmd {
+        LabCmd::Up { managers, workers, prefix, dispatcher_heartbeat } => {
+            let bin = std::env::current_exe().map_err(|e| CliError(format!("Error: cannot find the shoal binary: {e}")))?;
+            let mut cfg = deploy::LabConfig::new(&prefix, managers, workers, bin);
+            cfg.heartbeat_ms = dispatcher_heartbeat.map(|d| d.as_millis() as u64);
+            let lab = deploy::Lab::up(&cfg)?;
+            for h in &lab.hosts {
+                println!("{}\t{}\t{}\t{}", h.name, if h.manager { "manager" } else { "worker" }, h.addr, h.socket.display());
+            }
+            println!("\nTry: shoal lab exec --prefix {prefix} m1 -- shoal node ls");
+        }
+        LabCmd::Down { prefix } => {
+            deploy::Lab::down(&prefix)?;
+            println!("Lab {prefix} removed.");
+        }
+        LabCmd::Exec { prefix, host, cmd } => {
+            let lab = deploy::Lab::load(&prefix)?;
+            let status = lab.exec_status(&host, &cmd)?;
+            if !status.success() {
+                std::process::exit(status.code().unwrap_or(1));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,730 @@
+//! `shoal daemon`: one node. Holds the node's identity and state on disk, serves the local
+//! control socket, runs the agent on every node and the manager on managers, and switches
+//! between the two roles when the cluster asks (promotion, demotion).
+//!
+//! ```text
+//!  unix socket ─▶ ControlService(local) ─┬─ swarm init/join/leave/info: here
+//!                                        └─ cluster calls ─▶ ControlApi (forwards to leader)
+//!  tcp :2377 (managers) ─▶ ControlService(remote, managers only), Raft, Ca, Dispatcher
+//!  Agent ──events──▶ persist managers / new certificate ─▶ start or stop the Manager
+//! ```
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use manager::controlapi::{validate_settings, ControlApi};
+use manager::manager::{now_ms, ExtraRoutes};
+use manager::raft::RaftTuning;
+use manager::store::{Cluster, Node as StoreNode, NodeDescription, NodeState, Object, Op, Txn};
+use manager::{Manager, ManagerConfig};
+use proto::pb;
+use proto::pb::ca_client::CaClient;
+use proto::security::{digest_pem, new_key_and_csr, random_id, JoinToken, Role, RootCa};
+use proto::transport::{client_config, tls_channel, Credentials, Identity};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Mutex};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use worker::agent::{Agent, AgentConfig, AgentEvent};
+
+pub const DEFAULT_PORT: u16 = 2377;
+pub const DEFAULT_CERT_EXPIRY: Duration = Duration::from_secs(90 * 24 * 3600);
+
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    pub hostname: String,
+    pub tuning: RaftTuning,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("node state in {path} is unreadable: {reason}")]
+    State { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Manager(#[from] manager::manager::ManagerError),
+    #[error("serving the local socket: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// What a node keeps on disk about its membership.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct NodeFile {
+    node_id: String,
+    raft_id: u64,
+    cluster_id: String,
+    listen_addr: SocketAddr,
+    advertise_addr: String,
+    managers: Vec<String>,
+}
+
+struct Inner {
+    state: Option<NodeFile>,
+    manager: Option<Arc<Manager>>,
+    agent: Option<CancellationToken>,
+}
+
+pub struct Node {
+    cfg: DaemonConfig,
+    creds: Arc<Credentials>,
+    inner: Mutex<Inner>,
+    events_tx: mpsc::Sender<AgentEvent>,
+    this: std::sync::Weak<Node>,
+}
+
+fn status_internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+impl Node {
+    fn paths(&self) -> (PathBuf, PathBuf, PathBuf, PathBuf, PathBuf) {
+        let d = &self.cfg.data_dir;
+        (
+            d.join("node.json"),
+            d.join("certs/node.crt"),
+            d.join("certs/node.key"),
+            d.join("certs/ca.crt"),
+            d.join("raft"),
+        )
+    }
+
+    fn save_state(&self, st: &NodeFile) -> std::io::Result<()> {
+        let (state, ..) = self.paths();
+        write_atomic(&state, serde_json::to_vec_pretty(st)?.as_slice())
+    }
+
+    fn save_identity(&self, id: &Identity) -> std::io::Result<()> {
+        let (_, crt, key, ca, _) = self.paths();
+        std::fs::create_dir_all(crt.parent().expect("certs dir"))?;
+        write_atomic(&key, id.key_pem.as_bytes())?;
+        write_atomic(&crt, id.cert_pem.as_bytes())?;
+        write_atomic(&ca, id.ca_pem.as_bytes())
+    }
+
+    /// Load the node's state after a restart; `None` if it is not in a swarm.
+    fn load(&self) -> Result<Option<(NodeFile, Identity)>, DaemonError> {
+        let (state, crt, key, ca, _) = self.paths();
+        if !state.exists() {
+            return Ok(None);
+        }
+        let bad = |reason: String| DaemonError::State {
+            path: state.clone(),
+            reason,
+        };
+        let st: NodeFile = serde_json::from_slice(&std::fs::read(&state).map_err(|e| bad(e.to_string()))?)
+            .map_err(|e| bad(e.to_string()))?;
+        let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| bad(format!("{}: {e}", p.display())));
+        let id = Identity::new(&read(&crt)?, &read(&key)?, &read(&ca)?).map_err(|e| bad(e.to_string()))?;
+        Ok(Some((st, id)))
+    }
+
+    fn manager_config(&self, st: &NodeFile) -> ManagerConfig {
+        ManagerConfig {
+            node_id: st.node_id.clone(),
+            raft_id: st.raft_id,
+            data_dir: self.paths().4,
+            listen_addr: st.listen_addr,
+            advertise_addr: st.advertise_addr.clone(),
+            tuning: self.cfg.tuning.clone(),
+        }
+    }
+
+    async fn start_manager(&self, st: &NodeFile) -> Result<Arc<Manager>, DaemonError> {
+        let weak = self.this.clone();
+        let extra: ExtraRoutes = Box::new(move |_mgr| {
+            let node = weak.upgrade().expect("node outlives its manager");
+            tonic::service::Routes::new(pb::control_server::ControlServer::new(ControlService {
+                node,
+                local: false,
+            }))
+        });
+        let mgr = Manager::start(self.manager_config(st), self.creds.clone(), extra).await?;
+        Ok(mgr)
+    }
+
+    fn start_agent(&self, inner: &mut Inner, st: &NodeFile, period: Duration) {
+        if let Some(c) = inner.agent.take() {
+            c.cancel();
+        }
+        let cancel = CancellationToken::new();
+        let agent = Agent::new(
+            AgentConfig {
+                hostname: self.cfg.hostname.clone(),
+                platform: format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
+                managers: st.managers.clone(),
+                initial_period: period,
+            },
+            self.creds.clone(),
+            self.events_tx.clone(),
+        );
+        let c = cancel.clone();
+        tokio::spawn(async move { agent.run(c).await });
+        inner.agent = Some(cancel);
+    }
+
+    /// Resume after a restart.
+    async fn resume(&self) -> Result<(), DaemonError> {
+        let Some((st, id)) = self.load()? else {
+            return Ok(());
+        };
+        tracing::info!(node = %st.node_id, role = %id.info.role, "resuming swarm membership");
+        let role = id.info.role;
+        self.creds.set(Some(id));
+        let mut inner = self.inner.lock().await;
+        if role == Role::Manager {
+            inner.manager = Some(self.start_manager(&st).await?);
+        }
+        self.start_agent(&mut inner, &st, manager::dispatcher::DEFAULT_HEARTBEAT);
+        inner.state = Some(st);
+        Ok(())
+    }
+
+    /// React to what the agent reports.
+    async fn on_event(&self, ev: AgentEvent) {
+        let mut inner = self.inner.lock().await;
+        let Some(st) = inner.state.clone() else {
+            return;
+        };
+        match ev {
+            AgentEvent::Managers(m) => {
+                let mut st = st;
+                st.managers = m;
+                if let Err(e) = self.save_state(&st) {
+                    tracing::warn!(error = %e, "cannot save node state");
+                }
+                inner.state = Some(st);
+            }
+            AgentEvent::Certificate { identity, role } => {
+                if let Err(e) = self.save_identity(&identity) {
+                    tracing::error!(error = %e, "cannot save the new certificate");
+                }
+                match (role, inner.manager.is_some()) {
+                    (Role::Manager, false) => {
+                        tracing::info!("promoted: starting the manager");
+                        match self.start_manager(&st).await {
+                            Ok(m) => inner.manager = Some(m),
+                            Err(e) => tracing::error!(error = %e, "cannot start the manager"),
+                        }
+                    }
+                    (Role::Worker, true) => {
+                        tracing::info!("demoted: stopping the manager");
+                        if let Some(m) = inner.manager.take() {
+                            m.shutdown().await;
+                        }
+                        let _ = std::fs::remove_dir_all(self.paths().4);
+                    }
+                    _ => {}
+                }
+            }
+            AgentEvent::Removed => {
+                tracing::warn!("this node was removed from the swarm");
+            }
+        }
+    }
+
+    async fn manager(&self) -> Result<Arc<Manager>, Status> {
+        let inner = self.inner.lock().await;
+        match (&inner.state, &inner.manager) {
+            (_, Some(m)) => Ok(m.clone()),
+            (None, _) => Err(Status::failed_precondition(
+                "This node is not a swarm manager. Use \"shoal swarm init\" or \"shoal swarm join\" to connect this node to a swarm and try again.",
+            )),
+            (Some(_), None) => Err(Status::failed_precondition(
+                "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.",
+            )),
+        }
+    }
+
+    async fn api(&self) -> Result<ControlApi, Status> {
+        Ok(ControlApi::new(self.manager().await?))
+    }
+
+    async fn swarm_init(&self, r: pb::SwarmInitRequest) -> Result<pb::SwarmInitResponse, Status> {
+        let mut inner = self.inner.lock().await;
+        if inner.state.is_some() {
+            return Err(already_in_swarm());
+        }
+        validate_settings(r.heartbeat_period_ms, r.cert_expiry_ms)?;
+        let listen = parse_listen(&r.listen_addr)?;
+        let advertise = resolve_advertise(&r.advertise_addr, listen)?;
+        let cluster_id = random_id(25);
+        let node_id = random_id(25);
+        let raft_id = (rand::random::<u64>() >> 1).max(1);
+        let ca = RootCa::generate(&cluster_id).map_err(status_internal)?;
+        let digest = ca.digest().map_err(status_internal)?;
+        let now = now_ms();
+        let mut cluster = Cluster {
+            id: cluster_id.clone(),
+            version: 0,
+            created_at_ms: now,
+            root_ca: ca,
+            worker_token: JoinToken::generate(&digest).to_string(),
+            manager_token: JoinToken::generate(&digest).to_string(),
+            heartbeat_period_ms: if r.heartbeat_period_ms == 0 {
+                manager::dispatcher::DEFAULT_HEARTBEAT.as_millis() as u64
+            } else {
+                r.heartbeat_period_ms
+            },
+            cert_expiry_ms: if r.cert_expiry_ms == 0 {
+                DEFAULT_CERT_EXPIRY.as_millis() as u64
+            } else {
+                r.cert_expiry_ms
+            },
+            removed_nodes: Default::default(),
+        };
+        let (key_pem, csr) = new_key_and_csr().map_err(status_internal)?;
+        let (cert_pem, not_after) = manager::ca::issue(&cluster, &csr, &node_id, Role::Manager)?;
+        let identity = Identity::new(&cert_pem, &key_pem, &cluster.root_ca.cert_pem).map_err(status_internal)?;
+        let st = NodeFile {
+            node_id: node_id.clone(),
+            raft_id,
+            cluster_id: cluster_id.clone(),
+            listen_addr: listen,
+            advertise_addr: advertise.clone(),
+            managers: vec![advertise.clone()],
+        };
+        self.creds.set(Some(identity.clone()));
+        let mgr = match self.start_manager(&st).await {
+            Ok(m) => m,
+            Err(e) => {
+                self.creds.set(None);
+                return Err(Status::failed_precondition(e.to_string()));
+            }
+        };
+        let fail = |e: String| Status::internal(format!("swarm init failed: {e}"));
+        let res: Result<(), Status> = async {
+            mgr.initialize().await.map_err(|e| fail(e.to_string()))?;
+            mgr.wait_for_leader(Duration::from_secs(10))
+                .await
+                .ok_or_else(|| fail("no leader elected".into()))?;
+            let node = StoreNode {
+                id: node_id.clone(),
+                version: 0,
+                raft_id,
+                role: Role::Manager,
+                desired_role: Role::Manager,
+                availability: Default::default(),
+                labels: Default::default(),
+                description: NodeDescription {
+                    hostname: self.cfg.hostname.clone(),
+                    addr: advertise.clone(),
+                    platform: format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
+                    engine_version: env!("CARGO_PKG_VERSION").into(),
+                },
+                state: NodeState::Ready,
+                status_message: String::new(),
+                created_at_ms: now,
+                updated_at_ms: now,
+                cert_not_after_ms: not_after,
+            };
+            cluster.version = 0;
+            mgr.propose(Txn::new(vec![
+                Op::Create(Object::Cluster(cluster.clone())),
+                Op::Create(Object::Node(node)),
+            ]))
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = res {
+            mgr.shutdown().await;
+            self.creds.set(None);
+            let _ = std::fs::remove_dir_all(self.paths().4);
+            return Err(e);
+        }
+        self.save_identity(&identity).map_err(status_internal)?;
+        self.save_state(&st).map_err(status_internal)?;
+        inner.manager = Some(mgr);
+        self.start_agent(
+            &mut inner,
+            &st,
+            Duration::from_millis(cluster.heartbeat_period_ms),
+        );
+        inner.state = Some(st);
+        tracing::info!(node = %node_id, cluster = %cluster_id, "swarm initialised");
+        let join = |t: &str| format!("shoal swarm join --token {t} {advertise}");
+        Ok(pb::SwarmInitResponse {
+            node_id,
+            worker_join_command: join(&cluster.worker_token),
+            manager_join_command: join(&cluster.manager_token),
+        })
+    }
+
+    async fn swarm_join(&self, r: pb::SwarmJoinRequest) -> Result<pb::SwarmJoinResponse, Status> {
+        let mut inner = self.inner.lock().await;
+        if inner.state.is_some() {
+            return Err(already_in_swarm());
+        }
+        let token: JoinToken = r
+            .token
+            .parse()
+            .map_err(|e: proto::security::SecurityError| Status::invalid_argument(e.to_string()))?;
+        let remote = with_default_port(&r.remote_addr)
+            .ok_or_else(|| Status::invalid_argument(format!("invalid remote address {:?}: expected IP[:PORT]", r.remote_addr)))?;
+        let listen = parse_listen(&r.listen_addr)?;
+        let advertise = resolve_advertise(&r.advertise_addr, listen)?;
+        // Pin the CA: trust the manager only if it presents the CA the token names.
+        let ca_pem = proto::transport::fetch_presented_ca(&remote)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let digest = digest_pem(&ca_pem).map_err(status_internal)?;
+        if digest != token.ca_digest {
+            return Err(Status::permission_denied(format!(
+                "the manager at {remote} presents a root CA (sha256 {digest}) that does not match the join token's fingerprint"
+            )));
+        }
+        let (key_pem, csr_pem) = new_key_and_csr().map_err(status_internal)?;
+        let cfg = client_config(&ca_pem, None).map_err(status_internal)?;
+        let ch = tls_channel(&remote, cfg).map_err(status_internal)?;
+        let resp = CaClient::new(ch)
+            .join(pb::JoinRequest {
+                token: r.token.clone(),
+                csr_pem,
+                hostname: self.cfg.hostname.clone(),
+                advertise_addr: advertise.clone(),
+                platform: format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
+            })
+            .await?
+            .into_inner();
+        let identity = Identity::new(&resp.cert_pem, &key_pem, &resp.ca_pem).map_err(status_internal)?;
+        let mut managers = resp.managers.clone();
+        if managers.is_empty() {
+            managers.push(remote.clone());
+        }
+        let st = NodeFile {
+            node_id: resp.node_id.clone(),
+            raft_id: resp.raft_id,
+            cluster_id: resp.cluster_id.clone(),
+            listen_addr: listen,
+            advertise_addr: advertise,
+            managers,
+        };
+        self.save_identity(&identity).map_err(status_internal)?;
+        self.save_state(&st).map_err(status_internal)?;
+        let role = identity.info.role;
+        self.creds.set(Some(identity));
+        if role == Role::Manager {
+            let mgr = self.start_manager(&st).await.map_err(|e| Status::failed_precondition(e.to_string()))?;
+            inner.manager = Some(mgr.clone());
+            self.start_agent(&mut inner, &st, manager::dispatcher::DEFAULT_HEARTBEAT);
+            inner.state = Some(st.clone());
+            drop(inner);
+            // Return once this manager is a voter, so that joins one after another are safe.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            let mut rx = mgr.raft.metrics();
+            loop {
+                let voter = rx.borrow().membership_config.membership().voter_ids().any(|v| v == st.raft_id);
+                if voter {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                    tracing::warn!("joined, but not yet a raft voter");
+                    break;
+                }
+            }
+        } else {
+            self.start_agent(&mut inner, &st, manager::dispatcher::DEFAULT_HEARTBEAT);
+            inner.state = Some(st);
+        }
+        Ok(pb::SwarmJoinResponse {
+            node_id: resp.node_id,
+            role: role.as_str().into(),
+        })
+    }
+
+    async fn swarm_leave(&self, r: pb::SwarmLeaveRequest) -> Result<pb::Empty, Status> {
+        let mut inner = self.inner.lock().await;
+        if inner.state.is_none() {
+            return Err(Status::failed_precondition("This node is not part of a swarm"));
+        }
+        if inner.manager.is_some() && !r.force {
+            return Err(Status::failed_precondition(
+                "You are attempting to leave the swarm on a node that is participating as a manager. Removing this node leaves the remaining managers with fewer members to keep quorum; demote it first (shoal node demote), or use --force to ignore this message.",
+            ));
+        }
+        if let Some(c) = inner.agent.take() {
+            c.cancel();
+        }
+        if let Some(m) = inner.manager.take() {
+            m.shutdown().await;
+        }
+        self.creds.set(None);
+        inner.state = None;
+        let (state, crt, ..) = self.paths();
+        let _ = std::fs::remove_file(state);
+        let _ = std::fs::remove_dir_all(crt.parent().expect("certs dir"));
+        let _ = std::fs::remove_dir_all(self.paths().4);
+        tracing::info!("left the swarm");
+        Ok(pb::Empty {})
+    }
+
+    async fn info(&self) -> pb::InfoResponse {
+        let inner = self.inner.lock().await;
+        let Some(st) = &inner.state else {
+            return pb::InfoResponse {
+                local_node_state: "inactive".into(),
+                ..Default::default()
+            };
+        };
+        let id = self.creds.get();
+        let (is_leader, leader_addr, managers) = match &inner.manager {
+            Some(m) => (m.is_leader(), m.leader_addr().unwrap_or_default(), m.manager_addrs()),
+            None => (false, String::new(), st.managers.clone()),
+        };
+        pb::InfoResponse {
+            local_node_state: "active".into(),
+            node_id: st.node_id.clone(),
+            role: id.as_ref().map(|i| i.info.role.as_str().to_string()).unwrap_or_default(),
+            cluster_id: st.cluster_id.clone(),
+            node_addr: st.advertise_addr.clone(),
+            managers,
+            is_leader,
+            leader_addr,
+            cert_not_after_ms: id
+                .map(|i| i.info.not_after.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0))
+                .unwrap_or(0),
+        }
+    }
+}
+
+fn already_in_swarm() -> Status {
+    Status::failed_precondition(
+        "This node is already part of a swarm. Use \"shoal swarm leave\" to leave this swarm and join another one.",
+    )
+}
+
+fn with_default_port(s: &str) -> Option<String> {
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Some(sa.to_string());
+    }
+    s.parse::<IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, DEFAULT_PORT).to_string())
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, Status> {
+    if s.is_empty() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)));
+    }
+    with_default_port(s)
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| Status::invalid_argument(format!("invalid --listen-addr {s:?}: expected IP[:PORT]")))
+}
+
+/// The address other nodes reach this one at: given, or the listen address, or the machine's
+/// only non-loopback IPv4 address.
+fn resolve_advertise(s: &str, listen: SocketAddr) -> Result<String, Status> {
+    if !s.is_empty() {
+        let a: SocketAddr = with_default_port(s)
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| Status::invalid_argument(format!("invalid --advertise-addr {s:?}: expected IP[:PORT]")))?;
+        if a.ip().is_unspecified() {
+            return Err(Status::invalid_argument("--advertise-addr must be a specific address, not 0.0.0.0"));
+        }
+        let port = if s.parse::<SocketAddr>().is_ok() { a.port() } else { listen.port() };
+        return Ok(SocketAddr::new(a.ip(), port).to_string());
+    }
+    if !listen.ip().is_unspecified() {
+        return Ok(listen.to_string());
+    }
+    let addrs = local_ipv4_addrs();
+    match addrs.as_slice() {
+        [one] => Ok(SocketAddr::new(IpAddr::V4(*one), listen.port()).to_string()),
+        [] => Err(Status::invalid_argument("could not find an address to advertise: use --advertise-addr")),
+        many => Err(Status::invalid_argument(format!(
+            "could not choose an IP address to advertise since this system has multiple addresses ({}): use --advertise-addr",
+            many.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+fn local_ipv4_addrs() -> Vec<std::net::Ipv4Addr> {
+    let mut out = Vec::new();
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a linked list we only read and then free with freeifaddrs.
+    unsafe {
+        if libc::getifaddrs(&mut ifap) != 0 {
+            return out;
+        }
+        let mut cur = ifap;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            if !ifa.ifa_addr.is_null() && (*ifa.ifa_addr).sa_family as i32 == libc::AF_INET {
+                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                if !ip.is_loopback() && !out.contains(&ip) {
+                    out.push(ip);
+                }
+            }
+            cur = ifa.ifa_next;
+        }
+        libc::freeifaddrs(ifap);
+    }
+    out
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The control API as served on the local socket (`local`) or to other managers over TLS.
+#[derive(Clone)]
+pub struct ControlService {
+    node: Arc<Node>,
+    local: bool,
+}
+
+impl ControlService {
+    fn local_only<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let peer = req.extensions().get::<proto::transport::PeerInfo>();
+        if self.local && peer.is_some_and(|p| p.local) {
+            Ok(())
+        } else {
+            Err(Status::permission_denied("this call is only served on the node's local socket"))
+        }
+    }
+
+    async fn cluster<T>(&self, req: &Request<T>) -> Result<ControlApi, Status> {
+        let api = self.node.api().await?;
+        if !self.local {
+            api.mgr.auth.manager(req)?;
+        }
+        Ok(api)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::control_server::Control for ControlService {
+    async fn swarm_init(&self, req: Request<pb::SwarmInitRequest>) -> Result<Response<pb::SwarmInitResponse>, Status> {
+        self.local_only(&req)?;
+        self.node.swarm_init(req.into_inner()).await.map(Response::new)
+    }
+    async fn swarm_join(&self, req: Request<pb::SwarmJoinRequest>) -> Result<Response<pb::SwarmJoinResponse>, Status> {
+        self.local_only(&req)?;
+        self.node.swarm_join(req.into_inner()).await.map(Response::new)
+    }
+    async fn swarm_leave(&self, req: Request<pb::SwarmLeaveRequest>) -> Result<Response<pb::Empty>, Status> {
+        self.local_only(&req)?;
+        self.node.swarm_leave(req.into_inner()).await.map(Response::new)
+    }
+    async fn info(&self, req: Request<pb::Empty>) -> Result<Response<pb::InfoResponse>, Status> {
+        self.local_only(&req)?;
+        Ok(Response::new(self.node.info().await))
+    }
+    async fn get_cluster(&self, req: Request<pb::Empty>) -> Result<Response<pb::ClusterInfo>, Status> {
+        self.cluster(&req).await?.get_cluster().await.map(Response::new)
+    }
+    async fn update_cluster(&self, req: Request<pb::UpdateClusterRequest>) -> Result<Response<pb::ClusterInfo>, Status> {
+        let api = self.cluster(&req).await?;
+        api.update_cluster(req.into_inner()).await.map(Response::new)
+    }
+    async fn get_join_tokens(&self, req: Request<pb::GetJoinTokensRequest>) -> Result<Response<pb::JoinTokens>, Status> {
+        let api = self.cluster(&req).await?;
+        api.get_join_tokens(req.into_inner()).await.map(Response::new)
+    }
+    async fn list_nodes(&self, req: Request<pb::Empty>) -> Result<Response<pb::ListNodesResponse>, Status> {
+        self.cluster(&req).await?.list_nodes().await.map(Response::new)
+    }
+    async fn get_node(&self, req: Request<pb::GetNodeRequest>) -> Result<Response<pb::Node>, Status> {
+        let api = self.cluster(&req).await?;
+        api.get_node(req.into_inner()).await.map(Response::new)
+    }
+    async fn update_node(&self, req: Request<pb::UpdateNodeRequest>) -> Result<Response<pb::Node>, Status> {
+        let api = self.cluster(&req).await?;
+        api.update_node(req.into_inner()).await.map(Response::new)
+    }
+    async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> Result<Response<pb::Empty>, Status> {
+        let api = self.cluster(&req).await?;
+        api.remove_node(req.into_inner()).await.map(Response::new)
+    }
+}
+
+/// Run the node until `shutdown` fires.
+pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| DaemonError::DataDir {
+        path: cfg.data_dir.clone(),
+        source: e,
+    })?;
+    if let Some(dir) = cfg.socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| DaemonError::Socket {
+            path: cfg.socket.clone(),
+            source: e,
+        })?;
+    }
+    let (events_tx, mut events_rx) = mpsc::channel(16);
+    let node = Arc::new_cyclic(|this| Node {
+        cfg: cfg.clone(),
+        creds: Credentials::new(None),
+        inner: Mutex::new(Inner {
+            state: None,
+            manager: None,
+            agent: None,
+        }),
+        events_tx,
+        this: this.clone(),
+    });
+    node.resume().await?;
+    let n = node.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = events_rx.recv().await {
+            n.on_event(ev).await;
+        }
+    });
+
+    let _ = std::fs::remove_file(&cfg.socket);
+    let listener = tokio::net::UnixListener::bind(&cfg.socket).map_err(|e| DaemonError::Socket {
+        path: cfg.socket.clone(),
+        source: e,
+    })?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o600));
+    }
+    tracing::info!(socket = %cfg.socket.display(), "listening");
+    let svc = pb::control_server::ControlServer::new(ControlService {
+        node: node.clone(),
+        local: true,
+    });
+    tonic::transport::Server::builder()
+        .add_service(svc)
+        .serve_with_incoming_shutdown(proto::transport::serve_unix(listener), shutdown.cancelled())
+        .await?;
+    // Orderly stop: agent first, then the manager (raft flushes on shutdown).
+    let mut inner = node.inner.lock().await;
+    if let Some(c) = inner.agent.take() {
+        c.cancel();
+    }
+    if let Some(m) = inner.manager.take() {
+        m.shutdown().await;
+    }
+    let _ = std::fs::remove_file(&cfg.socket);
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! Tables and `--format json` lines, shaped like Docker's.
+
+use serde_json::{Map, Value};
+
+/// Output formats every list command accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "table" | "" => Ok(Format::Table),
+            "json" | "{{json .}}" => Ok(Format::Json),
+            other => Err(format!(
+                "unsupported format {other:?}: use \"table\" or \"json\""
+            )),
+        }
+    }
+}
+
+/// Docker capitalises state words in its tables: "ready" → "Ready".
+pub fn title(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
+}
+
+/// A table with Docker's layout: upper-case headers, columns padded to the widest cell plus
+/// three spaces.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let n = cells.len();
+        for (i, c) in cells.into_iter().enumerate() {
+            if i + 1 == n {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<w$}", w = widths[i] + 3));
+            }
+        }
+        out.push('\n');
+    };
+    line(headers.to_vec(), &mut out);
+    for r in rows {
+        line(r.iter().map(|s| s.as_str()).collect(), &mut out);
+    }
+    out
+}
+
+/// One JSON object per line, keys in the order given.
+pub fn json_line(fields: Vec<(&str, Value)>) -> String {
+    let mut m = Map::new();
+    for (k, v) in fields {
+        m.insert(k.to_string(), v);
+    }
+    Value::Object(m).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_pads_columns() {
+        let t = table(&["ID", "NAME"], &[vec!["abc".into(), "x".into()]]);
+        assert_eq!(t, "ID     NAME\nabc    x\n");
+    }
+
+    #[test]
+    fn formats_parse() {
+        assert_eq!("json".parse::<Format>().unwrap(), Format::Json);
+        assert!("{{.ID}}".parse::<Format>().is_err());
+    }
+}

@@ -1,0 +1,260 @@
+//! The agent's session loop.
+//!
+//! ```text
+//!   loop: pick a manager (the leader if known) ─▶ Dispatcher.Session
+//!           send Register, then Heartbeat every period
+//!           on each SessionMessage: period, managers, leader, desired role
+//!             role differs from certificate, or certificate past half-life ─▶ Ca.Renew
+//!         on error: follow the leader hint, back off (100 ms … 2 s), try the next manager
+//! ```
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use proto::pb;
+use proto::pb::ca_client::CaClient;
+use proto::pb::dispatcher_client::DispatcherClient;
+use proto::security::{new_key_and_csr, Role};
+use proto::transport::{client_config, tls_channel, Credentials, Identity};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::Code;
+
+/// Metadata key a follower uses to name the leader (same as the manager's).
+const LEADER_METADATA: &str = "x-shoal-leader";
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub hostname: String,
+    pub platform: String,
+    pub managers: Vec<String>,
+    /// Heartbeat period to use until the manager says otherwise.
+    pub initial_period: Duration,
+}
+
+/// What the agent tells the node it runs in.
+#[derive(Clone, Debug)]
+pub enum AgentEvent {
+    /// The set of manager addresses changed (persist it for restarts).
+    Managers(Vec<String>),
+    /// A new certificate was issued (renewal, promotion or demotion); `creds` already has it.
+    Certificate { identity: Identity, role: Role },
+    /// The managers no longer know this node.
+    Removed,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("{0}")]
+    Status(#[from] tonic::Status),
+    #[error("{0}")]
+    Transport(#[from] proto::transport::TransportError),
+    #[error("no session message within {0:?}")]
+    Silent(Duration),
+    #[error("no certificate")]
+    NoIdentity,
+    #[error("certificate: {0}")]
+    Security(#[from] proto::security::SecurityError),
+}
+
+pub struct Agent {
+    config: AgentConfig,
+    creds: Arc<Credentials>,
+    events: mpsc::Sender<AgentEvent>,
+    managers: Vec<String>,
+    leader_hint: Option<String>,
+    next: usize,
+    period_ms: Arc<AtomicU64>,
+}
+
+impl Agent {
+    pub fn new(
+        config: AgentConfig,
+        creds: Arc<Credentials>,
+        events: mpsc::Sender<AgentEvent>,
+    ) -> Agent {
+        Agent {
+            managers: config.managers.clone(),
+            period_ms: Arc::new(AtomicU64::new(config.initial_period.as_millis() as u64)),
+            config,
+            creds,
+            events,
+            leader_hint: None,
+            next: 0,
+        }
+    }
+
+    fn pick(&mut self) -> Option<String> {
+        if let Some(l) = self.leader_hint.take() {
+            return Some(l);
+        }
+        if self.managers.is_empty() {
+            return None;
+        }
+        self.next = (self.next + 1) % self.managers.len();
+        Some(self.managers[self.next].clone())
+    }
+
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if cancel.is_cancelled() {
+                return;
+            }
+            let Some(addr) = self.pick() else {
+                tracing::warn!("no manager address known");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            };
+            let started = tokio::time::Instant::now();
+            let res = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = self.session(&addr) => r,
+            };
+            match res {
+                Ok(()) => {}
+                Err(SessionError::Status(s)) if s.code() == Code::NotFound => {
+                    tracing::warn!(error = %s.message(), "the swarm no longer knows this node");
+                    let _ = self.events.send(AgentEvent::Removed).await;
+                    return;
+                }
+                Err(SessionError::Status(s)) => {
+                    if let Some(l) = s.metadata().get(LEADER_METADATA) {
+                        if let Ok(l) = l.to_str() {
+                            self.leader_hint = Some(l.to_string());
+                        }
+                    }
+                    tracing::debug!(%addr, code = ?s.code(), error = %s.message(), "session ended");
+                }
+                Err(e) => tracing::debug!(%addr, error = %e, "session ended"),
+            }
+            if started.elapsed() > Duration::from_secs(5) {
+                backoff = Duration::from_millis(100);
+            }
+            // A hint to the leader is worth following at once.
+            let wait = if self.leader_hint.is_some() {
+                Duration::from_millis(20)
+            } else {
+                backoff
+            };
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, SessionError> {
+        let id = self.creds.get().ok_or(SessionError::NoIdentity)?;
+        let cfg = client_config(&id.ca_pem, Some(&id))?;
+        Ok(tls_channel(addr, cfg)?)
+    }
+
+    async fn session(&mut self, addr: &str) -> Result<(), SessionError> {
+        let channel = self.channel(addr)?;
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(pb::SessionRequest {
+            msg: Some(pb::session_request::Msg::Register(pb::Register {
+                description: Some(pb::NodeDescription {
+                    hostname: self.config.hostname.clone(),
+                    addr: String::new(),
+                    platform: self.config.platform.clone(),
+                    engine_version: env!("CARGO_PKG_VERSION").into(),
+                }),
+            })),
+        })
+        .await
+        .ok();
+        let period = self.period_ms.clone();
+        let heartbeats = tokio::spawn(async move {
+            loop {
+                let p = Duration::from_millis(period.load(Ordering::Relaxed));
+                // Early rather than late: jitter within the last fifth of the period.
+                let jitter = rand::random::<f64>() * 0.2;
+                tokio::time::sleep(p.mul_f64(0.8 + jitter)).await;
+                let hb = pb::SessionRequest {
+                    msg: Some(pb::session_request::Msg::Heartbeat(pb::Heartbeat {})),
+                };
+                if tx.send(hb).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let result = self.session_inner(channel, rx).await;
+        heartbeats.abort();
+        result
+    }
+
+    async fn session_inner(
+        &mut self,
+        channel: Channel,
+        rx: mpsc::Receiver<pb::SessionRequest>,
+    ) -> Result<(), SessionError> {
+        let mut client = DispatcherClient::new(channel.clone());
+        let mut inbound = client
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        loop {
+            let p = Duration::from_millis(self.period_ms.load(Ordering::Relaxed));
+            let limit = p * 3 + Duration::from_secs(1);
+            let msg = match tokio::time::timeout(limit, inbound.message()).await {
+                Err(_) => return Err(SessionError::Silent(limit)),
+                Ok(m) => m?,
+            };
+            let Some(msg) = msg else { return Ok(()) };
+            self.on_message(&msg).await;
+            self.maybe_renew(&channel, &msg).await?;
+        }
+    }
+
+    async fn on_message(&mut self, msg: &pb::SessionMessage) {
+        if msg.heartbeat_period_ms > 0 {
+            self.period_ms
+                .store(msg.heartbeat_period_ms, Ordering::Relaxed);
+        }
+        let mut managers = msg.managers.clone();
+        managers.sort();
+        if !managers.is_empty() && managers != self.managers {
+            self.managers = managers.clone();
+            let _ = self.events.send(AgentEvent::Managers(managers)).await;
+        }
+    }
+
+    async fn maybe_renew(
+        &mut self,
+        channel: &Channel,
+        msg: &pb::SessionMessage,
+    ) -> Result<(), SessionError> {
+        let id = self.creds.get().ok_or(SessionError::NoIdentity)?;
+        let desired: Role = msg.desired_role.parse().unwrap_or(id.info.role);
+        let expiring = id.info.needs_renewal(SystemTime::now());
+        if desired == id.info.role && !expiring {
+            return Ok(());
+        }
+        let (key_pem, csr_pem) = new_key_and_csr()?;
+        let resp = CaClient::new(channel.clone())
+            .renew(pb::RenewRequest { csr_pem })
+            .await;
+        let resp = match resp {
+            Ok(r) => r.into_inner(),
+            // Demotion waits for raft removal: try again on the next heartbeat.
+            Err(s) if s.code() == Code::Unavailable => return Ok(()),
+            Err(s) => return Err(s.into()),
+        };
+        let identity = Identity::new(&resp.cert_pem, &key_pem, &id.ca_pem)?;
+        let role = identity.info.role;
+        tracing::info!(%role, "new certificate");
+        self.creds.set(Some(identity.clone()));
+        let _ = self
+            .events
+            .send(AgentEvent::Certificate { identity, role })
+            .await;
+        Ok(())
+    }
+}
