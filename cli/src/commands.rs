@@ -13,10 +13,20 @@ use tonic::{Code, Status};
 use crate::output::{json_line, table, title, Format};
 
 #[derive(Parser, Debug)]
-#[command(name = "shoal", version, about = "A container cluster orchestrator in the manner of Docker Swarm mode")]
+#[command(
+    name = "shoal",
+    version,
+    about = "A container cluster orchestrator in the manner of Docker Swarm mode"
+)]
 pub struct Cli {
     /// Daemon socket to connect to (unix://PATH).
-    #[arg(short = 'H', long = "host", env = "SHOAL_HOST", global = true, default_value = "unix:///run/shoal/shoal.sock")]
+    #[arg(
+        short = 'H',
+        long = "host",
+        env = "SHOAL_HOST",
+        global = true,
+        default_value = "unix:///run/shoal/shoal.sock"
+    )]
     pub host: String,
     /// Log level of the daemon and the lab (error, warn, info, debug, trace).
     #[arg(long = "log-level", global = true, default_value = "info")]
@@ -212,7 +222,8 @@ pub enum LabCmd {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. 5s, 500ms, 1m"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. 5s, 500ms, 1m"))
 }
 
 /// A one-line error for the user.
@@ -261,9 +272,15 @@ pub fn run(cli: Cli) -> i32 {
 }
 
 fn init_tracing(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},openraft=warn,h2=warn,tower=warn,hyper=warn")));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "{level},openraft=warn,h2=warn,tower=warn,hyper=warn"
+        ))
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 async fn run_daemon(args: DaemonArgs, level: &str) -> i32 {
@@ -307,13 +324,18 @@ fn os_hostname() -> String {
 
 async fn connect(host: &str) -> Result<ControlClient<Channel>, CliError> {
     let path = host.strip_prefix("unix://").ok_or_else(|| {
-        CliError(format!("Error: invalid --host {host:?}: expected unix:///path/to/socket"))
+        CliError(format!(
+            "Error: invalid --host {host:?}: expected unix:///path/to/socket"
+        ))
     })?;
     let ch = proto::transport::unix_channel(PathBuf::from(path))
         .await
-        .map_err(|_| CliError(format!("Cannot connect to the shoal daemon at {host}. Is the shoal daemon running?")))?;
-    Ok(ControlClient::new(ch)
-        .max_decoding_message_size(64 << 20))
+        .map_err(|_| {
+            CliError(format!(
+                "Cannot connect to the shoal daemon at {host}. Is the shoal daemon running?"
+            ))
+        })?;
+    Ok(ControlClient::new(ch).max_decoding_message_size(64 << 20))
 }
 
 /// Retry while the cluster has no leader (an election takes about a second).
@@ -339,7 +361,12 @@ fn ms(d: Option<Duration>) -> u64 {
 
 async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
     match cmd {
-        SwarmCmd::Init { advertise_addr, listen_addr, dispatcher_heartbeat, cert_expiry } => {
+        SwarmCmd::Init {
+            advertise_addr,
+            listen_addr,
+            dispatcher_heartbeat,
+            cert_expiry,
+        } => {
             let r = c
                 .swarm_init(pb::SwarmInitRequest {
                     advertise_addr: advertise_addr.unwrap_or_default(),
@@ -349,11 +376,22 @@ async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
                 })
                 .await?
                 .into_inner();
-            println!("Swarm initialized: current node ({}) is now a manager.\n", r.node_id);
-            println!("To add a worker to this swarm, run the following command:\n\n    {}\n", r.worker_join_command);
+            println!(
+                "Swarm initialized: current node ({}) is now a manager.\n",
+                r.node_id
+            );
+            println!(
+                "To add a worker to this swarm, run the following command:\n\n    {}\n",
+                r.worker_join_command
+            );
             println!("To add a manager to this swarm, run 'shoal swarm join-token manager' and follow the instructions.\n");
         }
-        SwarmCmd::Join { token, advertise_addr, listen_addr, remote } => {
+        SwarmCmd::Join {
+            token,
+            advertise_addr,
+            listen_addr,
+            remote,
+        } => {
             let r = c
                 .swarm_join(pb::SwarmJoinRequest {
                     token,
@@ -365,12 +403,21 @@ async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
                 .into_inner();
             println!("This node joined a swarm as a {}.", r.role);
         }
-        SwarmCmd::JoinToken { quiet, rotate, role } => {
+        SwarmCmd::JoinToken {
+            quiet,
+            rotate,
+            role,
+        } => {
             if role != "worker" && role != "manager" {
-                return Err(CliError(format!("Error: unknown role {role:?}: use worker or manager")));
+                return Err(CliError(format!(
+                    "Error: unknown role {role:?}: use worker or manager"
+                )));
             }
             let worker = role == "worker";
-            let req = pb::GetJoinTokensRequest { rotate_worker: rotate && worker, rotate_manager: rotate && !worker };
+            let req = pb::GetJoinTokensRequest {
+                rotate_worker: rotate && worker,
+                rotate_manager: rotate && !worker,
+            };
             let t = retry(|| {
                 let mut c = c.clone();
                 let req = req.clone();
@@ -392,8 +439,14 @@ async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
             c.swarm_leave(pb::SwarmLeaveRequest { force }).await?;
             println!("Node left the swarm.");
         }
-        SwarmCmd::Update { dispatcher_heartbeat, cert_expiry } => {
-            let req = pb::UpdateClusterRequest { heartbeat_period_ms: ms(dispatcher_heartbeat), cert_expiry_ms: ms(cert_expiry) };
+        SwarmCmd::Update {
+            dispatcher_heartbeat,
+            cert_expiry,
+        } => {
+            let req = pb::UpdateClusterRequest {
+                heartbeat_period_ms: ms(dispatcher_heartbeat),
+                cert_expiry_ms: ms(cert_expiry),
+            };
             retry(|| {
                 let mut c = c.clone();
                 async move { c.update_cluster(req).await }
@@ -406,8 +459,16 @@ async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
 }
 
 fn node_row(n: &pb::Node, self_id: &str) -> (Vec<String>, String) {
-    let host = n.description.as_ref().map(|d| d.hostname.clone()).unwrap_or_default();
-    let engine = n.description.as_ref().map(|d| d.engine_version.clone()).unwrap_or_default();
+    let host = n
+        .description
+        .as_ref()
+        .map(|d| d.hostname.clone())
+        .unwrap_or_default();
+    let engine = n
+        .description
+        .as_ref()
+        .map(|d| d.engine_version.clone())
+        .unwrap_or_default();
     let is_self = n.id == self_id;
     let json = json_line(vec![
         ("Availability", json!(title(&n.availability))),
@@ -419,9 +480,20 @@ fn node_row(n: &pb::Node, self_id: &str) -> (Vec<String>, String) {
         ("Status", json!(title(&n.status))),
         ("TLSStatus", json!("Ready")),
     ]);
-    let id = if is_self { format!("{} *", n.id) } else { n.id.clone() };
+    let id = if is_self {
+        format!("{} *", n.id)
+    } else {
+        n.id.clone()
+    };
     (
-        vec![id, host, title(&n.status), title(&n.availability), title(&n.manager_status), engine],
+        vec![
+            id,
+            host,
+            title(&n.status),
+            title(&n.availability),
+            title(&n.manager_status),
+            engine,
+        ],
         json,
     )
 }
@@ -429,11 +501,20 @@ fn node_row(n: &pb::Node, self_id: &str) -> (Vec<String>, String) {
 async fn list_nodes(c: &ControlClient<Channel>) -> Result<Vec<pb::Node>, Status> {
     let mut nodes = retry(|| {
         let mut c = c.clone();
-        async move { c.list_nodes(pb::Empty {}).await.map(|r| r.into_inner().nodes) }
+        async move {
+            c.list_nodes(pb::Empty {})
+                .await
+                .map(|r| r.into_inner().nodes)
+        }
     })
     .await?;
     nodes.sort_by(|a, b| {
-        let h = |n: &pb::Node| n.description.as_ref().map(|d| d.hostname.clone()).unwrap_or_default();
+        let h = |n: &pb::Node| {
+            n.description
+                .as_ref()
+                .map(|d| d.hostname.clone())
+                .unwrap_or_default()
+        };
         h(a).cmp(&h(b)).then(a.id.cmp(&b.id))
     });
     Ok(nodes)
@@ -443,12 +524,19 @@ async fn get_node(c: &ControlClient<Channel>, id: &str) -> Result<pb::Node, Stat
     retry(|| {
         let mut c = c.clone();
         let id = id.to_string();
-        async move { c.get_node(pb::GetNodeRequest { id }).await.map(|r| r.into_inner()) }
+        async move {
+            c.get_node(pb::GetNodeRequest { id })
+                .await
+                .map(|r| r.into_inner())
+        }
     })
     .await
 }
 
-async fn update_node(c: &ControlClient<Channel>, req: pb::UpdateNodeRequest) -> Result<pb::Node, Status> {
+async fn update_node(
+    c: &ControlClient<Channel>,
+    req: pb::UpdateNodeRequest,
+) -> Result<pb::Node, Status> {
     retry(|| {
         let mut c = c.clone();
         let req = req.clone();
@@ -464,7 +552,10 @@ fn ts(ms: i64) -> String {
 
 fn inspect_json(n: &pb::Node) -> Value {
     let d = n.description.clone().unwrap_or_default();
-    let (os, arch) = d.platform.split_once('/').unwrap_or((d.platform.as_str(), ""));
+    let (os, arch) = d
+        .platform
+        .split_once('/')
+        .unwrap_or((d.platform.as_str(), ""));
     let mut v = json!({
         "ID": n.id,
         "Version": {"Index": n.version},
@@ -505,7 +596,8 @@ async fn node(c: ControlClient<Channel>, cmd: NodeCmd) -> CliResult {
                 }
                 return Ok(());
             }
-            let rows: Vec<(Vec<String>, String)> = nodes.iter().map(|n| node_row(n, &self_id)).collect();
+            let rows: Vec<(Vec<String>, String)> =
+                nodes.iter().map(|n| node_row(n, &self_id)).collect();
             match format {
                 Format::Json => {
                     for (_, j) in rows {
@@ -514,7 +606,20 @@ async fn node(c: ControlClient<Channel>, cmd: NodeCmd) -> CliResult {
                 }
                 Format::Table => {
                     let cells: Vec<Vec<String>> = rows.into_iter().map(|(r, _)| r).collect();
-                    print!("{}", table(&["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ENGINE VERSION"], &cells));
+                    print!(
+                        "{}",
+                        table(
+                            &[
+                                "ID",
+                                "HOSTNAME",
+                                "STATUS",
+                                "AVAILABILITY",
+                                "MANAGER STATUS",
+                                "ENGINE VERSION"
+                            ],
+                            &cells
+                        )
+                    );
                 }
             }
         }
@@ -529,9 +634,19 @@ async fn node(c: ControlClient<Channel>, cmd: NodeCmd) -> CliResult {
                     println!("ID:\t\t\t{}", n.id);
                     println!("Hostname:\t\t{}", d.hostname);
                     println!("Joined at:\t\t{}", ts(n.created_at_ms));
-                    println!("Status:\n State:\t\t\t{}\n Availability:\t\t{}\n Address:\t\t{}", title(&n.status), title(&n.availability), d.addr);
+                    println!(
+                        "Status:\n State:\t\t\t{}\n Availability:\t\t{}\n Address:\t\t{}",
+                        title(&n.status),
+                        title(&n.availability),
+                        d.addr
+                    );
                     if n.role == "manager" {
-                        println!("Manager Status:\n Address:\t\t{}\n Raft Status:\t\t{}\n Leader:\t\t{}", d.addr, title(&n.manager_status), if n.leader { "Yes" } else { "No" });
+                        println!(
+                            "Manager Status:\n Address:\t\t{}\n Raft Status:\t\t{}\n Leader:\t\t{}",
+                            d.addr,
+                            title(&n.manager_status),
+                            if n.leader { "Yes" } else { "No" }
+                        );
                     }
                     if !n.labels.is_empty() {
                         println!("Labels:");
@@ -543,36 +658,68 @@ async fn node(c: ControlClient<Channel>, cmd: NodeCmd) -> CliResult {
                     }
                     println!("Platform:\n Operating System:\t{}", d.platform);
                     println!("Engine Version:\t\t{}", d.engine_version);
-                    println!("TLS Info:\n Certificate expires:\t{}", ts(n.cert_not_after_ms));
+                    println!(
+                        "TLS Info:\n Certificate expires:\t{}",
+                        ts(n.cert_not_after_ms)
+                    );
                 }
             } else {
                 let arr: Vec<Value> = out.iter().map(inspect_json).collect();
                 println!("{}", serde_json::to_string_pretty(&arr).unwrap_or_default());
             }
         }
-        NodeCmd::Update { availability, role, label_add, label_rm, node } => {
-            if availability.is_none() && role.is_none() && label_add.is_empty() && label_rm.is_empty() {
+        NodeCmd::Update {
+            availability,
+            role,
+            label_add,
+            label_rm,
+            node,
+        } => {
+            if availability.is_none()
+                && role.is_none()
+                && label_add.is_empty()
+                && label_rm.is_empty()
+            {
                 return Err(CliError("Error: nothing to update: give --availability, --role, --label-add or --label-rm".into()));
             }
-            let n = update_node(&c, pb::UpdateNodeRequest {
-                id: node,
-                availability: availability.unwrap_or_default(),
-                desired_role: role.unwrap_or_default(),
-                label_add,
-                label_rm,
-            })
+            let n = update_node(
+                &c,
+                pb::UpdateNodeRequest {
+                    id: node,
+                    availability: availability.unwrap_or_default(),
+                    desired_role: role.unwrap_or_default(),
+                    label_add,
+                    label_rm,
+                },
+            )
             .await?;
             println!("{}", n.id);
         }
         NodeCmd::Promote { nodes } => {
             for id in nodes {
-                let n = update_node(&c, pb::UpdateNodeRequest { id: id.clone(), desired_role: "manager".into(), ..Default::default() }).await?;
+                let n = update_node(
+                    &c,
+                    pb::UpdateNodeRequest {
+                        id: id.clone(),
+                        desired_role: "manager".into(),
+                        ..Default::default()
+                    },
+                )
+                .await?;
                 println!("Node {} promoted to a manager in the swarm.", n.id);
             }
         }
         NodeCmd::Demote { nodes } => {
             for id in nodes {
-                let n = update_node(&c, pb::UpdateNodeRequest { id: id.clone(), desired_role: "worker".into(), ..Default::default() }).await?;
+                let n = update_node(
+                    &c,
+                    pb::UpdateNodeRequest {
+                        id: id.clone(),
+                        desired_role: "worker".into(),
+                        ..Default::default()
+                    },
+                )
+                .await?;
                 println!("Manager {} demoted in the swarm.", n.id);
             }
         }
@@ -610,13 +757,26 @@ async fn info(mut c: ControlClient<Channel>, a: InfoArgs) -> CliResult {
         Format::Table => {
             println!("Swarm: {}", i.local_node_state);
             if i.local_node_state == "active" {
-                println!(" NodeID: {}\n Is Manager: {}\n ClusterID: {}\n Node Address: {}", i.node_id, i.role == "manager", i.cluster_id, i.node_addr);
+                println!(
+                    " NodeID: {}\n Is Manager: {}\n ClusterID: {}\n Node Address: {}",
+                    i.node_id,
+                    i.role == "manager",
+                    i.cluster_id,
+                    i.node_addr
+                );
                 println!(" Manager Addresses:");
                 for m in &i.managers {
                     println!("  {m}");
                 }
                 if i.role == "manager" {
-                    println!(" Leader: {}", if i.is_leader { "this node".to_string() } else { i.leader_addr.clone() });
+                    println!(
+                        " Leader: {}",
+                        if i.is_leader {
+                            "this node".to_string()
+                        } else {
+                            i.leader_addr.clone()
+                        }
+                    );
                 }
                 println!(" Certificate expires: {}", ts(i.cert_not_after_ms));
             }
@@ -626,15 +786,30 @@ async fn info(mut c: ControlClient<Channel>, a: InfoArgs) -> CliResult {
 }
 
 fn run_lab(cmd: LabCmd, level: &str) -> CliResult {
-    std::env::set_var("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| level.to_string()));
+    std::env::set_var(
+        "RUST_LOG",
+        std::env::var("RUST_LOG").unwrap_or_else(|_| level.to_string()),
+    );
     match cmd {
-        LabCmd::Up { managers, workers, prefix, dispatcher_heartbeat } => {
-            let bin = std::env::current_exe().map_err(|e| CliError(format!("Error: cannot find the shoal binary: {e}")))?;
+        LabCmd::Up {
+            managers,
+            workers,
+            prefix,
+            dispatcher_heartbeat,
+        } => {
+            let bin = std::env::current_exe()
+                .map_err(|e| CliError(format!("Error: cannot find the shoal binary: {e}")))?;
             let mut cfg = deploy::LabConfig::new(&prefix, managers, workers, bin);
             cfg.heartbeat_ms = dispatcher_heartbeat.map(|d| d.as_millis() as u64);
             let lab = deploy::Lab::up(&cfg)?;
             for h in &lab.hosts {
-                println!("{}\t{}\t{}\t{}", h.name, if h.manager { "manager" } else { "worker" }, h.addr, h.socket.display());
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    h.name,
+                    if h.manager { "manager" } else { "worker" },
+                    h.addr,
+                    h.socket.display()
+                );
             }
             println!("\nTry: shoal lab exec --prefix {prefix} m1 -- shoal node ls");
         }

@@ -124,10 +124,13 @@ impl Node {
             path: state.clone(),
             reason,
         };
-        let st: NodeFile = serde_json::from_slice(&std::fs::read(&state).map_err(|e| bad(e.to_string()))?)
+        let st: NodeFile =
+            serde_json::from_slice(&std::fs::read(&state).map_err(|e| bad(e.to_string()))?)
+                .map_err(|e| bad(e.to_string()))?;
+        let read =
+            |p: &Path| std::fs::read_to_string(p).map_err(|e| bad(format!("{}: {e}", p.display())));
+        let id = Identity::new(&read(&crt)?, &read(&key)?, &read(&ca)?)
             .map_err(|e| bad(e.to_string()))?;
-        let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| bad(format!("{}: {e}", p.display())));
-        let id = Identity::new(&read(&crt)?, &read(&key)?, &read(&ca)?).map_err(|e| bad(e.to_string()))?;
         Ok(Some((st, id)))
     }
 
@@ -152,6 +155,14 @@ impl Node {
             }))
         });
         let mgr = Manager::start(self.manager_config(st), self.creds.clone(), extra).await?;
+        // Fail fast: a manager whose raft died must not linger half-alive; the supervisor
+        // restarts the node and raft recovers from disk.
+        let failed = mgr.failed();
+        tokio::spawn(async move {
+            failed.cancelled().await;
+            tracing::error!("raft failed: exiting so the node restarts from its data dir");
+            std::process::exit(70);
+        });
         Ok(mgr)
     }
 
@@ -287,7 +298,8 @@ impl Node {
         };
         let (key_pem, csr) = new_key_and_csr().map_err(status_internal)?;
         let (cert_pem, not_after) = manager::ca::issue(&cluster, &csr, &node_id, Role::Manager)?;
-        let identity = Identity::new(&cert_pem, &key_pem, &cluster.root_ca.cert_pem).map_err(status_internal)?;
+        let identity = Identity::new(&cert_pem, &key_pem, &cluster.root_ca.cert_pem)
+            .map_err(status_internal)?;
         let st = NodeFile {
             node_id: node_id.clone(),
             raft_id,
@@ -373,8 +385,12 @@ impl Node {
             .token
             .parse()
             .map_err(|e: proto::security::SecurityError| Status::invalid_argument(e.to_string()))?;
-        let remote = with_default_port(&r.remote_addr)
-            .ok_or_else(|| Status::invalid_argument(format!("invalid remote address {:?}: expected IP[:PORT]", r.remote_addr)))?;
+        let remote = with_default_port(&r.remote_addr).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "invalid remote address {:?}: expected IP[:PORT]",
+                r.remote_addr
+            ))
+        })?;
         let listen = parse_listen(&r.listen_addr)?;
         let advertise = resolve_advertise(&r.advertise_addr, listen)?;
         // Pin the CA: trust the manager only if it presents the CA the token names.
@@ -400,7 +416,8 @@ impl Node {
             })
             .await?
             .into_inner();
-        let identity = Identity::new(&resp.cert_pem, &key_pem, &resp.ca_pem).map_err(status_internal)?;
+        let identity =
+            Identity::new(&resp.cert_pem, &key_pem, &resp.ca_pem).map_err(status_internal)?;
         let mut managers = resp.managers.clone();
         if managers.is_empty() {
             managers.push(remote.clone());
@@ -418,7 +435,10 @@ impl Node {
         let role = identity.info.role;
         self.creds.set(Some(identity));
         if role == Role::Manager {
-            let mgr = self.start_manager(&st).await.map_err(|e| Status::failed_precondition(e.to_string()))?;
+            let mgr = self
+                .start_manager(&st)
+                .await
+                .map_err(|e| Status::failed_precondition(e.to_string()))?;
             inner.manager = Some(mgr.clone());
             self.start_agent(&mut inner, &st, manager::dispatcher::DEFAULT_HEARTBEAT);
             inner.state = Some(st.clone());
@@ -427,11 +447,19 @@ impl Node {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
             let mut rx = mgr.raft.metrics();
             loop {
-                let voter = rx.borrow().membership_config.membership().voter_ids().any(|v| v == st.raft_id);
+                let voter = rx
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == st.raft_id);
                 if voter {
                     break;
                 }
-                if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                if tokio::time::timeout_at(deadline, rx.changed())
+                    .await
+                    .is_err()
+                {
                     tracing::warn!("joined, but not yet a raft voter");
                     break;
                 }
@@ -449,7 +477,9 @@ impl Node {
     async fn swarm_leave(&self, r: pb::SwarmLeaveRequest) -> Result<pb::Empty, Status> {
         let mut inner = self.inner.lock().await;
         if inner.state.is_none() {
-            return Err(Status::failed_precondition("This node is not part of a swarm"));
+            return Err(Status::failed_precondition(
+                "This node is not part of a swarm",
+            ));
         }
         if inner.manager.is_some() && !r.force {
             return Err(Status::failed_precondition(
@@ -482,20 +512,33 @@ impl Node {
         };
         let id = self.creds.get();
         let (is_leader, leader_addr, managers) = match &inner.manager {
-            Some(m) => (m.is_leader(), m.leader_addr().unwrap_or_default(), m.manager_addrs()),
+            Some(m) => (
+                m.is_leader(),
+                m.leader_addr().unwrap_or_default(),
+                m.manager_addrs(),
+            ),
             None => (false, String::new(), st.managers.clone()),
         };
         pb::InfoResponse {
             local_node_state: "active".into(),
             node_id: st.node_id.clone(),
-            role: id.as_ref().map(|i| i.info.role.as_str().to_string()).unwrap_or_default(),
+            role: id
+                .as_ref()
+                .map(|i| i.info.role.as_str().to_string())
+                .unwrap_or_default(),
             cluster_id: st.cluster_id.clone(),
             node_addr: st.advertise_addr.clone(),
             managers,
             is_leader,
             leader_addr,
             cert_not_after_ms: id
-                .map(|i| i.info.not_after.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0))
+                .map(|i| {
+                    i.info
+                        .not_after
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as i64)
+                        .unwrap_or(0)
+                })
                 .unwrap_or(0),
         }
     }
@@ -522,7 +565,9 @@ fn parse_listen(s: &str) -> Result<SocketAddr, Status> {
     }
     with_default_port(s)
         .and_then(|a| a.parse().ok())
-        .ok_or_else(|| Status::invalid_argument(format!("invalid --listen-addr {s:?}: expected IP[:PORT]")))
+        .ok_or_else(|| {
+            Status::invalid_argument(format!("invalid --listen-addr {s:?}: expected IP[:PORT]"))
+        })
 }
 
 /// The address other nodes reach this one at: given, or the listen address, or the machine's
@@ -531,11 +576,21 @@ fn resolve_advertise(s: &str, listen: SocketAddr) -> Result<String, Status> {
     if !s.is_empty() {
         let a: SocketAddr = with_default_port(s)
             .and_then(|a| a.parse().ok())
-            .ok_or_else(|| Status::invalid_argument(format!("invalid --advertise-addr {s:?}: expected IP[:PORT]")))?;
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "invalid --advertise-addr {s:?}: expected IP[:PORT]"
+                ))
+            })?;
         if a.ip().is_unspecified() {
-            return Err(Status::invalid_argument("--advertise-addr must be a specific address, not 0.0.0.0"));
+            return Err(Status::invalid_argument(
+                "--advertise-addr must be a specific address, not 0.0.0.0",
+            ));
         }
-        let port = if s.parse::<SocketAddr>().is_ok() { a.port() } else { listen.port() };
+        let port = if s.parse::<SocketAddr>().is_ok() {
+            a.port()
+        } else {
+            listen.port()
+        };
         return Ok(SocketAddr::new(a.ip(), port).to_string());
     }
     if !listen.ip().is_unspecified() {
@@ -608,7 +663,9 @@ impl ControlService {
         if self.local && peer.is_some_and(|p| p.local) {
             Ok(())
         } else {
-            Err(Status::permission_denied("this call is only served on the node's local socket"))
+            Err(Status::permission_denied(
+                "this call is only served on the node's local socket",
+            ))
         }
     }
 
@@ -623,45 +680,96 @@ impl ControlService {
 
 #[tonic::async_trait]
 impl pb::control_server::Control for ControlService {
-    async fn swarm_init(&self, req: Request<pb::SwarmInitRequest>) -> Result<Response<pb::SwarmInitResponse>, Status> {
+    async fn swarm_init(
+        &self,
+        req: Request<pb::SwarmInitRequest>,
+    ) -> Result<Response<pb::SwarmInitResponse>, Status> {
         self.local_only(&req)?;
-        self.node.swarm_init(req.into_inner()).await.map(Response::new)
+        self.node
+            .swarm_init(req.into_inner())
+            .await
+            .map(Response::new)
     }
-    async fn swarm_join(&self, req: Request<pb::SwarmJoinRequest>) -> Result<Response<pb::SwarmJoinResponse>, Status> {
+    async fn swarm_join(
+        &self,
+        req: Request<pb::SwarmJoinRequest>,
+    ) -> Result<Response<pb::SwarmJoinResponse>, Status> {
         self.local_only(&req)?;
-        self.node.swarm_join(req.into_inner()).await.map(Response::new)
+        self.node
+            .swarm_join(req.into_inner())
+            .await
+            .map(Response::new)
     }
-    async fn swarm_leave(&self, req: Request<pb::SwarmLeaveRequest>) -> Result<Response<pb::Empty>, Status> {
+    async fn swarm_leave(
+        &self,
+        req: Request<pb::SwarmLeaveRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
         self.local_only(&req)?;
-        self.node.swarm_leave(req.into_inner()).await.map(Response::new)
+        self.node
+            .swarm_leave(req.into_inner())
+            .await
+            .map(Response::new)
     }
     async fn info(&self, req: Request<pb::Empty>) -> Result<Response<pb::InfoResponse>, Status> {
         self.local_only(&req)?;
         Ok(Response::new(self.node.info().await))
     }
-    async fn get_cluster(&self, req: Request<pb::Empty>) -> Result<Response<pb::ClusterInfo>, Status> {
-        self.cluster(&req).await?.get_cluster().await.map(Response::new)
+    async fn get_cluster(
+        &self,
+        req: Request<pb::Empty>,
+    ) -> Result<Response<pb::ClusterInfo>, Status> {
+        self.cluster(&req)
+            .await?
+            .get_cluster()
+            .await
+            .map(Response::new)
     }
-    async fn update_cluster(&self, req: Request<pb::UpdateClusterRequest>) -> Result<Response<pb::ClusterInfo>, Status> {
+    async fn update_cluster(
+        &self,
+        req: Request<pb::UpdateClusterRequest>,
+    ) -> Result<Response<pb::ClusterInfo>, Status> {
         let api = self.cluster(&req).await?;
-        api.update_cluster(req.into_inner()).await.map(Response::new)
+        api.update_cluster(req.into_inner())
+            .await
+            .map(Response::new)
     }
-    async fn get_join_tokens(&self, req: Request<pb::GetJoinTokensRequest>) -> Result<Response<pb::JoinTokens>, Status> {
+    async fn get_join_tokens(
+        &self,
+        req: Request<pb::GetJoinTokensRequest>,
+    ) -> Result<Response<pb::JoinTokens>, Status> {
         let api = self.cluster(&req).await?;
-        api.get_join_tokens(req.into_inner()).await.map(Response::new)
+        api.get_join_tokens(req.into_inner())
+            .await
+            .map(Response::new)
     }
-    async fn list_nodes(&self, req: Request<pb::Empty>) -> Result<Response<pb::ListNodesResponse>, Status> {
-        self.cluster(&req).await?.list_nodes().await.map(Response::new)
+    async fn list_nodes(
+        &self,
+        req: Request<pb::Empty>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        self.cluster(&req)
+            .await?
+            .list_nodes()
+            .await
+            .map(Response::new)
     }
-    async fn get_node(&self, req: Request<pb::GetNodeRequest>) -> Result<Response<pb::Node>, Status> {
+    async fn get_node(
+        &self,
+        req: Request<pb::GetNodeRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
         let api = self.cluster(&req).await?;
         api.get_node(req.into_inner()).await.map(Response::new)
     }
-    async fn update_node(&self, req: Request<pb::UpdateNodeRequest>) -> Result<Response<pb::Node>, Status> {
+    async fn update_node(
+        &self,
+        req: Request<pb::UpdateNodeRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
         let api = self.cluster(&req).await?;
         api.update_node(req.into_inner()).await.map(Response::new)
     }
-    async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> Result<Response<pb::Empty>, Status> {
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
         let api = self.cluster(&req).await?;
         api.remove_node(req.into_inner()).await.map(Response::new)
     }
@@ -700,10 +808,11 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
     });
 
     let _ = std::fs::remove_file(&cfg.socket);
-    let listener = tokio::net::UnixListener::bind(&cfg.socket).map_err(|e| DaemonError::Socket {
-        path: cfg.socket.clone(),
-        source: e,
-    })?;
+    let listener =
+        tokio::net::UnixListener::bind(&cfg.socket).map_err(|e| DaemonError::Socket {
+            path: cfg.socket.clone(),
+            source: e,
+        })?;
     {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o600));

@@ -84,7 +84,9 @@ impl pb::ca_server::Ca for CaService {
             ));
         };
         if r.hostname.is_empty() || r.hostname.len() > 253 {
-            return Err(Status::invalid_argument("hostname must be 1 to 253 characters"));
+            return Err(Status::invalid_argument(
+                "hostname must be 1 to 253 characters",
+            ));
         }
         let addr: SocketAddr = r.advertise_addr.parse().map_err(|_| {
             Status::invalid_argument(format!(
@@ -101,7 +103,11 @@ impl pb::ca_server::Ca for CaService {
         let (cert_pem, not_after) = issue(&cluster, &r.csr_pem, &node_id, role)?;
         let raft_id = loop {
             let id = rand::random::<u64>() >> 1;
-            if id != 0 && !mgr.store.view(|d| d.nodes.values().any(|n| n.raft_id == id)) {
+            if id != 0
+                && !mgr
+                    .store
+                    .view(|d| d.nodes.values().any(|n| n.raft_id == id))
+            {
                 break id;
             }
         };
@@ -147,7 +153,9 @@ impl pb::ca_server::Ca for CaService {
     ) -> Result<Response<pb::CertificateResponse>, Status> {
         let mgr = &self.mgr;
         let Caller::Node(cert) = mgr.auth.node(&req)? else {
-            return Err(Status::unauthenticated("renewal needs the node's certificate"));
+            return Err(Status::unauthenticated(
+                "renewal needs the node's certificate",
+            ));
         };
         if !mgr.is_leader() {
             return Err(mgr.not_leader());
@@ -156,7 +164,9 @@ impl pb::ca_server::Ca for CaService {
         let node = mgr
             .store
             .view(|d| d.nodes.get(&cert.node_id).cloned())
-            .ok_or_else(|| Status::not_found(format!("node {} is not in the swarm", cert.node_id)))?;
+            .ok_or_else(|| {
+                Status::not_found(format!("node {} is not in the swarm", cert.node_id))
+            })?;
         let role = node.desired_role;
         if role == Role::Worker {
             let (_, members) = crate::raft::membership(&mgr.raft);

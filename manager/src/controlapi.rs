@@ -77,7 +77,9 @@ impl ControlApi {
             return Ok(c.get_cluster(pb::Empty {}).await?.into_inner());
         }
         self.mgr.linearizable().await?;
-        self.mgr.store.view(|d| cluster_of(d).map(|c| pb_cluster(&c)))
+        self.mgr
+            .store
+            .view(|d| cluster_of(d).map(|c| pb_cluster(&c)))
     }
 
     pub async fn update_cluster(
@@ -99,7 +101,9 @@ impl ControlApi {
             Ok(Txn::new(vec![Op::Update(Object::Cluster(c))]))
         })
         .await?;
-        self.mgr.store.view(|d| cluster_of(d).map(|c| pb_cluster(&c)))
+        self.mgr
+            .store
+            .view(|d| cluster_of(d).map(|c| pb_cluster(&c)))
     }
 
     pub async fn get_join_tokens(

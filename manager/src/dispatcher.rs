@@ -62,7 +62,10 @@ impl Dispatcher {
             let now = Instant::now();
             let mut seen = self.last_seen.lock().expect("dispatcher lock");
             seen.clear();
-            for id in self.store.view(|d| d.nodes.keys().cloned().collect::<Vec<_>>()) {
+            for id in self
+                .store
+                .view(|d| d.nodes.keys().cloned().collect::<Vec<_>>())
+            {
                 seen.insert(id, now);
             }
         }
@@ -163,7 +166,9 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
     ) -> Result<Response<SessionStream>, Status> {
         let mgr = self.mgr.clone();
         let Caller::Node(cert) = mgr.auth.node(&req)? else {
-            return Err(Status::unauthenticated("a session needs a node certificate"));
+            return Err(Status::unauthenticated(
+                "a session needs a node certificate",
+            ));
         };
         if !mgr.is_leader() {
             return Err(mgr.not_leader());
@@ -174,12 +179,18 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
             .await?
             .ok_or_else(|| Status::invalid_argument("session closed before registering"))?;
         let Some(pb::session_request::Msg::Register(reg)) = first.msg else {
-            return Err(Status::invalid_argument("the first session message must be Register"));
+            return Err(Status::invalid_argument(
+                "the first session message must be Register",
+            ));
         };
         let d = reg.description.unwrap_or_default();
         let registered_addr = mgr
             .store
-            .view(|s| s.nodes.get(&cert.node_id).map(|n| n.description.addr.clone()))
+            .view(|s| {
+                s.nodes
+                    .get(&cert.node_id)
+                    .map(|n| n.description.addr.clone())
+            })
             .ok_or_else(|| {
                 Status::not_found(format!(
                     "node {} is not part of the swarm (was it removed?)",
@@ -200,7 +211,9 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
 
         let (tx, rx) = mpsc::channel(8);
         let node_id = cert.node_id.clone();
-        let _ = tx.send(Ok(dispatcher.session_message(&mgr, &node_id))).await;
+        let _ = tx
+            .send(Ok(dispatcher.session_message(&mgr, &node_id)))
+            .await;
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
@@ -216,9 +229,9 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                             return;
                         }
                         dispatcher.seen(&node_id);
-                        let down = mgr.store.view(|d| {
-                            d.nodes.get(&node_id).map(|n| n.state != NodeState::Ready)
-                        });
+                        let down = mgr
+                            .store
+                            .view(|d| d.nodes.get(&node_id).map(|n| n.state != NodeState::Ready));
                         match down {
                             None => {
                                 let _ = tx

@@ -65,6 +65,7 @@ pub struct Manager {
     pub auth: Authorizer,
     pub dispatcher: Arc<Dispatcher>,
     cancel: CancellationToken,
+    failed: CancellationToken,
     tasks: TaskTracker,
 }
 
@@ -93,12 +94,13 @@ impl Manager {
             &config.tuning,
         )
         .await?;
-        let listener = TcpListener::bind(config.listen_addr)
-            .await
-            .map_err(|e| ManagerError::Listen {
-                addr: config.listen_addr,
-                source: e,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen_addr)
+                .await
+                .map_err(|e| ManagerError::Listen {
+                    addr: config.listen_addr,
+                    source: e,
+                })?;
         let auth = Authorizer::new(store.clone());
         let cancel = CancellationToken::new();
         let mgr = Arc::new(Manager {
@@ -109,6 +111,7 @@ impl Manager {
             creds: creds.clone(),
             auth: auth.clone(),
             cancel: cancel.clone(),
+            failed: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
 
@@ -156,8 +159,21 @@ impl Manager {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;
     }
 
+    /// The current leader's raft id. A node that was removed from the group keeps naming
+    /// itself in `current_leader` (nobody tells it otherwise), so our own id counts only
+    /// while raft is actually in the leader state.
+    /// Fires if raft stops with a fatal error: the node cannot go on as a manager.
+    pub fn failed(&self) -> CancellationToken {
+        self.failed.clone()
+    }
+
     pub fn leader_id(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow().current_leader
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        match m.current_leader {
+            Some(l) if l == self.config.raft_id && !m.state.is_leader() => None,
+            other => other,
+        }
     }
 
     pub fn is_leader(&self) -> bool {
@@ -166,8 +182,8 @@ impl Manager {
 
     /// The advertise address of the current leader, if one is known.
     pub fn leader_addr(&self) -> Option<String> {
+        let leader = self.leader_id()?;
         let m = self.raft.metrics().borrow().clone();
-        let leader = m.current_leader?;
         m.membership_config
             .membership()
             .get_node(&leader)
@@ -188,7 +204,10 @@ impl Manager {
             if let Some(l) = rx.borrow().current_leader {
                 return Some(l);
             }
-            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
                 return None;
             }
         }
@@ -215,7 +234,8 @@ impl Manager {
             .creds
             .get()
             .ok_or_else(|| Status::unavailable("this node has no certificate"))?;
-        let cfg = client_config(&id.ca_pem, Some(&id)).map_err(|e| Status::internal(e.to_string()))?;
+        let cfg =
+            client_config(&id.ca_pem, Some(&id)).map_err(|e| Status::internal(e.to_string()))?;
         tls_channel(&addr, cfg).map_err(|e| Status::internal(e.to_string()))
     }
 
@@ -247,6 +267,15 @@ impl Manager {
         let mut rx = self.raft.metrics();
         let mut leader_cancel: Option<CancellationToken> = None;
         loop {
+            if let Err(fatal) = &rx.borrow().running_state {
+                // `Stopped` is our own shutdown; anything else is a crash of the raft core.
+                if !self.cancel.is_cancelled() && !matches!(fatal, openraft::error::Fatal::Stopped)
+                {
+                    tracing::error!(error = %fatal, "raft stopped");
+                    self.failed.cancel();
+                }
+                break;
+            }
             let leading = rx.borrow().current_leader == Some(self.config.raft_id)
                 && rx.borrow().state.is_leader();
             match (leading, &leader_cancel) {
@@ -296,7 +325,9 @@ impl ProposeError {
         match self {
             ProposeError::NotLeader => mgr.not_leader(),
             ProposeError::Refused(e @ TxnError::Conflict { .. }) => Status::aborted(e.to_string()),
-            ProposeError::Refused(e @ TxnError::NotFound { .. }) => Status::not_found(e.to_string()),
+            ProposeError::Refused(e @ TxnError::NotFound { .. }) => {
+                Status::not_found(e.to_string())
+            }
             ProposeError::Refused(e @ TxnError::Exists { .. }) => {
                 Status::already_exists(e.to_string())
             }
@@ -323,8 +354,8 @@ where
 
 /// Convert to the wire form.
 pub fn pb_node(n: &crate::store::Node, leader: Option<NodeId>) -> pb::Node {
-    use proto::security::Role;
     use crate::store::NodeState;
+    use proto::security::Role;
     let is_leader = n.role == Role::Manager && leader == Some(n.raft_id);
     let manager_status = if n.role != Role::Manager {
         ""
@@ -341,7 +372,11 @@ pub fn pb_node(n: &crate::store::Node, leader: Option<NodeId>) -> pb::Node {
         role: n.role.as_str().into(),
         desired_role: n.desired_role.as_str().into(),
         availability: n.availability.as_str().into(),
-        labels: n.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        labels: n
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         description: Some(pb::NodeDescription {
             hostname: n.description.hostname.clone(),
             addr: n.description.addr.clone(),

@@ -25,7 +25,10 @@ pub enum Step {
     Nothing,
 }
 
+/// `me` (the leader) is removed last: once it is out, it steps down and must not make
+/// further changes.
 pub fn plan(
+    me: NodeId,
     desired: &[(NodeId, String)],
     voters: &BTreeSet<NodeId>,
     members: &BTreeSet<NodeId>,
@@ -40,10 +43,12 @@ pub fn plan(
     }
     let want: BTreeSet<NodeId> = desired.iter().map(|(id, _)| *id).collect();
     // Never remove the last voter.
-    for id in members {
-        if !want.contains(id) && (voters.len() > 1 || !voters.contains(id)) {
-            return Step::Remove { id: *id };
-        }
+    let removable = |id: &NodeId| !want.contains(id) && (voters.len() > 1 || !voters.contains(id));
+    if let Some(id) = members.iter().find(|id| **id != me && removable(id)) {
+        return Step::Remove { id: *id };
+    }
+    if members.contains(&me) && removable(&me) {
+        return Step::Remove { id: me };
     }
     Step::Nothing
 }
@@ -51,8 +56,13 @@ pub fn plan(
 pub async fn run(mgr: Arc<Manager>, cancel: CancellationToken) {
     let mut events = mgr.store.watch();
     loop {
-        if let Err(e) = reconcile_once(&mgr).await {
-            tracing::debug!(error = %e, "membership change not done yet");
+        match reconcile_once(&mgr).await {
+            Ok(Done::RemovedSelf) => {
+                tracing::info!("removed this manager from raft: stepping down");
+                return;
+            }
+            Ok(Done::Continue) => {}
+            Err(e) => tracing::debug!(error = %e, "membership change not done yet"),
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -62,7 +72,13 @@ pub async fn run(mgr: Arc<Manager>, cancel: CancellationToken) {
     }
 }
 
-async fn reconcile_once(mgr: &Manager) -> Result<(), String> {
+enum Done {
+    Continue,
+    RemovedSelf,
+}
+
+async fn reconcile_once(mgr: &Manager) -> Result<Done, String> {
+    let me = mgr.config.raft_id;
     let desired: Vec<(NodeId, String)> = mgr.store.view(|d| {
         d.nodes
             .values()
@@ -72,8 +88,12 @@ async fn reconcile_once(mgr: &Manager) -> Result<(), String> {
     });
     let (voters, nodes) = crate::raft::membership(&mgr.raft);
     let members: BTreeSet<NodeId> = nodes.keys().copied().collect();
-    match plan(&desired, &voters, &members) {
-        Step::Nothing => Ok(()),
+    // A leader that is no longer a voter is on its way out: changes are the next leader's.
+    if !voters.contains(&me) || !mgr.is_leader() {
+        return Ok(Done::Continue);
+    }
+    match plan(me, &desired, &voters, &members) {
+        Step::Nothing => Ok(Done::Continue),
         Step::AddVoter { id, addr } => {
             tracing::info!(raft_id = id, %addr, "adding manager to raft");
             if !members.contains(&id) {
@@ -87,21 +107,27 @@ async fn reconcile_once(mgr: &Manager) -> Result<(), String> {
                 .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(())
+            Ok(Done::Continue)
         }
         Step::Remove { id } => {
             tracing::info!(raft_id = id, "removing manager from raft");
-            if voters.contains(&id) {
-                mgr.raft
-                    .change_membership(ChangeMembers::RemoveVoters([id].into()), false)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
+            // One change only: with retain=false, removing a voter also drops it as a node.
+            // When the removed voter is this leader, it steps down once the change commits and
+            // the next leader carries on; a second change here would run on a deposed leader.
+            let change = if voters.contains(&id) {
+                ChangeMembers::RemoveVoters([id].into())
+            } else {
+                ChangeMembers::RemoveNodes([id].into())
+            };
             mgr.raft
-                .change_membership(ChangeMembers::RemoveNodes([id].into()), false)
+                .change_membership(change, false)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(())
+            Ok(if id == me {
+                Done::RemovedSelf
+            } else {
+                Done::Continue
+            })
         }
     }
 }
@@ -115,22 +141,34 @@ mod tests {
         let voters: BTreeSet<u64> = [1, 2].into();
         let desired = vec![(1, "a".into()), (3, "c".into())];
         assert_eq!(
-            plan(&desired, &voters, &voters),
-            Step::AddVoter { id: 3, addr: "c".into() }
+            plan(1, &desired, &voters, &voters),
+            Step::AddVoter {
+                id: 3,
+                addr: "c".into()
+            }
         );
         let voters: BTreeSet<u64> = [1, 2, 3].into();
-        assert_eq!(plan(&desired, &voters, &voters), Step::Remove { id: 2 });
+        assert_eq!(plan(1, &desired, &voters, &voters), Step::Remove { id: 2 });
         let voters: BTreeSet<u64> = [1, 3].into();
-        assert_eq!(plan(&desired, &voters, &voters), Step::Nothing);
+        assert_eq!(plan(1, &desired, &voters, &voters), Step::Nothing);
+    }
+
+    #[test]
+    fn removes_the_leader_itself_last() {
+        let voters: BTreeSet<u64> = [1, 2, 3].into();
+        let desired = vec![(3, "c".into())];
+        assert_eq!(plan(1, &desired, &voters, &voters), Step::Remove { id: 2 });
+        let voters: BTreeSet<u64> = [1, 3].into();
+        assert_eq!(plan(1, &desired, &voters, &voters), Step::Remove { id: 1 });
     }
 
     #[test]
     fn never_removes_the_last_voter_but_drops_stray_learners() {
         let voters: BTreeSet<u64> = [1].into();
-        assert_eq!(plan(&[], &voters, &voters), Step::Nothing);
+        assert_eq!(plan(1, &[], &voters, &voters), Step::Nothing);
         let members: BTreeSet<u64> = [1, 9].into();
         assert_eq!(
-            plan(&[(1, "a".into())], &voters, &members),
+            plan(1, &[(1, "a".into())], &voters, &members),
             Step::Remove { id: 9 }
         );
     }

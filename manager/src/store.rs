@@ -192,7 +192,9 @@ pub enum TxnError {
 /// What applying an entry returned to its proposer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnOutcome {
-    Applied { index: u64 },
+    Applied {
+        index: u64,
+    },
     Refused(TxnError),
     /// Entries that carry no transaction (blank, membership).
     Nothing,
@@ -221,7 +223,11 @@ pub struct StoreData {
 impl StoreData {
     fn get(&self, kind: Kind, id: &str) -> Option<u64> {
         match kind {
-            Kind::Cluster => self.cluster.as_ref().filter(|c| c.id == id).map(|c| c.version),
+            Kind::Cluster => self
+                .cluster
+                .as_ref()
+                .filter(|c| c.id == id)
+                .map(|c| c.version),
             Kind::Node => self.nodes.get(id).map(|n| n.version),
         }
     }
@@ -441,7 +447,10 @@ pub(crate) mod tests {
     fn create_update_delete_with_versions() {
         let store = Store::new();
         let mut rx = store.watch();
-        let out = store.apply(5, &Txn::new(vec![Op::Create(Object::Node(node("a", "h1")))]));
+        let out = store.apply(
+            5,
+            &Txn::new(vec![Op::Create(Object::Node(node("a", "h1")))]),
+        );
         assert_eq!(out, TxnOutcome::Applied { index: 5 });
         let a = store.view(|d| d.nodes["a"].clone());
         assert_eq!(a.version, 5);
@@ -453,8 +462,14 @@ pub(crate) mod tests {
         stale.version = 4;
         stale.availability = Availability::Drain;
         let out = store.apply(6, &Txn::new(vec![Op::Update(Object::Node(stale))]));
-        assert!(matches!(out, TxnOutcome::Refused(TxnError::Conflict { .. })));
-        assert_eq!(store.view(|d| d.nodes["a"].availability), Availability::Active);
+        assert!(matches!(
+            out,
+            TxnOutcome::Refused(TxnError::Conflict { .. })
+        ));
+        assert_eq!(
+            store.view(|d| d.nodes["a"].availability),
+            Availability::Active
+        );
 
         let mut fresh = a.clone();
         fresh.availability = Availability::Drain;
@@ -476,7 +491,10 @@ pub(crate) mod tests {
     #[test]
     fn transaction_is_all_or_nothing() {
         let store = Store::new();
-        store.apply(1, &Txn::new(vec![Op::Create(Object::Node(node("a", "h1")))]));
+        store.apply(
+            1,
+            &Txn::new(vec![Op::Create(Object::Node(node("a", "h1")))]),
+        );
         let out = store.apply(
             2,
             &Txn::new(vec![
@@ -497,7 +515,10 @@ pub(crate) mod tests {
             }]),
         );
         assert_eq!(out, TxnOutcome::Applied { index: 3 });
-        assert_eq!(store.view(|d| d.nodes["c"].availability), Availability::Pause);
+        assert_eq!(
+            store.view(|d| d.nodes["c"].availability),
+            Availability::Pause
+        );
     }
 
     #[test]

@@ -78,7 +78,9 @@ impl FromStr for Role {
         match s {
             "manager" => Ok(Role::Manager),
             "worker" => Ok(Role::Worker),
-            other => Err(format!("invalid role {other:?}: expected manager or worker")),
+            other => Err(format!(
+                "invalid role {other:?}: expected manager or worker"
+            )),
         }
     }
 }
@@ -139,9 +141,9 @@ impl FromStr for JoinToken {
             .strip_prefix(TOKEN_PREFIX)
             .and_then(|r| r.strip_prefix('-'))
             .ok_or(SecurityError::InvalidToken("it must start with SWMTKN-1-"))?;
-        let (digest, secret) = rest
-            .split_once('-')
-            .ok_or(SecurityError::InvalidToken("expected SWMTKN-1-<digest>-<secret>"))?;
+        let (digest, secret) = rest.split_once('-').ok_or(SecurityError::InvalidToken(
+            "expected SWMTKN-1-<digest>-<secret>",
+        ))?;
         if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(SecurityError::InvalidToken("the CA digest is malformed"));
         }

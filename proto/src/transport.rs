@@ -99,7 +99,10 @@ impl Identity {
     }
 }
 
-fn parse_certs(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TransportError> {
+fn parse_certs(
+    pem: &str,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TransportError> {
     CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TransportError::Pem { what, source: e })
@@ -140,9 +143,10 @@ pub fn server_config(creds: Arc<Credentials>) -> Result<Arc<ServerConfig>, Trans
     let identity = creds.get().ok_or(TransportError::BadAddress(
         "no node certificate yet".to_string(),
     ))?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(identity.roots()?), provider())
-        .allow_unauthenticated()
-        .build()?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(identity.roots()?), provider())
+            .allow_unauthenticated()
+            .build()?;
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -164,7 +168,9 @@ pub fn client_config(
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots);
     let mut cfg = match identity {
-        Some(id) => builder.with_client_cert_resolver(Arc::new(FixedClientCert(id.certified.clone()))),
+        Some(id) => {
+            builder.with_client_cert_resolver(Arc::new(FixedClientCert(id.certified.clone())))
+        }
         None => builder.with_no_client_auth(),
     };
     cfg.alpn_protocols = vec![b"h2".to_vec()];
@@ -322,7 +328,9 @@ pub fn tls_channel(addr: &str, cfg: Arc<ClientConfig>) -> Result<Channel, Transp
             let tcp = TcpStream::connect(&target).await?;
             tcp.set_nodelay(true)?;
             let name = ServerName::try_from(MANAGER_SERVER_NAME).expect("static server name");
-            let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await?;
+            let tls = tokio_rustls::TlsConnector::from(cfg)
+                .connect(name, tcp)
+                .await?;
             Ok::<_, io::Error>(TokioIo::new(tls))
         }
     });
@@ -462,23 +470,34 @@ pub async fn fetch_presented_ca(addr: &str) -> Result<String, TransportError> {
         addr: addr.to_string(),
         source,
     };
-    let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect((host.as_str(), port)))
-        .await
-        .map_err(|_| conn_err(io::Error::new(io::ErrorKind::TimedOut, "timed out")))?
-        .map_err(conn_err)?;
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(5),
+        TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    .map_err(|_| conn_err(io::Error::new(io::ErrorKind::TimedOut, "timed out")))?
+    .map_err(conn_err)?;
     let name = ServerName::try_from(MANAGER_SERVER_NAME).expect("static server name");
     let _tls = tokio::time::timeout(
         Duration::from_secs(5),
         tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp),
     )
     .await
-    .map_err(|_| conn_err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")))?
+    .map_err(|_| {
+        conn_err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "TLS handshake timed out",
+        ))
+    })?
     .map_err(conn_err)?;
     let seen = capture.0.lock().expect("capture lock");
     // The chain is leaf, root: the root is the last one.
-    let ca = seen.last().filter(|_| seen.len() >= 2).ok_or(TransportError::NoCaPresented {
-        addr: addr.to_string(),
-    })?;
+    let ca = seen
+        .last()
+        .filter(|_| seen.len() >= 2)
+        .ok_or(TransportError::NoCaPresented {
+            addr: addr.to_string(),
+        })?;
     Ok(der_to_pem(ca))
 }
 

@@ -1,1 +1,219 @@
-//! placeholder
+//! Test harness: labs that always tear down, polling with deadlines, and calls made from
+//! inside a lab host's network namespace.
+//!
+//! Every lab gets a prefix unique to the test process (nextest runs each test in its own
+//! process), so parallel tests and leftovers of a crashed run never collide.
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+pub use deploy::{Lab, LabConfig};
+use serde_json::Value;
+
+/// The `shoal` binary under test: `SHOAL_BIN`, or the one cargo built next to this test.
+pub fn shoal_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("SHOAL_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/shoal
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("shoal"))
+        .expect("target dir");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --bin shoal` before the tests (the README's test command does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A lab prefix unique to this test process: `tag` (≤ 3 chars) and the pid in base 36.
+pub fn unique_prefix(tag: &str) -> String {
+    let mut n = std::process::id();
+    let mut s = String::new();
+    while n > 0 {
+        s.insert(0, std::char::from_digit(n % 36, 36).expect("digit"));
+        n /= 36;
+    }
+    format!("{tag}{s}").chars().take(8).collect()
+}
+
+/// A running lab that is torn down when dropped, also when the test panics.
+pub struct LabGuard {
+    pub lab: Lab,
+}
+
+impl LabGuard {
+    pub fn up(tag: &str, managers: usize, workers: usize, heartbeat: Duration) -> Result<LabGuard> {
+        let prefix = unique_prefix(tag);
+        let mut cfg = LabConfig::new(&prefix, managers, workers, shoal_bin());
+        cfg.heartbeat_ms = Some(heartbeat.as_millis() as u64);
+        cfg.ready_timeout = Duration::from_secs(90);
+        let lab = Lab::up(&cfg).with_context(|| format!("lab {prefix} up"))?;
+        Ok(LabGuard { lab })
+    }
+
+    /// `shoal <args>` on `host`; Ok(stdout) or Err(stderr).
+    pub fn shoal(&self, host: &str, args: &[&str]) -> Result<String> {
+        self.lab.shoal(host, args).map_err(|e| anyhow!("{e}"))
+    }
+
+    /// `node ls --format json` as seen from `host`, keyed by hostname.
+    pub fn nodes(&self, host: &str) -> Result<Vec<Value>> {
+        let out = self.shoal(host, &["node", "ls", "--format", "json"])?;
+        out.lines()
+            .map(|l| serde_json::from_str(l).with_context(|| format!("bad JSON line {l:?}")))
+            .collect()
+    }
+
+    /// The node ls entry for `hostname`, as seen from `from`.
+    pub fn node(&self, from: &str, hostname: &str) -> Result<Value> {
+        self.nodes(from)?
+            .into_iter()
+            .find(|n| n["Hostname"] == hostname)
+            .ok_or_else(|| anyhow!("no node {hostname} in node ls"))
+    }
+
+    /// Hostname of the current leader, as seen from `from`.
+    pub fn leader(&self, from: &str) -> Result<String> {
+        let nodes = self.nodes(from)?;
+        let leaders: Vec<&Value> = nodes
+            .iter()
+            .filter(|n| n["ManagerStatus"] == "Leader")
+            .collect();
+        match leaders.as_slice() {
+            [one] => Ok(one["Hostname"].as_str().unwrap_or_default().to_string()),
+            _ => bail!("expected exactly one leader, got {}", leaders.len()),
+        }
+    }
+
+    pub fn host_data_dir(&self, host: &str) -> Result<PathBuf> {
+        Ok(self
+            .lab
+            .host(host)
+            .map_err(|e| anyhow!("{e}"))?
+            .data_dir
+            .clone())
+    }
+
+    pub fn netns(&self, host: &str) -> Result<String> {
+        Ok(self
+            .lab
+            .host(host)
+            .map_err(|e| anyhow!("{e}"))?
+            .netns
+            .clone())
+    }
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        // Keep the daemons' logs for a post-mortem (target/lab-logs/<prefix>/<host>.log).
+        let keep = shoal_bin()
+            .parent()
+            .map(|d| d.join("../lab-logs").join(&self.lab.prefix));
+        if let Some(dir) = keep {
+            if std::fs::create_dir_all(&dir).is_ok() {
+                for h in &self.lab.hosts {
+                    let _ = std::fs::copy(&h.log, dir.join(format!("{}.log", h.name)));
+                }
+            }
+        }
+        if let Err(e) = Lab::down(&self.lab.prefix) {
+            eprintln!("lab {} teardown failed: {e}", self.lab.prefix);
+        }
+    }
+}
+
+/// Poll `f` until it returns Ok, or fail with its last error after `timeout`.
+pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= deadline => {
+                bail!("{what}: not reached within {timeout:?}; last: {e:#}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// Run `f` on a thread that has entered network namespace `ns` (namespaces are per thread).
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let path = format!("/run/netns/{ns}");
+    let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+    std::thread::spawn(move || {
+        // SAFETY: setns on a namespace fd we hold open; it affects only this new thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        if rc != 0 {
+            return Err(anyhow!("setns: {}", std::io::Error::last_os_error()));
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow!("netns thread panicked"))?
+}
+
+/// The identity files a node keeps in its data dir.
+pub fn node_identity(data_dir: &std::path::Path) -> Result<proto::transport::Identity> {
+    let read = |f: &str| {
+        std::fs::read_to_string(data_dir.join("certs").join(f)).with_context(|| f.to_string())
+    };
+    proto::transport::Identity::new(&read("node.crt")?, &read("node.key")?, &read("ca.crt")?)
+        .map_err(|e| anyhow!("{e}"))
+}
+
+/// The status code a gRPC call made with `identity` to the manager at `addr` (from inside
+/// `ns`) ends with: `Ok` or the error code. Calls a control read and a raft vote.
+pub fn call_as(
+    ns: &str,
+    addr: &str,
+    identity: proto::transport::Identity,
+) -> Result<(tonic::Code, tonic::Code)> {
+    let addr = addr.to_string();
+    in_netns(ns, move || {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let cfg = proto::transport::client_config(&identity.ca_pem, Some(&identity))?;
+            let ch = proto::transport::tls_channel(&addr, cfg)?;
+            let code = |r: std::result::Result<(), tonic::Status>| match r {
+                Ok(()) => tonic::Code::Ok,
+                Err(s) => s.code(),
+            };
+            let control = proto::pb::control_client::ControlClient::new(ch.clone())
+                .list_nodes(proto::pb::Empty {})
+                .await
+                .map(|_| ());
+            let raft = proto::pb::raft_client::RaftClient::new(ch)
+                .vote(proto::pb::RaftPayload {
+                    data: b"{}".to_vec(),
+                })
+                .await
+                .map(|_| ());
+            Ok::<_, anyhow::Error>((code(control), code(raft)))
+        })
+    })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_short_and_valid() {
+        let p = unique_prefix("ab");
+        assert!(p.len() <= 8 && p.starts_with("ab"));
+        assert!(p
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+    }
+}

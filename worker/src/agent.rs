@@ -8,6 +8,7 @@
 //!         on error: follow the leader hint, back off (100 ms … 2 s), try the next manager
 //! ```
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -24,6 +25,12 @@ use tonic::Code;
 
 /// Metadata key a follower uses to name the leader (same as the manager's).
 const LEADER_METADATA: &str = "x-shoal-leader";
+
+/// How long a manager address is still tried after the managers stopped listing it. The list
+/// a manager sends reflects raft membership at that moment; during a run of promotions and
+/// demotions it can briefly leave out a manager that becomes the leader a moment later, and
+/// an agent that had forgotten it could find no leader at all.
+const FORGET_AFTER: Duration = Duration::from_secs(600);
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -59,11 +66,20 @@ enum SessionError {
     Security(#[from] proto::security::SecurityError),
 }
 
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub struct Agent {
     config: AgentConfig,
     creds: Arc<Credentials>,
     events: mpsc::Sender<AgentEvent>,
-    managers: Vec<String>,
+    /// Manager addresses and when a manager last listed them.
+    managers: BTreeMap<String, tokio::time::Instant>,
     leader_hint: Option<String>,
     next: usize,
     period_ms: Arc<AtomicU64>,
@@ -76,7 +92,11 @@ impl Agent {
         events: mpsc::Sender<AgentEvent>,
     ) -> Agent {
         Agent {
-            managers: config.managers.clone(),
+            managers: config
+                .managers
+                .iter()
+                .map(|m| (m.clone(), tokio::time::Instant::now()))
+                .collect(),
             period_ms: Arc::new(AtomicU64::new(config.initial_period.as_millis() as u64)),
             config,
             creds,
@@ -94,7 +114,7 @@ impl Agent {
             return None;
         }
         self.next = (self.next + 1) % self.managers.len();
-        Some(self.managers[self.next].clone())
+        self.managers.keys().nth(self.next).cloned()
     }
 
     pub async fn run(mut self, cancel: CancellationToken) {
@@ -171,7 +191,9 @@ impl Agent {
         .await
         .ok();
         let period = self.period_ms.clone();
-        let heartbeats = tokio::spawn(async move {
+        // Aborted when this future is dropped too (agent cancelled mid-session): a heartbeat
+        // task outliving its agent would keep a departed node looking alive.
+        let _heartbeats = AbortOnDrop(tokio::spawn(async move {
             loop {
                 let p = Duration::from_millis(period.load(Ordering::Relaxed));
                 // Early rather than late: jitter within the last fifth of the period.
@@ -184,10 +206,8 @@ impl Agent {
                     return;
                 }
             }
-        });
-        let result = self.session_inner(channel, rx).await;
-        heartbeats.abort();
-        result
+        }));
+        self.session_inner(channel, rx).await
     }
 
     async fn session_inner(
@@ -218,11 +238,19 @@ impl Agent {
             self.period_ms
                 .store(msg.heartbeat_period_ms, Ordering::Relaxed);
         }
-        let mut managers = msg.managers.clone();
-        managers.sort();
-        if !managers.is_empty() && managers != self.managers {
-            self.managers = managers.clone();
-            let _ = self.events.send(AgentEvent::Managers(managers)).await;
+        if msg.managers.is_empty() {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let before: Vec<String> = self.managers.keys().cloned().collect();
+        for m in &msg.managers {
+            self.managers.insert(m.clone(), now);
+        }
+        self.managers
+            .retain(|_, seen| now.duration_since(*seen) < FORGET_AFTER);
+        let after: Vec<String> = self.managers.keys().cloned().collect();
+        if after != before {
+            let _ = self.events.send(AgentEvent::Managers(after)).await;
         }
     }
 

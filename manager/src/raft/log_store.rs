@@ -57,7 +57,11 @@ impl LogStore {
         Ok(Some(parsed))
     }
 
-    fn put_meta<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<(), StorageError<NodeId>> {
+    fn put_meta<T: serde::Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StorageError<NodeId>> {
         let bytes = serde_json::to_vec(value).map_err(werr)?;
         let txn = self.db.begin_write().map_err(werr)?;
         {
@@ -94,8 +98,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let table = txn.open_table(LOGS).map_err(rerr)?;
         let last = match table.last().map_err(rerr)? {
             Some((_, v)) => {
-                let e: Entry<TypeConfig> =
-                    serde_json::from_slice(v.value()).map_err(rerr)?;
+                let e: Entry<TypeConfig> = serde_json::from_slice(v.value()).map_err(rerr)?;
                 Some(e.log_id)
             }
             None => last_purged,
@@ -179,8 +182,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let txn = self.db.begin_write().map_err(werr)?;
         {
             let mut meta = txn.open_table(META).map_err(werr)?;
-            meta.insert(LAST_PURGED, bytes.as_slice())
-                .map_err(werr)?;
+            meta.insert(LAST_PURGED, bytes.as_slice()).map_err(werr)?;
             let mut table = txn.open_table(LOGS).map_err(werr)?;
             table
                 .retain_in(..=log_id.index, |_, _| false)

@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -103,7 +105,9 @@ impl PeerClient {
         let payload = match fut {
             Ok(r) => r.into_inner(),
             Err(s) if s.code() == tonic::Code::Unavailable => {
-                return Err(RPCError::Unreachable(Unreachable::new(&err(s.message().to_string()))))
+                return Err(RPCError::Unreachable(Unreachable::new(&err(s
+                    .message()
+                    .to_string()))))
             }
             Err(s) => return Err(RPCError::Network(NetworkError::new(&err(s.to_string())))),
         };
