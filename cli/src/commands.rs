@@ -64,10 +64,10 @@ pub struct DaemonArgs {
     #[arg(long)]
     pub hostname: Option<String>,
     /// Raft heartbeat interval.
-    #[arg(long, default_value = "150ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub raft_heartbeat: Duration,
-    /// Raft election timeout (the lower bound; the upper is 5/3 of it).
-    #[arg(long, default_value = "600ms", value_parser = parse_duration)]
+    /// Raft election timeout (the lower bound; the upper is 7/4 of it).
+    #[arg(long, default_value = "400ms", value_parser = parse_duration)]
     pub election_timeout: Duration,
 }
 
@@ -293,7 +293,7 @@ async fn run_daemon(args: DaemonArgs, level: &str) -> i32 {
         tuning: manager::raft::RaftTuning {
             heartbeat: args.raft_heartbeat,
             election_min: args.election_timeout,
-            election_max: args.election_timeout * 5 / 3,
+            election_max: args.election_timeout * 7 / 4,
             ..Default::default()
         },
     };
@@ -348,7 +348,7 @@ where
     loop {
         match f().await {
             Err(s) if s.code() == Code::Unavailable && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             r => return r,
         }

@@ -115,6 +115,10 @@ impl Dispatcher {
             leader_addr: mgr.leader_addr().unwrap_or_default(),
             desired_role: desired_role.as_str().into(),
             raft_id,
+            cert_expiry_ms: self
+                .store
+                .view(|d| d.cluster.as_ref().map(|c| c.cert_expiry_ms))
+                .unwrap_or(0),
         }
     }
 }

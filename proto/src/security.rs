@@ -289,8 +289,10 @@ impl RootCa {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         let now = time::OffsetDateTime::now_utc();
-        // Tolerate a little clock skew between nodes.
-        params.not_before = now - time::Duration::minutes(5);
+        // Tolerate a little clock skew between nodes, but not so much that a short-lived
+        // certificate is past its half-life (renewal point) when issued.
+        let skew = Duration::from_secs(300).min(req.validity / 10);
+        params.not_before = now - time::Duration::milliseconds(skew.as_millis() as i64);
         params.not_after = now
             + time::Duration::milliseconds(req.validity.as_millis().min(i64::MAX as u128) as i64);
         csr.params = params;
@@ -339,9 +341,29 @@ mod tests {
             assert_eq!(info.cluster_id, "cluster1");
             let life = info.not_after.duration_since(info.not_before).unwrap();
             assert!(life >= Duration::from_secs(3600) && life <= Duration::from_secs(3600 + 301));
+            // Renewal is due at about half the validity, not earlier.
+            assert!(!info.needs_renewal(SystemTime::now() + Duration::from_secs(1500)));
             assert!(!info.needs_renewal(SystemTime::now()));
             assert!(info.needs_renewal(SystemTime::now() + Duration::from_secs(1900)));
         }
+    }
+
+    #[test]
+    fn short_certificates_are_not_born_due_for_renewal() {
+        let ca = RootCa::generate("c").unwrap();
+        let (_key, csr) = new_key_and_csr().unwrap();
+        let pem = ca
+            .issue(&NodeCertRequest {
+                csr_pem: &csr,
+                node_id: "n",
+                role: Role::Worker,
+                cluster_id: "c",
+                validity: Duration::from_secs(30),
+            })
+            .unwrap();
+        let info = CertInfo::from_pem(&pem).unwrap();
+        assert!(!info.needs_renewal(SystemTime::now()));
+        assert!(info.needs_renewal(SystemTime::now() + Duration::from_secs(16)));
     }
 
     #[test]

@@ -403,3 +403,51 @@ fn lab_membership_tokens_and_roles() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn lab_certificates_renew_before_expiry() -> Result<()> {
+    let lab = LabGuard::up("ce", 1, 1, HEARTBEAT)?;
+    // Shortest allowed validity: nodes renew at half-life, so within ~15 s.
+    lab.shoal("m1", &["swarm", "update", "--cert-expiry", "30s"])?;
+    let expiry = |host: &str| -> Result<String> {
+        let v: Value = serde_json::from_str(&lab.shoal("m1", &["node", "inspect", host])?)?;
+        Ok(v[0]["Description"]["TLSInfo"]["CertNotAfter"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
+    };
+    let first = expiry("w1")?;
+    let too_short = lab
+        .shoal("m1", &["swarm", "update", "--cert-expiry", "1s"])
+        .err();
+    ensure!(
+        too_short.is_some_and(|e| e.to_string().contains("at least")),
+        "1s validity accepted"
+    );
+    // The 90-day certificates outlive the new policy, so they are replaced at once; the new
+    // ones then renew at half-life, every ~15 s.
+    let mut seen = vec![first.clone()];
+    eventually(
+        "w1's certificate replaced, then renewed",
+        Duration::from_secs(60),
+        || {
+            let now = expiry("w1")?;
+            if seen.last() != Some(&now) {
+                seen.push(now);
+            }
+            ensure!(
+                seen.len() >= 3,
+                "certificate expiries seen so far: {seen:?}"
+            );
+            Ok(())
+        },
+    )?;
+    // Renewal is at half-life, not on every heartbeat.
+    ensure!(seen.len() == 3, "renewed too often: {seen:?}");
+    let node_ls = lab.nodes("m1")?;
+    ensure!(
+        node_ls.iter().all(|n| n["Status"] == "Ready"),
+        "{node_ls:?}"
+    );
+    Ok(())
+}

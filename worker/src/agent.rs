@@ -261,7 +261,13 @@ impl Agent {
     ) -> Result<(), SessionError> {
         let id = self.creds.get().ok_or(SessionError::NoIdentity)?;
         let desired: Role = msg.desired_role.parse().unwrap_or(id.info.role);
-        let expiring = id.info.needs_renewal(SystemTime::now());
+        let now = SystemTime::now();
+        let expiring = id.info.needs_renewal(now);
+        // A certificate that outlives a tightened validity policy is replaced at once.
+        let policy = Duration::from_millis(msg.cert_expiry_ms);
+        let left = id.info.not_after.duration_since(now).unwrap_or_default();
+        let expiring = expiring
+            || (!policy.is_zero() && left > policy + policy / 10 + Duration::from_secs(60));
         if desired == id.info.role && !expiring {
             return Ok(());
         }
