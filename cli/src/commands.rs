@@ -211,6 +211,18 @@ pub enum LabCmd {
         #[arg(long, default_value = "shoal")]
         prefix: String,
     },
+    /// Kill a lab host's daemon with SIGKILL, as a crash would.
+    Kill {
+        #[arg(long, default_value = "shoal")]
+        prefix: String,
+        host: String,
+    },
+    /// Start a lab host's daemon again on its data dir.
+    Start {
+        #[arg(long, default_value = "shoal")]
+        prefix: String,
+        host: String,
+    },
     /// Run a command on a lab host (SHOAL_HOST points at its daemon).
     Exec {
         #[arg(long, default_value = "shoal")]
@@ -420,7 +432,6 @@ async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
             };
             let t = retry(|| {
                 let mut c = c.clone();
-                let req = req.clone();
                 async move { c.get_join_tokens(req).await.map(|r| r.into_inner()) }
             })
             .await?;
@@ -816,6 +827,14 @@ fn run_lab(cmd: LabCmd, level: &str) -> CliResult {
         LabCmd::Down { prefix } => {
             deploy::Lab::down(&prefix)?;
             println!("Lab {prefix} removed.");
+        }
+        LabCmd::Kill { prefix, host } => {
+            deploy::Lab::load(&prefix)?.kill_daemon(&host)?;
+            println!("Killed the daemon on {host}.");
+        }
+        LabCmd::Start { prefix, host } => {
+            deploy::Lab::load(&prefix)?.start_daemon(&host)?;
+            println!("Started the daemon on {host}.");
         }
         LabCmd::Exec { prefix, host, cmd } => {
             let lab = deploy::Lab::load(&prefix)?;

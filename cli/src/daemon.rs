@@ -55,9 +55,15 @@ pub enum DaemonError {
     #[error("node state in {path} is unreadable: {reason}")]
     State { path: PathBuf, reason: String },
     #[error(transparent)]
-    Manager(#[from] manager::manager::ManagerError),
+    Manager(Box<manager::manager::ManagerError>),
     #[error("serving the local socket: {0}")]
     Serve(#[from] tonic::transport::Error),
+}
+
+impl From<manager::manager::ManagerError> for DaemonError {
+    fn from(e: manager::manager::ManagerError) -> Self {
+        DaemonError::Manager(Box::new(e))
+    }
 }
 
 /// What a node keeps on disk about its membership.

@@ -252,10 +252,21 @@ impl Lab {
                 host: host.to_string(),
             });
         }
+        // The lab's own `shoal` comes first on PATH, so `lab exec m1 -- shoal node ls` runs the
+        // binary that started the lab.
+        let mut path = std::ffi::OsString::new();
+        if let Some(dir) = self.shoal_bin.parent() {
+            path.push(dir);
+            path.push(":");
+        }
+        path.push(
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        );
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &h.netns])
             .args(argv)
-            .env("SHOAL_HOST", unix_url(&h.socket));
+            .env("SHOAL_HOST", unix_url(&h.socket))
+            .env("PATH", path);
         Ok(cmd)
     }
 

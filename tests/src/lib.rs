@@ -32,8 +32,10 @@ pub fn shoal_bin() -> PathBuf {
     bin
 }
 
-/// A lab prefix unique to this test process: `tag` (≤ 3 chars) and the pid in base 36.
+/// A lab prefix unique to this test process: `zt`, `tag` (2 chars) and the pid in base 36.
+/// `deploy/test.sh` removes leftover `zt*` labs of a run whose tests were killed.
 pub fn unique_prefix(tag: &str) -> String {
+    let tag = format!("zt{tag}");
     let mut n = std::process::id();
     let mut s = String::new();
     while n > 0 {
@@ -211,7 +213,7 @@ mod tests {
     #[test]
     fn prefixes_are_short_and_valid() {
         let p = unique_prefix("ab");
-        assert!(p.len() <= 8 && p.starts_with("ab"));
+        assert!(p.len() <= 8 && p.starts_with("ztab"));
         assert!(p
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));

@@ -5,6 +5,10 @@
 //! loaded and the committed tail of the log re-applied, so a manager killed with SIGKILL comes
 //! back with every acknowledged write.
 
+// openraft's storage traits fix the error type (`StorageError`, ~224 bytes); our helpers
+// return the same type rather than box and unbox it at every trait boundary.
+#![allow(clippy::result_large_err)]
+
 mod log_store;
 mod network;
 mod state_machine;
@@ -63,11 +67,23 @@ pub enum RaftSetupError {
         source: redb::DatabaseError,
     },
     #[error("raft storage: {0}")]
-    Storage(#[from] openraft::StorageError<NodeId>),
+    Storage(Box<openraft::StorageError<NodeId>>),
     #[error("raft configuration: {0}")]
     Config(#[from] openraft::ConfigError),
     #[error("raft: {0}")]
-    Fatal(#[from] openraft::error::Fatal<NodeId>),
+    Fatal(Box<openraft::error::Fatal<NodeId>>),
+}
+
+impl From<openraft::StorageError<NodeId>> for RaftSetupError {
+    fn from(e: openraft::StorageError<NodeId>) -> Self {
+        RaftSetupError::Storage(Box::new(e))
+    }
+}
+
+impl From<openraft::error::Fatal<NodeId>> for RaftSetupError {
+    fn from(e: openraft::error::Fatal<NodeId>) -> Self {
+        RaftSetupError::Fatal(Box::new(e))
+    }
 }
 
 /// Open the node's raft database and start the raft node (uninitialised if new).
