@@ -233,6 +233,17 @@ pub enum LabCmd {
     },
 }
 
+/// clap's usage errors span several lines (the error, tips, usage); users get one line.
+pub fn one_line_usage_error(rendered: &str) -> String {
+    let parts: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+        .collect();
+    format!("{} (see 'shoal --help')", parts.join(" "))
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. 5s, 500ms, 1m"))
@@ -845,4 +856,57 @@ fn run_lab(cmd: LabCmd, level: &str) -> CliResult {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage_error(args: &[&str]) -> String {
+        let e = Cli::try_parse_from(args).expect_err("should not parse");
+        one_line_usage_error(&e.render().to_string())
+    }
+
+    #[test]
+    fn usage_errors_are_one_line_and_name_the_problem() {
+        let e = usage_error(&["shoal", "node", "ls", "--bogus"]);
+        assert!(!e.contains('\n') && e.contains("--bogus"), "{e}");
+        let e = usage_error(&["shoal", "swarm", "join", "1.2.3.4:2377"]);
+        assert!(!e.contains('\n') && e.contains("--token"), "{e}");
+        let e = usage_error(&["shoal", "node", "ls", "--format", "yaml"]);
+        assert!(!e.contains('\n') && e.contains("yaml"), "{e}");
+        let e = usage_error(&["shoal", "swarm", "init", "--dispatcher-heartbeat", "soon"]);
+        assert!(e.contains("invalid duration"), "{e}");
+    }
+
+    #[test]
+    fn docker_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "shoal",
+            "-H",
+            "unix:///tmp/x.sock",
+            "node",
+            "update",
+            "--availability",
+            "drain",
+            "--label-add",
+            "a=b",
+            "--label-rm",
+            "c",
+            "n1",
+        ])
+        .unwrap();
+        assert_eq!(cli.host, "unix:///tmp/x.sock");
+        assert!(matches!(cli.cmd, Cmd::Node(NodeCmd::Update { .. })));
+        let cli = Cli::try_parse_from(["shoal", "swarm", "join-token", "-q", "--rotate", "worker"])
+            .unwrap();
+        assert!(matches!(
+            cli.cmd,
+            Cmd::Swarm(SwarmCmd::JoinToken {
+                quiet: true,
+                rotate: true,
+                ..
+            })
+        ));
+    }
 }

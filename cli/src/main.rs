@@ -1,9 +1,24 @@
+use clap::error::ErrorKind;
 use clap::Parser;
 
 fn main() {
     // One TLS provider for the whole process: ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = shoal::commands::Cli::parse();
+    let cli = match shoal::commands::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => match e.kind() {
+            ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+            _ => {
+                eprintln!(
+                    "{}",
+                    shoal::commands::one_line_usage_error(&e.render().to_string())
+                );
+                std::process::exit(2);
+            }
+        },
+    };
     let code = shoal::commands::run(cli);
     std::process::exit(code);
 }

@@ -75,7 +75,7 @@ mod tests {
     #[test]
     fn table_pads_columns() {
         let t = table(&["ID", "NAME"], &[vec!["abc".into(), "x".into()]]);
-        assert_eq!(t, "ID     NAME\nabc    x\n");
+        assert_eq!(t, "ID    NAME\nabc   x\n");
     }
 
     #[test]
