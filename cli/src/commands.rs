@@ -66,6 +66,19 @@ pub struct DaemonArgs {
     /// Raft heartbeat interval.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub raft_heartbeat: Duration,
+    /// Container runtime for this node's tasks: `fake` (in-memory processes, for tests and
+    /// benchmarks). Without it, tasks placed on this node are rejected.
+    #[arg(long)]
+    pub runtime: Option<String>,
+    /// Start-up time of a fake task (with --runtime fake).
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    pub fake_start_delay: Duration,
+    /// CPUs this node offers for reservations (default: all of the machine's).
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Memory this node offers for reservations, e.g. 4G (default: the machine's).
+    #[arg(long)]
+    pub memory: Option<String>,
     /// Raft election timeout (the lower bound; the upper is 7/4 of it).
     #[arg(long, default_value = "400ms", value_parser = parse_duration)]
     pub election_timeout: Duration,
@@ -205,6 +218,9 @@ pub enum LabCmd {
         /// Dispatcher heartbeat period of the lab's swarm.
         #[arg(long, value_parser = parse_duration)]
         dispatcher_heartbeat: Option<Duration>,
+        /// Container runtime of the lab's daemons.
+        #[arg(long, default_value = "fake")]
+        runtime: String,
     },
     /// Stop the lab's daemons and remove its hosts, also after a crash.
     Down {
@@ -319,6 +335,29 @@ async fn run_daemon(args: DaemonArgs, level: &str) -> i32 {
             election_max: args.election_timeout * 7 / 4,
             ..Default::default()
         },
+        runtime: match args.runtime.as_deref() {
+            None => crate::daemon::RuntimeChoice::Unavailable,
+            Some("fake") => crate::daemon::RuntimeChoice::Fake {
+                start_delay: args.fake_start_delay,
+            },
+            Some(other) => {
+                eprintln!("Error: unknown --runtime {other:?}: use fake");
+                return 2;
+            }
+        },
+        nano_cpus: (args.cpus.unwrap_or_else(|| {
+            std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0)
+        }) * 1e9) as u64,
+        memory_bytes: match &args.memory {
+            Some(m) => match parse_bytes(m) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("Error: --memory: {e}");
+                    return 2;
+                }
+            },
+            None => machine_memory(),
+        },
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let s = shutdown.clone();
@@ -337,6 +376,39 @@ async fn run_daemon(args: DaemonArgs, level: &str) -> i32 {
             1
         }
     }
+}
+
+/// `512M`, `1.5G`, `1024` (bytes), as Docker's memory flags.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last().map(|c| c.to_ascii_lowercase()) {
+        Some('b') => (&t[..t.len() - 1], 1u64),
+        Some('k') => (&t[..t.len() - 1], 1 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        Some('t') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: use e.g. 512M, 1G"))?;
+    if !(n >= 0.0) || !n.is_finite() {
+        return Err(format!("invalid size {s:?}"));
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+fn machine_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
 }
 
 fn os_hostname() -> String {
@@ -818,11 +890,13 @@ fn run_lab(cmd: LabCmd, level: &str) -> CliResult {
             workers,
             prefix,
             dispatcher_heartbeat,
+            runtime,
         } => {
             let bin = std::env::current_exe()
                 .map_err(|e| CliError(format!("Error: cannot find the shoal binary: {e}")))?;
             let mut cfg = deploy::LabConfig::new(&prefix, managers, workers, bin);
             cfg.heartbeat_ms = dispatcher_heartbeat.map(|d| d.as_millis() as u64);
+            cfg.daemon_args = vec!["--runtime".into(), runtime];
             let lab = deploy::Lab::up(&cfg)?;
             for h in &lab.hosts {
                 println!(

@@ -38,6 +38,54 @@ pub struct DaemonConfig {
     pub socket: PathBuf,
     pub hostname: String,
     pub tuning: RaftTuning,
+    /// Capacity this node offers (defaults: the machine's CPUs and memory).
+    pub nano_cpus: u64,
+    pub memory_bytes: u64,
+    pub runtime: RuntimeChoice,
+}
+
+/// Which container runtime runs this node's tasks.
+#[derive(Clone, Debug)]
+pub enum RuntimeChoice {
+    /// None chosen: tasks placed here are rejected with a message saying so.
+    Unavailable,
+    /// In-memory processes for tests, the simulation and benchmarks.
+    Fake { start_delay: Duration },
+}
+
+impl RuntimeChoice {
+    fn build(&self) -> Arc<dyn worker::runtime::Runtime> {
+        match self {
+            RuntimeChoice::Unavailable => Arc::new(NoRuntime),
+            RuntimeChoice::Fake { start_delay } => Arc::new(worker::runtime::FakeRuntime::new(*start_delay)),
+        }
+    }
+}
+
+/// The runtime of a node started without `--runtime`: every task is rejected, with the fix.
+struct NoRuntime;
+
+#[async_trait::async_trait]
+impl worker::runtime::Runtime for NoRuntime {
+    async fn prepare(&self, task: &proto::spec::Assignment) -> Result<(), worker::runtime::RuntimeError> {
+        Err(worker::runtime::RuntimeError::Failed {
+            task_id: task.task_id.clone(),
+            op: worker::runtime::RuntimeOp::Prepare,
+            reason: "this node has no container runtime: start `shoal daemon` with --runtime".into(),
+        })
+    }
+    async fn start(&self, task_id: &str) -> Result<(), worker::runtime::RuntimeError> {
+        Err(worker::runtime::RuntimeError::UnknownTask { task_id: task_id.into(), op: worker::runtime::RuntimeOp::Start })
+    }
+    async fn wait(&self, task_id: &str) -> Result<i32, worker::runtime::RuntimeError> {
+        Err(worker::runtime::RuntimeError::UnknownTask { task_id: task_id.into(), op: worker::runtime::RuntimeOp::Wait })
+    }
+    async fn stop(&self, _task_id: &str, _grace: Duration) -> Result<(), worker::runtime::RuntimeError> {
+        Ok(())
+    }
+    async fn remove(&self, _task_id: &str) -> Result<(), worker::runtime::RuntimeError> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +129,7 @@ struct Inner {
     state: Option<NodeFile>,
     manager: Option<Arc<Manager>>,
     agent: Option<CancellationToken>,
+    executor: Option<Arc<worker::executor::Executor>>,
 }
 
 pub struct Node {
@@ -177,15 +226,23 @@ impl Node {
             c.cancel();
         }
         let cancel = CancellationToken::new();
+        // One executor per swarm membership; its report channel goes to this agent.
+        let (reports_tx, reports_rx) = mpsc::channel(4096);
+        let executor = Arc::new(worker::executor::Executor::new(self.cfg.runtime.build(), reports_tx));
+        inner.executor = Some(executor.clone());
         let agent = Agent::new(
             AgentConfig {
                 hostname: self.cfg.hostname.clone(),
                 platform: format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
                 managers: st.managers.clone(),
                 initial_period: period,
+                nano_cpus: self.cfg.nano_cpus,
+                memory_bytes: self.cfg.memory_bytes,
             },
             self.creds.clone(),
             self.events_tx.clone(),
+            executor,
+            reports_rx,
         );
         let c = cancel.clone();
         tokio::spawn(async move { agent.run(c).await });
@@ -341,6 +398,8 @@ impl Node {
                     addr: advertise.clone(),
                     platform: format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
                     engine_version: env!("CARGO_PKG_VERSION").into(),
+                    nano_cpus: self.cfg.nano_cpus,
+                    memory_bytes: self.cfg.memory_bytes,
                 },
                 state: NodeState::Ready,
                 status_message: String::new(),
@@ -494,6 +553,11 @@ impl Node {
         }
         if let Some(c) = inner.agent.take() {
             c.cancel();
+        }
+        if let Some(e) = inner.executor.take() {
+            // Leaving the swarm ends its tasks here, as Docker does.
+            e.apply(true, Vec::new(), Vec::new());
+            e.shutdown().await;
         }
         if let Some(m) = inner.manager.take() {
             m.shutdown().await;
@@ -779,6 +843,29 @@ impl pb::control_server::Control for ControlService {
         let api = self.cluster(&req).await?;
         api.remove_node(req.into_inner()).await.map(Response::new)
     }
+    async fn create_service(&self, req: Request<pb::ServiceSpecRequest>) -> Result<Response<pb::JsonDoc>, Status> {
+        let api = self.cluster(&req).await?;
+        api.create_service(req.into_inner()).await.map(Response::new)
+    }
+    async fn update_service(&self, req: Request<pb::UpdateServiceRequest>) -> Result<Response<pb::JsonDoc>, Status> {
+        let api = self.cluster(&req).await?;
+        api.update_service(req.into_inner()).await.map(Response::new)
+    }
+    async fn remove_service(&self, req: Request<pb::GetServiceRequest>) -> Result<Response<pb::Empty>, Status> {
+        let api = self.cluster(&req).await?;
+        api.remove_service(req.into_inner()).await.map(Response::new)
+    }
+    async fn get_service(&self, req: Request<pb::GetServiceRequest>) -> Result<Response<pb::JsonDoc>, Status> {
+        let api = self.cluster(&req).await?;
+        api.get_service(req.into_inner()).await.map(Response::new)
+    }
+    async fn list_services(&self, req: Request<pb::Empty>) -> Result<Response<pb::JsonDoc>, Status> {
+        self.cluster(&req).await?.list_services().await.map(Response::new)
+    }
+    async fn list_tasks(&self, req: Request<pb::ListTasksRequest>) -> Result<Response<pb::JsonDoc>, Status> {
+        let api = self.cluster(&req).await?;
+        api.list_tasks(req.into_inner()).await.map(Response::new)
+    }
 }
 
 /// Run the node until `shutdown` fires.
@@ -801,6 +888,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
             state: None,
             manager: None,
             agent: None,
+            executor: None,
         }),
         events_tx,
         this: this.clone(),

@@ -42,6 +42,9 @@ pub struct Lab {
     pub shoal_bin: PathBuf,
     pub dir: PathBuf,
     pub hosts: Vec<LabHost>,
+    /// Extra `shoal daemon` arguments every host runs with (also after a restart).
+    #[serde(default)]
+    pub daemon_args: Vec<String>,
 }
 
 impl Lab {
@@ -59,6 +62,7 @@ impl Lab {
             shoal_bin: cfg.shoal_bin.clone(),
             dir: lab_dir(&cfg.prefix),
             hosts: Vec::new(),
+            daemon_args: cfg.daemon_args.clone(),
         };
         match lab.build(cfg) {
             Ok(()) => Ok(lab),
@@ -428,6 +432,7 @@ impl Lab {
             .arg(&host.socket)
             .arg("--hostname")
             .arg(&host.name)
+            .args(&self.daemon_args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);

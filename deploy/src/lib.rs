@@ -100,6 +100,8 @@ pub struct LabConfig {
     pub heartbeat_ms: Option<u64>,
     /// How long to wait for every node to report Ready after joining.
     pub ready_timeout: Duration,
+    /// Extra arguments for every `shoal daemon` (e.g. `--runtime fake`).
+    pub daemon_args: Vec<String>,
 }
 
 impl LabConfig {
@@ -111,6 +113,7 @@ impl LabConfig {
             shoal_bin,
             heartbeat_ms: None,
             ready_timeout: Duration::from_secs(60),
+            daemon_args: Vec::new(),
         }
     }
 

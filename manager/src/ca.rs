@@ -125,6 +125,7 @@ impl pb::ca_server::Ca for CaService {
                 addr: addr.to_string(),
                 platform: r.platform.clone(),
                 engine_version: env!("CARGO_PKG_VERSION").into(),
+                ..Default::default()
             },
             state: NodeState::Unknown,
             status_message: String::new(),

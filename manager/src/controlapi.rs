@@ -64,6 +64,10 @@ impl ControlApi {
     }
 
     /// `Some(client)` when the call must go to the leader.
+    pub(crate) fn leader_client(&self) -> Result<Option<ControlClient<Channel>>, Status> {
+        self.leader()
+    }
+
     fn leader(&self) -> Result<Option<ControlClient<Channel>>, Status> {
         if self.mgr.is_leader() {
             Ok(None)

@@ -7,13 +7,14 @@
 //! has missed three periods. A new leader gives every node a full grace period before
 //! judging it, so a failover does not mark the cluster down.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proto::pb;
 use proto::security::Role;
+use proto::spec::{Assignment, StatusReport, TaskState, TaskStatus};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::Stream;
@@ -22,7 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::Caller;
 use crate::manager::{now_ms, update_with_retry, Manager};
-use crate::store::{NodeDescription, NodeState, Object, Op, Store, Txn};
+use crate::store::{Change, Kind, NodeDescription, NodeState, Object, Op, Store, Txn};
 
 /// Missed heartbeat periods after which a node is Down.
 pub const MISSED_PERIODS: u32 = 3;
@@ -31,6 +32,52 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 pub struct Dispatcher {
     store: Store,
     last_seen: Mutex<HashMap<String, Instant>>,
+    /// Status reports waiting to be written, newest per task.
+    pending: Mutex<HashMap<String, TaskStatus>>,
+    pending_notify: tokio::sync::Notify,
+}
+
+/// The tasks a node must know about: everything placed on it except tasks that have ended
+/// and are not meant to run (those it may forget).
+pub fn assignments_for(d: &crate::store::StoreData, node_id: &str) -> BTreeMap<String, Assignment> {
+    d.node_tasks(node_id)
+        .filter(|t| t.status.state >= TaskState::Assigned)
+        .filter(|t| !(t.status.state.is_terminal() && t.desired_state > TaskState::Running))
+        .map(|t| {
+            (
+                t.id.clone(),
+                Assignment {
+                    task_id: t.id.clone(),
+                    service_id: t.service_id.clone(),
+                    service_name: t.service_name.clone(),
+                    slot: t.slot,
+                    spec: t.spec.clone(),
+                    desired_state: t.desired_state,
+                },
+            )
+        })
+        .collect()
+}
+
+/// The message that turns `sent` into `now` (None: nothing changed).
+pub fn diff_assignments(
+    sent: &BTreeMap<String, Assignment>,
+    now: &BTreeMap<String, Assignment>,
+) -> Option<pb::Assignments> {
+    let upsert: Vec<&Assignment> = now
+        .iter()
+        .filter(|(id, a)| sent.get(*id) != Some(a))
+        .map(|(_, a)| a)
+        .collect();
+    let removed: Vec<String> = sent.keys().filter(|id| !now.contains_key(*id)).cloned().collect();
+    if upsert.is_empty() && removed.is_empty() {
+        return None;
+    }
+    Some(pb::Assignments {
+        full: false,
+        upsert_json: serde_json::to_string(&upsert).unwrap_or_default(),
+        removed,
+    })
 }
 
 impl Dispatcher {
@@ -38,6 +85,8 @@ impl Dispatcher {
         Dispatcher {
             store,
             last_seen: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            pending_notify: tokio::sync::Notify::new(),
         }
     }
 
@@ -102,6 +151,86 @@ impl Dispatcher {
         }
     }
 
+    /// Queue a node's reports; only tasks placed on that node are accepted.
+    fn queue_reports(&self, node_id: &str, reports: Vec<StatusReport>) {
+        let accepted: Vec<StatusReport> = self.store.view(|d| {
+            reports
+                .into_iter()
+                .filter(|r| d.tasks.get(&r.task_id).is_some_and(|t| t.node_id == node_id))
+                .collect()
+        });
+        if accepted.is_empty() {
+            return;
+        }
+        let mut pending = self.pending.lock().expect("dispatcher lock");
+        for r in accepted {
+            let newer = pending
+                .get(&r.task_id)
+                .is_none_or(|s| s.state <= r.status.state);
+            if newer {
+                pending.insert(r.task_id, r.status);
+            }
+        }
+        drop(pending);
+        self.pending_notify.notify_one();
+    }
+
+    /// Leader-only: writes queued status reports in batches (forward moves only).
+    pub async fn write_statuses(self: Arc<Self>, mgr: Arc<Manager>, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.pending_notify.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            // Gather what arrives within a few milliseconds into one write.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let batch: Vec<(String, TaskStatus)> = {
+                let mut p = self.pending.lock().expect("dispatcher lock");
+                p.drain().collect()
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            for chunk in batch.chunks(crate::orchestrator::MAX_OPS_PER_TXN) {
+                let ops: Vec<Op> = self.store.view(|d| {
+                    chunk
+                        .iter()
+                        .filter_map(|(id, st)| {
+                            let t = d.tasks.get(id)?;
+                            if st.state < t.status.state || (st.state == t.status.state && st == &t.status) {
+                                return None;
+                            }
+                            let mut t = t.clone();
+                            t.status = st.clone();
+                            Some(Op::Update(Object::Task(t)))
+                        })
+                        .collect()
+                });
+                if ops.is_empty() {
+                    continue;
+                }
+                match mgr.propose(Txn::new(ops)).await {
+                    Ok(_) => {}
+                    Err(crate::manager::ProposeError::NotLeader) => return,
+                    Err(e) => {
+                        // A task changed meanwhile: put the reports back for the next round.
+                        tracing::debug!(error = %e, "status batch refused; retrying");
+                        let mut p = self.pending.lock().expect("dispatcher lock");
+                        for (id, st) in chunk {
+                            let newer = p.get(id).is_none_or(|s| s.state <= st.state);
+                            if newer {
+                                p.insert(id.clone(), st.clone());
+                            }
+                        }
+                        drop(p);
+                        self.pending_notify.notify_one();
+                    }
+                }
+            }
+        }
+    }
+
     fn session_message(&self, mgr: &Manager, node_id: &str) -> pb::SessionMessage {
         let (desired_role, raft_id) = self.store.view(|d| {
             d.nodes
@@ -119,6 +248,7 @@ impl Dispatcher {
                 .store
                 .view(|d| d.cluster.as_ref().map(|c| c.cert_expiry_ms))
                 .unwrap_or(0),
+            assignments: None,
         }
     }
 }
@@ -207,24 +337,71 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
             addr: registered_addr,
             platform: d.platform,
             engine_version: d.engine_version,
+            nano_cpus: d.nano_cpus,
+            memory_bytes: d.memory_bytes,
         };
         set_state(&mgr, &cert.node_id, NodeState::Ready, "", Some(&desc)).await?;
         let dispatcher = mgr.dispatcher.clone();
         dispatcher.seen(&cert.node_id);
         tracing::debug!(node = %cert.node_id, "session registered");
 
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, rx) = mpsc::channel(16);
         let node_id = cert.node_id.clone();
-        let _ = tx
-            .send(Ok(dispatcher.session_message(&mgr, &node_id)))
-            .await;
+        let mut events = mgr.store.watch();
+        let mut sent = mgr.store.view(|d| assignments_for(d, &node_id));
+        let mut first = dispatcher.session_message(&mgr, &node_id);
+        first.assignments = Some(pb::Assignments {
+            full: true,
+            upsert_json: serde_json::to_string(&sent.values().collect::<Vec<_>>()).unwrap_or_default(),
+            removed: Vec::new(),
+        });
+        let _ = tx.send(Ok(first)).await;
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
                     m = inbound.message() => m,
+                    ev = events.recv() => {
+                        let relevant = match &ev {
+                            Ok(e) => e.changes.iter().any(|c| match c {
+                                Change::Put(Object::Task(t)) => t.node_id == node_id || sent.contains_key(&t.id),
+                                Change::Deleted { kind: Kind::Task, id } => sent.contains_key(id),
+                                _ => false,
+                            }),
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        };
+                        if relevant {
+                            let now = mgr.store.view(|d| assignments_for(d, &node_id));
+                            if let Some(a) = diff_assignments(&sent, &now) {
+                                let mut m = dispatcher.session_message(&mgr, &node_id);
+                                m.assignments = Some(a);
+                                if tx.send(Ok(m)).await.is_err() {
+                                    return;
+                                }
+                                sent = now;
+                            }
+                        }
+                        continue;
+                    }
                     _ = tx.closed() => return,
                 };
                 match msg {
+                    Ok(Some(pb::SessionRequest {
+                        msg: Some(pb::session_request::Msg::Statuses(s)),
+                    })) => {
+                        match serde_json::from_str::<Vec<StatusReport>>(&s.reports_json) {
+                            Ok(reports) => {
+                                dispatcher.seen(&node_id);
+                                dispatcher.queue_reports(&node_id, reports);
+                            }
+                            Err(e) => {
+                                let _ = tx
+                                    .send(Err(Status::invalid_argument(format!("malformed status reports: {e}"))))
+                                    .await;
+                                return;
+                            }
+                        }
+                    }
                     Ok(Some(pb::SessionRequest {
                         msg: Some(pb::session_request::Msg::Heartbeat(_)),
                     })) => {
@@ -233,9 +410,9 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                             return;
                         }
                         dispatcher.seen(&node_id);
-                        let down = mgr
-                            .store
-                            .view(|d| d.nodes.get(&node_id).map(|n| n.state != NodeState::Ready));
+                        let down = mgr.store.view(|d| {
+                            d.nodes.get(&node_id).map(|n| n.state != NodeState::Ready)
+                        });
                         match down {
                             None => {
                                 let _ = tx

@@ -10,10 +10,13 @@
 pub mod auth;
 pub mod ca;
 pub mod controlapi;
+pub mod controlapi_services;
 pub mod dispatcher;
 pub mod manager;
 pub mod membership;
+pub mod orchestrator;
 pub mod raft;
+pub mod scheduler;
 pub mod store;
 
 pub use manager::{Manager, ManagerConfig};

@@ -290,6 +290,18 @@ impl Manager {
                     let t = token.clone();
                     self.tasks
                         .spawn(async move { m.dispatcher.clone().monitor(m, t).await });
+                    let m = self.clone();
+                    let t = token.clone();
+                    self.tasks
+                        .spawn(async move { crate::orchestrator::run(m, t).await });
+                    let m = self.clone();
+                    let t = token.clone();
+                    self.tasks
+                        .spawn(async move { crate::scheduler::run(m, t).await });
+                    let m = self.clone();
+                    let t = token.clone();
+                    self.tasks
+                        .spawn(async move { m.dispatcher.clone().write_statuses(m, t).await });
                     leader_cancel = Some(token);
                 }
                 (false, Some(t)) => {
@@ -330,6 +342,9 @@ impl ProposeError {
             }
             ProposeError::Refused(e @ TxnError::Exists { .. }) => {
                 Status::already_exists(e.to_string())
+            }
+            ProposeError::Refused(e @ TxnError::Backwards { .. }) => {
+                Status::failed_precondition(e.to_string())
             }
             ProposeError::Raft(e) => Status::unavailable(e),
         }
@@ -382,6 +397,8 @@ pub fn pb_node(n: &crate::store::Node, leader: Option<NodeId>) -> pb::Node {
             addr: n.description.addr.clone(),
             platform: n.description.platform.clone(),
             engine_version: n.description.engine_version.clone(),
+            nano_cpus: n.description.nano_cpus,
+            memory_bytes: n.description.memory_bytes,
         }),
         status: n.state.as_str().into(),
         status_message: n.status_message.clone(),

@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 
 use proto::security::{Role, RootCa};
+use proto::spec::{ServiceSpec, TaskSpec, TaskState, TaskStatus};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -90,6 +91,11 @@ pub struct NodeDescription {
     pub addr: String,
     pub platform: String,
     pub engine_version: String,
+    /// Capacity for reservations: CPU in 1e-9 cores, memory in bytes.
+    #[serde(default)]
+    pub nano_cpus: u64,
+    #[serde(default)]
+    pub memory_bytes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,11 +118,89 @@ pub struct Node {
     pub cert_not_after_ms: i64,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateState {
+    Updating,
+    Paused,
+    Completed,
+    RollbackStarted,
+    RollbackPaused,
+    RollbackCompleted,
+}
+
+impl UpdateState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateState::Updating => "updating",
+            UpdateState::Paused => "paused",
+            UpdateState::Completed => "completed",
+            UpdateState::RollbackStarted => "rollback_started",
+            UpdateState::RollbackPaused => "rollback_paused",
+            UpdateState::RollbackCompleted => "rollback_completed",
+        }
+    }
+    pub fn is_rollback(self) -> bool {
+        matches!(
+            self,
+            UpdateState::RollbackStarted | UpdateState::RollbackPaused | UpdateState::RollbackCompleted
+        )
+    }
+    pub fn in_progress(self) -> bool {
+        matches!(self, UpdateState::Updating | UpdateState::RollbackStarted)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UpdateStatus {
+    pub state: UpdateState,
+    pub started_ms: i64,
+    pub completed_ms: i64,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    pub id: String,
+    pub version: u64,
+    pub spec: ServiceSpec,
+    /// Incremented by every spec change.
+    pub spec_version: u64,
+    /// The spec before the last update, for rollback.
+    pub previous_spec: Option<ServiceSpec>,
+    pub update_status: Option<UpdateStatus>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub version: u64,
+    pub service_id: String,
+    pub service_name: String,
+    /// Replicated services: 1..=replicas. Global: 0 (the node identifies the task).
+    pub slot: u64,
+    /// Empty until scheduled (global tasks are created with their node).
+    pub node_id: String,
+    pub spec: TaskSpec,
+    pub spec_version: u64,
+    /// Manager-written: RUNNING, then SHUTDOWN or REMOVE; only moves forward.
+    pub desired_state: TaskState,
+    /// Observed: written by the scheduler up to ASSIGNED, by the worker after; only forward.
+    pub status: TaskStatus,
+    pub created_at_ms: i64,
+    /// Restarts of this slot so far within the restart window (carried to the replacement).
+    pub restart_count: u64,
+}
+
 /// The object kinds the store holds.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Object {
     Cluster(Cluster),
     Node(Node),
+    Service(Service),
+    Task(Task),
 }
 
 impl Object {
@@ -124,24 +208,32 @@ impl Object {
         match self {
             Object::Cluster(_) => Kind::Cluster,
             Object::Node(_) => Kind::Node,
+            Object::Service(_) => Kind::Service,
+            Object::Task(_) => Kind::Task,
         }
     }
     fn id(&self) -> &str {
         match self {
             Object::Cluster(c) => &c.id,
             Object::Node(n) => &n.id,
+            Object::Service(s) => &s.id,
+            Object::Task(t) => &t.id,
         }
     }
     fn version(&self) -> u64 {
         match self {
             Object::Cluster(c) => c.version,
             Object::Node(n) => n.version,
+            Object::Service(s) => s.version,
+            Object::Task(t) => t.version,
         }
     }
     fn set_version(&mut self, v: u64) {
         match self {
             Object::Cluster(c) => c.version = v,
             Object::Node(n) => n.version = v,
+            Object::Service(s) => s.version = v,
+            Object::Task(t) => t.version = v,
         }
     }
 }
@@ -150,9 +242,11 @@ impl Object {
 pub enum Kind {
     Cluster,
     Node,
+    Service,
+    Task,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Op {
     /// Fails if an object of that kind and id exists.
     Create(Object),
@@ -163,7 +257,7 @@ pub enum Op {
 }
 
 /// One Raft entry's worth of changes.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Txn {
     pub ops: Vec<Op>,
 }
@@ -187,6 +281,13 @@ pub enum TxnError {
     Exists { kind: Kind, id: String },
     #[error("{kind:?} {id} not found")]
     NotFound { kind: Kind, id: String },
+    #[error("task {id}: {field} may not move backwards ({from} to {to})")]
+    Backwards {
+        id: String,
+        field: String,
+        from: TaskState,
+        to: TaskState,
+    },
 }
 
 /// What applying an entry returned to its proposer.
@@ -200,7 +301,7 @@ pub enum TxnOutcome {
     Nothing,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Change {
     Put(Object),
     Deleted { kind: Kind, id: String },
@@ -214,10 +315,17 @@ pub struct Event {
 }
 
 /// The tables. Cloneable so that snapshots and tests can hold a copy.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StoreData {
     pub cluster: Option<Cluster>,
     pub nodes: BTreeMap<String, Node>,
+    pub services: BTreeMap<String, Service>,
+    pub tasks: BTreeMap<String, Task>,
+    /// Task ids by service id and by node id; derived, rebuilt after loading a snapshot.
+    #[serde(skip)]
+    pub tasks_by_service: BTreeMap<String, BTreeSet<String>>,
+    #[serde(skip)]
+    pub tasks_by_node: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl StoreData {
@@ -229,6 +337,67 @@ impl StoreData {
                 .filter(|c| c.id == id)
                 .map(|c| c.version),
             Kind::Node => self.nodes.get(id).map(|n| n.version),
+            Kind::Service => self.services.get(id).map(|s| s.version),
+            Kind::Task => self.tasks.get(id).map(|t| t.version),
+        }
+    }
+
+    /// Tasks of a service.
+    pub fn service_tasks<'a>(&'a self, service_id: &str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks_by_service
+            .get(service_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
+    }
+
+    /// Tasks placed on a node.
+    pub fn node_tasks<'a>(&'a self, node_id: &str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks_by_node
+            .get(node_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
+    }
+
+    pub fn rebuild_indexes(&mut self) {
+        self.tasks_by_service.clear();
+        self.tasks_by_node.clear();
+        let ids: Vec<(String, String, String)> = self
+            .tasks
+            .values()
+            .map(|t| (t.id.clone(), t.service_id.clone(), t.node_id.clone()))
+            .collect();
+        for (id, service, node) in ids {
+            self.index_task(&id, &service, &node);
+        }
+    }
+
+    fn index_task(&mut self, id: &str, service: &str, node: &str) {
+        self.tasks_by_service
+            .entry(service.to_string())
+            .or_default()
+            .insert(id.to_string());
+        if !node.is_empty() {
+            self.tasks_by_node
+                .entry(node.to_string())
+                .or_default()
+                .insert(id.to_string());
+        }
+    }
+
+    fn unindex_task(&mut self, t: &Task) {
+        if let Some(set) = self.tasks_by_service.get_mut(&t.service_id) {
+            set.remove(&t.id);
+            if set.is_empty() {
+                self.tasks_by_service.remove(&t.service_id);
+            }
+        }
+        if let Some(set) = self.tasks_by_node.get_mut(&t.node_id) {
+            set.remove(&t.id);
+            if set.is_empty() {
+                self.tasks_by_node.remove(&t.node_id);
+            }
         }
     }
 
@@ -258,7 +427,10 @@ impl StoreData {
                     expected: o.version(),
                     actual: v,
                 }),
-                Some(_) => Ok(()),
+                Some(_) => match (o, self.tasks.get(o.id())) {
+                    (Object::Task(new), Some(old)) => check_forward(old, new),
+                    _ => Ok(()),
+                },
             },
             Op::Delete { kind, id } => match self.get(*kind, id) {
                 None => Err(TxnError::NotFound {
@@ -276,6 +448,16 @@ impl StoreData {
             Object::Node(n) => {
                 self.nodes.insert(n.id.clone(), n);
             }
+            Object::Service(s) => {
+                self.services.insert(s.id.clone(), s);
+            }
+            Object::Task(t) => {
+                if let Some(old) = self.tasks.remove(&t.id) {
+                    self.unindex_task(&old);
+                }
+                self.index_task(&t.id, &t.service_id, &t.node_id);
+                self.tasks.insert(t.id.clone(), t);
+            }
         }
     }
 
@@ -284,6 +466,14 @@ impl StoreData {
             Kind::Cluster => self.cluster = None,
             Kind::Node => {
                 self.nodes.remove(id);
+            }
+            Kind::Service => {
+                self.services.remove(id);
+            }
+            Kind::Task => {
+                if let Some(old) = self.tasks.remove(id) {
+                    self.unindex_task(&old);
+                }
             }
         }
     }
@@ -355,6 +545,27 @@ impl StoreData {
     }
 }
 
+/// Task state and desired state only ever move forward.
+fn check_forward(old: &Task, new: &Task) -> Result<(), TxnError> {
+    if new.status.state < old.status.state {
+        return Err(TxnError::Backwards {
+            id: new.id.clone(),
+            field: "state".into(),
+            from: old.status.state,
+            to: new.status.state,
+        });
+    }
+    if new.desired_state < old.desired_state {
+        return Err(TxnError::Backwards {
+            id: new.id.clone(),
+            field: "desired state".into(),
+            from: old.desired_state,
+            to: new.desired_state,
+        });
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FindError {
     #[error("node {0} not found")]
@@ -409,7 +620,8 @@ impl Store {
         }
     }
 
-    pub(crate) fn replace(&self, data: StoreData) {
+    pub(crate) fn replace(&self, mut data: StoreData) {
+        data.rebuild_indexes();
         *self.data.write().expect("store lock") = data;
     }
 

@@ -6,7 +6,9 @@
 //! - [`transport`]: gRPC over mutual TLS (rustls with the ring provider) with certificates that
 //!   can be swapped at run time (renewal, promotion), and gRPC over the local unix socket.
 
+pub mod api;
 pub mod security;
+pub mod spec;
 pub mod transport;
 
 #[allow(clippy::all, clippy::pedantic)]

@@ -39,6 +39,9 @@ pub struct AgentConfig {
     pub managers: Vec<String>,
     /// Heartbeat period to use until the manager says otherwise.
     pub initial_period: Duration,
+    /// Capacity offered for reservations.
+    pub nano_cpus: u64,
+    pub memory_bytes: u64,
 }
 
 /// What the agent tells the node it runs in.
@@ -76,6 +79,8 @@ impl Drop for AbortOnDrop {
 
 pub struct Agent {
     config: AgentConfig,
+    executor: Arc<crate::executor::Executor>,
+    reports: mpsc::Receiver<proto::spec::StatusReport>,
     creds: Arc<Credentials>,
     events: mpsc::Sender<AgentEvent>,
     /// Manager addresses and when a manager last listed them.
@@ -86,12 +91,17 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// `executor` runs the tasks; `reports` is the receiving end of the channel it reports on.
     pub fn new(
         config: AgentConfig,
         creds: Arc<Credentials>,
         events: mpsc::Sender<AgentEvent>,
+        executor: Arc<crate::executor::Executor>,
+        reports: mpsc::Receiver<proto::spec::StatusReport>,
     ) -> Agent {
         Agent {
+            executor,
+            reports,
             managers: config
                 .managers
                 .iter()
@@ -185,11 +195,25 @@ impl Agent {
                     addr: String::new(),
                     platform: self.config.platform.clone(),
                     engine_version: env!("CARGO_PKG_VERSION").into(),
+                    nano_cpus: self.config.nano_cpus,
+                    memory_bytes: self.config.memory_bytes,
                 }),
             })),
         })
         .await
         .ok();
+        // After a reconnect the (possibly new) leader hears every task's state again.
+        let known = self.executor.statuses();
+        if !known.is_empty() {
+            if let Ok(json) = serde_json::to_string(&known) {
+                tx.send(pb::SessionRequest {
+                    msg: Some(pb::session_request::Msg::Statuses(pb::TaskStatuses { reports_json: json })),
+                })
+                .await
+                .ok();
+            }
+        }
+        let statuses_tx = tx.clone();
         let period = self.period_ms.clone();
         // Aborted when this future is dropped too (agent cancelled mid-session): a heartbeat
         // task outliving its agent would keep a departed node looking alive.
@@ -207,13 +231,14 @@ impl Agent {
                 }
             }
         }));
-        self.session_inner(channel, rx).await
+        self.session_inner(channel, rx, statuses_tx).await
     }
 
     async fn session_inner(
         &mut self,
         channel: Channel,
         rx: mpsc::Receiver<pb::SessionRequest>,
+        statuses: mpsc::Sender<pb::SessionRequest>,
     ) -> Result<(), SessionError> {
         let mut client = DispatcherClient::new(channel.clone());
         let mut inbound = client
@@ -223,11 +248,38 @@ impl Agent {
         loop {
             let p = Duration::from_millis(self.period_ms.load(Ordering::Relaxed));
             let limit = p * 3 + Duration::from_secs(1);
-            let msg = match tokio::time::timeout(limit, inbound.message()).await {
-                Err(_) => return Err(SessionError::Silent(limit)),
-                Ok(m) => m?,
+            let msg = tokio::select! {
+                m = tokio::time::timeout(limit, inbound.message()) => match m {
+                    Err(_) => return Err(SessionError::Silent(limit)),
+                    Ok(m) => m?,
+                },
+                Some(first) = self.reports.recv() => {
+                    // Send what is queued as one message.
+                    let mut batch = vec![first];
+                    while batch.len() < 1000 {
+                        match self.reports.try_recv() {
+                            Ok(r) => batch.push(r),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Ok(json) = serde_json::to_string(&batch) {
+                        let m = pb::SessionRequest {
+                            msg: Some(pb::session_request::Msg::Statuses(pb::TaskStatuses { reports_json: json })),
+                        };
+                        if statuses.send(m).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    continue;
+                }
             };
             let Some(msg) = msg else { return Ok(()) };
+            if let Some(a) = &msg.assignments {
+                match serde_json::from_str::<Vec<proto::spec::Assignment>>(&a.upsert_json) {
+                    Ok(upsert) => self.executor.apply(a.full, upsert, a.removed.clone()),
+                    Err(e) => tracing::warn!(error = %e, "malformed assignments"),
+                }
+            }
             self.on_message(&msg).await;
             self.maybe_renew(&channel, &msg).await?;
         }

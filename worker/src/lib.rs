@@ -5,3 +5,5 @@
 //! before expiry, and the role change that promotion or demotion asks for).
 
 pub mod agent;
+pub mod executor;
+pub mod runtime;

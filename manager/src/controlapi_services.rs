@@ -1,0 +1,388 @@
+//! Control API for services and tasks: validation of specs, versioned updates that keep the
+//! previous spec for rollback, and the read views the CLI shows.
+
+use proto::api::{ServiceView, TaskView, UpdateStatusView};
+use proto::pb;
+use proto::security::random_id;
+use proto::spec::{ServiceMode, ServiceSpec, TaskState};
+use tonic::Status;
+
+use crate::controlapi::ControlApi;
+use crate::manager::{now_ms, update_with_retry};
+use crate::store::{Kind, NodeState, Object, Op, Service, StoreData, Txn, UpdateState, UpdateStatus};
+use crate::store::Availability;
+
+/// Largest spec accepted (a spec is small; this bounds a malicious or mistaken request).
+const MAX_SPEC_BYTES: usize = 256 * 1024;
+
+fn parse_spec(json: &str) -> Result<ServiceSpec, Status> {
+    if json.len() > MAX_SPEC_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "service spec is {} bytes; the limit is {MAX_SPEC_BYTES}",
+            json.len()
+        )));
+    }
+    serde_json::from_str(json).map_err(|e| Status::invalid_argument(format!("malformed service spec: {e}")))
+}
+
+/// Reject what Swarm rejects, with the field named.
+pub fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
+    let bad = |m: String| Err(Status::invalid_argument(m));
+    let name = &spec.name;
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if !name_ok {
+        return bad(format!(
+            "invalid service name {name:?}: use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit"
+        ));
+    }
+    if spec.task.image.trim().is_empty() {
+        return bad("an image is required".into());
+    }
+    if let ServiceMode::ReplicatedJob { max_concurrent, total_completions } = spec.mode {
+        if max_concurrent == 0 || total_completions == 0 {
+            return bad("--max-concurrent and the number of completions must be at least 1".into());
+        }
+    }
+    for c in &spec.task.placement.constraints {
+        let ok = c
+            .split_once("==")
+            .or_else(|| c.split_once("!="))
+            .is_some_and(|(k, v)| {
+                let k = k.trim();
+                !v.trim().is_empty()
+                    && (k == "node.id"
+                        || k == "node.hostname"
+                        || k == "node.role"
+                        || k.strip_prefix("node.labels.").is_some_and(|l| !l.is_empty()))
+            });
+        if !ok {
+            return bad(format!(
+                "invalid constraint {c:?}: expected node.id, node.hostname, node.role or node.labels.KEY, then == or !=, then a value"
+            ));
+        }
+    }
+    for p in &spec.task.placement.preferences {
+        if !p.strip_prefix("spread=node.labels.").is_some_and(|l| !l.is_empty()) {
+            return bad(format!("invalid placement preference {p:?}: expected spread=node.labels.KEY"));
+        }
+    }
+    for u in [&spec.update, &spec.rollback] {
+        if !(0.0..=1.0).contains(&u.max_failure_ratio) {
+            return bad("--update-max-failure-ratio must be between 0 and 1".into());
+        }
+    }
+    if !spec.task.stop_signal.is_empty() && !spec.task.stop_signal.chars().all(|c| c.is_ascii_alphanumeric() || c == '+') {
+        return bad(format!("invalid --stop-signal {:?}", spec.task.stop_signal));
+    }
+    Ok(())
+}
+
+fn find_service<'a>(d: &'a StoreData, key: &str) -> Result<&'a Service, Status> {
+    if let Some(s) = d.services.get(key) {
+        return Ok(s);
+    }
+    if let Some(s) = d.services.values().find(|s| s.spec.name == key) {
+        return Ok(s);
+    }
+    let by_prefix: Vec<&Service> = d
+        .services
+        .values()
+        .filter(|s| !key.is_empty() && s.id.starts_with(key))
+        .collect();
+    match by_prefix.as_slice() {
+        [one] => Ok(one),
+        [] => Err(Status::not_found(format!("service {key} not found"))),
+        _ => Err(Status::invalid_argument(format!("service {key} is ambiguous"))),
+    }
+}
+
+/// Nodes a global service runs on: ready, active, and (roughly) its constraints; the
+/// scheduler has the last word.
+fn eligible_nodes(d: &StoreData) -> u64 {
+    d.nodes
+        .values()
+        .filter(|n| n.state == NodeState::Ready && n.availability == Availability::Active)
+        .count() as u64
+}
+
+pub fn service_view(d: &StoreData, s: &Service) -> ServiceView {
+    let tasks: Vec<_> = d.service_tasks(&s.id).collect();
+    let running = tasks
+        .iter()
+        .filter(|t| t.desired_state == TaskState::Running && t.status.state == TaskState::Running)
+        .count() as u64;
+    let completed = tasks.iter().filter(|t| t.status.state == TaskState::Complete).count() as u64;
+    let desired = match s.spec.mode {
+        ServiceMode::Replicated { replicas } => replicas,
+        ServiceMode::Global => tasks
+            .iter()
+            .filter(|t| t.desired_state == TaskState::Running)
+            .count()
+            .max(eligible_nodes(d).min(1) as usize) as u64,
+        ServiceMode::ReplicatedJob { total_completions, .. } => total_completions,
+        ServiceMode::GlobalJob => eligible_nodes(d),
+    };
+    ServiceView {
+        id: s.id.clone(),
+        version: s.version,
+        spec: s.spec.clone(),
+        spec_version: s.spec_version,
+        previous_spec: s.previous_spec.clone(),
+        update_status: s.update_status.as_ref().map(|u| UpdateStatusView {
+            state: u.state.as_str().into(),
+            started_ms: u.started_ms,
+            completed_ms: u.completed_ms,
+            message: u.message.clone(),
+        }),
+        created_at_ms: s.created_at_ms,
+        updated_at_ms: s.updated_at_ms,
+        running,
+        desired,
+        completed,
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<pb::JsonDoc, Status> {
+    Ok(pb::JsonDoc {
+        json: serde_json::to_string(v).map_err(|e| Status::internal(e.to_string()))?,
+    })
+}
+
+impl ControlApi {
+    pub async fn create_service(&self, req: pb::ServiceSpecRequest) -> Result<pb::JsonDoc, Status> {
+        if let Some(mut c) = self.leader_client()? {
+            return Ok(c.create_service(req).await?.into_inner());
+        }
+        let spec = parse_spec(&req.spec_json)?;
+        validate_spec(&spec)?;
+        let id = random_id(25);
+        let now = now_ms();
+        let service = Service {
+            id: id.clone(),
+            version: 0,
+            spec: spec.clone(),
+            spec_version: 1,
+            previous_spec: None,
+            update_status: None,
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        let name = spec.name.clone();
+        update_with_retry(&self.mgr, |d| {
+            if d.services.values().any(|s| s.spec.name == name) {
+                return Err(Status::already_exists(format!("service {name} already exists")));
+            }
+            Ok(Txn::new(vec![Op::Create(Object::Service(service.clone()))]))
+        })
+        .await?;
+        self.mgr.store.view(|d| {
+            let s = d.services.get(&id).ok_or_else(|| Status::internal("service vanished"))?;
+            to_json(&service_view(d, s))
+        })
+    }
+
+    pub async fn update_service(&self, req: pb::UpdateServiceRequest) -> Result<pb::JsonDoc, Status> {
+        if let Some(mut c) = self.leader_client()? {
+            return Ok(c.update_service(req).await?.into_inner());
+        }
+        let new_spec = if req.rollback { None } else { Some(parse_spec(&req.spec_json)?) };
+        if let Some(s) = &new_spec {
+            validate_spec(s)?;
+        }
+        let mut id = String::new();
+        update_with_retry(&self.mgr, |d| {
+            let mut s = find_service(d, &req.id)?.clone();
+            id = s.id.clone();
+            if req.version != 0 && req.version != s.version {
+                return Err(Status::aborted(format!(
+                    "service {} changed since it was read (version {} now {}); retry",
+                    s.spec.name, req.version, s.version
+                )));
+            }
+            let now = now_ms();
+            let (spec, state) = match &new_spec {
+                None => {
+                    let prev = s.previous_spec.clone().ok_or_else(|| {
+                        Status::failed_precondition(format!(
+                            "service {} has no previous spec to roll back to",
+                            s.spec.name
+                        ))
+                    })?;
+                    (prev, UpdateState::RollbackStarted)
+                }
+                Some(n) => {
+                    if n.name != s.spec.name
+                        && d.services.values().any(|o| o.spec.name == n.name && o.id != s.id)
+                    {
+                        return Err(Status::already_exists(format!("service {} already exists", n.name)));
+                    }
+                    if std::mem::discriminant(&n.mode) != std::mem::discriminant(&s.spec.mode) {
+                        return Err(Status::invalid_argument("the service mode cannot be changed"));
+                    }
+                    (n.clone(), UpdateState::Updating)
+                }
+            };
+            let task_changed = spec.task != s.spec.task;
+            s.previous_spec = Some(s.spec.clone());
+            s.spec = spec;
+            s.spec_version += 1;
+            s.updated_at_ms = now;
+            if task_changed || req.rollback {
+                s.update_status = Some(UpdateStatus {
+                    state,
+                    started_ms: now,
+                    completed_ms: 0,
+                    message: if req.rollback {
+                        "manually requested rollback".into()
+                    } else {
+                        "update in progress".into()
+                    },
+                });
+            }
+            Ok(Txn::new(vec![Op::Update(Object::Service(s))]))
+        })
+        .await?;
+        self.mgr.store.view(|d| {
+            let s = d.services.get(&id).ok_or_else(|| Status::not_found("service removed meanwhile"))?;
+            to_json(&service_view(d, s))
+        })
+    }
+
+    pub async fn remove_service(&self, req: pb::GetServiceRequest) -> Result<pb::Empty, Status> {
+        if let Some(mut c) = self.leader_client()? {
+            return Ok(c.remove_service(req).await?.into_inner());
+        }
+        update_with_retry(&self.mgr, |d| {
+            let s = find_service(d, &req.id)?;
+            let mut ops = vec![Op::Delete {
+                kind: Kind::Service,
+                id: s.id.clone(),
+            }];
+            for t in d.service_tasks(&s.id) {
+                if t.desired_state < TaskState::Remove {
+                    let mut t = t.clone();
+                    t.desired_state = TaskState::Remove;
+                    ops.push(Op::Update(Object::Task(t)));
+                }
+            }
+            Ok(Txn::new(ops))
+        })
+        .await?;
+        Ok(pb::Empty {})
+    }
+
+    pub async fn get_service(&self, req: pb::GetServiceRequest) -> Result<pb::JsonDoc, Status> {
+        if let Some(mut c) = self.leader_client()? {
+            return Ok(c.get_service(req).await?.into_inner());
+        }
+        self.mgr.linearizable().await?;
+        self.mgr.store.view(|d| to_json(&service_view(d, find_service(d, &req.id)?)))
+    }
+
+    pub async fn list_services(&self) -> Result<pb::JsonDoc, Status> {
+        if let Some(mut c) = self.leader_client()? {
+            return Ok(c.list_services(pb::Empty {}).await?.into_inner());
+        }
+        self.mgr.linearizable().await?;
+        self.mgr.store.view(|d| {
+            let v: Vec<ServiceView> = d.services.values().map(|s| service_view(d, s)).collect();
+            to_json(&v)
+        })
+    }
+
+    pub async fn list_tasks(&self, req: pb::ListTasksRequest) -> Result<pb::JsonDoc, Status> {
+        if let Some(mut c) = self.leader_client()? {
+            return Ok(c.list_tasks(req).await?.into_inner());
+        }
+        self.mgr.linearizable().await?;
+        let desired = match req.desired_state.as_str() {
+            "" => None,
+            "running" => Some(TaskState::Running),
+            "shutdown" => Some(TaskState::Shutdown),
+            "accepted" => Some(TaskState::Accepted),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "invalid desired-state filter {other:?}: use running, shutdown or accepted"
+                )))
+            }
+        };
+        self.mgr.store.view(|d| {
+            let service = match req.service.as_str() {
+                "" => None,
+                key => Some(find_service(d, key)?.id.clone()),
+            };
+            let node = match req.node.as_str() {
+                "" => None,
+                key => Some(d.find_node(key).map_err(|e| Status::not_found(e.to_string()))?.id.clone()),
+            };
+            let tasks: Box<dyn Iterator<Item = &crate::store::Task>> = match &service {
+                Some(sid) => Box::new(d.service_tasks(sid)),
+                None => Box::new(d.tasks.values()),
+            };
+            let mut out: Vec<TaskView> = tasks
+                .filter(|t| node.as_ref().is_none_or(|n| &t.node_id == n))
+                .filter(|t| desired.is_none_or(|s| t.desired_state == s))
+                .map(|t| TaskView {
+                    id: t.id.clone(),
+                    service_id: t.service_id.clone(),
+                    service_name: t.service_name.clone(),
+                    slot: t.slot,
+                    node_id: t.node_id.clone(),
+                    node_hostname: d
+                        .nodes
+                        .get(&t.node_id)
+                        .map(|n| n.description.hostname.clone())
+                        .unwrap_or_default(),
+                    spec: t.spec.clone(),
+                    spec_version: t.spec_version,
+                    desired_state: t.desired_state,
+                    status: t.status.clone(),
+                    created_at_ms: t.created_at_ms,
+                })
+                .collect();
+            out.sort_by(|a, b| {
+                (&a.service_name, a.slot, &a.node_hostname, std::cmp::Reverse(a.created_at_ms))
+                    .cmp(&(&b.service_name, b.slot, &b.node_hostname, std::cmp::Reverse(b.created_at_ms)))
+            });
+            to_json(&out)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::spec::{TaskSpec, UpdateConfig};
+
+    fn spec(name: &str) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            labels: Default::default(),
+            mode: ServiceMode::Replicated { replicas: 1 },
+            task: TaskSpec { image: "busybox".into(), ..Default::default() },
+            update: UpdateConfig::default(),
+            rollback: UpdateConfig::default(),
+        }
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        assert!(validate_spec(&spec("web")).is_ok());
+        let e = validate_spec(&spec("-bad")).unwrap_err();
+        assert!(e.message().contains("invalid service name"));
+        let mut s = spec("web");
+        s.task.image.clear();
+        assert!(validate_spec(&s).unwrap_err().message().contains("image"));
+        let mut s = spec("web");
+        s.task.placement.constraints = vec!["node.colour==blue".into()];
+        assert!(validate_spec(&s).unwrap_err().message().contains("invalid constraint"));
+        s.task.placement.constraints = vec!["node.labels.zone != a".into(), "node.role==manager".into()];
+        assert!(validate_spec(&s).is_ok());
+        s.task.placement.preferences = vec!["spread=zone".into()];
+        assert!(validate_spec(&s).unwrap_err().message().contains("placement preference"));
+        assert!(parse_spec(&"x".repeat(MAX_SPEC_BYTES + 1)).unwrap_err().message().contains("limit"));
+    }
+}

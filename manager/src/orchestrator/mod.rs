@@ -1,0 +1,259 @@
+//! Orchestration: make the tasks in the store match the services' specs.
+//!
+//! ```text
+//!   store view ──▶ Plan (working copy) ──▶ replicated │ global │ jobs   (slots, restarts)
+//!                                     ──▶ updater                        (rolling update)
+//!                                     ──▶ reaper                         (history limit)
+//!              ◀── ops, ≤ 200 per transaction ◀──┘
+//! ```
+//!
+//! Every part is a pure function of the store view and the time, adding its decisions to one
+//! [`Plan`], so that two parts deciding about the same task see each other's decision and the
+//! transaction written is consistent. The loop that applies the plan runs on the leader only.
+
+pub mod global;
+pub mod reaper;
+pub mod replicated;
+pub mod restart;
+pub mod updater;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::security::random_id;
+use proto::spec::{TaskState, TaskStatus};
+use tokio_util::sync::CancellationToken;
+
+use crate::manager::{now_ms, Manager, ProposeError};
+use crate::store::{Kind, Node, NodeState, Object, Op, Service, StoreData, Task, Txn, TxnError};
+
+/// Most operations in one raft entry (swarmkit batches the same way).
+pub const MAX_OPS_PER_TXN: usize = 200;
+
+/// Decisions of one orchestration round, over a working copy of the tasks it touched.
+pub struct Plan<'a> {
+    pub data: &'a StoreData,
+    pub now_ms: i64,
+    updated: BTreeMap<String, Task>,
+    created: BTreeMap<String, Task>,
+    deleted: BTreeSet<String>,
+    services: BTreeMap<String, Service>,
+}
+
+impl<'a> Plan<'a> {
+    pub fn new(data: &'a StoreData, now_ms: i64) -> Plan<'a> {
+        Plan {
+            data,
+            now_ms,
+            updated: BTreeMap::new(),
+            created: BTreeMap::new(),
+            deleted: BTreeSet::new(),
+            services: BTreeMap::new(),
+        }
+    }
+
+    /// The tasks of a service as this plan leaves them (store + decisions so far).
+    pub fn service_tasks(&self, service_id: &str) -> Vec<Task> {
+        let mut out: Vec<Task> = self
+            .data
+            .service_tasks(service_id)
+            .filter(|t| !self.deleted.contains(&t.id))
+            .map(|t| self.updated.get(&t.id).unwrap_or(t).clone())
+            .collect();
+        out.extend(
+            self.created
+                .values()
+                .filter(|t| t.service_id == service_id)
+                .cloned(),
+        );
+        out
+    }
+
+    pub fn service(&self, id: &str) -> Option<Service> {
+        self.services
+            .get(id)
+            .or_else(|| self.data.services.get(id))
+            .cloned()
+    }
+
+    pub fn update_service(&mut self, s: Service) {
+        self.services.insert(s.id.clone(), s);
+    }
+
+    pub fn update_task(&mut self, t: Task) {
+        if self.created.contains_key(&t.id) {
+            self.created.insert(t.id.clone(), t);
+        } else {
+            self.updated.insert(t.id.clone(), t);
+        }
+    }
+
+    /// Desired state only moves forward.
+    pub fn set_desired(&mut self, t: &Task, desired: TaskState) {
+        if t.desired_state < desired {
+            let mut t = t.clone();
+            t.desired_state = desired;
+            self.update_task(t);
+        }
+    }
+
+    pub fn delete_task(&mut self, id: &str) {
+        if self.created.remove(id).is_none() {
+            self.updated.remove(id);
+            self.deleted.insert(id.to_string());
+        }
+    }
+
+    /// A new task of `service` for `slot` (replicated) or `node` (global).
+    pub fn create_task(&mut self, service: &Service, slot: u64, node_id: &str, restart_count: u64) -> Task {
+        let t = Task {
+            id: random_id(25),
+            version: 0,
+            service_id: service.id.clone(),
+            service_name: service.spec.name.clone(),
+            slot,
+            node_id: node_id.to_string(),
+            spec: service.spec.task.clone(),
+            spec_version: service.spec_version,
+            desired_state: TaskState::Running,
+            status: TaskStatus {
+                state: TaskState::New,
+                message: "created".into(),
+                err: String::new(),
+                exit_code: None,
+                timestamp_ms: self.now_ms,
+            },
+            created_at_ms: self.now_ms,
+            restart_count,
+        };
+        self.created.insert(t.id.clone(), t.clone());
+        t
+    }
+
+    pub fn node(&self, id: &str) -> Option<&'a Node> {
+        self.data.nodes.get(id)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.updated.is_empty() && self.created.is_empty() && self.deleted.is_empty() && self.services.is_empty()
+    }
+
+    /// The plan as store operations (services first, then tasks).
+    pub fn into_ops(self) -> Vec<Op> {
+        let mut ops = Vec::new();
+        for s in self.services.into_values() {
+            ops.push(Op::Update(Object::Service(s)));
+        }
+        for t in self.created.into_values() {
+            ops.push(Op::Create(Object::Task(t)));
+        }
+        for t in self.updated.into_values() {
+            ops.push(Op::Update(Object::Task(t)));
+        }
+        for id in self.deleted {
+            ops.push(Op::Delete { kind: Kind::Task, id });
+        }
+        ops
+    }
+}
+
+/// A task that is meant to run (desired RUNNING) and has not ended.
+pub fn is_runnable(t: &Task) -> bool {
+    t.desired_state <= TaskState::Running && !t.status.state.is_terminal()
+}
+
+/// Why a task that should run no longer can, if it cannot.
+pub fn death(t: &Task, data: &StoreData) -> Option<Death> {
+    if t.desired_state > TaskState::Running {
+        return None;
+    }
+    if t.status.state.is_terminal() {
+        return Some(match t.status.state {
+            TaskState::Complete => Death::Completed,
+            _ => Death::Failed,
+        });
+    }
+    if !t.node_id.is_empty() && t.status.state >= TaskState::Assigned {
+        match data.nodes.get(&t.node_id) {
+            None => return Some(Death::NodeGone),
+            Some(n) if n.state == NodeState::Down => return Some(Death::NodeGone),
+            Some(n) if n.availability == crate::store::Availability::Drain => {
+                return Some(Death::NodeGone)
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Death {
+    Completed,
+    Failed,
+    /// Its node is down, drained or removed: replace it elsewhere at once.
+    NodeGone,
+}
+
+/// One orchestration round: every part, in order.
+pub fn plan(data: &StoreData, now_ms: i64) -> Vec<Op> {
+    let mut p = Plan::new(data, now_ms);
+    for s in data.services.values() {
+        updater::plan(&mut p, &s.id);
+        match s.spec.mode {
+            proto::spec::ServiceMode::Replicated { .. } | proto::spec::ServiceMode::ReplicatedJob { .. } => {
+                replicated::plan(&mut p, &s.id)
+            }
+            proto::spec::ServiceMode::Global | proto::spec::ServiceMode::GlobalJob => {
+                global::plan(&mut p, &s.id)
+            }
+        }
+    }
+    reaper::plan(&mut p);
+    p.into_ops()
+}
+
+/// Leader-only loop: re-plan on every committed change (debounced) and every 500 ms (restart
+/// delays, update delays and deadlines are time-driven).
+pub async fn run(mgr: Arc<Manager>, cancel: CancellationToken) {
+    let mut events = mgr.store.watch();
+    loop {
+        let ops = mgr.store.view(|d| plan(d, now_ms()));
+        let mut conflict = false;
+        for chunk in ops.chunks(MAX_OPS_PER_TXN) {
+            if cancel.is_cancelled() {
+                return;
+            }
+            match mgr.propose(Txn::new(chunk.to_vec())).await {
+                Ok(_) => {}
+                Err(ProposeError::Refused(TxnError::Conflict { .. })) | Err(ProposeError::Refused(TxnError::NotFound { .. })) => {
+                    conflict = true;
+                    break;
+                }
+                Err(ProposeError::NotLeader) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "orchestrator write failed");
+                    conflict = true;
+                    break;
+                }
+            }
+        }
+        if conflict {
+            // Someone wrote meanwhile: re-plan from the new state right away.
+            continue;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = events.recv() => {
+                if let Err(tokio::sync::broadcast::error::RecvError::Closed) = r { return; }
+                // Let a burst of changes land before re-planning.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                while events.try_recv().is_ok() {}
+            }
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

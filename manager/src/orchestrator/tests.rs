@@ -1,0 +1,283 @@
+//! Orchestration rounds on hand-made store states.
+
+use std::collections::BTreeMap;
+
+use proto::security::Role;
+use proto::spec::{
+    FailureAction, RestartCondition, ServiceMode, ServiceSpec, TaskSpec, TaskState, TaskStatus,
+    UpdateConfig,
+};
+
+use super::plan;
+use crate::store::{
+    Availability, Node, NodeDescription, NodeState, Object, Op, Service, StoreData, Task,
+    UpdateState, UpdateStatus,
+};
+
+fn node(id: &str) -> Node {
+    Node {
+        id: id.into(),
+        version: 1,
+        raft_id: 1,
+        role: Role::Worker,
+        desired_role: Role::Worker,
+        availability: Availability::Active,
+        labels: BTreeMap::new(),
+        description: NodeDescription {
+            hostname: id.into(),
+            ..Default::default()
+        },
+        state: NodeState::Ready,
+        status_message: String::new(),
+        created_at_ms: 0,
+        updated_at_ms: 0,
+        cert_not_after_ms: 0,
+    }
+}
+
+fn service(replicas: u64, image: &str) -> Service {
+    let mut task = TaskSpec {
+        image: image.into(),
+        ..Default::default()
+    };
+    task.restart.delay_ms = 1000;
+    Service {
+        id: "svc".into(),
+        version: 1,
+        spec: ServiceSpec {
+            name: "web".into(),
+            labels: BTreeMap::new(),
+            mode: ServiceMode::Replicated { replicas },
+            task,
+            update: UpdateConfig::default(),
+            rollback: UpdateConfig::default(),
+        },
+        spec_version: 1,
+        previous_spec: None,
+        update_status: None,
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    }
+}
+
+/// Apply a round's ops to the data (versions are not checked here).
+fn apply(d: &mut StoreData, ops: Vec<Op>) {
+    for op in ops {
+        match op {
+            Op::Create(Object::Task(t)) | Op::Update(Object::Task(t)) => {
+                d.tasks.insert(t.id.clone(), t);
+            }
+            Op::Update(Object::Service(s)) => {
+                d.services.insert(s.id.clone(), s);
+            }
+            Op::Delete { id, .. } => {
+                d.tasks.remove(&id);
+            }
+            other => panic!("unexpected op {other:?}"),
+        }
+    }
+    d.rebuild_indexes();
+}
+
+/// Play scheduler and workers: assign unplaced tasks round-robin, and bring every assigned
+/// task that should run to RUNNING (or as `outcome` says for an image), stop those told to.
+fn settle(d: &mut StoreData, now: i64, outcome: impl Fn(&Task) -> TaskState) {
+    let nodes: Vec<String> = d
+        .nodes
+        .values()
+        .filter(|n| n.state == NodeState::Ready && n.availability == Availability::Active)
+        .map(|n| n.id.clone())
+        .collect();
+    let mut i = 0;
+    for t in d.tasks.values_mut() {
+        if t.desired_state == TaskState::Running && t.node_id.is_empty() && !nodes.is_empty() {
+            t.node_id = nodes[i % nodes.len()].clone();
+            i += 1;
+        }
+        let alive = d.nodes.get(&t.node_id).is_some_and(|n| n.state == NodeState::Ready);
+        if !alive {
+            continue;
+        }
+        if t.desired_state == TaskState::Running && t.status.state < TaskState::Running {
+            t.status = TaskStatus {
+                state: outcome(t),
+                timestamp_ms: now,
+                ..Default::default()
+            };
+        } else if t.desired_state > TaskState::Running && !t.status.state.is_terminal() {
+            t.status = TaskStatus {
+                state: TaskState::Shutdown,
+                timestamp_ms: now,
+                ..Default::default()
+            };
+        }
+    }
+    d.rebuild_indexes();
+}
+
+fn running(d: &StoreData) -> Vec<&Task> {
+    d.tasks
+        .values()
+        .filter(|t| t.desired_state == TaskState::Running && t.status.state == TaskState::Running)
+        .collect()
+}
+
+fn setup(replicas: u64) -> StoreData {
+    let mut d = StoreData::default();
+    for n in ["n1", "n2", "n3"] {
+        d.nodes.insert(n.into(), node(n));
+    }
+    let s = service(replicas, "img:1");
+    d.services.insert(s.id.clone(), s);
+    d
+}
+
+fn converge(d: &mut StoreData, now: &mut i64, rounds: usize, outcome: impl Fn(&Task) -> TaskState + Copy) {
+    for _ in 0..rounds {
+        let ops = plan(d, *now);
+        apply(d, ops);
+        settle(d, *now, outcome);
+        *now += 500;
+    }
+}
+
+#[test]
+fn creates_scales_up_and_down_with_one_task_per_slot() {
+    let mut d = setup(5);
+    let mut now = 1_000;
+    converge(&mut d, &mut now, 3, |_| TaskState::Running);
+    assert_eq!(running(&d).len(), 5);
+    let mut slots: Vec<u64> = running(&d).iter().map(|t| t.slot).collect();
+    slots.sort();
+    assert_eq!(slots, vec![1, 2, 3, 4, 5]);
+
+    d.services.get_mut("svc").unwrap().spec.mode = ServiceMode::Replicated { replicas: 2 };
+    converge(&mut d, &mut now, 3, |_| TaskState::Running);
+    assert_eq!(running(&d).len(), 2);
+
+    d.services.get_mut("svc").unwrap().spec.mode = ServiceMode::Replicated { replicas: 4 };
+    converge(&mut d, &mut now, 3, |_| TaskState::Running);
+    assert_eq!(running(&d).len(), 4);
+    let mut slots: Vec<u64> = running(&d).iter().map(|t| t.slot).collect();
+    slots.sort();
+    slots.dedup();
+    assert_eq!(slots.len(), 4, "one running task per slot");
+}
+
+#[test]
+fn failed_tasks_restart_after_the_delay_up_to_max_attempts() {
+    let mut d = setup(1);
+    {
+        let s = d.services.get_mut("svc").unwrap();
+        s.spec.task.restart.condition = RestartCondition::OnFailure;
+        s.spec.task.restart.max_attempts = 2;
+    }
+    let mut now = 1_000;
+    // Every task fails as soon as it starts.
+    converge(&mut d, &mut now, 20, |_| TaskState::Failed);
+    let tasks: Vec<&Task> = d.tasks.values().collect();
+    // The first attempt plus two restarts.
+    assert_eq!(tasks.len(), 3, "{tasks:#?}");
+    let mut created: Vec<i64> = tasks.iter().map(|t| t.created_at_ms).collect();
+    created.sort();
+    assert!(created[1] - created[0] >= 1000, "restart delay not honoured: {created:?}");
+}
+
+#[test]
+fn tasks_of_a_down_node_are_replaced_at_once() {
+    let mut d = setup(3);
+    let mut now = 1_000;
+    converge(&mut d, &mut now, 2, |_| TaskState::Running);
+    let victim = running(&d)[0].node_id.clone();
+    d.nodes.get_mut(&victim).unwrap().state = NodeState::Down;
+    converge(&mut d, &mut now, 2, |_| TaskState::Running);
+    let live: Vec<&Task> = running(&d)
+        .into_iter()
+        .filter(|t| t.node_id != victim)
+        .collect();
+    assert_eq!(live.len(), 3);
+}
+
+#[test]
+fn rolling_update_respects_parallelism_and_completes() {
+    let mut d = setup(6);
+    let mut now = 1_000;
+    converge(&mut d, &mut now, 2, |_| TaskState::Running);
+    {
+        let s = d.services.get_mut("svc").unwrap();
+        s.previous_spec = Some(s.spec.clone());
+        s.spec.task.image = "img:2".into();
+        s.spec.update.parallelism = 2;
+        s.spec.update.monitor_ms = 0;
+        s.spec_version = 2;
+        s.update_status = Some(UpdateStatus {
+            state: UpdateState::Updating,
+            started_ms: now,
+            completed_ms: 0,
+            message: String::new(),
+        });
+    }
+    for _ in 0..40 {
+        let ops = plan(&d, now);
+        apply(&mut d, ops);
+        // Slots being replaced: the new task is not running yet.
+        let updating = d
+            .tasks
+            .values()
+            .filter(|t| t.spec.image == "img:2" && t.desired_state == TaskState::Running && t.status.state < TaskState::Running)
+            .count();
+        assert!(updating <= 2, "{updating} slots updating at once");
+        settle(&mut d, now, |_| TaskState::Running);
+        now += 500;
+    }
+    assert!(running(&d).iter().all(|t| t.spec.image == "img:2"));
+    assert_eq!(running(&d).len(), 6);
+    assert_eq!(d.services["svc"].update_status.as_ref().unwrap().state, UpdateState::Completed);
+}
+
+#[test]
+fn failing_update_rolls_back_automatically() {
+    let mut d = setup(4);
+    let mut now = 1_000;
+    converge(&mut d, &mut now, 2, |_| TaskState::Running);
+    {
+        let s = d.services.get_mut("svc").unwrap();
+        s.previous_spec = Some(s.spec.clone());
+        s.spec.task.image = "broken".into();
+        s.spec.update.failure_action = FailureAction::Rollback;
+        s.spec.update.monitor_ms = 0;
+        s.spec.rollback.monitor_ms = 0;
+        s.spec.task.restart.condition = RestartCondition::None;
+        s.spec_version = 2;
+        s.update_status = Some(UpdateStatus {
+            state: UpdateState::Updating,
+            started_ms: now,
+            completed_ms: 0,
+            message: String::new(),
+        });
+    }
+    converge(&mut d, &mut now, 30, |t| {
+        if t.spec.image == "broken" {
+            TaskState::Failed
+        } else {
+            TaskState::Running
+        }
+    });
+    let s = &d.services["svc"];
+    assert_eq!(s.spec.task.image, "img:1");
+    assert_eq!(s.update_status.as_ref().unwrap().state, UpdateState::RollbackCompleted);
+    assert_eq!(running(&d).len(), 4);
+    assert!(running(&d).iter().all(|t| t.spec.image == "img:1"));
+}
+
+#[test]
+fn history_is_bounded_per_slot() {
+    let mut d = setup(1);
+    d.services.get_mut("svc").unwrap().spec.task.restart.delay_ms = 0;
+    let mut now = 1_000;
+    converge(&mut d, &mut now, 30, |_| TaskState::Failed);
+    let ended = d.tasks.values().filter(|t| t.status.state.is_terminal()).count();
+    // The limit, plus the task that failed in the last round and the one shut down in it
+    // (the reaper sees them from the next round on).
+    assert!(ended <= super::reaper::TASK_HISTORY_LIMIT + 2, "{ended} ended tasks kept");
+}

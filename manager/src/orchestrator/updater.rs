@@ -1,0 +1,200 @@
+//! Rolling updates and rollbacks.
+//!
+//! A task is dirty when its spec differs from the service's. While an update is in progress,
+//! dirty slots are replaced `parallelism` at a time (0: all at once), `delay` after the
+//! previous batch is running; stop-first shuts the old task down as the new one is created,
+//! start-first keeps it until the new one runs. A new task that fails — or does not reach
+//! RUNNING within the task deadline, where Swarm would wait forever — counts as a failure;
+//! past `max_failure_ratio` the failure action applies (pause, continue, or roll back to the
+//! previous spec). The update completes when no slot is dirty and the last new task has run
+//! for the monitor period.
+
+use std::collections::BTreeMap;
+
+use proto::spec::{FailureAction, ServiceMode, TaskState, UpdateOrder};
+
+use super::{is_runnable, Plan};
+use crate::store::{Task, UpdateState};
+
+fn key(t: &Task) -> String {
+    if t.node_id.is_empty() || t.slot != 0 {
+        format!("slot {}", t.slot)
+    } else {
+        format!("node {}", t.node_id)
+    }
+}
+
+pub fn plan(p: &mut Plan<'_>, service_id: &str) {
+    let Some(mut s) = p.service(service_id) else {
+        return;
+    };
+    let Some(mut status) = s.update_status.clone() else {
+        return;
+    };
+    if !status.state.in_progress() {
+        return;
+    }
+    let rollback = status.state.is_rollback();
+    let cfg = if rollback {
+        s.spec.rollback.clone()
+    } else {
+        s.spec.update.clone()
+    };
+    let now = p.now_ms;
+    let tasks = p.service_tasks(service_id);
+    let mut by_key: BTreeMap<String, Vec<&Task>> = BTreeMap::new();
+    for t in &tasks {
+        if is_runnable(t) {
+            by_key.entry(key(t)).or_default().push(t);
+        }
+    }
+    let clean = |t: &Task| t.spec == s.spec.task;
+    let started = status.started_ms;
+
+    // Failures among the tasks this update started.
+    let mut failures: Vec<&Task> = Vec::new();
+    for t in tasks.iter().filter(|t| clean(t) && t.created_at_ms >= started) {
+        let failed = matches!(t.status.state, TaskState::Failed | TaskState::Rejected)
+            && t.status.timestamp_ms - t.created_at_ms
+                <= (cfg.task_deadline_ms + cfg.monitor_ms) as i64 + 1;
+        let too_slow = cfg.task_deadline_ms > 0
+            && t.desired_state <= TaskState::Running
+            && t.status.state < TaskState::Running
+            && now - t.created_at_ms > cfg.task_deadline_ms as i64;
+        if too_slow {
+            // Give up on it; the orchestrator fills the slot again.
+            p.set_desired(t, TaskState::Shutdown);
+        }
+        if failed || too_slow {
+            failures.push(t);
+        }
+    }
+    let total = match s.spec.mode {
+        ServiceMode::Replicated { replicas } => replicas.max(1),
+        _ => (by_key.len() as u64).max(1),
+    };
+    if let Some(first) = failures.first() {
+        let ratio = failures.len() as f64 / total as f64;
+        if ratio > cfg.max_failure_ratio {
+            let why = format!(
+                "update {} due to failure or early termination of task {}",
+                match (cfg.failure_action, rollback) {
+                    (FailureAction::Rollback, false) => "rolled back",
+                    (FailureAction::Continue, _) => "continued",
+                    _ => "paused",
+                },
+                first.id
+            );
+            match (cfg.failure_action, rollback) {
+                (FailureAction::Continue, _) => {}
+                (FailureAction::Rollback, false) => {
+                    if let Some(prev) = s.previous_spec.take() {
+                        s.previous_spec = Some(std::mem::replace(&mut s.spec, prev));
+                        s.spec_version += 1;
+                        status.state = UpdateState::RollbackStarted;
+                        status.started_ms = now;
+                        status.message = why;
+                        s.update_status = Some(status);
+                        s.updated_at_ms = now;
+                        p.update_service(s);
+                        return;
+                    }
+                    status.state = UpdateState::Paused;
+                    status.message = why;
+                    s.update_status = Some(status);
+                    p.update_service(s);
+                    return;
+                }
+                _ => {
+                    status.state = if rollback {
+                        UpdateState::RollbackPaused
+                    } else {
+                        UpdateState::Paused
+                    };
+                    status.message = why;
+                    s.update_status = Some(status);
+                    p.update_service(s);
+                    return;
+                }
+            }
+        }
+    }
+
+    // Start-first: retire old tasks whose replacement runs.
+    for tasks in by_key.values() {
+        let new_running = tasks
+            .iter()
+            .any(|t| clean(t) && t.status.state == TaskState::Running);
+        if new_running {
+            for t in tasks.iter().filter(|t| !clean(t)) {
+                p.set_desired(t, TaskState::Shutdown);
+            }
+        }
+    }
+
+    let dirty: Vec<&String> = by_key
+        .iter()
+        .filter(|(_, ts)| ts.iter().any(|t| !clean(t)) && !ts.iter().any(|t| clean(t)))
+        .map(|(k, _)| k)
+        .collect();
+    let in_flight = by_key
+        .values()
+        .filter(|ts| {
+            ts.iter()
+                .any(|t| clean(t) && t.status.state < TaskState::Running)
+                || (ts.iter().any(|t| clean(t)) && ts.iter().any(|t| !clean(t)))
+        })
+        .count() as u64;
+    let last_running = tasks
+        .iter()
+        .filter(|t| clean(t) && t.created_at_ms >= started && t.status.state == TaskState::Running)
+        .map(|t| t.status.timestamp_ms)
+        .max();
+
+    if dirty.is_empty() {
+        let monitored = last_running.is_none_or(|at| now >= at + cfg.monitor_ms as i64);
+        if in_flight == 0 && monitored {
+            status.state = if rollback {
+                UpdateState::RollbackCompleted
+            } else {
+                UpdateState::Completed
+            };
+            status.completed_ms = now;
+            status.message = if rollback {
+                "rollback completed".into()
+            } else {
+                "update completed".into()
+            };
+            s.update_status = Some(status);
+            p.update_service(s);
+        }
+        return;
+    }
+    if in_flight == 0 && cfg.delay_ms > 0 {
+        if let Some(at) = last_running {
+            if now < at + cfg.delay_ms as i64 {
+                return;
+            }
+        }
+    }
+    let room = if cfg.parallelism == 0 {
+        u64::MAX
+    } else {
+        cfg.parallelism.saturating_sub(in_flight)
+    };
+    for k in dirty.into_iter().take(room.min(usize::MAX as u64) as usize) {
+        let olds = &by_key[k];
+        let Some(old) = olds.first() else { continue };
+        if cfg.order == UpdateOrder::StopFirst {
+            for t in olds {
+                p.set_desired(t, TaskState::Shutdown);
+            }
+        }
+        let (slot, node) = if old.slot == 0 && !old.node_id.is_empty() {
+            (0, old.node_id.clone())
+        } else {
+            (old.slot, String::new())
+        };
+        p.create_task(&s, slot, &node, 0);
+    }
+}
