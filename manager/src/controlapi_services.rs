@@ -47,25 +47,11 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
         }
     }
     for c in &spec.task.placement.constraints {
-        let ok = c
-            .split_once("==")
-            .or_else(|| c.split_once("!="))
-            .is_some_and(|(k, v)| {
-                let k = k.trim();
-                !v.trim().is_empty()
-                    && (k == "node.id"
-                        || k == "node.hostname"
-                        || k == "node.role"
-                        || k.strip_prefix("node.labels.").is_some_and(|l| !l.is_empty()))
-            });
-        if !ok {
-            return bad(format!(
-                "invalid constraint {c:?}: expected node.id, node.hostname, node.role or node.labels.KEY, then == or !=, then a value"
-            ));
-        }
+        crate::scheduler::constraint::Constraint::parse(c)
+            .map_err(|e| Status::invalid_argument(format!("invalid constraint {c:?}: {e}")))?;
     }
     for p in &spec.task.placement.preferences {
-        if !p.strip_prefix("spread=node.labels.").is_some_and(|l| !l.is_empty()) {
+        if p.strip_prefix("spread=node.labels.").is_none_or(str::is_empty) {
             return bad(format!("invalid placement preference {p:?}: expected spread=node.labels.KEY"));
         }
     }

@@ -195,6 +195,9 @@ pub struct Task {
 }
 
 /// The object kinds the store holds.
+// Objects are moved whole through transactions and events; boxing the larger variants would
+// add an allocation per object for no gain.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Object {
     Cluster(Cluster),
@@ -301,6 +304,7 @@ pub enum TxnOutcome {
     Nothing,
 }
 
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Change {
     Put(Object),
@@ -479,23 +483,41 @@ impl StoreData {
     }
 
     /// Apply a transaction at log index `index`: all operations or none. Deterministic.
+    ///
+    /// Operations are checked and applied one after another (a transaction may create an
+    /// object and then update it); if one fails, the objects touched so far are restored from
+    /// an undo log. Cost is proportional to the transaction, not to the store.
     pub fn apply_txn(&mut self, index: u64, txn: &Txn) -> Result<Vec<Change>, TxnError> {
-        // Check against the state as each earlier op of the same txn leaves it: a txn may
-        // create and then update the same object.
-        let mut scratch: Option<StoreData> = None;
-        for (i, op) in txn.ops.iter().enumerate() {
-            let cur = scratch.as_ref().unwrap_or(self);
-            cur.check(op)?;
-            if i + 1 < txn.ops.len() {
-                let s = scratch.get_or_insert_with(|| self.clone());
-                s.apply_unchecked(index, op);
-            }
-        }
+        let mut undo: Vec<(Kind, String, Option<Object>)> = Vec::with_capacity(txn.ops.len());
         let mut changes = Vec::with_capacity(txn.ops.len());
         for op in &txn.ops {
+            if let Err(e) = self.check(op) {
+                for (kind, id, before) in undo.into_iter().rev() {
+                    match before {
+                        Some(o) => self.put(o),
+                        None => self.delete(kind, &id),
+                    }
+                }
+                return Err(e);
+            }
+            let (kind, id) = match op {
+                Op::Create(o) | Op::Update(o) => (o.kind(), o.id().to_string()),
+                Op::Delete { kind, id } => (*kind, id.clone()),
+            };
+            let before = self.object(kind, &id);
+            undo.push((kind, id, before));
             changes.push(self.apply_unchecked(index, op));
         }
         Ok(changes)
+    }
+
+    fn object(&self, kind: Kind, id: &str) -> Option<Object> {
+        match kind {
+            Kind::Cluster => self.cluster.clone().map(Object::Cluster),
+            Kind::Node => self.nodes.get(id).cloned().map(Object::Node),
+            Kind::Service => self.services.get(id).cloned().map(Object::Service),
+            Kind::Task => self.tasks.get(id).cloned().map(Object::Task),
+        }
     }
 
     fn apply_unchecked(&mut self, index: u64, op: &Op) -> Change {

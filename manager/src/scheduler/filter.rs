@@ -120,8 +120,7 @@ pub fn no_suitable_node(refusals: &BTreeMap<Refusal, usize>) -> String {
 /// One stage of the pipeline.
 pub struct Filter {
     pub name: &'static str,
-    /// Whether the answer can change while a plan places tasks (it fills nodes up). Static
-    /// filters are run once per group of tasks, dynamic ones each time a node is picked.
+    /// Whether the answer can change while a plan places tasks (it fills nodes up).
     pub dynamic: bool,
     pub check: for<'a> fn(&Requirements<'a>, &NodeLoad<'a>) -> Result<(), Refusal>,
 }
@@ -149,15 +148,29 @@ pub const PIPELINE: [Filter; 4] = [
     },
 ];
 
+/// Which filters to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stages {
+    All,
+    /// Those whose answer stays put while a plan fills nodes: run once per group of tasks.
+    Static,
+    /// Those whose answer can change as the plan fills nodes: run at every pick.
+    Dynamic,
+}
+
 /// The first refusal among the selected filters, in pipeline order.
 pub fn check<'a>(
     req: &Requirements<'a>,
     load: &NodeLoad<'a>,
-    dynamic: Option<bool>,
+    stages: Stages,
 ) -> Result<(), Refusal> {
     PIPELINE
         .iter()
-        .filter(|f| dynamic.is_none_or(|d| f.dynamic == d))
+        .filter(|f| match stages {
+            Stages::All => true,
+            Stages::Static => !f.dynamic,
+            Stages::Dynamic => f.dynamic,
+        })
         .try_for_each(|f| (f.check)(req, load))
 }
 

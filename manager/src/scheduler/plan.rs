@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use proto::spec::{TaskSpec, TaskState};
 
 use super::constraint;
-use super::filter::{self, NodeLoad, Requirements};
+use super::filter::{self, NodeLoad, Requirements, Stages};
 use super::Decision;
 use crate::store::{StoreData, Task};
 
@@ -89,7 +89,7 @@ impl<'a> Nodes<'a> {
     fn explain(&self, req: &Requirements<'a>) -> String {
         let mut refusals = BTreeMap::new();
         for load in &self.loads {
-            if let Err(r) = filter::check(req, load, None) {
+            if let Err(r) = filter::check(req, load, Stages::All) {
                 *refusals.entry(r).or_insert(0) += 1;
             }
         }
@@ -149,7 +149,7 @@ fn place_bound<'a>(
         push_pending(task, message, out);
         return;
     };
-    match filter::check(req, &nodes.loads[i], None) {
+    match filter::check(req, &nodes.loads[i], Stages::All) {
         Ok(()) => {
             nodes.commit(i, req);
             out.push(Decision::Assign {
@@ -169,7 +169,7 @@ fn place_free<'a>(group: &Group<'a>, nodes: &mut Nodes<'a>, out: &mut Vec<Decisi
         return;
     }
     let eligible: Vec<usize> = (0..nodes.loads.len())
-        .filter(|&i| filter::check(&group.req, &nodes.loads[i], Some(false)).is_ok())
+        .filter(|&i| filter::check(&group.req, &nodes.loads[i], Stages::Static).is_ok())
         .collect();
     let mut tree = Tree::build(&group.spread, eligible, &group.req, nodes);
     for (n, task) in group.free.iter().enumerate() {
@@ -251,7 +251,7 @@ impl Tree {
         match self {
             Tree::Leaf(heap) => {
                 while let Some(Reverse((_, _, i))) = heap.pop() {
-                    if filter::check(req, &nodes.loads[i], Some(true)).is_ok() {
+                    if filter::check(req, &nodes.loads[i], Stages::Dynamic).is_ok() {
                         nodes.commit(i, req);
                         heap.push(leaf_key(req, nodes, i));
                         return Some(i);

@@ -575,15 +575,3 @@ proptest! {
         }
     }
 }
-
-#[test]
-#[ignore]
-fn tmp_bench_100k() {
-    let nodes: Vec<Node> = (0..1000).map(|i| labelled(&format!("n{i:04}"), "zone", ["a","b","c"][i % 3])).collect();
-    let mut all = tasks("s", 50_000, |_| {});
-    all.extend(tasks("p", 50_000, |s| { s.placement.preferences = vec!["spread=node.labels.zone".into()]; s.resources.reserve_memory = 1; }));
-    let data = store(nodes, all);
-    let t = std::time::Instant::now();
-    let d = plan(&data);
-    eprintln!("plan of {} decisions: {:?}", d.len(), t.elapsed());
-}
