@@ -45,8 +45,14 @@ pub enum Cmd {
     /// Manage swarm nodes.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Manage swarm services.
+    #[command(subcommand)]
+    Service(crate::service::ServiceCmd),
     /// Show this node's swarm state.
     Info(InfoArgs),
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(BenchCmd),
     /// A multi-host cluster on this machine, each host a network namespace.
     #[command(subcommand)]
     Lab(LabCmd),
@@ -205,6 +211,23 @@ pub struct InfoArgs {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Real managers (raft on disk, mTLS gRPC on loopback) and simulated workers in one
+    /// process: time until every task of one service is RUNNING.
+    Cluster {
+        #[arg(long, default_value_t = 3)]
+        managers: usize,
+        #[arg(long, default_value_t = 100)]
+        workers: usize,
+        #[arg(long, default_value_t = 1000)]
+        tasks: u64,
+        /// Give up after this long.
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum LabCmd {
     /// Create the hosts, start a daemon on each and join them into one swarm.
     Up {
@@ -267,7 +290,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// A one-line error for the user.
 #[derive(Debug)]
-pub struct CliError(String);
+pub struct CliError(pub String);
 
 impl From<Status> for CliError {
     fn from(s: Status) -> Self {
@@ -291,13 +314,29 @@ pub fn run(cli: Cli) -> i32 {
     let res = match cli.cmd {
         Cmd::Daemon(args) => return rt.block_on(run_daemon(args, &cli.log_level)),
         Cmd::Lab(cmd) => run_lab(cmd, &cli.log_level),
+        Cmd::Bench(BenchCmd::Cluster {
+            managers,
+            workers,
+            tasks,
+            timeout,
+        }) => {
+            init_tracing("warn");
+            rt.block_on(crate::bench::run_cluster(crate::bench::BenchConfig {
+                managers,
+                workers,
+                tasks,
+                timeout,
+            }))
+            .map_err(|e| CliError(format!("Error: bench: {e:#}")))
+        }
         cmd => rt.block_on(async {
             let client = connect(&cli.host).await?;
             match cmd {
                 Cmd::Swarm(c) => swarm(client, c).await,
                 Cmd::Node(c) => node(client, c).await,
+                Cmd::Service(c) => crate::service::run(client, c).await,
                 Cmd::Info(a) => info(client, a).await,
-                Cmd::Daemon(_) | Cmd::Lab(_) => unreachable!("handled above"),
+                Cmd::Daemon(_) | Cmd::Lab(_) | Cmd::Bench(_) => unreachable!("handled above"),
             }
         }),
     };
@@ -346,7 +385,9 @@ async fn run_daemon(args: DaemonArgs, level: &str) -> i32 {
             }
         },
         nano_cpus: (args.cpus.unwrap_or_else(|| {
-            std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0)
+            std::thread::available_parallelism()
+                .map(|n| n.get() as f64)
+                .unwrap_or(1.0)
         }) * 1e9) as u64,
         memory_bytes: match &args.memory {
             Some(m) => match parse_bytes(m) {
@@ -392,7 +433,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let n: f64 = num
         .parse()
         .map_err(|_| format!("invalid size {s:?}: use e.g. 512M, 1G"))?;
-    if !(n >= 0.0) || !n.is_finite() {
+    if !n.is_finite() || n < 0.0 {
         return Err(format!("invalid size {s:?}"));
     }
     Ok((n * mult as f64) as u64)
@@ -434,7 +475,7 @@ async fn connect(host: &str) -> Result<ControlClient<Channel>, CliError> {
 }
 
 /// Retry while the cluster has no leader (an election takes about a second).
-async fn retry<T, F, Fut>(mut f: F) -> Result<T, Status>
+pub(crate) async fn retry<T, F, Fut>(mut f: F) -> Result<T, Status>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, Status>>,

@@ -57,7 +57,9 @@ impl RuntimeChoice {
     fn build(&self) -> Arc<dyn worker::runtime::Runtime> {
         match self {
             RuntimeChoice::Unavailable => Arc::new(NoRuntime),
-            RuntimeChoice::Fake { start_delay } => Arc::new(worker::runtime::FakeRuntime::new(*start_delay)),
+            RuntimeChoice::Fake { start_delay } => {
+                Arc::new(worker::runtime::FakeRuntime::new(*start_delay))
+            }
         }
     }
 }
@@ -67,20 +69,34 @@ struct NoRuntime;
 
 #[async_trait::async_trait]
 impl worker::runtime::Runtime for NoRuntime {
-    async fn prepare(&self, task: &proto::spec::Assignment) -> Result<(), worker::runtime::RuntimeError> {
+    async fn prepare(
+        &self,
+        task: &proto::spec::Assignment,
+    ) -> Result<(), worker::runtime::RuntimeError> {
         Err(worker::runtime::RuntimeError::Failed {
             task_id: task.task_id.clone(),
             op: worker::runtime::RuntimeOp::Prepare,
-            reason: "this node has no container runtime: start `shoal daemon` with --runtime".into(),
+            reason: "this node has no container runtime: start `shoal daemon` with --runtime"
+                .into(),
         })
     }
     async fn start(&self, task_id: &str) -> Result<(), worker::runtime::RuntimeError> {
-        Err(worker::runtime::RuntimeError::UnknownTask { task_id: task_id.into(), op: worker::runtime::RuntimeOp::Start })
+        Err(worker::runtime::RuntimeError::UnknownTask {
+            task_id: task_id.into(),
+            op: worker::runtime::RuntimeOp::Start,
+        })
     }
     async fn wait(&self, task_id: &str) -> Result<i32, worker::runtime::RuntimeError> {
-        Err(worker::runtime::RuntimeError::UnknownTask { task_id: task_id.into(), op: worker::runtime::RuntimeOp::Wait })
+        Err(worker::runtime::RuntimeError::UnknownTask {
+            task_id: task_id.into(),
+            op: worker::runtime::RuntimeOp::Wait,
+        })
     }
-    async fn stop(&self, _task_id: &str, _grace: Duration) -> Result<(), worker::runtime::RuntimeError> {
+    async fn stop(
+        &self,
+        _task_id: &str,
+        _grace: Duration,
+    ) -> Result<(), worker::runtime::RuntimeError> {
         Ok(())
     }
     async fn remove(&self, _task_id: &str) -> Result<(), worker::runtime::RuntimeError> {
@@ -228,7 +244,10 @@ impl Node {
         let cancel = CancellationToken::new();
         // One executor per swarm membership; its report channel goes to this agent.
         let (reports_tx, reports_rx) = mpsc::channel(4096);
-        let executor = Arc::new(worker::executor::Executor::new(self.cfg.runtime.build(), reports_tx));
+        let executor = Arc::new(worker::executor::Executor::new(
+            self.cfg.runtime.build(),
+            reports_tx,
+        ));
         inner.executor = Some(executor.clone());
         let agent = Agent::new(
             AgentConfig {
@@ -843,26 +862,54 @@ impl pb::control_server::Control for ControlService {
         let api = self.cluster(&req).await?;
         api.remove_node(req.into_inner()).await.map(Response::new)
     }
-    async fn create_service(&self, req: Request<pb::ServiceSpecRequest>) -> Result<Response<pb::JsonDoc>, Status> {
+    async fn create_service(
+        &self,
+        req: Request<pb::ServiceSpecRequest>,
+    ) -> Result<Response<pb::JsonDoc>, Status> {
         let api = self.cluster(&req).await?;
-        api.create_service(req.into_inner()).await.map(Response::new)
+        api.create_service(req.into_inner())
+            .await
+            .map(Response::new)
     }
-    async fn update_service(&self, req: Request<pb::UpdateServiceRequest>) -> Result<Response<pb::JsonDoc>, Status> {
+    async fn update_service(
+        &self,
+        req: Request<pb::UpdateServiceRequest>,
+    ) -> Result<Response<pb::JsonDoc>, Status> {
         let api = self.cluster(&req).await?;
-        api.update_service(req.into_inner()).await.map(Response::new)
+        api.update_service(req.into_inner())
+            .await
+            .map(Response::new)
     }
-    async fn remove_service(&self, req: Request<pb::GetServiceRequest>) -> Result<Response<pb::Empty>, Status> {
+    async fn remove_service(
+        &self,
+        req: Request<pb::GetServiceRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
         let api = self.cluster(&req).await?;
-        api.remove_service(req.into_inner()).await.map(Response::new)
+        api.remove_service(req.into_inner())
+            .await
+            .map(Response::new)
     }
-    async fn get_service(&self, req: Request<pb::GetServiceRequest>) -> Result<Response<pb::JsonDoc>, Status> {
+    async fn get_service(
+        &self,
+        req: Request<pb::GetServiceRequest>,
+    ) -> Result<Response<pb::JsonDoc>, Status> {
         let api = self.cluster(&req).await?;
         api.get_service(req.into_inner()).await.map(Response::new)
     }
-    async fn list_services(&self, req: Request<pb::Empty>) -> Result<Response<pb::JsonDoc>, Status> {
-        self.cluster(&req).await?.list_services().await.map(Response::new)
+    async fn list_services(
+        &self,
+        req: Request<pb::Empty>,
+    ) -> Result<Response<pb::JsonDoc>, Status> {
+        self.cluster(&req)
+            .await?
+            .list_services()
+            .await
+            .map(Response::new)
     }
-    async fn list_tasks(&self, req: Request<pb::ListTasksRequest>) -> Result<Response<pb::JsonDoc>, Status> {
+    async fn list_tasks(
+        &self,
+        req: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::JsonDoc>, Status> {
         let api = self.cluster(&req).await?;
         api.list_tasks(req.into_inner()).await.map(Response::new)
     }

@@ -2,6 +2,8 @@
 //!
 //! `main` parses flags and calls [`commands::run`]; `shoal daemon` runs [`daemon::run`].
 
+pub mod bench;
 pub mod commands;
 pub mod daemon;
 pub mod output;
+pub mod service;

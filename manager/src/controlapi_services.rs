@@ -9,8 +9,10 @@ use tonic::Status;
 
 use crate::controlapi::ControlApi;
 use crate::manager::{now_ms, update_with_retry};
-use crate::store::{Kind, NodeState, Object, Op, Service, StoreData, Txn, UpdateState, UpdateStatus};
 use crate::store::Availability;
+use crate::store::{
+    Kind, NodeState, Object, Op, Service, StoreData, Txn, UpdateState, UpdateStatus,
+};
 
 /// Largest spec accepted (a spec is small; this bounds a malicious or mistaken request).
 const MAX_SPEC_BYTES: usize = 256 * 1024;
@@ -22,7 +24,8 @@ fn parse_spec(json: &str) -> Result<ServiceSpec, Status> {
             json.len()
         )));
     }
-    serde_json::from_str(json).map_err(|e| Status::invalid_argument(format!("malformed service spec: {e}")))
+    serde_json::from_str(json)
+        .map_err(|e| Status::invalid_argument(format!("malformed service spec: {e}")))
 }
 
 /// Reject what Swarm rejects, with the field named.
@@ -31,8 +34,13 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
     let name = &spec.name;
     let name_ok = !name.is_empty()
         && name.len() <= 63
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
     if !name_ok {
         return bad(format!(
             "invalid service name {name:?}: use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit"
@@ -41,7 +49,11 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
     if spec.task.image.trim().is_empty() {
         return bad("an image is required".into());
     }
-    if let ServiceMode::ReplicatedJob { max_concurrent, total_completions } = spec.mode {
+    if let ServiceMode::ReplicatedJob {
+        max_concurrent,
+        total_completions,
+    } = spec.mode
+    {
         if max_concurrent == 0 || total_completions == 0 {
             return bad("--max-concurrent and the number of completions must be at least 1".into());
         }
@@ -51,8 +63,12 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
             .map_err(|e| Status::invalid_argument(format!("invalid constraint {c:?}: {e}")))?;
     }
     for p in &spec.task.placement.preferences {
-        if p.strip_prefix("spread=node.labels.").is_none_or(str::is_empty) {
-            return bad(format!("invalid placement preference {p:?}: expected spread=node.labels.KEY"));
+        if p.strip_prefix("spread=node.labels.")
+            .is_none_or(str::is_empty)
+        {
+            return bad(format!(
+                "invalid placement preference {p:?}: expected spread=node.labels.KEY"
+            ));
         }
     }
     for u in [&spec.update, &spec.rollback] {
@@ -60,7 +76,13 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
             return bad("--update-max-failure-ratio must be between 0 and 1".into());
         }
     }
-    if !spec.task.stop_signal.is_empty() && !spec.task.stop_signal.chars().all(|c| c.is_ascii_alphanumeric() || c == '+') {
+    if !spec.task.stop_signal.is_empty()
+        && !spec
+            .task
+            .stop_signal
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '+')
+    {
         return bad(format!("invalid --stop-signal {:?}", spec.task.stop_signal));
     }
     Ok(())
@@ -81,7 +103,9 @@ fn find_service<'a>(d: &'a StoreData, key: &str) -> Result<&'a Service, Status> 
     match by_prefix.as_slice() {
         [one] => Ok(one),
         [] => Err(Status::not_found(format!("service {key} not found"))),
-        _ => Err(Status::invalid_argument(format!("service {key} is ambiguous"))),
+        _ => Err(Status::invalid_argument(format!(
+            "service {key} is ambiguous"
+        ))),
     }
 }
 
@@ -100,7 +124,10 @@ pub fn service_view(d: &StoreData, s: &Service) -> ServiceView {
         .iter()
         .filter(|t| t.desired_state == TaskState::Running && t.status.state == TaskState::Running)
         .count() as u64;
-    let completed = tasks.iter().filter(|t| t.status.state == TaskState::Complete).count() as u64;
+    let completed = tasks
+        .iter()
+        .filter(|t| t.status.state == TaskState::Complete)
+        .count() as u64;
     let desired = match s.spec.mode {
         ServiceMode::Replicated { replicas } => replicas,
         ServiceMode::Global => tasks
@@ -108,7 +135,9 @@ pub fn service_view(d: &StoreData, s: &Service) -> ServiceView {
             .filter(|t| t.desired_state == TaskState::Running)
             .count()
             .max(eligible_nodes(d).min(1) as usize) as u64,
-        ServiceMode::ReplicatedJob { total_completions, .. } => total_completions,
+        ServiceMode::ReplicatedJob {
+            total_completions, ..
+        } => total_completions,
         ServiceMode::GlobalJob => eligible_nodes(d),
     };
     ServiceView {
@@ -159,22 +188,34 @@ impl ControlApi {
         let name = spec.name.clone();
         update_with_retry(&self.mgr, |d| {
             if d.services.values().any(|s| s.spec.name == name) {
-                return Err(Status::already_exists(format!("service {name} already exists")));
+                return Err(Status::already_exists(format!(
+                    "service {name} already exists"
+                )));
             }
             Ok(Txn::new(vec![Op::Create(Object::Service(service.clone()))]))
         })
         .await?;
         self.mgr.store.view(|d| {
-            let s = d.services.get(&id).ok_or_else(|| Status::internal("service vanished"))?;
+            let s = d
+                .services
+                .get(&id)
+                .ok_or_else(|| Status::internal("service vanished"))?;
             to_json(&service_view(d, s))
         })
     }
 
-    pub async fn update_service(&self, req: pb::UpdateServiceRequest) -> Result<pb::JsonDoc, Status> {
+    pub async fn update_service(
+        &self,
+        req: pb::UpdateServiceRequest,
+    ) -> Result<pb::JsonDoc, Status> {
         if let Some(mut c) = self.leader_client()? {
             return Ok(c.update_service(req).await?.into_inner());
         }
-        let new_spec = if req.rollback { None } else { Some(parse_spec(&req.spec_json)?) };
+        let new_spec = if req.rollback {
+            None
+        } else {
+            Some(parse_spec(&req.spec_json)?)
+        };
         if let Some(s) = &new_spec {
             validate_spec(s)?;
         }
@@ -201,12 +242,19 @@ impl ControlApi {
                 }
                 Some(n) => {
                     if n.name != s.spec.name
-                        && d.services.values().any(|o| o.spec.name == n.name && o.id != s.id)
+                        && d.services
+                            .values()
+                            .any(|o| o.spec.name == n.name && o.id != s.id)
                     {
-                        return Err(Status::already_exists(format!("service {} already exists", n.name)));
+                        return Err(Status::already_exists(format!(
+                            "service {} already exists",
+                            n.name
+                        )));
                     }
                     if std::mem::discriminant(&n.mode) != std::mem::discriminant(&s.spec.mode) {
-                        return Err(Status::invalid_argument("the service mode cannot be changed"));
+                        return Err(Status::invalid_argument(
+                            "the service mode cannot be changed",
+                        ));
                     }
                     (n.clone(), UpdateState::Updating)
                 }
@@ -232,7 +280,10 @@ impl ControlApi {
         })
         .await?;
         self.mgr.store.view(|d| {
-            let s = d.services.get(&id).ok_or_else(|| Status::not_found("service removed meanwhile"))?;
+            let s = d
+                .services
+                .get(&id)
+                .ok_or_else(|| Status::not_found("service removed meanwhile"))?;
             to_json(&service_view(d, s))
         })
     }
@@ -265,7 +316,9 @@ impl ControlApi {
             return Ok(c.get_service(req).await?.into_inner());
         }
         self.mgr.linearizable().await?;
-        self.mgr.store.view(|d| to_json(&service_view(d, find_service(d, &req.id)?)))
+        self.mgr
+            .store
+            .view(|d| to_json(&service_view(d, find_service(d, &req.id)?)))
     }
 
     pub async fn list_services(&self) -> Result<pb::JsonDoc, Status> {
@@ -302,7 +355,12 @@ impl ControlApi {
             };
             let node = match req.node.as_str() {
                 "" => None,
-                key => Some(d.find_node(key).map_err(|e| Status::not_found(e.to_string()))?.id.clone()),
+                key => Some(
+                    d.find_node(key)
+                        .map_err(|e| Status::not_found(e.to_string()))?
+                        .id
+                        .clone(),
+                ),
             };
             let tasks: Box<dyn Iterator<Item = &crate::store::Task>> = match &service {
                 Some(sid) => Box::new(d.service_tasks(sid)),
@@ -330,8 +388,18 @@ impl ControlApi {
                 })
                 .collect();
             out.sort_by(|a, b| {
-                (&a.service_name, a.slot, &a.node_hostname, std::cmp::Reverse(a.created_at_ms))
-                    .cmp(&(&b.service_name, b.slot, &b.node_hostname, std::cmp::Reverse(b.created_at_ms)))
+                (
+                    &a.service_name,
+                    a.slot,
+                    &a.node_hostname,
+                    std::cmp::Reverse(a.created_at_ms),
+                )
+                    .cmp(&(
+                        &b.service_name,
+                        b.slot,
+                        &b.node_hostname,
+                        std::cmp::Reverse(b.created_at_ms),
+                    ))
             });
             to_json(&out)
         })
@@ -348,7 +416,10 @@ mod tests {
             name: name.into(),
             labels: Default::default(),
             mode: ServiceMode::Replicated { replicas: 1 },
-            task: TaskSpec { image: "busybox".into(), ..Default::default() },
+            task: TaskSpec {
+                image: "busybox".into(),
+                ..Default::default()
+            },
             update: UpdateConfig::default(),
             rollback: UpdateConfig::default(),
         }
@@ -364,11 +435,21 @@ mod tests {
         assert!(validate_spec(&s).unwrap_err().message().contains("image"));
         let mut s = spec("web");
         s.task.placement.constraints = vec!["node.colour==blue".into()];
-        assert!(validate_spec(&s).unwrap_err().message().contains("invalid constraint"));
-        s.task.placement.constraints = vec!["node.labels.zone != a".into(), "node.role==manager".into()];
+        assert!(validate_spec(&s)
+            .unwrap_err()
+            .message()
+            .contains("invalid constraint"));
+        s.task.placement.constraints =
+            vec!["node.labels.zone != a".into(), "node.role==manager".into()];
         assert!(validate_spec(&s).is_ok());
         s.task.placement.preferences = vec!["spread=zone".into()];
-        assert!(validate_spec(&s).unwrap_err().message().contains("placement preference"));
-        assert!(parse_spec(&"x".repeat(MAX_SPEC_BYTES + 1)).unwrap_err().message().contains("limit"));
+        assert!(validate_spec(&s)
+            .unwrap_err()
+            .message()
+            .contains("placement preference"));
+        assert!(parse_spec(&"x".repeat(MAX_SPEC_BYTES + 1))
+            .unwrap_err()
+            .message()
+            .contains("limit"));
     }
 }

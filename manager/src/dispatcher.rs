@@ -69,7 +69,11 @@ pub fn diff_assignments(
         .filter(|(id, a)| sent.get(*id) != Some(a))
         .map(|(_, a)| a)
         .collect();
-    let removed: Vec<String> = sent.keys().filter(|id| !now.contains_key(*id)).cloned().collect();
+    let removed: Vec<String> = sent
+        .keys()
+        .filter(|id| !now.contains_key(*id))
+        .cloned()
+        .collect();
     if upsert.is_empty() && removed.is_empty() {
         return None;
     }
@@ -156,7 +160,11 @@ impl Dispatcher {
         let accepted: Vec<StatusReport> = self.store.view(|d| {
             reports
                 .into_iter()
-                .filter(|r| d.tasks.get(&r.task_id).is_some_and(|t| t.node_id == node_id))
+                .filter(|r| {
+                    d.tasks
+                        .get(&r.task_id)
+                        .is_some_and(|t| t.node_id == node_id)
+                })
                 .collect()
         });
         if accepted.is_empty() {
@@ -198,7 +206,9 @@ impl Dispatcher {
                         .iter()
                         .filter_map(|(id, st)| {
                             let t = d.tasks.get(id)?;
-                            if st.state < t.status.state || (st.state == t.status.state && st == &t.status) {
+                            if st.state < t.status.state
+                                || (st.state == t.status.state && st == &t.status)
+                            {
                                 return None;
                             }
                             let mut t = t.clone();
@@ -352,7 +362,8 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         let mut first = dispatcher.session_message(&mgr, &node_id);
         first.assignments = Some(pb::Assignments {
             full: true,
-            upsert_json: serde_json::to_string(&sent.values().collect::<Vec<_>>()).unwrap_or_default(),
+            upsert_json: serde_json::to_string(&sent.values().collect::<Vec<_>>())
+                .unwrap_or_default(),
             removed: Vec::new(),
         });
         let _ = tx.send(Ok(first)).await;
@@ -388,20 +399,20 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                 match msg {
                     Ok(Some(pb::SessionRequest {
                         msg: Some(pb::session_request::Msg::Statuses(s)),
-                    })) => {
-                        match serde_json::from_str::<Vec<StatusReport>>(&s.reports_json) {
-                            Ok(reports) => {
-                                dispatcher.seen(&node_id);
-                                dispatcher.queue_reports(&node_id, reports);
-                            }
-                            Err(e) => {
-                                let _ = tx
-                                    .send(Err(Status::invalid_argument(format!("malformed status reports: {e}"))))
-                                    .await;
-                                return;
-                            }
+                    })) => match serde_json::from_str::<Vec<StatusReport>>(&s.reports_json) {
+                        Ok(reports) => {
+                            dispatcher.seen(&node_id);
+                            dispatcher.queue_reports(&node_id, reports);
                         }
-                    }
+                        Err(e) => {
+                            let _ = tx
+                                .send(Err(Status::invalid_argument(format!(
+                                    "malformed status reports: {e}"
+                                ))))
+                                .await;
+                            return;
+                        }
+                    },
                     Ok(Some(pb::SessionRequest {
                         msg: Some(pb::session_request::Msg::Heartbeat(_)),
                     })) => {
@@ -410,9 +421,9 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                             return;
                         }
                         dispatcher.seen(&node_id);
-                        let down = mgr.store.view(|d| {
-                            d.nodes.get(&node_id).map(|n| n.state != NodeState::Ready)
-                        });
+                        let down = mgr
+                            .store
+                            .view(|d| d.nodes.get(&node_id).map(|n| n.state != NodeState::Ready));
                         match down {
                             None => {
                                 let _ = tx

@@ -143,7 +143,9 @@ impl UpdateState {
     pub fn is_rollback(self) -> bool {
         matches!(
             self,
-            UpdateState::RollbackStarted | UpdateState::RollbackPaused | UpdateState::RollbackCompleted
+            UpdateState::RollbackStarted
+                | UpdateState::RollbackPaused
+                | UpdateState::RollbackCompleted
         )
     }
     pub fn in_progress(self) -> bool {

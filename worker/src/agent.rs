@@ -207,7 +207,9 @@ impl Agent {
         if !known.is_empty() {
             if let Ok(json) = serde_json::to_string(&known) {
                 tx.send(pb::SessionRequest {
-                    msg: Some(pb::session_request::Msg::Statuses(pb::TaskStatuses { reports_json: json })),
+                    msg: Some(pb::session_request::Msg::Statuses(pb::TaskStatuses {
+                        reports_json: json,
+                    })),
                 })
                 .await
                 .ok();

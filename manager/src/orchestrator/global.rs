@@ -29,13 +29,17 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
     for node in nodes {
         let tasks = by_node.remove(&node.id).unwrap_or_default();
         let ok = eligible(node, &s.spec.task.placement.constraints);
-        let keep_running = ok || node.availability == Availability::Pause && node.state == NodeState::Ready;
+        let keep_running =
+            ok || node.availability == Availability::Pause && node.state == NodeState::Ready;
         let mut has_runnable = false;
         let mut latest_dead = None;
         for t in &tasks {
             if let Some(why) = death(t, p.data) {
                 p.set_desired(t, TaskState::Shutdown);
-                if latest_dead.as_ref().is_none_or(|(d, _): &(Task, _)| d.created_at_ms <= t.created_at_ms) {
+                if latest_dead
+                    .as_ref()
+                    .is_none_or(|(d, _): &(Task, _)| d.created_at_ms <= t.created_at_ms)
+                {
                     latest_dead = Some((t.clone(), why));
                 }
             } else if is_runnable(t) {
@@ -70,15 +74,17 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
             None => {
                 p.create_task(&s, 0, &node.id, 0);
             }
-            Some((dead, why)) => match restart::decide(&s.spec.task.restart, &dead, why, p.now_ms) {
-                Restart::Now { restart_count } => {
-                    p.create_task(&s, 0, &node.id, restart_count);
+            Some((dead, why)) => {
+                match restart::decide(&s.spec.task.restart, &dead, why, p.now_ms) {
+                    Restart::Now { restart_count } => {
+                        p.create_task(&s, 0, &node.id, restart_count);
+                    }
+                    Restart::Never if dead.spec_version != s.spec_version => {
+                        p.create_task(&s, 0, &node.id, 0);
+                    }
+                    Restart::At(_) | Restart::Never => {}
                 }
-                Restart::Never if dead.spec_version != s.spec_version => {
-                    p.create_task(&s, 0, &node.id, 0);
-                }
-                Restart::At(_) | Restart::Never => {}
-            },
+            }
         }
     }
     // Tasks on nodes that no longer exist.

@@ -106,7 +106,13 @@ impl<'a> Plan<'a> {
     }
 
     /// A new task of `service` for `slot` (replicated) or `node` (global).
-    pub fn create_task(&mut self, service: &Service, slot: u64, node_id: &str, restart_count: u64) -> Task {
+    pub fn create_task(
+        &mut self,
+        service: &Service,
+        slot: u64,
+        node_id: &str,
+        restart_count: u64,
+    ) -> Task {
         let t = Task {
             id: random_id(25),
             version: 0,
@@ -136,7 +142,10 @@ impl<'a> Plan<'a> {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.updated.is_empty() && self.created.is_empty() && self.deleted.is_empty() && self.services.is_empty()
+        self.updated.is_empty()
+            && self.created.is_empty()
+            && self.deleted.is_empty()
+            && self.services.is_empty()
     }
 
     /// The plan as store operations (services first, then tasks).
@@ -152,7 +161,10 @@ impl<'a> Plan<'a> {
             ops.push(Op::Update(Object::Task(t)));
         }
         for id in self.deleted {
-            ops.push(Op::Delete { kind: Kind::Task, id });
+            ops.push(Op::Delete {
+                kind: Kind::Task,
+                id,
+            });
         }
         ops
     }
@@ -201,9 +213,8 @@ pub fn plan(data: &StoreData, now_ms: i64) -> Vec<Op> {
     for s in data.services.values() {
         updater::plan(&mut p, &s.id);
         match s.spec.mode {
-            proto::spec::ServiceMode::Replicated { .. } | proto::spec::ServiceMode::ReplicatedJob { .. } => {
-                replicated::plan(&mut p, &s.id)
-            }
+            proto::spec::ServiceMode::Replicated { .. }
+            | proto::spec::ServiceMode::ReplicatedJob { .. } => replicated::plan(&mut p, &s.id),
             proto::spec::ServiceMode::Global | proto::spec::ServiceMode::GlobalJob => {
                 global::plan(&mut p, &s.id)
             }
@@ -226,7 +237,8 @@ pub async fn run(mgr: Arc<Manager>, cancel: CancellationToken) {
             }
             match mgr.propose(Txn::new(chunk.to_vec())).await {
                 Ok(_) => {}
-                Err(ProposeError::Refused(TxnError::Conflict { .. })) | Err(ProposeError::Refused(TxnError::NotFound { .. })) => {
+                Err(ProposeError::Refused(TxnError::Conflict { .. }))
+                | Err(ProposeError::Refused(TxnError::NotFound { .. })) => {
                     conflict = true;
                     break;
                 }

@@ -42,7 +42,11 @@ pub fn plan(p: &mut Plan<'_>) {
             continue;
         }
         if t.desired_state > TaskState::Running && t.status.state.is_terminal() {
-            let node_key = if t.slot == 0 { t.node_id.clone() } else { String::new() };
+            let node_key = if t.slot == 0 {
+                t.node_id.clone()
+            } else {
+                String::new()
+            };
             history
                 .entry((t.service_id.clone(), t.slot, node_key))
                 .or_default()

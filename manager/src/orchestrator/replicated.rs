@@ -12,7 +12,9 @@ use crate::store::{Service, Task};
 enum SlotState {
     Runnable,
     /// A replacement is due now (created only if the slot is kept).
-    RestartNow { restart_count: u64 },
+    RestartNow {
+        restart_count: u64,
+    },
     /// A restart is due later.
     RestartPending,
     /// Its last task ended and will not be restarted under the current spec.
@@ -91,7 +93,10 @@ fn settle_slot(p: &mut Plan<'_>, s: &Service, tasks: &[Task], updating: bool) ->
     };
     // Shut down by the orchestrator itself (scale down, update) rather than dead: not ours
     // to restart.
-    if dead.desired_state > TaskState::Running && latest_dead.is_none() && dead.status.state == TaskState::Shutdown {
+    if dead.desired_state > TaskState::Running
+        && latest_dead.is_none()
+        && dead.status.state == TaskState::Shutdown
+    {
         return SlotState::Empty;
     }
     match restart::decide(&s.spec.task.restart, dead, why, p.now_ms) {
@@ -141,7 +146,10 @@ fn scale(
         order.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(b.2.cmp(&a.2)));
         for (_, _, slot) in order.into_iter().take((n - replicas) as usize) {
             dropped.insert(slot);
-            for t in slots[&slot].iter().filter(|t| t.desired_state <= TaskState::Running) {
+            for t in slots[&slot]
+                .iter()
+                .filter(|t| t.desired_state <= TaskState::Running)
+            {
                 p.set_desired(t, TaskState::Shutdown);
             }
         }

@@ -8,7 +8,9 @@ use crate::store::Task;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Restart {
     /// Create the replacement now, with this restart count.
-    Now { restart_count: u64 },
+    Now {
+        restart_count: u64,
+    },
     /// Not before this time (ms since epoch).
     At(i64),
     Never,
@@ -76,7 +78,12 @@ mod tests {
         }
     }
 
-    fn policy(condition: RestartCondition, delay_ms: u64, max: u64, window_ms: u64) -> RestartPolicy {
+    fn policy(
+        condition: RestartCondition,
+        delay_ms: u64,
+        max: u64,
+        window_ms: u64,
+    ) -> RestartPolicy {
         RestartPolicy {
             condition,
             delay_ms,
@@ -88,11 +95,43 @@ mod tests {
     #[test]
     fn conditions() {
         let t = dead(TaskState::Complete, 0, 100, 0);
-        assert_eq!(decide(&policy(RestartCondition::OnFailure, 0, 0, 0), &t, Death::Completed, 100), Restart::Never);
-        assert_eq!(decide(&policy(RestartCondition::Any, 0, 0, 0), &t, Death::Completed, 100), Restart::Now { restart_count: 1 });
+        assert_eq!(
+            decide(
+                &policy(RestartCondition::OnFailure, 0, 0, 0),
+                &t,
+                Death::Completed,
+                100
+            ),
+            Restart::Never
+        );
+        assert_eq!(
+            decide(
+                &policy(RestartCondition::Any, 0, 0, 0),
+                &t,
+                Death::Completed,
+                100
+            ),
+            Restart::Now { restart_count: 1 }
+        );
         let f = dead(TaskState::Failed, 0, 100, 0);
-        assert_eq!(decide(&policy(RestartCondition::None, 0, 0, 0), &f, Death::Failed, 100), Restart::Never);
-        assert_eq!(decide(&policy(RestartCondition::OnFailure, 0, 0, 0), &f, Death::Failed, 100), Restart::Now { restart_count: 1 });
+        assert_eq!(
+            decide(
+                &policy(RestartCondition::None, 0, 0, 0),
+                &f,
+                Death::Failed,
+                100
+            ),
+            Restart::Never
+        );
+        assert_eq!(
+            decide(
+                &policy(RestartCondition::OnFailure, 0, 0, 0),
+                &f,
+                Death::Failed,
+                100
+            ),
+            Restart::Now { restart_count: 1 }
+        );
     }
 
     #[test]
@@ -100,19 +139,28 @@ mod tests {
         let f = dead(TaskState::Failed, 0, 1000, 2);
         let p = policy(RestartCondition::Any, 5000, 3, 0);
         assert_eq!(decide(&p, &f, Death::Failed, 2000), Restart::At(6000));
-        assert_eq!(decide(&p, &f, Death::Failed, 6000), Restart::Now { restart_count: 3 });
+        assert_eq!(
+            decide(&p, &f, Death::Failed, 6000),
+            Restart::Now { restart_count: 3 }
+        );
         let f3 = dead(TaskState::Failed, 0, 1000, 3);
         assert_eq!(decide(&p, &f3, Death::Failed, 9000), Restart::Never);
         // Lived 10 s with a 5 s window: the count starts again.
         let long = dead(TaskState::Failed, 0, 10_000, 3);
         let pw = policy(RestartCondition::Any, 0, 3, 5000);
-        assert_eq!(decide(&pw, &long, Death::Failed, 10_000), Restart::Now { restart_count: 1 });
+        assert_eq!(
+            decide(&pw, &long, Death::Failed, 10_000),
+            Restart::Now { restart_count: 1 }
+        );
     }
 
     #[test]
     fn node_loss_replaces_at_once_uncounted() {
         let t = dead(TaskState::Running, 0, 0, 1);
         let p = policy(RestartCondition::None, 5000, 1, 0);
-        assert_eq!(decide(&p, &t, Death::NodeGone, 1), Restart::Now { restart_count: 1 });
+        assert_eq!(
+            decide(&p, &t, Death::NodeGone, 1),
+            Restart::Now { restart_count: 1 }
+        );
     }
 }

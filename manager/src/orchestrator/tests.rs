@@ -94,7 +94,10 @@ fn settle(d: &mut StoreData, now: i64, outcome: impl Fn(&Task) -> TaskState) {
             t.node_id = nodes[i % nodes.len()].clone();
             i += 1;
         }
-        let alive = d.nodes.get(&t.node_id).is_some_and(|n| n.state == NodeState::Ready);
+        let alive = d
+            .nodes
+            .get(&t.node_id)
+            .is_some_and(|n| n.state == NodeState::Ready);
         if !alive {
             continue;
         }
@@ -132,7 +135,12 @@ fn setup(replicas: u64) -> StoreData {
     d
 }
 
-fn converge(d: &mut StoreData, now: &mut i64, rounds: usize, outcome: impl Fn(&Task) -> TaskState + Copy) {
+fn converge(
+    d: &mut StoreData,
+    now: &mut i64,
+    rounds: usize,
+    outcome: impl Fn(&Task) -> TaskState + Copy,
+) {
     for _ in 0..rounds {
         let ops = plan(d, *now);
         apply(d, ops);
@@ -180,7 +188,10 @@ fn failed_tasks_restart_after_the_delay_up_to_max_attempts() {
     assert_eq!(tasks.len(), 3, "{tasks:#?}");
     let mut created: Vec<i64> = tasks.iter().map(|t| t.created_at_ms).collect();
     created.sort();
-    assert!(created[1] - created[0] >= 1000, "restart delay not honoured: {created:?}");
+    assert!(
+        created[1] - created[0] >= 1000,
+        "restart delay not honoured: {created:?}"
+    );
 }
 
 #[test]
@@ -224,7 +235,11 @@ fn rolling_update_respects_parallelism_and_completes() {
         let updating = d
             .tasks
             .values()
-            .filter(|t| t.spec.image == "img:2" && t.desired_state == TaskState::Running && t.status.state < TaskState::Running)
+            .filter(|t| {
+                t.spec.image == "img:2"
+                    && t.desired_state == TaskState::Running
+                    && t.status.state < TaskState::Running
+            })
             .count();
         assert!(updating <= 2, "{updating} slots updating at once");
         settle(&mut d, now, |_| TaskState::Running);
@@ -232,7 +247,10 @@ fn rolling_update_respects_parallelism_and_completes() {
     }
     assert!(running(&d).iter().all(|t| t.spec.image == "img:2"));
     assert_eq!(running(&d).len(), 6);
-    assert_eq!(d.services["svc"].update_status.as_ref().unwrap().state, UpdateState::Completed);
+    assert_eq!(
+        d.services["svc"].update_status.as_ref().unwrap().state,
+        UpdateState::Completed
+    );
 }
 
 #[test]
@@ -265,7 +283,10 @@ fn failing_update_rolls_back_automatically() {
     });
     let s = &d.services["svc"];
     assert_eq!(s.spec.task.image, "img:1");
-    assert_eq!(s.update_status.as_ref().unwrap().state, UpdateState::RollbackCompleted);
+    assert_eq!(
+        s.update_status.as_ref().unwrap().state,
+        UpdateState::RollbackCompleted
+    );
     assert_eq!(running(&d).len(), 4);
     assert!(running(&d).iter().all(|t| t.spec.image == "img:1"));
 }
@@ -273,11 +294,24 @@ fn failing_update_rolls_back_automatically() {
 #[test]
 fn history_is_bounded_per_slot() {
     let mut d = setup(1);
-    d.services.get_mut("svc").unwrap().spec.task.restart.delay_ms = 0;
+    d.services
+        .get_mut("svc")
+        .unwrap()
+        .spec
+        .task
+        .restart
+        .delay_ms = 0;
     let mut now = 1_000;
     converge(&mut d, &mut now, 30, |_| TaskState::Failed);
-    let ended = d.tasks.values().filter(|t| t.status.state.is_terminal()).count();
+    let ended = d
+        .tasks
+        .values()
+        .filter(|t| t.status.state.is_terminal())
+        .count();
     // The limit, plus the task that failed in the last round and the one shut down in it
     // (the reaper sees them from the next round on).
-    assert!(ended <= super::reaper::TASK_HISTORY_LIMIT + 2, "{ended} ended tasks kept");
+    assert!(
+        ended <= super::reaper::TASK_HISTORY_LIMIT + 2,
+        "{ended} ended tasks kept"
+    );
 }

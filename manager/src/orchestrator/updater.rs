@@ -53,7 +53,10 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
 
     // Failures among the tasks this update started.
     let mut failures: Vec<&Task> = Vec::new();
-    for t in tasks.iter().filter(|t| clean(t) && t.created_at_ms >= started) {
+    for t in tasks
+        .iter()
+        .filter(|t| clean(t) && t.created_at_ms >= started)
+    {
         let failed = matches!(t.status.state, TaskState::Failed | TaskState::Rejected)
             && t.status.timestamp_ms - t.created_at_ms
                 <= (cfg.task_deadline_ms + cfg.monitor_ms) as i64 + 1;

@@ -1,0 +1,325 @@
+//! `shoal bench cluster`: real managers (raft on disk, gRPC with mutual TLS on loopback) and
+//! many simulated workers (the real agent and executor over the fake runtime) in one process.
+//! Creates one service of T replicas and measures until every task reports RUNNING.
+//!
+//! Workers are given certificates directly by the cluster CA and written to the store in bulk
+//! rather than joining one by one: the figure is about scheduling and dispatch, not joins.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use manager::controlapi::ControlApi;
+use manager::manager::now_ms;
+use manager::raft::RaftTuning;
+use manager::store::{Change, Cluster, Node, NodeDescription, NodeState, Object, Op, Txn};
+use manager::{Manager, ManagerConfig};
+use proto::security::{new_key_and_csr, random_id, JoinToken, Role, RootCa};
+use proto::spec::{ServiceMode, ServiceSpec, TaskSpec, TaskState, UpdateConfig};
+use proto::transport::{Credentials, Identity};
+use tokio_util::sync::CancellationToken;
+use worker::agent::{Agent, AgentConfig};
+
+pub struct BenchConfig {
+    pub managers: usize,
+    pub workers: usize,
+    pub tasks: u64,
+    pub timeout: Duration,
+}
+
+fn identity(cluster: &Cluster, node_id: &str, role: Role) -> Result<Identity> {
+    let (key, csr) = new_key_and_csr()?;
+    let (cert, _) =
+        manager::ca::issue(cluster, &csr, node_id, role).map_err(|s| anyhow!("{}", s.message()))?;
+    Ok(Identity::new(&cert, &key, &cluster.root_ca.cert_pem)?)
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn node(id: &str, raft_id: u64, role: Role, hostname: String, addr: String) -> Node {
+    let now = now_ms();
+    Node {
+        id: id.into(),
+        version: 0,
+        raft_id,
+        role,
+        desired_role: role,
+        availability: Default::default(),
+        labels: Default::default(),
+        description: NodeDescription {
+            hostname,
+            addr,
+            platform: "linux/bench".into(),
+            engine_version: env!("CARGO_PKG_VERSION").into(),
+            nano_cpus: 0,
+            memory_bytes: 0,
+        },
+        state: NodeState::Unknown,
+        status_message: String::new(),
+        created_at_ms: now,
+        updated_at_ms: now,
+        cert_not_after_ms: 0,
+    }
+}
+
+async fn propose_all(mgr: &Manager, ops: Vec<Op>) -> Result<()> {
+    for chunk in ops.chunks(manager::orchestrator::MAX_OPS_PER_TXN) {
+        mgr.propose(Txn::new(chunk.to_vec()))
+            .await
+            .map_err(|e| anyhow!("bulk write: {e}"))?;
+    }
+    Ok(())
+}
+
+pub async fn run_cluster(cfg: BenchConfig) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("shoal-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = bench(&cfg, &dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<()> {
+    let setup = Instant::now();
+    let cluster_id = random_id(25);
+    let root_ca = RootCa::generate(&cluster_id)?;
+    let digest = root_ca.digest()?;
+    let cluster = Cluster {
+        id: cluster_id.clone(),
+        version: 0,
+        created_at_ms: now_ms(),
+        root_ca,
+        worker_token: JoinToken::generate(&digest).to_string(),
+        manager_token: JoinToken::generate(&digest).to_string(),
+        heartbeat_period_ms: 5000,
+        cert_expiry_ms: 90 * 24 * 3600 * 1000,
+        removed_nodes: Default::default(),
+    };
+
+    // Managers.
+    let mut managers: Vec<Arc<Manager>> = Vec::new();
+    let mut manager_nodes = Vec::new();
+    for i in 0..cfg.managers {
+        let node_id = random_id(25);
+        let port = free_port()?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let creds = Credentials::new(Some(identity(&cluster, &node_id, Role::Manager)?));
+        let mcfg = ManagerConfig {
+            node_id: node_id.clone(),
+            raft_id: i as u64 + 1,
+            data_dir: dir.join(format!("m{i}")),
+            listen_addr: addr,
+            advertise_addr: addr.to_string(),
+            tuning: RaftTuning::default(),
+        };
+        let m = Manager::start(mcfg, creds, Box::new(|_| tonic::service::Routes::default()))
+            .await
+            .with_context(|| format!("manager {i}"))?;
+        manager_nodes.push(node(
+            &node_id,
+            i as u64 + 1,
+            Role::Manager,
+            format!("m{i}"),
+            addr.to_string(),
+        ));
+        managers.push(m);
+    }
+    let leader = managers[0].clone();
+    leader.initialize().await.map_err(|e| anyhow!("{e}"))?;
+    leader
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .ok_or_else(|| anyhow!("no leader"))?;
+    let mut ops = vec![Op::Create(Object::Cluster(cluster.clone()))];
+    for n in &manager_nodes {
+        let mut n = n.clone();
+        n.state = NodeState::Ready;
+        // Dedicated managers, as in a large Swarm: they run no agent here, so no tasks.
+        n.availability = manager::store::Availability::Drain;
+        ops.push(Op::Create(Object::Node(n)));
+    }
+
+    // Workers: identities, store objects, agents.
+    let mut worker_ids = Vec::new();
+    for i in 0..cfg.workers {
+        let id = random_id(25);
+        ops.push(Op::Create(Object::Node(node(
+            &id,
+            0,
+            Role::Worker,
+            format!("w{i}"),
+            "127.0.0.1:0".into(),
+        ))));
+        worker_ids.push(id);
+    }
+    propose_all(&leader, ops).await?;
+    // Let the other managers join the raft group before the load starts.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while manager::raft::membership(&leader.raft).0.len() < cfg.managers {
+        if Instant::now() > deadline {
+            return Err(anyhow!("managers did not join raft"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let leader_addr = leader.config.advertise_addr.clone();
+    let cancel = CancellationToken::new();
+    for (i, id) in worker_ids.iter().enumerate() {
+        let creds = Credentials::new(Some(identity(&cluster, id, Role::Worker)?));
+        let (tx, rx) = tokio::sync::mpsc::channel(4096);
+        let runtime = Arc::new(worker::runtime::FakeRuntime::new(Duration::ZERO));
+        let executor = Arc::new(worker::executor::Executor::new(runtime, tx));
+        let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
+        let agent = Agent::new(
+            AgentConfig {
+                hostname: format!("w{i}"),
+                platform: "linux/bench".into(),
+                managers: vec![leader_addr.clone()],
+                initial_period: Duration::from_secs(5),
+                nano_cpus: 0,
+                memory_bytes: 0,
+            },
+            creds,
+            events_tx,
+            executor,
+            rx,
+        );
+        let c = cancel.clone();
+        tokio::spawn(async move { agent.run(c).await });
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let ready = leader.store.view(|d| {
+            d.nodes
+                .values()
+                .filter(|n| n.state == NodeState::Ready)
+                .count()
+        });
+        if ready >= cfg.workers + cfg.managers {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!("only {ready} nodes ready"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "setup: {} managers, {} workers ready in {:.1}s",
+        cfg.managers,
+        cfg.workers,
+        setup.elapsed().as_secs_f64()
+    );
+
+    // The measured part.
+    let mut events = leader.store.watch();
+    let spec = ServiceSpec {
+        name: "bench".into(),
+        labels: Default::default(),
+        mode: ServiceMode::Replicated {
+            replicas: cfg.tasks,
+        },
+        task: TaskSpec {
+            image: "bench".into(),
+            ..Default::default()
+        },
+        update: UpdateConfig::default(),
+        rollback: UpdateConfig::default(),
+    };
+    let start = Instant::now();
+    ControlApi::new(leader.clone())
+        .create_service(proto::pb::ServiceSpecRequest {
+            spec_json: serde_json::to_string(&spec)?,
+        })
+        .await
+        .map_err(|s| anyhow!("create service: {}", s.message()))?;
+    let mut assigned_at: HashMap<String, i64> = HashMap::new();
+    let mut latencies: Vec<i64> = Vec::new();
+    let mut running_at = None;
+    let deadline = start + cfg.timeout;
+    let mut last_check = Instant::now();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_millis(100), events.recv()).await;
+        if let Ok(Ok(ev)) = ev {
+            let t_ms = now_ms();
+            for c in ev.changes.iter() {
+                if let Change::Put(Object::Task(t)) = c {
+                    if t.status.state >= TaskState::Assigned && !assigned_at.contains_key(&t.id) {
+                        assigned_at.insert(t.id.clone(), t_ms);
+                        latencies.push(t_ms - t.created_at_ms);
+                    }
+                }
+            }
+        }
+        if last_check.elapsed() >= Duration::from_millis(100) {
+            last_check = Instant::now();
+            let running = leader.store.view(|d| {
+                d.tasks
+                    .values()
+                    .filter(|t| t.status.state == TaskState::Running)
+                    .count()
+            }) as u64;
+            if running >= cfg.tasks {
+                running_at = Some(start.elapsed());
+                break;
+            }
+            if Instant::now() > deadline {
+                println!(
+                    "timeout: {running} of {} tasks running after {:?}",
+                    cfg.tasks, cfg.timeout
+                );
+                break;
+            }
+        }
+    }
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        if latencies.is_empty() {
+            0
+        } else {
+            latencies[((latencies.len() as f64 - 1.0) * p) as usize]
+        }
+    };
+    match running_at {
+        Some(t) => {
+            println!("all {} tasks RUNNING in {:.2}s", cfg.tasks, t.as_secs_f64());
+            println!(
+                "throughput: {:.0} tasks/s",
+                cfg.tasks as f64 / t.as_secs_f64()
+            );
+        }
+        None => println!("not all tasks reached RUNNING"),
+    }
+    println!(
+        "scheduling latency (created -> assigned): p50 {} ms, p99 {} ms ({} tasks)",
+        pct(0.5),
+        pct(0.99),
+        latencies.len()
+    );
+    println!(
+        "peak RSS of the process (managers + simulated workers): {:.0} MiB",
+        peak_rss_mb()
+    );
+    cancel.cancel();
+    for m in &managers {
+        m.shutdown().await;
+    }
+    Ok(())
+}
