@@ -56,6 +56,7 @@ impl LabGuard {
         let mut cfg = LabConfig::new(&prefix, managers, workers, shoal_bin());
         cfg.heartbeat_ms = Some(heartbeat.as_millis() as u64);
         cfg.ready_timeout = Duration::from_secs(90);
+        cfg.daemon_args = vec!["--runtime".into(), "fake".into()];
         let lab = Lab::up(&cfg).with_context(|| format!("lab {prefix} up"))?;
         Ok(LabGuard { lab })
     }
