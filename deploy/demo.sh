@@ -16,6 +16,13 @@ $shoal lab up --prefix $prefix --managers 3 --workers 2 --dispatcher-heartbeat 1
 echo
 $shoal lab exec --prefix $prefix m1 -- shoal node ls
 echo
+echo "a replicated service (fake runtime: the lab does not run containers yet)"
+$shoal lab exec --prefix $prefix m1 -- shoal service create --name web --replicas 6 busybox:1
+$shoal lab exec --prefix $prefix m1 -- shoal service scale web=10
+$shoal lab exec --prefix $prefix m1 -- shoal service update --image busybox:2 --update-parallelism 3 web
+$shoal lab exec --prefix $prefix m1 -- shoal service ls
+$shoal lab exec --prefix $prefix m1 -- shoal service ps --filter desired-state=running web
+echo
 leader=$($shoal lab exec --prefix $prefix m1 -- shoal node ls --format json | grep '"ManagerStatus":"Leader"' | sed 's/.*"Hostname":"\([^"]*\)".*/\1/')
 echo "killing the leader ($leader) with SIGKILL"
 $shoal lab kill --prefix $prefix "$leader"

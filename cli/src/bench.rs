@@ -112,6 +112,7 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<()> {
         heartbeat_period_ms: 5000,
         cert_expiry_ms: 90 * 24 * 3600 * 1000,
         removed_nodes: Default::default(),
+        rebalance_on_join: false,
     };
 
     // Managers.

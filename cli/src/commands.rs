@@ -140,6 +140,10 @@ pub enum SwarmCmd {
     },
     /// Update the swarm.
     Update {
+        /// Spread replicated tasks onto nodes that join or come back with fewer tasks
+        /// (moving `--update-parallelism` tasks at a time).
+        #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = clap::value_parser!(bool))]
+        rebalance_on_join: Option<bool>,
         #[arg(long, value_parser = parse_duration)]
         dispatcher_heartbeat: Option<Duration>,
         #[arg(long, value_parser = parse_duration)]
@@ -577,10 +581,16 @@ async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
         SwarmCmd::Update {
             dispatcher_heartbeat,
             cert_expiry,
+            rebalance_on_join,
         } => {
             let req = pb::UpdateClusterRequest {
                 heartbeat_period_ms: ms(dispatcher_heartbeat),
                 cert_expiry_ms: ms(cert_expiry),
+                rebalance_on_join: match rebalance_on_join {
+                    None => 0,
+                    Some(true) => 1,
+                    Some(false) => 2,
+                },
             };
             retry(|| {
                 let mut c = c.clone();

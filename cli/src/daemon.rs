@@ -377,6 +377,7 @@ impl Node {
                 r.cert_expiry_ms
             },
             removed_nodes: Default::default(),
+            rebalance_on_join: false,
         };
         let (key_pem, csr) = new_key_and_csr().map_err(status_internal)?;
         let (cert_pem, not_after) = manager::ca::issue(&cluster, &csr, &node_id, Role::Manager)?;

@@ -32,6 +32,7 @@ fn pb_cluster(c: &crate::store::Cluster) -> pb::ClusterInfo {
         root_ca_digest: c.root_ca.digest().unwrap_or_default(),
         created_at_ms: c.created_at_ms,
         version: c.version,
+        rebalance_on_join: c.rebalance_on_join,
     }
 }
 
@@ -101,6 +102,11 @@ impl ControlApi {
             }
             if req.cert_expiry_ms != 0 {
                 c.cert_expiry_ms = req.cert_expiry_ms;
+            }
+            match req.rebalance_on_join {
+                1 => c.rebalance_on_join = true,
+                2 => c.rebalance_on_join = false,
+                _ => {}
             }
             Ok(Txn::new(vec![Op::Update(Object::Cluster(c))]))
         })

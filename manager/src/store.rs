@@ -35,6 +35,9 @@ pub struct Cluster {
     pub cert_expiry_ms: u64,
     /// Ids of removed nodes: their certificates are refused until they expire.
     pub removed_nodes: BTreeSet<String>,
+    /// Spread replicated tasks onto nodes that join (or come back) with fewer tasks.
+    #[serde(default)]
+    pub rebalance_on_join: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

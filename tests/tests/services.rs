@@ -395,3 +395,67 @@ fn lab_rolling_update_rollback_and_leader_failover() -> Result<()> {
     })?;
     Ok(())
 }
+
+#[test]
+fn lab_rebalance_on_join_spreads_onto_a_new_node() -> Result<()> {
+    let mut lab = LabGuard::up("rb", 1, 1, HEARTBEAT)?;
+    lab.shoal(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "web",
+            "--replicas",
+            "8",
+            "--update-parallelism",
+            "2",
+            "busybox",
+        ],
+    )?;
+    let spread = converged(&lab, "web", 8)?;
+    ensure!(spread.len() == 2, "{spread:?}");
+    lab.shoal("m1", &["swarm", "update", "--rebalance-on-join"])?;
+    let w2 = lab.lab.add_host(false).map_err(|e| anyhow!("{e}"))?;
+    let ip = lab
+        .lab
+        .host(&w2)
+        .map_err(|e| anyhow!("{e}"))?
+        .addr
+        .to_string();
+    let m1 = lab
+        .lab
+        .host("m1")
+        .map_err(|e| anyhow!("{e}"))?
+        .addr
+        .to_string();
+    let token = lab
+        .shoal("m1", &["swarm", "join-token", "-q", "worker"])?
+        .trim()
+        .to_string();
+    lab.shoal(
+        &w2,
+        &[
+            "swarm",
+            "join",
+            "--token",
+            &token,
+            "--advertise-addr",
+            &ip,
+            &m1,
+        ],
+    )?;
+    let spread = eventually("tasks spread onto the new node", WAIT, || {
+        let spread = per_node(&running_tasks(&lab, "m1", "web")?);
+        let lo = spread.values().min().copied().unwrap_or(0);
+        let hi = spread.values().max().copied().unwrap_or(0);
+        ensure!(
+            spread.len() == 3 && hi - lo <= 1 && spread.values().sum::<usize>() == 8,
+            "{spread:?}"
+        );
+        Ok(spread)
+    })?;
+    println!("FIGURE rebalanced_spread={spread:?}");
+    Ok(())
+}

@@ -13,6 +13,7 @@
 
 pub mod global;
 pub mod reaper;
+pub mod rebalance;
 pub mod replicated;
 pub mod restart;
 pub mod updater;
@@ -214,7 +215,10 @@ pub fn plan(data: &StoreData, now_ms: i64) -> Vec<Op> {
         updater::plan(&mut p, &s.id);
         match s.spec.mode {
             proto::spec::ServiceMode::Replicated { .. }
-            | proto::spec::ServiceMode::ReplicatedJob { .. } => replicated::plan(&mut p, &s.id),
+            | proto::spec::ServiceMode::ReplicatedJob { .. } => {
+                replicated::plan(&mut p, &s.id);
+                rebalance::plan(&mut p, &s.id);
+            }
             proto::spec::ServiceMode::Global | proto::spec::ServiceMode::GlobalJob => {
                 global::plan(&mut p, &s.id)
             }

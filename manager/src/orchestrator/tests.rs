@@ -315,3 +315,57 @@ fn history_is_bounded_per_slot() {
         "{ended} ended tasks kept"
     );
 }
+
+#[test]
+fn rebalances_onto_a_new_node_only_when_enabled() {
+    let mut d = setup(8);
+    d.nodes.remove("n3");
+    d.rebuild_indexes();
+    let mut now = 1_000;
+    converge(&mut d, &mut now, 3, |_| TaskState::Running);
+    d.nodes.insert("n3".into(), node("n3"));
+    converge(&mut d, &mut now, 5, |_| TaskState::Running);
+    let on_n3 = running(&d).iter().filter(|t| t.node_id == "n3").count();
+    assert_eq!(on_n3, 0, "moved without the setting");
+
+    let mut cluster = crate::store::Cluster {
+        id: "c".into(),
+        version: 1,
+        created_at_ms: 0,
+        root_ca: proto::security::RootCa {
+            cert_pem: String::new(),
+            key_pem: String::new(),
+        },
+        worker_token: String::new(),
+        manager_token: String::new(),
+        heartbeat_period_ms: 5000,
+        cert_expiry_ms: 1,
+        removed_nodes: Default::default(),
+        rebalance_on_join: true,
+    };
+    cluster.version = 2;
+    d.cluster = Some(cluster);
+    d.services.get_mut("svc").unwrap().spec.update.parallelism = 1;
+    // The test scheduler places unplaced tasks round-robin; steer them to the empty node.
+    for _ in 0..20 {
+        let ops = plan(&d, now);
+        apply(&mut d, ops);
+        for t in d.tasks.values_mut() {
+            if t.node_id.is_empty() && t.desired_state == TaskState::Running {
+                t.node_id = "n3".into();
+            }
+        }
+        settle(&mut d, now, |_| TaskState::Running);
+        now += 500;
+    }
+    let mut per: BTreeMap<String, usize> = BTreeMap::new();
+    for t in running(&d) {
+        *per.entry(t.node_id.clone()).or_default() += 1;
+    }
+    assert_eq!(running(&d).len(), 8);
+    let (lo, hi) = (
+        per.values().min().copied().unwrap(),
+        per.values().max().copied().unwrap(),
+    );
+    assert!(per.len() == 3 && hi - lo <= 1, "{per:?}");
+}
