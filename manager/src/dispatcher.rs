@@ -94,7 +94,8 @@ impl Dispatcher {
         }
     }
 
-    fn seen(&self, node: &str) {
+    /// Record a heartbeat of `node`.
+    pub fn seen(&self, node: &str) {
         self.last_seen
             .lock()
             .expect("dispatcher lock")
@@ -155,8 +156,24 @@ impl Dispatcher {
         }
     }
 
+    /// A heartbeat of `node_id`: it is alive; a node marked Down comes back Ready.
+    /// Err(NotFound) if the node was removed.
+    pub async fn heartbeat(&self, mgr: &Manager, node_id: &str) -> Result<(), Status> {
+        self.seen(node_id);
+        let down = self
+            .store
+            .view(|d| d.nodes.get(node_id).map(|n| n.state != NodeState::Ready));
+        match down {
+            None => Err(Status::not_found(format!(
+                "node {node_id} has been removed from the swarm"
+            ))),
+            Some(true) => set_state(mgr, node_id, NodeState::Ready, "", None).await,
+            Some(false) => Ok(()),
+        }
+    }
+
     /// Queue a node's reports; only tasks placed on that node are accepted.
-    fn queue_reports(&self, node_id: &str, reports: Vec<StatusReport>) {
+    pub fn queue_reports(&self, node_id: &str, reports: Vec<StatusReport>) {
         let accepted: Vec<StatusReport> = self.store.view(|d| {
             reports
                 .into_iter()
@@ -420,23 +437,11 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                             let _ = tx.send(Err(mgr.not_leader())).await;
                             return;
                         }
-                        dispatcher.seen(&node_id);
-                        let down = mgr
-                            .store
-                            .view(|d| d.nodes.get(&node_id).map(|n| n.state != NodeState::Ready));
-                        match down {
-                            None => {
-                                let _ = tx
-                                    .send(Err(Status::not_found(format!(
-                                        "node {node_id} has been removed from the swarm"
-                                    ))))
-                                    .await;
+                        if let Err(e) = dispatcher.heartbeat(&mgr, &node_id).await {
+                            if e.code() == tonic::Code::NotFound {
+                                let _ = tx.send(Err(e)).await;
                                 return;
                             }
-                            Some(true) => {
-                                let _ = set_state(&mgr, &node_id, NodeState::Ready, "", None).await;
-                            }
-                            Some(false) => {}
                         }
                         if tx
                             .send(Ok(dispatcher.session_message(&mgr, &node_id)))

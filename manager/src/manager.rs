@@ -69,11 +69,28 @@ pub struct Manager {
     tasks: TaskTracker,
 }
 
+thread_local! {
+    /// Set by [`use_virtual_clock`]: (tokio instant, ms since epoch) at the anchor.
+    static VIRTUAL_CLOCK: std::cell::Cell<Option<(tokio::time::Instant, i64)>> = const { std::cell::Cell::new(None) };
+}
+
+/// The time every manager decision is made at, in ms since the epoch: the system clock, or,
+/// after [`use_virtual_clock`] on this thread, tokio's (possibly paused) clock, so that a
+/// simulation's restart delays and update deadlines follow its virtual time.
 pub fn now_ms() -> i64 {
+    if let Some((at, ms)) = VIRTUAL_CLOCK.with(|c| c.get()) {
+        return ms + tokio::time::Instant::now().duration_since(at).as_millis() as i64;
+    }
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// Make [`now_ms`] on this thread follow tokio's clock from `epoch_ms` on (`None`: the system
+/// clock again). For single-threaded simulations.
+pub fn use_virtual_clock(epoch_ms: Option<i64>) {
+    VIRTUAL_CLOCK.with(|c| c.set(epoch_ms.map(|ms| (tokio::time::Instant::now(), ms))));
 }
 
 impl Manager {
@@ -83,8 +100,19 @@ impl Manager {
         creds: Arc<Credentials>,
         extra: ExtraRoutes,
     ) -> Result<Arc<Manager>, ManagerError> {
-        let store = Store::new();
         let network = raft::Network::new(creds.clone());
+        Manager::start_with(config, creds, network, Some(extra)).await
+    }
+
+    /// As [`Manager::start`], over any raft network; without `extra` no TCP server is started
+    /// (the simulation drives managers in one process through an in-memory network).
+    pub async fn start_with<N: openraft::RaftNetworkFactory<raft::TypeConfig>>(
+        config: ManagerConfig,
+        creds: Arc<Credentials>,
+        network: N,
+        extra: Option<ExtraRoutes>,
+    ) -> Result<Arc<Manager>, ManagerError> {
+        let store = Store::new();
         std::fs::create_dir_all(&config.data_dir).ok();
         let raft = raft::start(
             config.raft_id,
@@ -94,13 +122,6 @@ impl Manager {
             &config.tuning,
         )
         .await?;
-        let listener =
-            TcpListener::bind(config.listen_addr)
-                .await
-                .map_err(|e| ManagerError::Listen {
-                    addr: config.listen_addr,
-                    source: e,
-                })?;
         let auth = Authorizer::new(store.clone());
         let cancel = CancellationToken::new();
         let mgr = Arc::new(Manager {
@@ -114,23 +135,30 @@ impl Manager {
             failed: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
-
-        let mut routes = extra(mgr.clone());
-        routes = routes
-            .add_service(raft::serve_raft(raft.clone(), auth.clone()))
-            .add_service(crate::ca::service(mgr.clone()))
-            .add_service(crate::dispatcher::service(mgr.clone()));
-        let incoming = serve_tls(listener, creds);
-        let c = cancel.clone();
-        mgr.tasks.spawn(async move {
-            let res = tonic::transport::Server::builder()
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(incoming, c.cancelled())
-                .await;
-            if let Err(e) = res {
-                tracing::error!(error = %e, "manager gRPC server stopped");
-            }
-        });
+        if let Some(extra) = extra {
+            let listener = TcpListener::bind(mgr.config.listen_addr)
+                .await
+                .map_err(|e| ManagerError::Listen {
+                    addr: mgr.config.listen_addr,
+                    source: e,
+                })?;
+            let mut routes = extra(mgr.clone());
+            routes = routes
+                .add_service(raft::serve_raft(raft.clone(), auth.clone()))
+                .add_service(crate::ca::service(mgr.clone()))
+                .add_service(crate::dispatcher::service(mgr.clone()));
+            let incoming = serve_tls(listener, creds);
+            let c = cancel.clone();
+            mgr.tasks.spawn(async move {
+                let res = tonic::transport::Server::builder()
+                    .add_routes(routes)
+                    .serve_with_incoming_shutdown(incoming, c.cancelled())
+                    .await;
+                if let Err(e) = res {
+                    tracing::error!(error = %e, "manager gRPC server stopped");
+                }
+            });
+        }
         let m = mgr.clone();
         mgr.tasks.spawn(async move { m.leadership_loop().await });
         Ok(mgr)
@@ -145,6 +173,14 @@ impl Manager {
                 addr: self.config.advertise_addr.clone(),
             },
         );
+        self.initialize_members(members).await
+    }
+
+    /// Bootstrap with a given membership (the simulation starts with all its managers).
+    pub async fn initialize_members(
+        &self,
+        members: BTreeMap<NodeId, BasicNode>,
+    ) -> Result<(), ManagerError> {
         self.raft
             .initialize(members)
             .await
@@ -343,9 +379,9 @@ impl ProposeError {
             ProposeError::Refused(e @ TxnError::Exists { .. }) => {
                 Status::already_exists(e.to_string())
             }
-            ProposeError::Refused(e @ TxnError::Backwards { .. }) => {
-                Status::failed_precondition(e.to_string())
-            }
+            ProposeError::Refused(
+                e @ (TxnError::Backwards { .. } | TxnError::NodeUnavailable { .. }),
+            ) => Status::failed_precondition(e.to_string()),
             ProposeError::Raft(e) => Status::unavailable(e),
         }
     }

@@ -289,6 +289,8 @@ pub enum TxnError {
     Exists { kind: Kind, id: String },
     #[error("{kind:?} {id} not found")]
     NotFound { kind: Kind, id: String },
+    #[error("task {task} cannot be assigned to node {node}: it is not ready and active")]
+    NodeUnavailable { task: String, node: String },
     #[error("task {id}: {field} may not move backwards ({from} to {to})")]
     Backwards {
         id: String,
@@ -437,7 +439,10 @@ impl StoreData {
                     actual: v,
                 }),
                 Some(_) => match (o, self.tasks.get(o.id())) {
-                    (Object::Task(new), Some(old)) => check_forward(old, new),
+                    (Object::Task(new), Some(old)) => {
+                        check_forward(old, new)?;
+                        self.check_assignable(old, new)
+                    }
                     _ => Ok(()),
                 },
             },
@@ -568,6 +573,29 @@ impl StoreData {
             1 => Ok(by_prefix[0]),
             0 => Err(FindError::NotFound(key.to_string())),
             _ => Err(FindError::Ambiguous(key.to_string())),
+        }
+    }
+}
+
+impl StoreData {
+    /// No task is newly assigned to a node that is not ready and active: checked when the
+    /// assignment commits, since the scheduler decided on an earlier view (a drain may have
+    /// committed in between).
+    fn check_assignable(&self, old: &Task, new: &Task) -> Result<(), TxnError> {
+        if new.status.state != TaskState::Assigned || old.status.state >= TaskState::Assigned {
+            return Ok(());
+        }
+        let ok = self
+            .nodes
+            .get(&new.node_id)
+            .is_some_and(|n| n.state == NodeState::Ready && n.availability == Availability::Active);
+        if ok {
+            Ok(())
+        } else {
+            Err(TxnError::NodeUnavailable {
+                task: new.id.clone(),
+                node: new.node_id.clone(),
+            })
         }
     }
 }

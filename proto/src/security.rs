@@ -85,13 +85,33 @@ impl FromStr for Role {
     }
 }
 
+thread_local! {
+    /// Set by [`seed_ids`]: ids drawn on this thread then follow the seed.
+    static SEEDED_IDS: std::cell::RefCell<Option<rand::rngs::StdRng>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Make [`random_id`] on this thread reproducible (a deterministic simulation runs a whole
+/// cluster on one thread); `None` goes back to the OS-seeded generator.
+pub fn seed_ids(seed: Option<u64>) {
+    use rand::SeedableRng;
+    SEEDED_IDS.with(|r| *r.borrow_mut() = seed.map(rand::rngs::StdRng::seed_from_u64));
+}
+
 /// A random identifier of `len` lowercase letters and digits (Swarm's id alphabet).
 pub fn random_id(len: usize) -> String {
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut rng = rand::thread_rng();
-    (0..len)
-        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
-        .collect()
+    SEEDED_IDS.with(|seeded| {
+        let mut seeded = seeded.borrow_mut();
+        let pick = |rng: &mut dyn rand::RngCore| {
+            (0..len)
+                .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+                .collect::<String>()
+        };
+        match seeded.as_mut() {
+            Some(rng) => pick(rng),
+            None => pick(&mut rand::thread_rng()),
+        }
+    })
 }
 
 /// Hex SHA-256 of a DER certificate.

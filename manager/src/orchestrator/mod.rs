@@ -194,6 +194,15 @@ pub fn death(t: &Task, data: &StoreData) -> Option<Death> {
             Some(n) if n.availability == crate::store::Availability::Drain => {
                 return Some(Death::NodeGone)
             }
+            // The constraint enforcer: the node no longer satisfies the task's constraints
+            // (a label was removed, a manager demoted).
+            Some(n)
+                if !t.spec.placement.constraints.is_empty()
+                    && !crate::scheduler::constraint::parse_all(&t.spec.placement.constraints)
+                        .is_ok_and(|cs| cs.iter().all(|c| c.matches(n))) =>
+            {
+                return Some(Death::NodeGone)
+            }
             _ => {}
         }
     }

@@ -87,18 +87,31 @@ impl From<openraft::error::Fatal<NodeId>> for RaftSetupError {
 }
 
 /// Open the node's raft database and start the raft node (uninitialised if new).
-pub async fn start(
+pub async fn start<N: openraft::RaftNetworkFactory<TypeConfig>>(
     raft_id: NodeId,
     data_dir: &Path,
     store: Store,
-    network: Network,
+    network: N,
     tuning: &RaftTuning,
 ) -> Result<Raft, RaftSetupError> {
     let path = data_dir.join("raft.redb");
-    let db = redb::Database::create(&path).map_err(|e| RaftSetupError::Open {
-        path: path.display().to_string(),
-        source: e,
-    })?;
+    // A raft of this node that was just shut down (demotion, restart in-process) releases the
+    // database only when its last worker task has ended: wait for it, boundedly.
+    let mut tries = 0;
+    let db = loop {
+        match redb::Database::create(&path) {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            r => {
+                break r.map_err(|e| RaftSetupError::Open {
+                    path: path.display().to_string(),
+                    source: e,
+                })?
+            }
+        }
+    };
     let db = Arc::new(db);
     let log = LogStore::open(db.clone())?;
     let sm = StateMachine::open(db, store)?;
