@@ -228,6 +228,9 @@ pub enum BenchCmd {
         /// Give up after this long.
         #[arg(long, default_value = "10m", value_parser = parse_duration)]
         timeout: Duration,
+        /// Stop when the process's memory passes this (e.g. 16G): print what was reached.
+        #[arg(long, default_value = "16G")]
+        max_rss: String,
     },
 }
 
@@ -323,13 +326,22 @@ pub fn run(cli: Cli) -> i32 {
             workers,
             tasks,
             timeout,
+            max_rss,
         }) => {
-            init_tracing("warn");
+            init_tracing("error");
+            let max_rss_mb = match parse_bytes(&max_rss) {
+                Ok(b) => b as f64 / (1024.0 * 1024.0),
+                Err(e) => {
+                    eprintln!("Error: --max-rss: {e}");
+                    return 2;
+                }
+            };
             rt.block_on(crate::bench::run_cluster(crate::bench::BenchConfig {
                 managers,
                 workers,
                 tasks,
                 timeout,
+                max_rss_mb,
             }))
             .map_err(|e| CliError(format!("Error: bench: {e:#}")))
         }
