@@ -397,7 +397,7 @@ fn lab_rolling_update_rollback_and_leader_failover() -> Result<()> {
 }
 
 #[test]
-fn lab_rebalance_on_join_spreads_onto_a_new_node() -> Result<()> {
+fn lab_join_gets_global_task_and_rebalanced_replicas() -> Result<()> {
     let mut lab = LabGuard::up("rb", 1, 1, HEARTBEAT)?;
     lab.shoal(
         "m1",
@@ -416,6 +416,13 @@ fn lab_rebalance_on_join_spreads_onto_a_new_node() -> Result<()> {
     )?;
     let spread = converged(&lab, "web", 8)?;
     ensure!(spread.len() == 2, "{spread:?}");
+    lab.shoal(
+        "m1",
+        &[
+            "service", "create", "--detach", "--name", "g", "--mode", "global", "busybox",
+        ],
+    )?;
+    converged(&lab, "g", 2)?;
     lab.shoal("m1", &["swarm", "update", "--rebalance-on-join"])?;
     let w2 = lab.lab.add_host(false).map_err(|e| anyhow!("{e}"))?;
     let ip = lab
@@ -457,5 +464,11 @@ fn lab_rebalance_on_join_spreads_onto_a_new_node() -> Result<()> {
         Ok(spread)
     })?;
     println!("FIGURE rebalanced_spread={spread:?}");
+    // The global service follows the join.
+    let g = converged(&lab, "g", 3)?;
+    ensure!(
+        g.get(&w2) == Some(&1),
+        "global service not on the new node: {g:?}"
+    );
     Ok(())
 }
