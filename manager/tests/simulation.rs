@@ -435,6 +435,9 @@ fn spawn_worker(
     tokio::spawn(async move {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut local: BTreeMap<String, TaskState> = BTreeMap::new();
+        // As the real agent does on every new session: a new leader hears every state again
+        // (reports queued on a leader that lost leadership are gone).
+        let mut reported_to: Option<NodeId> = None;
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
             if paused.lock().unwrap().contains(&id) {
@@ -452,6 +455,19 @@ fn spawn_worker(
             }
             let assigned = leader.store.view(|d| assignments_for(d, &id));
             let mut reports = Vec::new();
+            if reported_to != Some(leader.config.raft_id) {
+                reported_to = Some(leader.config.raft_id);
+                for (tid, st) in &local {
+                    reports.push(StatusReport {
+                        task_id: tid.clone(),
+                        status: TaskStatus {
+                            state: *st,
+                            timestamp_ms: now_ms(),
+                            ..Default::default()
+                        },
+                    });
+                }
+            }
             for (tid, a) in &assigned {
                 let cur = local.get(tid).copied().unwrap_or(TaskState::Assigned);
                 let next = if a.desired_state > TaskState::Running {
@@ -781,10 +797,25 @@ async fn run_seed(seed: u64) -> Vec<String> {
                                     && t.status.state == TaskState::Running
                             })
                             .count();
+                        let mut states: BTreeMap<String, usize> = BTreeMap::new();
+                        for t in d
+                            .service_tasks(&s.id)
+                            .filter(|t| t.desired_state <= TaskState::Running)
+                        {
+                            let node = d
+                                .nodes
+                                .get(&t.node_id)
+                                .map(|n| format!("{}:{:?}/{:?}", n.id, n.state, n.availability))
+                                .unwrap_or_else(|| "unplaced".into());
+                            *states
+                                .entry(format!("{}@{node} '{}'", t.status.state, t.status.message))
+                                .or_default() += 1;
+                        }
                         format!(
-                            "{}: {running} running, update {:?}",
+                            "{}: {running} running, update {:?}, {:?}, tasks {states:?}",
                             s.spec.name,
-                            s.update_status.as_ref().map(|u| u.state)
+                            s.update_status.as_ref().map(|u| u.state),
+                            s.spec.mode,
                         )
                     })
                     .collect::<Vec<_>>()
