@@ -31,12 +31,13 @@ pub struct BenchConfig {
     pub max_rss_mb: f64,
 }
 
-fn rss_mb() -> f64 {
+/// A memory figure of this process from /proc/self/status (`VmRSS`, `VmHWM`), in MiB.
+fn status_mb(key: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(key))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
@@ -54,19 +55,6 @@ fn identity(cluster: &Cluster, node_id: &str, role: Role) -> Result<Identity> {
 fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
-}
-
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
 }
 
 fn node(id: &str, raft_id: u64, role: Role, hostname: String, addr: String) -> Node {
@@ -310,7 +298,7 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<()> {
                 );
                 break;
             }
-            let rss = rss_mb();
+            let rss = status_mb("VmRSS:");
             if rss > cfg.max_rss_mb {
                 println!(
                     "stopped at the memory limit ({rss:.0} MiB > {:.0} MiB): {running} of {} tasks running after {:.1}s",
@@ -348,7 +336,7 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<()> {
     );
     println!(
         "peak RSS of the process (managers + simulated workers): {:.0} MiB",
-        peak_rss_mb()
+        status_mb("VmHWM:")
     );
     cancel.cancel();
     for m in &managers {

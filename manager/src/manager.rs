@@ -27,8 +27,7 @@ use crate::dispatcher::Dispatcher;
 use crate::raft::{self, NodeId, Raft, RaftTuning};
 use crate::store::{Store, Txn, TxnError, TxnOutcome};
 
-/// Metadata key carrying the leader's address on refusals from a follower.
-pub const LEADER_METADATA: &str = "x-shoal-leader";
+pub use proto::transport::LEADER_METADATA;
 
 #[derive(Clone, Debug)]
 pub struct ManagerConfig {

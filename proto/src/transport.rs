@@ -29,6 +29,10 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::security::{CertInfo, MANAGER_SERVER_NAME};
 
+/// gRPC metadata key with which a follower names the leader's address when it refuses a call
+/// that only the leader serves; the caller retries there.
+pub const LEADER_METADATA: &str = "x-shoal-leader";
+
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     #[error("TLS configuration: {0}")]

@@ -95,6 +95,19 @@ impl LabGuard {
         }
     }
 
+    /// A lab host's underlay IP address.
+    pub fn addr(&self, host: &str) -> Result<String> {
+        Ok(self.lab.host(host)?.addr.to_string())
+    }
+
+    /// The current join token for `role` (worker or manager), as seen from `from`.
+    pub fn join_token(&self, from: &str, role: &str) -> Result<String> {
+        Ok(self
+            .shoal(from, &["swarm", "join-token", "-q", role])?
+            .trim()
+            .to_string())
+    }
+
     pub fn host_data_dir(&self, host: &str) -> Result<PathBuf> {
         Ok(self
             .lab

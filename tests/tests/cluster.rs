@@ -74,7 +74,7 @@ fn lab_failover_restart_and_full_restart() -> Result<()> {
     let old = lab.leader("m1")?;
     let survivor = ["m1", "m2", "m3"].into_iter().find(|m| *m != old).unwrap();
     let t0 = Instant::now();
-    lab.lab.kill_daemon(&old).map_err(|e| anyhow!("{e}"))?;
+    lab.lab.kill_daemon(&old)?;
     eventually("a write after failover", WAIT, || {
         lab.shoal(
             survivor,
@@ -102,7 +102,7 @@ fn lab_failover_restart_and_full_restart() -> Result<()> {
     })?;
 
     // The killed manager comes back and rejoins as Reachable.
-    lab.lab.start_daemon(&old).map_err(|e| anyhow!("{e}"))?;
+    lab.lab.start_daemon(&old)?;
     eventually("restarted manager reachable", WAIT, || {
         let n = lab.node(&old, &old)?;
         ensure!(
@@ -122,10 +122,10 @@ fn lab_failover_restart_and_full_restart() -> Result<()> {
     lab.shoal("m1", &["node", "update", "--availability", "drain", "w2"])?;
     let before = replicated_state(&lab, "m1")?;
     for m in ["m1", "m2", "m3"] {
-        lab.lab.kill_daemon(m).map_err(|e| anyhow!("{e}"))?;
+        lab.lab.kill_daemon(m)?;
     }
     for m in ["m1", "m2", "m3"] {
-        lab.lab.start_daemon(m).map_err(|e| anyhow!("{e}"))?;
+        lab.lab.start_daemon(m)?;
     }
     eventually("cluster back after full restart", WAIT, || {
         let nodes = lab.nodes("m1")?;
@@ -201,10 +201,7 @@ fn lab_membership_tokens_and_roles() -> Result<()> {
     );
 
     // A worker's certificate is refused on control and raft calls; a manager's is not.
-    let m1_addr = format!(
-        "{}:2377",
-        lab.lab.host("m1").map_err(|e| anyhow!("{e}"))?.addr
-    );
+    let m1_addr = format!("{}:2377", lab.addr("m1")?);
     let worker_id = node_identity(&lab.host_data_dir("w2")?)?;
     let (control, raft) = call_as(&lab.netns("w2")?, &m1_addr, worker_id)?;
     ensure!(
@@ -219,23 +216,10 @@ fn lab_membership_tokens_and_roles() -> Result<()> {
     );
 
     // Wrong and rotated tokens are refused and change nothing.
-    let w3 = lab.lab.add_host(false).map_err(|e| anyhow!("{e}"))?;
-    let w3_ip = lab
-        .lab
-        .host(&w3)
-        .map_err(|e| anyhow!("{e}"))?
-        .addr
-        .to_string();
-    let m1 = lab
-        .lab
-        .host("m1")
-        .map_err(|e| anyhow!("{e}"))?
-        .addr
-        .to_string();
-    let old_token = lab
-        .shoal("m1", &["swarm", "join-token", "-q", "worker"])?
-        .trim()
-        .to_string();
+    let w3 = lab.lab.add_host(false)?;
+    let w3_ip = lab.addr(&w3)?;
+    let m1 = lab.addr("m1")?;
+    let old_token = lab.join_token("m1", "worker")?;
     let garbage = lab
         .shoal(
             &w3,
@@ -296,10 +280,7 @@ fn lab_membership_tokens_and_roles() -> Result<()> {
         lab.nodes("m1")?.len() == 5,
         "a refused join changed the node list"
     );
-    let new_token = lab
-        .shoal("m1", &["swarm", "join-token", "-q", "worker"])?
-        .trim()
-        .to_string();
+    let new_token = lab.join_token("m1", "worker")?;
     lab.shoal(
         &w3,
         &[
@@ -324,7 +305,7 @@ fn lab_membership_tokens_and_roles() -> Result<()> {
         "removing a live node was accepted"
     );
     let killed = Instant::now();
-    lab.lab.kill_daemon("w2").map_err(|e| anyhow!("{e}"))?;
+    lab.lab.kill_daemon("w2")?;
     eventually("w2 down", WAIT, || {
         ensure!(lab.node("m1", "w2")?["Status"] == "Down");
         Ok(())
@@ -349,17 +330,9 @@ fn lab_membership_tokens_and_roles() -> Result<()> {
     );
 
     // A 4th manager joins, becomes a raft member, and is removed again.
-    let m4 = lab.lab.add_host(true).map_err(|e| anyhow!("{e}"))?;
-    let m4_ip = lab
-        .lab
-        .host(&m4)
-        .map_err(|e| anyhow!("{e}"))?
-        .addr
-        .to_string();
-    let mtoken = lab
-        .shoal("m2", &["swarm", "join-token", "-q", "manager"])?
-        .trim()
-        .to_string();
+    let m4 = lab.lab.add_host(true)?;
+    let m4_ip = lab.addr(&m4)?;
+    let mtoken = lab.join_token("m2", "manager")?;
     lab.shoal(
         &m4,
         &[

@@ -225,7 +225,7 @@ fn lab_services_place_scale_restart_and_follow_nodes() -> Result<()> {
     lab.shoal("m1", &["service", "scale", "--detach", "web=10"])?;
     converged(&lab, "web", 10)?;
     let killed = Instant::now();
-    lab.lab.kill_daemon("w2").map_err(|e| anyhow!("{e}"))?;
+    lab.lab.kill_daemon("w2")?;
     eventually("w2 down", WAIT, || {
         let out = lab.shoal("m1", &["node", "ls", "--format", "json"])?;
         ensure!(lines(&out)?
@@ -369,7 +369,7 @@ fn lab_rolling_update_rollback_and_leader_failover() -> Result<()> {
             .and_then(|n| n["Hostname"].as_str().map(String::from))
             .ok_or_else(|| anyhow!("no leader"))?
     };
-    lab.lab.kill_daemon(&leader).map_err(|e| anyhow!("{e}"))?;
+    lab.lab.kill_daemon(&leader)?;
     let other = ["m1", "m2", "m3"]
         .into_iter()
         .find(|m| *m != leader)
@@ -424,23 +424,10 @@ fn lab_join_gets_global_task_and_rebalanced_replicas() -> Result<()> {
     )?;
     converged(&lab, "g", 2)?;
     lab.shoal("m1", &["swarm", "update", "--rebalance-on-join"])?;
-    let w2 = lab.lab.add_host(false).map_err(|e| anyhow!("{e}"))?;
-    let ip = lab
-        .lab
-        .host(&w2)
-        .map_err(|e| anyhow!("{e}"))?
-        .addr
-        .to_string();
-    let m1 = lab
-        .lab
-        .host("m1")
-        .map_err(|e| anyhow!("{e}"))?
-        .addr
-        .to_string();
-    let token = lab
-        .shoal("m1", &["swarm", "join-token", "-q", "worker"])?
-        .trim()
-        .to_string();
+    let w2 = lab.lab.add_host(false)?;
+    let ip = lab.addr(&w2)?;
+    let m1 = lab.addr("m1")?;
+    let token = lab.join_token("m1", "worker")?;
     lab.shoal(
         &w2,
         &[

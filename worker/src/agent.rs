@@ -23,8 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::Code;
 
-/// Metadata key a follower uses to name the leader (same as the manager's).
-const LEADER_METADATA: &str = "x-shoal-leader";
+use proto::transport::LEADER_METADATA;
 
 /// How long a manager address is still tried after the managers stopped listing it. The list
 /// a manager sends reflects raft membership at that moment; during a run of promotions and
