@@ -662,6 +662,7 @@ pub fn build_spec(a: &CreateArgs, name: String) -> Result<ServiceSpec, String> {
             stop_grace_period_ms: 10_000,
             stop_signal: String::new(),
             force_update: 0,
+            ..Default::default()
         },
         update: UpdateConfig::default(),
         rollback: UpdateConfig::default(),

@@ -53,6 +53,13 @@ pub fn assignments_for(d: &crate::store::StoreData, node_id: &str) -> BTreeMap<S
                     slot: t.slot,
                     spec: t.spec.clone(),
                     desired_state: t.desired_state,
+                    node_hostname: d
+                        .nodes
+                        .get(node_id)
+                        .map(|n| n.description.hostname.clone())
+                        .unwrap_or_default(),
+                    secrets: Vec::new(),
+                    configs: Vec::new(),
                 },
             )
         })

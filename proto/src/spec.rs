@@ -147,6 +147,80 @@ pub struct TaskSpec {
     pub stop_signal: String,
     /// Bumped by `service update --force` to replace tasks with an unchanged spec.
     pub force_update: u64,
+    /// Container hostname; may hold the templates `{{.Service.Name}}`, `{{.Task.Slot}}`,
+    /// `{{.Node.Hostname}}` (and `{{.Task.ID}}`, `{{.Service.ID}}`). Empty: the task id's
+    /// first 12 characters, as Docker does.
+    #[serde(default)]
+    pub hostname: String,
+    /// `user[:group]`, names or numbers; empty: the image's user.
+    #[serde(default)]
+    pub user: String,
+    /// Empty: the image's working directory.
+    #[serde(default)]
+    pub workdir: String,
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+    /// Secrets by name; the dispatcher sends their data with the assignment.
+    #[serde(default)]
+    pub secrets: Vec<FileRef>,
+    /// Configs by name, as secrets.
+    #[serde(default)]
+    pub configs: Vec<FileRef>,
+    /// None: the image's HEALTHCHECK, if any.
+    #[serde(default)]
+    pub healthcheck: Option<HealthCheck>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountKind {
+    Bind,
+    #[default]
+    Volume,
+    Tmpfs,
+}
+
+/// `--mount type=bind|volume|tmpfs,source=,target=[,readonly]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    pub kind: MountKind,
+    /// Host path (bind), volume name (volume; empty: anonymous, removed with the task), unused
+    /// for tmpfs.
+    pub source: String,
+    /// Absolute path in the container.
+    pub target: String,
+    pub readonly: bool,
+}
+
+/// A secret or config used by a service: `--secret NAME[,target=PATH]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    pub name: String,
+    /// File name under /run/secrets (secrets) or absolute path (configs); empty: the name
+    /// (secrets: /run/secrets/NAME; configs: /NAME).
+    pub target: String,
+}
+
+/// Docker's healthcheck: `test` is `["CMD", arg…]`, `["CMD-SHELL", "cmd"]` or `["NONE"]`
+/// (disables the image's healthcheck). Durations 0 take Docker's defaults (30 s interval,
+/// 30 s timeout, 3 retries, 0 start period).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub test: Vec<String>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub retries: u64,
+    pub start_period_ms: u64,
+}
+
+/// The data of a secret or config, sent with the assignment to the node that runs the task,
+/// and only there. Never written to a worker's disk (mounted from tmpfs).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileData {
+    pub name: String,
+    /// Where it goes: for secrets the path is /run/secrets/`target`, unless absolute.
+    pub target: String,
+    pub data: Vec<u8>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -231,6 +305,14 @@ pub struct Assignment {
     pub slot: u64,
     pub spec: TaskSpec,
     pub desired_state: TaskState,
+    /// The hostname of the node the task is assigned to (for `{{.Node.Hostname}}`).
+    #[serde(default)]
+    pub node_hostname: String,
+    /// The data of the secrets and configs the spec names, filled in by the dispatcher.
+    #[serde(default)]
+    pub secrets: Vec<FileData>,
+    #[serde(default)]
+    pub configs: Vec<FileData>,
 }
 
 /// What a worker reports about one task.

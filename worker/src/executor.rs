@@ -121,6 +121,11 @@ impl Desired {
 impl Executor {
     /// Must be called inside a Tokio runtime: drivers are spawned on it, also when `apply` is
     /// later called from elsewhere.
+    /// The runtime the tasks run on (for logs and exec).
+    pub fn runtime(&self) -> Arc<dyn Runtime> {
+        Arc::clone(&self.runtime)
+    }
+
     pub fn new(runtime: Arc<dyn Runtime>, reports: mpsc::Sender<StatusReport>) -> Executor {
         let cancel = CancellationToken::new();
         Executor {
@@ -517,6 +522,9 @@ mod tests {
 
     fn assignment(id: &str, env: &[&str], desired: TaskState) -> Assignment {
         Assignment {
+            node_hostname: String::new(),
+            secrets: Vec::new(),
+            configs: Vec::new(),
             task_id: id.into(),
             service_id: "s1".into(),
             service_name: "web".into(),

@@ -6,4 +6,5 @@
 
 pub mod agent;
 pub mod executor;
+pub mod image;
 pub mod runtime;

@@ -92,6 +92,11 @@ pub trait Runtime: Send + Sync + 'static {
     /// Forget everything about the task (after it is terminal). Succeeds for a task the runtime
     /// does not know, so that it can be called whatever happened before.
     async fn remove(&self, task_id: &str) -> Result<(), RuntimeError>;
+    /// The task's log file, if this runtime keeps one. One line per line the container wrote:
+    /// `<RFC 3339 UTC timestamp with nanoseconds> <stdout|stderr> <text>`.
+    fn log_path(&self, _task_id: &str) -> Option<std::path::PathBuf> {
+        None
+    }
 }
 
 /// Environment knobs of [`FakeRuntime`].
@@ -414,6 +419,9 @@ mod tests {
 
     fn task(id: &str, env: &[&str]) -> Assignment {
         Assignment {
+            node_hostname: String::new(),
+            secrets: Vec::new(),
+            configs: Vec::new(),
             task_id: id.into(),
             service_id: "s1".into(),
             service_name: "web".into(),
