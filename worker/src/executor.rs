@@ -123,7 +123,7 @@ impl Executor {
     /// later called from elsewhere.
     /// The runtime the tasks run on (for logs and exec).
     pub fn runtime(&self) -> Arc<dyn Runtime> {
-        Arc::clone(&self.runtime)
+        Arc::clone(&self.inner.runtime)
     }
 
     pub fn new(runtime: Arc<dyn Runtime>, reports: mpsc::Sender<StatusReport>) -> Executor {
