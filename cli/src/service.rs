@@ -14,8 +14,8 @@ use proto::api::{ServiceView, TaskView, UpdateStatusView};
 use proto::pb;
 use proto::pb::control_client::ControlClient;
 use proto::spec::{
-    FailureAction, Placement, Resources, RestartCondition, RestartPolicy, ServiceMode, ServiceSpec,
-    TaskSpec, TaskState, UpdateConfig, UpdateOrder,
+    FailureAction, FileRef, HealthCheck, Mount, MountKind, Placement, Resources, RestartCondition,
+    RestartPolicy, ServiceMode, ServiceSpec, TaskSpec, TaskState, UpdateConfig, UpdateOrder,
 };
 use serde_json::{json, Value};
 use tonic::transport::Channel;
@@ -167,6 +167,36 @@ pub struct SpecFlags {
     /// Signal to stop the container.
     #[arg(long, value_name = "SIG")]
     pub stop_signal: Option<String>,
+    /// Container hostname; templates {{.Service.Name}}, {{.Task.Slot}}, {{.Node.Hostname}}.
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// Username or UID (format: <name|uid>[:<group|gid>]).
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Overwrite the default ENTRYPOINT of the image.
+    #[arg(long, value_name = "CMD")]
+    pub entrypoint: Option<String>,
+    /// Command to run to check health.
+    #[arg(long, value_name = "CMD")]
+    pub health_cmd: Option<String>,
+    /// Time between running the check (ms|s|m|h).
+    #[arg(long, value_parser = parse_go_duration, value_name = "DUR")]
+    pub health_interval: Option<Duration>,
+    /// Maximum time to allow one check to run (ms|s|m|h).
+    #[arg(long, value_parser = parse_go_duration, value_name = "DUR")]
+    pub health_timeout: Option<Duration>,
+    /// Consecutive failures needed to report unhealthy.
+    #[arg(long, value_name = "N")]
+    pub health_retries: Option<u64>,
+    /// Start period for the container to initialize before counting retries (ms|s|m|h).
+    #[arg(long, value_parser = parse_go_duration, value_name = "DUR")]
+    pub health_start_period: Option<Duration>,
+    /// Disable any container-specified HEALTHCHECK.
+    #[arg(long)]
+    pub no_healthcheck: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -189,6 +219,15 @@ pub struct CreateArgs {
     /// Placement preferences: spread=node.labels.KEY.
     #[arg(long = "placement-pref", value_name = "PREF")]
     pub placement_prefs: Vec<String>,
+    /// Attach a filesystem mount: type=bind|volume|tmpfs,source=…,target=…[,readonly].
+    #[arg(long = "mount", value_parser = parse_mount, value_name = "MOUNT")]
+    pub mounts: Vec<Mount>,
+    /// Give the service access to a secret: NAME or source=NAME,target=FILE.
+    #[arg(long = "secret", value_parser = parse_secret_ref, value_name = "SECRET")]
+    pub secrets: Vec<FileRef>,
+    /// Give the service access to a config: NAME or source=NAME,target=PATH.
+    #[arg(long = "config", value_parser = parse_config_ref, value_name = "CONFIG")]
+    pub configs: Vec<FileRef>,
     #[command(flatten)]
     pub flags: SpecFlags,
     /// Exit immediately instead of waiting for the service to converge.
@@ -239,6 +278,24 @@ pub struct UpdateArgs {
     /// Remove a placement preference.
     #[arg(long = "placement-pref-rm", value_name = "PREF")]
     pub placement_pref_rm: Vec<String>,
+    /// Add or update a mount on the service.
+    #[arg(long = "mount-add", value_parser = parse_mount, value_name = "MOUNT")]
+    pub mount_add: Vec<Mount>,
+    /// Remove a mount by its target path.
+    #[arg(long = "mount-rm", value_name = "TARGET")]
+    pub mount_rm: Vec<String>,
+    /// Add or update a secret on the service.
+    #[arg(long = "secret-add", value_parser = parse_secret_ref, value_name = "SECRET")]
+    pub secret_add: Vec<FileRef>,
+    /// Remove a secret.
+    #[arg(long = "secret-rm", value_name = "NAME")]
+    pub secret_rm: Vec<String>,
+    /// Add or update a config on the service.
+    #[arg(long = "config-add", value_parser = parse_config_ref, value_name = "CONFIG")]
+    pub config_add: Vec<FileRef>,
+    /// Remove a config.
+    #[arg(long = "config-rm", value_name = "NAME")]
+    pub config_rm: Vec<String>,
     #[command(flatten)]
     pub flags: SpecFlags,
     /// Force update even if no changes require it.
@@ -615,7 +672,178 @@ pub fn apply_flags(spec: &mut ServiceSpec, f: &SpecFlags) -> Result<(), String> 
     if let Some(v) = &f.stop_signal {
         spec.task.stop_signal = v.clone();
     }
+    let t = &mut spec.task;
+    if let Some(v) = &f.hostname {
+        t.hostname = v.clone();
+    }
+    if let Some(v) = &f.user {
+        t.user = v.clone();
+    }
+    if let Some(v) = &f.workdir {
+        if !v.is_empty() && !v.starts_with('/') {
+            return Err(format!(
+                "invalid argument \"{v}\" for \"--workdir\" flag: the working directory must be an absolute path"
+            ));
+        }
+        t.workdir = v.clone();
+    }
+    if let Some(v) = &f.entrypoint {
+        t.command = v.split_whitespace().map(String::from).collect();
+    }
+    apply_health(t, f)?;
     Ok(())
+}
+
+/// The healthcheck flags: `--no-healthcheck` disables the image's; any other flag edits the
+/// service's own check, starting from the image's test when only timings are given.
+fn apply_health(t: &mut TaskSpec, f: &SpecFlags) -> Result<(), String> {
+    let timing = f.health_interval.is_some()
+        || f.health_timeout.is_some()
+        || f.health_retries.is_some()
+        || f.health_start_period.is_some();
+    if f.no_healthcheck {
+        if f.health_cmd.is_some() || timing {
+            return Err("--no-healthcheck conflicts with --health-* options".into());
+        }
+        t.healthcheck = Some(HealthCheck {
+            test: vec!["NONE".into()],
+            ..Default::default()
+        });
+        return Ok(());
+    }
+    if f.health_cmd.is_none() && !timing {
+        return Ok(());
+    }
+    let mut h = t.healthcheck.take().unwrap_or_default();
+    if h.test.first().map(String::as_str) == Some("NONE") {
+        h.test.clear();
+    }
+    if let Some(cmd) = &f.health_cmd {
+        h.test = if cmd.trim().is_empty() {
+            Vec::new()
+        } else {
+            vec!["CMD-SHELL".into(), cmd.clone()]
+        };
+    }
+    if let Some(v) = f.health_interval {
+        if !v.is_zero() && v < Duration::from_millis(1) {
+            return Err("--health-interval must be at least 1ms".into());
+        }
+        h.interval_ms = ms(v);
+    }
+    if let Some(v) = f.health_timeout {
+        h.timeout_ms = ms(v);
+    }
+    if let Some(v) = f.health_retries {
+        h.retries = v;
+    }
+    if let Some(v) = f.health_start_period {
+        h.start_period_ms = ms(v);
+    }
+    t.healthcheck = Some(h);
+    Ok(())
+}
+
+/// `--mount type=bind|volume|tmpfs,source=…,target=…[,readonly]`, Docker's syntax.
+pub fn parse_mount(s: &str) -> Result<Mount, String> {
+    let mut m = Mount::default();
+    let mut target = None;
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = match part.split_once('=') {
+            Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v.trim())),
+            None => (part.to_ascii_lowercase(), None),
+        };
+        match (k.as_str(), v) {
+            ("type", Some(v)) => {
+                m.kind = match v {
+                    "bind" => MountKind::Bind,
+                    "volume" => MountKind::Volume,
+                    "tmpfs" => MountKind::Tmpfs,
+                    other => {
+                        return Err(format!(
+                            "invalid mount type \"{other}\": expected bind, volume or tmpfs"
+                        ))
+                    }
+                }
+            }
+            ("source" | "src", Some(v)) => m.source = v.to_string(),
+            ("target" | "dst" | "destination", Some(v)) => target = Some(v.to_string()),
+            ("readonly" | "ro", None) => m.readonly = true,
+            ("readonly" | "ro", Some(v)) => {
+                m.readonly = match v {
+                    "1" | "true" => true,
+                    "0" | "false" => false,
+                    _ => return Err(format!("invalid value for {k}: {v}")),
+                }
+            }
+            _ => return Err(format!("unexpected key '{k}' in '{part}'")),
+        }
+    }
+    m.target = target.ok_or_else(|| "target is required".to_string())?;
+    if !m.target.starts_with('/') {
+        return Err(format!(
+            "invalid mount target \"{}\": must be an absolute path",
+            m.target
+        ));
+    }
+    match m.kind {
+        MountKind::Bind if !m.source.starts_with('/') => Err(
+            "invalid mount config for type \"bind\": source must be an absolute host path".into(),
+        ),
+        MountKind::Tmpfs if !m.source.is_empty() => {
+            Err("invalid mount config for type \"tmpfs\": source must not be specified".into())
+        }
+        MountKind::Volume if m.source.contains('/') => Err(format!(
+            "invalid volume name \"{}\": a volume name cannot contain '/'",
+            m.source
+        )),
+        _ => Ok(m),
+    }
+}
+
+fn parse_file_ref(what: &str, s: &str) -> Result<FileRef, String> {
+    if !s.contains('=') {
+        if s.trim().is_empty() {
+            return Err(format!("invalid {what}: empty name"));
+        }
+        return Ok(FileRef {
+            name: s.trim().to_string(),
+            target: String::new(),
+        });
+    }
+    let mut r = FileRef::default();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = part.split_once('=') else {
+            return Err(format!("invalid field '{part}' must be a key=value pair"));
+        };
+        match k.trim().to_ascii_lowercase().as_str() {
+            "source" | "src" => r.name = v.trim().to_string(),
+            "target" => r.target = v.trim().to_string(),
+            "uid" | "gid" | "mode" => {}
+            other => return Err(format!("invalid field key '{other}' in {what} '{s}'")),
+        }
+    }
+    if r.name.is_empty() {
+        return Err(format!("invalid {what} '{s}': source is required"));
+    }
+    Ok(r)
+}
+
+pub fn parse_secret_ref(s: &str) -> Result<FileRef, String> {
+    parse_file_ref("secret", s)
+}
+
+pub fn parse_config_ref(s: &str) -> Result<FileRef, String> {
+    parse_file_ref("config", s)
+}
+
+/// Add or replace `add` (by key), after removing `rm`.
+fn edit_keyed<T: Clone>(list: &mut Vec<T>, add: &[T], rm: &[String], key: impl Fn(&T) -> &str) {
+    list.retain(|x| !rm.iter().any(|r| r == key(x)));
+    for a in add {
+        list.retain(|x| key(x) != key(a));
+        list.push(a.clone());
+    }
 }
 
 /// The spec `service create` sends: Swarm's defaults, then the flags.
@@ -637,12 +865,10 @@ pub fn build_spec(a: &CreateArgs, name: String) -> Result<ServiceSpec, String> {
     for e in &a.env {
         check_env("--env", e)?;
     }
-    let mut command = a.command.clone();
-    let args = if command.is_empty() {
-        Vec::new()
-    } else {
-        command.split_off(1)
-    };
+    // As Docker: the words after the image replace the image's CMD; --entrypoint its
+    // ENTRYPOINT.
+    let command = Vec::new();
+    let args = a.command.clone();
     let mut spec = ServiceSpec {
         name,
         labels,
@@ -662,6 +888,9 @@ pub fn build_spec(a: &CreateArgs, name: String) -> Result<ServiceSpec, String> {
             stop_grace_period_ms: 10_000,
             stop_signal: String::new(),
             force_update: 0,
+            mounts: a.mounts.clone(),
+            secrets: a.secrets.clone(),
+            configs: a.configs.clone(),
             ..Default::default()
         },
         update: UpdateConfig::default(),
@@ -693,6 +922,15 @@ pub fn update_spec(mut spec: ServiceSpec, a: &UpdateArgs) -> Result<ServiceSpec,
         spec.task.args = args.split_whitespace().map(String::from).collect();
     }
     edit_env(&mut spec.task.env, &a.env_add, &a.env_rm)?;
+    edit_keyed(&mut spec.task.mounts, &a.mount_add, &a.mount_rm, |m| {
+        m.target.as_str()
+    });
+    edit_keyed(&mut spec.task.secrets, &a.secret_add, &a.secret_rm, |r| {
+        r.name.as_str()
+    });
+    edit_keyed(&mut spec.task.configs, &a.config_add, &a.config_rm, |r| {
+        r.name.as_str()
+    });
     for k in &a.label_rm {
         spec.labels.remove(env_key(k));
     }
@@ -2022,6 +2260,102 @@ mod tests {
     }
 
     #[test]
+    fn container_flags_fill_the_task_spec() {
+        let s = create_spec(&[
+            "--hostname",
+            "{{.Service.Name}}-{{.Task.Slot}}",
+            "-u",
+            "nobody:nogroup",
+            "-w",
+            "/srv",
+            "--mount",
+            "type=volume,source=data,target=/data",
+            "--mount",
+            "type=bind,src=/etc,dst=/host-etc,readonly",
+            "--mount",
+            "type=tmpfs,target=/scratch",
+            "--secret",
+            "db",
+            "--secret",
+            "source=api,target=key",
+            "--config",
+            "source=site,target=/etc/site.conf",
+            "--health-cmd",
+            "test -f /ok",
+            "--health-interval",
+            "2s",
+            "--health-retries",
+            "2",
+            "--entrypoint",
+            "/bin/sh -c",
+            "busybox",
+            "echo",
+            "hi",
+        ])
+        .unwrap();
+        let t = &s.task;
+        assert_eq!(t.hostname, "{{.Service.Name}}-{{.Task.Slot}}");
+        assert_eq!(
+            (t.user.as_str(), t.workdir.as_str()),
+            ("nobody:nogroup", "/srv")
+        );
+        assert_eq!(t.command, vec!["/bin/sh", "-c"]);
+        assert_eq!(t.args, vec!["echo", "hi"]);
+        assert_eq!(t.mounts.len(), 3);
+        assert_eq!(t.mounts[0].kind, MountKind::Volume);
+        assert_eq!(t.mounts[0].source, "data");
+        assert!(t.mounts[1].readonly && t.mounts[1].kind == MountKind::Bind);
+        assert_eq!(t.mounts[2].kind, MountKind::Tmpfs);
+        assert_eq!(t.secrets[0].name, "db");
+        assert_eq!(
+            (t.secrets[1].name.as_str(), t.secrets[1].target.as_str()),
+            ("api", "key")
+        );
+        assert_eq!(t.configs[0].target, "/etc/site.conf");
+        let h = t.healthcheck.as_ref().unwrap();
+        assert_eq!(h.test, vec!["CMD-SHELL", "test -f /ok"]);
+        assert_eq!((h.interval_ms, h.retries), (2000, 2));
+        let u = update(
+            s.clone(),
+            &[
+                "--mount-rm",
+                "/data",
+                "--secret-rm",
+                "db",
+                "--no-healthcheck",
+            ],
+        )
+        .unwrap();
+        assert_eq!(u.task.mounts.len(), 2);
+        assert_eq!(u.task.secrets.len(), 1);
+        assert_eq!(u.task.healthcheck.unwrap().test, vec!["NONE"]);
+    }
+
+    #[test]
+    fn bad_container_flags_are_refused() {
+        for (args, want) in [
+            (vec!["--mount", "type=nfs,target=/x"], "invalid mount type"),
+            (
+                vec!["--mount", "type=bind,source=rel,target=/x"],
+                "absolute host path",
+            ),
+            (vec!["--mount", "source=v"], "target is required"),
+            (vec!["--mount", "target=relative"], "absolute path"),
+            (vec!["--secret", "target=x"], "source is required"),
+        ] {
+            let mut v = vec!["create"];
+            v.extend_from_slice(&args);
+            v.push("busybox");
+            let e = usage_error(&v);
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+        let e = create_spec(&["-w", "rel", "busybox"]).unwrap_err();
+        assert!(e.contains("absolute"), "{e}");
+        let e = create_spec(&["--no-healthcheck", "--health-cmd", "x", "busybox"]).unwrap_err();
+        assert!(e.contains("conflicts"), "{e}");
+    }
+
+    #[test]
     fn create_defaults_are_swarms() {
         let s = create_spec(&["busybox"]).unwrap();
         assert_eq!(s.name, "gen");
@@ -2115,8 +2449,8 @@ mod tests {
         .unwrap();
         assert_eq!(s.name, "web");
         assert_eq!(s.mode, ServiceMode::Replicated { replicas: 3 });
-        assert_eq!(s.task.command, vec!["sh"]);
-        assert_eq!(s.task.args, vec!["-c", "sleep 100"]);
+        assert!(s.task.command.is_empty());
+        assert_eq!(s.task.args, vec!["sh", "-c", "sleep 100"]);
         assert_eq!(s.task.env, vec!["A=1", "B=2"]);
         assert_eq!(s.labels.get("tier").map(String::as_str), Some("front"));
         assert_eq!(s.task.placement.constraints, vec!["node.role==worker"]);

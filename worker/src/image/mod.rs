@@ -111,7 +111,10 @@ impl ImageStore {
 
     /// `image load`: an OCI-layout or docker-archive tarball; returns the references loaded.
     pub fn load(&self, tarball: &Path) -> Result<Vec<String>, ImageError> {
-        Err(ImageError::Format(format!("{}: not supported yet", tarball.display())))
+        Err(ImageError::Format(format!(
+            "{}: not supported yet",
+            tarball.display()
+        )))
     }
 
     pub fn list(&self) -> Result<Vec<ImageSummary>, ImageError> {
