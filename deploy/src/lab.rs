@@ -218,6 +218,7 @@ impl Lab {
         for pid in proc_pids().into_iter().filter(|&p| p != own) {
             kill_daemon_pid(pid, "unrecorded lab daemon", true, |d| d.starts_with(&dir))?;
         }
+        remove_containers(&dir);
         for ns in lab_netns(prefix)? {
             run(Command::new("ip").args(["netns", "del", &ns]))?;
         }
@@ -767,4 +768,90 @@ mod tests {
         };
         assert_eq!(command_line(&cmd), "ip netns add t-ul");
     }
+}
+
+/// Containers outlive their daemon by design (a per-container monitor holds them), so a lab
+/// going down ends them explicitly: the monitors of its hosts (by pid, recognised by a path
+/// under the lab dir in their command line), every container in the OCI runtimes' state dirs
+/// under the lab dir, and every mount left below it.
+fn remove_containers(dir: &Path) {
+    let own = std::process::id();
+    let needle = dir.as_os_str().as_encoded_bytes();
+    for pid in proc_pids().into_iter().filter(|&p| p != own) {
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_shim = args.get(1).is_some_and(|a| *a == b"shim");
+        let ours = args.iter().any(|a| a.starts_with(needle));
+        if is_shim && ours {
+            if let Ok(raw) = libc::pid_t::try_from(pid) {
+                // SAFETY: a plain kill of a pid whose command line was just checked.
+                unsafe { libc::kill(raw, libc::SIGKILL) };
+            }
+        }
+    }
+    for root in runtime_roots(dir, 4) {
+        let Some(rt) = root
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let Ok(entries) = fs::read_dir(&root) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if !e.path().is_dir() {
+                continue;
+            }
+            let id = e.file_name().to_string_lossy().to_string();
+            // crun refuses hybrid cgroup hosts unless cgroup2 is out of its sight.
+            let script = format!(
+                "umount -l /sys/fs/cgroup/unified 2>/dev/null; exec {rt} --root '{}' delete --force '{id}'",
+                root.display()
+            );
+            let out = Command::new("unshare")
+                .args(["-m", "--propagation", "slave", "sh", "-c", &script])
+                .output();
+            if let Ok(o) = out {
+                if !o.status.success() {
+                    debug!(%id, stderr = %String::from_utf8_lossy(&o.stderr), "container delete");
+                }
+            }
+        }
+    }
+    let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| Path::new(m).starts_with(dir))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        let _ = Command::new("umount").args(["-l", &m]).output();
+    }
+}
+
+/// `<data dir>/oci/<runtime>` directories below `dir`, at most `depth` levels down.
+fn runtime_roots(dir: &Path, depth: usize) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if e.file_name() == "oci" {
+            if let Ok(rts) = fs::read_dir(&p) {
+                found.extend(rts.flatten().map(|r| r.path()).filter(|r| r.is_dir()));
+            }
+        } else if depth > 0 {
+            found.extend(runtime_roots(&p, depth - 1));
+        }
+    }
+    found
 }
