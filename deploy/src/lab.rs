@@ -696,80 +696,6 @@ fn spawn_err(cmd: &Command, source: io::Error) -> LabError {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_and_addresses() {
-        let names = host_names(2, 3);
-        let got: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(got, ["m1", "m2", "w1", "w2", "w3"]);
-        assert_eq!(names.iter().filter(|(_, m)| *m).count(), 2);
-        assert_eq!(host_addr(1), Some(Ipv4Addr::new(192, 168, 77, 11)));
-        assert_eq!(host_addr(57), Some(Ipv4Addr::new(192, 168, 77, 67)));
-        assert_eq!(host_addr(244), Some(Ipv4Addr::new(192, 168, 77, 254)));
-        assert_eq!(host_addr(245), None);
-    }
-
-    #[test]
-    fn netns_matching() {
-        for ns in ["lab-ul", "lab-m1", "lab-w12"] {
-            assert!(is_lab_netns(ns, "lab"), "{ns}");
-        }
-        for ns in [
-            "lab-x1", "lab-m", "lab-m1a", "labx-m1", "lab2-m1", "lab", "lab-", "other-ul",
-        ] {
-            assert!(!is_lab_netns(ns, "lab"), "{ns}");
-        }
-    }
-
-    #[test]
-    fn cmdline_matching() {
-        let daemon = b"ip\0netns\0exec\0t-m1\0/bin/shoal\0daemon\0--data-dir\0/run/shoal-lab/t/m1/data\0--socket\0/run/shoal-lab/t/m1/shoal.sock\0";
-        let dir = daemon_data_dir(daemon).unwrap();
-        assert_eq!(dir, Path::new("/run/shoal-lab/t/m1/data"));
-        assert!(dir.starts_with(lab_dir("t")));
-        // Path::starts_with compares whole components, so a lab named "t"
-        // never claims the daemons of lab "tt".
-        assert!(!dir.starts_with(lab_dir("tt")));
-        assert!(!Path::new("/run/shoal-lab/tt/m1/data").starts_with(lab_dir("t")));
-        assert_eq!(
-            daemon_data_dir(b"tail\0-f\0/run/shoal-lab/t/m1/daemon.log\0"),
-            None
-        );
-        assert_eq!(daemon_data_dir(b"shoal\0daemon\0--data-dir\0"), None);
-        assert_eq!(daemon_data_dir(b""), None);
-    }
-
-    #[test]
-    fn ready_counting() {
-        let out = concat!(
-            r#"{"ID":"a","Hostname":"m1","Status":"Ready","Availability":"Active","ManagerStatus":"Leader"}"#,
-            "\n",
-            r#"{"ID":"b","Hostname":"w1","Status":"Down","Availability":"Active","ManagerStatus":""}"#,
-            "\n\n",
-            "not json\n",
-        );
-        assert_eq!(count_ready(out), (3, 1));
-        assert_eq!(count_ready(""), (0, 0));
-    }
-
-    #[test]
-    fn error_messages_are_single_line() {
-        assert_eq!(
-            one_line("  Error: no\n\n  hint: x \n"),
-            "Error: no | hint: x"
-        );
-        let cmd = {
-            let mut c = Command::new("ip");
-            c.args(["netns", "add", "t-ul"]);
-            c
-        };
-        assert_eq!(command_line(&cmd), "ip netns add t-ul");
-    }
-}
-
 /// Containers outlive their daemon by design (a per-container monitor holds them), so a lab
 /// going down ends them explicitly: the monitors of its hosts (by pid, recognised by a path
 /// under the lab dir in their command line), every container in the OCI runtimes' state dirs
@@ -854,4 +780,78 @@ fn runtime_roots(dir: &Path, depth: usize) -> Vec<PathBuf> {
         }
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_addresses() {
+        let names = host_names(2, 3);
+        let got: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(got, ["m1", "m2", "w1", "w2", "w3"]);
+        assert_eq!(names.iter().filter(|(_, m)| *m).count(), 2);
+        assert_eq!(host_addr(1), Some(Ipv4Addr::new(192, 168, 77, 11)));
+        assert_eq!(host_addr(57), Some(Ipv4Addr::new(192, 168, 77, 67)));
+        assert_eq!(host_addr(244), Some(Ipv4Addr::new(192, 168, 77, 254)));
+        assert_eq!(host_addr(245), None);
+    }
+
+    #[test]
+    fn netns_matching() {
+        for ns in ["lab-ul", "lab-m1", "lab-w12"] {
+            assert!(is_lab_netns(ns, "lab"), "{ns}");
+        }
+        for ns in [
+            "lab-x1", "lab-m", "lab-m1a", "labx-m1", "lab2-m1", "lab", "lab-", "other-ul",
+        ] {
+            assert!(!is_lab_netns(ns, "lab"), "{ns}");
+        }
+    }
+
+    #[test]
+    fn cmdline_matching() {
+        let daemon = b"ip\0netns\0exec\0t-m1\0/bin/shoal\0daemon\0--data-dir\0/run/shoal-lab/t/m1/data\0--socket\0/run/shoal-lab/t/m1/shoal.sock\0";
+        let dir = daemon_data_dir(daemon).unwrap();
+        assert_eq!(dir, Path::new("/run/shoal-lab/t/m1/data"));
+        assert!(dir.starts_with(lab_dir("t")));
+        // Path::starts_with compares whole components, so a lab named "t"
+        // never claims the daemons of lab "tt".
+        assert!(!dir.starts_with(lab_dir("tt")));
+        assert!(!Path::new("/run/shoal-lab/tt/m1/data").starts_with(lab_dir("t")));
+        assert_eq!(
+            daemon_data_dir(b"tail\0-f\0/run/shoal-lab/t/m1/daemon.log\0"),
+            None
+        );
+        assert_eq!(daemon_data_dir(b"shoal\0daemon\0--data-dir\0"), None);
+        assert_eq!(daemon_data_dir(b""), None);
+    }
+
+    #[test]
+    fn ready_counting() {
+        let out = concat!(
+            r#"{"ID":"a","Hostname":"m1","Status":"Ready","Availability":"Active","ManagerStatus":"Leader"}"#,
+            "\n",
+            r#"{"ID":"b","Hostname":"w1","Status":"Down","Availability":"Active","ManagerStatus":""}"#,
+            "\n\n",
+            "not json\n",
+        );
+        assert_eq!(count_ready(out), (3, 1));
+        assert_eq!(count_ready(""), (0, 0));
+    }
+
+    #[test]
+    fn error_messages_are_single_line() {
+        assert_eq!(
+            one_line("  Error: no\n\n  hint: x \n"),
+            "Error: no | hint: x"
+        );
+        let cmd = {
+            let mut c = Command::new("ip");
+            c.args(["netns", "add", "t-ul"]);
+            c
+        };
+        assert_eq!(command_line(&cmd), "ip netns add t-ul");
+    }
 }
