@@ -56,6 +56,29 @@ pub enum Cmd {
     /// A multi-host cluster on this machine, each host a network namespace.
     #[command(subcommand)]
     Lab(LabCmd),
+    /// Run a command in a running task's container (on the node that runs it).
+    Exec(ExecArgs),
+    /// The per-container monitor (started by the daemon, not by hand).
+    #[command(hide = true)]
+    Shim {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// Keep STDIN open (it always is: the command runs with this terminal's stdio).
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Allocate a pseudo-TTY (not supported: the command gets this process's stdio).
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Task id (or unique prefix) running on this node.
+    pub task: String,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub cmd: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -72,10 +95,20 @@ pub struct DaemonArgs {
     /// Raft heartbeat interval.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub raft_heartbeat: Duration,
-    /// Container runtime for this node's tasks: `fake` (in-memory processes, for tests and
-    /// benchmarks). Without it, tasks placed on this node are rejected.
-    #[arg(long)]
-    pub runtime: Option<String>,
+    /// Container runtime for this node's tasks: `oci` (real containers through
+    /// --oci-runtime), `fake` (in-memory processes, for tests and benchmarks) or `none`
+    /// (tasks placed here are rejected).
+    #[arg(long, default_value = "oci")]
+    pub runtime: String,
+    /// The OCI runtime binary: runc, crun or a path to one.
+    #[arg(long, default_value = "runc")]
+    pub oci_runtime: String,
+    /// Registry (host:port) spoken to over plain HTTP; repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure_registries: Vec<String>,
+    /// Credentials for a registry: HOST:PORT=USER:PASSWORD; repeatable.
+    #[arg(long = "registry-auth", value_name = "HOST=USER:PASSWORD")]
+    pub registry_auth: Vec<String>,
     /// Start-up time of a fake task (with --runtime fake).
     #[arg(long, default_value = "50ms", value_parser = parse_duration)]
     pub fake_start_delay: Duration,
@@ -345,6 +378,11 @@ pub fn run(cli: Cli) -> i32 {
             }))
             .map_err(|e| CliError(format!("Error: bench: {e:#}")))
         }
+        Cmd::Shim { .. } => {
+            eprintln!("Error: shim is started by the daemon");
+            return 2;
+        }
+        Cmd::Exec(a) => rt.block_on(exec(&cli.host, a)),
         cmd => rt.block_on(async {
             let client = connect(&cli.host).await?;
             match cmd {
@@ -352,7 +390,9 @@ pub fn run(cli: Cli) -> i32 {
                 Cmd::Node(c) => node(client, c).await,
                 Cmd::Service(c) => crate::service::run(client, c).await,
                 Cmd::Info(a) => info(client, a).await,
-                Cmd::Daemon(_) | Cmd::Lab(_) | Cmd::Bench(_) => unreachable!("handled above"),
+                Cmd::Daemon(_) | Cmd::Lab(_) | Cmd::Bench(_) | Cmd::Shim { .. } | Cmd::Exec(_) => {
+                    unreachable!("handled above")
+                }
             }
         }),
     };
@@ -390,13 +430,35 @@ async fn run_daemon(args: DaemonArgs, level: &str) -> i32 {
             election_max: args.election_timeout * 7 / 4,
             ..Default::default()
         },
-        runtime: match args.runtime.as_deref() {
-            None => crate::daemon::RuntimeChoice::Unavailable,
-            Some("fake") => crate::daemon::RuntimeChoice::Fake {
+        runtime: match args.runtime.as_str() {
+            "none" => crate::daemon::RuntimeChoice::Unavailable,
+            "fake" => crate::daemon::RuntimeChoice::Fake {
                 start_delay: args.fake_start_delay,
             },
-            Some(other) => {
-                eprintln!("Error: unknown --runtime {other:?}: use fake");
+            "oci" => {
+                let mut auth = Vec::new();
+                for a in &args.registry_auth {
+                    let parsed = a
+                        .split_once('=')
+                        .and_then(|(h, c)| c.split_once(':').map(|(u, p)| (h, u, p)));
+                    match parsed {
+                        Some((h, u, p)) => auth.push((h.to_string(), u.to_string(), p.to_string())),
+                        None => {
+                            eprintln!("Error: invalid --registry-auth {a:?}: expected HOST=USER:PASSWORD");
+                            return 2;
+                        }
+                    }
+                }
+                crate::daemon::RuntimeChoice::Oci {
+                    runtime: args.oci_runtime.clone(),
+                    registry: worker::image::RegistryOptions {
+                        insecure: args.insecure_registries.clone(),
+                        auth,
+                    },
+                }
+            }
+            other => {
+                eprintln!("Error: unknown --runtime {other:?}: use oci, fake or none");
                 return 2;
             }
         },
@@ -488,6 +550,52 @@ async fn connect(host: &str) -> Result<ControlClient<Channel>, CliError> {
             ))
         })?;
     Ok(ControlClient::new(ch).max_decoding_message_size(64 << 20))
+}
+
+/// The daemon's node-local service (images, exec).
+pub async fn node_local(
+    host: &str,
+) -> Result<proto::pb::node_local_client::NodeLocalClient<Channel>, CliError> {
+    let path = host.strip_prefix("unix://").ok_or_else(|| {
+        CliError(format!(
+            "Error: invalid --host {host:?}: expected unix:///path/to/socket"
+        ))
+    })?;
+    let ch = proto::transport::unix_channel(PathBuf::from(path))
+        .await
+        .map_err(|_| {
+            CliError(format!(
+                "Cannot connect to the shoal daemon at {host}. Is the shoal daemon running?"
+            ))
+        })?;
+    Ok(proto::pb::node_local_client::NodeLocalClient::new(ch).max_decoding_message_size(64 << 20))
+}
+
+/// `exec TASK -- CMD`: the daemon names the argv that enters the container; this process
+/// becomes it, so the command has this terminal's stdin, stdout and stderr, and its exit code
+/// is ours.
+async fn exec(host: &str, a: ExecArgs) -> CliResult {
+    if a.tty {
+        return Err(CliError(
+            "Error: --tty is not supported: the command runs with this terminal's stdio".into(),
+        ));
+    }
+    let mut client = node_local(host).await?;
+    let argv = client
+        .exec_argv(proto::pb::ExecArgvRequest {
+            task: a.task.clone(),
+            cmd: a.cmd.clone(),
+        })
+        .await
+        .map_err(|s| CliError(format!("Error response from daemon: {}", s.message())))?
+        .into_inner()
+        .argv;
+    let Some((prog, rest)) = argv.split_first() else {
+        return Err(CliError("Error: the daemon returned no command".into()));
+    };
+    use std::os::unix::process::CommandExt;
+    let err = std::process::Command::new(prog).args(rest).exec();
+    Err(CliError(format!("Error: running {prog}: {err}")))
 }
 
 /// Retry while the cluster has no leader (an election takes about a second).

@@ -51,17 +51,62 @@ pub enum RuntimeChoice {
     Unavailable,
     /// In-memory processes for tests, the simulation and benchmarks.
     Fake { start_delay: Duration },
+    /// Real containers: an OCI runtime binary (`runc`, `crun` or a path) driven through its
+    /// CLI, images from registries, the node-local bridge network.
+    Oci {
+        runtime: String,
+        registry: worker::image::RegistryOptions,
+    },
 }
 
+/// The runtime of a node and, for real containers, its image store.
+type Built = (
+    Arc<dyn worker::runtime::Runtime>,
+    Option<Arc<worker::image::ImageStore>>,
+);
+
 impl RuntimeChoice {
-    fn build(&self) -> Arc<dyn worker::runtime::Runtime> {
-        match self {
-            RuntimeChoice::Unavailable => Arc::new(NoRuntime),
-            RuntimeChoice::Fake { start_delay } => {
-                Arc::new(worker::runtime::FakeRuntime::new(*start_delay))
+    fn build(&self, data_dir: &Path) -> Result<Built, DaemonError> {
+        Ok(match self {
+            RuntimeChoice::Unavailable => (Arc::new(NoRuntime), None),
+            RuntimeChoice::Fake { start_delay } => (
+                Arc::new(worker::runtime::FakeRuntime::new(*start_delay)),
+                None,
+            ),
+            RuntimeChoice::Oci { runtime, registry } => {
+                let bad = |reason: String| DaemonError::Runtime(reason);
+                if !runtime.contains('/') && which(runtime).is_none() {
+                    return Err(bad(format!(
+                        "OCI runtime {runtime:?} not found in PATH: install it (apt install {runtime}) or pass --oci-runtime PATH"
+                    )));
+                }
+                let images = Arc::new(
+                    worker::image::ImageStore::open(&data_dir.join("images"), registry.clone())
+                        .map_err(|e| bad(e.to_string()))?,
+                );
+                let mut cfg = worker::oci::OciConfig::new(data_dir, images.clone());
+                cfg.runtime = runtime.clone();
+                cfg.netns_dir = Some(data_dir.join("net").join("ns"));
+                let oci = worker::oci::OciRuntime::new(cfg).map_err(|e| bad(e.to_string()))?;
+                let net = agent_net::local::LocalNet::new(&data_dir.join("net"));
+                (
+                    Arc::new(crate::node_runtime::NetworkedRuntime::new(
+                        Arc::new(oci),
+                        Arc::new(net),
+                    )),
+                    Some(images),
+                )
             }
-        }
+        })
     }
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
 }
 
 /// The runtime of a node started without `--runtime`: every task is rejected, with the fix.
@@ -122,6 +167,8 @@ pub enum DaemonError {
     Manager(Box<manager::manager::ManagerError>),
     #[error("serving the local socket: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("container runtime: {0}")]
+    Runtime(String),
 }
 
 impl From<manager::manager::ManagerError> for DaemonError {
@@ -150,6 +197,8 @@ struct Inner {
 
 pub struct Node {
     cfg: DaemonConfig,
+    runtime: Arc<dyn worker::runtime::Runtime>,
+    images: Option<Arc<worker::image::ImageStore>>,
     creds: Arc<Credentials>,
     inner: Mutex<Inner>,
     events_tx: mpsc::Sender<AgentEvent>,
@@ -245,7 +294,7 @@ impl Node {
         // One executor per swarm membership; its report channel goes to this agent.
         let (reports_tx, reports_rx) = mpsc::channel(4096);
         let executor = Arc::new(worker::executor::Executor::new(
-            self.cfg.runtime.build(),
+            self.runtime.clone(),
             reports_tx,
         ));
         inner.executor = Some(executor.clone());
@@ -928,9 +977,12 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
             source: e,
         })?;
     }
+    let (runtime, images) = cfg.runtime.build(&cfg.data_dir)?;
     let (events_tx, mut events_rx) = mpsc::channel(16);
     let node = Arc::new_cyclic(|this| Node {
         cfg: cfg.clone(),
+        runtime,
+        images,
         creds: Credentials::new(None),
         inner: Mutex::new(Inner {
             state: None,
@@ -964,8 +1016,10 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
         node: node.clone(),
         local: true,
     });
+    let local = pb::node_local_server::NodeLocalServer::new(NodeLocalService { node: node.clone() });
     tonic::transport::Server::builder()
         .add_service(svc)
+        .add_service(local)
         .serve_with_incoming_shutdown(proto::transport::serve_unix(listener), shutdown.cancelled())
         .await?;
     // Orderly stop: agent first, then the manager (raft flushes on shutdown).
@@ -978,4 +1032,87 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
     }
     let _ = std::fs::remove_file(&cfg.socket);
     Ok(())
+}
+
+/// Node-local calls (unix socket only): this node's images and containers.
+pub struct NodeLocalService {
+    node: Arc<Node>,
+}
+
+impl NodeLocalService {
+    fn images(&self) -> Result<Arc<worker::image::ImageStore>, Status> {
+        self.node.images.clone().ok_or_else(|| {
+            Status::failed_precondition(
+                "this node runs no real containers (started with --runtime fake or none)",
+            )
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::node_local_server::NodeLocal for NodeLocalService {
+    async fn image_load(
+        &self,
+        req: Request<pb::ImageLoadRequest>,
+    ) -> Result<Response<pb::JsonDoc>, Status> {
+        let images = self.images()?;
+        let path = PathBuf::from(req.into_inner().path);
+        let refs = tokio::task::spawn_blocking(move || images.load(&path))
+            .await
+            .map_err(status_internal)?
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(pb::JsonDoc {
+            json: serde_json::to_string(&refs).map_err(status_internal)?,
+        }))
+    }
+
+    async fn image_list(
+        &self,
+        _req: Request<pb::Empty>,
+    ) -> Result<Response<pb::JsonDoc>, Status> {
+        let images = self.images()?;
+        let list = tokio::task::spawn_blocking(move || images.list())
+            .await
+            .map_err(status_internal)?
+            .map_err(status_internal)?;
+        Ok(Response::new(pb::JsonDoc {
+            json: serde_json::to_string(&list).map_err(status_internal)?,
+        }))
+    }
+
+    async fn exec_argv(
+        &self,
+        req: Request<pb::ExecArgvRequest>,
+    ) -> Result<Response<pb::ExecArgvResponse>, Status> {
+        let req = req.into_inner();
+        if req.cmd.is_empty() {
+            return Err(Status::invalid_argument("no command given to run in the task"));
+        }
+        let executor = self.node.inner.lock().await.executor.clone();
+        let known: Vec<String> = executor
+            .map(|e| e.statuses().into_iter().map(|r| r.task_id).collect())
+            .unwrap_or_default();
+        let matches: Vec<&String> = known.iter().filter(|id| id.starts_with(&req.task)).collect();
+        let id = match matches.as_slice() {
+            [one] => (*one).clone(),
+            [] => {
+                return Err(Status::not_found(format!(
+                    "no task {} runs on this node: run exec on the node that `service ps` names",
+                    req.task
+                )))
+            }
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "task id prefix {} is ambiguous",
+                    req.task
+                )))
+            }
+        };
+        let argv = self
+            .node
+            .runtime
+            .exec_argv(&id, &req.cmd)
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok(Response::new(pb::ExecArgvResponse { argv }))
+    }
 }

@@ -5,5 +5,6 @@
 pub mod bench;
 pub mod commands;
 pub mod daemon;
+pub mod node_runtime;
 pub mod output;
 pub mod service;

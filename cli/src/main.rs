@@ -2,6 +2,12 @@ use clap::error::ErrorKind;
 use clap::Parser;
 
 fn main() {
+    // The per-container monitor: before anything starts a thread (it forks), and without
+    // clap's parsing of its private arguments.
+    let mut args = std::env::args();
+    if args.nth(1).as_deref() == Some("shim") {
+        std::process::exit(worker::oci::shim::shim_main(args.collect()));
+    }
     // One TLS provider for the whole process: ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = match shoal::commands::Cli::try_parse() {

@@ -52,11 +52,28 @@ pub struct LabGuard {
 
 impl LabGuard {
     pub fn up(tag: &str, managers: usize, workers: usize, heartbeat: Duration) -> Result<LabGuard> {
+        Self::up_with(
+            tag,
+            managers,
+            workers,
+            heartbeat,
+            &["--runtime".into(), "fake".into()],
+        )
+    }
+
+    /// A lab whose daemons run with `daemon_args` (e.g. a real runtime).
+    pub fn up_with(
+        tag: &str,
+        managers: usize,
+        workers: usize,
+        heartbeat: Duration,
+        daemon_args: &[String],
+    ) -> Result<LabGuard> {
         let prefix = unique_prefix(tag);
         let mut cfg = LabConfig::new(&prefix, managers, workers, shoal_bin());
         cfg.heartbeat_ms = Some(heartbeat.as_millis() as u64);
         cfg.ready_timeout = Duration::from_secs(90);
-        cfg.daemon_args = vec!["--runtime".into(), "fake".into()];
+        cfg.daemon_args = daemon_args.to_vec();
         let lab = Lab::up(&cfg).with_context(|| format!("lab {prefix} up"))?;
         Ok(LabGuard { lab })
     }

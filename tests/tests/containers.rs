@@ -1,0 +1,450 @@
+//! Real containers on lab hosts: images pulled from a registry of the lab's own network, run
+//! by runc through shoal's runtime, reached on their container addresses; scale, rolling
+//! update and rollback; cgroup limits and an OOM kill; secrets; logs; exec; live restore
+//! across a SIGKILL of the worker's daemon; restart attempts of an on-failure policy.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use harness::images::{build_busybox_image, push, Registry, TestImage};
+use harness::{eventually, in_netns, LabGuard};
+use serde_json::Value;
+
+const HEARTBEAT: Duration = Duration::from_millis(500);
+const WAIT: Duration = Duration::from_secs(90);
+
+fn lines(out: &str) -> Result<Vec<Value>> {
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).map_err(|e| anyhow!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+fn tasks(lab: &LabGuard, service: &str, running_only: bool) -> Result<Vec<Value>> {
+    let mut args = vec!["service", "ps", "--no-trunc", "--format", "json"];
+    if running_only {
+        args.extend(["--filter", "desired-state=running"]);
+    }
+    args.push(service);
+    lines(&lab.shoal("m1", &args)?)
+}
+
+/// Every desired-running task of `service` is RUNNING, and there are `n` of them.
+fn all_running(lab: &LabGuard, service: &str, n: usize) -> Result<Vec<Value>> {
+    let ts = tasks(lab, service, true)?;
+    let running: Vec<Value> = ts
+        .iter()
+        .filter(|t| t["CurrentState"].as_str().unwrap_or("").starts_with("Running"))
+        .cloned()
+        .collect();
+    ensure!(running.len() == n && ts.len() == n, "{ts:#?}");
+    Ok(running)
+}
+
+/// The address the node-local network leased to a task (`<data>/net/leases/<ip>`).
+fn task_ip(lab: &LabGuard, node: &str, task_id: &str) -> Result<String> {
+    let dir = lab.host_data_dir(node)?.join("net/leases");
+    for e in std::fs::read_dir(&dir).with_context(|| dir.display().to_string())? {
+        let e = e?;
+        if std::fs::read_to_string(e.path())? == task_id {
+            return Ok(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    bail!("no lease for {task_id} on {node}")
+}
+
+/// `GET /` on `ip:80` from inside `node`'s namespace; the body.
+fn http_get(lab: &LabGuard, node: &str, ip: &str) -> Result<String> {
+    let addr: SocketAddr = format!("{ip}:80").parse()?;
+    in_netns(&lab.netns(node)?, move || -> Result<String> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)?;
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.trim().to_string())
+            .ok_or_else(|| anyhow!("no HTTP body in {buf:?}"))?;
+        Ok(body)
+    })?
+}
+
+/// Every running replica of `service` answers on its own address with `expect(slot)`.
+fn replicas_answer(
+    lab: &LabGuard,
+    service: &str,
+    n: usize,
+    expect: impl Fn(&str) -> String,
+) -> Result<()> {
+    let ts = all_running(lab, service, n)?;
+    for t in ts {
+        let id = t["ID"].as_str().unwrap_or_default();
+        let node = t["Node"].as_str().unwrap_or_default();
+        let name = t["Name"].as_str().unwrap_or_default();
+        let slot = name.rsplit('.').next().unwrap_or_default();
+        let ip = task_ip(lab, node, id)?;
+        let body = http_get(lab, node, &ip)?;
+        let want = expect(slot);
+        ensure!(body == want, "{name} on {node} ({ip}) answered {body:?}, want {want:?}");
+    }
+    Ok(())
+}
+
+fn read_trim(p: &Path) -> Result<String> {
+    Ok(std::fs::read_to_string(p)
+        .with_context(|| p.display().to_string())?
+        .trim()
+        .to_string())
+}
+
+/// Files below `root` on the same filesystem as `root` (mounts such as a task's secrets
+/// tmpfs are not the node's disk) containing `needle`.
+fn files_containing(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dev) = std::fs::metadata(root).map(|m| m.dev()) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if m.dev() != dev {
+                continue;
+            }
+            if m.is_dir() {
+                stack.push(p);
+            } else if m.is_file() && m.len() < 64 << 20 {
+                if let Ok(data) = std::fs::read(&p) {
+                    if data.windows(needle.len()).any(|w| w == needle) {
+                        found.push(p);
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+struct Images {
+    _dir: tempfile::TempDir,
+    registry: Registry,
+    addr: String,
+}
+
+/// Test images built from busybox-static, pushed to a registry on m1's lab address.
+fn images(lab: &LabGuard) -> Result<Images> {
+    let dir = tempfile::tempdir()?;
+    let web = |version: &str| TestImage {
+        env: vec![format!("VERSION={version}")],
+        cmd: vec![
+            "sh".into(),
+            "-c".into(),
+            "echo \"$(hostname) $VERSION\" > /www/index.html; echo serving; exec httpd -f -p 80 -h /www".into(),
+        ],
+        ..Default::default()
+    };
+    let sleep = TestImage {
+        cmd: vec!["sleep".into(), "100000".into()],
+        ..Default::default()
+    };
+    let builds = [
+        ("web-v1", "web:v1", web("v1")),
+        ("web-v2", "web:v2", web("v2")),
+        ("sleep", "sleep:1", sleep),
+    ];
+    let ns = lab.netns("m1")?;
+    let addr = format!("{}:5000", lab.addr("m1")?);
+    let registry = Registry::start(&addr, Some(&ns))?;
+    for (sub, tag, spec) in builds {
+        let d = dir.path().join(sub);
+        build_busybox_image(&d, tag, spec)?;
+        push(&d, tag, &addr, Some(&ns))?;
+    }
+    Ok(Images {
+        _dir: dir,
+        registry,
+        addr,
+    })
+}
+
+#[test]
+fn lab_real_containers() -> Result<()> {
+    // The registry's address is m1's: known once the lab is up, so the daemons are told to
+    // speak plain HTTP to every lab address on port 5000 (the flag is repeatable).
+    let mut args = vec!["--runtime".to_string(), "oci".to_string()];
+    for i in 10..20 {
+        args.push("--insecure-registry".into());
+        args.push(format!("192.168.77.{i}:5000"));
+    }
+    let lab = LabGuard::up_with("ct", 1, 2, HEARTBEAT, &args)?;
+    let img = images(&lab)?;
+    let _registry = &img.registry;
+    let reg = img.addr.clone();
+    let web1 = format!("{reg}/web:v1");
+    let web2 = format!("{reg}/web:v2");
+    let sleep = format!("{reg}/sleep:1");
+
+    // Six replicas over the three nodes, each answering with its own hostname.
+    lab.shoal(
+        "m1",
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "web",
+            "--replicas",
+            "6",
+            "--hostname",
+            "{{.Service.Name}}-{{.Task.Slot}}",
+            "--update-delay",
+            "0s",
+            &web1,
+        ],
+    )?;
+    eventually("6 web replicas answer", WAIT, || {
+        replicas_answer(&lab, "web", 6, |slot| format!("web-{slot} v1"))
+    })?;
+    let nodes: std::collections::BTreeSet<String> = all_running(&lab, "web", 6)?
+        .iter()
+        .map(|t| t["Node"].as_str().unwrap_or_default().to_string())
+        .collect();
+    ensure!(nodes.len() == 3, "replicas on {nodes:?}");
+
+    // Scale, rolling update to v2, rollback to v1.
+    lab.shoal("m1", &["service", "scale", "-d", "web=3"])?;
+    eventually("3 web replicas", WAIT, || {
+        replicas_answer(&lab, "web", 3, |slot| format!("web-{slot} v1"))
+    })?;
+    lab.shoal("m1", &["service", "update", "-q", "--image", &web2, "web"])?;
+    eventually("web on v2", WAIT, || {
+        replicas_answer(&lab, "web", 3, |slot| format!("web-{slot} v2"))
+    })?;
+    lab.shoal("m1", &["service", "rollback", "-q", "web"])?;
+    eventually("web back on v1", WAIT, || {
+        replicas_answer(&lab, "web", 3, |slot| format!("web-{slot} v1"))
+    })?;
+
+    // Logs come from every node through the managers.
+    let logs = lab.shoal("m1", &["service", "logs", "web"])?;
+    ensure!(logs.matches("serving").count() >= 3, "logs: {logs}");
+
+    // Limits read back from the cgroup files; an allocating process is OOM-killed.
+    lab.shoal(
+        "m1",
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "lim",
+            "--limit-memory",
+            "64M",
+            "--limit-pids",
+            "50",
+            "--limit-cpu",
+            "0.5",
+            &sleep,
+        ],
+    )?;
+    let t = eventually("lim running", WAIT, || all_running(&lab, "lim", 1))?.remove(0);
+    let id = t["ID"].as_str().unwrap_or_default().to_string();
+    let cg = |ctrl: &str, file: &str| read_trim(&Path::new("/sys/fs/cgroup").join(ctrl).join("shoal").join(&id).join(file));
+    ensure!(cg("memory", "memory.limit_in_bytes")? == (64u64 << 20).to_string());
+    ensure!(cg("pids", "pids.max")? == "50");
+    ensure!(cg("cpu", "cpu.cfs_quota_us")? == "50000");
+    ensure!(cg("cpu", "cpu.cfs_period_us")? == "100000");
+    lab.shoal(
+        "m1",
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "oom",
+            "--limit-memory",
+            "32M",
+            "--restart-condition",
+            "none",
+            &sleep,
+            "sh",
+            "-c",
+            "a=xxxxxxxxxxxxxxxx; while true; do a=\"$a$a\"; done",
+        ],
+    )?;
+    eventually("oom task failed with an OOM error", WAIT, || {
+        let ts = tasks(&lab, "oom", false)?;
+        let err = ts
+            .first()
+            .and_then(|t| t["Error"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        ensure!(err.contains("OOM"), "{ts:#?}");
+        Ok(())
+    })?;
+
+    // A missing binary says so in plain words.
+    lab.shoal(
+        "m1",
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "nobin",
+            "--restart-condition",
+            "none",
+            &sleep,
+            "/no/such/binary",
+        ],
+    )?;
+    eventually("missing binary reported", WAIT, || {
+        let ts = tasks(&lab, "nobin", false)?;
+        let err = ts
+            .first()
+            .and_then(|t| t["Error"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        ensure!(err.contains("/no/such/binary"), "{ts:#?}");
+        Ok(())
+    })?;
+
+    // Secrets: readable in the container, absent from the worker's disk.
+    let secret = "s3cr3t-value-of-the-lab";
+    let ns = lab.netns("m1")?;
+    let out = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "printf '%s' '{secret}' | ip netns exec {ns} {} -H unix://{} secret create dbpass -",
+                harness::shoal_bin().display(),
+                lab.lab.host("m1").map_err(|e| anyhow!("{e}"))?.socket.display()
+            ),
+        ])
+        .output()?;
+    ensure!(out.status.success(), "secret create: {}", String::from_utf8_lossy(&out.stderr));
+    lab.shoal(
+        "m1",
+        &["service", "create", "-d", "--name", "sec", "--secret", "dbpass", &sleep],
+    )?;
+    let t = eventually("sec running", WAIT, || all_running(&lab, "sec", 1))?.remove(0);
+    let node = t["Node"].as_str().unwrap_or_default().to_string();
+    let id = t["ID"].as_str().unwrap_or_default().to_string();
+    let seen = lab.shoal(&node, &["exec", &id, "--", "cat", "/run/secrets/dbpass"])?;
+    ensure!(seen == secret, "secret in the container: {seen:?}");
+    let leaks = files_containing(&lab.host_data_dir(&node)?, secret.as_bytes());
+    ensure!(leaks.is_empty(), "secret on the worker's disk: {leaks:?}");
+
+    // Live restore: SIGKILL a worker's daemon; containers keep running, an exit that happens
+    // meanwhile is reported after the restart.
+    lab.shoal(
+        "m1",
+        &[
+            "service", "create", "-d", "--name", "keep", "--constraint", "node.hostname==w1", &sleep,
+        ],
+    )?;
+    lab.shoal(
+        "m1",
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "ender",
+            "--constraint",
+            "node.hostname==w1",
+            "--restart-condition",
+            "none",
+            &sleep,
+            "sh",
+            "-c",
+            "sleep 4; exit 7",
+        ],
+    )?;
+    let keep = eventually("keep running", WAIT, || all_running(&lab, "keep", 1))?.remove(0);
+    let ender = eventually("ender running", WAIT, || all_running(&lab, "ender", 1))?.remove(0);
+    let keep_id = keep["ID"].as_str().unwrap_or_default().to_string();
+    let ender_id = ender["ID"].as_str().unwrap_or_default().to_string();
+    let pid_before = container_pid(&lab, "w1", &keep_id)?;
+    let mut lab = lab;
+    lab.lab.kill_daemon("w1").map_err(|e| anyhow!("{e}"))?;
+    let exit_file = lab.host_data_dir("w1")?.join("tasks").join(&ender_id).join("exit");
+    eventually("ender exits while its daemon is down", Duration::from_secs(20), || {
+        ensure!(exit_file.exists(), "no {}", exit_file.display());
+        Ok(())
+    })?;
+    lab.lab.start_daemon("w1").map_err(|e| anyhow!("{e}"))?;
+    eventually("ender reported with exit code 7", WAIT, || {
+        let ts = tasks(&lab, "ender", false)?;
+        let err = ts
+            .first()
+            .and_then(|t| t["Error"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        ensure!(err.contains("(7)"), "{ts:#?}");
+        Ok(())
+    })?;
+    eventually("keep still running", WAIT, || all_running(&lab, "keep", 1))?;
+    let pid_after = container_pid(&lab, "w1", &keep_id)?;
+    ensure!(pid_before == pid_after, "container restarted: {pid_before} → {pid_after}");
+    ensure!(tasks(&lab, "keep", false)?.len() == 1, "keep was replaced");
+
+    // on-failure counts attempts: one task and two restarts, then no more.
+    lab.shoal(
+        "m1",
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "flaky",
+            "--restart-condition",
+            "on-failure",
+            "--restart-max-attempts",
+            "2",
+            "--restart-delay",
+            "100ms",
+            &sleep,
+            "sh",
+            "-c",
+            "exit 1",
+        ],
+    )?;
+    eventually("three failed attempts", WAIT, || {
+        let ts = tasks(&lab, "flaky", false)?;
+        let failed = ts
+            .iter()
+            .filter(|t| t["CurrentState"].as_str().unwrap_or("").starts_with("Failed"))
+            .count();
+        ensure!(failed == 3 && ts.len() == 3, "{ts:#?}");
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// The pid of a task's container, from the OCI runtime's state.
+fn container_pid(lab: &LabGuard, node: &str, task_id: &str) -> Result<u32> {
+    let root = lab.host_data_dir(node)?.join("oci/runc");
+    let out = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(&root)
+        .args(["state", task_id])
+        .output()?;
+    ensure!(out.status.success(), "runc state: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    v["pid"]
+        .as_u64()
+        .map(|p| p as u32)
+        .ok_or_else(|| anyhow!("no pid in {v}"))
+}
