@@ -5,5 +5,6 @@
 pub mod bench;
 pub mod commands;
 pub mod daemon;
+pub mod image;
 pub mod output;
 pub mod service;
