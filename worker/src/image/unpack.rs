@@ -105,12 +105,12 @@ fn unpack_into(blob: &Path, dir: &Path, diff_id: Option<&str>) -> Result<(), Ima
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if name.starts_with(WHITEOUT) {
+        if let Some(hidden) = name.strip_prefix(WHITEOUT) {
             let parent = inside(&root, rel.parent().unwrap_or(Path::new("")))?;
             if name == OPAQUE {
                 set_opaque(&parent)?;
             } else {
-                whiteout(&parent.join(&name[WHITEOUT.len()..]))?;
+                whiteout(&parent.join(hidden))?;
             }
             continue;
         }
