@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod commands;
 pub mod daemon;
+pub mod image;
 pub mod node_runtime;
 pub mod output;
 pub mod service;

@@ -4,6 +4,8 @@
 //! Every lab gets a prefix unique to the test process (nextest runs each test in its own
 //! process), so parallel tests and leftovers of a crashed run never collide.
 
+pub mod images;
+
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

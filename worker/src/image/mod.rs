@@ -3,11 +3,29 @@
 //! stack it with overlayfs.
 //!
 //! This file fixes the interface the runtime and the daemon use; the implementation lives in
-//! the submodules.
+//! the submodules:
+//!
+//! ```text
+//!   reference  Docker's reference normalisation (busybox → docker.io/library/busybox:latest)
+//!   registry   pulls over the OCI Distribution API (oci-client)     ─┐
+//!   archive    `image load`: OCI-layout and docker-archive tarballs  ─┤→ store → unpack
+//!   store      <root>/blobs/sha256/<hex>, <root>/refs.json, manifests and configs
+//!   unpack     <root>/layers/<diff id>/: one directory per layer, overlayfs whiteouts
+//! ```
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+
+mod archive;
+mod reference;
+mod registry;
+mod store;
+mod unpack;
+
+pub use reference::normalise;
 
 /// What a container needs from its image's configuration.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,17 +94,26 @@ pub enum ImageError {
 pub struct ImageStore {
     root: PathBuf,
     options: RegistryOptions,
+    /// One async lock per reference, so concurrent `ensure` calls pull an image once.
+    pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl ImageStore {
     pub fn open(root: &Path, options: RegistryOptions) -> Result<ImageStore, ImageError> {
-        std::fs::create_dir_all(root).map_err(|source| ImageError::Io {
-            context: format!("creating {}", root.display()),
-            source,
-        })?;
+        for dir in [
+            root.to_path_buf(),
+            root.join("blobs/sha256"),
+            root.join("layers"),
+        ] {
+            std::fs::create_dir_all(&dir).map_err(|source| ImageError::Io {
+                context: format!("creating {}", dir.display()),
+                source,
+            })?;
+        }
         Ok(ImageStore {
             root: root.to_path_buf(),
             options,
+            pulls: Mutex::new(HashMap::new()),
         })
     }
 
@@ -98,26 +125,89 @@ impl ImageStore {
         &self.options
     }
 
+    fn pull_lock(&self, reference: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
+        pulls.entry(reference.to_string()).or_default().clone()
+    }
+
     /// The image, pulled first unless this node has it already (a reference by tag is
     /// pulled again only if the tag is unknown here; a digest reference never twice).
     pub async fn ensure(&self, reference: &str) -> Result<Image, ImageError> {
-        Err(ImageError::NotFound(reference.to_string()))
+        let name = normalise(reference)?;
+        let lock = self.pull_lock(&name);
+        let _held = lock.lock().await;
+        if let Some(image) = self.local(&name).await? {
+            return Ok(image);
+        }
+        registry::pull(self, &name).await
     }
 
     /// Pull from the registry even if the node has the tag.
     pub async fn pull(&self, reference: &str) -> Result<Image, ImageError> {
-        Err(ImageError::NotFound(reference.to_string()))
+        let name = normalise(reference)?;
+        let lock = self.pull_lock(&name);
+        let _held = lock.lock().await;
+        registry::pull(self, &name).await
+    }
+
+    /// The image if this node has it (its layers are unpacked again from the blobs if a layer
+    /// directory went missing).
+    pub async fn get(&self, reference: &str) -> Result<Option<Image>, ImageError> {
+        let name = normalise(reference)?;
+        self.local(&name).await
+    }
+
+    async fn local(&self, name: &str) -> Result<Option<Image>, ImageError> {
+        let root = self.root.clone();
+        let name = name.to_string();
+        blocking(move || {
+            let Some(manifest) = store::lookup_ref(&root, &name)? else {
+                return Ok(None);
+            };
+            match store::materialise(&root, &name, &manifest) {
+                Ok(image) => Ok(Some(image)),
+                // A blob went missing: pull again.
+                Err(ImageError::NotFound(_)) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await
     }
 
     /// `image load`: an OCI-layout or docker-archive tarball; returns the references loaded.
     pub fn load(&self, tarball: &Path) -> Result<Vec<String>, ImageError> {
-        Err(ImageError::Format(format!(
-            "{}: not supported yet",
-            tarball.display()
-        )))
+        archive::load(&self.root, tarball)
     }
 
     pub fn list(&self) -> Result<Vec<ImageSummary>, ImageError> {
-        Ok(Vec::new())
+        store::list(&self.root)
     }
+
+    /// The daemon's `NodeLocal.ImageLoad`: the JSON document (an array of references) the
+    /// CLI prints as `Loaded image: REF` lines.
+    pub fn load_json(&self, tarball: &Path) -> Result<String, ImageError> {
+        let refs = self.load(tarball)?;
+        serde_json::to_string(&refs).map_err(|e| ImageError::Format(e.to_string()))
+    }
+
+    /// The daemon's `NodeLocal.ImageList`: a JSON array of [`ImageSummary`].
+    pub fn list_json(&self) -> Result<String, ImageError> {
+        let list = self.list()?;
+        serde_json::to_string(&list).map_err(|e| ImageError::Format(e.to_string()))
+    }
+}
+
+/// Runs file-system work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ImageError> + Send + 'static,
+) -> Result<T, ImageError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ImageError::Format(format!("image task failed: {e}")))?
+}
+
+/// An I/O error with what we were doing.
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ImageError {
+    let context = context.into();
+    move |source| ImageError::Io { context, source }
 }

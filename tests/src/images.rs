@@ -1,0 +1,451 @@
+//! Test images and a local registry.
+//!
+//! [`build_busybox_image`] writes an OCI image layout whose single gzip layer is the host's
+//! static busybox with its applet links, `/etc/passwd` and `/etc/group`; [`Registry`] runs
+//! Debian's `docker-registry` on a loopback (or lab namespace) address and stops it on drop;
+//! [`push`] copies a layout image there with skopeo.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+/// Applets linked to `/bin/busybox` in the test images.
+pub const APPLETS: &[&str] = &[
+    "sh", "sleep", "cat", "echo", "hostname", "httpd", "nc", "ls", "id", "env", "mkdir", "true",
+    "false", "test", "grep", "head", "dd",
+];
+
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// What goes into a test image's config.
+#[derive(Clone, Debug, Default)]
+pub struct TestImage {
+    pub cmd: Vec<String>,
+    pub entrypoint: Vec<String>,
+    /// Added to `PATH=/bin`.
+    pub env: Vec<String>,
+    pub workdir: String,
+    pub user: String,
+    pub stop_signal: String,
+    /// HEALTHCHECK: (test, interval, timeout, retries, start period); durations in ms.
+    pub healthcheck: Option<(Vec<String>, u64, u64, u64, u64)>,
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+impl TestImage {
+    /// Serves its hostname on port 80: `GET /` answers the container's hostname.
+    pub fn web() -> TestImage {
+        TestImage {
+            cmd: strings(&[
+                "sh",
+                "-c",
+                "hostname > /www/index.html; exec httpd -f -p 80 -h /www",
+            ]),
+            ..Default::default()
+        }
+    }
+
+    /// Sleeps (almost) forever.
+    pub fn sleep() -> TestImage {
+        TestImage {
+            cmd: strings(&["sleep", "100000"]),
+            ..Default::default()
+        }
+    }
+
+    /// Sleeps, healthy once `/tmp/healthy` exists (checked every 500 ms, 1 s timeout,
+    /// 2 retries).
+    pub fn healthcheck() -> TestImage {
+        TestImage {
+            cmd: strings(&["sleep", "100000"]),
+            healthcheck: Some((
+                strings(&["CMD-SHELL", "test -e /tmp/healthy"]),
+                500,
+                1000,
+                2,
+                0,
+            )),
+            ..Default::default()
+        }
+    }
+}
+
+fn sha256(b: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(b)))
+}
+
+fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h
+}
+
+/// The uncompressed layer: busybox, its applets, passwd/group, /tmp, /www.
+fn busybox_layer() -> Result<Vec<u8>> {
+    let busybox = std::fs::read("/bin/busybox").context("reading /bin/busybox (busybox-static)")?;
+    let mut b = tar::Builder::new(Vec::new());
+    for (dir, mode) in [
+        ("bin/", 0o755),
+        ("etc/", 0o755),
+        ("tmp/", 0o1777),
+        ("www/", 0o755),
+    ] {
+        let mut h = header(tar::EntryType::Directory, mode, 0);
+        b.append_data(&mut h, dir, &[][..])?;
+    }
+    let mut h = header(tar::EntryType::Regular, 0o755, busybox.len() as u64);
+    b.append_data(&mut h, "bin/busybox", &busybox[..])?;
+    for applet in APPLETS {
+        let mut h = header(tar::EntryType::Symlink, 0o777, 0);
+        b.append_link(&mut h, format!("bin/{applet}"), "busybox")?;
+    }
+    let files: [(&str, &str); 2] = [
+        (
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        ),
+        ("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
+    ];
+    for (path, text) in files {
+        let mut h = header(tar::EntryType::Regular, 0o644, text.len() as u64);
+        b.append_data(&mut h, path, text.as_bytes())?;
+    }
+    Ok(b.into_inner()?)
+}
+
+fn write_blob(dir: &Path, bytes: &[u8]) -> Result<String> {
+    let digest = sha256(bytes);
+    let path = dir.join("blobs/sha256").join(&digest[7..]);
+    std::fs::create_dir_all(path.parent().expect("parent"))?;
+    std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    Ok(digest)
+}
+
+/// Write (or add to) an OCI image layout at `dir`: one image named `name_tag` (the
+/// `org.opencontainers.image.ref.name` annotation, replacing an entry of the same name).
+pub fn build_busybox_image(dir: &Path, name_tag: &str, spec: TestImage) -> Result<()> {
+    let layer = busybox_layer()?;
+    let diff_id = sha256(&layer);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&layer)?;
+    let layer_gz = gz.finish()?;
+
+    let mut env = vec!["PATH=/bin".to_string()];
+    env.extend(spec.env.iter().cloned());
+    let mut config = json!({
+        "Env": env,
+        "Cmd": spec.cmd,
+        "WorkingDir": spec.workdir,
+        "User": spec.user,
+    });
+    if !spec.entrypoint.is_empty() {
+        config["Entrypoint"] = json!(spec.entrypoint);
+    }
+    if !spec.stop_signal.is_empty() {
+        config["StopSignal"] = json!(spec.stop_signal);
+    }
+    if let Some((test, interval, timeout, retries, start)) = &spec.healthcheck {
+        let ns = |ms: &u64| ms * 1_000_000;
+        config["Healthcheck"] = json!({
+            "Test": test, "Interval": ns(interval), "Timeout": ns(timeout),
+            "Retries": retries, "StartPeriod": ns(start),
+        });
+    }
+    let config = json!({
+        "created": "2025-01-01T00:00:00Z",
+        "architecture": "amd64",
+        "os": "linux",
+        "config": config,
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    })
+    .to_string();
+
+    std::fs::create_dir_all(dir)?;
+    let layer_digest = write_blob(dir, &layer_gz)?;
+    let config_digest = write_blob(dir, config.as_bytes())?;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": layer_digest, "size": layer_gz.len()}],
+    })
+    .to_string();
+    let manifest_digest = write_blob(dir, manifest.as_bytes())?;
+
+    let index_path = dir.join("index.json");
+    let mut entries: Vec<Value> = match std::fs::read(&index_path) {
+        Ok(b) => serde_json::from_slice::<Value>(&b)?["manifests"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    entries.retain(|e| e["annotations"][REF_NAME] != name_tag);
+    entries.push(json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": manifest_digest,
+        "size": manifest.len(),
+        "platform": {"architecture": "amd64", "os": "linux"},
+        "annotations": {REF_NAME: name_tag},
+    }));
+    std::fs::write(
+        &index_path,
+        json!({"schemaVersion": 2, "manifests": entries}).to_string(),
+    )?;
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    Ok(())
+}
+
+/// Tar an OCI layout directory into `out` (what `skopeo copy … oci-archive:` writes).
+pub fn oci_archive(dir: &Path, out: &Path) -> Result<()> {
+    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut b = tar::Builder::new(file);
+    b.append_dir_all(".", dir)?;
+    b.into_inner()?.sync_all()?;
+    Ok(())
+}
+
+/// The names in a layout's index.json.
+fn layout_names(dir: &Path) -> Result<Vec<String>> {
+    let index: Value = serde_json::from_slice(&std::fs::read(dir.join("index.json"))?)?;
+    Ok(index["manifests"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e["annotations"][REF_NAME].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// `skopeo copy` the layout image named `repo_tag` (or the layout's only image) to
+/// `registry_addr/repo_tag` over plain HTTP.
+pub fn push(oci_dir: &Path, registry_addr: &str, repo_tag: &str) -> Result<()> {
+    push_as(oci_dir, registry_addr, repo_tag, None)
+}
+
+/// [`push`] with basic credentials.
+pub fn push_as(
+    oci_dir: &Path,
+    registry_addr: &str,
+    repo_tag: &str,
+    creds: Option<(&str, &str)>,
+) -> Result<()> {
+    let names = layout_names(oci_dir)?;
+    let src = if names.iter().any(|n| n == repo_tag) {
+        format!("oci:{}:{repo_tag}", oci_dir.display())
+    } else if names.len() == 1 {
+        format!("oci:{}", oci_dir.display())
+    } else {
+        bail!(
+            "{} has no image {repo_tag} (has {names:?})",
+            oci_dir.display()
+        );
+    };
+    let mut cmd = Command::new("skopeo");
+    cmd.args(["copy", "--quiet", "--dest-tls-verify=false"]);
+    if let Some((user, pass)) = creds {
+        cmd.arg(format!("--dest-creds={user}:{pass}"));
+    }
+    let out = cmd
+        .arg(&src)
+        .arg(format!("docker://{registry_addr}/{repo_tag}"))
+        .output()
+        .context("running skopeo")?;
+    if !out.status.success() {
+        bail!(
+            "skopeo copy {src} → {registry_addr}/{repo_tag}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A bcrypt htpasswd line (Debian's registry accepts only bcrypt), made with the system's
+/// crypt(3) through python3.
+pub fn htpasswd_line(user: &str, password: &str) -> Result<String> {
+    let out = Command::new("python3")
+        .args([
+            "-W",
+            "ignore",
+            "-c",
+            "import crypt,sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))",
+            password,
+        ])
+        .output()
+        .context("python3 for bcrypt")?;
+    let hash = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || !hash.starts_with("$2") {
+        bail!(
+            "no bcrypt available: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(format!("{user}:{hash}"))
+}
+
+/// A `docker-registry serve` process with its storage in a temporary directory; killed (by
+/// pid) when dropped.
+pub struct Registry {
+    pub addr: String,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Start on `addr` (`127.0.0.1:PORT`), inside network namespace `netns` if given, with
+    /// basic auth for `auth` = (user, password) if given; returns once `GET /v2/` answers.
+    pub fn start(addr: &str, netns: Option<&str>, auth: Option<(&str, &str)>) -> Result<Registry> {
+        let dir = tempfile::Builder::new()
+            .prefix("shoal-registry-")
+            .tempdir()?;
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data)?;
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            data.display()
+        );
+        if let Some((user, password)) = auth {
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, htpasswd_line(user, password)? + "\n")?;
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: shoal-test\n    path: {}\n",
+                htpasswd.display()
+            ));
+        }
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config)?;
+        let log = std::fs::File::create(dir.path().join("registry.log"))?;
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "/usr/bin/docker-registry"]);
+                c
+            }
+            None => Command::new("/usr/bin/docker-registry"),
+        };
+        let child = cmd
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting /usr/bin/docker-registry")?;
+        let mut registry = Registry {
+            addr: addr.to_string(),
+            child,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let probe = {
+                let addr = addr.to_string();
+                match netns {
+                    Some(ns) => {
+                        crate::in_netns(ns, move || http_get(&addr, "/v2/")).and_then(|r| r)
+                    }
+                    None => http_get(&addr, "/v2/"),
+                }
+            };
+            match probe {
+                Ok((code, _)) if code == 200 || code == 401 => return Ok(registry),
+                other => {
+                    if let Ok(Some(status)) = registry.child.try_wait() {
+                        bail!("docker-registry exited ({status}): {}", registry.log());
+                    }
+                    if Instant::now() >= deadline {
+                        bail!(
+                            "docker-registry on {addr} not answering /v2/ after 20 s (last: {other:?}): {}",
+                            registry.log()
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    /// What the registry logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        // `ip netns exec` execs the registry, so this pid is the registry itself.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port free right now.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `GET path` over HTTP/1.1 with a fresh connection: (status, body).
+pub fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+    let sock: std::net::SocketAddr = addr.parse().with_context(|| format!("address {addr}"))?;
+    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("not an HTTP response: {text:?}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busybox_layout_has_the_image_and_its_names() {
+        let dir = tempfile::tempdir().unwrap();
+        build_busybox_image(dir.path(), "web:v1", TestImage::web()).unwrap();
+        build_busybox_image(dir.path(), "hc:v1", TestImage::healthcheck()).unwrap();
+        build_busybox_image(dir.path(), "web:v1", TestImage::web()).unwrap();
+        assert_eq!(layout_names(dir.path()).unwrap(), vec!["hc:v1", "web:v1"]);
+        let blobs = std::fs::read_dir(dir.path().join("blobs/sha256"))
+            .unwrap()
+            .count();
+        // One shared layer, two configs, two manifests.
+        assert_eq!(blobs, 5);
+    }
+}
