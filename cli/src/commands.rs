@@ -58,6 +58,9 @@ pub enum Cmd {
     Lab(LabCmd),
     /// Run a command in a running task's container (on the node that runs it).
     Exec(ExecArgs),
+    /// Manage this node's images.
+    #[command(subcommand)]
+    Image(crate::image::ImageCmd),
     /// The per-container monitor (started by the daemon, not by hand).
     #[command(hide = true)]
     Shim {
@@ -383,6 +386,10 @@ pub fn run(cli: Cli) -> i32 {
             return 2;
         }
         Cmd::Exec(a) => rt.block_on(exec(&cli.host, a)),
+        Cmd::Image(c) => rt.block_on(async {
+            let client = node_local(&cli.host).await?;
+            crate::image::run(c, client).await
+        }),
         cmd => rt.block_on(async {
             let client = connect(&cli.host).await?;
             match cmd {
@@ -390,7 +397,12 @@ pub fn run(cli: Cli) -> i32 {
                 Cmd::Node(c) => node(client, c).await,
                 Cmd::Service(c) => crate::service::run(client, c).await,
                 Cmd::Info(a) => info(client, a).await,
-                Cmd::Daemon(_) | Cmd::Lab(_) | Cmd::Bench(_) | Cmd::Shim { .. } | Cmd::Exec(_) => {
+                Cmd::Daemon(_)
+                | Cmd::Lab(_)
+                | Cmd::Bench(_)
+                | Cmd::Shim { .. }
+                | Cmd::Exec(_)
+                | Cmd::Image(_) => {
                     unreachable!("handled above")
                 }
             }
