@@ -363,10 +363,17 @@ impl Node {
                     }
                     (Role::Worker, true) => {
                         tracing::info!("demoted: stopping the manager");
-                        if let Some(m) = inner.manager.take() {
+                        // Stopping takes seconds (raft, open sessions): meanwhile this node
+                        // answers as a worker instead of holding every local call. Events
+                        // are handled one at a time, so a promotion that follows waits for
+                        // this to finish before it starts a manager on the same port and dir.
+                        let m = inner.manager.take();
+                        drop(inner);
+                        if let Some(m) = m {
                             m.shutdown().await;
                         }
                         let _ = std::fs::remove_dir_all(self.paths().4);
+                        tracing::info!("manager stopped");
                     }
                     _ => {}
                 }

@@ -186,6 +186,15 @@ impl pb::ca_server::Ca for CaService {
                 .get(&id)
                 .cloned()
                 .ok_or_else(|| Status::not_found(format!("node {id} is not in the swarm")))?;
+            // The write is version-checked: if the desired role changed since it was read
+            // (a promotion racing a demotion), the certificate just signed is for a role
+            // nobody wants any more. Refuse it; the node asks again on its next heartbeat.
+            if n.desired_role != role {
+                return Err(Status::unavailable(format!(
+                    "the desired role of this node changed to {} meanwhile; retry shortly",
+                    n.desired_role
+                )));
+            }
             n.role = role;
             n.cert_not_after_ms = not_after;
             n.updated_at_ms = now_ms();

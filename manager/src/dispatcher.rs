@@ -28,6 +28,10 @@ use crate::store::{Change, Kind, NodeDescription, NodeState, Object, Op, Store, 
 /// Missed heartbeat periods after which a node is Down.
 pub const MISSED_PERIODS: u32 = 3;
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// Added to the missed-heartbeat limit for every node when a leader takes office: the time
+/// agents need to find it (their reconnect back-off is at most 1 s, and they may first try
+/// managers that are not the leader).
+pub const NEW_LEADER_GRACE: Duration = Duration::from_secs(3);
 
 pub struct Dispatcher {
     store: Store,
@@ -118,9 +122,11 @@ impl Dispatcher {
 
     /// Leader-only: marks nodes Down after missed heartbeats.
     pub async fn monitor(self: Arc<Self>, mgr: Arc<Manager>, cancel: CancellationToken) {
-        // Grace: everyone counts as seen when this leader starts.
+        // Grace: everyone counts as seen a little after this leader starts. Agents learn of
+        // a new leader only when their session fails, and may be backing off then: without
+        // the extra time a short heartbeat period marks the whole cluster Down at failover.
         {
-            let now = Instant::now();
+            let now = Instant::now() + NEW_LEADER_GRACE;
             let mut seen = self.last_seen.lock().expect("dispatcher lock");
             seen.clear();
             for id in self
@@ -155,7 +161,7 @@ impl Dispatcher {
             };
             for id in expired {
                 tracing::info!(node = %id, "heartbeat expired: node down");
-                let res = set_state(&mgr, &id, NodeState::Down, "heartbeat failure", None).await;
+                let res = set_state(&mgr, &id, NodeState::Down, "heartbeat failure", None, None).await;
                 if let Err(e) = res {
                     tracing::debug!(node = %id, error = %e, "could not mark node down");
                 }
@@ -174,7 +180,7 @@ impl Dispatcher {
             None => Err(Status::not_found(format!(
                 "node {node_id} has been removed from the swarm"
             ))),
-            Some(true) => set_state(mgr, node_id, NodeState::Ready, "", None).await,
+            Some(true) => set_state(mgr, node_id, NodeState::Ready, "", None, None).await,
             Some(false) => Ok(()),
         }
     }
@@ -293,6 +299,7 @@ async fn set_state(
     state: NodeState,
     message: &str,
     description: Option<&NodeDescription>,
+    role: Option<Role>,
 ) -> Result<(), Status> {
     update_with_retry(mgr, |d| {
         let mut n = d
@@ -306,6 +313,9 @@ async fn set_state(
             let mut desc = desc.clone();
             desc.engine_version = env!("CARGO_PKG_VERSION").into();
             n.description = desc;
+        }
+        if let Some(r) = role {
+            n.role = r;
         }
         n.updated_at_ms = now_ms();
         Ok(Txn::new(vec![Op::Update(Object::Node(n))]))
@@ -352,12 +362,12 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
             ));
         };
         let d = reg.description.unwrap_or_default();
-        let registered_addr = mgr
+        let (registered_addr, recorded_role) = mgr
             .store
             .view(|s| {
                 s.nodes
                     .get(&cert.node_id)
-                    .map(|n| n.description.addr.clone())
+                    .map(|n| (n.description.addr.clone(), n.role))
             })
             .ok_or_else(|| {
                 Status::not_found(format!(
@@ -374,7 +384,15 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
             nano_cpus: d.nano_cpus,
             memory_bytes: d.memory_bytes,
         };
-        set_state(&mgr, &cert.node_id, NodeState::Ready, "", Some(&desc)).await?;
+        // The certificate the node presents is the role it holds. The store can say otherwise
+        // when a renewal was committed but its answer never reached the node (the leader
+        // that issued it was deposed mid-call): correct the record, or membership would
+        // never take a node that still runs a manager back into raft (nor tell it to renew).
+        let role = (recorded_role != cert.role).then_some(cert.role);
+        if let Some(r) = role {
+            tracing::info!(node = %cert.node_id, recorded = %recorded_role, holds = %r, "node holds another role than recorded");
+        }
+        set_state(&mgr, &cert.node_id, NodeState::Ready, "", Some(&desc), role).await?;
         let dispatcher = mgr.dispatcher.clone();
         dispatcher.seen(&cert.node_id);
         tracing::debug!(node = %cert.node_id, "session registered");

@@ -275,8 +275,34 @@ impl Manager {
     }
 
     /// Propose a transaction; Ok(index) once committed and applied.
+    ///
+    /// openraft answers a pending write only once its entry is applied or truncated on this
+    /// node. A leader that removed itself from the group sees neither (nobody replicates to
+    /// it any more), so the wait also ends once this node is neither the leader nor a member:
+    /// the write's outcome is then unknown, as with any lost leadership.
     pub async fn propose(&self, txn: Txn) -> Result<u64, ProposeError> {
-        match self.raft.client_write(txn).await {
+        let me = self.config.raft_id;
+        let mut metrics = self.raft.metrics();
+        let removed = async move {
+            loop {
+                {
+                    let m = metrics.borrow_and_update();
+                    let member = m.membership_config.membership().get_node(&me).is_some();
+                    if !m.state.is_leader() && !member {
+                        return;
+                    }
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let res = tokio::select! {
+            biased;
+            r = self.raft.client_write(txn) => r,
+            () = removed => return Err(ProposeError::NotLeader),
+        };
+        match res {
             Ok(resp) => match resp.data {
                 TxnOutcome::Applied { index } => Ok(index),
                 TxnOutcome::Refused(e) => Err(ProposeError::Refused(e)),

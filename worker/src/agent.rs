@@ -5,11 +5,12 @@
 //!           send Register, then Heartbeat every period
 //!           on each SessionMessage: period, managers, leader, desired role
 //!             role differs from certificate, or certificate past half-life ─▶ Ca.Renew
-//!         on error: follow the leader hint, back off (100 ms … 2 s), try the next manager
+//!         on error: follow the leader hint, back off (100 ms … 1 s), try the next manager
 //! ```
+//!
+//! Sessions established and lost are logged at info level, failed attempts at debug.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -18,7 +19,7 @@ use proto::pb::ca_client::CaClient;
 use proto::pb::dispatcher_client::DispatcherClient;
 use proto::security::{new_key_and_csr, Role};
 use proto::transport::{client_config, tls_channel, Credentials, Identity};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -30,6 +31,14 @@ use proto::transport::LEADER_METADATA;
 /// demotions it can briefly leave out a manager that becomes the leader a moment later, and
 /// an agent that had forgotten it could find no leader at all.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
+
+/// Longest wait between two session attempts. A new leader counts every node as alive for
+/// a few seconds only; an agent must find it well within that.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// A certificate renewal that has no answer by then is given up and the session restarted
+/// (the manager that took it may have been deposed mid-call and never answer).
+const RENEW_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -62,6 +71,8 @@ enum SessionError {
     Transport(#[from] proto::transport::TransportError),
     #[error("no session message within {0:?}")]
     Silent(Duration),
+    #[error("no answer to the certificate renewal within {0:?}")]
+    RenewTimeout(Duration),
     #[error("no certificate")]
     NoIdentity,
     #[error("certificate: {0}")]
@@ -86,7 +97,8 @@ pub struct Agent {
     managers: BTreeMap<String, tokio::time::Instant>,
     leader_hint: Option<String>,
     next: usize,
-    period_ms: Arc<AtomicU64>,
+    /// The heartbeat period; the heartbeat task follows changes at once.
+    period: watch::Sender<Duration>,
 }
 
 impl Agent {
@@ -106,7 +118,7 @@ impl Agent {
                 .iter()
                 .map(|m| (m.clone(), tokio::time::Instant::now()))
                 .collect(),
-            period_ms: Arc::new(AtomicU64::new(config.initial_period.as_millis() as u64)),
+            period: watch::Sender::new(config.initial_period),
             config,
             creds,
             events,
@@ -139,11 +151,24 @@ impl Agent {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 }
             };
-            let started = tokio::time::Instant::now();
+            let mut established = None;
             let res = tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = self.session(&addr) => r,
+                r = self.session(&addr, &mut established) => r,
             };
+            let ended = match &res {
+                Ok(()) => "the manager closed the session".to_string(),
+                Err(e) => e.to_string(),
+            };
+            match established {
+                Some(since) => {
+                    let after = humantime::format_duration(Duration::from_millis(
+                        since.elapsed().as_millis() as u64,
+                    ));
+                    tracing::info!(%addr, %after, error = %ended, "session lost")
+                }
+                None => tracing::debug!(%addr, error = %ended, "session attempt failed"),
+            }
             match res {
                 Ok(()) => {}
                 Err(SessionError::Status(s)) if s.code() == Code::NotFound => {
@@ -157,11 +182,10 @@ impl Agent {
                             self.leader_hint = Some(l.to_string());
                         }
                     }
-                    tracing::debug!(%addr, code = ?s.code(), error = %s.message(), "session ended");
                 }
-                Err(e) => tracing::debug!(%addr, error = %e, "session ended"),
+                Err(_) => {}
             }
-            if started.elapsed() > Duration::from_secs(5) {
+            if established.is_some() {
                 backoff = Duration::from_millis(100);
             }
             // A hint to the leader is worth following at once.
@@ -170,7 +194,7 @@ impl Agent {
             } else {
                 backoff
             };
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            backoff = (backoff * 2).min(MAX_BACKOFF);
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
@@ -184,7 +208,13 @@ impl Agent {
         Ok(tls_channel(addr, cfg)?)
     }
 
-    async fn session(&mut self, addr: &str) -> Result<(), SessionError> {
+    /// One session with the manager at `addr`; `established` is set when the manager has
+    /// answered (the first session message).
+    async fn session(
+        &mut self,
+        addr: &str,
+        established: &mut Option<tokio::time::Instant>,
+    ) -> Result<(), SessionError> {
         let channel = self.channel(addr)?;
         let (tx, rx) = mpsc::channel(4);
         tx.send(pb::SessionRequest {
@@ -215,15 +245,28 @@ impl Agent {
             }
         }
         let statuses_tx = tx.clone();
-        let period = self.period_ms.clone();
+        let mut period = self.period.subscribe();
         // Aborted when this future is dropped too (agent cancelled mid-session): a heartbeat
         // task outliving its agent would keep a departed node looking alive.
         let _heartbeats = AbortOnDrop(tokio::spawn(async move {
+            let mut last = tokio::time::Instant::now();
             loop {
-                let p = Duration::from_millis(period.load(Ordering::Relaxed));
+                let p = *period.borrow_and_update();
                 // Early rather than late: jitter within the last fifth of the period.
                 let jitter = rand::random::<f64>() * 0.2;
-                tokio::time::sleep(p.mul_f64(0.8 + jitter)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep_until(last + p.mul_f64(0.8 + jitter)) => {}
+                    // The manager's period replaces the initial one (5 s until the first
+                    // session message): wait by the new one at once, or the first heartbeat
+                    // comes too late for a short period and the session is judged dead.
+                    r = period.changed() => {
+                        if r.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+                last = tokio::time::Instant::now();
                 let hb = pb::SessionRequest {
                     msg: Some(pb::session_request::Msg::Heartbeat(pb::Heartbeat {})),
                 };
@@ -232,14 +275,17 @@ impl Agent {
                 }
             }
         }));
-        self.session_inner(channel, rx, statuses_tx).await
+        self.session_inner(addr, channel, rx, statuses_tx, established)
+            .await
     }
 
     async fn session_inner(
         &mut self,
+        addr: &str,
         channel: Channel,
         rx: mpsc::Receiver<pb::SessionRequest>,
         statuses: mpsc::Sender<pb::SessionRequest>,
+        established: &mut Option<tokio::time::Instant>,
     ) -> Result<(), SessionError> {
         let mut client = DispatcherClient::new(channel.clone());
         let mut inbound = client
@@ -247,7 +293,7 @@ impl Agent {
             .await?
             .into_inner();
         loop {
-            let p = Duration::from_millis(self.period_ms.load(Ordering::Relaxed));
+            let p = *self.period.borrow();
             let limit = p * 3 + Duration::from_secs(1);
             let msg = tokio::select! {
                 m = tokio::time::timeout(limit, inbound.message()) => match m {
@@ -275,6 +321,15 @@ impl Agent {
                 }
             };
             let Some(msg) = msg else { return Ok(()) };
+            if established.is_none() {
+                *established = Some(tokio::time::Instant::now());
+                tracing::info!(
+                    %addr,
+                    period = ?Duration::from_millis(msg.heartbeat_period_ms),
+                    desired_role = %msg.desired_role,
+                    "session established"
+                );
+            }
             if let Some(a) = &msg.assignments {
                 match serde_json::from_str::<Vec<proto::spec::Assignment>>(&a.upsert_json) {
                     Ok(upsert) => self.executor.apply(a.full, upsert, a.removed.clone()),
@@ -288,8 +343,12 @@ impl Agent {
 
     async fn on_message(&mut self, msg: &pb::SessionMessage) {
         if msg.heartbeat_period_ms > 0 {
-            self.period_ms
-                .store(msg.heartbeat_period_ms, Ordering::Relaxed);
+            let p = Duration::from_millis(msg.heartbeat_period_ms);
+            self.period.send_if_modified(|old| {
+                let changed = *old != p;
+                *old = p;
+                changed
+            });
         }
         if msg.managers.is_empty() {
             return;
@@ -325,13 +384,21 @@ impl Agent {
             return Ok(());
         }
         let (key_pem, csr_pem) = new_key_and_csr()?;
-        let resp = CaClient::new(channel.clone())
-            .renew(pb::RenewRequest { csr_pem })
-            .await;
+        tracing::debug!(holds = %id.info.role, %desired, expiring, "asking for a new certificate");
+        let resp = tokio::time::timeout(
+            RENEW_TIMEOUT,
+            CaClient::new(channel.clone()).renew(pb::RenewRequest { csr_pem }),
+        )
+        .await
+        .map_err(|_| SessionError::RenewTimeout(RENEW_TIMEOUT))?;
         let resp = match resp {
             Ok(r) => r.into_inner(),
-            // Demotion waits for raft removal: try again on the next heartbeat.
-            Err(s) if s.code() == Code::Unavailable => return Ok(()),
+            // Demotion waits for raft removal, a changed desired role is asked again: try
+            // again on the next heartbeat.
+            Err(s) if s.code() == Code::Unavailable => {
+                tracing::debug!(error = %s.message(), "certificate not issued yet");
+                return Ok(());
+            }
             Err(s) => return Err(s.into()),
         };
         let identity = Identity::new(&resp.cert_pem, &key_pem, &id.ca_pem)?;
