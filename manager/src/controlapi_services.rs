@@ -88,7 +88,7 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
     Ok(())
 }
 
-fn find_service<'a>(d: &'a StoreData, key: &str) -> Result<&'a Service, Status> {
+pub(crate) fn find_service<'a>(d: &'a StoreData, key: &str) -> Result<&'a Service, Status> {
     if let Some(s) = d.services.get(key) {
         return Ok(s);
     }
