@@ -5,5 +5,7 @@
 pub mod bench;
 pub mod commands;
 pub mod daemon;
+pub mod logs;
 pub mod output;
+pub mod secret;
 pub mod service;

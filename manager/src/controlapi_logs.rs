@@ -194,7 +194,12 @@ impl ControlApi {
                     _ = tick.tick() => {
                         let lost: Vec<u64> = pending
                             .iter()
-                            .filter(|(_, (node, serial))| dispatcher.session_serial(node) != Some(*serial))
+                            .filter(|(_, (node, serial))| {
+                                dispatcher.session_serial(node) != Some(*serial)
+                                    || mgr.store.view(|d| {
+                                        d.nodes.get(node).is_none_or(|n| n.state == NodeState::Down)
+                                    })
+                            })
                             .map(|(id, _)| *id)
                             .collect();
                         for id in lost {
