@@ -265,9 +265,16 @@ fn lab_secrets_configs_and_logs() -> Result<()> {
             .map_err(|_| anyhow!("no warning for w2 while following"))??
             .ok_or_else(|| anyhow!("follow stream ended"))?;
         ensure!(m.warning.contains("node w2"), "{m:?}");
-        // The others keep following: the stream stays open.
-        let more = tokio::time::timeout(Duration::from_millis(1500), s.message()).await;
-        ensure!(more.is_err(), "follow ended or sent more: {more:?}");
+        // The others keep following: the stream stays open. (On a loaded machine another node
+        // may miss heartbeats and be reported too: warnings are fine, an end is not.)
+        let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+        loop {
+            match tokio::time::timeout_at(until, s.message()).await {
+                Err(_) => break,
+                Ok(Ok(Some(m))) if !m.warning.is_empty() => continue,
+                other => anyhow::bail!("follow ended or sent a line: {other:?}"),
+            }
+        }
         drop(s);
         Ok::<_, anyhow::Error>(())
     })?;
