@@ -86,8 +86,8 @@ impl ControlApi {
                     fresh_key.clone()
                 }
             };
-            let sealed = secrets::seal(&key, &id, &req.data)
-                .map_err(|e| Status::internal(e.to_string()))?;
+            let sealed =
+                secrets::seal(&key, &id, &req.data).map_err(|e| Status::internal(e.to_string()))?;
             let o = FileObject {
                 id: id.clone(),
                 version: 0,
@@ -308,8 +308,14 @@ mod tests {
                 secrets::check_refs(d, &spec_with_secret("x", "nope").task).unwrap_err(),
                 "secret not found: nope"
             );
-            assert_eq!(secrets::find(d, FileKind::Secret, "api").unwrap().id, "abd2");
-            assert_eq!(secrets::find(d, FileKind::Secret, "abc").unwrap().id, "abc1");
+            assert_eq!(
+                secrets::find(d, FileKind::Secret, "api").unwrap().id,
+                "abd2"
+            );
+            assert_eq!(
+                secrets::find(d, FileKind::Secret, "abc").unwrap().id,
+                "abc1"
+            );
             assert!(secrets::find(d, FileKind::Secret, "ab")
                 .unwrap_err()
                 .contains("ambiguous"));

@@ -72,16 +72,8 @@ pub fn assignments_for(d: &crate::store::StoreData, node_id: &str) -> BTreeMap<S
                         .get(node_id)
                         .map(|n| n.description.hostname.clone())
                         .unwrap_or_default(),
-                    secrets: crate::secrets::resolve(
-                        d,
-                        crate::secrets::FileKind::Secret,
-                        &t.spec,
-                    ),
-                    configs: crate::secrets::resolve(
-                        d,
-                        crate::secrets::FileKind::Config,
-                        &t.spec,
-                    ),
+                    secrets: crate::secrets::resolve(d, crate::secrets::FileKind::Secret, &t.spec),
+                    configs: crate::secrets::resolve(d, crate::secrets::FileKind::Config, &t.spec),
                 },
             )
         })

@@ -200,7 +200,8 @@ pub fn check_refs(d: &StoreData, spec: &TaskSpec) -> Result<(), String> {
                 return Err(format!("{} not found: {}", kind.noun(), r.name));
             }
             if kind == FileKind::Secret
-                && (r.target.contains("..") || (r.target.contains('/') && !r.target.starts_with('/')))
+                && (r.target.contains("..")
+                    || (r.target.contains('/') && !r.target.starts_with('/')))
             {
                 return Err(format!(
                     "invalid secret target {:?}: use a file name or an absolute path",

@@ -158,7 +158,10 @@ fn lab_secrets_configs_and_logs() -> Result<()> {
             .unwrap_err();
         ensure!(dup.code() == Code::AlreadyExists, "{dup:?}");
         ensure!(dup.message() == "secret db-password already exists");
-        let bad = m1.create_secret(create_req("-bad", b"x")).await.unwrap_err();
+        let bad = m1
+            .create_secret(create_req("-bad", b"x"))
+            .await
+            .unwrap_err();
         ensure!(bad.code() == Code::InvalidArgument);
         ensure!(bad.message().starts_with("invalid secret name"), "{bad:?}");
         let big = m1
@@ -248,8 +251,13 @@ fn lab_secrets_configs_and_logs() -> Result<()> {
             warned.len() == 1 && warned[0].warning.contains("node w2"),
             "{msgs:?}"
         );
-        ensure!(warned[0].warning.contains("logs of its tasks are not available"));
-        println!("FIGURE logs_with_dead_node_ms={}", started.elapsed().as_millis());
+        ensure!(warned[0]
+            .warning
+            .contains("logs of its tasks are not available"));
+        println!(
+            "FIGURE logs_with_dead_node_ms={}",
+            started.elapsed().as_millis()
+        );
 
         let mut s = m3
             .service_logs(pb::ServiceLogsRequest {

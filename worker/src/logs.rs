@@ -262,7 +262,10 @@ mod tests {
     use std::io::Write;
 
     fn line(i: usize) -> String {
-        format!("2026-01-01T00:00:{:02}.000000000Z stdout line {i}\n", i % 60)
+        format!(
+            "2026-01-01T00:00:{:02}.000000000Z stdout line {i}\n",
+            i % 60
+        )
     }
 
     #[test]
@@ -274,7 +277,10 @@ mod tests {
         let p = parse_line("2026-01-01T00:00:00Z stdout ");
         assert_eq!(p.text, "");
         let p = parse_line("garbage here");
-        assert_eq!((p.timestamp.as_str(), p.text.as_str()), ("", "garbage here"));
+        assert_eq!(
+            (p.timestamp.as_str(), p.text.as_str()),
+            ("", "garbage here")
+        );
     }
 
     #[test]
@@ -295,7 +301,10 @@ mod tests {
         assert_eq!(lines.len(), 3);
         assert!(lines[2].ends_with(&format!("line {}", n - 1)));
         assert!(lines[0].ends_with(&format!("line {}", n - 3)));
-        assert_eq!(off, len - "2026-01-01T00:00:00Z stdout partial".len() as u64);
+        assert_eq!(
+            off,
+            len - "2026-01-01T00:00:00Z stdout partial".len() as u64
+        );
 
         let (all, off_all) = read_tail(&path, -1).unwrap();
         assert_eq!(all.len(), n);
@@ -394,7 +403,13 @@ mod tests {
             tail: -1,
             cancel: false,
         };
-        serve(rt.clone(), req.clone(), tx.clone(), CancellationToken::new()).await;
+        serve(
+            rt.clone(),
+            req.clone(),
+            tx.clone(),
+            CancellationToken::new(),
+        )
+        .await;
         let c = chunk(rx.recv().await.unwrap());
         assert_eq!(c.subscription, 7);
         assert!(c.done && c.error.is_empty());
