@@ -45,10 +45,7 @@ type Resolved = (HashMap<String, TaskInfo>, BTreeMap<String, NodeInfo>);
 
 /// The tasks `target` names (a service by id, name or prefix; else a task by id or prefix),
 /// grouped by node. Tasks never placed are left out.
-fn resolve(
-    d: &StoreData,
-    target: &str,
-) -> Result<Resolved, Status> {
+fn resolve(d: &StoreData, target: &str) -> Result<Resolved, Status> {
     let tasks: Vec<&Task> = match find_service(d, target) {
         Ok(s) => d.service_tasks(&s.id).collect(),
         Err(e) if e.code() == tonic::Code::NotFound => {
