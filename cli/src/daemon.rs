@@ -824,6 +824,8 @@ impl ControlService {
     }
 }
 
+use manager::secrets::FileKind;
+
 #[tonic::async_trait]
 impl pb::control_server::Control for ControlService {
     async fn swarm_init(
@@ -969,6 +971,88 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<pb::JsonDoc>, Status> {
         let api = self.cluster(&req).await?;
         api.list_tasks(req.into_inner()).await.map(Response::new)
+    }
+
+    // ---- secrets, configs and service logs (branch `sec`): thin wrappers over ControlApi.
+    async fn create_secret(
+        &self,
+        req: Request<pb::CreateFileObjectRequest>,
+    ) -> Result<Response<pb::FileObject>, Status> {
+        let api = self.cluster(&req).await?;
+        api.create_file_object(FileKind::Secret, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+    async fn list_secrets(
+        &self,
+        req: Request<pb::Empty>,
+    ) -> Result<Response<pb::ListFileObjectsResponse>, Status> {
+        let api = self.cluster(&req).await?;
+        api.list_file_objects(FileKind::Secret)
+            .await
+            .map(Response::new)
+    }
+    async fn get_secret(
+        &self,
+        req: Request<pb::GetFileObjectRequest>,
+    ) -> Result<Response<pb::FileObject>, Status> {
+        let api = self.cluster(&req).await?;
+        api.get_file_object(FileKind::Secret, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+    async fn remove_secret(
+        &self,
+        req: Request<pb::GetFileObjectRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let api = self.cluster(&req).await?;
+        api.remove_file_object(FileKind::Secret, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+    async fn create_config(
+        &self,
+        req: Request<pb::CreateFileObjectRequest>,
+    ) -> Result<Response<pb::FileObject>, Status> {
+        let api = self.cluster(&req).await?;
+        api.create_file_object(FileKind::Config, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+    async fn list_configs(
+        &self,
+        req: Request<pb::Empty>,
+    ) -> Result<Response<pb::ListFileObjectsResponse>, Status> {
+        let api = self.cluster(&req).await?;
+        api.list_file_objects(FileKind::Config)
+            .await
+            .map(Response::new)
+    }
+    async fn get_config(
+        &self,
+        req: Request<pb::GetFileObjectRequest>,
+    ) -> Result<Response<pb::FileObject>, Status> {
+        let api = self.cluster(&req).await?;
+        api.get_file_object(FileKind::Config, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+    async fn remove_config(
+        &self,
+        req: Request<pb::GetFileObjectRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let api = self.cluster(&req).await?;
+        api.remove_file_object(FileKind::Config, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+    type ServiceLogsStream = manager::controlapi_logs::LogStream;
+    async fn service_logs(
+        &self,
+        req: Request<pb::ServiceLogsRequest>,
+    ) -> Result<Response<Self::ServiceLogsStream>, Status> {
+        let api = self.cluster(&req).await?;
+        api.service_logs(req.into_inner()).await.map(Response::new)
     }
 }
 

@@ -6,6 +6,8 @@ pub mod bench;
 pub mod commands;
 pub mod daemon;
 pub mod image;
+pub mod logs;
 pub mod node_runtime;
 pub mod output;
+pub mod secret;
 pub mod service;

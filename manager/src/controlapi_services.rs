@@ -88,7 +88,7 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
     Ok(())
 }
 
-fn find_service<'a>(d: &'a StoreData, key: &str) -> Result<&'a Service, Status> {
+pub(crate) fn find_service<'a>(d: &'a StoreData, key: &str) -> Result<&'a Service, Status> {
     if let Some(s) = d.services.get(key) {
         return Ok(s);
     }
@@ -187,6 +187,7 @@ impl ControlApi {
         };
         let name = spec.name.clone();
         update_with_retry(&self.mgr, |d| {
+            crate::secrets::check_refs(d, &spec.task).map_err(Status::invalid_argument)?;
             if d.services.values().any(|s| s.spec.name == name) {
                 return Err(Status::already_exists(format!(
                     "service {name} already exists"
@@ -241,6 +242,7 @@ impl ControlApi {
                     (prev, UpdateState::RollbackStarted)
                 }
                 Some(n) => {
+                    crate::secrets::check_refs(d, &n.task).map_err(Status::invalid_argument)?;
                     if n.name != s.spec.name
                         && d.services
                             .values()

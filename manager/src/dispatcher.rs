@@ -33,8 +33,22 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// managers that are not the leader).
 pub const NEW_LEADER_GRACE: Duration = Duration::from_secs(3);
 
+type SessionTx = mpsc::Sender<Result<pb::SessionMessage, Status>>;
+
+/// Where the chunks of a log subscription go: (subscription id, chunk).
+pub type LogSink = mpsc::Sender<(u64, pb::LogChunk)>;
+
+/// Log chunks a subscriber may have queued before more are dropped (a slow client must not
+/// hold up the session loop, which also carries heartbeats).
+pub const LOG_QUEUE: usize = 4096;
+
 pub struct Dispatcher {
     store: Store,
+    /// The open session of each node: (serial, outbound stream).
+    sessions: Mutex<HashMap<String, (u64, SessionTx)>>,
+    next_serial: std::sync::atomic::AtomicU64,
+    /// Log subscriptions: id → (node, sink).
+    log_subs: Mutex<HashMap<u64, (String, LogSink)>>,
     last_seen: Mutex<HashMap<String, Instant>>,
     /// Status reports waiting to be written, newest per task.
     pending: Mutex<HashMap<String, TaskStatus>>,
@@ -62,8 +76,8 @@ pub fn assignments_for(d: &crate::store::StoreData, node_id: &str) -> BTreeMap<S
                         .get(node_id)
                         .map(|n| n.description.hostname.clone())
                         .unwrap_or_default(),
-                    secrets: Vec::new(),
-                    configs: Vec::new(),
+                    secrets: crate::secrets::resolve(d, crate::secrets::FileKind::Secret, &t.spec),
+                    configs: crate::secrets::resolve(d, crate::secrets::FileKind::Config, &t.spec),
                 },
             )
         })
@@ -99,9 +113,111 @@ impl Dispatcher {
     pub fn new(store: Store) -> Dispatcher {
         Dispatcher {
             store,
+            sessions: Mutex::new(HashMap::new()),
+            next_serial: std::sync::atomic::AtomicU64::new(1),
+            log_subs: Mutex::new(HashMap::new()),
             last_seen: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             pending_notify: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The serial of the session `node` holds with this manager, if any.
+    pub fn session_serial(&self, node: &str) -> Option<u64> {
+        self.sessions
+            .lock()
+            .expect("dispatcher lock")
+            .get(node)
+            .map(|(s, _)| *s)
+    }
+
+    fn register_session(&self, node: &str, tx: SessionTx) -> u64 {
+        let serial = self
+            .next_serial
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.sessions
+            .lock()
+            .expect("dispatcher lock")
+            .insert(node.to_string(), (serial, tx));
+        serial
+    }
+
+    fn end_session(&self, node: &str, serial: u64) {
+        let mut s = self.sessions.lock().expect("dispatcher lock");
+        if s.get(node).is_some_and(|(x, _)| *x == serial) {
+            s.remove(node);
+        }
+    }
+
+    /// Open a log subscription on `node`: its chunks go to `sink`. Returns the subscription
+    /// id and the serial of the session the request went to, or None if the node holds no
+    /// session with this manager.
+    pub async fn subscribe_logs(
+        &self,
+        mgr: &Manager,
+        node: &str,
+        mut req: pb::LogRequest,
+        sink: LogSink,
+    ) -> Option<(u64, u64)> {
+        let (serial, tx) = self
+            .sessions
+            .lock()
+            .expect("dispatcher lock")
+            .get(node)
+            .cloned()?;
+        let id = self
+            .next_serial
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        req.subscription = id;
+        req.cancel = false;
+        self.log_subs
+            .lock()
+            .expect("dispatcher lock")
+            .insert(id, (node.to_string(), sink));
+        let mut m = self.session_message(mgr, node);
+        m.log_request = Some(req);
+        if tx.send(Ok(m)).await.is_err() {
+            self.log_subs.lock().expect("dispatcher lock").remove(&id);
+            return None;
+        }
+        Some((id, serial))
+    }
+
+    /// Close a subscription; with `tell_node`, the node stops following.
+    pub async fn unsubscribe_logs(&self, mgr: &Manager, id: u64, tell_node: bool) {
+        let Some((node, _)) = self.log_subs.lock().expect("dispatcher lock").remove(&id) else {
+            return;
+        };
+        if !tell_node {
+            return;
+        }
+        let tx = self
+            .sessions
+            .lock()
+            .expect("dispatcher lock")
+            .get(&node)
+            .map(|(_, tx)| tx.clone());
+        if let Some(tx) = tx {
+            let mut m = self.session_message(mgr, &node);
+            m.log_request = Some(pb::LogRequest {
+                subscription: id,
+                cancel: true,
+                ..Default::default()
+            });
+            let _ = tx.try_send(Ok(m));
+        }
+    }
+
+    /// A chunk from `node`: to its subscriber, if the subscription is that node's.
+    fn deliver_logs(&self, node: &str, chunk: pb::LogChunk) {
+        let subs = self.log_subs.lock().expect("dispatcher lock");
+        match subs.get(&chunk.subscription) {
+            Some((n, sink)) if n == node => {
+                if sink.try_send((chunk.subscription, chunk)).is_err() {
+                    tracing::debug!(%node, "log subscriber is slow or gone: chunk dropped");
+                }
+            }
+            _ => tracing::debug!(%node, "log chunk for an unknown subscription"),
         }
     }
 
@@ -289,6 +405,7 @@ impl Dispatcher {
                 .view(|d| d.cluster.as_ref().map(|c| c.cert_expiry_ms))
                 .unwrap_or(0),
             assignments: None,
+            log_request: None,
         }
     }
 }
@@ -409,7 +526,15 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
             removed: Vec::new(),
         });
         let _ = tx.send(Ok(first)).await;
+        let serial = dispatcher.register_session(&node_id, tx.clone());
         tokio::spawn(async move {
+            struct EndSession(Arc<Dispatcher>, String, u64);
+            impl Drop for EndSession {
+                fn drop(&mut self) {
+                    self.0.end_session(&self.1, self.2);
+                }
+            }
+            let _end = EndSession(dispatcher.clone(), node_id.clone(), serial);
             loop {
                 let msg = tokio::select! {
                     m = inbound.message() => m,
@@ -476,6 +601,9 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                             return;
                         }
                     }
+                    Ok(Some(pb::SessionRequest {
+                        msg: Some(pb::session_request::Msg::Logs(chunk)),
+                    })) => dispatcher.deliver_logs(&node_id, chunk),
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => return,
                 }

@@ -10,6 +10,8 @@
 pub mod auth;
 pub mod ca;
 pub mod controlapi;
+pub mod controlapi_logs;
+pub mod controlapi_secrets;
 pub mod controlapi_services;
 pub mod dispatcher;
 pub mod manager;
@@ -17,6 +19,7 @@ pub mod membership;
 pub mod orchestrator;
 pub mod raft;
 pub mod scheduler;
+pub mod secrets;
 pub mod store;
 
 pub use manager::{Manager, ManagerConfig};

@@ -199,6 +199,32 @@ pub struct Task {
     pub restart_count: u64,
 }
 
+/// The key that seals secret and config data ([`crate::secrets`]); created with the first
+/// secret or config. At most one exists.
+// Known gap: Swarm keeps its data key out of the replicated state (a key file per manager,
+// handed to managers at join); here it travels in the raft log and snapshots next to the
+// data it seals, which protects against a casual look at the store, not against a copy of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataKey {
+    pub id: String,
+    pub version: u64,
+    /// Hex of 32 random bytes.
+    pub key: String,
+}
+
+/// A secret or a config: its data sealed with the cluster's data key (never in clear here).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileObject {
+    pub id: String,
+    pub version: u64,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    /// Hex of nonce ‖ ciphertext ‖ tag ([`crate::secrets::seal`]).
+    pub sealed: String,
+}
+
 /// The object kinds the store holds.
 // Objects are moved whole through transactions and events; boxing the larger variants would
 // add an allocation per object for no gain.
@@ -209,6 +235,9 @@ pub enum Object {
     Node(Node),
     Service(Service),
     Task(Task),
+    Secret(FileObject),
+    Config(FileObject),
+    DataKey(DataKey),
 }
 
 impl Object {
@@ -218,6 +247,9 @@ impl Object {
             Object::Node(_) => Kind::Node,
             Object::Service(_) => Kind::Service,
             Object::Task(_) => Kind::Task,
+            Object::Secret(_) => Kind::Secret,
+            Object::Config(_) => Kind::Config,
+            Object::DataKey(_) => Kind::DataKey,
         }
     }
     fn id(&self) -> &str {
@@ -226,6 +258,8 @@ impl Object {
             Object::Node(n) => &n.id,
             Object::Service(s) => &s.id,
             Object::Task(t) => &t.id,
+            Object::Secret(f) | Object::Config(f) => &f.id,
+            Object::DataKey(k) => &k.id,
         }
     }
     fn version(&self) -> u64 {
@@ -234,6 +268,8 @@ impl Object {
             Object::Node(n) => n.version,
             Object::Service(s) => s.version,
             Object::Task(t) => t.version,
+            Object::Secret(f) | Object::Config(f) => f.version,
+            Object::DataKey(k) => k.version,
         }
     }
     fn set_version(&mut self, v: u64) {
@@ -242,6 +278,8 @@ impl Object {
             Object::Node(n) => n.version = v,
             Object::Service(s) => s.version = v,
             Object::Task(t) => t.version = v,
+            Object::Secret(f) | Object::Config(f) => f.version = v,
+            Object::DataKey(k) => k.version = v,
         }
     }
 }
@@ -252,6 +290,9 @@ pub enum Kind {
     Node,
     Service,
     Task,
+    Secret,
+    Config,
+    DataKey,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -332,6 +373,12 @@ pub struct StoreData {
     pub nodes: BTreeMap<String, Node>,
     pub services: BTreeMap<String, Service>,
     pub tasks: BTreeMap<String, Task>,
+    #[serde(default)]
+    pub secrets: BTreeMap<String, FileObject>,
+    #[serde(default)]
+    pub configs: BTreeMap<String, FileObject>,
+    #[serde(default)]
+    pub data_key: Option<DataKey>,
     /// Task ids by service id and by node id; derived, rebuilt after loading a snapshot.
     #[serde(skip)]
     pub tasks_by_service: BTreeMap<String, BTreeSet<String>>,
@@ -350,6 +397,13 @@ impl StoreData {
             Kind::Node => self.nodes.get(id).map(|n| n.version),
             Kind::Service => self.services.get(id).map(|s| s.version),
             Kind::Task => self.tasks.get(id).map(|t| t.version),
+            Kind::Secret => self.secrets.get(id).map(|f| f.version),
+            Kind::Config => self.configs.get(id).map(|f| f.version),
+            Kind::DataKey => self
+                .data_key
+                .as_ref()
+                .filter(|k| k.id == id)
+                .map(|k| k.version),
         }
     }
 
@@ -419,9 +473,11 @@ impl StoreData {
                     kind: o.kind(),
                     id: o.id().to_string(),
                 }),
-                None if o.kind() == Kind::Cluster && self.cluster.is_some() => {
+                None if (o.kind() == Kind::Cluster && self.cluster.is_some())
+                    || (o.kind() == Kind::DataKey && self.data_key.is_some()) =>
+                {
                     Err(TxnError::Exists {
-                        kind: Kind::Cluster,
+                        kind: o.kind(),
                         id: o.id().to_string(),
                     })
                 }
@@ -472,6 +528,13 @@ impl StoreData {
                 self.index_task(&t.id, &t.service_id, &t.node_id);
                 self.tasks.insert(t.id.clone(), t);
             }
+            Object::Secret(f) => {
+                self.secrets.insert(f.id.clone(), f);
+            }
+            Object::Config(f) => {
+                self.configs.insert(f.id.clone(), f);
+            }
+            Object::DataKey(k) => self.data_key = Some(k),
         }
     }
 
@@ -489,6 +552,13 @@ impl StoreData {
                     self.unindex_task(&old);
                 }
             }
+            Kind::Secret => {
+                self.secrets.remove(id);
+            }
+            Kind::Config => {
+                self.configs.remove(id);
+            }
+            Kind::DataKey => self.data_key = None,
         }
     }
 
@@ -527,6 +597,9 @@ impl StoreData {
             Kind::Node => self.nodes.get(id).cloned().map(Object::Node),
             Kind::Service => self.services.get(id).cloned().map(Object::Service),
             Kind::Task => self.tasks.get(id).cloned().map(Object::Task),
+            Kind::Secret => self.secrets.get(id).cloned().map(Object::Secret),
+            Kind::Config => self.configs.get(id).cloned().map(Object::Config),
+            Kind::DataKey => self.data_key.clone().map(Object::DataKey),
         }
     }
 

@@ -292,6 +292,10 @@ impl Agent {
             .session(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await?
             .into_inner();
+        // Log subscriptions of this session; all stop when it ends.
+        let logs_cancel = CancellationToken::new();
+        let _stop_logs = logs_cancel.clone().drop_guard();
+        let mut log_subs: std::collections::HashMap<u64, CancellationToken> = Default::default();
         loop {
             let p = *self.period.borrow();
             let limit = p * 3 + Duration::from_secs(1);
@@ -329,6 +333,24 @@ impl Agent {
                     desired_role = %msg.desired_role,
                     "session established"
                 );
+            }
+            if let Some(req) = &msg.log_request {
+                log_subs.retain(|_, t| !t.is_cancelled());
+                if req.cancel {
+                    if let Some(t) = log_subs.remove(&req.subscription) {
+                        t.cancel();
+                    }
+                } else {
+                    let token = logs_cancel.child_token();
+                    log_subs.insert(req.subscription, token.clone());
+                    let runtime = self.executor.runtime();
+                    let out = statuses.clone();
+                    let req = req.clone();
+                    tokio::spawn(async move {
+                        crate::logs::serve(runtime, req, out, token.clone()).await;
+                        token.cancel();
+                    });
+                }
             }
             if let Some(a) = &msg.assignments {
                 match serde_json::from_str::<Vec<proto::spec::Assignment>>(&a.upsert_json) {

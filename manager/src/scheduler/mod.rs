@@ -139,7 +139,13 @@ fn worth_planning(event: &Event) -> bool {
         }
         Change::Put(Object::Node(_)) => true,
         Change::Deleted { kind, .. } => matches!(kind, Kind::Node | Kind::Task),
-        Change::Put(Object::Cluster(_) | Object::Service(_)) => false,
+        Change::Put(
+            Object::Cluster(_)
+            | Object::Service(_)
+            | Object::Secret(_)
+            | Object::Config(_)
+            | Object::DataKey(_),
+        ) => false,
     })
 }
 
