@@ -61,6 +61,12 @@ pub enum Cmd {
     /// Manage this node's images.
     #[command(subcommand)]
     Image(crate::image::ImageCmd),
+    /// Manage swarm secrets.
+    #[command(subcommand)]
+    Secret(crate::secret::SecretCmd),
+    /// Manage swarm configs.
+    #[command(subcommand)]
+    Config(crate::secret::ConfigCmd),
     /// The per-container monitor (started by the daemon, not by hand).
     #[command(hide = true)]
     Shim {
@@ -397,6 +403,8 @@ pub fn run(cli: Cli) -> i32 {
                 Cmd::Node(c) => node(client, c).await,
                 Cmd::Service(c) => crate::service::run(client, c).await,
                 Cmd::Info(a) => info(client, a).await,
+                Cmd::Secret(c) => crate::secret::run_secret(client, c).await,
+                Cmd::Config(c) => crate::secret::run_config(client, c).await,
                 Cmd::Daemon(_)
                 | Cmd::Lab(_)
                 | Cmd::Bench(_)

@@ -30,6 +30,8 @@ use crate::output::{json_line, table, title, Format};
 pub enum ServiceCmd {
     /// Create a new service.
     Create(Box<CreateArgs>),
+    /// Fetch the logs of a service or task.
+    Logs(crate::logs::LogsArgs),
     /// List services.
     #[command(alias = "list")]
     Ls {
@@ -801,40 +803,12 @@ pub fn parse_mount(s: &str) -> Result<Mount, String> {
     }
 }
 
-fn parse_file_ref(what: &str, s: &str) -> Result<FileRef, String> {
-    if !s.contains('=') {
-        if s.trim().is_empty() {
-            return Err(format!("invalid {what}: empty name"));
-        }
-        return Ok(FileRef {
-            name: s.trim().to_string(),
-            target: String::new(),
-        });
-    }
-    let mut r = FileRef::default();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let Some((k, v)) = part.split_once('=') else {
-            return Err(format!("invalid field '{part}' must be a key=value pair"));
-        };
-        match k.trim().to_ascii_lowercase().as_str() {
-            "source" | "src" => r.name = v.trim().to_string(),
-            "target" => r.target = v.trim().to_string(),
-            "uid" | "gid" | "mode" => {}
-            other => return Err(format!("invalid field key '{other}' in {what} '{s}'")),
-        }
-    }
-    if r.name.is_empty() {
-        return Err(format!("invalid {what} '{s}': source is required"));
-    }
-    Ok(r)
-}
-
 pub fn parse_secret_ref(s: &str) -> Result<FileRef, String> {
-    parse_file_ref("secret", s)
+    crate::secret::parse_file_ref("--secret", s)
 }
 
 pub fn parse_config_ref(s: &str) -> Result<FileRef, String> {
-    parse_file_ref("config", s)
+    crate::secret::parse_file_ref("--config", s)
 }
 
 /// Add or replace `add` (by key), after removing `rm`.
@@ -2014,6 +1988,7 @@ fn first_error(errs: Vec<CliError>) -> Result<(), CliError> {
 pub async fn run(c: Client, cmd: ServiceCmd) -> Result<(), CliError> {
     match cmd {
         ServiceCmd::Create(a) => create(&c, *a).await,
+        ServiceCmd::Logs(a) => crate::logs::run_logs(c, a).await,
         ServiceCmd::Ls { format, quiet } => {
             let doc = retry(|| {
                 let mut c = c.clone();
