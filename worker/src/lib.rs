@@ -7,4 +7,5 @@
 pub mod agent;
 pub mod executor;
 pub mod image;
+pub mod oci;
 pub mod runtime;
