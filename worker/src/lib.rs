@@ -8,4 +8,5 @@ pub mod agent;
 pub mod executor;
 pub mod image;
 pub mod logs;
+pub mod oci;
 pub mod runtime;

@@ -30,6 +30,7 @@ pub enum RuntimeOp {
     Wait,
     Stop,
     Remove,
+    Exec,
 }
 
 impl fmt::Display for RuntimeOp {
@@ -40,6 +41,7 @@ impl fmt::Display for RuntimeOp {
             RuntimeOp::Wait => "wait",
             RuntimeOp::Stop => "stop",
             RuntimeOp::Remove => "remove",
+            RuntimeOp::Exec => "exec",
         })
     }
 }
@@ -97,6 +99,45 @@ pub trait Runtime: Send + Sync + 'static {
     fn log_path(&self, _task_id: &str) -> Option<std::path::PathBuf> {
         None
     }
+    /// The tasks this runtime still has from an earlier run of the daemon (live restore),
+    /// ordered by task id. Called once, before the first assignments are applied.
+    async fn restore(&self) -> Vec<Restored> {
+        Vec::new()
+    }
+    /// Why the task's process ended, in plain words, when there is more to say than its exit
+    /// code (`OOM killed: memory limit 64MiB exceeded (exit 137)`, `container unhealthy: …`).
+    async fn exit_detail(&self, _task_id: &str) -> Option<String> {
+        None
+    }
+    /// The full command line that runs `cmd` inside the task's container (the CLI runs it
+    /// with inherited stdio).
+    fn exec_argv(&self, task_id: &str, _cmd: &[String]) -> Result<Vec<String>, RuntimeError> {
+        Err(RuntimeError::Failed {
+            task_id: task_id.to_string(),
+            op: RuntimeOp::Exec,
+            reason: "exec is not supported by this runtime".into(),
+        })
+    }
+}
+
+/// A task found by [`Runtime::restore`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restored {
+    pub task_id: String,
+    /// The assignment it was prepared from (secret and config data left out).
+    pub assignment: Assignment,
+    pub state: RestoredState,
+}
+
+/// Where a restored task stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestoredState {
+    /// Prepared (or created) but never started.
+    Created,
+    /// Its process runs; `pid` is the container's init as the host sees it.
+    Running { pid: i32 },
+    /// Its process exited with this code (possibly while the daemon was down).
+    Exited(i32),
 }
 
 /// Environment knobs of [`FakeRuntime`].

@@ -1,0 +1,139 @@
+//! `shoal bench runtime`: one container life cycle through [`OciRuntime`] against the bare
+//! runtime CLI running the same bundle.
+//!
+//! Per round, both sides run `true` in a container built from the same prepared bundle:
+//! - shoal: `start` (monitor + `create` + `start`) → `wait` (exit file) → `remove` (`delete`,
+//!   unmounts, directory removal);
+//! - bare: `<runtime> run --bundle B ID` in the foreground, then `<runtime> delete`.
+//!
+//! Bundle preparation (overlay mount, config) is outside the timed region on both sides.
+
+use std::time::{Duration, Instant};
+
+use proto::spec::{Assignment, TaskSpec, TaskState};
+
+use super::{shim, OciConfig, OciRuntime};
+use crate::image::Image;
+use crate::runtime::Runtime;
+
+/// Medians of a life-cycle benchmark.
+#[derive(Clone, Debug)]
+pub struct BenchFigures {
+    pub runtime: String,
+    pub rounds: usize,
+    pub shoal_median: Duration,
+    pub bare_median: Duration,
+    /// shoal / bare.
+    pub ratio: f64,
+}
+
+impl std::fmt::Display for BenchFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} rounds; shoal life cycle median {:.1} ms, bare `{} run` median {:.1} ms, ratio {:.2}",
+            self.runtime,
+            self.rounds,
+            self.shoal_median.as_secs_f64() * 1e3,
+            self.runtime,
+            self.bare_median.as_secs_f64() * 1e3,
+            self.ratio
+        )
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+/// Run `n` rounds of each side with `config` (its `runtime` is replaced by `runtime`) and
+/// `image` (any image with `/bin/true`; pinned under the reference `bench`).
+pub async fn bench_lifecycle(
+    runtime: &str,
+    n: usize,
+    mut config: OciConfig,
+    image: Image,
+) -> Result<BenchFigures, String> {
+    config.runtime = runtime.to_string();
+    let oci = OciRuntime::new(config).map_err(|e| e.to_string())?;
+    oci.pin_image("bench", image);
+    let task = |id: String| Assignment {
+        task_id: id,
+        service_id: "bench".into(),
+        service_name: "bench".into(),
+        slot: 1,
+        spec: TaskSpec {
+            image: "bench".into(),
+            command: vec!["/bin/true".into()],
+            ..Default::default()
+        },
+        desired_state: TaskState::Running,
+        node_hostname: String::new(),
+        secrets: vec![],
+        configs: vec![],
+    };
+    let prefix = format!("bench{}x", std::process::id());
+    let mut ours = Vec::with_capacity(n);
+    let mut bare = Vec::with_capacity(n);
+    for round in 0..n {
+        let id = format!("{prefix}o{round}");
+        oci.prepare(&task(id.clone())).await.map_err(|e| e.to_string())?;
+        let t0 = Instant::now();
+        let result = async {
+            oci.start(&id).await?;
+            oci.wait(&id).await?;
+            oci.remove(&id).await
+        }
+        .await;
+        ours.push(t0.elapsed());
+        if let Err(e) = result {
+            let _ = oci.remove(&id).await;
+            return Err(e.to_string());
+        }
+
+        let id = format!("{prefix}b{round}");
+        oci.prepare(&task(id.clone())).await.map_err(|e| e.to_string())?;
+        let dir = oci.task_dir(&id);
+        let base = oci.runtime_base();
+        let mask = oci.masks_cgroup2();
+        let t0 = Instant::now();
+        let status = tokio::task::spawn_blocking(move || {
+            let run = |args: &[&str]| {
+                let mut cmd = std::process::Command::new(&base[0]);
+                cmd.args(&base[1..]).args(args);
+                cmd.stdin(std::process::Stdio::null());
+                cmd.stdout(std::process::Stdio::null());
+                cmd.stderr(std::process::Stdio::null());
+                if mask {
+                    use std::os::unix::process::CommandExt;
+                    // SAFETY: mask_cgroup2 only makes system calls.
+                    unsafe { cmd.pre_exec(shim::mask_cgroup2) };
+                }
+                cmd.status()
+            };
+            let dir = dir.to_string_lossy().into_owned();
+            let status = run(&["run", "--bundle", &dir, &id]);
+            let _ = run(&["delete", "--force", &id]);
+            status
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        bare.push(t0.elapsed());
+        let _ = oci.remove(&format!("{prefix}b{round}")).await;
+        match status {
+            Ok(s) if s.success() => {}
+            Ok(s) => return Err(format!("bare {runtime} run: {s}")),
+            Err(e) => return Err(format!("bare {runtime} run: {e}")),
+        }
+    }
+    let shoal_median = median(ours);
+    let bare_median = median(bare);
+    Ok(BenchFigures {
+        runtime: runtime.to_string(),
+        rounds: n,
+        shoal_median,
+        bare_median,
+        ratio: shoal_median.as_secs_f64() / bare_median.as_secs_f64().max(1e-9),
+    })
+}

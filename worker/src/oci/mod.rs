@@ -1,0 +1,969 @@
+//! The real container runtime: OCI runtime binaries (runc by default, or crun) driven through
+//! their command line, one monitor process ([`shim`]) per container.
+//!
+//! Everything about a task lives in `<data>/tasks/<task id>/`, so that a daemon killed and
+//! started again finds its containers ([`OciRuntime`]'s `restore`):
+//!
+//! ```text
+//!   task.json       the assignment (secret data left out) and the image config
+//!   config.json     the OCI bundle's config; the bundle is the task directory itself
+//!   rootfs/         overlayfs of the image layers, upper/ and work/ beside it
+//!   etc/            hostname, hosts, resolv.conf (bind-mounted read-only)
+//!   secrets/        a tmpfs holding the secrets and configs (nothing on disk)
+//!   volumes/        anonymous volumes (removed with the task)
+//!   shim.pid pid    the monitor's pid, the container init's pid
+//!   created         written by the shim once `create` succeeded (or create-error)
+//!   started         written by the daemon once `start` succeeded
+//!   container.log   `<RFC 3339 nanos> <stdout|stderr> <text>` lines
+//!   exit            JSON exit status (code, signal, oom_killed, finished_at), by the shim
+//!   unhealthy       the last healthcheck output, when the healthcheck killed the container
+//! ```
+//!
+//! Named volumes live in `<data>/volumes/<name>/_data` and outlive tasks. The runtime's own
+//! state is under `<data>/oci/<runtime name>` (its `--root`).
+
+pub mod bench;
+pub mod shim;
+pub mod spec;
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use proto::spec::{Assignment, HealthCheck, MountKind};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::image::{Image, ImageConfig, ImageStore};
+use crate::runtime::{Restored, RestoredState, Runtime, RuntimeError, RuntimeOp};
+use shim::{files, ExitStatus};
+use spec::MountPlan;
+
+/// How often `wait` and `start` look at the task directory.
+const POLL: Duration = Duration::from_millis(50);
+/// How long the shim gets to report `create`.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Configuration of [`OciRuntime`].
+#[derive(Clone)]
+pub struct OciConfig {
+    /// The node's data directory (`tasks/`, `volumes/`, `oci/` go under it).
+    pub data_dir: PathBuf,
+    /// `runc`, `crun` or a path to either.
+    pub runtime: String,
+    pub images: Arc<ImageStore>,
+    /// How to start the monitor: program and leading arguments, to which `run …` or
+    /// `exec-ns …` are added. Default: `[<current executable>, "shim"]`.
+    pub shim_command: Vec<String>,
+    /// Extra environment for the monitor (tests use it to enter their own shim hook).
+    pub shim_env: Vec<(String, String)>,
+    /// Networking hook: if `<netns_dir>/<task id>` exists at prepare, the container joins
+    /// that network namespace instead of getting a new empty one.
+    pub netns_dir: Option<PathBuf>,
+}
+
+impl OciConfig {
+    pub fn new(data_dir: impl Into<PathBuf>, images: Arc<ImageStore>) -> OciConfig {
+        let exe = std::env::current_exe()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "shoal".into());
+        OciConfig {
+            data_dir: data_dir.into(),
+            runtime: "runc".into(),
+            images,
+            shim_command: vec![exe, "shim".into()],
+            shim_env: Vec::new(),
+            netns_dir: None,
+        }
+    }
+}
+
+/// What the daemon keeps about a task on disk (`task.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct TaskRecord {
+    /// Secrets and configs with their data removed.
+    assignment: Assignment,
+    image: ImageConfig,
+}
+
+impl TaskRecord {
+    fn healthcheck(&self) -> Option<HealthCheck> {
+        let check = self
+            .assignment
+            .spec
+            .healthcheck
+            .clone()
+            .or_else(|| self.image.healthcheck.clone())?;
+        match check.test.first().map(String::as_str) {
+            None | Some("NONE") => None,
+            _ => Some(check),
+        }
+    }
+
+    fn stop_signal(&self) -> i32 {
+        let spec = &self.assignment.spec.stop_signal;
+        let text = if !spec.is_empty() {
+            spec
+        } else {
+            &self.image.stop_signal
+        };
+        if text.is_empty() {
+            return libc::SIGTERM;
+        }
+        spec::parse_signal(text).unwrap_or(libc::SIGTERM)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Health {
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+struct Live {
+    health: watch::Sender<Health>,
+    cancel: CancellationToken,
+}
+
+/// The state behind [`OciRuntime`].
+pub(crate) struct State {
+    config: OciConfig,
+    /// Runtime binary as given (`runc`, `/usr/bin/crun`).
+    binary: String,
+    /// `--root` of the runtime.
+    root: PathBuf,
+    /// crun on a hybrid-cgroup host: run it in a mount namespace without cgroup2.
+    mask: bool,
+    pinned: Mutex<HashMap<String, Image>>,
+    live: Mutex<HashMap<String, Arc<Live>>>,
+}
+
+impl State {
+    fn new(config: OciConfig) -> Result<State, RuntimeError> {
+        let binary = if config.runtime.is_empty() {
+            "runc".to_string()
+        } else {
+            config.runtime.clone()
+        };
+        let name = Path::new(&binary)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| binary.clone());
+        let root = config.data_dir.join("oci").join(&name);
+        for dir in [&root, &config.data_dir.join("tasks")] {
+            std::fs::create_dir_all(dir).map_err(|source| RuntimeError::Io {
+                task_id: String::new(),
+                op: RuntimeOp::Prepare,
+                context: format!("creating {}", dir.display()),
+                source,
+            })?;
+        }
+        let mask = name.contains("crun") && Path::new("/sys/fs/cgroup/unified").exists();
+        Ok(State {
+            config,
+            binary,
+            root,
+            mask,
+            pinned: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Use `image` for tasks naming `reference`, without asking the image store (tests, and
+    /// images the node built itself).
+    pub fn pin_image(&self, reference: &str, image: Image) {
+        lock(&self.pinned).insert(reference.to_string(), image);
+    }
+
+    pub fn task_dir(&self, task_id: &str) -> PathBuf {
+        self.config.data_dir.join("tasks").join(task_id)
+    }
+
+    /// The runtime binary and its `--root`, as the runtime CLI takes them.
+    pub fn runtime_base(&self) -> Vec<String> {
+        vec![
+            self.binary.clone(),
+            "--root".into(),
+            self.root.to_string_lossy().into_owned(),
+        ]
+    }
+
+    fn record(&self, task_id: &str, op: RuntimeOp) -> Result<TaskRecord, RuntimeError> {
+        let path = self.task_dir(task_id).join("task.json");
+        let text = std::fs::read(&path).map_err(|_| unknown(task_id, op))?;
+        serde_json::from_slice(&text).map_err(|e| failed(task_id, op, format!("{path:?}: {e}")))
+    }
+
+    async fn image_for(&self, reference: &str) -> Result<Image, String> {
+        if let Some(image) = lock(&self.pinned).get(reference).cloned() {
+            return Ok(image);
+        }
+        self.config
+            .images
+            .ensure(reference)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Run the runtime binary with `args`; returns stdout, or the trimmed error.
+    async fn runtime_cmd(&self, args: &[&str]) -> Result<String, String> {
+        let mut cmd = tokio::process::Command::new(&self.binary);
+        cmd.arg("--root").arg(&self.root).args(args);
+        cmd.stdin(std::process::Stdio::null());
+        cmd.kill_on_drop(true);
+        if self.mask {
+            // SAFETY: mask_cgroup2 only makes system calls.
+            unsafe { cmd.pre_exec(shim::mask_cgroup2) };
+        }
+        let out = cmd
+            .output()
+            .await
+            .map_err(|e| format!("{}: {e}", self.binary))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
+            text.push_str(&String::from_utf8_lossy(&out.stdout));
+            Err(trim_runtime_error(&text))
+        }
+    }
+
+    fn shim_alive(&self, task_id: &str) -> bool {
+        read_pid(&self.task_dir(task_id).join(files::SHIM_PID)).is_some_and(pid_alive)
+    }
+
+    fn exit_status(&self, task_id: &str) -> Option<ExitStatus> {
+        let text = std::fs::read(self.task_dir(task_id).join(files::EXIT)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    async fn prepare_inner(&self, task: &Assignment) -> Result<(), String> {
+        let dir = self.task_dir(&task.task_id);
+        let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
+        let image = self.image_for(&task.spec.image).await?;
+        if image.layers.is_empty() {
+            return Err(format!("image {} has no layers", image.reference));
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| io("creating the task directory", e))?;
+        for sub in ["rootfs", "upper", "work", "etc"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(|e| io(sub, e))?;
+        }
+        let lower: Vec<String> = image
+            .layers
+            .iter()
+            .rev()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.join(":"),
+            dir.join("upper").display(),
+            dir.join("work").display()
+        );
+        let rootfs = dir.join("rootfs");
+        if !is_mountpoint(&rootfs) {
+            nix::mount::mount(
+                Some("overlay"),
+                &rootfs,
+                Some("overlay"),
+                nix::mount::MsFlags::empty(),
+                Some(options.as_str()),
+            )
+            .map_err(|e| format!("mounting the image layers (overlay): {e}"))?;
+        }
+
+        let hostname = spec::hostname(task);
+        let etc = dir.join("etc");
+        std::fs::write(etc.join("hostname"), format!("{hostname}\n"))
+            .map_err(|e| io("/etc/hostname", e))?;
+        std::fs::write(
+            etc.join("hosts"),
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+            ),
+        )
+        .map_err(|e| io("/etc/hosts", e))?;
+        let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+        std::fs::write(etc.join("resolv.conf"), resolv).map_err(|e| io("/etc/resolv.conf", e))?;
+
+        let user_text = if task.spec.user.is_empty() {
+            &image.config.user
+        } else {
+            &task.spec.user
+        };
+        let user = spec::resolve_user(user_text, &rootfs)?;
+
+        let mut mounts = Vec::new();
+        for (i, mount) in task.spec.mounts.iter().enumerate() {
+            if !mount.target.starts_with('/') {
+                return Err(format!(
+                    "invalid mount target {:?}: it must be an absolute path",
+                    mount.target
+                ));
+            }
+            mounts.push(match mount.kind {
+                MountKind::Bind => {
+                    let source = PathBuf::from(&mount.source);
+                    if !source.exists() {
+                        return Err(format!(
+                            "invalid mount config for type \"bind\": bind source path does not exist: {}",
+                            mount.source
+                        ));
+                    }
+                    MountPlan::Bind {
+                        source,
+                        target: mount.target.clone(),
+                        readonly: mount.readonly,
+                    }
+                }
+                MountKind::Volume => {
+                    let source = if mount.source.is_empty() {
+                        dir.join("volumes").join(i.to_string())
+                    } else {
+                        if mount.source.contains('/') || mount.source.starts_with('.') {
+                            return Err(format!("invalid volume name {:?}", mount.source));
+                        }
+                        self.config
+                            .data_dir
+                            .join("volumes")
+                            .join(&mount.source)
+                            .join("_data")
+                    };
+                    std::fs::create_dir_all(&source).map_err(|e| io("creating the volume", e))?;
+                    MountPlan::Bind {
+                        source,
+                        target: mount.target.clone(),
+                        readonly: mount.readonly,
+                    }
+                }
+                MountKind::Tmpfs => MountPlan::Tmpfs {
+                    target: mount.target.clone(),
+                    readonly: mount.readonly,
+                },
+            });
+        }
+        for name in ["hostname", "hosts", "resolv.conf"] {
+            mounts.push(MountPlan::Bind {
+                source: etc.join(name),
+                target: format!("/etc/{name}"),
+                readonly: false,
+            });
+        }
+        if !task.secrets.is_empty() || !task.configs.is_empty() {
+            let secrets = dir.join("secrets");
+            std::fs::create_dir_all(&secrets).map_err(|e| io("secrets directory", e))?;
+            if !is_mountpoint(&secrets) {
+                nix::mount::mount(
+                    Some("tmpfs"),
+                    &secrets,
+                    Some("tmpfs"),
+                    nix::mount::MsFlags::MS_NOEXEC
+                        | nix::mount::MsFlags::MS_NOSUID
+                        | nix::mount::MsFlags::MS_NODEV,
+                    Some("mode=0700,size=16m"),
+                )
+                .map_err(|e| format!("mounting the secrets tmpfs: {e}"))?;
+            }
+            let files = task
+                .secrets
+                .iter()
+                .map(|f| (f, true))
+                .chain(task.configs.iter().map(|f| (f, false)));
+            for (i, (file, secret)) in files.enumerate() {
+                let name = if file.target.is_empty() {
+                    &file.name
+                } else {
+                    &file.target
+                };
+                let target = match (secret, name.starts_with('/')) {
+                    (_, true) => name.clone(),
+                    (true, false) => format!("/run/secrets/{name}"),
+                    (false, false) => format!("/{name}"),
+                };
+                let host = secrets.join(format!("{}{i}", if secret { "s" } else { "c" }));
+                std::fs::write(&host, &file.data).map_err(|e| io("writing a secret", e))?;
+                let mode = if secret { 0o400 } else { 0o444 };
+                std::fs::set_permissions(&host, std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| io("secret permissions", e))?;
+                mounts.push(MountPlan::Bind {
+                    source: host,
+                    target,
+                    readonly: true,
+                });
+            }
+        }
+        let netns_path = self
+            .config
+            .netns_dir
+            .as_ref()
+            .map(|d| d.join(&task.task_id))
+            .filter(|p| p.exists());
+        let config = spec::build(&spec::BundleInput {
+            task,
+            image: &image.config,
+            rootfs: &rootfs,
+            hostname: &hostname,
+            user,
+            mounts,
+            netns_path,
+        })?;
+        config
+            .save(dir.join("config.json"))
+            .map_err(|e| format!("writing config.json: {e}"))?;
+        let mut stripped = task.clone();
+        for file in stripped.secrets.iter_mut().chain(stripped.configs.iter_mut()) {
+            file.data.clear();
+        }
+        let record = TaskRecord {
+            assignment: stripped,
+            image: image.config.clone(),
+        };
+        let json = serde_json::to_vec_pretty(&record).map_err(|e| e.to_string())?;
+        shim::write_atomic(&dir.join("task.json"), &json).map_err(|e| io("task.json", e))?;
+        Ok(())
+    }
+
+    fn spawn_shim(&self, task_id: &str) -> Result<(), String> {
+        let dir = self.task_dir(task_id);
+        let (program, lead) = self
+            .config
+            .shim_command
+            .split_first()
+            .ok_or("no shim command configured")?;
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(lead)
+            .arg("run")
+            .arg("--task-dir")
+            .arg(&dir)
+            .arg("--runtime")
+            .arg(&self.binary)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--id")
+            .arg(task_id)
+            .envs(self.config.shim_env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        if self.mask {
+            cmd.arg("--mask-cgroup2");
+        }
+        // The first shim process forks and exits at once; its child is the monitor.
+        let out = cmd
+            .output()
+            .map_err(|e| format!("starting the container monitor {program}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "container monitor: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(())
+    }
+
+    async fn start_inner(&self, task_id: &str) -> Result<(), String> {
+        let dir = self.task_dir(task_id);
+        if dir.join("started").exists() || dir.join(files::EXIT).exists() {
+            return Ok(());
+        }
+        let created = dir.join(files::CREATED);
+        let create_error = dir.join(files::CREATE_ERROR);
+        if !created.exists() {
+            if !self.shim_alive(task_id) {
+                let _ = std::fs::remove_file(&create_error);
+                self.spawn_shim(task_id)?;
+            }
+            let deadline = tokio::time::Instant::now() + CREATE_TIMEOUT;
+            loop {
+                if created.exists() {
+                    break;
+                }
+                if let Ok(text) = std::fs::read_to_string(&create_error) {
+                    return Err(format!("starting container: {}", trim_runtime_error(&text)));
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return Err("starting container: the runtime did not create it in time".into());
+                }
+                tokio::time::sleep(POLL / 5).await;
+            }
+        }
+        self.runtime_cmd(&["start", task_id])
+            .await
+            .map_err(|e| format!("starting container: {e}"))?;
+        let _ = std::fs::write(dir.join("started"), b"");
+        Ok(())
+    }
+
+    /// Start watching the health of a running task, if it has a healthcheck.
+    fn watch_health(self: &Arc<Self>, task_id: &str, record: &TaskRecord) -> Option<Arc<Live>> {
+        let check = record.healthcheck()?;
+        let live = Arc::new(Live {
+            health: watch::Sender::new(Health::Starting),
+            cancel: CancellationToken::new(),
+        });
+        if let Some(old) = lock(&self.live).insert(task_id.to_string(), live.clone()) {
+            old.cancel.cancel();
+        }
+        let this = self.clone();
+        let id = task_id.to_string();
+        let live2 = live.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = live2.cancel.cancelled() => {}
+                _ = this.health_loop(&id, check, &live2) => {}
+            }
+        });
+        Some(live)
+    }
+
+    async fn health_loop(&self, task_id: &str, check: HealthCheck, live: &Live) {
+        let ms = |v: u64, default: u64| Duration::from_millis(if v == 0 { default } else { v });
+        let interval = ms(check.interval_ms, 30_000);
+        let timeout = ms(check.timeout_ms, 30_000);
+        let retries = if check.retries == 0 { 3 } else { check.retries };
+        let start_period = Duration::from_millis(check.start_period_ms);
+        let argv: Vec<String> = match check.test.first().map(String::as_str) {
+            Some("CMD-SHELL") => vec!["/bin/sh".into(), "-c".into(), check.test[1..].join(" ")],
+            Some("CMD") => check.test[1..].to_vec(),
+            _ => check.test.clone(),
+        };
+        let started = tokio::time::Instant::now();
+        let mut failures = 0u64;
+        loop {
+            tokio::time::sleep(interval).await;
+            if self.exit_status(task_id).is_some() {
+                return;
+            }
+            let mut args = vec!["exec", task_id];
+            args.extend(argv.iter().map(String::as_str));
+            let (ok, output) = match tokio::time::timeout(timeout, self.runtime_cmd(&args)).await
+            {
+                Ok(Ok(out)) => (true, out),
+                Ok(Err(e)) => (false, e),
+                Err(_) => (false, format!("timed out after {timeout:?}")),
+            };
+            if ok {
+                failures = 0;
+                live.health.send_replace(Health::Healthy);
+                continue;
+            }
+            if started.elapsed() < start_period && *live.health.borrow() == Health::Starting {
+                continue;
+            }
+            failures += 1;
+            if failures >= retries {
+                let output: String = output.trim().chars().take(300).collect();
+                let _ = std::fs::write(self.task_dir(task_id).join("unhealthy"), output);
+                live.health.send_replace(Health::Unhealthy);
+                let _ = self.runtime_cmd(&["kill", task_id, "KILL"]).await;
+                return;
+            }
+        }
+    }
+
+    fn forget_live(&self, task_id: &str) {
+        if let Some(live) = lock(&self.live).remove(task_id) {
+            live.cancel.cancel();
+        }
+    }
+}
+
+/// The real runtime. See the module documentation. Cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub struct OciRuntime {
+    inner: Arc<State>,
+}
+
+impl OciRuntime {
+    pub fn new(config: OciConfig) -> Result<OciRuntime, RuntimeError> {
+        Ok(OciRuntime {
+            inner: Arc::new(State::new(config)?),
+        })
+    }
+
+    /// Use `image` for tasks naming `reference`, without asking the image store (tests, and
+    /// images the node built itself).
+    pub fn pin_image(&self, reference: &str, image: Image) {
+        self.inner.pin_image(reference, image)
+    }
+
+    /// `<data>/tasks/<task id>`.
+    pub fn task_dir(&self, task_id: &str) -> PathBuf {
+        self.inner.task_dir(task_id)
+    }
+
+    /// The runtime binary and its `--root`, as the runtime CLI takes them.
+    pub fn runtime_base(&self) -> Vec<String> {
+        self.inner.runtime_base()
+    }
+
+    /// Whether runtime commands run in a masked mount namespace (crun on a hybrid host).
+    pub fn masks_cgroup2(&self) -> bool {
+        self.inner.mask
+    }
+
+    /// Stop watching health in this process (the handle is going away; for tests that
+    /// simulate a daemon restart with a second runtime on the same directory).
+    pub fn detach(&self) {
+        for (_, live) in lock(&self.inner.live).drain() {
+            live.cancel.cancel();
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for OciRuntime {
+    async fn prepare(&self, task: &Assignment) -> Result<(), RuntimeError> {
+        let id = task.task_id.as_str();
+        self.inner.prepare_inner(task)
+            .await
+            .map_err(|reason| failed(id, RuntimeOp::Prepare, reason))
+    }
+
+    async fn start(&self, task_id: &str) -> Result<(), RuntimeError> {
+        let record = self.inner.record(task_id, RuntimeOp::Start)?;
+        self.inner.start_inner(task_id)
+            .await
+            .map_err(|reason| failed(task_id, RuntimeOp::Start, reason))?;
+        // A task with a healthcheck counts as running once healthy.
+        if let Some(live) = self.inner.watch_health(task_id, &record) {
+            let mut health = live.health.subscribe();
+            loop {
+                if *health.borrow_and_update() != Health::Starting
+                    || self.inner.exit_status(task_id).is_some()
+                {
+                    break;
+                }
+                tokio::select! {
+                    changed = health.changed() => if changed.is_err() { break },
+                    _ = tokio::time::sleep(POLL) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait(&self, task_id: &str) -> Result<i32, RuntimeError> {
+        let dir = self.inner.task_dir(task_id);
+        if !dir.join("task.json").exists() {
+            return Err(unknown(task_id, RuntimeOp::Wait));
+        }
+        // Only reads files: cancel-safe.
+        loop {
+            if let Some(exit) = self.inner.exit_status(task_id) {
+                return Ok(exit.code);
+            }
+            if !self.inner.shim_alive(task_id) {
+                if let Some(exit) = self.inner.exit_status(task_id) {
+                    return Ok(exit.code);
+                }
+                if !dir.join(files::CREATED).exists() {
+                    return Err(failed(task_id, RuntimeOp::Wait, "the container was never created".into()));
+                }
+                return Err(failed(
+                    task_id,
+                    RuntimeOp::Wait,
+                    "the container monitor died without recording an exit status".into(),
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn stop(&self, task_id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let record = self.inner.record(task_id, RuntimeOp::Stop)?;
+        let dir = self.inner.task_dir(task_id);
+        if self.inner.exit_status(task_id).is_some() || !dir.join(files::CREATED).exists() {
+            return Ok(());
+        }
+        let signal = record.stop_signal().to_string();
+        if let Err(e) = self.inner.runtime_cmd(&["kill", task_id, &signal]).await {
+            if self.inner.exit_status(task_id).is_some() {
+                return Ok(());
+            }
+            tracing::debug!(task = task_id, error = %e, "stop signal not delivered");
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline {
+            if self.inner.exit_status(task_id).is_some() || !self.inner.shim_alive(task_id) {
+                return Ok(());
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        if let Err(e) = self.inner.runtime_cmd(&["kill", task_id, "KILL"]).await {
+            if self.inner.exit_status(task_id).is_none() && self.inner.shim_alive(task_id) {
+                return Err(failed(task_id, RuntimeOp::Stop, format!("killing: {e}")));
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, task_id: &str) -> Result<(), RuntimeError> {
+        self.inner.forget_live(task_id);
+        let dir = self.inner.task_dir(task_id);
+        if !dir.exists() {
+            return Ok(());
+        }
+        let _ = self.inner.runtime_cmd(&["delete", "--force", task_id]).await;
+        // Let the monitor record the end before the directory goes.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while self.inner.shim_alive(task_id) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(POLL).await;
+        }
+        for sub in ["rootfs", "secrets"] {
+            let path = dir.join(sub);
+            while is_mountpoint(&path) {
+                if nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH).is_err() {
+                    break;
+                }
+            }
+        }
+        remove_cgroups(task_id);
+        std::fs::remove_dir_all(&dir).map_err(|source| RuntimeError::Io {
+            task_id: task_id.to_string(),
+            op: RuntimeOp::Remove,
+            context: format!("removing {}", dir.display()),
+            source,
+        })
+    }
+
+    fn log_path(&self, task_id: &str) -> Option<PathBuf> {
+        Some(self.inner.task_dir(task_id).join(files::LOG))
+    }
+
+    async fn restore(&self) -> Vec<Restored> {
+        let Ok(entries) = std::fs::read_dir(self.inner.config.data_dir.join("tasks")) else {
+            return Vec::new();
+        };
+        let mut restored = Vec::new();
+        for entry in entries.flatten() {
+            let task_id = entry.file_name().to_string_lossy().into_owned();
+            let Ok(record) = self.inner.record(&task_id, RuntimeOp::Start) else {
+                continue;
+            };
+            let dir = entry.path();
+            let state = if let Some(exit) = self.inner.exit_status(&task_id) {
+                RestoredState::Exited(exit.code)
+            } else if dir.join("started").exists() {
+                let pid = read_pid(&dir.join(files::INIT_PID)).unwrap_or(0);
+                if self.inner.shim_alive(&task_id) {
+                    self.inner.watch_health(&task_id, &record);
+                }
+                RestoredState::Running { pid }
+            } else {
+                RestoredState::Created
+            };
+            restored.push(Restored {
+                task_id,
+                assignment: record.assignment,
+                state,
+            });
+        }
+        restored.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+        restored
+    }
+
+    async fn exit_detail(&self, task_id: &str) -> Option<String> {
+        let dir = self.inner.task_dir(task_id);
+        let exit = self.inner.exit_status(task_id)?;
+        if let Ok(output) = std::fs::read_to_string(dir.join("unhealthy")) {
+            return Some(format!("container unhealthy: {}", output.trim()));
+        }
+        if exit.oom_killed {
+            let limit = self
+                .inner.record(task_id, RuntimeOp::Wait)
+                .map(|r| r.assignment.spec.resources.limit_memory)
+                .unwrap_or(0);
+            return Some(if limit > 0 {
+                format!(
+                    "OOM killed: memory limit {} exceeded (exit {})",
+                    human_bytes(limit),
+                    exit.code
+                )
+            } else {
+                format!("OOM killed (exit {})", exit.code)
+            });
+        }
+        None
+    }
+
+    fn exec_argv(&self, task_id: &str, cmd: &[String]) -> Result<Vec<String>, RuntimeError> {
+        if !self.inner.task_dir(task_id).join(files::CREATED).exists() {
+            return Err(failed(
+                task_id,
+                RuntimeOp::Start,
+                "exec: the container is not running".into(),
+            ));
+        }
+        let mut argv = Vec::new();
+        if self.inner.mask {
+            argv.extend(self.inner.config.shim_command.iter().cloned());
+            argv.extend(["exec-ns".to_string(), "--".to_string()]);
+        }
+        argv.extend(self.inner.runtime_base());
+        argv.push("exec".into());
+        argv.push(task_id.into());
+        argv.extend(cmd.iter().cloned());
+        Ok(argv)
+    }
+}
+
+/// `64MiB`, `1GiB`, `1000B`: a memory size the way users write limits.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (unit, size) in UNITS {
+        if n >= size && n % size == 0 {
+            return format!("{}{unit}", n / size);
+        }
+    }
+    for (unit, size) in UNITS {
+        if n >= size {
+            return format!("{:.1}{unit}", n as f64 / size as f64);
+        }
+    }
+    format!("{n}B")
+}
+
+/// The essence of a runtime's error output: its last message, without log decoration and the
+/// runtime's own framing (`runc create failed: unable to start container process: `).
+pub fn trim_runtime_error(text: &str) -> String {
+    let line = text
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    let mut message = match line.find("msg=\"") {
+        Some(at) => {
+            let rest = &line[at + 5..];
+            let mut out = String::new();
+            let mut chars = rest.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some(next) = chars.next() {
+                            out.push(next);
+                        }
+                    }
+                    '"' => break,
+                    c => out.push(c),
+                }
+            }
+            out
+        }
+        None => line.to_string(),
+    };
+    if let Some(at) = message.rfind("unable to start container process: ") {
+        message = message[at + "unable to start container process: ".len()..].to_string();
+    }
+    for prefix in ["runc: ", "crun: ", "Error: ", "error: "] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            message = rest.to_string();
+        }
+    }
+    message
+}
+
+fn remove_cgroups(task_id: &str) {
+    let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let mut dirs = vec![PathBuf::from("/sys/fs/cgroup/shoal").join(task_id)];
+    for entry in entries.flatten() {
+        dirs.push(entry.path().join("shoal").join(task_id));
+    }
+    for dir in dirs {
+        if dir.is_dir() {
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+}
+
+fn is_mountpoint(path: &Path) -> bool {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let Ok(path) = path.canonicalize() else {
+        return false;
+    };
+    let wanted = path.to_string_lossy();
+    mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| unescape_mount(mp) == wanted)
+}
+
+fn unescape_mount(text: &str) -> String {
+    text.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn pid_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // A zombie is dead for our purpose.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn unknown(task_id: &str, op: RuntimeOp) -> RuntimeError {
+    RuntimeError::UnknownTask {
+        task_id: task_id.to_string(),
+        op,
+    }
+}
+
+fn failed(task_id: &str, op: RuntimeOp, reason: String) -> RuntimeError {
+    RuntimeError::Failed {
+        task_id: task_id.to_string(),
+        op,
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_errors_are_trimmed_to_their_essence() {
+        let runc = "time=\"2026-11-23T18:00:00Z\" level=error msg=\"runc create failed: unable to start container process: exec: \\\"nope\\\": executable file not found in $PATH\"\n";
+        assert_eq!(
+            trim_runtime_error(runc),
+            "exec: \"nope\": executable file not found in $PATH"
+        );
+        let crun = "crun: executable file `nope` not found in $PATH: No such file or directory\n";
+        assert_eq!(
+            trim_runtime_error(crun),
+            "executable file `nope` not found in $PATH: No such file or directory"
+        );
+    }
+
+    #[test]
+    fn sizes_read_as_users_write_them() {
+        assert_eq!(human_bytes(64 << 20), "64MiB");
+        assert_eq!(human_bytes(1 << 30), "1GiB");
+        assert_eq!(human_bytes(1500), "1.5KiB");
+        assert_eq!(human_bytes(10), "10B");
+    }
+}

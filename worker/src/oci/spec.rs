@@ -1,0 +1,615 @@
+//! From a task (and its image) to an OCI runtime `config.json`: the pure part of the runtime.
+//!
+//! Everything here is a function of its inputs and files it is pointed at (the image's
+//! `/etc/passwd` and `/etc/group`), so that the Docker compatibility rules — how command and
+//! args merge with the image's entrypoint and cmd, how env merges, which user a `--user`
+//! names — are unit tested without a container.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::Spec;
+use proto::spec::Assignment;
+use serde_json::{json, Value};
+
+use crate::image::ImageConfig;
+
+/// Docker's default PATH, used when neither the image nor the task sets one.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// CFS period used for CPU limits, in microseconds (Docker's).
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// Docker's default capability set.
+pub const DEFAULT_CAPABILITIES: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Paths Docker hides from containers (bind-mounted over with /dev/null or an empty tmpfs).
+pub const MASKED_PATHS: [&str; 11] = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Paths Docker makes read-only in containers.
+pub const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// The process to run, Docker's way: the task's command replaces the image's entrypoint, the
+/// task's args replace the image's cmd, and a task that sets a command but no args drops the
+/// image's cmd (it was written for the image's entrypoint).
+pub fn merge_args(
+    command: &[String],
+    args: &[String],
+    image: &ImageConfig,
+) -> Result<Vec<String>, String> {
+    let entrypoint = if command.is_empty() {
+        &image.entrypoint
+    } else {
+        command
+    };
+    let cmd: &[String] = if !args.is_empty() {
+        args
+    } else if command.is_empty() {
+        &image.cmd
+    } else {
+        &[]
+    };
+    let merged: Vec<String> = entrypoint.iter().chain(cmd).cloned().collect();
+    if merged.is_empty() {
+        return Err("no command specified".into());
+    }
+    Ok(merged)
+}
+
+/// The image's env overlaid with the task's (the task wins, key by key, keeping the first
+/// position of a key), with PATH defaulted as Docker does and HOSTNAME set.
+pub fn merge_env(image_env: &[String], task_env: &[String], hostname: &str) -> Vec<String> {
+    let mut merged: Vec<(String, String)> = Vec::new();
+    let mut set = |entry: &str| {
+        let (key, value) = entry.split_once('=').unwrap_or((entry, ""));
+        match merged.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = value.to_string(),
+            None => merged.push((key.to_string(), value.to_string())),
+        }
+    };
+    set(&format!("PATH={DEFAULT_PATH}"));
+    set(&format!("HOSTNAME={hostname}"));
+    for entry in image_env.iter().chain(task_env) {
+        set(entry);
+    }
+    merged
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect()
+}
+
+/// The container's hostname: the task's template expanded, or the task id's first 12
+/// characters.
+pub fn hostname(task: &Assignment) -> String {
+    let template = task.spec.hostname.trim();
+    if template.is_empty() {
+        return task.task_id.chars().take(12).collect();
+    }
+    template
+        .replace("{{.Service.Name}}", &task.service_name)
+        .replace("{{.Service.ID}}", &task.service_id)
+        .replace("{{.Task.Slot}}", &task.slot.to_string())
+        .replace("{{.Task.ID}}", &task.task_id)
+        .replace("{{.Node.Hostname}}", &task.node_hostname)
+}
+
+/// CFS quota for a limit in nano CPUs (1e9 = one CPU), over [`CPU_PERIOD_US`].
+pub fn cpu_quota(nano_cpus: u64) -> i64 {
+    (u128::from(nano_cpus) * u128::from(CPU_PERIOD_US) / 1_000_000_000) as i64
+}
+
+/// A signal by name (`SIGINT`, `INT`, any case) or number.
+pub fn parse_signal(text: &str) -> Result<i32, String> {
+    let text = text.trim();
+    if let Ok(n) = text.parse::<i32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+        return Err(format!("invalid signal number {n}"));
+    }
+    let upper = text.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .map(|s| s as i32)
+        .map_err(|_| format!("invalid signal {text:?}"))
+}
+
+/// `--user` as written: `name|uid[:group|gid]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserSpec {
+    pub user: String,
+    pub group: Option<String>,
+}
+
+impl UserSpec {
+    pub fn parse(text: &str) -> UserSpec {
+        match text.split_once(':') {
+            Some((user, group)) => UserSpec {
+                user: user.to_string(),
+                group: Some(group.to_string()),
+            },
+            None => UserSpec {
+                user: text.to_string(),
+                group: None,
+            },
+        }
+    }
+}
+
+/// The ids the container process runs with.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResolvedUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+}
+
+/// Resolve `--user` (or the image's USER) against the rootfs' `/etc/passwd` and `/etc/group`.
+/// Empty: root. A numeric uid absent from passwd runs with gid 0, as Docker does.
+pub fn resolve_user(text: &str, rootfs: &Path) -> Result<ResolvedUser, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(ResolvedUser::default());
+    }
+    let spec = UserSpec::parse(text);
+    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
+    let group_file = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
+    // name:x:uid:gid:...
+    let entry = passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        if fields.len() < 4 {
+            return None;
+        }
+        let uid: u32 = fields[2].parse().ok()?;
+        let gid: u32 = fields[3].parse().ok()?;
+        let matches = fields[0] == spec.user || spec.user.parse::<u32>() == Ok(uid);
+        matches.then(|| (fields[0].to_string(), uid, gid))
+    });
+    let (name, uid, mut gid) = match (entry, spec.user.parse::<u32>()) {
+        (Some(found), _) => found,
+        (None, Ok(uid)) => (String::new(), uid, 0),
+        (None, Err(_)) => {
+            return Err(format!(
+                "unable to find user {}: no matching entries in passwd file",
+                spec.user
+            ))
+        }
+    };
+    let groups: Vec<(String, u32, Vec<String>)> = group_file
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            if fields.len() < 3 {
+                return None;
+            }
+            let members = fields
+                .get(3)
+                .map(|m| {
+                    m.split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default();
+            Some((fields[0].to_string(), fields[2].parse().ok()?, members))
+        })
+        .collect();
+    if let Some(group) = &spec.group {
+        gid = match group.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => groups
+                .iter()
+                .find(|(n, _, _)| n == group)
+                .map(|(_, gid, _)| *gid)
+                .ok_or_else(|| {
+                    format!("unable to find group {group}: no matching entries in group file")
+                })?,
+        };
+    }
+    let additional_gids = if name.is_empty() {
+        Vec::new()
+    } else {
+        groups
+            .iter()
+            .filter(|(_, g, members)| *g != gid && members.iter().any(|m| *m == name))
+            .map(|(_, g, _)| *g)
+            .collect()
+    };
+    Ok(ResolvedUser {
+        uid,
+        gid,
+        additional_gids,
+    })
+}
+
+/// One extra mount of the container, with its host side already resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MountPlan {
+    Bind {
+        source: PathBuf,
+        target: String,
+        readonly: bool,
+    },
+    Tmpfs {
+        target: String,
+        readonly: bool,
+    },
+}
+
+/// Everything [`build`] needs beyond the task itself.
+pub struct BundleInput<'a> {
+    pub task: &'a Assignment,
+    pub image: &'a ImageConfig,
+    pub rootfs: &'a Path,
+    pub hostname: &'a str,
+    pub user: ResolvedUser,
+    /// Extra mounts in order: the task's mounts, then /etc files, secrets and configs.
+    pub mounts: Vec<MountPlan>,
+    /// Join this network namespace instead of creating a new empty one.
+    pub netns_path: Option<PathBuf>,
+}
+
+/// The runtime config of a task.
+pub fn build(input: &BundleInput<'_>) -> Result<Spec, String> {
+    let task = input.task;
+    let spec = &task.spec;
+    let args = merge_args(&spec.command, &spec.args, input.image)?;
+    let env = merge_env(&input.image.env, &spec.env, input.hostname);
+    let cwd = if !spec.workdir.is_empty() {
+        spec.workdir.clone()
+    } else if !input.image.working_dir.is_empty() {
+        input.image.working_dir.clone()
+    } else {
+        "/".to_string()
+    };
+    if !cwd.starts_with('/') {
+        return Err(format!(
+            "the working directory {cwd:?} is invalid: it needs to be an absolute path"
+        ));
+    }
+    let caps: Vec<&str> = DEFAULT_CAPABILITIES.to_vec();
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc",
+               "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+               "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+               "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
+               "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+               "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+               "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+               "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+    ];
+    for mount in &input.mounts {
+        mounts.push(match mount {
+            MountPlan::Bind {
+                source,
+                target,
+                readonly,
+            } => {
+                let mut options = vec!["rbind", "rprivate"];
+                if *readonly {
+                    options.push("ro");
+                }
+                json!({"destination": target, "type": "bind", "source": source, "options": options})
+            }
+            MountPlan::Tmpfs { target, readonly } => {
+                let mut options = vec!["nosuid", "nodev", "mode=1777"];
+                if *readonly {
+                    options.push("ro");
+                }
+                json!({"destination": target, "type": "tmpfs", "source": "tmpfs", "options": options})
+            }
+        });
+    }
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+    ];
+    namespaces.push(match &input.netns_path {
+        Some(path) => json!({"type": "network", "path": path}),
+        None => json!({"type": "network"}),
+    });
+    let mut resources = json!({
+        "devices": [{"allow": false, "access": "rwm"}],
+    });
+    let limits = &spec.resources;
+    if limits.limit_memory > 0 {
+        resources["memory"] = json!({"limit": limits.limit_memory as i64});
+    }
+    if limits.limit_nano_cpus > 0 {
+        resources["cpu"] = json!({
+            "quota": cpu_quota(limits.limit_nano_cpus),
+            "period": CPU_PERIOD_US,
+        });
+    }
+    if limits.limit_pids > 0 {
+        resources["pids"] = json!({"limit": limits.limit_pids as i64});
+    }
+    let config: Value = json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {
+                "uid": input.user.uid,
+                "gid": input.user.gid,
+                "additionalGids": input.user.additional_gids,
+            },
+            "args": args,
+            "env": env,
+            "cwd": cwd,
+            "capabilities": {
+                "bounding": caps, "effective": caps, "permitted": caps,
+            },
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1048576u64, "soft": 1048576u64}],
+            "noNewPrivileges": true,
+        },
+        "root": {"path": input.rootfs, "readonly": false},
+        "hostname": input.hostname,
+        "mounts": mounts,
+        "linux": {
+            "cgroupsPath": format!("/shoal/{}", task.task_id),
+            "resources": resources,
+            "namespaces": namespaces,
+            "maskedPaths": MASKED_PATHS,
+            "readonlyPaths": READONLY_PATHS,
+        },
+    });
+    serde_json::from_value(config).map_err(|e| format!("building the runtime config: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::spec::{Resources, TaskSpec, TaskState};
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn image(entrypoint: &[&str], cmd: &[&str]) -> ImageConfig {
+        ImageConfig {
+            entrypoint: strings(entrypoint),
+            cmd: strings(cmd),
+            ..Default::default()
+        }
+    }
+
+    fn task() -> Assignment {
+        Assignment {
+            task_id: "abcdefghijklmnopqrstuvwxyz".into(),
+            service_id: "svc123".into(),
+            service_name: "web".into(),
+            slot: 4,
+            spec: TaskSpec::default(),
+            desired_state: TaskState::Running,
+            node_hostname: "node-a".into(),
+            secrets: vec![],
+            configs: vec![],
+        }
+    }
+
+    #[test]
+    fn args_merge_as_docker() {
+        let img = image(&["/entry"], &["a", "b"]);
+        assert_eq!(merge_args(&[], &[], &img).unwrap(), ["/entry", "a", "b"]);
+        assert_eq!(
+            merge_args(&[], &strings(&["x"]), &img).unwrap(),
+            ["/entry", "x"]
+        );
+        assert_eq!(
+            merge_args(&strings(&["/bin/sh"]), &[], &img).unwrap(),
+            ["/bin/sh"],
+            "a command drops the image's cmd"
+        );
+        assert_eq!(
+            merge_args(&strings(&["/bin/sh"]), &strings(&["-c", "x"]), &img).unwrap(),
+            ["/bin/sh", "-c", "x"]
+        );
+        let cmd_only = image(&[], &["/bin/true"]);
+        assert_eq!(merge_args(&[], &[], &cmd_only).unwrap(), ["/bin/true"]);
+        let err = merge_args(&[], &[], &image(&[], &[])).unwrap_err();
+        assert_eq!(err, "no command specified");
+    }
+
+    #[test]
+    fn env_merges_with_task_winning_by_key() {
+        let env = merge_env(
+            &strings(&["A=1", "PATH=/img", "B=2"]),
+            &strings(&["B=3", "C=4", "NOVALUE"]),
+            "h1",
+        );
+        assert_eq!(
+            env,
+            ["PATH=/img", "HOSTNAME=h1", "A=1", "B=3", "C=4", "NOVALUE="]
+        );
+        let env = merge_env(&[], &[], "h");
+        assert_eq!(env[0], format!("PATH={DEFAULT_PATH}"));
+    }
+
+    #[test]
+    fn hostname_templates_expand() {
+        let mut t = task();
+        assert_eq!(hostname(&t), "abcdefghijkl");
+        t.spec.hostname =
+            "{{.Service.Name}}-{{.Task.Slot}}.{{.Node.Hostname}}.{{.Service.ID}}".into();
+        assert_eq!(hostname(&t), "web-4.node-a.svc123");
+        t.spec.hostname = "t-{{.Task.ID}}".into();
+        assert_eq!(hostname(&t), "t-abcdefghijklmnopqrstuvwxyz");
+    }
+
+    #[test]
+    fn cpu_quota_over_the_default_period() {
+        assert_eq!(cpu_quota(500_000_000), 50_000);
+        assert_eq!(cpu_quota(1_500_000_000), 150_000);
+        assert_eq!(cpu_quota(1_000), 0);
+    }
+
+    #[test]
+    fn signals_by_name_or_number() {
+        assert_eq!(parse_signal("SIGINT"), Ok(2));
+        assert_eq!(parse_signal("int"), Ok(2));
+        assert_eq!(parse_signal("15"), Ok(15));
+        assert_eq!(parse_signal("KILL"), Ok(9));
+        assert!(parse_signal("NOPE").is_err());
+        assert!(parse_signal("0").is_err());
+    }
+
+    #[test]
+    fn users_resolve_from_the_image_files() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("etc")).unwrap();
+        std::fs::write(
+            root.path().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33::/var/www:/bin/false\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.path().join("etc/group"),
+            "root:x:0:\nwww:x:33:\nlog:x:4:www,other\nstaff:x:50:\n",
+        )
+        .unwrap();
+        let r = |s: &str| resolve_user(s, root.path());
+        assert_eq!(r("").unwrap(), ResolvedUser::default());
+        assert_eq!(
+            r("www").unwrap(),
+            ResolvedUser {
+                uid: 33,
+                gid: 33,
+                additional_gids: vec![4]
+            }
+        );
+        assert_eq!(r("33:staff").unwrap().gid, 50);
+        assert_eq!(r("www:7").unwrap().gid, 7);
+        assert_eq!(
+            r("1234").unwrap(),
+            ResolvedUser {
+                uid: 1234,
+                gid: 0,
+                additional_gids: vec![]
+            }
+        );
+        assert_eq!(
+            r("1234:5").unwrap(),
+            ResolvedUser {
+                uid: 1234,
+                gid: 5,
+                additional_gids: vec![]
+            }
+        );
+        assert!(r("nobody").unwrap_err().contains("unable to find user nobody"));
+        assert!(r("www:nogroup").unwrap_err().contains("nogroup"));
+        assert_eq!(
+            UserSpec::parse("a:b"),
+            UserSpec {
+                user: "a".into(),
+                group: Some("b".into())
+            }
+        );
+    }
+
+    #[test]
+    fn spec_carries_limits_namespaces_and_process() {
+        let mut t = task();
+        t.spec.command = strings(&["/bin/sh", "-c", "exit 3"]);
+        t.spec.resources = Resources {
+            limit_memory: 64 << 20,
+            limit_nano_cpus: 500_000_000,
+            limit_pids: 100,
+            ..Default::default()
+        };
+        let img = ImageConfig::default();
+        let input = BundleInput {
+            task: &t,
+            image: &img,
+            rootfs: Path::new("/tmp/rootfs"),
+            hostname: "h",
+            user: ResolvedUser::default(),
+            mounts: vec![MountPlan::Bind {
+                source: "/src".into(),
+                target: "/dst".into(),
+                readonly: true,
+            }],
+            netns_path: Some("/run/netns/x".into()),
+        };
+        let spec = build(&input).unwrap();
+        let value = serde_json::to_value(&spec).unwrap();
+        let linux = &value["linux"];
+        assert_eq!(linux["cgroupsPath"], format!("/shoal/{}", t.task_id));
+        assert_eq!(linux["resources"]["memory"]["limit"], 64 << 20);
+        assert_eq!(linux["resources"]["cpu"]["quota"], 50_000);
+        assert_eq!(linux["resources"]["cpu"]["period"], 100_000);
+        assert_eq!(linux["resources"]["pids"]["limit"], 100);
+        let netns = linux["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["type"] == "network")
+            .unwrap();
+        assert_eq!(netns["path"], "/run/netns/x");
+        assert_eq!(value["process"]["args"][2], "exit 3");
+        assert_eq!(value["process"]["noNewPrivileges"], true);
+        assert_eq!(
+            value["process"]["capabilities"]["bounding"]
+                .as_array()
+                .unwrap()
+                .len(),
+            14
+        );
+        let bind = value["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/dst")
+            .unwrap();
+        assert!(bind["options"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("ro")));
+        t.spec.workdir = "relative".into();
+        let input = BundleInput { task: &t, ..input };
+        assert!(build(&input).unwrap_err().contains("absolute path"));
+    }
+}
