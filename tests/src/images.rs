@@ -247,6 +247,18 @@ pub fn push_as(
     repo_tag: &str,
     creds: Option<(&str, &str)>,
 ) -> Result<()> {
+    push_from(None, oci_dir, registry_addr, repo_tag, creds)
+}
+
+/// As [`push_as`], with skopeo run inside network namespace `netns` (a registry on a lab
+/// address is reachable only from there).
+pub fn push_from(
+    netns: Option<&str>,
+    oci_dir: &Path,
+    registry_addr: &str,
+    repo_tag: &str,
+    creds: Option<(&str, &str)>,
+) -> Result<()> {
     let names = layout_names(oci_dir)?;
     let src = if names.iter().any(|n| n == repo_tag) {
         format!("oci:{}:{repo_tag}", oci_dir.display())
@@ -258,7 +270,14 @@ pub fn push_as(
             oci_dir.display()
         );
     };
-    let mut cmd = Command::new("skopeo");
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "skopeo"]);
+            c
+        }
+        None => Command::new("skopeo"),
+    };
     cmd.args(["copy", "--quiet", "--dest-tls-verify=false"]);
     if let Some((user, pass)) = creds {
         cmd.arg(format!("--dest-creds={user}:{pass}"));

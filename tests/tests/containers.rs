@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use harness::images::{build_busybox_image, push, Registry, TestImage};
+use harness::images::{build_busybox_image, push_from, Registry, TestImage};
 use harness::{eventually, in_netns, LabGuard};
 use serde_json::Value;
 
@@ -165,11 +165,11 @@ fn images(lab: &LabGuard) -> Result<Images> {
     ];
     let ns = lab.netns("m1")?;
     let addr = format!("{}:5000", lab.addr("m1")?);
-    let registry = Registry::start(&addr, Some(&ns))?;
+    let registry = Registry::start(&addr, Some(&ns), None)?;
     for (sub, tag, spec) in builds {
         let d = dir.path().join(sub);
         build_busybox_image(&d, tag, spec)?;
-        push(&d, tag, &addr, Some(&ns))?;
+        push_from(Some(&ns), &d, &addr, tag, None)?;
     }
     Ok(Images {
         _dir: dir,
