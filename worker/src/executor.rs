@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
-use crate::runtime::Runtime;
+use crate::runtime::{RestoredState, Runtime};
 
 /// Swarm's default stop grace period, used when the spec leaves it at 0.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
@@ -98,6 +98,9 @@ struct Inner {
     tracker: TaskTracker,
     cancel: CancellationToken,
     spawner: tokio::runtime::Handle,
+    /// Tasks the runtime restored, not adopted by a driver yet; `None` once the first full
+    /// assignment set has been applied (leftovers are then stopped and removed).
+    restored: Mutex<Option<HashMap<String, RestoredState>>>,
 }
 
 struct TaskHandle {
@@ -136,9 +139,30 @@ impl Executor {
                 tracker: TaskTracker::new(),
                 cancel: cancel.clone(),
                 spawner: tokio::runtime::Handle::current(),
+                restored: Mutex::new(None),
             }),
             _stop_drivers: cancel.drop_guard(),
         }
+    }
+
+    /// Live restore: ask the runtime which tasks survived an earlier run of the daemon. Call it
+    /// once, before the first `apply`. A restored task that is assigned again is adopted (a
+    /// running one is waited for, one that exited meanwhile reports its exit) instead of being
+    /// started again; restored tasks missing from the first full assignment set are stopped
+    /// and removed. Returns how many tasks were restored.
+    pub async fn restore(&self) -> usize {
+        let restored = self.inner.runtime.restore().await;
+        let count = restored.len();
+        for task in &restored {
+            tracing::info!(task = %task.task_id, state = ?task.state, "restored task");
+        }
+        *lock(&self.inner.restored) = Some(
+            restored
+                .into_iter()
+                .map(|r| (r.task_id, r.state))
+                .collect(),
+        );
+        count
     }
 
     /// Apply an assignments message: `full` replaces the whole set (tasks not in it are
@@ -152,6 +176,7 @@ impl Executor {
             return;
         }
         let mut tasks = self.inner.lock_tasks();
+        let mut restored = lock(&self.inner.restored);
         let unassign = |handle: &TaskHandle| {
             handle.desired.send_if_modified(|d| {
                 let was = d.assigned;
@@ -180,6 +205,9 @@ impl Executor {
                 });
                 continue;
             }
+            let adopt = restored
+                .as_mut()
+                .and_then(|r| r.remove(&assignment.task_id));
             let (desired_tx, desired_rx) = watch::channel(desired);
             let status = Arc::new(Mutex::new(None));
             tasks.insert(
@@ -195,6 +223,7 @@ impl Executor {
                 desired: desired_rx,
                 observed: TaskState::Assigned,
                 status,
+                adopt,
             };
             self.inner
                 .tracker
@@ -203,6 +232,34 @@ impl Executor {
         for id in removed {
             if let Some(handle) = tasks.get(&id) {
                 unassign(handle);
+            }
+        }
+        if full {
+            // Whatever was restored and is not assigned any more goes away.
+            for (task_id, state) in restored.take().unwrap_or_default() {
+                let runtime = self.inner.runtime.clone();
+                let cancel = self.inner.cancel.clone();
+                let cleanup = async move {
+                    if matches!(state, RestoredState::Running { .. }) {
+                        if let Err(e) = runtime.stop(&task_id, DEFAULT_STOP_GRACE).await {
+                            tracing::warn!(task = %task_id, error = %e, "stopping a restored task");
+                        }
+                        let _ = runtime.wait(&task_id).await;
+                    }
+                    if let Err(e) = runtime.remove(&task_id).await {
+                        tracing::warn!(task = %task_id, error = %e, "removing a restored task");
+                    }
+                };
+                self.inner.tracker.spawn_on(
+                    async move {
+                        tokio::select! {
+                            biased;
+                            _ = cancel.cancelled() => {}
+                            _ = cleanup => {}
+                        }
+                    },
+                    &self.inner.spawner,
+                );
             }
         }
     }
@@ -261,10 +318,27 @@ struct Driver {
     desired: watch::Receiver<Desired>,
     observed: TaskState,
     status: Arc<Mutex<Option<TaskStatus>>>,
+    /// Restored by the runtime: continue from there instead of preparing again.
+    adopt: Option<RestoredState>,
 }
 
 impl Driver {
     async fn run(mut self) {
+        match self.adopt {
+            Some(RestoredState::Running { .. } | RestoredState::Exited(_)) => {
+                // Running (or ran while the daemon was down): report RUNNING, then the wait
+                // step finds the exit or waits for it.
+                self.observed = TaskState::Starting;
+                if let Flow::Exit = self
+                    .enter(TaskState::Running, "adopted after restart", None, None)
+                    .await
+                {
+                    return;
+                }
+            }
+            Some(RestoredState::Created) => self.observed = TaskState::Ready,
+            None => {}
+        }
         loop {
             let desired = *self.desired.borrow_and_update();
             let step = next_step(self.observed, desired.state, desired.assigned);
@@ -367,7 +441,10 @@ impl Driver {
                     .await
             }
             Ok(code) => {
-                let err = format!("task: non-zero exit ({code})");
+                let err = match runtime.exit_detail(&task_id).await {
+                    Some(detail) => detail,
+                    None => format!("task: non-zero exit ({code})"),
+                };
                 self.enter(TaskState::Failed, "finished", Some(err), Some(code))
                     .await
             }

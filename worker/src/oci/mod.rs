@@ -448,19 +448,17 @@ impl State {
             .envs(self.config.shim_env.iter().map(|(k, v)| (k, v)))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
+            // Not a pipe: the monitor keeps its stdio, and a pipe would never close.
+            .stderr(std::process::Stdio::null());
         if self.mask {
             cmd.arg("--mask-cgroup2");
         }
         // The first shim process forks and exits at once; its child is the monitor.
-        let out = cmd
-            .output()
+        let status = cmd
+            .status()
             .map_err(|e| format!("starting the container monitor {program}: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "container monitor: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
+        if !status.success() {
+            return Err(format!("the container monitor {program} failed: {status}"));
         }
         Ok(())
     }
@@ -475,6 +473,7 @@ impl State {
         if !created.exists() {
             if !self.shim_alive(task_id) {
                 let _ = std::fs::remove_file(&create_error);
+                let _ = std::fs::remove_file(dir.join(files::SHIM_PID));
                 self.spawn_shim(task_id)?;
             }
             let deadline = tokio::time::Instant::now() + CREATE_TIMEOUT;
@@ -484,6 +483,13 @@ impl State {
                 }
                 if let Ok(text) = std::fs::read_to_string(&create_error) {
                     return Err(format!("starting container: {}", trim_runtime_error(&text)));
+                }
+                let shim_pid = read_pid(&dir.join(files::SHIM_PID));
+                if shim_pid.is_some_and(|pid| !pid_alive(pid))
+                    && !created.exists()
+                    && !create_error.exists()
+                {
+                    return Err("starting container: the container monitor exited".into());
                 }
                 if tokio::time::Instant::now() > deadline {
                     return Err("starting container: the runtime did not create it in time".into());

@@ -199,7 +199,8 @@ fn monitor(run: &RunArgs) -> Result<(), String> {
     let status = create
         .status()
         .map_err(|e| format!("{}: {e}", run.runtime))?;
-    // `create` moved the write ends into the child and dropped them here: once the runtime
+    drop(create);
+    // `create` held the write ends; with it dropped: once the runtime
     // and the container are gone, the pipes reach end of file.
     if !status.success() {
         let mut text = String::new();

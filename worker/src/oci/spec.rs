@@ -383,7 +383,6 @@ pub fn build(input: &BundleInput<'_>) -> Result<Spec, String> {
             "capabilities": {
                 "bounding": caps, "effective": caps, "permitted": caps,
             },
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1048576u64, "soft": 1048576u64}],
             "noNewPrivileges": true,
         },
         "root": {"path": input.rootfs, "readonly": false},
