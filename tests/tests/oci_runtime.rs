@@ -385,7 +385,7 @@ async fn secrets_and_mounts(runtime: &'static str) {
         &[
             "/bin/sh",
             "-c",
-            "[ \"$(cat /run/secrets/x)\" = sup3rs3cret ] && echo secret-ok; \
+            "[ \"$(cat /run/secrets/x)\" = sup3r\"\"s3cret ] && echo secret-ok; \
              ls -l /run/secrets/x; cat /etc/app.conf; echo; cat /data/f; echo; \
              echo vol > /vol/v && echo vol-ok; id -u; touch /data/g || echo ro-ok",
         ],
@@ -447,7 +447,8 @@ both_runtimes!(secrets_and_mounts);
 
 async fn restore(runtime: &'static str) {
     let env = Env::new(runtime, "restore");
-    let runs = env.task("r", &["sleep", "1000"]);
+    let mut runs = env.task("r", &["sleep", "1000"]);
+    runs.spec.stop_grace_period_ms = 200;
     let exits = env.task("e", &["/bin/sh", "-c", "read x; exit 5"]);
     let fresh = env.task("f", &["true"]);
     let first = runtime_for(&env);
@@ -502,7 +503,6 @@ async fn restore(runtime: &'static str) {
     assert_eq!(still, pid, "not restarted");
     assert!(Path::new(&format!("/proc/{pid}")).exists());
     let mut shutdown = runs.clone();
-    shutdown.spec.stop_grace_period_ms = 200;
     shutdown.desired_state = TaskState::Shutdown;
     executor.apply(false, vec![shutdown], vec![]);
     let report = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();

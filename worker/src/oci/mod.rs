@@ -296,6 +296,7 @@ impl State {
             &task.spec.user
         };
         let user = spec::resolve_user(user_text, &rootfs)?;
+        let (uid, gid) = (user.uid, user.gid);
 
         let mut mounts = Vec::new();
         for (i, mount) in task.spec.mounts.iter().enumerate() {
@@ -386,6 +387,9 @@ impl State {
                 };
                 let host = secrets.join(format!("{}{i}", if secret { "s" } else { "c" }));
                 std::fs::write(&host, &file.data).map_err(|e| io("writing a secret", e))?;
+                // Owned by the container's user, so that 0400 still lets it read them.
+                std::os::unix::fs::chown(&host, Some(uid), Some(gid))
+                    .map_err(|e| io("secret owner", e))?;
                 let mode = if secret { 0o400 } else { 0o444 };
                 std::fs::set_permissions(&host, std::fs::Permissions::from_mode(mode))
                     .map_err(|e| io("secret permissions", e))?;
