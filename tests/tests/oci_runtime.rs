@@ -13,9 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use proto::spec::{
-    Assignment, FileData, HealthCheck, Resources, TaskSpec, TaskState,
-};
+use proto::spec::{Assignment, FileData, HealthCheck, Resources, TaskSpec, TaskState};
 use worker::image::{Image, ImageConfig, ImageStore, RegistryOptions};
 use worker::oci::{OciConfig, OciRuntime};
 use worker::runtime::{RestoredState, Runtime};
@@ -124,11 +122,15 @@ impl Env {
 }
 
 fn runtime(name: &str, data: &Path, layer: &Path) -> OciRuntime {
-    let images = Arc::new(ImageStore::open(&data.join("images"), RegistryOptions::default()).unwrap());
+    let images =
+        Arc::new(ImageStore::open(&data.join("images"), RegistryOptions::default()).unwrap());
     let mut config = OciConfig::new(data, images);
     config.runtime = name.to_string();
     config.shim_command = vec![
-        std::env::current_exe().unwrap().to_string_lossy().into_owned(),
+        std::env::current_exe()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned(),
         "shim".into(),
     ];
     config.shim_env = vec![(SHIM_ENV.into(), "1".into())];
@@ -273,7 +275,10 @@ async fn limits_and_oom(runtime: &'static str) {
     assert_eq!(cg("pids", "pids.max"), "20");
     assert_eq!(cg("cpu", "cpu.cfs_quota_us"), "50000");
     assert_eq!(cg("cpu", "cpu.cfs_period_us"), "100000");
-    env.rt.stop(&task.task_id, Duration::from_millis(100)).await.unwrap();
+    env.rt
+        .stop(&task.task_id, Duration::from_millis(100))
+        .await
+        .unwrap();
     assert_eq!(env.rt.wait(&task.task_id).await.unwrap(), 137);
     env.rt.remove(&task.task_id).await.unwrap();
     assert!(
@@ -298,7 +303,10 @@ async fn limits_and_oom(runtime: &'static str) {
     assert!(log.contains("can't fork"), "{log}");
 
     // Memory: a shell doubling a string is OOM killed, and says so.
-    let mut hog = env.task("o", &["/bin/sh", "-c", "s=xxxxxxxx; while true; do s=$s$s; done"]);
+    let mut hog = env.task(
+        "o",
+        &["/bin/sh", "-c", "s=xxxxxxxx; while true; do s=$s$s; done"],
+    );
     hog.spec.resources.limit_memory = 64 << 20;
     env.rt.prepare(&hog).await.unwrap();
     env.rt.start(&hog.task_id).await.unwrap();
@@ -314,12 +322,20 @@ async fn stop_signals(runtime: &'static str) {
     let env = Env::new(runtime, "stop");
     let trapped = env.task(
         "t",
-        &["/bin/sh", "-c", "trap 'echo got-term; exit 7' TERM; echo ready; while true; do sleep 0.1; done"],
+        &[
+            "/bin/sh",
+            "-c",
+            "trap 'echo got-term; exit 7' TERM; echo ready; while true; do sleep 0.1; done",
+        ],
     );
     let stubborn = env.task("k", &["sleep", "1000"]);
     let mut int = env.task(
         "i",
-        &["/bin/sh", "-c", "trap 'exit 9' INT; echo ready; while true; do sleep 0.1; done"],
+        &[
+            "/bin/sh",
+            "-c",
+            "trap 'exit 9' INT; echo ready; while true; do sleep 0.1; done",
+        ],
     );
     int.spec.stop_signal = "INT".into();
     for task in [&trapped, &stubborn, &int] {
@@ -327,15 +343,24 @@ async fn stop_signals(runtime: &'static str) {
         env.rt.start(&task.task_id).await.unwrap();
     }
     for task in [&trapped, &int] {
-        eventually(Duration::from_secs(10), "ready", || env.log(&task.task_id).contains("ready")).await;
+        eventually(Duration::from_secs(10), "ready", || {
+            env.log(&task.task_id).contains("ready")
+        })
+        .await;
     }
     let t0 = Instant::now();
-    env.rt.stop(&trapped.task_id, Duration::from_secs(20)).await.unwrap();
+    env.rt
+        .stop(&trapped.task_id, Duration::from_secs(20))
+        .await
+        .unwrap();
     assert_eq!(env.rt.wait(&trapped.task_id).await.unwrap(), 7);
     assert!(t0.elapsed() < Duration::from_secs(10), "no grace needed");
     assert!(env.log(&trapped.task_id).contains("stdout got-term"));
 
-    env.rt.stop(&int.task_id, Duration::from_secs(20)).await.unwrap();
+    env.rt
+        .stop(&int.task_id, Duration::from_secs(20))
+        .await
+        .unwrap();
     assert_eq!(env.rt.wait(&int.task_id).await.unwrap(), 9);
 
     // `sleep` as the init ignores SIGTERM: killed after the grace period.
@@ -421,9 +446,22 @@ async fn secrets_and_mounts(runtime: &'static str) {
     std::os::unix::fs::chown(&volume, Some(33), Some(33)).unwrap();
     env.rt.prepare(&task).await.unwrap();
     env.rt.start(&task.task_id).await.unwrap();
-    assert_eq!(env.rt.wait(&task.task_id).await.unwrap(), 0, "{}", env.log(&task.task_id));
+    assert_eq!(
+        env.rt.wait(&task.task_id).await.unwrap(),
+        0,
+        "{}",
+        env.log(&task.task_id)
+    );
     let log = env.log(&task.task_id);
-    for expected in ["secret-ok", "-r--------", "conf-data", "bound", "vol-ok", "stdout 33", "ro-ok"] {
+    for expected in [
+        "secret-ok",
+        "-r--------",
+        "conf-data",
+        "bound",
+        "vol-ok",
+        "stdout 33",
+        "ro-ok",
+    ] {
         assert!(log.contains(expected), "{expected} missing in {log}");
     }
     let secrets_mount = env.rt.task_dir(&task.task_id).join("secrets");
@@ -441,7 +479,10 @@ async fn secrets_and_mounts(runtime: &'static str) {
         readonly: false,
     }];
     let err = env.rt.prepare(&bad).await.unwrap_err().to_string();
-    assert!(err.contains("bind source path does not exist: /nonexistent/shoal"), "{err}");
+    assert!(
+        err.contains("bind source path does not exist: /nonexistent/shoal"),
+        "{err}"
+    );
 }
 both_runtimes!(secrets_and_mounts);
 
@@ -487,13 +528,18 @@ async fn restore(runtime: &'static str) {
     let executor = worker::executor::Executor::new(Arc::new(second.clone()), tx);
     assert_eq!(executor.restore().await, 3);
     executor.apply(true, vec![runs.clone()], vec![]);
-    let report = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(report.task_id, runs.task_id);
     assert_eq!(report.status.state, TaskState::Running);
     assert_eq!(report.status.message, "adopted after restart");
-    eventually(Duration::from_secs(10), "unassigned restored tasks removed", || {
-        !env.rt.task_dir(&exits.task_id).exists() && !env.rt.task_dir(&fresh.task_id).exists()
-    })
+    eventually(
+        Duration::from_secs(10),
+        "unassigned restored tasks removed",
+        || !env.rt.task_dir(&exits.task_id).exists() && !env.rt.task_dir(&fresh.task_id).exists(),
+    )
     .await;
     let still: i32 = std::fs::read_to_string(env.rt.task_dir(&runs.task_id).join("pid"))
         .unwrap()
@@ -505,7 +551,10 @@ async fn restore(runtime: &'static str) {
     let mut shutdown = runs.clone();
     shutdown.desired_state = TaskState::Shutdown;
     executor.apply(false, vec![shutdown], vec![]);
-    let report = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(report.status.state, TaskState::Shutdown);
     assert_eq!(report.status.exit_code, Some(137));
     executor.shutdown().await;
@@ -573,10 +622,15 @@ both_runtimes!(healthchecks);
 async fn bench_runtime() {
     for name in ["runc", "crun"] {
         let env = Env::new(name, "bench");
-        let images = Arc::new(ImageStore::open(&env.data().join("images"), RegistryOptions::default()).unwrap());
+        let images = Arc::new(
+            ImageStore::open(&env.data().join("images"), RegistryOptions::default()).unwrap(),
+        );
         let mut config = OciConfig::new(env.data(), images);
         config.shim_command = vec![
-            std::env::current_exe().unwrap().to_string_lossy().into_owned(),
+            std::env::current_exe()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned(),
             "shim".into(),
         ];
         config.shim_env = vec![(SHIM_ENV.into(), "1".into())];

@@ -156,12 +156,8 @@ impl Executor {
         for task in &restored {
             tracing::info!(task = %task.task_id, state = ?task.state, "restored task");
         }
-        *lock(&self.inner.restored) = Some(
-            restored
-                .into_iter()
-                .map(|r| (r.task_id, r.state))
-                .collect(),
-        );
+        *lock(&self.inner.restored) =
+            Some(restored.into_iter().map(|r| (r.task_id, r.state)).collect());
         count
     }
 

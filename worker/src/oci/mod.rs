@@ -419,7 +419,11 @@ impl State {
             .save(dir.join("config.json"))
             .map_err(|e| format!("writing config.json: {e}"))?;
         let mut stripped = task.clone();
-        for file in stripped.secrets.iter_mut().chain(stripped.configs.iter_mut()) {
+        for file in stripped
+            .secrets
+            .iter_mut()
+            .chain(stripped.configs.iter_mut())
+        {
             file.data.clear();
         }
         let record = TaskRecord {
@@ -550,8 +554,7 @@ impl State {
             }
             let mut args = vec!["exec", task_id];
             args.extend(argv.iter().map(String::as_str));
-            let (ok, output) = match tokio::time::timeout(timeout, self.runtime_cmd(&args)).await
-            {
+            let (ok, output) = match tokio::time::timeout(timeout, self.runtime_cmd(&args)).await {
                 Ok(Ok(out)) => (true, out),
                 Ok(Err(e)) => (false, e),
                 Err(_) => (false, format!("timed out after {timeout:?}")),
@@ -629,14 +632,16 @@ impl OciRuntime {
 impl Runtime for OciRuntime {
     async fn prepare(&self, task: &Assignment) -> Result<(), RuntimeError> {
         let id = task.task_id.as_str();
-        self.inner.prepare_inner(task)
+        self.inner
+            .prepare_inner(task)
             .await
             .map_err(|reason| failed(id, RuntimeOp::Prepare, reason))
     }
 
     async fn start(&self, task_id: &str) -> Result<(), RuntimeError> {
         let record = self.inner.record(task_id, RuntimeOp::Start)?;
-        self.inner.start_inner(task_id)
+        self.inner
+            .start_inner(task_id)
             .await
             .map_err(|reason| failed(task_id, RuntimeOp::Start, reason))?;
         // A task with a healthcheck counts as running once healthy.
@@ -672,7 +677,11 @@ impl Runtime for OciRuntime {
                     return Ok(exit.code);
                 }
                 if !dir.join(files::CREATED).exists() {
-                    return Err(failed(task_id, RuntimeOp::Wait, "the container was never created".into()));
+                    return Err(failed(
+                        task_id,
+                        RuntimeOp::Wait,
+                        "the container was never created".into(),
+                    ));
                 }
                 return Err(failed(
                     task_id,
@@ -718,7 +727,10 @@ impl Runtime for OciRuntime {
         if !dir.exists() {
             return Ok(());
         }
-        let _ = self.inner.runtime_cmd(&["delete", "--force", task_id]).await;
+        let _ = self
+            .inner
+            .runtime_cmd(&["delete", "--force", task_id])
+            .await;
         // Let the monitor record the end before the directory goes.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
         while self.inner.shim_alive(task_id) && tokio::time::Instant::now() < deadline {
@@ -785,7 +797,8 @@ impl Runtime for OciRuntime {
         }
         if exit.oom_killed {
             let limit = self
-                .inner.record(task_id, RuntimeOp::Wait)
+                .inner
+                .record(task_id, RuntimeOp::Wait)
                 .map(|r| r.assignment.spec.resources.limit_memory)
                 .unwrap_or(0);
             return Some(if limit > 0 {
@@ -826,7 +839,7 @@ impl Runtime for OciRuntime {
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
     for (unit, size) in UNITS {
-        if n >= size && n % size == 0 {
+        if n >= size && n.is_multiple_of(size) {
             return format!("{}{unit}", n / size);
         }
     }

@@ -345,9 +345,7 @@ fn copy_logs(mut log: Option<File>, out: OwnedFd, err: OwnedFd, wake: &OwnedFd) 
             // SAFETY: reading into a stack buffer from an fd we own.
             let got = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
             if got <= 0 {
-                if got < 0
-                    && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
-                {
+                if got < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                     continue;
                 }
                 stream.fd = None;
