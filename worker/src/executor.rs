@@ -907,6 +907,62 @@ mod tests {
         assert_eq!(h.runtime.task_count(), 1);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn restored_tasks_are_adopted_or_removed() {
+        use crate::runtime::{Restored, RestoredState};
+        let mut h = harness();
+        let restored = |id: &str, state| Restored {
+            task_id: id.into(),
+            assignment: assignment(id, &[], Running),
+            state,
+        };
+        h.runtime.preload(vec![
+            restored("t1", RestoredState::Running { pid: 42 }),
+            restored("t2", RestoredState::Exited(3)),
+            restored("t3", RestoredState::Running { pid: 43 }),
+            restored("t4", RestoredState::Created),
+        ]);
+        assert_eq!(h.executor.restore().await, 4);
+        h.executor.apply(
+            true,
+            vec![
+                assignment("t1", &[], Running),
+                assignment("t2", &[], Running),
+                assignment("t4", &[], Running),
+            ],
+            vec![],
+        );
+        h.settle().await;
+        let mut by_task: HashMap<String, Vec<TaskStatus>> = HashMap::new();
+        while let Ok(report) = h.reports.try_recv() {
+            by_task
+                .entry(report.task_id)
+                .or_default()
+                .push(report.status);
+        }
+        let states = |id: &str| -> Vec<TaskState> { by_task[id].iter().map(|s| s.state).collect() };
+        assert_eq!(states("t1"), [Running]);
+        assert_eq!(by_task["t1"][0].message, "adopted after restart");
+        assert_eq!(states("t2"), [Running, Failed]);
+        assert_eq!(by_task["t2"][1].exit_code, Some(3));
+        assert_eq!(states("t4"), [Starting, Running]);
+        assert!(!by_task.contains_key("t3"), "not assigned: never reported");
+        let calls = h.runtime.calls();
+        for never in [
+            "prepare t1",
+            "start t1",
+            "prepare t2",
+            "start t2",
+            "prepare t4",
+        ] {
+            assert!(!calls.contains(&never.to_string()), "{never}: {calls:?}");
+        }
+        for done in ["start t4", "stop t3", "remove t3"] {
+            assert!(calls.contains(&done.to_string()), "{done}: {calls:?}");
+        }
+        assert_eq!(h.runtime.task_count(), 3);
+    }
+
     /// Many tasks, random misbehaviour and random desired-state flips: every task's reports
     /// move strictly forward, and every task ends terminal, removed and forgotten.
     #[tokio::test(start_paused = true)]
