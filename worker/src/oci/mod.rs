@@ -502,7 +502,7 @@ impl State {
                 if tokio::time::Instant::now() > deadline {
                     return Err("starting container: the runtime did not create it in time".into());
                 }
-                tokio::time::sleep(POLL / 5).await;
+                wait_for_file(&dir, &[files::CREATED, files::CREATE_ERROR], POLL * 4).await;
             }
         }
         self.runtime_cmd(&["start", task_id])
@@ -689,7 +689,8 @@ impl Runtime for OciRuntime {
                     "the container monitor died without recording an exit status".into(),
                 ));
             }
-            tokio::time::sleep(POLL).await;
+            // Woken by the exit file; the timeout only re-checks that the monitor lives.
+            wait_for_file(&dir, &[files::EXIT], Duration::from_secs(1)).await;
         }
     }
 
@@ -711,7 +712,8 @@ impl Runtime for OciRuntime {
             if self.inner.exit_status(task_id).is_some() || !self.inner.shim_alive(task_id) {
                 return Ok(());
             }
-            tokio::time::sleep(POLL).await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            wait_for_file(&dir, &[files::EXIT], left.min(Duration::from_secs(1))).await;
         }
         if let Err(e) = self.inner.runtime_cmd(&["kill", task_id, "KILL"]).await {
             if self.inner.exit_status(task_id).is_none() && self.inner.shim_alive(task_id) {
@@ -733,8 +735,10 @@ impl Runtime for OciRuntime {
             .await;
         // Let the monitor record the end before the directory goes.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        let mut pause = Duration::from_millis(1);
         while self.inner.shim_alive(task_id) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(POLL).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(POLL);
         }
         for sub in ["rootfs", "secrets"] {
             let path = dir.join(sub);
@@ -889,6 +893,87 @@ pub fn trim_runtime_error(text: &str) -> String {
         }
     }
     message
+}
+
+/// Wait until one of `names` exists in `dir`, or `timeout` passes; true if one exists. Sleeps
+/// on inotify (falls back to a short sleep if inotify is unavailable). Cancel-safe.
+async fn wait_for_file(dir: &Path, names: &[&str], timeout: Duration) -> bool {
+    let exists = || names.iter().any(|n| dir.join(n).exists());
+    let Some(watch) = Inotify::watch(dir) else {
+        if !exists() {
+            tokio::time::sleep(timeout.min(POLL)).await;
+        }
+        return exists();
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        // Checked after the watch is in place: a file created in between is not missed.
+        if exists() {
+            return true;
+        }
+        match tokio::time::timeout_at(deadline, watch.changed()).await {
+            Ok(true) => continue,
+            _ => return exists(),
+        }
+    }
+}
+
+/// One inotify watch on a directory (entries created or renamed in).
+struct Inotify {
+    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+}
+
+impl Inotify {
+    fn watch(dir: &Path) -> Option<Inotify> {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        // SAFETY: plain system calls; the fd is owned right away.
+        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if raw < 0 {
+            return None;
+        }
+        // SAFETY: `raw` is a new fd nobody else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        // SAFETY: valid fd and NUL-terminated path.
+        let wd = unsafe {
+            libc::inotify_add_watch(
+                raw,
+                path.as_ptr(),
+                libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE,
+            )
+        };
+        if wd < 0 {
+            return None;
+        }
+        Some(Inotify {
+            // SAFETY: the fd is owned by the AsyncFd and closed only when it is dropped.
+            fd: unsafe { tokio::io::unix::AsyncFd::register(fd) }.ok()?,
+        })
+    }
+
+    /// Something happened in the directory (false: the watch broke).
+    async fn changed(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        loop {
+            let Ok(mut guard) = self.fd.readable().await else {
+                return false;
+            };
+            let mut buf = [0u8; 4096];
+            // SAFETY: reading into a local buffer from our own fd.
+            let n = unsafe {
+                libc::read(
+                    self.fd.get_ref().as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            if n > 0 {
+                return true;
+            }
+            guard.clear_ready();
+        }
+    }
 }
 
 fn remove_cgroups(task_id: &str) {
