@@ -435,14 +435,14 @@ impl State {
         Ok(())
     }
 
-    fn spawn_shim(&self, task_id: &str) -> Result<(), String> {
+    async fn spawn_shim(&self, task_id: &str) -> Result<(), String> {
         let dir = self.task_dir(task_id);
         let (program, lead) = self
             .config
             .shim_command
             .split_first()
             .ok_or("no shim command configured")?;
-        let mut cmd = std::process::Command::new(program);
+        let mut cmd = tokio::process::Command::new(program);
         cmd.args(lead)
             .arg("run")
             .arg("--task-dir")
@@ -464,6 +464,7 @@ impl State {
         // The first shim process forks and exits at once; its child is the monitor.
         let status = cmd
             .status()
+            .await
             .map_err(|e| format!("starting the container monitor {program}: {e}"))?;
         if !status.success() {
             return Err(format!("the container monitor {program} failed: {status}"));
@@ -482,7 +483,7 @@ impl State {
             if !self.shim_alive(task_id) {
                 let _ = std::fs::remove_file(&create_error);
                 let _ = std::fs::remove_file(dir.join(files::SHIM_PID));
-                self.spawn_shim(task_id)?;
+                self.spawn_shim(task_id).await?;
             }
             let deadline = tokio::time::Instant::now() + CREATE_TIMEOUT;
             loop {
