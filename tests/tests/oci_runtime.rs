@@ -467,7 +467,9 @@ async fn secrets_and_mounts(runtime: &'static str) {
     let secrets_mount = env.rt.task_dir(&task.task_id).join("secrets");
     let leaks = contains_bytes(&env.data(), b"sup3rs3cret", &[secrets_mount]);
     assert!(leaks.is_empty(), "secret on disk: {leaks:?}");
+    let task_dir = env.rt.task_dir(&task.task_id);
     env.rt.remove(&task.task_id).await.unwrap();
+    assert!(!task_dir.exists(), "secrets unmounted, task directory removed");
     assert!(volume.join("v").exists(), "named volumes outlive the task");
 
     // A bind mount of a missing path is refused in plain words.
@@ -490,22 +492,51 @@ async fn restore(runtime: &'static str) {
     let env = Env::new(runtime, "restore");
     let mut runs = env.task("r", &["sleep", "1000"]);
     runs.spec.stop_grace_period_ms = 200;
-    let exits = env.task("e", &["/bin/sh", "-c", "read x; exit 5"]);
+    let exits = env.task("e", &["/bin/sh", "-c", "sleep 0.5; exit 5"]);
     let fresh = env.task("f", &["true"]);
-    let first = runtime_for(&env);
-    for task in [&runs, &exits] {
-        first.prepare(task).await.unwrap();
-        first.start(&task.task_id).await.unwrap();
-    }
-    first.prepare(&fresh).await.unwrap();
+    // The "daemon" is a child process (this test binary, see `daemon_child`): it prepares the
+    // three tasks, starts two, and is then killed with SIGKILL.
+    let plan = env.dir.path().join("plan.json");
+    let ready = env.dir.path().join("daemon-ready");
+    std::fs::write(
+        &plan,
+        serde_json::to_vec(&(
+            env.runtime_name,
+            env.data(),
+            env.layer(),
+            vec![
+                (runs.clone(), true),
+                (exits.clone(), true),
+                (fresh.clone(), false),
+            ],
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut daemon = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "daemon_child", "--ignored", "--nocapture"])
+        .env(DAEMON_PLAN, &plan)
+        .env(DAEMON_READY, &ready)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let daemon_pid = daemon.id() as i32;
+    let guard = KillOnDrop(daemon_pid);
+    eventually(Duration::from_secs(20), "the daemon child", || {
+        ready.exists() || daemon.try_wait().unwrap().is_some()
+    })
+    .await;
+    assert!(ready.exists(), "the daemon child failed");
     let pid: i32 = std::fs::read_to_string(env.rt.task_dir(&runs.task_id).join("pid"))
         .unwrap()
         .trim()
         .parse()
         .unwrap();
-    // The daemon goes away; meanwhile one container exits (stdin is /dev/null: `read` ends).
-    first.detach();
-    drop(first);
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(daemon_pid, libc::SIGKILL) };
+    daemon.wait().unwrap();
+    drop(guard);
+    // Meanwhile one container exits, with nobody but its monitor to see it.
     let exit_file = env.rt.task_dir(&exits.task_id).join("exit");
     eventually(Duration::from_secs(10), "exit file", || exit_file.exists()).await;
 
@@ -676,3 +707,41 @@ async fn shim_memory(runtime: &'static str) {
     assert!(private < 2 * 1024, "shim private memory {private} KiB");
 }
 both_runtimes!(shim_memory);
+
+const DAEMON_PLAN: &str = "SHOAL_TEST_DAEMON_PLAN";
+const DAEMON_READY: &str = "SHOAL_TEST_DAEMON_READY";
+
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: signalling a child this test started (harmless if it is gone).
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
+/// Not a test: the daemon of `restore`, run in a child process that the test kills. Does
+/// nothing unless the test set its environment.
+#[tokio::test]
+#[ignore]
+async fn daemon_child() {
+    let (Some(plan), Some(ready)) = (
+        std::env::var_os(DAEMON_PLAN),
+        std::env::var_os(DAEMON_READY),
+    ) else {
+        return;
+    };
+    type Plan = (String, PathBuf, PathBuf, Vec<(Assignment, bool)>);
+    let (name, data, layer, tasks): Plan =
+        serde_json::from_slice(&std::fs::read(plan).unwrap()).unwrap();
+    let name: &'static str = if name == "crun" { "crun" } else { "runc" };
+    let rt = runtime(name, &data, &layer);
+    for (task, start) in &tasks {
+        rt.prepare(task).await.unwrap();
+        if *start {
+            rt.start(&task.task_id).await.unwrap();
+        }
+    }
+    std::fs::write(ready, b"").unwrap();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+}
