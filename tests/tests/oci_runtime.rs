@@ -469,7 +469,10 @@ async fn secrets_and_mounts(runtime: &'static str) {
     assert!(leaks.is_empty(), "secret on disk: {leaks:?}");
     let task_dir = env.rt.task_dir(&task.task_id);
     env.rt.remove(&task.task_id).await.unwrap();
-    assert!(!task_dir.exists(), "secrets unmounted, task directory removed");
+    assert!(
+        !task_dir.exists(),
+        "secrets unmounted, task directory removed"
+    );
     assert!(volume.join("v").exists(), "named volumes outlive the task");
 
     // A bind mount of a missing path is refused in plain words.
