@@ -206,7 +206,8 @@ async fn lifecycle(runtime: &'static str) {
         &[
             "/bin/sh",
             "-c",
-            "echo out-one; echo err-one >&2; echo \"host=$(hostname) env=$FROM_IMAGE\"; exit 3",
+            "echo out-one; echo err-one >&2; echo \"host=$(hostname) env=$FROM_IMAGE\"; \
+             echo \"net=$(ls /sys/class/net) lo=$(cat /sys/class/net/lo/operstate)\"; exit 3",
         ],
     );
     env.rt.prepare(&task).await.unwrap();
@@ -230,6 +231,8 @@ async fn lifecycle(runtime: &'static str) {
         log.contains(&format!("stdout host={hostname} env=1")),
         "{log}"
     );
+    // A network namespace of its own, with only the loopback, up.
+    assert!(log.contains("stdout net=lo lo=unknown"), "{log}");
     // `<RFC 3339 nanos> <stream> <text>`
     let stamp = lines[0].split(' ').next().unwrap();
     assert!(stamp.ends_with('Z') && stamp.len() == 30, "{stamp}");
