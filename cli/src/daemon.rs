@@ -313,7 +313,15 @@ impl Node {
             reports_rx,
         );
         let c = cancel.clone();
-        tokio::spawn(async move { agent.run(c).await });
+        let adopt = inner.executor.clone();
+        tokio::spawn(async move {
+            // Containers that outlived a daemon restart are adopted before the first
+            // assignments arrive.
+            if let Some(e) = adopt {
+                e.restore().await;
+            }
+            agent.run(c).await
+        });
         inner.agent = Some(cancel);
     }
 

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
-use crate::runtime::Runtime;
+use crate::runtime::{RestoredState, Runtime};
 
 /// Swarm's default stop grace period, used when the spec leaves it at 0.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
@@ -98,6 +98,9 @@ struct Inner {
     tracker: TaskTracker,
     cancel: CancellationToken,
     spawner: tokio::runtime::Handle,
+    /// Tasks the runtime restored, not adopted by a driver yet; `None` once the first full
+    /// assignment set has been applied (leftovers are then stopped and removed).
+    restored: Mutex<Option<HashMap<String, RestoredState>>>,
 }
 
 struct TaskHandle {
@@ -136,9 +139,26 @@ impl Executor {
                 tracker: TaskTracker::new(),
                 cancel: cancel.clone(),
                 spawner: tokio::runtime::Handle::current(),
+                restored: Mutex::new(None),
             }),
             _stop_drivers: cancel.drop_guard(),
         }
+    }
+
+    /// Live restore: ask the runtime which tasks survived an earlier run of the daemon. Call it
+    /// once, before the first `apply`. A restored task that is assigned again is adopted (a
+    /// running one is waited for, one that exited meanwhile reports its exit) instead of being
+    /// started again; restored tasks missing from the first full assignment set are stopped
+    /// and removed. Returns how many tasks were restored.
+    pub async fn restore(&self) -> usize {
+        let restored = self.inner.runtime.restore().await;
+        let count = restored.len();
+        for task in &restored {
+            tracing::info!(task = %task.task_id, state = ?task.state, "restored task");
+        }
+        *lock(&self.inner.restored) =
+            Some(restored.into_iter().map(|r| (r.task_id, r.state)).collect());
+        count
     }
 
     /// Apply an assignments message: `full` replaces the whole set (tasks not in it are
@@ -152,6 +172,7 @@ impl Executor {
             return;
         }
         let mut tasks = self.inner.lock_tasks();
+        let mut restored = lock(&self.inner.restored);
         let unassign = |handle: &TaskHandle| {
             handle.desired.send_if_modified(|d| {
                 let was = d.assigned;
@@ -180,6 +201,9 @@ impl Executor {
                 });
                 continue;
             }
+            let adopt = restored
+                .as_mut()
+                .and_then(|r| r.remove(&assignment.task_id));
             let (desired_tx, desired_rx) = watch::channel(desired);
             let status = Arc::new(Mutex::new(None));
             tasks.insert(
@@ -195,6 +219,7 @@ impl Executor {
                 desired: desired_rx,
                 observed: TaskState::Assigned,
                 status,
+                adopt,
             };
             self.inner
                 .tracker
@@ -203,6 +228,34 @@ impl Executor {
         for id in removed {
             if let Some(handle) = tasks.get(&id) {
                 unassign(handle);
+            }
+        }
+        if full {
+            // Whatever was restored and is not assigned any more goes away.
+            for (task_id, state) in restored.take().unwrap_or_default() {
+                let runtime = self.inner.runtime.clone();
+                let cancel = self.inner.cancel.clone();
+                let cleanup = async move {
+                    if matches!(state, RestoredState::Running { .. }) {
+                        if let Err(e) = runtime.stop(&task_id, DEFAULT_STOP_GRACE).await {
+                            tracing::warn!(task = %task_id, error = %e, "stopping a restored task");
+                        }
+                        let _ = runtime.wait(&task_id).await;
+                    }
+                    if let Err(e) = runtime.remove(&task_id).await {
+                        tracing::warn!(task = %task_id, error = %e, "removing a restored task");
+                    }
+                };
+                self.inner.tracker.spawn_on(
+                    async move {
+                        tokio::select! {
+                            biased;
+                            _ = cancel.cancelled() => {}
+                            _ = cleanup => {}
+                        }
+                    },
+                    &self.inner.spawner,
+                );
             }
         }
     }
@@ -261,10 +314,27 @@ struct Driver {
     desired: watch::Receiver<Desired>,
     observed: TaskState,
     status: Arc<Mutex<Option<TaskStatus>>>,
+    /// Restored by the runtime: continue from there instead of preparing again.
+    adopt: Option<RestoredState>,
 }
 
 impl Driver {
     async fn run(mut self) {
+        match self.adopt {
+            Some(RestoredState::Running { .. } | RestoredState::Exited(_)) => {
+                // Running (or ran while the daemon was down): report RUNNING, then the wait
+                // step finds the exit or waits for it.
+                self.observed = TaskState::Starting;
+                if let Flow::Exit = self
+                    .enter(TaskState::Running, "adopted after restart", None, None)
+                    .await
+                {
+                    return;
+                }
+            }
+            Some(RestoredState::Created) => self.observed = TaskState::Ready,
+            None => {}
+        }
         loop {
             let desired = *self.desired.borrow_and_update();
             let step = next_step(self.observed, desired.state, desired.assigned);
@@ -367,7 +437,10 @@ impl Driver {
                     .await
             }
             Ok(code) => {
-                let err = format!("task: non-zero exit ({code})");
+                let err = match runtime.exit_detail(&task_id).await {
+                    Some(detail) => detail,
+                    None => format!("task: non-zero exit ({code})"),
+                };
                 self.enter(TaskState::Failed, "finished", Some(err), Some(code))
                     .await
             }
@@ -832,6 +905,62 @@ mod tests {
         let calls = h.runtime.calls();
         assert!(!calls.iter().any(|c| c.starts_with("stop")), "{calls:?}");
         assert_eq!(h.runtime.task_count(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn restored_tasks_are_adopted_or_removed() {
+        use crate::runtime::{Restored, RestoredState};
+        let mut h = harness();
+        let restored = |id: &str, state| Restored {
+            task_id: id.into(),
+            assignment: assignment(id, &[], Running),
+            state,
+        };
+        h.runtime.preload(vec![
+            restored("t1", RestoredState::Running { pid: 42 }),
+            restored("t2", RestoredState::Exited(3)),
+            restored("t3", RestoredState::Running { pid: 43 }),
+            restored("t4", RestoredState::Created),
+        ]);
+        assert_eq!(h.executor.restore().await, 4);
+        h.executor.apply(
+            true,
+            vec![
+                assignment("t1", &[], Running),
+                assignment("t2", &[], Running),
+                assignment("t4", &[], Running),
+            ],
+            vec![],
+        );
+        h.settle().await;
+        let mut by_task: HashMap<String, Vec<TaskStatus>> = HashMap::new();
+        while let Ok(report) = h.reports.try_recv() {
+            by_task
+                .entry(report.task_id)
+                .or_default()
+                .push(report.status);
+        }
+        let states = |id: &str| -> Vec<TaskState> { by_task[id].iter().map(|s| s.state).collect() };
+        assert_eq!(states("t1"), [Running]);
+        assert_eq!(by_task["t1"][0].message, "adopted after restart");
+        assert_eq!(states("t2"), [Running, Failed]);
+        assert_eq!(by_task["t2"][1].exit_code, Some(3));
+        assert_eq!(states("t4"), [Starting, Running]);
+        assert!(!by_task.contains_key("t3"), "not assigned: never reported");
+        let calls = h.runtime.calls();
+        for never in [
+            "prepare t1",
+            "start t1",
+            "prepare t2",
+            "start t2",
+            "prepare t4",
+        ] {
+            assert!(!calls.contains(&never.to_string()), "{never}: {calls:?}");
+        }
+        for done in ["start t4", "stop t3", "remove t3"] {
+            assert!(calls.contains(&done.to_string()), "{done}: {calls:?}");
+        }
+        assert_eq!(h.runtime.task_count(), 3);
     }
 
     /// Many tasks, random misbehaviour and random desired-state flips: every task's reports

@@ -174,6 +174,8 @@ pub struct FakeRuntime {
 struct FakeState {
     tasks: HashMap<String, FakeTask>,
     calls: Vec<String>,
+    /// What `restore` reports (see [`FakeRuntime::preload`]).
+    restored: Vec<Restored>,
 }
 
 struct FakeTask {
@@ -294,6 +296,28 @@ impl FakeRuntime {
     /// How many tasks the runtime holds (prepared and not removed): a leak check for tests.
     pub fn task_count(&self) -> usize {
         self.lock().tasks.len()
+    }
+
+    /// Pretend an earlier run of the daemon left these tasks: they are known at once and
+    /// `restore` reports them (restart tests).
+    pub fn preload(&self, restored: Vec<Restored>) {
+        let mut state = self.lock();
+        for task in &restored {
+            let knobs = Knobs::from_env(&task.assignment.spec.env).unwrap_or_default();
+            let process = match task.state {
+                RestoredState::Created => Process::Created,
+                RestoredState::Running { .. } => Process::Running { exits_at: None },
+                RestoredState::Exited(code) => Process::Exited(code),
+            };
+            state.tasks.insert(
+                task.task_id.clone(),
+                FakeTask {
+                    knobs,
+                    process: watch::Sender::new(process),
+                },
+            );
+        }
+        state.restored = restored;
     }
 
     fn lock(&self) -> MutexGuard<'_, FakeState> {
@@ -443,6 +467,12 @@ impl Runtime for FakeRuntime {
         state.calls.push(format!("remove {task_id}"));
         state.tasks.remove(task_id);
         Ok(())
+    }
+
+    async fn restore(&self) -> Vec<Restored> {
+        let mut state = self.lock();
+        state.calls.push("restore".into());
+        std::mem::take(&mut state.restored)
     }
 }
 

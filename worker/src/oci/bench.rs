@@ -78,7 +78,9 @@ pub async fn bench_lifecycle(
     let mut bare = Vec::with_capacity(n);
     for round in 0..n {
         let id = format!("{prefix}o{round}");
-        oci.prepare(&task(id.clone())).await.map_err(|e| e.to_string())?;
+        oci.prepare(&task(id.clone()))
+            .await
+            .map_err(|e| e.to_string())?;
         let t0 = Instant::now();
         let result = async {
             oci.start(&id).await?;
@@ -93,7 +95,9 @@ pub async fn bench_lifecycle(
         }
 
         let id = format!("{prefix}b{round}");
-        oci.prepare(&task(id.clone())).await.map_err(|e| e.to_string())?;
+        oci.prepare(&task(id.clone()))
+            .await
+            .map_err(|e| e.to_string())?;
         let dir = oci.task_dir(&id);
         let base = oci.runtime_base();
         let mask = oci.masks_cgroup2();

@@ -296,6 +296,7 @@ impl State {
             &task.spec.user
         };
         let user = spec::resolve_user(user_text, &rootfs)?;
+        let (uid, gid) = (user.uid, user.gid);
 
         let mut mounts = Vec::new();
         for (i, mount) in task.spec.mounts.iter().enumerate() {
@@ -386,6 +387,9 @@ impl State {
                 };
                 let host = secrets.join(format!("{}{i}", if secret { "s" } else { "c" }));
                 std::fs::write(&host, &file.data).map_err(|e| io("writing a secret", e))?;
+                // Owned by the container's user, so that 0400 still lets it read them.
+                std::os::unix::fs::chown(&host, Some(uid), Some(gid))
+                    .map_err(|e| io("secret owner", e))?;
                 let mode = if secret { 0o400 } else { 0o444 };
                 std::fs::set_permissions(&host, std::fs::Permissions::from_mode(mode))
                     .map_err(|e| io("secret permissions", e))?;
@@ -415,7 +419,11 @@ impl State {
             .save(dir.join("config.json"))
             .map_err(|e| format!("writing config.json: {e}"))?;
         let mut stripped = task.clone();
-        for file in stripped.secrets.iter_mut().chain(stripped.configs.iter_mut()) {
+        for file in stripped
+            .secrets
+            .iter_mut()
+            .chain(stripped.configs.iter_mut())
+        {
             file.data.clear();
         }
         let record = TaskRecord {
@@ -427,14 +435,14 @@ impl State {
         Ok(())
     }
 
-    fn spawn_shim(&self, task_id: &str) -> Result<(), String> {
+    async fn spawn_shim(&self, task_id: &str) -> Result<(), String> {
         let dir = self.task_dir(task_id);
         let (program, lead) = self
             .config
             .shim_command
             .split_first()
             .ok_or("no shim command configured")?;
-        let mut cmd = std::process::Command::new(program);
+        let mut cmd = tokio::process::Command::new(program);
         cmd.args(lead)
             .arg("run")
             .arg("--task-dir")
@@ -448,19 +456,18 @@ impl State {
             .envs(self.config.shim_env.iter().map(|(k, v)| (k, v)))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
+            // Not a pipe: the monitor keeps its stdio, and a pipe would never close.
+            .stderr(std::process::Stdio::null());
         if self.mask {
             cmd.arg("--mask-cgroup2");
         }
         // The first shim process forks and exits at once; its child is the monitor.
-        let out = cmd
-            .output()
+        let status = cmd
+            .status()
+            .await
             .map_err(|e| format!("starting the container monitor {program}: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "container monitor: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
+        if !status.success() {
+            return Err(format!("the container monitor {program} failed: {status}"));
         }
         Ok(())
     }
@@ -475,7 +482,8 @@ impl State {
         if !created.exists() {
             if !self.shim_alive(task_id) {
                 let _ = std::fs::remove_file(&create_error);
-                self.spawn_shim(task_id)?;
+                let _ = std::fs::remove_file(dir.join(files::SHIM_PID));
+                self.spawn_shim(task_id).await?;
             }
             let deadline = tokio::time::Instant::now() + CREATE_TIMEOUT;
             loop {
@@ -485,10 +493,17 @@ impl State {
                 if let Ok(text) = std::fs::read_to_string(&create_error) {
                     return Err(format!("starting container: {}", trim_runtime_error(&text)));
                 }
+                let shim_pid = read_pid(&dir.join(files::SHIM_PID));
+                if shim_pid.is_some_and(|pid| !pid_alive(pid))
+                    && !created.exists()
+                    && !create_error.exists()
+                {
+                    return Err("starting container: the container monitor exited".into());
+                }
                 if tokio::time::Instant::now() > deadline {
                     return Err("starting container: the runtime did not create it in time".into());
                 }
-                tokio::time::sleep(POLL / 5).await;
+                wait_for_file(&dir, &[files::CREATED, files::CREATE_ERROR], POLL * 4).await;
             }
         }
         self.runtime_cmd(&["start", task_id])
@@ -540,8 +555,7 @@ impl State {
             }
             let mut args = vec!["exec", task_id];
             args.extend(argv.iter().map(String::as_str));
-            let (ok, output) = match tokio::time::timeout(timeout, self.runtime_cmd(&args)).await
-            {
+            let (ok, output) = match tokio::time::timeout(timeout, self.runtime_cmd(&args)).await {
                 Ok(Ok(out)) => (true, out),
                 Ok(Err(e)) => (false, e),
                 Err(_) => (false, format!("timed out after {timeout:?}")),
@@ -619,14 +633,16 @@ impl OciRuntime {
 impl Runtime for OciRuntime {
     async fn prepare(&self, task: &Assignment) -> Result<(), RuntimeError> {
         let id = task.task_id.as_str();
-        self.inner.prepare_inner(task)
+        self.inner
+            .prepare_inner(task)
             .await
             .map_err(|reason| failed(id, RuntimeOp::Prepare, reason))
     }
 
     async fn start(&self, task_id: &str) -> Result<(), RuntimeError> {
         let record = self.inner.record(task_id, RuntimeOp::Start)?;
-        self.inner.start_inner(task_id)
+        self.inner
+            .start_inner(task_id)
             .await
             .map_err(|reason| failed(task_id, RuntimeOp::Start, reason))?;
         // A task with a healthcheck counts as running once healthy.
@@ -662,7 +678,11 @@ impl Runtime for OciRuntime {
                     return Ok(exit.code);
                 }
                 if !dir.join(files::CREATED).exists() {
-                    return Err(failed(task_id, RuntimeOp::Wait, "the container was never created".into()));
+                    return Err(failed(
+                        task_id,
+                        RuntimeOp::Wait,
+                        "the container was never created".into(),
+                    ));
                 }
                 return Err(failed(
                     task_id,
@@ -670,7 +690,8 @@ impl Runtime for OciRuntime {
                     "the container monitor died without recording an exit status".into(),
                 ));
             }
-            tokio::time::sleep(POLL).await;
+            // Woken by the exit file; the timeout only re-checks that the monitor lives.
+            wait_for_file(&dir, &[files::EXIT], Duration::from_secs(1)).await;
         }
     }
 
@@ -692,7 +713,8 @@ impl Runtime for OciRuntime {
             if self.inner.exit_status(task_id).is_some() || !self.inner.shim_alive(task_id) {
                 return Ok(());
             }
-            tokio::time::sleep(POLL).await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            wait_for_file(&dir, &[files::EXIT], left.min(Duration::from_secs(1))).await;
         }
         if let Err(e) = self.inner.runtime_cmd(&["kill", task_id, "KILL"]).await {
             if self.inner.exit_status(task_id).is_none() && self.inner.shim_alive(task_id) {
@@ -708,11 +730,16 @@ impl Runtime for OciRuntime {
         if !dir.exists() {
             return Ok(());
         }
-        let _ = self.inner.runtime_cmd(&["delete", "--force", task_id]).await;
+        let _ = self
+            .inner
+            .runtime_cmd(&["delete", "--force", task_id])
+            .await;
         // Let the monitor record the end before the directory goes.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        let mut pause = Duration::from_millis(1);
         while self.inner.shim_alive(task_id) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(POLL).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(POLL);
         }
         for sub in ["rootfs", "secrets"] {
             let path = dir.join(sub);
@@ -775,7 +802,8 @@ impl Runtime for OciRuntime {
         }
         if exit.oom_killed {
             let limit = self
-                .inner.record(task_id, RuntimeOp::Wait)
+                .inner
+                .record(task_id, RuntimeOp::Wait)
                 .map(|r| r.assignment.spec.resources.limit_memory)
                 .unwrap_or(0);
             return Some(if limit > 0 {
@@ -816,7 +844,7 @@ impl Runtime for OciRuntime {
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
     for (unit, size) in UNITS {
-        if n >= size && n % size == 0 {
+        if n >= size && n.is_multiple_of(size) {
             return format!("{}{unit}", n / size);
         }
     }
@@ -866,6 +894,87 @@ pub fn trim_runtime_error(text: &str) -> String {
         }
     }
     message
+}
+
+/// Wait until one of `names` exists in `dir`, or `timeout` passes; true if one exists. Sleeps
+/// on inotify (falls back to a short sleep if inotify is unavailable). Cancel-safe.
+async fn wait_for_file(dir: &Path, names: &[&str], timeout: Duration) -> bool {
+    let exists = || names.iter().any(|n| dir.join(n).exists());
+    let Some(watch) = Inotify::watch(dir) else {
+        if !exists() {
+            tokio::time::sleep(timeout.min(POLL)).await;
+        }
+        return exists();
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        // Checked after the watch is in place: a file created in between is not missed.
+        if exists() {
+            return true;
+        }
+        match tokio::time::timeout_at(deadline, watch.changed()).await {
+            Ok(true) => continue,
+            _ => return exists(),
+        }
+    }
+}
+
+/// One inotify watch on a directory (entries created or renamed in).
+struct Inotify {
+    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+}
+
+impl Inotify {
+    fn watch(dir: &Path) -> Option<Inotify> {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        // SAFETY: plain system calls; the fd is owned right away.
+        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if raw < 0 {
+            return None;
+        }
+        // SAFETY: `raw` is a new fd nobody else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        // SAFETY: valid fd and NUL-terminated path.
+        let wd = unsafe {
+            libc::inotify_add_watch(
+                raw,
+                path.as_ptr(),
+                libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE,
+            )
+        };
+        if wd < 0 {
+            return None;
+        }
+        Some(Inotify {
+            // SAFETY: the fd is owned by the AsyncFd and closed only when it is dropped.
+            fd: unsafe { tokio::io::unix::AsyncFd::register(fd) }.ok()?,
+        })
+    }
+
+    /// Something happened in the directory (false: the watch broke).
+    async fn changed(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        loop {
+            let Ok(mut guard) = self.fd.readable().await else {
+                return false;
+            };
+            let mut buf = [0u8; 4096];
+            // SAFETY: reading into a local buffer from our own fd.
+            let n = unsafe {
+                libc::read(
+                    self.fd.get_ref().as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            if n > 0 {
+                return true;
+            }
+            guard.clear_ready();
+        }
+    }
 }
 
 fn remove_cgroups(task_id: &str) {

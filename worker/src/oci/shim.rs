@@ -199,7 +199,8 @@ fn monitor(run: &RunArgs) -> Result<(), String> {
     let status = create
         .status()
         .map_err(|e| format!("{}: {e}", run.runtime))?;
-    // `create` moved the write ends into the child and dropped them here: once the runtime
+    drop(create);
+    // `create` held the write ends; with it dropped: once the runtime
     // and the container are gone, the pipes reach end of file.
     if !status.success() {
         let mut text = String::new();
@@ -344,9 +345,7 @@ fn copy_logs(mut log: Option<File>, out: OwnedFd, err: OwnedFd, wake: &OwnedFd) 
             // SAFETY: reading into a stack buffer from an fd we own.
             let got = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
             if got <= 0 {
-                if got < 0
-                    && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
-                {
+                if got < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                     continue;
                 }
                 stream.fd = None;

@@ -247,7 +247,7 @@ pub fn resolve_user(text: &str, rootfs: &Path) -> Result<ResolvedUser, String> {
     } else {
         groups
             .iter()
-            .filter(|(_, g, members)| *g != gid && members.iter().any(|m| *m == name))
+            .filter(|(_, g, members)| *g != gid && members.contains(&name))
             .map(|(_, g, _)| *g)
             .collect()
     };
@@ -383,7 +383,6 @@ pub fn build(input: &BundleInput<'_>) -> Result<Spec, String> {
             "capabilities": {
                 "bounding": caps, "effective": caps, "permitted": caps,
             },
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1048576u64, "soft": 1048576u64}],
             "noNewPrivileges": true,
         },
         "root": {"path": input.rootfs, "readonly": false},
@@ -539,7 +538,9 @@ mod tests {
                 additional_gids: vec![]
             }
         );
-        assert!(r("nobody").unwrap_err().contains("unable to find user nobody"));
+        assert!(r("nobody")
+            .unwrap_err()
+            .contains("unable to find user nobody"));
         assert!(r("www:nogroup").unwrap_err().contains("nogroup"));
         assert_eq!(
             UserSpec::parse("a:b"),
@@ -608,8 +609,12 @@ mod tests {
             .as_array()
             .unwrap()
             .contains(&Value::from("ro")));
-        t.spec.workdir = "relative".into();
-        let input = BundleInput { task: &t, ..input };
+        let mut relative = t.clone();
+        relative.spec.workdir = "relative".into();
+        let input = BundleInput {
+            task: &relative,
+            ..input
+        };
         assert!(build(&input).unwrap_err().contains("absolute path"));
     }
 }
