@@ -464,7 +464,9 @@ async fn run_daemon(args: DaemonArgs, level: &str) -> i32 {
                     match parsed {
                         Some((h, u, p)) => auth.push((h.to_string(), u.to_string(), p.to_string())),
                         None => {
-                            eprintln!("Error: invalid --registry-auth {a:?}: expected HOST=USER:PASSWORD");
+                            eprintln!(
+                                "Error: invalid --registry-auth {a:?}: expected HOST=USER:PASSWORD"
+                            );
                             return 2;
                         }
                     }

@@ -1115,7 +1115,8 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
         node: node.clone(),
         local: true,
     });
-    let local = pb::node_local_server::NodeLocalServer::new(NodeLocalService { node: node.clone() });
+    let local =
+        pb::node_local_server::NodeLocalServer::new(NodeLocalService { node: node.clone() });
     tonic::transport::Server::builder()
         .add_service(svc)
         .add_service(local)
@@ -1165,10 +1166,7 @@ impl pb::node_local_server::NodeLocal for NodeLocalService {
         }))
     }
 
-    async fn image_list(
-        &self,
-        _req: Request<pb::Empty>,
-    ) -> Result<Response<pb::JsonDoc>, Status> {
+    async fn image_list(&self, _req: Request<pb::Empty>) -> Result<Response<pb::JsonDoc>, Status> {
         let images = self.images()?;
         let list = tokio::task::spawn_blocking(move || images.list())
             .await
@@ -1185,13 +1183,18 @@ impl pb::node_local_server::NodeLocal for NodeLocalService {
     ) -> Result<Response<pb::ExecArgvResponse>, Status> {
         let req = req.into_inner();
         if req.cmd.is_empty() {
-            return Err(Status::invalid_argument("no command given to run in the task"));
+            return Err(Status::invalid_argument(
+                "no command given to run in the task",
+            ));
         }
         let executor = self.node.inner.lock().await.executor.clone();
         let known: Vec<String> = executor
             .map(|e| e.statuses().into_iter().map(|r| r.task_id).collect())
             .unwrap_or_default();
-        let matches: Vec<&String> = known.iter().filter(|id| id.starts_with(&req.task)).collect();
+        let matches: Vec<&String> = known
+            .iter()
+            .filter(|id| id.starts_with(&req.task))
+            .collect();
         let id = match matches.as_slice() {
             [one] => (*one).clone(),
             [] => {

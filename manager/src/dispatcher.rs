@@ -277,7 +277,8 @@ impl Dispatcher {
             };
             for id in expired {
                 tracing::info!(node = %id, "heartbeat expired: node down");
-                let res = set_state(&mgr, &id, NodeState::Down, "heartbeat failure", None, None).await;
+                let res =
+                    set_state(&mgr, &id, NodeState::Down, "heartbeat failure", None, None).await;
                 if let Err(e) = res {
                     tracing::debug!(node = %id, error = %e, "could not mark node down");
                 }

@@ -33,10 +33,17 @@ const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, PartialEq, Eq)]
 pub enum Step {
     /// Start replicating to a node (it does not vote yet).
-    AddLearner { id: NodeId, addr: String },
+    AddLearner {
+        id: NodeId,
+        addr: String,
+    },
     /// A learner that has caught up becomes a voter.
-    AddVoter { id: NodeId },
-    Remove { id: NodeId },
+    AddVoter {
+        id: NodeId,
+    },
+    Remove {
+        id: NodeId,
+    },
     Nothing,
 }
 
@@ -102,10 +109,7 @@ enum Done {
     RemovedSelf,
 }
 
-async fn reconcile_once(
-    mgr: &Manager,
-    self_removal: &mut Option<Instant>,
-) -> Result<Done, String> {
+async fn reconcile_once(mgr: &Manager, self_removal: &mut Option<Instant>) -> Result<Done, String> {
     let me = mgr.config.raft_id;
     let desired: Vec<(NodeId, String)> = mgr.store.view(|d| {
         d.nodes
@@ -233,10 +237,7 @@ mod tests {
         let voters: BTreeSet<u64> = [1].into();
         let members: BTreeSet<u64> = [1, 2].into();
         let desired = vec![(1, "a".into()), (2, "b".into())];
-        assert_eq!(
-            plan(1, &desired, &voters, &members, &none()),
-            Step::Nothing
-        );
+        assert_eq!(plan(1, &desired, &voters, &members, &none()), Step::Nothing);
     }
 
     #[test]
