@@ -162,14 +162,32 @@ impl LocalNet {
         )))
     }
 
+    /// The directory of namespace files, made a private mount of its own as `ip netns` does
+    /// with /run/netns: the kernel refuses to bind a namespace onto a mount with shared
+    /// propagation, which / usually has on a systemd host.
+    fn ensure_ns_dir(&self) -> Result<(), NetError> {
+        let nsdir = self.dir.join("ns");
+        fs::create_dir_all(&nsdir).map_err(io(format!("creating {}", nsdir.display())))?;
+        if !is_mountpoint(&nsdir) {
+            run(
+                "binding the namespace directory",
+                Command::new("mount").arg("--bind").arg(&nsdir).arg(&nsdir),
+            )?;
+        }
+        run(
+            "making the namespace directory private",
+            Command::new("mount").arg("--make-private").arg(&nsdir),
+        )?;
+        Ok(())
+    }
+
     /// The task's namespace with `eth0` addressed on the bridge (idempotent).
     pub fn attach(&self, task_id: &str) -> Result<Attachment, NetError> {
         self.ensure_bridge()?;
         let ns = self.ns_path(task_id);
         let ip = self.lease(task_id)?;
         let host_if = host_ifname(task_id);
-        let nsdir = self.dir.join("ns");
-        fs::create_dir_all(&nsdir).map_err(io(format!("creating {}", nsdir.display())))?;
+        self.ensure_ns_dir()?;
         if !is_mountpoint(&ns) {
             fs::File::create(&ns).map_err(io(format!("creating {}", ns.display())))?;
             run(

@@ -267,9 +267,8 @@ impl Lab {
         path.push(
             std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
         );
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &h.netns])
-            .args(argv)
+        let mut cmd = netns_command(&h.netns);
+        cmd.args(argv)
             .env("SHOAL_HOST", unix_url(&h.socket))
             .env("PATH", path);
         Ok(cmd)
@@ -292,9 +291,8 @@ impl Lab {
     /// Run `shoal -H unix://<sock> <args>` in host's netns; stdout on success.
     pub fn shoal(&self, host: &str, args: &[&str]) -> Result<String, LabError> {
         let h = self.host(host)?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &h.netns])
-            .arg(&self.shoal_bin)
+        let mut cmd = netns_command(&h.netns);
+        cmd.arg(&self.shoal_bin)
             .arg("-H")
             .arg(unix_url(&h.socket))
             .args(args);
@@ -423,9 +421,8 @@ impl Lab {
         let log_err = log
             .try_clone()
             .map_err(|source| io_err(&host.log, source))?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &host.netns])
-            .arg(&self.shoal_bin)
+        let mut cmd = netns_command(&host.netns);
+        cmd.arg(&self.shoal_bin)
             .arg("daemon")
             .arg("--data-dir")
             .arg(&host.data_dir)
@@ -854,4 +851,15 @@ mod tests {
         };
         assert_eq!(command_line(&cmd), "ip netns add t-ul");
     }
+}
+
+/// A command that runs its arguments in the lab namespace `netns` and nowhere else: only the
+/// network namespace is entered (`nsenter --net`), so the process sees the machine's mounts,
+/// cgroup hierarchies included, as a daemon on a real host does. (`ip netns exec` would also
+/// give it a private mount namespace with a fresh /sys, without the cgroup mounts that runc
+/// and crun need.)
+pub fn netns_command(netns: &str) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{netns}")).arg("--");
+    cmd
 }
