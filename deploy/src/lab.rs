@@ -779,6 +779,17 @@ fn runtime_roots(dir: &Path, depth: usize) -> Vec<PathBuf> {
     found
 }
 
+/// A command that runs its arguments in the lab namespace `netns` and nowhere else: only the
+/// network namespace is entered (`nsenter --net`), so the process sees the machine's mounts,
+/// cgroup hierarchies included, as a daemon on a real host does. (`ip netns exec` would also
+/// give it a private mount namespace with a fresh /sys, without the cgroup mounts that runc
+/// and crun need.)
+pub fn netns_command(netns: &str) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{netns}")).arg("--");
+    cmd
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -851,15 +862,4 @@ mod tests {
         };
         assert_eq!(command_line(&cmd), "ip netns add t-ul");
     }
-}
-
-/// A command that runs its arguments in the lab namespace `netns` and nowhere else: only the
-/// network namespace is entered (`nsenter --net`), so the process sees the machine's mounts,
-/// cgroup hierarchies included, as a daemon on a real host does. (`ip netns exec` would also
-/// give it a private mount namespace with a fresh /sys, without the cgroup mounts that runc
-/// and crun need.)
-pub fn netns_command(netns: &str) -> Command {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/run/netns/{netns}")).arg("--");
-    cmd
 }
