@@ -274,6 +274,34 @@ pub enum BenchCmd {
         #[arg(long, default_value = "16G")]
         max_rss: String,
     },
+    /// One container life cycle (`true`) through shoal's OCI runtime vs bare `<runtime> run`
+    /// of the same bundle: medians and their ratio, per runtime.
+    Runtime {
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        /// OCI runtimes to measure, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "runc,crun")]
+        runtimes: Vec<String>,
+        #[arg(long, default_value = "table")]
+        format: Format,
+    },
+    /// Time from `service create --replicas N` to every task RUNNING on one lab worker, per
+    /// runtime (`fake` is the orchestration-only baseline); ratios against runc.
+    Replicas {
+        #[arg(long, default_value_t = 50)]
+        replicas: u32,
+        /// Runtimes to measure, comma-separated: fake, runc, crun or a path.
+        #[arg(long, value_delimiter = ',', default_value = "fake,runc,crun")]
+        runtimes: Vec<String>,
+        /// Prefix of the labs the benchmark creates (a digit is appended per runtime).
+        #[arg(long, default_value = "bench")]
+        prefix: String,
+        /// Give up on one runtime after this long.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        timeout: Duration,
+        #[arg(long, default_value = "table")]
+        format: Format,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -290,9 +318,16 @@ pub enum LabCmd {
         /// Dispatcher heartbeat period of the lab's swarm.
         #[arg(long, value_parser = parse_duration)]
         dispatcher_heartbeat: Option<Duration>,
-        /// Container runtime of the lab's daemons.
+        /// Container runtime of the lab's daemons (fake, oci or none).
         #[arg(long, default_value = "fake")]
         runtime: String,
+        /// OCI runtime of the lab's daemons with `--runtime oci` (runc, crun or a path).
+        #[arg(long)]
+        oci_runtime: Option<String>,
+        /// Run a registry on the lab's underlay at 192.168.77.2:5000 holding the images
+        /// web:v1, web:v2 (busybox httpd answering "<hostname> v1|v2") and sleep:1.
+        #[arg(long)]
+        registry: bool,
     },
     /// Stop the lab's daemons and remove its hosts, also after a crash.
     Down {
@@ -385,6 +420,36 @@ pub fn run(cli: Cli) -> i32 {
                 timeout,
                 max_rss_mb,
             }))
+            .map_err(|e| CliError(format!("Error: bench: {e:#}")))
+        }
+        Cmd::Bench(BenchCmd::Runtime {
+            rounds,
+            runtimes,
+            format,
+        }) => {
+            init_tracing("error");
+            rt.block_on(crate::bench_containers::run_runtime(
+                rounds,
+                &runtimes,
+                matches!(format, Format::Json),
+            ))
+            .map_err(|e| CliError(format!("Error: bench: {e:#}")))
+        }
+        Cmd::Bench(BenchCmd::Replicas {
+            replicas,
+            runtimes,
+            prefix,
+            timeout,
+            format,
+        }) => {
+            init_tracing("error");
+            crate::bench_containers::run_replicas(
+                replicas,
+                &runtimes,
+                &prefix,
+                timeout,
+                matches!(format, Format::Json),
+            )
             .map_err(|e| CliError(format!("Error: bench: {e:#}")))
         }
         Cmd::Shim { .. } => {
@@ -1084,12 +1149,18 @@ fn run_lab(cmd: LabCmd, level: &str) -> CliResult {
             prefix,
             dispatcher_heartbeat,
             runtime,
+            oci_runtime,
+            registry,
         } => {
             let bin = std::env::current_exe()
                 .map_err(|e| CliError(format!("Error: cannot find the shoal binary: {e}")))?;
             let mut cfg = deploy::LabConfig::new(&prefix, managers, workers, bin);
             cfg.heartbeat_ms = dispatcher_heartbeat.map(|d| d.as_millis() as u64);
             cfg.daemon_args = vec!["--runtime".into(), runtime];
+            if let Some(rt) = oci_runtime {
+                cfg.daemon_args.extend(["--oci-runtime".into(), rt]);
+            }
+            cfg.registry = registry;
             let lab = deploy::Lab::up(&cfg)?;
             for h in &lab.hosts {
                 println!(
@@ -1099,6 +1170,9 @@ fn run_lab(cmd: LabCmd, level: &str) -> CliResult {
                     h.addr,
                     h.socket.display()
                 );
+            }
+            if let Some(addr) = &lab.registry {
+                println!("registry\t{addr}\t(images web:v1, web:v2, sleep:1)");
             }
             println!("\nTry: shoal lab exec --prefix {prefix} m1 -- shoal node ls");
         }

@@ -3,6 +3,7 @@
 //! `main` parses flags and calls [`commands::run`]; `shoal daemon` runs [`daemon::run`].
 
 pub mod bench;
+pub mod bench_containers;
 pub mod commands;
 pub mod daemon;
 pub mod image;

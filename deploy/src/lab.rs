@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use crate::{lab_dir, validate_prefix, LabConfig, LabError};
+use crate::{images, lab_dir, validate_prefix, LabConfig, LabError};
 
 const BRIDGE: &str = "br0";
 const SWARM_PORT: u16 = 2377;
@@ -45,6 +45,9 @@ pub struct Lab {
     /// Extra `shoal daemon` arguments every host runs with (also after a restart).
     #[serde(default)]
     pub daemon_args: Vec<String>,
+    /// Address of the lab's registry, if it runs one.
+    #[serde(default)]
+    pub registry: Option<String>,
 }
 
 impl Lab {
@@ -63,6 +66,7 @@ impl Lab {
             dir: lab_dir(&cfg.prefix),
             hosts: Vec::new(),
             daemon_args: cfg.daemon_args.clone(),
+            registry: None,
         };
         match lab.build(cfg) {
             Ok(()) => Ok(lab),
@@ -81,6 +85,9 @@ impl Lab {
         run(Command::new("ip").args(["netns", "add", &ul]))?;
         run(Command::new("ip").args(["-n", &ul, "link", "add", BRIDGE, "type", "bridge"]))?;
         run(Command::new("ip").args(["-n", &ul, "link", "set", BRIDGE, "up"]))?;
+        if cfg.registry {
+            self.start_registry()?;
+        }
 
         for (i, (name, manager)) in host_names(cfg.managers, cfg.workers)
             .into_iter()
@@ -108,6 +115,53 @@ impl Lab {
         }
 
         self.form_swarm(cfg)?;
+        self.save()
+    }
+
+    /// Start the lab's registry on the underlay bridge ([`crate::LAB_REGISTRY`]), push the
+    /// lab images to it and have every daemon trust it over plain HTTP. The registry runs in
+    /// a session of its own, like the daemons, and `down` ends it.
+    fn start_registry(&mut self) -> Result<(), LabError> {
+        let ul = underlay_netns(&self.prefix);
+        let addr = crate::LAB_REGISTRY.to_string();
+        let ip = addr.split(':').next().unwrap_or_default();
+        // lo carries traffic to the namespace's own address (the readiness probe, skopeo).
+        run(Command::new("ip").args(["-n", &ul, "link", "set", "lo", "up"]))?;
+        run(Command::new("ip").args([
+            "-n",
+            &ul,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            BRIDGE,
+        ]))?;
+        let dir = self.dir.join("registry");
+        create_dir(&dir)?;
+        let err = |e: anyhow::Error| LabError::Registry(format!("{e:#}"));
+        let config = images::registry_config(&dir, &addr, None).map_err(err)?;
+        let log = dir.join("registry.log");
+        let mut cmd = images::registry_command(Some(&ul), &config, &log).map_err(err)?;
+        // SAFETY: setsid is async-signal-safe and touches no memory (see `spawn_daemon`).
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| spawn_err(&cmd, source))?;
+        images::wait_registry(&addr, Some(&ul), &mut child, &log).map_err(err)?;
+        for (tag, spec) in images::lab_images() {
+            let layout = dir.join("images").join(tag.replace(':', "-"));
+            images::build_busybox_image(&layout, tag, spec).map_err(err)?;
+            images::push_from(Some(&ul), &layout, &addr, tag, None).map_err(err)?;
+        }
+        info!(%addr, "lab registry serving the lab images");
+        self.daemon_args
+            .extend(["--insecure-registry".to_string(), addr.clone()]);
+        self.registry = Some(addr);
         self.save()
     }
 
@@ -219,6 +273,7 @@ impl Lab {
             kill_daemon_pid(pid, "unrecorded lab daemon", true, |d| d.starts_with(&dir))?;
         }
         remove_containers(&dir);
+        kill_registries(&dir);
         for ns in lab_netns(prefix)? {
             run(Command::new("ip").args(["netns", "del", &ns]))?;
         }
@@ -754,6 +809,27 @@ fn remove_containers(dir: &Path) {
     mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
     for m in mounts {
         let _ = Command::new("umount").args(["-l", &m]).output();
+    }
+}
+
+/// SIGKILL the `docker-registry` processes whose configuration lies below `dir`.
+fn kill_registries(dir: &Path) {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    for pid in proc_pids() {
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_registry = args
+            .first()
+            .is_some_and(|a| a.ends_with(b"docker-registry"));
+        if is_registry && args.iter().any(|a| a.starts_with(needle)) {
+            if let Ok(raw) = libc::pid_t::try_from(pid) {
+                // SAFETY: a plain kill of a pid whose command line was just checked.
+                unsafe { libc::kill(raw, libc::SIGKILL) };
+                debug!(pid, "killed the lab registry");
+            }
+        }
     }
 }
 

@@ -7,9 +7,10 @@
 //! are built on this crate. It needs root and iproute2, and works by shelling
 //! out to `ip` and to the `shoal` binary itself.
 
+pub mod images;
 mod lab;
 
-pub use lab::{Lab, LabHost};
+pub use lab::{netns_command, Lab, LabHost};
 
 use std::io;
 use std::path::PathBuf;
@@ -48,6 +49,8 @@ pub enum LabError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("lab registry: {0}")]
+    Registry(String),
     #[error("lab {prefix:?} has no host {host:?}")]
     UnknownHost { prefix: String, host: String },
     #[error("lab {prefix:?} has no address left for another host")]
@@ -102,7 +105,14 @@ pub struct LabConfig {
     pub ready_timeout: Duration,
     /// Extra arguments for every `shoal daemon` (e.g. `--runtime fake`).
     pub daemon_args: Vec<String>,
+    /// Run a `docker-registry` on the lab's underlay ([`LAB_REGISTRY`]) holding the images of
+    /// [`images::LAB_IMAGES`], and let every daemon pull from it over plain HTTP.
+    pub registry: bool,
 }
+
+/// Where a lab's registry listens: an address of the lab's underlay bridge, reachable from
+/// every host of the lab and from nowhere else.
+pub const LAB_REGISTRY: &str = "192.168.77.2:5000";
 
 impl LabConfig {
     pub fn new(prefix: &str, managers: usize, workers: usize, shoal_bin: PathBuf) -> Self {
@@ -114,6 +124,7 @@ impl LabConfig {
             heartbeat_ms: None,
             ready_timeout: Duration::from_secs(60),
             daemon_args: Vec::new(),
+            registry: false,
         }
     }
 
@@ -162,6 +173,28 @@ pub fn validate_prefix(prefix: &str) -> Result<(), LabError> {
 /// State directory of the lab with this prefix.
 pub fn lab_dir(prefix: &str) -> PathBuf {
     PathBuf::from(LAB_ROOT).join(prefix)
+}
+
+/// Run `f` on a thread that has entered network namespace `ns` (namespaces are per thread),
+/// e.g. to open a connection to an address that exists only inside a lab.
+pub fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    use anyhow::{anyhow, Context};
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{ns}");
+    let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+    std::thread::spawn(move || {
+        // SAFETY: setns on a namespace fd we hold open; it affects only this new thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        if rc != 0 {
+            return Err(anyhow!("setns: {}", std::io::Error::last_os_error()));
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow!("netns thread panicked"))?
 }
 
 #[cfg(test)]

@@ -4,9 +4,9 @@
 //! Every lab gets a prefix unique to the test process (nextest runs each test in its own
 //! process), so parallel tests and leftovers of a crashed run never collide.
 
-pub mod images;
+pub use deploy::images;
+pub use deploy::in_netns;
 
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -177,22 +177,6 @@ pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Resul
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
-}
-
-/// Run `f` on a thread that has entered network namespace `ns` (namespaces are per thread).
-pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    let path = format!("/run/netns/{ns}");
-    let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
-    std::thread::spawn(move || {
-        // SAFETY: setns on a namespace fd we hold open; it affects only this new thread.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        if rc != 0 {
-            return Err(anyhow!("setns: {}", std::io::Error::last_os_error()));
-        }
-        Ok(f())
-    })
-    .join()
-    .map_err(|_| anyhow!("netns thread panicked"))?
 }
 
 /// The identity files a node keeps in its data dir.

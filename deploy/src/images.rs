@@ -23,6 +23,16 @@ pub const APPLETS: &[&str] = &[
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
+/// The images a lab's registry holds (`shoal lab up --registry`): `web:v1` and `web:v2`
+/// serve `<hostname> v1|v2` on port 80; `sleep:1` sleeps.
+pub fn lab_images() -> Vec<(&'static str, TestImage)> {
+    vec![
+        ("web:v1", TestImage::web_version("v1")),
+        ("web:v2", TestImage::web_version("v2")),
+        ("sleep:1", TestImage::sleep()),
+    ]
+}
+
 /// What goes into a test image's config.
 #[derive(Clone, Debug, Default)]
 pub struct TestImage {
@@ -49,6 +59,19 @@ impl TestImage {
                 "sh",
                 "-c",
                 "hostname > /www/index.html; exec httpd -f -p 80 -h /www",
+            ]),
+            ..Default::default()
+        }
+    }
+
+    /// Serves `<hostname> <version>` on port 80 and logs `serving` once it starts.
+    pub fn web_version(version: &str) -> TestImage {
+        TestImage {
+            env: vec![format!("VERSION={version}")],
+            cmd: strings(&[
+                "sh",
+                "-c",
+                "echo \"$(hostname) $VERSION\" > /www/index.html; echo serving; exec httpd -f -p 80 -h /www",
             ]),
             ..Default::default()
         }
@@ -272,8 +295,8 @@ pub fn push_from(
     };
     let mut cmd = match netns {
         Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, "skopeo"]);
+            let mut c = crate::netns_command(ns);
+            c.arg("skopeo");
             c
         }
         None => Command::new("skopeo"),
@@ -319,6 +342,82 @@ pub fn htpasswd_line(user: &str, password: &str) -> Result<String> {
     Ok(format!("{user}:{hash}"))
 }
 
+/// Write a `docker-registry` configuration for `addr` with its storage in `dir/data` (and an
+/// htpasswd file for `auth`); returns the configuration's path.
+pub fn registry_config(dir: &Path, addr: &str, auth: Option<(&str, &str)>) -> Result<PathBuf> {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data)?;
+    let mut config = format!(
+        "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+        data.display()
+    );
+    if let Some((user, password)) = auth {
+        let htpasswd = dir.join("htpasswd");
+        std::fs::write(&htpasswd, htpasswd_line(user, password)? + "\n")?;
+        config.push_str(&format!(
+            "auth:\n  htpasswd:\n    realm: shoal-test\n    path: {}\n",
+            htpasswd.display()
+        ));
+    }
+    let config_path = dir.join("config.yml");
+    std::fs::write(&config_path, config)?;
+    Ok(config_path)
+}
+
+/// `docker-registry serve CONFIG` (in `netns` if given), output appended to `log`.
+pub fn registry_command(netns: Option<&str>, config: &Path, log: &Path) -> Result<Command> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = crate::netns_command(ns);
+            c.arg("/usr/bin/docker-registry");
+            c
+        }
+        None => Command::new("/usr/bin/docker-registry"),
+    };
+    cmd.arg("serve")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    Ok(cmd)
+}
+
+/// Poll `GET /v2/` on `addr` (from inside `netns` if given) until the registry answers, it
+/// exits, or 20 s pass.
+pub fn wait_registry(addr: &str, netns: Option<&str>, child: &mut Child, log: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let probe = {
+            let addr = addr.to_string();
+            match netns {
+                Some(ns) => crate::in_netns(ns, move || http_get(&addr, "/v2/")).and_then(|r| r),
+                None => http_get(&addr, "/v2/"),
+            }
+        };
+        match probe {
+            Ok((code, _)) if code == 200 || code == 401 => return Ok(()),
+            other => {
+                let log = || std::fs::read_to_string(log).unwrap_or_default();
+                if let Ok(Some(status)) = child.try_wait() {
+                    bail!("docker-registry exited ({status}): {}", log());
+                }
+                if Instant::now() >= deadline {
+                    bail!(
+                        "docker-registry on {addr} not answering /v2/ after 20 s (last: {other:?}): {}",
+                        log()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
 /// A `docker-registry serve` process with its storage in a temporary directory; killed (by
 /// pid) when dropped.
 pub struct Registry {
@@ -334,37 +433,9 @@ impl Registry {
         let dir = tempfile::Builder::new()
             .prefix("shoal-registry-")
             .tempdir()?;
-        let data = dir.path().join("data");
-        std::fs::create_dir_all(&data)?;
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-            data.display()
-        );
-        if let Some((user, password)) = auth {
-            let htpasswd = dir.path().join("htpasswd");
-            std::fs::write(&htpasswd, htpasswd_line(user, password)? + "\n")?;
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: shoal-test\n    path: {}\n",
-                htpasswd.display()
-            ));
-        }
-        let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config)?;
-        let log = std::fs::File::create(dir.path().join("registry.log"))?;
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, "/usr/bin/docker-registry"]);
-                c
-            }
-            None => Command::new("/usr/bin/docker-registry"),
-        };
-        let child = cmd
-            .arg("serve")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
+        let config_path = registry_config(dir.path(), addr, auth)?;
+        let log_path = dir.path().join("registry.log");
+        let child = registry_command(netns, &config_path, &log_path)?
             .spawn()
             .context("starting /usr/bin/docker-registry")?;
         let mut registry = Registry {
@@ -372,33 +443,8 @@ impl Registry {
             child,
             dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let probe = {
-                let addr = addr.to_string();
-                match netns {
-                    Some(ns) => {
-                        crate::in_netns(ns, move || http_get(&addr, "/v2/")).and_then(|r| r)
-                    }
-                    None => http_get(&addr, "/v2/"),
-                }
-            };
-            match probe {
-                Ok((code, _)) if code == 200 || code == 401 => return Ok(registry),
-                other => {
-                    if let Ok(Some(status)) = registry.child.try_wait() {
-                        bail!("docker-registry exited ({status}): {}", registry.log());
-                    }
-                    if Instant::now() >= deadline {
-                        bail!(
-                            "docker-registry on {addr} not answering /v2/ after 20 s (last: {other:?}): {}",
-                            registry.log()
-                        );
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
-        }
+        wait_registry(addr, netns, &mut registry.child, &log_path)?;
+        Ok(registry)
     }
 
     /// What the registry logged so far.
@@ -413,7 +459,7 @@ impl Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        // `ip netns exec` execs the registry, so this pid is the registry itself.
+        // `nsenter` execs the registry, so this pid is the registry itself.
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
