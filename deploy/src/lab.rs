@@ -769,6 +769,7 @@ fn remove_containers(dir: &Path) {
             }
         }
     }
+    let mut container_pids = Vec::new();
     for root in runtime_roots(dir, 4) {
         let Some(rt) = root
             .file_name()
@@ -787,8 +788,8 @@ fn remove_containers(dir: &Path) {
             let id = e.file_name().to_string_lossy().to_string();
             // crun refuses hybrid cgroup hosts unless cgroup2 is out of its sight.
             let script = format!(
-                "umount -l /sys/fs/cgroup/unified 2>/dev/null; exec {rt} --root '{}' delete --force '{id}'",
-                root.display()
+                "umount -l /sys/fs/cgroup/unified 2>/dev/null; {rt} --root '{root}' state '{id}'; exec {rt} --root '{root}' delete --force '{id}'",
+                root = root.display()
             );
             let out = Command::new("unshare")
                 .args(["-m", "--propagation", "slave", "sh", "-c", &script])
@@ -797,8 +798,20 @@ fn remove_containers(dir: &Path) {
                 if !o.status.success() {
                     debug!(%id, stderr = %String::from_utf8_lossy(&o.stderr), "container delete");
                 }
+                // `state` printed the container's pid before `delete` killed it.
+                let state: serde_json::Value =
+                    serde_json::from_slice(&o.stdout).unwrap_or_default();
+                if let Some(pid) = state["pid"].as_u64().filter(|&p| p > 0) {
+                    container_pids.push(pid as u32);
+                }
             }
         }
+    }
+    // SIGKILL is not instant: wait (bounded) until the containers are really gone, so that
+    // nothing of the lab runs once `down` returns.
+    let deadline = Instant::now() + EXIT_TIMEOUT;
+    while container_pids.iter().any(|&p| is_running(p)) && Instant::now() < deadline {
+        sleep(Duration::from_millis(20));
     }
     let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()

@@ -60,22 +60,26 @@ impl LabGuard {
             workers,
             heartbeat,
             &["--runtime".into(), "fake".into()],
+            false,
         )
     }
 
-    /// A lab whose daemons run with `daemon_args` (e.g. a real runtime).
+    /// A lab whose daemons run with `daemon_args` (e.g. a real runtime), with the lab
+    /// registry ([`deploy::LAB_REGISTRY`]) if `registry`.
     pub fn up_with(
         tag: &str,
         managers: usize,
         workers: usize,
         heartbeat: Duration,
         daemon_args: &[String],
+        registry: bool,
     ) -> Result<LabGuard> {
         let prefix = unique_prefix(tag);
         let mut cfg = LabConfig::new(&prefix, managers, workers, shoal_bin());
         cfg.heartbeat_ms = Some(heartbeat.as_millis() as u64);
         cfg.ready_timeout = Duration::from_secs(90);
         cfg.daemon_args = daemon_args.to_vec();
+        cfg.registry = registry;
         let lab = Lab::up(&cfg).with_context(|| format!("lab {prefix} up"))?;
         Ok(LabGuard { lab })
     }

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use harness::images::{build_busybox_image, push_from, Registry, TestImage};
 use harness::{eventually, in_netns, LabGuard};
 use serde_json::Value;
 
@@ -157,63 +156,18 @@ fn files_containing(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
     found
 }
 
-struct Images {
-    _dir: tempfile::TempDir,
-    registry: Registry,
-    addr: String,
-}
-
-/// Test images built from busybox-static, pushed to a registry on m1's lab address.
-fn images(lab: &LabGuard) -> Result<Images> {
-    let dir = tempfile::tempdir()?;
-    let web = |version: &str| {
-        TestImage {
-        env: vec![format!("VERSION={version}")],
-        cmd: vec![
-            "sh".into(),
-            "-c".into(),
-            "echo \"$(hostname) $VERSION\" > /www/index.html; echo serving; exec httpd -f -p 80 -h /www".into(),
-        ],
-        ..Default::default()
-    }
-    };
-    let sleep = TestImage {
-        cmd: vec!["sleep".into(), "100000".into()],
-        ..Default::default()
-    };
-    let builds = [
-        ("web-v1", "web:v1", web("v1")),
-        ("web-v2", "web:v2", web("v2")),
-        ("sleep", "sleep:1", sleep),
-    ];
-    let ns = lab.netns("m1")?;
-    let addr = format!("{}:5000", lab.addr("m1")?);
-    let registry = Registry::start(&addr, Some(&ns), None)?;
-    for (sub, tag, spec) in builds {
-        let d = dir.path().join(sub);
-        build_busybox_image(&d, tag, spec)?;
-        push_from(Some(&ns), &d, &addr, tag, None)?;
-    }
-    Ok(Images {
-        _dir: dir,
-        registry,
-        addr,
-    })
-}
-
 #[test]
 fn lab_real_containers() -> Result<()> {
-    // The registry's address is m1's: known once the lab is up, so the daemons are told to
-    // speak plain HTTP to every lab address on port 5000 (the flag is repeatable).
-    let mut args = vec!["--runtime".to_string(), "oci".to_string()];
-    for i in 10..20 {
-        args.push("--insecure-registry".into());
-        args.push(format!("192.168.77.{i}:5000"));
-    }
-    let lab = LabGuard::up_with("ct", 1, 2, HEARTBEAT, &args)?;
-    let img = images(&lab)?;
-    let _registry = &img.registry;
-    let reg = img.addr.clone();
+    // The lab's registry listens on its underlay, reached by every host and nothing else,
+    // and holds web:v1, web:v2 (busybox httpd answering "<hostname> v1|v2") and sleep:1,
+    // built from busybox-static and pushed with skopeo.
+    let args = ["--runtime".to_string(), "oci".to_string()];
+    let lab = LabGuard::up_with("ct", 1, 2, HEARTBEAT, &args, true)?;
+    let reg = lab
+        .lab
+        .registry
+        .clone()
+        .ok_or_else(|| anyhow!("the lab has no registry"))?;
     let web1 = format!("{reg}/web:v1");
     let web2 = format!("{reg}/web:v2");
     let sleep = format!("{reg}/sleep:1");
@@ -493,7 +447,70 @@ fn lab_real_containers() -> Result<()> {
         ensure!(failed == 3 && ts.len() == 3, "{ts:#?}");
         Ok(())
     })?;
+
+    // `lab down` leaves no process (daemon, monitor, container, registry), mount or
+    // namespace of the lab behind, although containers outlive their daemon by design.
+    let dir = lab.lab.dir.clone();
+    let prefix = lab.lab.prefix.clone();
+    let pids = container_pids(&lab)?;
+    ensure!(!pids.is_empty(), "no container processes seen");
+    drop(lab);
+    let needle = dir.to_string_lossy().into_owned();
+    let mut left = Vec::new();
+    for e in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            left.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
+        }
+    }
+    let alive: Vec<String> = pids
+        .into_iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        // A zombie has ended; it only waits for init to reap it.
+        .filter(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .collect();
+    let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")?
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .map(String::from)
+        .collect();
+    let netns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()?;
+    let netns: Vec<String> = String::from_utf8_lossy(&netns.stdout)
+        .lines()
+        .filter(|l| l.starts_with(&format!("{prefix}-")))
+        .map(String::from)
+        .collect();
+    ensure!(
+        left.is_empty() && alive.is_empty() && mounts.is_empty() && netns.is_empty() && !dir.exists(),
+        "after lab down: processes {left:?}, container pids {alive:?}, mounts {mounts:?}, netns {netns:?}, dir exists {}",
+        dir.exists()
+    );
     Ok(())
+}
+
+/// The pids of every container the lab's hosts run (runc's state of each).
+fn container_pids(lab: &LabGuard) -> Result<Vec<u32>> {
+    let mut pids = Vec::new();
+    for h in &lab.lab.hosts {
+        let root = h.data_dir.join("oci/runc");
+        let Ok(entries) = std::fs::read_dir(&root) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if let Ok(pid) = container_pid(lab, &h.name, &id) {
+                pids.push(pid);
+            }
+        }
+    }
+    Ok(pids)
 }
 
 /// The pid of a task's container, from the OCI runtime's state.
