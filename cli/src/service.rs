@@ -1560,7 +1560,8 @@ impl Watch {
         // The newest task of each slot (node for global) that is meant to run.
         let mut newest: BTreeMap<(u64, String), &TaskView> = BTreeMap::new();
         for t in tasks {
-            if !job && t.desired_state != TaskState::Running {
+            // READY: a stop-first update's new task, waiting for the old one to stop.
+            if !job && !matches!(t.desired_state, TaskState::Ready | TaskState::Running) {
                 continue;
             }
             if job && t.desired_state > TaskState::Complete && t.status.state != TaskState::Complete

@@ -64,14 +64,16 @@ impl TestImage {
         }
     }
 
-    /// Serves `<hostname> <version>` on port 80 and logs `serving` once it starts.
+    /// Serves `<hostname> <version>` on port 80, logs `serving` once it starts and ends at once
+    /// on SIGTERM.
     pub fn web_version(version: &str) -> TestImage {
         TestImage {
             env: vec![format!("VERSION={version}")],
             cmd: strings(&[
                 "sh",
                 "-c",
-                "echo \"$(hostname) $VERSION\" > /www/index.html; echo serving; exec httpd -f -p 80 -h /www",
+                // httpd as pid 1 would ignore SIGTERM; the shell ends on it at once instead.
+                "echo \"$(hostname) $VERSION\" > /www/index.html; echo serving; httpd -f -p 80 -h /www & trap 'exit 0' TERM; wait",
             ]),
             ..Default::default()
         }

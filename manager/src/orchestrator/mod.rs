@@ -221,6 +221,7 @@ pub enum Death {
 pub fn plan(data: &StoreData, now_ms: i64) -> Vec<Op> {
     let mut p = Plan::new(data, now_ms);
     for s in data.services.values() {
+        updater::promote(&mut p, &s.id);
         updater::plan(&mut p, &s.id);
         match s.spec.mode {
             proto::spec::ServiceMode::Replicated { .. }

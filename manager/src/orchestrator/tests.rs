@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use proto::security::Role;
 use proto::spec::{
     FailureAction, RestartCondition, ServiceMode, ServiceSpec, TaskSpec, TaskState, TaskStatus,
-    UpdateConfig,
+    UpdateConfig, UpdateOrder,
 };
 
 use super::plan;
@@ -251,6 +251,53 @@ fn rolling_update_respects_parallelism_and_completes() {
         d.services["svc"].update_status.as_ref().unwrap().state,
         UpdateState::Completed
     );
+}
+
+#[test]
+fn stop_first_update_starts_the_new_task_only_once_the_old_one_stopped() {
+    let mut d = setup(1);
+    let mut now = 1_000;
+    converge(&mut d, &mut now, 2, |_| TaskState::Running);
+    let old_id = running(&d)[0].id.clone();
+    {
+        let s = d.services.get_mut("svc").unwrap();
+        s.previous_spec = Some(s.spec.clone());
+        s.spec.task.image = "img:2".into();
+        s.spec.update.order = UpdateOrder::StopFirst;
+        s.spec_version = 2;
+        s.update_status = Some(UpdateStatus {
+            state: UpdateState::Updating,
+            started_ms: now,
+            completed_ms: 0,
+            message: String::new(),
+        });
+    }
+    // The old task takes its time to stop (a stop grace period): the new one is placed but
+    // held at READY meanwhile.
+    for _ in 0..4 {
+        let ops = plan(&d, now);
+        apply(&mut d, ops);
+        let new: Vec<&Task> = d
+            .tasks
+            .values()
+            .filter(|t| t.spec.image == "img:2")
+            .collect();
+        assert_eq!(new.len(), 1);
+        assert_eq!(new[0].desired_state, TaskState::Ready);
+        assert_eq!(d.tasks[&old_id].desired_state, TaskState::Shutdown);
+        assert_eq!(d.tasks[&old_id].status.state, TaskState::Running);
+        now += 500;
+    }
+    d.tasks.get_mut(&old_id).unwrap().status = TaskStatus {
+        state: TaskState::Shutdown,
+        timestamp_ms: now,
+        ..Default::default()
+    };
+    d.rebuild_indexes();
+    converge(&mut d, &mut now, 4, |_| TaskState::Running);
+    let run = running(&d);
+    assert_eq!(run.len(), 1);
+    assert_eq!(run[0].spec.image, "img:2");
 }
 
 #[test]

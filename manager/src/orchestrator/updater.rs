@@ -2,8 +2,9 @@
 //!
 //! A task is dirty when its spec differs from the service's. While an update is in progress,
 //! dirty slots are replaced `parallelism` at a time (0: all at once), `delay` after the
-//! previous batch is running; stop-first shuts the old task down as the new one is created,
-//! start-first keeps it until the new one runs. A new task that fails — or does not reach
+//! previous batch is running; stop-first shuts the old task down as the new one is created
+//! (placed and prepared, but started only once the old one has stopped), start-first keeps it
+//! until the new one runs. A new task that fails — or does not reach
 //! RUNNING within the task deadline, where Swarm would wait forever — counts as a failure;
 //! past `max_failure_ratio` the failure action applies (pause, continue, or roll back to the
 //! previous spec). The update completes when no slot is dirty and the last new task has run
@@ -188,16 +189,50 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
     for k in dirty.into_iter().take(room.min(usize::MAX as u64) as usize) {
         let olds = &by_key[k];
         let Some(old) = olds.first() else { continue };
-        if cfg.order == UpdateOrder::StopFirst {
-            for t in olds {
-                p.set_desired(t, TaskState::Shutdown);
-            }
-        }
         let (slot, node) = if old.slot == 0 && !old.node_id.is_empty() {
             (0, old.node_id.clone())
         } else {
             (old.slot, String::new())
         };
-        p.create_task(&s, slot, &node, 0);
+        let mut new = p.create_task(&s, slot, &node, 0);
+        if cfg.order == UpdateOrder::StopFirst {
+            for t in olds {
+                p.set_desired(t, TaskState::Shutdown);
+            }
+            // Placed and prepared (image pulled) at once, started by `promote` only once the
+            // old task has stopped, as Swarm does.
+            new.desired_state = TaskState::Ready;
+            p.update_task(new);
+        }
+    }
+}
+
+/// Start (desired READY → RUNNING) the tasks a stop-first update created, once no other task
+/// of their slot (node, for global services) is still alive: ended, never placed, or on a node
+/// that is down or gone. Past `STOP_WAIT_MS` the new task starts anyway, so a stop that is
+/// never confirmed cannot stall the service.
+pub fn promote(p: &mut Plan<'_>, service_id: &str) {
+    const STOP_WAIT_MS: i64 = 60_000;
+    let tasks = p.service_tasks(service_id);
+    let alive = |t: &Task| {
+        !t.status.state.is_terminal()
+            && t.status.state >= TaskState::Assigned
+            && p.node(&t.node_id)
+                .is_some_and(|n| n.state != crate::store::NodeState::Down)
+    };
+    let mut start = Vec::new();
+    for t in tasks
+        .iter()
+        .filter(|t| t.desired_state == TaskState::Ready && !t.status.state.is_terminal())
+    {
+        let waiting_on_old = tasks.iter().any(|o| {
+            o.id != t.id && key(o) == key(t) && o.desired_state > TaskState::Running && alive(o)
+        });
+        if !waiting_on_old || p.now_ms - t.created_at_ms > STOP_WAIT_MS {
+            start.push(t.clone());
+        }
+    }
+    for t in start {
+        p.set_desired(&t, TaskState::Running);
     }
 }

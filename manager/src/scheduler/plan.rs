@@ -28,13 +28,19 @@ use crate::store::{StoreData, Task};
 /// A task the scheduler must place: it should run and has not been given a node yet (or, for
 /// a global task, its node has not accepted it yet).
 pub fn needs_scheduling(task: &Task) -> bool {
-    task.desired_state == TaskState::Running && task.status.state <= TaskState::Pending
+    meant_to_run(task) && task.status.state <= TaskState::Pending
+}
+
+/// Desired RUNNING, or READY: a stop-first update's new task, placed and prepared while the
+/// task it replaces stops.
+fn meant_to_run(task: &Task) -> bool {
+    matches!(task.desired_state, TaskState::Ready | TaskState::Running)
 }
 
 /// A task that occupies its node: placed, meant to run, not finished.
 fn occupies_node(task: &Task) -> bool {
     !task.node_id.is_empty()
-        && task.desired_state == TaskState::Running
+        && meant_to_run(task)
         && task.status.state > TaskState::Pending
         && !task.status.state.is_terminal()
 }
