@@ -305,6 +305,40 @@ fn lab_real_containers() -> Result<()> {
         Ok(())
     })?;
 
+    // An image the registry does not have: the registry's own words in ERROR, and the pull
+    // is tried again (after the restart delay) rather than given up.
+    let missing = format!("{reg}/web:nope");
+    lab.shoal(
+        "m1",
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "noimg",
+            "--restart-delay",
+            "200ms",
+            &missing,
+        ],
+    )?;
+    eventually("pull error shown and retried", WAIT, || {
+        let ts = tasks(&lab, "noimg", false)?;
+        let rejected: Vec<&Value> = ts
+            .iter()
+            .filter(|t| {
+                t["CurrentState"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("Rejected")
+            })
+            .collect();
+        ensure!(rejected.len() >= 2, "{ts:#?}");
+        let err = rejected[0]["Error"].as_str().unwrap_or_default();
+        ensure!(err.contains("manifest unknown"), "{ts:#?}");
+        Ok(())
+    })?;
+    lab.shoal("m1", &["service", "rm", "noimg"])?;
+
     // Secrets: readable in the container, absent from the worker's disk.
     let secret = "s3cr3t-value-of-the-lab";
     let ns = lab.netns("m1")?;

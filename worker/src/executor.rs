@@ -384,7 +384,7 @@ impl Driver {
                 self.enter(
                     TaskState::Rejected,
                     "preparing failed",
-                    Some(e.to_string()),
+                    Some(e.user_message()),
                     None,
                 )
                 .await
@@ -411,7 +411,7 @@ impl Driver {
                 self.enter(
                     TaskState::Rejected,
                     "starting failed",
-                    Some(e.to_string()),
+                    Some(e.user_message()),
                     None,
                 )
                 .await
@@ -448,7 +448,7 @@ impl Driver {
                 self.enter(
                     TaskState::Failed,
                     "lost track of the process",
-                    Some(e.to_string()),
+                    Some(e.user_message()),
                     None,
                 )
                 .await
@@ -480,8 +480,13 @@ impl Driver {
             }
             // The process may still run; say so rather than claim a clean shutdown.
             Err(e) => {
-                self.enter(TaskState::Failed, "stop failed", Some(e.to_string()), None)
-                    .await
+                self.enter(
+                    TaskState::Failed,
+                    "stop failed",
+                    Some(e.user_message()),
+                    None,
+                )
+                .await
             }
         }
     }

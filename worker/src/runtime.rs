@@ -71,6 +71,25 @@ pub enum RuntimeError {
     },
 }
 
+impl RuntimeError {
+    /// The error as `service ps` shows it in its ERROR column, next to the task's id already:
+    /// the runtime's own words for a refused step (e.g. the registry's `manifest unknown`).
+    pub fn user_message(&self) -> String {
+        match self {
+            RuntimeError::Failed { reason, .. } => reason.clone(),
+            RuntimeError::Io {
+                op,
+                context,
+                source,
+                ..
+            } => format!("{op}: {context}: {source}"),
+            RuntimeError::UnknownTask { op, .. } => {
+                format!("{op}: the runtime does not know this task")
+            }
+        }
+    }
+}
+
 /// A container runtime, seen one task at a time.
 ///
 /// Every method may be called concurrently for different tasks. The executor calls them in the
