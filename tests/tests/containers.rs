@@ -61,6 +61,26 @@ fn all_running(lab: &LabGuard, service: &str, n: usize) -> Result<Vec<Value>> {
     Ok(running)
 }
 
+/// `service create -d ARGS` on m1.
+fn create(lab: &LabGuard, args: &[&str]) -> Result<()> {
+    let mut all = vec!["service", "create", "-d"];
+    all.extend_from_slice(args);
+    lab.shoal("m1", &all).map(|_| ())
+}
+
+/// The ERROR of `service`'s first task comes to contain `needle`.
+fn first_error_contains(lab: &LabGuard, what: &str, service: &str, needle: &str) -> Result<()> {
+    eventually(what, WAIT, || {
+        let ts = tasks(lab, service, false)?;
+        let err = ts
+            .first()
+            .and_then(|t| t["Error"].as_str())
+            .unwrap_or_default();
+        ensure!(err.contains(needle), "{ts:#?}");
+        Ok(())
+    })
+}
+
 /// The address the node-local network leased to a task (`<data>/net/leases/<ip>`).
 fn task_ip(lab: &LabGuard, node: &str, task_id: &str) -> Result<String> {
     let dir = lab.host_data_dir(node)?.join("net/leases");
@@ -173,12 +193,9 @@ fn lab_real_containers() -> Result<()> {
     let sleep = format!("{reg}/sleep:1");
 
     // Six replicas over the three nodes, each answering with its own hostname.
-    lab.shoal(
-        "m1",
+    create(
+        &lab,
         &[
-            "service",
-            "create",
-            "-d",
             "--name",
             "web",
             "--replicas",
@@ -218,12 +235,9 @@ fn lab_real_containers() -> Result<()> {
     ensure!(logs.matches("serving").count() >= 3, "logs: {logs}");
 
     // Limits read back from the cgroup files; an allocating process is OOM-killed.
-    lab.shoal(
-        "m1",
+    create(
+        &lab,
         &[
-            "service",
-            "create",
-            "-d",
             "--name",
             "lim",
             "--limit-memory",
@@ -250,12 +264,9 @@ fn lab_real_containers() -> Result<()> {
     ensure!(cg("pids", "pids.max")? == "50");
     ensure!(cg("cpu", "cpu.cfs_quota_us")? == "50000");
     ensure!(cg("cpu", "cpu.cfs_period_us")? == "100000");
-    lab.shoal(
-        "m1",
+    create(
+        &lab,
         &[
-            "service",
-            "create",
-            "-d",
             "--name",
             "oom",
             "--limit-memory",
@@ -268,24 +279,12 @@ fn lab_real_containers() -> Result<()> {
             "a=xxxxxxxxxxxxxxxx; while true; do a=\"$a$a\"; done",
         ],
     )?;
-    eventually("oom task failed with an OOM error", WAIT, || {
-        let ts = tasks(&lab, "oom", false)?;
-        let err = ts
-            .first()
-            .and_then(|t| t["Error"].as_str())
-            .unwrap_or_default()
-            .to_string();
-        ensure!(err.contains("OOM"), "{ts:#?}");
-        Ok(())
-    })?;
+    first_error_contains(&lab, "oom task failed with an OOM error", "oom", "OOM")?;
 
     // A missing binary says so in plain words.
-    lab.shoal(
-        "m1",
+    create(
+        &lab,
         &[
-            "service",
-            "create",
-            "-d",
             "--name",
             "nobin",
             "--restart-condition",
@@ -294,32 +293,14 @@ fn lab_real_containers() -> Result<()> {
             "/no/such/binary",
         ],
     )?;
-    eventually("missing binary reported", WAIT, || {
-        let ts = tasks(&lab, "nobin", false)?;
-        let err = ts
-            .first()
-            .and_then(|t| t["Error"].as_str())
-            .unwrap_or_default()
-            .to_string();
-        ensure!(err.contains("/no/such/binary"), "{ts:#?}");
-        Ok(())
-    })?;
+    first_error_contains(&lab, "missing binary reported", "nobin", "/no/such/binary")?;
 
     // An image the registry does not have: the registry's own words in ERROR, and the pull
     // is tried again (after the restart delay) rather than given up.
     let missing = format!("{reg}/web:nope");
-    lab.shoal(
-        "m1",
-        &[
-            "service",
-            "create",
-            "-d",
-            "--name",
-            "noimg",
-            "--restart-delay",
-            "200ms",
-            &missing,
-        ],
+    create(
+        &lab,
+        &["--name", "noimg", "--restart-delay", "200ms", &missing],
     )?;
     eventually("pull error shown and retried", WAIT, || {
         let ts = tasks(&lab, "noimg", false)?;
@@ -376,12 +357,9 @@ fn lab_real_containers() -> Result<()> {
     // than the lab's 500 ms heartbeat allows before the node counts as Down and its tasks are
     // rescheduled (as Swarm does), so the period is raised first.
     lab.shoal("m1", &["swarm", "update", "--dispatcher-heartbeat", "10s"])?;
-    lab.shoal(
-        "m1",
+    create(
+        &lab,
         &[
-            "service",
-            "create",
-            "-d",
             "--name",
             "keep",
             "--constraint",
@@ -389,12 +367,9 @@ fn lab_real_containers() -> Result<()> {
             &sleep,
         ],
     )?;
-    lab.shoal(
-        "m1",
+    create(
+        &lab,
         &[
-            "service",
-            "create",
-            "-d",
             "--name",
             "ender",
             "--constraint",
@@ -428,16 +403,7 @@ fn lab_real_containers() -> Result<()> {
         },
     )?;
     lab.lab.start_daemon("w1").map_err(|e| anyhow!("{e}"))?;
-    eventually("ender reported with exit code 7", WAIT, || {
-        let ts = tasks(&lab, "ender", false)?;
-        let err = ts
-            .first()
-            .and_then(|t| t["Error"].as_str())
-            .unwrap_or_default()
-            .to_string();
-        ensure!(err.contains("(7)"), "{ts:#?}");
-        Ok(())
-    })?;
+    first_error_contains(&lab, "ender reported with exit code 7", "ender", "(7)")?;
     eventually("keep still running", WAIT, || all_running(&lab, "keep", 1))?;
     let pid_after = container_pid(&lab, "w1", &keep_id)?;
     ensure!(
@@ -447,12 +413,9 @@ fn lab_real_containers() -> Result<()> {
     ensure!(tasks(&lab, "keep", false)?.len() == 1, "keep was replaced");
 
     // on-failure counts attempts: one task and two restarts, then no more.
-    lab.shoal(
-        "m1",
+    create(
+        &lab,
         &[
-            "service",
-            "create",
-            "-d",
             "--name",
             "flaky",
             "--restart-condition",
