@@ -25,16 +25,22 @@ pub struct BenchFigures {
     pub bare_median: Duration,
     /// shoal / bare.
     pub ratio: f64,
+    /// Medians of shoal's phases: start (monitor, create, start), wait (until the exit status
+    /// is recorded), remove (delete, unmount, directory).
+    pub phases: [Duration; 3],
 }
 
 impl std::fmt::Display for BenchFigures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}: {} rounds; shoal life cycle median {:.1} ms, bare `{} run` median {:.1} ms, ratio {:.2}",
+            "{}: {} rounds; shoal life cycle median {:.1} ms (start {:.1}, wait {:.1}, remove {:.1}), bare `{} run` + delete median {:.1} ms, ratio {:.2}",
             self.runtime,
             self.rounds,
             self.shoal_median.as_secs_f64() * 1e3,
+            self.phases[0].as_secs_f64() * 1e3,
+            self.phases[1].as_secs_f64() * 1e3,
+            self.phases[2].as_secs_f64() * 1e3,
             self.runtime,
             self.bare_median.as_secs_f64() * 1e3,
             self.ratio
@@ -76,19 +82,27 @@ pub async fn bench_lifecycle(
     let prefix = format!("bench{}x", std::process::id());
     let mut ours = Vec::with_capacity(n);
     let mut bare = Vec::with_capacity(n);
+    let mut phases: [Vec<Duration>; 3] = Default::default();
     for round in 0..n {
         let id = format!("{prefix}o{round}");
         oci.prepare(&task(id.clone()))
             .await
             .map_err(|e| e.to_string())?;
         let t0 = Instant::now();
+        let mut marks = [Duration::ZERO; 3];
         let result = async {
             oci.start(&id).await?;
+            marks[0] = t0.elapsed();
             oci.wait(&id).await?;
+            marks[1] = t0.elapsed();
             oci.remove(&id).await
         }
         .await;
-        ours.push(t0.elapsed());
+        let total = t0.elapsed();
+        ours.push(total);
+        phases[0].push(marks[0]);
+        phases[1].push(marks[1].saturating_sub(marks[0]));
+        phases[2].push(total.saturating_sub(marks[1]));
         if let Err(e) = result {
             let _ = oci.remove(&id).await;
             return Err(e.to_string());
@@ -139,5 +153,6 @@ pub async fn bench_lifecycle(
         shoal_median,
         bare_median,
         ratio: shoal_median.as_secs_f64() / bare_median.as_secs_f64().max(1e-9),
+        phases: phases.map(median),
     })
 }
