@@ -62,6 +62,9 @@ pub async fn run_runtime(rounds: usize, runtimes: &[String], json: bool) -> Resu
                     "ShoalMedianMs": f.shoal_median.as_secs_f64() * 1e3,
                     "BareMedianMs": f.bare_median.as_secs_f64() * 1e3,
                     "Ratio": f.ratio,
+                    "StartMs": f.phases[0].as_secs_f64() * 1e3,
+                    "WaitMs": f.phases[1].as_secs_f64() * 1e3,
+                    "RemoveMs": f.phases[2].as_secs_f64() * 1e3,
                 })
             );
         }
