@@ -83,7 +83,8 @@ pub struct ExecArgs {
     /// Allocate a pseudo-TTY (not supported: the command gets this process's stdio).
     #[arg(short, long)]
     pub tty: bool,
-    /// Task id (or unique prefix) running on this node.
+    /// Task running on this node: its name as `service ps` shows it (web.1), or its id (or a
+    /// unique prefix).
     pub task: String,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]

@@ -1189,12 +1189,32 @@ impl pb::node_local_server::NodeLocal for NodeLocalService {
         }
         let executor = self.node.inner.lock().await.executor.clone();
         let known: Vec<String> = executor
+            .as_ref()
             .map(|e| e.statuses().into_iter().map(|r| r.task_id).collect())
             .unwrap_or_default();
-        let matches: Vec<&String> = known
+        // A task's name as `service ps` shows it (`web.1`), or `web.1.<id prefix>`, names
+        // the task of that slot this node runs; otherwise an id prefix.
+        let names = executor.map(|e| e.running_names()).unwrap_or_default();
+        let by_name: Vec<&String> = names
             .iter()
-            .filter(|id| id.starts_with(&req.task))
+            .filter(|(id, name)| {
+                req.task == *name
+                    || req
+                        .task
+                        .strip_prefix(name.as_str())
+                        .and_then(|rest| rest.strip_prefix('.'))
+                        .is_some_and(|p| !p.is_empty() && id.starts_with(p))
+            })
+            .map(|(id, _)| id)
             .collect();
+        let matches: Vec<&String> = if by_name.is_empty() {
+            known
+                .iter()
+                .filter(|id| id.starts_with(&req.task))
+                .collect()
+        } else {
+            by_name
+        };
         let id = match matches.as_slice() {
             [one] => (*one).clone(),
             [] => {

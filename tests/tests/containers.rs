@@ -338,17 +338,21 @@ fn lab_real_containers() -> Result<()> {
         "secret create: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    lab.shoal(
-        "m1",
-        &[
-            "service", "create", "-d", "--name", "sec", "--secret", "dbpass", &sleep,
-        ],
-    )?;
+    create(&lab, &["--name", "sec", "--secret", "dbpass", &sleep])?;
     let t = eventually("sec running", WAIT, || all_running(&lab, "sec", 1))?.remove(0);
     let node = t["Node"].as_str().unwrap_or_default().to_string();
     let id = t["ID"].as_str().unwrap_or_default().to_string();
     let seen = lab.shoal(&node, &["exec", &id, "--", "cat", "/run/secrets/dbpass"])?;
     ensure!(seen == secret, "secret in the container: {seen:?}");
+    // The task's name as `service ps` shows it works too, as does name.id-prefix.
+    let by_name = lab.shoal(
+        &node,
+        &["exec", "sec.1", "--", "cat", "/run/secrets/dbpass"],
+    )?;
+    ensure!(by_name == secret, "exec by name: {by_name:?}");
+    let full = format!("sec.1.{}", &id[..6]);
+    let by_full = lab.shoal(&node, &["exec", &full, "--", "hostname"])?;
+    ensure!(!by_full.trim().is_empty(), "exec by name.id: {by_full:?}");
     let leaks = files_containing(&lab.host_data_dir(&node)?, secret.as_bytes());
     ensure!(leaks.is_empty(), "secret on the worker's disk: {leaks:?}");
 

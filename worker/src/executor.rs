@@ -104,6 +104,8 @@ struct Inner {
 }
 
 struct TaskHandle {
+    /// `service.slot` (`service.node` for global services), as `service ps` names the task.
+    name: String,
     desired: watch::Sender<Desired>,
     /// Last status the driver entered; read by `statuses` after a reconnect.
     status: Arc<Mutex<Option<TaskStatus>>>,
@@ -206,9 +208,15 @@ impl Executor {
                 .and_then(|r| r.remove(&assignment.task_id));
             let (desired_tx, desired_rx) = watch::channel(desired);
             let status = Arc::new(Mutex::new(None));
+            let name = if assignment.slot > 0 {
+                format!("{}.{}", assignment.service_name, assignment.slot)
+            } else {
+                assignment.service_name.clone()
+            };
             tasks.insert(
                 assignment.task_id.clone(),
                 TaskHandle {
+                    name,
                     desired: desired_tx,
                     status: status.clone(),
                 },
@@ -277,6 +285,22 @@ impl Executor {
             .collect();
         reports.sort_by(|a, b| a.task_id.cmp(&b.task_id));
         reports
+    }
+
+    /// (task id, name) of every task it drives that is meant to run, for finding a task by
+    /// the name `service ps` shows (`web.1`).
+    pub fn running_names(&self) -> Vec<(String, String)> {
+        let tasks = self.inner.lock_tasks();
+        let mut out: Vec<(String, String)> = tasks
+            .iter()
+            .filter(|(_, h)| {
+                let d = *h.desired.borrow();
+                d.assigned && d.state <= TaskState::Running
+            })
+            .map(|(id, h)| (id.clone(), h.name.clone()))
+            .collect();
+        out.sort();
+        out
     }
 
     /// Stop driving: every driver ends at its next await, leaving processes as they are (a
