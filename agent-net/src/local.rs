@@ -6,19 +6,42 @@
 //! Addresses are leased as files (`<dir>/leases/<ip>` holding the task id), created with
 //! `create_new`, so two tasks never share one and a restarted daemon knows what is taken.
 //!
-//! Programmed with iproute2's `ip` and util-linux's `unshare`/`nsenter` for now; the overlay
-//! work moves this onto rtnetlink.
+//! ```text
+//!   node namespace                         task namespace (<dir>/ns/<task id>)
+//!   shoal0 172.30.0.1/24 ── vs<task id> ═══ eth0 172.30.0.n/24, default via 172.30.0.1
+//! ```
+//!
+//! Programmed over rtnetlink, with no helper binaries. A netlink socket belongs to the network
+//! namespace of the thread that opened it, and namespaces are per thread, so each socket is
+//! opened on a short-lived thread that first `setns`es into the wanted namespace; the
+//! connection is then driven on the caller's tokio runtime. A task's namespace is made the
+//! same way `ip netns add` makes one: a thread `unshare`s its network namespace and
+//! bind-mounts it onto the file, which keeps it alive after the thread ends.
 
 use std::fs;
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::sync::Mutex;
+
+use futures::TryStreamExt;
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+use rtnetlink::packet_route::link::{InfoData, InfoVeth};
+use rtnetlink::packet_route::route::RouteProtocol;
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("{what}: {detail}")]
-    Command { what: String, detail: String },
+    /// A netlink request the kernel refused (or that could not be sent).
+    #[error("{what}: {source}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -27,6 +50,18 @@ pub enum NetError {
     },
     #[error("no free address left in {0}")]
     Exhausted(String),
+}
+
+impl NetError {
+    /// The kernel's errno, when the error carries one.
+    fn errno(&self) -> Option<Errno> {
+        match self {
+            NetError::Netlink { source, .. } | NetError::Io { source, .. } => {
+                source.raw_os_error().map(Errno::from_raw)
+            }
+            NetError::Exhausted(_) => None,
+        }
+    }
 }
 
 /// A task's place on the local network.
@@ -42,6 +77,10 @@ pub struct LocalNet {
     bridge: String,
     gateway: Ipv4Addr,
     prefix_len: u8,
+    /// The node's network namespace: the one `new` was called in.
+    node_ns: fs::File,
+    /// Serialises making `<dir>/ns` a private mount, so concurrent attaches bind it once.
+    ns_dir: Mutex<()>,
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NetError {
@@ -49,18 +88,30 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NetError {
     move |source| NetError::Io { context, source }
 }
 
-fn run(what: &str, cmd: &mut Command) -> Result<String, NetError> {
-    let out = cmd.output().map_err(|e| NetError::Command {
-        what: what.to_string(),
-        detail: e.to_string(),
-    })?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(NetError::Command {
-            what: what.to_string(),
-            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
+fn sys(context: impl Into<String>) -> impl FnOnce(Errno) -> NetError {
+    let context = context.into();
+    move |e| NetError::Io {
+        context,
+        source: e.into(),
+    }
+}
+
+fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
+    let what = what.into();
+    move |e| NetError::Netlink {
+        what,
+        source: match e {
+            rtnetlink::Error::NetlinkError(m) => m.to_io(),
+            other => std::io::Error::other(other.to_string()),
+        },
+    }
+}
+
+/// Treats the kernel saying `errno` as success (e.g. EEXIST when adding what is there).
+fn unless(errno: Errno, r: Result<(), NetError>) -> Result<(), NetError> {
+    match r {
+        Err(e) if e.errno() == Some(errno) => Ok(()),
+        r => r,
     }
 }
 
@@ -74,48 +125,171 @@ fn host_ifname(task_id: &str) -> String {
     format!("vs{short}")
 }
 
+/// Runs `f` on a thread of its own, so namespace changes it makes touch no other thread.
+async fn on_thread<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> Result<T, NetError> + Send + 'static,
+) -> Result<T, NetError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("shoal-netns".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(io(format!("{what}: starting a thread")))?;
+    rx.await.unwrap_or_else(|_| {
+        Err(NetError::Io {
+            context: what.to_string(),
+            source: std::io::Error::other("the thread panicked"),
+        })
+    })
+}
+
+/// A netlink connection in the network namespace `ns`, driven on the current runtime.
+async fn netlink_in(ns: fs::File, what: &str) -> Result<Handle, NetError> {
+    let rt = tokio::runtime::Handle::current();
+    let ctx = what.to_string();
+    let (conn, handle) = on_thread(what, move || {
+        setns(&ns, CloneFlags::CLONE_NEWNET)
+            .map_err(sys(format!("{ctx}: entering the namespace")))?;
+        // The socket registers with the caller's runtime; its namespace is this thread's.
+        let _rt = rt.enter();
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(io(format!("{ctx}: opening netlink")))?;
+        Ok((conn, handle))
+    })
+    .await?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+async fn link_index(h: &Handle, name: &str) -> Result<Option<u32>, NetError> {
+    let found = h
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await
+        .map_err(netlink(format!("looking up {name}")));
+    match found {
+        Ok(link) => Ok(link.map(|l| l.header.index)),
+        Err(e) if e.errno() == Some(Errno::ENODEV) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+async fn delete_link(h: &Handle, name: &str) -> Result<(), NetError> {
+    if let Some(index) = link_index(h, name).await? {
+        let r = h
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .map_err(netlink(format!("deleting {name}")));
+        unless(Errno::ENODEV, r)?;
+    }
+    Ok(())
+}
+
+async fn set_up(h: &Handle, index: u32, name: &str) -> Result<(), NetError> {
+    h.link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(netlink(format!("bringing {name} up")))
+}
+
+async fn add_address(
+    h: &Handle,
+    index: u32,
+    name: &str,
+    ip: Ipv4Addr,
+    prefix_len: u8,
+) -> Result<(), NetError> {
+    let r = h
+        .address()
+        .add(index, IpAddr::V4(ip), prefix_len)
+        .execute()
+        .await
+        .map_err(netlink(format!("adding {ip}/{prefix_len} to {name}")));
+    unless(Errno::EEXIST, r)
+}
+
+/// Binds a new network namespace onto the existing empty file `target`.
+fn create_netns(target: &Path) -> Result<(), NetError> {
+    unshare(CloneFlags::CLONE_NEWNET).map_err(sys("creating a network namespace"))?;
+    mount(
+        Some("/proc/thread-self/ns/net"),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(sys(format!(
+        "binding the network namespace to {}",
+        target.display()
+    )))
+}
+
 impl LocalNet {
-    /// `dir`: where namespaces and leases live (e.g. `<data dir>/net`).
-    pub fn new(dir: &Path) -> LocalNet {
-        LocalNet {
+    /// `dir`: where namespaces and leases live (e.g. `<data dir>/net`). The bridge and the
+    /// host ends of the veths go into the calling thread's network namespace.
+    pub fn new(dir: &Path) -> Result<LocalNet, NetError> {
+        let node_ns = fs::File::open("/proc/thread-self/ns/net")
+            .map_err(io("opening this node's network namespace"))?;
+        Ok(LocalNet {
             dir: dir.to_path_buf(),
             bridge: "shoal0".into(),
             gateway: Ipv4Addr::new(172, 30, 0, 1),
             prefix_len: 24,
-        }
+            node_ns,
+            ns_dir: Mutex::new(()),
+        })
     }
 
     pub fn gateway(&self) -> Ipv4Addr {
         self.gateway
     }
 
-    /// Create the bridge with the gateway address unless it exists.
-    pub fn ensure_bridge(&self) -> Result<(), NetError> {
-        let exists = Command::new("ip")
-            .args(["link", "show", &self.bridge])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !exists {
-            run(
-                "creating the bridge",
-                Command::new("ip").args(["link", "add", &self.bridge, "type", "bridge"]),
-            )?;
-            run(
-                "addressing the bridge",
-                Command::new("ip").args([
-                    "addr",
-                    "add",
-                    &format!("{}/{}", self.gateway, self.prefix_len),
-                    "dev",
-                    &self.bridge,
-                ]),
-            )?;
-        }
-        run(
-            "bringing the bridge up",
-            Command::new("ip").args(["link", "set", &self.bridge, "up"]),
-        )?;
-        Ok(())
+    async fn node_netlink(&self) -> Result<Handle, NetError> {
+        let ns = self
+            .node_ns
+            .try_clone()
+            .map_err(io("duplicating the node's namespace handle"))?;
+        netlink_in(ns, "talking to the node's network namespace").await
+    }
+
+    /// Create the bridge with the gateway address unless it exists, and bring it up.
+    pub async fn ensure_bridge(&self) -> Result<(), NetError> {
+        let node = self.node_netlink().await?;
+        self.bridge_index(&node).await.map(|_| ())
+    }
+
+    async fn bridge_index(&self, node: &Handle) -> Result<u32, NetError> {
+        let name = &self.bridge;
+        let index = match link_index(node, name).await? {
+            Some(index) => index,
+            None => {
+                let r = node
+                    .link()
+                    .add(LinkBridge::new(name).build())
+                    .execute()
+                    .await
+                    .map_err(netlink(format!("creating the bridge {name}")));
+                // Another attach may have made it meanwhile.
+                unless(Errno::EEXIST, r)?;
+                link_index(node, name)
+                    .await?
+                    .ok_or_else(|| NetError::Netlink {
+                        what: format!("looking up the bridge {name}"),
+                        source: Errno::ENODEV.into(),
+                    })?
+            }
+        };
+        add_address(node, index, name, self.gateway, self.prefix_len).await?;
+        set_up(node, index, name).await?;
+        Ok(index)
     }
 
     fn ns_path(&self, task_id: &str) -> PathBuf {
@@ -166,92 +340,145 @@ impl LocalNet {
     /// with /run/netns: the kernel refuses to bind a namespace onto a mount with shared
     /// propagation, which / usually has on a systemd host.
     fn ensure_ns_dir(&self) -> Result<(), NetError> {
+        let _one = self.ns_dir.lock().unwrap_or_else(|e| e.into_inner());
         let nsdir = self.dir.join("ns");
         fs::create_dir_all(&nsdir).map_err(io(format!("creating {}", nsdir.display())))?;
         if !is_mountpoint(&nsdir) {
-            run(
-                "binding the namespace directory",
-                Command::new("mount").arg("--bind").arg(&nsdir).arg(&nsdir),
-            )?;
+            mount(
+                Some(&nsdir),
+                &nsdir,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(sys(format!(
+                "bind-mounting {} onto itself",
+                nsdir.display()
+            )))?;
         }
-        run(
-            "making the namespace directory private",
-            Command::new("mount").arg("--make-private").arg(&nsdir),
-        )?;
-        Ok(())
+        mount(
+            None::<&str>,
+            &nsdir,
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(sys(format!("making {} a private mount", nsdir.display())))
     }
 
-    /// The task's namespace with `eth0` addressed on the bridge (idempotent).
-    pub fn attach(&self, task_id: &str) -> Result<Attachment, NetError> {
-        self.ensure_bridge()?;
+    /// The task's namespace with `eth0` addressed on the bridge (idempotent: each step is
+    /// skipped when done already, so a setup cut short by a restart completes).
+    pub async fn attach(&self, task_id: &str) -> Result<Attachment, NetError> {
+        let node = self.node_netlink().await?;
+        let bridge = self.bridge_index(&node).await?;
         let ns = self.ns_path(task_id);
         let ip = self.lease(task_id)?;
         let host_if = host_ifname(task_id);
         self.ensure_ns_dir()?;
         if !is_mountpoint(&ns) {
-            fs::File::create(&ns).map_err(io(format!("creating {}", ns.display())))?;
-            run(
-                "creating the task's network namespace",
-                Command::new("unshare")
-                    .arg(format!("--net={}", ns.display()))
-                    .arg("true"),
-            )?;
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&ns)
+                .map_err(io(format!("creating {}", ns.display())))?;
+            let target = ns.clone();
+            on_thread("creating the task's network namespace", move || {
+                create_netns(&target)
+            })
+            .await?;
         }
-        let ns_arg = format!("--net={}", ns.display());
-        let in_ns = |what: &str, args: &[&str]| {
-            run(
-                what,
-                Command::new("nsenter").arg(&ns_arg).arg("ip").args(args),
-            )
+        let ns_file = fs::File::open(&ns).map_err(io(format!("opening {}", ns.display())))?;
+        let task = netlink_in(ns_file, "talking to the task's network namespace").await?;
+
+        let eth0 = match link_index(&task, "eth0").await? {
+            Some(index) => index,
+            None => {
+                // A host end without its peer is left from an earlier namespace.
+                delete_link(&node, &host_if).await?;
+                // Made inside the task's namespace, the peer sent to the node's by fd.
+                let peer = LinkUnspec::new_with_name(&host_if)
+                    .setns_by_fd(self.node_ns.as_raw_fd())
+                    .build();
+                task.link()
+                    .add(
+                        LinkVeth::new("eth0", &host_if)
+                            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+                            .build(),
+                    )
+                    .execute()
+                    .await
+                    .map_err(netlink(format!("creating the veth pair eth0/{host_if}")))?;
+                link_index(&task, "eth0")
+                    .await?
+                    .ok_or_else(|| NetError::Netlink {
+                        what: "looking up eth0 after creating it".into(),
+                        source: Errno::ENODEV.into(),
+                    })?
+            }
         };
-        let has_eth0 = Command::new("nsenter")
-            .arg(&ns_arg)
-            .args(["ip", "link", "show", "eth0"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !has_eth0 {
-            // Made inside the namespace, the peer sent to ours (named by our pid).
-            let me = std::process::id().to_string();
-            in_ns(
-                "creating the veth pair",
-                &[
-                    "link", "add", "eth0", "type", "veth", "peer", "name", &host_if, "netns", &me,
-                ],
-            )?;
-            in_ns(
-                "addressing eth0",
-                &[
-                    "addr",
-                    "add",
-                    &format!("{ip}/{}", self.prefix_len),
-                    "dev",
-                    "eth0",
-                ],
-            )?;
-            in_ns("bringing eth0 up", &["link", "set", "eth0", "up"])?;
-            in_ns("bringing lo up", &["link", "set", "lo", "up"])?;
-            in_ns(
-                "adding the default route",
-                &["route", "add", "default", "via", &self.gateway.to_string()],
-            )?;
+        add_address(&task, eth0, "eth0", ip, self.prefix_len).await?;
+        set_up(&task, eth0, "eth0").await?;
+        if let Some(lo) = link_index(&task, "lo").await? {
+            set_up(&task, lo, "lo").await?;
         }
-        run(
-            "attaching the veth to the bridge",
-            Command::new("ip").args(["link", "set", &host_if, "master", &self.bridge, "up"]),
-        )?;
+        // `proto boot`, as `ip route add` records it.
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(self.gateway)
+            .output_interface(eth0)
+            .protocol(RouteProtocol::Boot)
+            .build();
+        task.route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(netlink(format!(
+                "adding the default route via {}",
+                self.gateway
+            )))?;
+
+        let host = link_index(&node, &host_if)
+            .await?
+            .ok_or_else(|| NetError::Netlink {
+                what: format!("looking up {host_if}, the veth's host end"),
+                source: Errno::ENODEV.into(),
+            })?;
+        node.link()
+            .set(
+                LinkUnspec::new_with_index(host)
+                    .controller(bridge)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(netlink(format!(
+                "attaching {host_if} to the bridge {}",
+                self.bridge
+            )))?;
         Ok(Attachment { netns: ns, ip })
     }
 
-    /// Remove the task's namespace, veth and lease (idempotent).
-    pub fn detach(&self, task_id: &str) -> Result<(), NetError> {
+    /// Remove the task's namespace, veth and lease (idempotent). Every step is tried; the
+    /// first failure is returned.
+    pub async fn detach(&self, task_id: &str) -> Result<(), NetError> {
         let ns = self.ns_path(task_id);
-        let _ = Command::new("ip")
-            .args(["link", "del", &host_ifname(task_id)])
-            .output();
-        if is_mountpoint(&ns) {
-            nix_umount(&ns)?;
-        }
-        let _ = fs::remove_file(&ns);
+        let veth = match self.node_netlink().await {
+            Ok(node) => delete_link(&node, &host_ifname(task_id)).await,
+            Err(e) => Err(e),
+        };
+        let unmount = if is_mountpoint(&ns) {
+            umount2(&ns, MntFlags::MNT_DETACH).map_err(sys(format!("unmounting {}", ns.display())))
+        } else {
+            Ok(())
+        };
+        let remove = match fs::remove_file(&ns) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(io(format!("removing {}", ns.display()))(e))
+            }
+            _ => Ok(()),
+        };
         if let Ok(entries) = fs::read_dir(self.dir.join("leases")) {
             for e in entries.flatten() {
                 if fs::read_to_string(e.path()).is_ok_and(|t| t == task_id) {
@@ -259,7 +486,7 @@ impl LocalNet {
                 }
             }
         }
-        Ok(())
+        veth.and(unmount).and(remove)
     }
 
     /// The address a task holds, if any.
@@ -283,14 +510,6 @@ fn is_mountpoint(p: &Path) -> bool {
         .any(|m| Path::new(m) == canon)
 }
 
-fn nix_umount(p: &Path) -> Result<(), NetError> {
-    run(
-        "unmounting the network namespace",
-        Command::new("umount").arg("-l").arg(p),
-    )
-    .map(|_| ())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,7 +524,7 @@ mod tests {
     #[test]
     fn leases_are_unique_and_reused_by_their_task() {
         let d = tempfile::tempdir().unwrap();
-        let net = LocalNet::new(d.path());
+        let net = LocalNet::new(d.path()).unwrap();
         let a = net.lease("t1").unwrap();
         let b = net.lease("t2").unwrap();
         assert_ne!(a, b);

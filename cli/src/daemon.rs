@@ -88,7 +88,8 @@ impl RuntimeChoice {
                 cfg.runtime = runtime.clone();
                 cfg.netns_dir = Some(data_dir.join("net").join("ns"));
                 let oci = worker::oci::OciRuntime::new(cfg).map_err(|e| bad(e.to_string()))?;
-                let net = agent_net::local::LocalNet::new(&data_dir.join("net"));
+                let net = agent_net::local::LocalNet::new(&data_dir.join("net"))
+                    .map_err(|e| bad(e.to_string()))?;
                 (
                     Arc::new(crate::node_runtime::NetworkedRuntime::new(
                         Arc::new(oci),

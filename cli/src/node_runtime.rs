@@ -23,15 +23,9 @@ impl NetworkedRuntime {
 #[async_trait::async_trait]
 impl Runtime for NetworkedRuntime {
     async fn prepare(&self, task: &Assignment) -> Result<(), RuntimeError> {
-        let net = self.net.clone();
-        let id = task.task_id.clone();
-        tokio::task::spawn_blocking(move || net.attach(&id))
+        self.net
+            .attach(&task.task_id)
             .await
-            .map_err(|e| RuntimeError::Failed {
-                task_id: task.task_id.clone(),
-                op: RuntimeOp::Prepare,
-                reason: e.to_string(),
-            })?
             .map_err(|e| RuntimeError::Failed {
                 task_id: task.task_id.clone(),
                 op: RuntimeOp::Prepare,
@@ -50,9 +44,7 @@ impl Runtime for NetworkedRuntime {
     }
     async fn remove(&self, task_id: &str) -> Result<(), RuntimeError> {
         let r = self.inner.remove(task_id).await;
-        let net = self.net.clone();
-        let id = task_id.to_string();
-        let _ = tokio::task::spawn_blocking(move || net.detach(&id)).await;
+        let _ = self.net.detach(task_id).await;
         r
     }
     fn log_path(&self, task_id: &str) -> Option<PathBuf> {
