@@ -326,7 +326,8 @@ pub enum LabCmd {
         #[arg(long)]
         oci_runtime: Option<String>,
         /// Run a registry on the lab's underlay at 192.168.77.2:5000 holding the images
-        /// web:v1, web:v2 (busybox httpd answering "<hostname> v1|v2") and sleep:1.
+        /// web:v1, web:v2 (busybox httpd answering "<hostname> v1|v2"), sleep:1 and health:1
+        /// (healthy while /tmp/healthy exists).
         #[arg(long)]
         registry: bool,
     },
@@ -1173,7 +1174,7 @@ fn run_lab(cmd: LabCmd, level: &str) -> CliResult {
                 );
             }
             if let Some(addr) = &lab.registry {
-                println!("registry\t{addr}\t(images web:v1, web:v2, sleep:1)");
+                println!("registry\t{addr}\t(images web:v1, web:v2, sleep:1, health:1)");
             }
             println!("\nTry: shoal lab exec --prefix {prefix} m1 -- shoal node ls");
         }

@@ -18,18 +18,20 @@ use sha2::{Digest, Sha256};
 /// Applets linked to `/bin/busybox` in the test images.
 pub const APPLETS: &[&str] = &[
     "sh", "sleep", "cat", "echo", "hostname", "httpd", "nc", "ls", "id", "env", "mkdir", "true",
-    "false", "test", "grep", "head", "dd",
+    "false", "test", "grep", "head", "dd", "touch", "rm",
 ];
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 /// The images a lab's registry holds (`shoal lab up --registry`): `web:v1` and `web:v2`
-/// serve `<hostname> v1|v2` on port 80; `sleep:1` sleeps.
+/// serve `<hostname> v1|v2` on port 80; `sleep:1` sleeps; `health:1` sleeps with a
+/// HEALTHCHECK that passes while `/tmp/healthy` exists.
 pub fn lab_images() -> Vec<(&'static str, TestImage)> {
     vec![
         ("web:v1", TestImage::web_version("v1")),
         ("web:v2", TestImage::web_version("v2")),
         ("sleep:1", TestImage::sleep()),
+        ("health:1", TestImage::healthcheck()),
     ]
 }
 

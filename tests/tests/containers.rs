@@ -356,6 +356,42 @@ fn lab_real_containers() -> Result<()> {
     let leaks = files_containing(&lab.host_data_dir(&node)?, secret.as_bytes());
     ensure!(leaks.is_empty(), "secret on the worker's disk: {leaks:?}");
 
+    // The image's HEALTHCHECK gates RUNNING, and an unhealthy task is replaced.
+    let health = format!("{reg}/health:1");
+    create(&lab, &["--name", "hc", &health])?;
+    let t = eventually("hc placed and starting", WAIT, || {
+        let ts = tasks(&lab, "hc", true)?;
+        let t = ts.first().cloned().ok_or_else(|| anyhow!("no hc task"))?;
+        let state = t["CurrentState"].as_str().unwrap_or_default();
+        ensure!(state.starts_with("Starting"), "{ts:#?}");
+        Ok(t)
+    })?;
+    let hc_node = t["Node"].as_str().unwrap_or_default().to_string();
+    let hc_id = t["ID"].as_str().unwrap_or_default().to_string();
+    lab.shoal(&hc_node, &["exec", &hc_id, "--", "touch", "/tmp/healthy"])?;
+    eventually("hc running once healthy", WAIT, || {
+        all_running(&lab, "hc", 1)
+    })?;
+    lab.shoal(&hc_node, &["exec", &hc_id, "--", "rm", "/tmp/healthy"])?;
+    eventually("unhealthy hc replaced", WAIT, || {
+        let ts = tasks(&lab, "hc", false)?;
+        let old = ts
+            .iter()
+            .find(|t| t["ID"] == hc_id.as_str())
+            .ok_or_else(|| anyhow!("{hc_id} gone"))?;
+        ensure!(
+            old["CurrentState"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("Failed")
+                && old["Error"].as_str().unwrap_or("").contains("unhealthy")
+                && ts.len() >= 2,
+            "{ts:#?}"
+        );
+        Ok(())
+    })?;
+    lab.shoal("m1", &["service", "rm", "hc"])?;
+
     // Live restore: SIGKILL a worker's daemon; containers keep running, an exit that happens
     // meanwhile is reported after the restart. The daemon is down for some seconds, longer
     // than the lab's 500 ms heartbeat allows before the node counts as Down and its tasks are
