@@ -209,10 +209,11 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
 
 /// Start (desired READY → RUNNING) the tasks a stop-first update created, once no other task
 /// of their slot (node, for global services) is still alive: ended, never placed, or on a node
-/// that is down or gone. Past `STOP_WAIT_MS` the new task starts anyway, so a stop that is
-/// never confirmed cannot stall the service.
+/// that is down or gone. Past the old task's stop grace period and `STOP_MARGIN_MS` more,
+/// the new task starts anyway, so a stop that is never confirmed cannot stall the service.
 pub fn promote(p: &mut Plan<'_>, service_id: &str) {
-    const STOP_WAIT_MS: i64 = 60_000;
+    const STOP_MARGIN_MS: i64 = 30_000;
+    const DEFAULT_GRACE_MS: u64 = 10_000;
     let tasks = p.service_tasks(service_id);
     let alive = |t: &Task| {
         !t.status.state.is_terminal()
@@ -226,9 +227,18 @@ pub fn promote(p: &mut Plan<'_>, service_id: &str) {
         .filter(|t| t.desired_state == TaskState::Ready && !t.status.state.is_terminal())
     {
         let waiting_on_old = tasks.iter().any(|o| {
-            o.id != t.id && key(o) == key(t) && o.desired_state > TaskState::Running && alive(o)
+            let grace = match o.spec.stop_grace_period_ms {
+                0 => DEFAULT_GRACE_MS,
+                ms => ms,
+            };
+            let give_up = t.created_at_ms + grace as i64 + STOP_MARGIN_MS;
+            o.id != t.id
+                && key(o) == key(t)
+                && o.desired_state > TaskState::Running
+                && alive(o)
+                && p.now_ms < give_up
         });
-        if !waiting_on_old || p.now_ms - t.created_at_ms > STOP_WAIT_MS {
+        if !waiting_on_old {
             start.push(t.clone());
         }
     }
