@@ -21,7 +21,7 @@ use crate::output::{table, Format};
 pub enum ImageCmd {
     /// Load an image from a tar archive (OCI layout or `docker save` format).
     Load {
-        /// Read from tar archive file.
+        /// Read from tar archive file (default: stdin).
         #[arg(short = 'i', long = "input", value_name = "FILE")]
         input: Option<PathBuf>,
         /// The tar archive (same as --input).
@@ -53,12 +53,30 @@ pub const LS_HEADERS: [&str; 5] = ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "
 pub async fn run(cmd: ImageCmd, mut c: NodeLocalClient<Channel>) -> Result<(), CliError> {
     match cmd {
         ImageCmd::Load { input, file, quiet } => {
-            let path = input.or(file).ok_or_else(|| {
-                CliError(
-                    "Error: requires a tar archive: shoal image load -i FILE (reading stdin is not supported)"
-                        .into(),
-                )
-            })?;
+            // No file: the archive comes on stdin (`shoal image load < img.tar`), kept in a
+            // temporary file the daemon reads, on this machine as the daemon is.
+            let mut _stdin_copy = None;
+            let path = match input.or(file) {
+                Some(p) => p,
+                None => {
+                    use std::io::IsTerminal;
+                    if std::io::stdin().is_terminal() {
+                        return Err(CliError(
+                            "Error: requires a tar archive: shoal image load -i FILE, or the archive on stdin"
+                                .into(),
+                        ));
+                    }
+                    let mut tmp = tempfile::Builder::new()
+                        .prefix("shoal-image-load-")
+                        .tempfile()
+                        .map_err(|e| CliError(format!("Error: temporary file: {e}")))?;
+                    std::io::copy(&mut std::io::stdin().lock(), &mut tmp)
+                        .map_err(|e| CliError(format!("Error: reading stdin: {e}")))?;
+                    let p = tmp.path().to_path_buf();
+                    _stdin_copy = Some(tmp);
+                    p
+                }
+            };
             let path = std::path::absolute(&path)
                 .map_err(|e| CliError(format!("Error: {}: {e}", path.display())))?;
             if !path.is_file() {

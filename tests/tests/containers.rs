@@ -234,6 +234,61 @@ fn lab_real_containers() -> Result<()> {
     let logs = lab.shoal("m1", &["service", "logs", "web"])?;
     ensure!(logs.matches("serving").count() >= 3, "logs: {logs}");
 
+    // `image load` (a file, and stdin as `docker load < FILE`) and `image ls` on one node; a
+    // service of that image runs there without any registry.
+    let dir = tempfile::tempdir()?;
+    let layout = dir.path().join("layout");
+    harness::images::build_busybox_image(&layout, "local:1", harness::images::TestImage::sleep())?;
+    harness::images::build_busybox_image(&layout, "local:2", harness::images::TestImage::sleep())?;
+    let archive = dir.path().join("local.tar");
+    harness::images::oci_archive(&layout, &archive)?;
+    let archive_s = archive.to_string_lossy().into_owned();
+    let loaded = lab.shoal("w1", &["image", "load", &archive_s])?;
+    ensure!(loaded.contains("Loaded image: local:1"), "{loaded}");
+    let ns = lab.netns("w1")?;
+    let sock = lab
+        .lab
+        .host("w1")
+        .map_err(|e| anyhow!("{e}"))?
+        .socket
+        .clone();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "nsenter --net=/run/netns/{ns} {} -H unix://{} image load < '{archive_s}'",
+            harness::shoal_bin().display(),
+            sock.display()
+        ))
+        .output()?;
+    ensure!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("local:2"),
+        "image load from stdin: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ls = lines(&lab.shoal("w1", &["image", "ls", "--format", "json"])?)?;
+    ensure!(
+        ls.iter().any(|i| i["Repository"]
+            .as_str()
+            .is_some_and(|r| r.ends_with("local"))
+            && i["Tag"] == "1"),
+        "image ls: {ls:#?}"
+    );
+    create(
+        &lab,
+        &[
+            "--name",
+            "loc",
+            "--constraint",
+            "node.hostname==w1",
+            "local:1",
+        ],
+    )?;
+    eventually("service of a loaded image running", WAIT, || {
+        all_running(&lab, "loc", 1)
+    })?;
+    lab.shoal("m1", &["service", "rm", "loc"])?;
+
     // Limits read back from the cgroup files; an allocating process is OOM-killed.
     create(
         &lab,
