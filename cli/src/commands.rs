@@ -625,39 +625,31 @@ fn os_hostname() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
-async fn connect(host: &str) -> Result<ControlClient<Channel>, CliError> {
+/// A channel to the daemon's socket (`--host unix://PATH`).
+async fn daemon_channel(host: &str) -> Result<Channel, CliError> {
     let path = host.strip_prefix("unix://").ok_or_else(|| {
         CliError(format!(
             "Error: invalid --host {host:?}: expected unix:///path/to/socket"
         ))
     })?;
-    let ch = proto::transport::unix_channel(PathBuf::from(path))
+    proto::transport::unix_channel(PathBuf::from(path))
         .await
         .map_err(|_| {
             CliError(format!(
                 "Cannot connect to the shoal daemon at {host}. Is the shoal daemon running?"
             ))
-        })?;
-    Ok(ControlClient::new(ch).max_decoding_message_size(64 << 20))
+        })
+}
+
+async fn connect(host: &str) -> Result<ControlClient<Channel>, CliError> {
+    Ok(ControlClient::new(daemon_channel(host).await?).max_decoding_message_size(64 << 20))
 }
 
 /// The daemon's node-local service (images, exec).
 pub async fn node_local(
     host: &str,
 ) -> Result<proto::pb::node_local_client::NodeLocalClient<Channel>, CliError> {
-    let path = host.strip_prefix("unix://").ok_or_else(|| {
-        CliError(format!(
-            "Error: invalid --host {host:?}: expected unix:///path/to/socket"
-        ))
-    })?;
-    let ch = proto::transport::unix_channel(PathBuf::from(path))
-        .await
-        .map_err(|_| {
-            CliError(format!(
-                "Cannot connect to the shoal daemon at {host}. Is the shoal daemon running?"
-            ))
-        })?;
-    Ok(proto::pb::node_local_client::NodeLocalClient::new(ch).max_decoding_message_size(64 << 20))
+    Ok(crate::image::client(daemon_channel(host).await?))
 }
 
 /// `exec TASK -- CMD`: the daemon names the argv that enters the container; this process

@@ -753,22 +753,9 @@ fn spawn_err(cmd: &Command, source: io::Error) -> LabError {
 /// under the lab dir in their command line), every container in the OCI runtimes' state dirs
 /// under the lab dir, and every mount left below it.
 fn remove_containers(dir: &Path) {
-    let own = std::process::id();
-    let needle = dir.as_os_str().as_encoded_bytes();
-    for pid in proc_pids().into_iter().filter(|&p| p != own) {
-        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let is_shim = args.get(1).is_some_and(|a| *a == b"shim");
-        let ours = args.iter().any(|a| a.starts_with(needle));
-        if is_shim && ours {
-            if let Ok(raw) = libc::pid_t::try_from(pid) {
-                // SAFETY: a plain kill of a pid whose command line was just checked.
-                unsafe { libc::kill(raw, libc::SIGKILL) };
-            }
-        }
-    }
+    kill_lab_processes(dir, "container monitor", |args| {
+        args.get(1).is_some_and(|a| *a == b"shim")
+    });
     let mut container_pids = Vec::new();
     for root in runtime_roots(dir, 4) {
         let Some(rt) = root
@@ -827,20 +814,27 @@ fn remove_containers(dir: &Path) {
 
 /// SIGKILL the `docker-registry` processes whose configuration lies below `dir`.
 fn kill_registries(dir: &Path) {
+    kill_lab_processes(dir, "lab registry", |args| {
+        args.first()
+            .is_some_and(|a| a.ends_with(b"docker-registry"))
+    });
+}
+
+/// SIGKILL every process (but this one) with an argument below `dir` whose arguments satisfy
+/// `is_kind`.
+fn kill_lab_processes(dir: &Path, what: &str, is_kind: impl Fn(&[&[u8]]) -> bool) {
+    let own = std::process::id();
     let needle = dir.as_os_str().as_encoded_bytes();
-    for pid in proc_pids() {
+    for pid in proc_pids().into_iter().filter(|&p| p != own) {
         let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let is_registry = args
-            .first()
-            .is_some_and(|a| a.ends_with(b"docker-registry"));
-        if is_registry && args.iter().any(|a| a.starts_with(needle)) {
+        if is_kind(&args) && args.iter().any(|a| a.starts_with(needle)) {
             if let Ok(raw) = libc::pid_t::try_from(pid) {
                 // SAFETY: a plain kill of a pid whose command line was just checked.
                 unsafe { libc::kill(raw, libc::SIGKILL) };
-                debug!(pid, "killed the lab registry");
+                debug!(pid, what, "sent SIGKILL");
             }
         }
     }

@@ -399,19 +399,23 @@ impl Driver {
             }
             result = runtime.prepare(&self.assignment) => result,
         };
+        self.advance_or_reject(result, TaskState::Ready, "preparing failed")
+            .await
+    }
+
+    /// After a step before RUNNING: on success enter `next`, on failure REJECTED with the
+    /// runtime's words.
+    async fn advance_or_reject(
+        &mut self,
+        result: Result<(), crate::runtime::RuntimeError>,
+        next: TaskState,
+        failed: &str,
+    ) -> Flow {
         match result {
-            Ok(()) => {
-                self.enter(TaskState::Ready, message(TaskState::Ready), None, None)
-                    .await
-            }
+            Ok(()) => self.enter(next, message(next), None, None).await,
             Err(e) => {
-                self.enter(
-                    TaskState::Rejected,
-                    "preparing failed",
-                    Some(e.user_message()),
-                    None,
-                )
-                .await
+                self.enter(TaskState::Rejected, failed, Some(e.user_message()), None)
+                    .await
             }
         }
     }
@@ -426,21 +430,8 @@ impl Driver {
             _ = cancel.cancelled() => return Flow::Exit,
             result = runtime.start(self.task_id()) => result,
         };
-        match result {
-            Ok(()) => {
-                self.enter(TaskState::Running, message(TaskState::Running), None, None)
-                    .await
-            }
-            Err(e) => {
-                self.enter(
-                    TaskState::Rejected,
-                    "starting failed",
-                    Some(e.user_message()),
-                    None,
-                )
-                .await
-            }
-        }
+        self.advance_or_reject(result, TaskState::Running, "starting failed")
+            .await
     }
 
     async fn wait(&mut self) -> Flow {

@@ -135,6 +135,20 @@ fn setup(replicas: u64) -> StoreData {
     d
 }
 
+/// Begin a rolling update of "svc" at `now` to its spec changed by `change`.
+fn start_update(d: &mut StoreData, now: i64, change: impl FnOnce(&mut ServiceSpec)) {
+    let s = d.services.get_mut("svc").unwrap();
+    s.previous_spec = Some(s.spec.clone());
+    change(&mut s.spec);
+    s.spec_version = 2;
+    s.update_status = Some(UpdateStatus {
+        state: UpdateState::Updating,
+        started_ms: now,
+        completed_ms: 0,
+        message: String::new(),
+    });
+}
+
 fn converge(
     d: &mut StoreData,
     now: &mut i64,
@@ -214,20 +228,11 @@ fn rolling_update_respects_parallelism_and_completes() {
     let mut d = setup(6);
     let mut now = 1_000;
     converge(&mut d, &mut now, 2, |_| TaskState::Running);
-    {
-        let s = d.services.get_mut("svc").unwrap();
-        s.previous_spec = Some(s.spec.clone());
-        s.spec.task.image = "img:2".into();
-        s.spec.update.parallelism = 2;
-        s.spec.update.monitor_ms = 0;
-        s.spec_version = 2;
-        s.update_status = Some(UpdateStatus {
-            state: UpdateState::Updating,
-            started_ms: now,
-            completed_ms: 0,
-            message: String::new(),
-        });
-    }
+    start_update(&mut d, now, |spec| {
+        spec.task.image = "img:2".into();
+        spec.update.parallelism = 2;
+        spec.update.monitor_ms = 0;
+    });
     for _ in 0..40 {
         let ops = plan(&d, now);
         apply(&mut d, ops);
@@ -259,19 +264,10 @@ fn stop_first_update_starts_the_new_task_only_once_the_old_one_stopped() {
     let mut now = 1_000;
     converge(&mut d, &mut now, 2, |_| TaskState::Running);
     let old_id = running(&d)[0].id.clone();
-    {
-        let s = d.services.get_mut("svc").unwrap();
-        s.previous_spec = Some(s.spec.clone());
-        s.spec.task.image = "img:2".into();
-        s.spec.update.order = UpdateOrder::StopFirst;
-        s.spec_version = 2;
-        s.update_status = Some(UpdateStatus {
-            state: UpdateState::Updating,
-            started_ms: now,
-            completed_ms: 0,
-            message: String::new(),
-        });
-    }
+    start_update(&mut d, now, |spec| {
+        spec.task.image = "img:2".into();
+        spec.update.order = UpdateOrder::StopFirst;
+    });
     // The old task takes its time to stop (a stop grace period): the new one is placed but
     // held at READY meanwhile.
     for _ in 0..4 {
@@ -305,22 +301,13 @@ fn failing_update_rolls_back_automatically() {
     let mut d = setup(4);
     let mut now = 1_000;
     converge(&mut d, &mut now, 2, |_| TaskState::Running);
-    {
-        let s = d.services.get_mut("svc").unwrap();
-        s.previous_spec = Some(s.spec.clone());
-        s.spec.task.image = "broken".into();
-        s.spec.update.failure_action = FailureAction::Rollback;
-        s.spec.update.monitor_ms = 0;
-        s.spec.rollback.monitor_ms = 0;
-        s.spec.task.restart.condition = RestartCondition::None;
-        s.spec_version = 2;
-        s.update_status = Some(UpdateStatus {
-            state: UpdateState::Updating,
-            started_ms: now,
-            completed_ms: 0,
-            message: String::new(),
-        });
-    }
+    start_update(&mut d, now, |spec| {
+        spec.task.image = "broken".into();
+        spec.update.failure_action = FailureAction::Rollback;
+        spec.update.monitor_ms = 0;
+        spec.rollback.monitor_ms = 0;
+        spec.task.restart.condition = RestartCondition::None;
+    });
     converge(&mut d, &mut now, 30, |t| {
         if t.spec.image == "broken" {
             TaskState::Failed
