@@ -253,6 +253,7 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<()> {
         },
         update: UpdateConfig::default(),
         rollback: UpdateConfig::default(),
+        endpoint: Default::default(),
     };
     let start = Instant::now();
     ControlApi::new(leader.clone())

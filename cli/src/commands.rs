@@ -714,6 +714,7 @@ async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
                     listen_addr,
                     heartbeat_period_ms: ms(dispatcher_heartbeat),
                     cert_expiry_ms: ms(cert_expiry),
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();

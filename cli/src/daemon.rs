@@ -974,6 +974,41 @@ impl pb::control_server::Control for ControlService {
             .await
             .map(Response::new)
     }
+    async fn create_network(
+        &self,
+        req: Request<pb::NetworkSpecRequest>,
+    ) -> Result<Response<pb::JsonDoc>, Status> {
+        let api = self.cluster(&req).await?;
+        api.create_network(req.into_inner())
+            .await
+            .map(Response::new)
+    }
+    async fn list_networks(
+        &self,
+        req: Request<pb::Empty>,
+    ) -> Result<Response<pb::JsonDoc>, Status> {
+        self.cluster(&req)
+            .await?
+            .list_networks()
+            .await
+            .map(Response::new)
+    }
+    async fn get_network(
+        &self,
+        req: Request<pb::GetNetworkRequest>,
+    ) -> Result<Response<pb::JsonDoc>, Status> {
+        let api = self.cluster(&req).await?;
+        api.get_network(req.into_inner()).await.map(Response::new)
+    }
+    async fn remove_network(
+        &self,
+        req: Request<pb::GetNetworkRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let api = self.cluster(&req).await?;
+        api.remove_network(req.into_inner())
+            .await
+            .map(Response::new)
+    }
     async fn list_tasks(
         &self,
         req: Request<pb::ListTasksRequest>,

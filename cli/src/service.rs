@@ -869,6 +869,7 @@ pub fn build_spec(a: &CreateArgs, name: String) -> Result<ServiceSpec, String> {
         },
         update: UpdateConfig::default(),
         rollback: UpdateConfig::default(),
+        endpoint: Default::default(),
     };
     apply_flags(&mut spec, &a.flags)?;
     // Docker: a replicated job without --replicas completes as many tasks as run at once.
@@ -2759,6 +2760,7 @@ mod tests {
             running,
             desired,
             completed: 0,
+            endpoint: Default::default(),
         }
     }
 
@@ -2850,6 +2852,7 @@ mod tests {
                 timestamp_ms: created,
             },
             created_at_ms: created,
+            networks: vec![],
         }
     }
 

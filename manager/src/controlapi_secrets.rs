@@ -214,6 +214,7 @@ mod tests {
             },
             update: Default::default(),
             rollback: Default::default(),
+            endpoint: Default::default(),
         }
     }
 

@@ -157,6 +157,7 @@ pub fn service_view(d: &StoreData, s: &Service) -> ServiceView {
         running,
         desired,
         completed,
+        endpoint: Default::default(),
     }
 }
 
@@ -387,6 +388,7 @@ impl ControlApi {
                     desired_state: t.desired_state,
                     status: t.status.clone(),
                     created_at_ms: t.created_at_ms,
+                    networks: Vec::new(),
                 })
                 .collect();
             out.sort_by(|a, b| {
@@ -424,6 +426,7 @@ mod tests {
             },
             update: UpdateConfig::default(),
             rollback: UpdateConfig::default(),
+            endpoint: Default::default(),
         }
     }
 

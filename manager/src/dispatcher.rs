@@ -78,6 +78,7 @@ pub fn assignments_for(d: &crate::store::StoreData, node_id: &str) -> BTreeMap<S
                         .unwrap_or_default(),
                     secrets: crate::secrets::resolve(d, crate::secrets::FileKind::Secret, &t.spec),
                     configs: crate::secrets::resolve(d, crate::secrets::FileKind::Config, &t.spec),
+                    networks: Vec::new(),
                 },
             )
         })
@@ -407,6 +408,7 @@ impl Dispatcher {
                 .unwrap_or(0),
             assignments: None,
             log_request: None,
+            net_json: String::new(),
         }
     }
 }

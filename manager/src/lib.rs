@@ -11,6 +11,7 @@ pub mod auth;
 pub mod ca;
 pub mod controlapi;
 pub mod controlapi_logs;
+pub mod controlapi_networks;
 pub mod controlapi_secrets;
 pub mod controlapi_services;
 pub mod dispatcher;

@@ -422,6 +422,7 @@ fn spec(name: &str, mode: ServiceMode, image: &str) -> ServiceSpec {
         task,
         update: update.clone(),
         rollback: update,
+        endpoint: Default::default(),
     }
 }
 

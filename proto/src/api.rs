@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{ServiceSpec, TaskSpec, TaskState, TaskStatus};
+use crate::spec::{
+    NetworkSpec, PortConfig, ServiceSpec, TaskNetwork, TaskSpec, TaskState, TaskStatus,
+};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UpdateStatusView {
@@ -29,6 +31,38 @@ pub struct ServiceView {
     pub desired: u64,
     /// Jobs: tasks that completed.
     pub completed: u64,
+    /// VIPs and resolved published ports.
+    #[serde(default)]
+    pub endpoint: EndpointView,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointView {
+    pub virtual_ips: Vec<VirtualIpView>,
+    /// Published ports with the port the manager picked where the spec said 0.
+    pub ports: Vec<PortConfig>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtualIpView {
+    pub network_id: String,
+    /// With the prefix length, as Docker shows it: `10.0.1.2/24`.
+    pub addr: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkView {
+    pub id: String,
+    pub version: u64,
+    pub spec: NetworkSpec,
+    pub vni: u32,
+    /// The subnet actually used (the spec's, or the one taken from the pool).
+    pub subnet: String,
+    pub gateway: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    /// Names of the services attached to it.
+    pub services: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -44,4 +78,6 @@ pub struct TaskView {
     pub desired_state: TaskState,
     pub status: TaskStatus,
     pub created_at_ms: i64,
+    #[serde(default)]
+    pub networks: Vec<TaskNetwork>,
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
@@ -169,6 +170,13 @@ pub struct TaskSpec {
     /// None: the image's HEALTHCHECK, if any.
     #[serde(default)]
     pub healthcheck: Option<HealthCheck>,
+    /// Overlay networks the task joins, in order (`eth0`, `eth1`, … in the container).
+    #[serde(default)]
+    pub networks: Vec<NetworkAttachmentConfig>,
+    /// `--dns`, `--dns-search`, `--dns-option`: the servers the container's embedded DNS
+    /// forwards unknown names to (empty: the node's resolvers), and resolv.conf's other lines.
+    #[serde(default)]
+    pub dns: DnsConfig,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,6 +221,201 @@ pub struct HealthCheck {
     pub start_period_ms: u64,
 }
 
+/// `--network NAME[,alias=A]`: a network the task joins and extra DNS names for the service
+/// on it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkAttachmentConfig {
+    /// Network name, id or unique id prefix as the user wrote it; the manager stores the id.
+    pub target: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsConfig {
+    pub nameservers: Vec<String>,
+    pub search: Vec<String>,
+    pub options: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointMode {
+    /// One virtual IP per network, balanced in the kernel over the healthy tasks.
+    #[default]
+    Vip,
+    /// The service name resolves to the addresses of its healthy tasks.
+    Dnsrr,
+}
+
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum PortProtocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl PortProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortProtocol::Tcp => "tcp",
+            PortProtocol::Udp => "udp",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    /// The routing mesh: the port answers on every node.
+    #[default]
+    Ingress,
+    /// The port is opened only on the nodes that run a task, to that task.
+    Host,
+}
+
+/// `--publish [mode=ingress|host,]published=P,target=T[,protocol=tcp|udp]` or `-p P:T[/udp]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PortConfig {
+    #[serde(default)]
+    pub protocol: PortProtocol,
+    pub target_port: u16,
+    /// 0 in a spec: the manager picks one (30000–32767, as Swarm); always set in a service's
+    /// endpoint.
+    #[serde(default)]
+    pub published_port: u16,
+    #[serde(default)]
+    pub publish_mode: PublishMode,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointSpec {
+    #[serde(default)]
+    pub mode: EndpointMode,
+    #[serde(default)]
+    pub ports: Vec<PortConfig>,
+}
+
+/// `network create`: what the user asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    pub name: String,
+    /// Only "overlay".
+    pub driver: String,
+    /// CIDR; empty: the next free one from the cluster's default address pool.
+    #[serde(default)]
+    pub subnet: String,
+    /// Empty: the subnet's first address.
+    #[serde(default)]
+    pub gateway: String,
+    /// Standalone containers may join (kept for compatibility; shoal runs services only).
+    #[serde(default)]
+    pub attachable: bool,
+    /// No egress: tasks on only internal networks get no gateway interface.
+    #[serde(default)]
+    pub internal: bool,
+    /// The routing mesh's network (one per cluster, made at `swarm init`).
+    #[serde(default)]
+    pub ingress: bool,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A task's place on one overlay network, as the allocator fixed it and the node needs it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskNetwork {
+    pub network_id: String,
+    pub network_name: String,
+    pub vni: u32,
+    /// The network's subnet, e.g. `10.0.1.0/24`.
+    pub subnet: String,
+    pub gateway: Ipv4Addr,
+    /// The task's address on it (prefix length: the subnet's).
+    pub addr: Ipv4Addr,
+    #[serde(default)]
+    pub internal: bool,
+    #[serde(default)]
+    pub ingress: bool,
+    /// The service's aliases on this network.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+/// The MAC address of an endpoint on an overlay, derived from its address as Docker does
+/// (`02:42` and the four bytes of the address), so every node knows it without asking.
+pub fn overlay_mac(addr: Ipv4Addr) -> [u8; 6] {
+    let o = addr.octets();
+    [0x02, 0x42, o[0], o[1], o[2], o[3]]
+}
+
+/// What one node needs to program its overlay datapath, DNS and load balancers; sent by the
+/// dispatcher whenever it changes (in full: it is small next to the assignments).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeNetState {
+    pub node_id: String,
+    /// The node's underlay address (from its advertise address): the VXLAN source.
+    pub node_ip: Option<Ipv4Addr>,
+    /// The node's own address on the ingress network (its routing-mesh sandbox).
+    pub ingress_addr: Option<Ipv4Addr>,
+    /// The overlays this node has tasks on, and always `ingress`.
+    pub networks: Vec<NetworkState>,
+    /// Services on those networks, and every service with published ports.
+    pub services: Vec<ServiceNet>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkState {
+    pub id: String,
+    pub name: String,
+    pub vni: u32,
+    pub subnet: String,
+    pub gateway: Option<Ipv4Addr>,
+    pub internal: bool,
+    pub ingress: bool,
+    /// Endpoints on other nodes: tasks, and (on ingress) the other nodes' sandboxes. MAC:
+    /// [`overlay_mac`] of the address.
+    pub peers: Vec<NetPeer>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NetPeer {
+    pub addr: Ipv4Addr,
+    /// The underlay address of the node that holds it.
+    pub node_ip: Ipv4Addr,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceNet {
+    pub id: String,
+    pub name: String,
+    pub mode: EndpointMode,
+    /// Resolved: every published port is set.
+    pub ports: Vec<PortConfig>,
+    /// The service on each of its networks: VIP (vip mode) and aliases.
+    pub networks: Vec<ServiceOnNetwork>,
+    /// Tasks that may take traffic: RUNNING (and healthy), desired RUNNING, on a ready node.
+    /// A task leaves this list as soon as it is asked to stop.
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceOnNetwork {
+    pub network_id: String,
+    pub vip: Option<Ipv4Addr>,
+    pub aliases: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backend {
+    pub task_id: String,
+    pub node_id: String,
+    /// The task's address on each of its networks: (network id, address).
+    pub addrs: Vec<(String, Ipv4Addr)>,
+}
+
 /// The data of a secret or config, sent with the assignment to the node that runs the task,
 /// and only there. Never written to a worker's disk (mounted from tmpfs).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,6 +434,9 @@ pub struct ServiceSpec {
     pub task: TaskSpec,
     pub update: UpdateConfig,
     pub rollback: UpdateConfig,
+    /// How the service is reached: VIP or DNS round robin, and its published ports.
+    #[serde(default)]
+    pub endpoint: EndpointSpec,
 }
 
 /// Task states, in the only order they may be passed through (Swarm's).
@@ -313,6 +519,9 @@ pub struct Assignment {
     pub secrets: Vec<FileData>,
     #[serde(default)]
     pub configs: Vec<FileData>,
+    /// The task's overlay networks, in the order of its interfaces.
+    #[serde(default)]
+    pub networks: Vec<TaskNetwork>,
 }
 
 /// What a worker reports about one task.
@@ -347,6 +556,7 @@ mod tests {
             },
             update: UpdateConfig::default(),
             rollback: UpdateConfig::default(),
+            endpoint: EndpointSpec::default(),
         };
         let j = serde_json::to_string(&spec).unwrap();
         assert_eq!(serde_json::from_str::<ServiceSpec>(&j).unwrap(), spec);

@@ -113,6 +113,7 @@ impl Env {
             node_hostname: "node1".into(),
             secrets: vec![],
             configs: vec![],
+            networks: vec![],
         }
     }
 

@@ -49,6 +49,7 @@ fn spec(name: &str, secrets: &[&str], mode: ServiceMode) -> String {
         },
         update: Default::default(),
         rollback: Default::default(),
+        endpoint: Default::default(),
     };
     serde_json::to_string(&s).expect("spec json")
 }

@@ -512,6 +512,7 @@ mod tests {
             node_hostname: String::new(),
             secrets: Vec::new(),
             configs: Vec::new(),
+            networks: vec![],
             task_id: id.into(),
             service_id: "s1".into(),
             service_name: "web".into(),

@@ -51,6 +51,7 @@ fn service(replicas: u64, image: &str) -> Service {
             task,
             update: UpdateConfig::default(),
             rollback: UpdateConfig::default(),
+            endpoint: Default::default(),
         },
         spec_version: 1,
         previous_spec: None,

@@ -78,6 +78,7 @@ pub async fn bench_lifecycle(
         node_hostname: String::new(),
         secrets: vec![],
         configs: vec![],
+        networks: vec![],
     };
     let prefix = format!("bench{}x", std::process::id());
     let mut ours = Vec::with_capacity(n);

@@ -427,6 +427,7 @@ mod tests {
             node_hostname: "node-a".into(),
             secrets: vec![],
             configs: vec![],
+            networks: vec![],
         }
     }
 
