@@ -390,6 +390,7 @@ impl Node {
             AgentEvent::Removed => {
                 tracing::warn!("this node was removed from the swarm");
             }
+            AgentEvent::Network(_) => {}
         }
     }
 

@@ -61,6 +61,8 @@ pub enum AgentEvent {
     Certificate { identity: Identity, role: Role },
     /// The managers no longer know this node.
     Removed,
+    /// What the node's overlay datapath, DNS and load balancers must hold now.
+    Network(Box<proto::spec::NodeNetState>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -356,6 +358,14 @@ impl Agent {
                 match serde_json::from_str::<Vec<proto::spec::Assignment>>(&a.upsert_json) {
                     Ok(upsert) => self.executor.apply(a.full, upsert, a.removed.clone()),
                     Err(e) => tracing::warn!(error = %e, "malformed assignments"),
+                }
+            }
+            if !msg.net_json.is_empty() {
+                match serde_json::from_str::<proto::spec::NodeNetState>(&msg.net_json) {
+                    Ok(net) => {
+                        let _ = self.events.send(AgentEvent::Network(Box::new(net))).await;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "malformed network state"),
                 }
             }
             self.on_message(&msg).await;

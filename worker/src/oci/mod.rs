@@ -280,14 +280,25 @@ impl State {
         let etc = dir.join("etc");
         std::fs::write(etc.join("hostname"), format!("{hostname}\n"))
             .map_err(|e| io("/etc/hostname", e))?;
+        // On overlays the hostname names the task's first overlay address, as in Docker.
+        let own = task
+            .networks
+            .iter()
+            .find(|n| !n.ingress)
+            .map(|n| n.addr.to_string())
+            .unwrap_or_else(|| "127.0.1.1".into());
         std::fs::write(
             etc.join("hosts"),
             format!(
-                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\t{hostname}\n"
             ),
         )
         .map_err(|e| io("/etc/hosts", e))?;
-        let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+        let resolv = if task.networks.is_empty() {
+            std::fs::read("/etc/resolv.conf").unwrap_or_default()
+        } else {
+            spec::resolv_conf(&task.spec.dns).into_bytes()
+        };
         std::fs::write(etc.join("resolv.conf"), resolv).map_err(|e| io("/etc/resolv.conf", e))?;
 
         let user_text = if task.spec.user.is_empty() {

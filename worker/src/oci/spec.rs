@@ -110,6 +110,23 @@ pub fn merge_env(image_env: &[String], task_env: &[String], hostname: &str) -> V
         .collect()
 }
 
+/// The resolv.conf of a container on overlay networks: the embedded DNS server the node runs
+/// inside its namespace, plus the service's `--dns-search` and `--dns-option` lines (Docker's
+/// `ndots:0` unless options say otherwise). `--dns` servers are the embedded server's
+/// forwarders, not lines here, so service names keep resolving.
+pub fn resolv_conf(dns: &proto::spec::DnsConfig) -> String {
+    let mut out = String::from("nameserver 127.0.0.11\n");
+    if !dns.search.is_empty() {
+        out.push_str(&format!("search {}\n", dns.search.join(" ")));
+    }
+    let mut options = dns.options.clone();
+    if !options.iter().any(|o| o.starts_with("ndots:")) {
+        options.push("ndots:0".into());
+    }
+    out.push_str(&format!("options {}\n", options.join(" ")));
+    out
+}
+
 /// The container's hostname: the task's template expanded, or the task id's first 12
 /// characters.
 pub fn hostname(task: &Assignment) -> String {
@@ -467,6 +484,26 @@ mod tests {
         );
         let env = merge_env(&[], &[], "h");
         assert_eq!(env[0], format!("PATH={DEFAULT_PATH}"));
+    }
+
+    #[test]
+    fn overlay_tasks_resolve_through_the_embedded_server() {
+        let plain = resolv_conf(&Default::default());
+        assert_eq!(plain, "nameserver 127.0.0.11\noptions ndots:0\n");
+        let dns = proto::spec::DnsConfig {
+            nameservers: vec!["192.0.2.53".into()],
+            search: vec!["corp.example".into()],
+            options: vec!["ndots:2".into(), "timeout:1".into()],
+        };
+        let text = resolv_conf(&dns);
+        assert_eq!(
+            text,
+            "nameserver 127.0.0.11\nsearch corp.example\noptions ndots:2 timeout:1\n"
+        );
+        assert!(
+            !text.contains("192.0.2.53"),
+            "forwarders stay out of resolv.conf"
+        );
     }
 
     #[test]

@@ -1,0 +1,320 @@
+//! A node's whole network: the gateway bridge, the overlays, the embedded DNS servers and the
+//! nftables rules, kept in step with the state the dispatcher sends and the tasks that run
+//! here.
+//!
+//! ```text
+//!   dispatcher ──NodeNetState──▶ set_state ─┐
+//!   runtime ──attach/detach(task)──────────┤──▶ reconcile: overlay.apply (FDB, neighbours,
+//!                                           │       namespaces, sandbox), node rules (mesh,
+//!                                           │       host ports, egress), per-task VIP rules,
+//!                                           │       DNS records
+//! ```
+//!
+//! Attach, detach and the overlay part of a reconcile hold one lock, so a reconcile never
+//! removes a network namespace a task is being attached to. Rules are rendered from the
+//! state and applied only when their text changed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use proto::spec::{Assignment, NodeNetState, TaskNetwork};
+use tokio_util::sync::CancellationToken;
+
+use crate::dns::Dns;
+use crate::local::{LocalNet, NetError};
+use crate::nft;
+use crate::overlay::Overlay;
+
+/// A task attached on this node.
+#[derive(Clone, Debug)]
+struct LocalTask {
+    netns: PathBuf,
+    networks: Vec<TaskNetwork>,
+    /// Its address on the gateway bridge (None: only internal networks).
+    gateway_addr: Option<Ipv4Addr>,
+}
+
+#[derive(Default)]
+struct State {
+    net: NodeNetState,
+    tasks: BTreeMap<String, LocalTask>,
+    /// Rules as last applied: the node's, and each task's.
+    node_rules: Option<String>,
+    task_rules: BTreeMap<String, String>,
+}
+
+pub struct NodeNet {
+    local: LocalNet,
+    overlay: Overlay,
+    dns: Dns,
+    state: Mutex<State>,
+    /// Serialises attach, detach and the overlay reconcile.
+    datapath: tokio::sync::Mutex<()>,
+    kick: tokio::sync::Notify,
+}
+
+/// What `attach` gives the container runtime.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attached {
+    pub netns: PathBuf,
+    pub gateway_addr: Option<Ipv4Addr>,
+}
+
+impl NodeNet {
+    /// `dir`: `<data dir>/net`. The node's namespace is the calling thread's.
+    /// `upstreams`: where the embedded DNS forwards names it does not know.
+    pub fn new(dir: &Path, upstreams: Vec<SocketAddr>) -> Result<Arc<NodeNet>, NetError> {
+        Ok(Arc::new(NodeNet {
+            local: LocalNet::new(dir)?,
+            overlay: Overlay::new(dir)?,
+            dns: Dns::new(upstreams),
+            state: Mutex::new(State::default()),
+            datapath: tokio::sync::Mutex::new(()),
+            kick: tokio::sync::Notify::new(),
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The dispatcher's latest word.
+    pub fn set_state(&self, net: NodeNetState) {
+        self.dns.set_state(&net);
+        self.lock().net = net;
+        self.kick.notify_one();
+    }
+
+    /// The task's namespace with its interfaces: `eth0..` on its overlays, then the gateway
+    /// bridge's (unless every network is internal); its DNS server and VIP rules are in place
+    /// before this returns, so the container starts with a working network.
+    pub async fn attach(&self, task: &Assignment) -> Result<Attached, NetError> {
+        let _dp = self.datapath.lock().await;
+        let nets = &task.networks;
+        let internal_only = !nets.is_empty() && nets.iter().all(|n| n.internal);
+        let gw_if = format!("eth{}", nets.len());
+        let (netns, gateway_addr) = if internal_only {
+            (self.local.ensure_netns(&task.task_id).await?, None)
+        } else {
+            let a = self.local.attach(&task.task_id, &gw_if).await?;
+            (a.netns, Some(a.ip))
+        };
+        if !nets.is_empty() {
+            self.overlay.attach(&task.task_id, &netns, nets).await?;
+        }
+        self.register(task, &netns, gateway_addr).await?;
+        Ok(Attached {
+            netns,
+            gateway_addr,
+        })
+    }
+
+    /// Records a task (attached now, or found running after a restart): its DNS server and
+    /// VIP rules.
+    async fn register(
+        &self,
+        task: &Assignment,
+        netns: &Path,
+        gateway_addr: Option<Ipv4Addr>,
+    ) -> Result<(), NetError> {
+        let local = LocalTask {
+            netns: netns.to_path_buf(),
+            networks: task.networks.clone(),
+            gateway_addr,
+        };
+        if !task.networks.is_empty() {
+            let upstreams: Vec<SocketAddr> = task
+                .spec
+                .dns
+                .nameservers
+                .iter()
+                .filter_map(|s| {
+                    s.parse::<SocketAddr>()
+                        .ok()
+                        .or_else(|| s.parse::<Ipv4Addr>().ok().map(|ip| (ip, 53).into()))
+                })
+                .collect();
+            let ids = task.networks.iter().map(|n| n.network_id.clone()).collect();
+            self.dns
+                .serve(&task.task_id, netns, ids, upstreams)
+                .await
+                .map_err(|e| NetError::Io {
+                    context: format!("starting the DNS server of task {}", task.task_id),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+        }
+        let script = {
+            let mut st = self.lock();
+            st.tasks.insert(task.task_id.clone(), local.clone());
+            task_script(&st.net, &local)
+        };
+        if let Some(script) = script {
+            self.apply_task_rules(&task.task_id, &local.netns, script)
+                .await?;
+        }
+        self.kick.notify_one();
+        Ok(())
+    }
+
+    /// Re-registers tasks that outlived a daemon restart (their namespaces persist).
+    pub async fn restore(&self, task: &Assignment) -> Result<(), NetError> {
+        let _dp = self.datapath.lock().await;
+        let netns = self.local.ns_path(&task.task_id);
+        if !netns.exists() {
+            return Ok(());
+        }
+        let gateway_addr = self.local.address_of(&task.task_id);
+        if !task.networks.is_empty() {
+            self.overlay
+                .attach(&task.task_id, &netns, &task.networks)
+                .await?;
+        }
+        self.register(task, &netns, gateway_addr).await
+    }
+
+    /// True when the task takes traffic through DNS or a load balancer, so it must be drained
+    /// before it is stopped.
+    pub fn is_endpoint(&self, task_id: &str) -> bool {
+        self.lock()
+            .tasks
+            .get(task_id)
+            .is_some_and(|t| !t.networks.is_empty())
+    }
+
+    /// Undo `attach` (idempotent).
+    pub async fn detach(&self, task_id: &str) -> Result<(), NetError> {
+        self.dns.stop(task_id);
+        {
+            let mut st = self.lock();
+            st.tasks.remove(task_id);
+            st.task_rules.remove(task_id);
+        }
+        let _dp = self.datapath.lock().await;
+        let overlay = self.overlay.detach(task_id).await;
+        let local = self.local.detach(task_id).await;
+        self.kick.notify_one();
+        overlay.and(local)
+    }
+
+    /// Keeps the datapath in step until cancelled; a failed pass is retried.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let mut retry = false;
+        loop {
+            let wait = if retry {
+                std::time::Duration::from_millis(500)
+            } else {
+                std::time::Duration::from_secs(30)
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.kick.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+            retry = match self.reconcile().await {
+                Ok(()) => false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "programming the node's network failed; retrying");
+                    true
+                }
+            };
+        }
+    }
+
+    /// One pass: overlays, node rules, task rules.
+    pub async fn reconcile(&self) -> Result<(), NetError> {
+        let (net, in_use) = {
+            let st = self.lock();
+            let in_use: BTreeSet<String> = st
+                .tasks
+                .values()
+                .flat_map(|t| t.networks.iter().map(|n| n.network_id.clone()))
+                .collect();
+            (st.net.clone(), in_use)
+        };
+        if net.node_ip.is_some() {
+            let _dp = self.datapath.lock().await;
+            self.overlay.apply(&net, &in_use).await?;
+        }
+        let (node_script, tasks) = {
+            let st = self.lock();
+            let gw: BTreeMap<String, Ipv4Addr> = st
+                .tasks
+                .iter()
+                .filter_map(|(id, t)| t.gateway_addr.map(|a| (id.clone(), a)))
+                .collect();
+            let script = nft::render_node(&nft::NodeRules {
+                state: &st.net,
+                local_gateway_addrs: &gw,
+                gateway_subnet: self.local.subnet(),
+                gateway_bridge: self.local.bridge_name(),
+                sandbox_if: crate::overlay::SANDBOX_IF,
+            });
+            let node_script = (st.node_rules.as_deref() != Some(script.as_str())).then_some(script);
+            let tasks: Vec<(String, PathBuf, String)> = st
+                .tasks
+                .iter()
+                .filter_map(|(id, t)| {
+                    let s = task_script(&st.net, t)?;
+                    (st.task_rules.get(id) != Some(&s)).then(|| (id.clone(), t.netns.clone(), s))
+                })
+                .collect();
+            (node_script, tasks)
+        };
+        let mut first_err = None;
+        if let Some(script) = node_script {
+            match nft::apply(None, &script).await {
+                Ok(()) => self.lock().node_rules = Some(script),
+                Err(e) => first_err = Some(nft_error("the node's rules", e)),
+            }
+        }
+        for (id, netns, script) in tasks {
+            if let Err(e) = self.apply_task_rules(&id, &netns, script).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    async fn apply_task_rules(
+        &self,
+        task_id: &str,
+        netns: &Path,
+        script: String,
+    ) -> Result<(), NetError> {
+        nft::apply(Some(netns), &script)
+            .await
+            .map_err(|e| nft_error(&format!("the rules of task {task_id}"), e))?;
+        let mut st = self.lock();
+        if st.tasks.contains_key(task_id) {
+            st.task_rules.insert(task_id.to_string(), script);
+        }
+        Ok(())
+    }
+
+    /// Remove everything this node programmed (leaving the swarm).
+    pub async fn teardown(&self) -> Result<(), NetError> {
+        let _dp = self.datapath.lock().await;
+        let r = self.overlay.teardown().await;
+        let _ = nft::remove(None, "shoal").await;
+        self.lock().node_rules = None;
+        r
+    }
+}
+
+/// The VIP rules of one task; None for a task on no overlay.
+fn task_script(net: &NodeNetState, t: &LocalTask) -> Option<String> {
+    if t.networks.is_empty() {
+        return None;
+    }
+    let ids: Vec<String> = t.networks.iter().map(|n| n.network_id.clone()).collect();
+    Some(nft::render_task(net, &ids))
+}
+
+fn nft_error(what: &str, e: nft::NftError) -> NetError {
+    NetError::Io {
+        context: format!("applying {what}"),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
