@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 /// Applets linked to `/bin/busybox` in the test images.
 pub const APPLETS: &[&str] = &[
     "sh", "sleep", "cat", "echo", "hostname", "httpd", "nc", "ls", "id", "env", "mkdir", "true",
-    "false", "test", "grep", "head", "dd", "touch", "rm",
+    "false", "test", "grep", "head", "dd", "touch", "rm", "chmod", "printf", "nslookup",
 ];
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -75,7 +75,8 @@ impl TestImage {
                 "sh",
                 "-c",
                 // httpd as pid 1 would ignore SIGTERM; the shell ends on it at once instead.
-                "echo \"$(hostname) $VERSION\" > /www/index.html; echo serving; httpd -f -p 80 -h /www & trap 'exit 0' TERM; wait",
+                // /cgi-bin/ip answers the client's address as the container sees it.
+                "echo \"$(hostname) $VERSION\" > /www/index.html; mkdir -p /www/cgi-bin; printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' > /www/cgi-bin/ip; chmod 755 /www/cgi-bin/ip; echo serving; httpd -f -p 80 -h /www & trap 'exit 0' TERM; wait",
             ]),
             ..Default::default()
         }
