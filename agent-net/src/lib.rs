@@ -5,4 +5,5 @@
 //! it, reachable from the node. The overlay networks, service discovery, VIPs and the ingress
 //! mesh come with the networking issue and build on the same per-task namespaces.
 
+pub mod dns;
 pub mod local;
