@@ -337,7 +337,8 @@ impl Dns {
     }
 
     /// Stops the task's server; its sockets close right after (asynchronously). A later
-    /// `serve` for the same task waits for that.
+    /// `serve` for the same task waits for that. Call it when the task's networking is torn
+    /// down: the sockets hold a reference to the task's namespace and keep it alive.
     pub fn stop(&self, task_id: &str) {
         let mut servers = self
             .shared
