@@ -6,5 +6,6 @@
 //! [`overlay::Overlay`]: the VXLAN overlay networks, one namespace with a bridge per network,
 //! a veth per task and network (`eth0..ethN-1`), and the node's ingress sandbox.
 
+pub mod dns;
 pub mod local;
 pub mod overlay;
