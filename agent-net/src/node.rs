@@ -96,7 +96,7 @@ impl NodeNet {
         let internal_only = !nets.is_empty() && nets.iter().all(|n| n.internal);
         let gw_if = format!("eth{}", nets.len());
         let (netns, gateway_addr) = if internal_only {
-            (self.local.ensure_netns(&task.task_id).await?, None)
+            (self.local.ensure_task_netns(&task.task_id).await?, None)
         } else {
             let a = self.local.attach(&task.task_id, &gw_if).await?;
             (a.netns, Some(a.ip))
@@ -161,7 +161,7 @@ impl NodeNet {
     /// Re-registers tasks that outlived a daemon restart (their namespaces persist).
     pub async fn restore(&self, task: &Assignment) -> Result<(), NetError> {
         let _dp = self.datapath.lock().await;
-        let netns = self.local.ns_path(&task.task_id);
+        let netns = self.local.task_netns(&task.task_id);
         if !netns.exists() {
             return Ok(());
         }
@@ -247,9 +247,9 @@ impl NodeNet {
             let script = nft::render_node(&nft::NodeRules {
                 state: &st.net,
                 local_gateway_addrs: &gw,
-                gateway_subnet: self.local.subnet(),
+                gateway_subnet: &self.local.subnet(),
                 gateway_bridge: self.local.bridge_name(),
-                sandbox_if: crate::overlay::SANDBOX_IF,
+                sandbox_if: crate::overlay::SANDBOX,
             });
             let node_script = (st.node_rules.as_deref() != Some(script.as_str())).then_some(script);
             let tasks: Vec<(String, PathBuf, String)> = st
