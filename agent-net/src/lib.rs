@@ -6,3 +6,4 @@
 //! mesh come with the networking issue and build on the same per-task namespaces.
 
 pub mod local;
+pub mod nft;
