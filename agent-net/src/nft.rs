@@ -738,8 +738,10 @@ mod tests {
         )
     }
 
-    fn arb_service() -> impl Strategy<Value = (Vec<(u8, bool, bool, bool)>, Vec<(bool, u16, bool)>)>
-    {
+    /// Backends as (task number, local, on ingress, on net); ports as (udp, port, host).
+    type ArbService = (Vec<(u8, bool, bool, bool)>, Vec<(bool, u16, bool)>);
+
+    fn arb_service() -> impl Strategy<Value = ArbService> {
         (
             arb_backends(),
             // (udp, published port, host mode)
@@ -747,9 +749,7 @@ mod tests {
         )
     }
 
-    fn build(
-        services: &[(Vec<(u8, bool, bool, bool)>, Vec<(bool, u16, bool)>)],
-    ) -> (NodeNetState, BTreeMap<String, Ipv4Addr>) {
+    fn build(services: &[ArbService]) -> (NodeNetState, BTreeMap<String, Ipv4Addr>) {
         let mut local = BTreeMap::new();
         let svcs = services
             .iter()
