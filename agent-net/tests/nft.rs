@@ -11,8 +11,8 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::Command;
@@ -214,8 +214,15 @@ impl Server {
                     break;
                 }
                 let Ok(mut conn) = conn else { continue };
-                let peer = conn.peer_addr().map(|a| a.ip().to_string());
-                let _ = writeln!(conn, "{n} {}", peer.unwrap_or_default());
+                let n = n.clone();
+                // Greets, then echoes until the client shuts its side.
+                std::thread::spawn(move || {
+                    let peer = conn.peer_addr().map(|a| a.ip().to_string());
+                    let _ = writeln!(conn, "{n} {}", peer.unwrap_or_default());
+                    let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
+                    let mut back = conn.try_clone().expect("clone");
+                    let _ = std::io::copy(&mut conn, &mut back);
+                });
             }
         });
         let s = stop.clone();
@@ -253,6 +260,7 @@ impl Drop for Server {
 fn tcp_get(to: SocketAddr) -> std::io::Result<(String, String)> {
     let mut s = TcpStream::connect_timeout(&to, IO_TIMEOUT)?;
     s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.shutdown(Shutdown::Write)?;
     let mut reply = String::new();
     s.read_to_string(&mut reply)?;
     let (name, peer) = reply
@@ -480,6 +488,38 @@ async fn swapping_backends_never_fails_a_connection() {
     assert!(ok > 0);
     // Not a benchmark: only a gross regression (an apply that takes seconds) fails here.
     assert!(median < Duration::from_secs(1), "{median:?}");
+}
+
+#[tokio::test]
+async fn established_connections_outlive_a_change_of_backends() {
+    let mut lab = Lab::new();
+    lab.serve("c1");
+    lab.serve("c2");
+    let with = |b: Vec<Backend>| {
+        node_state(vec![service(
+            "web",
+            vec![port(PortProtocol::Tcp, 8080, PublishMode::Ingress)],
+            b,
+        )])
+    };
+    apply_node(&lab, &with(vec![t1()])).await;
+    let (conn, greeting) = in_ns(&lab.ns("client"), || {
+        let s = TcpStream::connect_timeout(&mesh(8080), IO_TIMEOUT).expect("connect");
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line).expect("greeting");
+        (s, line)
+    });
+    assert!(greeting.starts_with("c1 "), "{greeting}");
+    apply_node(&lab, &with(vec![t2()])).await;
+    let fresh = in_ns(&lab.ns("client"), || tcp_get(mesh(8080)).expect("request"));
+    assert_eq!(fresh.0, "c2");
+    // The open connection still goes to c1 (conntrack keeps its translation).
+    let mut w = &conn;
+    w.write_all(b"still there\n").unwrap();
+    let mut echo = String::new();
+    BufReader::new(&conn).read_line(&mut echo).expect("echo");
+    assert_eq!(echo, "still there\n");
 }
 
 #[tokio::test]
