@@ -313,6 +313,15 @@ pub fn render_node(rules: &NodeRules) -> String {
         }
         out.push_str("\t}\n");
     }
+    // icc off for routed traffic: a container may not use the node as a router to its
+    // neighbour; a connection to a published port that lands on a neighbour (DNAT) may.
+    let _ = write!(
+        out,
+        "\tchain forward {{\n\
+         \t\ttype filter hook forward priority filter; policy accept;\n\
+         \t\tiifname \"{bridge}\" oifname \"{bridge}\" ct status & dnat == 0 drop\n\
+         \t}}\n"
+    );
     let _ = write!(
         out,
         "\tchain postrouting {{\n\
@@ -330,7 +339,7 @@ pub fn render_node(rules: &NodeRules) -> String {
         "table {GATEWAY_TABLE} {{\n\
          \tchain forward {{\n\
          \t\ttype filter hook forward priority filter; policy accept;\n\
-         \t\tiifname \"{ports_prefix}*\" oifname \"{ports_prefix}*\" drop\n\
+         \t\tiifname \"{ports_prefix}*\" oifname \"{ports_prefix}*\" meta pkttype != host drop\n\
          \t}}\n\
          }}\n"
     );
@@ -585,7 +594,8 @@ mod tests {
         assert!(script.contains("fib daddr type local jump published"));
         assert!(script.contains("oifname \"shoal_ing\" ct status dnat masquerade"));
         assert!(script.contains("ip saddr 172.30.0.0/24 oifname != \"shoal0\" masquerade"));
-        assert!(script.contains("iifname \"vs*\" oifname \"vs*\" drop"));
+        assert!(script.contains("iifname \"vs*\" oifname \"vs*\" meta pkttype != host drop"));
+        assert!(script.contains("iifname \"shoal0\" oifname \"shoal0\" ct status & dnat == 0 drop"));
         assert!(!script.contains("chain closed"));
         assert!(script.starts_with("table ip shoal {}\ndelete table ip shoal\ntable ip shoal {"));
     }

@@ -9,7 +9,7 @@
 //! `remote` plays a task on another node, reached on the ingress network; it has no route to
 //! the client, so it answers only if the node masquerades.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -108,6 +108,20 @@ impl Lab {
                 ],
             );
             ipn(&node, &["link", "set", &port, "master", "shoal0", "up"]);
+            // With br_netfilter, a container reaching a published port that lands back on it
+            // is bridged out the port it came in.
+            ipn(
+                &node,
+                &[
+                    "link",
+                    "set",
+                    &port,
+                    "type",
+                    "bridge_slave",
+                    "hairpin",
+                    "on",
+                ],
+            );
             ipn(&cns, &["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
             ipn(&cns, &["link", "set", "eth0", "up"]);
             ipn(&cns, &["route", "add", "default", "via", "172.30.0.1"]);
@@ -153,6 +167,7 @@ impl Lab {
             "-qw",
             "net.ipv4.ip_forward=1",
             "net.ipv4.conf.shoal0.route_localnet=1",
+            "net.ipv4.conf.shoal_ing.route_localnet=1",
         ]);
         lab
     }
@@ -418,7 +433,9 @@ async fn ingress_mesh_spreads_round_robin_and_keeps_the_client_address() {
             .chain((0..3).map(|_| tcp_get(([127, 0, 0, 1], 8080).into()).expect("localhost")))
             .collect()
     });
-    assert_eq!(from_node.len(), 6);
+    let names = |r: &[(String, String)]| r.iter().map(|(n, _)| n.clone()).collect::<BTreeSet<_>>();
+    assert_eq!(names(&from_node[..3]).len(), 3, "{from_node:?}");
+    assert_eq!(names(&from_node[3..]).len(), 3, "{from_node:?}");
     // A container reaching the mesh on its own node: masqueraded to the bridge's address,
     // since with icc off its peer could not answer it directly.
     let from_c1: Vec<(String, String)> = in_ns(&lab.ns("c1"), || {
@@ -426,7 +443,17 @@ async fn ingress_mesh_spreads_round_robin_and_keeps_the_client_address() {
             .map(|_| tcp_get(mesh(8080)).expect("request from c1"))
             .collect()
     });
-    assert_eq!(from_c1.len(), 3, "{from_c1:?}");
+    assert_eq!(names(&from_c1).len(), 3, "{from_c1:?}");
+    assert!(
+        from_c1.iter().all(|(n, p)| *p
+            == if n == "remote" {
+                NODE_INGRESS
+            } else {
+                Ipv4Addr::new(172, 30, 0, 1)
+            }
+            .to_string()),
+        "{from_c1:?}"
+    );
 
     nft::remove(Some(&lab.ns("node")), nft::TABLE)
         .await
@@ -645,22 +672,74 @@ async fn vip_in_a_container_goes_to_the_backends() {
     assert_eq!(lab.nft_list("c1").trim(), "");
 }
 
-#[tokio::test]
-async fn containers_on_the_bridge_are_isolated_and_egress_is_masqueraded() {
+/// Containers on the gateway bridge cannot reach each other, directly or routed through the
+/// node, but reach a published port that lands on a neighbour or on themselves; with and
+/// without br_netfilter.
+async fn bridge_isolation(br_netfilter: bool) {
     let mut lab = Lab::new();
+    lab.serve("c1");
     lab.serve("c2");
     lab.serve("client");
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.name("node"),
+        "sysctl",
+        "-qw",
+        &format!(
+            "net.bridge.bridge-nf-call-iptables={}",
+            u8::from(br_netfilter)
+        ),
+    ]);
     let c2 = SocketAddr::from((C2, 80));
     let before = in_ns(&lab.ns("c1"), || tcp_get(c2));
     assert_eq!(before.expect("c1 reaches c2 before the rules").0, "c2");
-    apply_node(&lab, &node_state(vec![])).await;
-    let (after, out) = in_ns(&lab.ns("c1"), || {
-        let after = TcpStream::connect_timeout(&c2, Duration::from_millis(300));
-        (after, tcp_get((CLIENT_ADDR, 80).into()))
+    let st = node_state(vec![service(
+        "web",
+        vec![port(PortProtocol::Tcp, 8080, PublishMode::Ingress)],
+        vec![t1(), t2()],
+    )]);
+    apply_node(&lab, &st).await;
+    let c1_ns = lab.ns("c1");
+    let (direct, mesh_replies, out) = in_ns(&c1_ns, || {
+        let direct = TcpStream::connect_timeout(&c2, Duration::from_millis(300));
+        let mesh_replies: Vec<_> = (0..4)
+            .map(|_| tcp_get(mesh(8080)).expect("c1 to the mesh"))
+            .collect();
+        (direct, mesh_replies, tcp_get((CLIENT_ADDR, 80).into()))
     });
-    assert!(after.is_err(), "c1 still reaches c2 directly");
+    assert!(direct.is_err(), "c1 still reaches c2 directly");
+    let names: BTreeSet<_> = mesh_replies.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, BTreeSet::from(["c1", "c2"]), "{mesh_replies:?}");
+    assert!(mesh_replies.iter().all(|(_, p)| p == "172.30.0.1"));
     let (name, seen) = out.expect("egress to the client");
     assert_eq!((name.as_str(), seen), ("client", NODE_ADDR.to_string()));
+    // Nor through the node as a router.
+    run(&[
+        "ip",
+        "-n",
+        &lab.name("c1"),
+        "route",
+        "add",
+        "172.30.0.3/32",
+        "via",
+        "172.30.0.1",
+    ]);
+    let routed = in_ns(&c1_ns, || {
+        TcpStream::connect_timeout(&c2, Duration::from_millis(300))
+    });
+    assert!(routed.is_err(), "c1 reaches c2 through the node");
+}
+
+#[tokio::test]
+async fn containers_on_the_bridge_are_isolated_and_egress_is_masqueraded() {
+    bridge_isolation(true).await;
+}
+
+#[tokio::test]
+async fn containers_on_the_bridge_are_isolated_without_br_netfilter() {
+    bridge_isolation(false).await;
 }
 
 #[tokio::test]
