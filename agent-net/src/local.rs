@@ -321,20 +321,6 @@ impl LocalNet {
         self.gateway
     }
 
-    /// The bridge's subnet, e.g. `172.30.0.0/24`.
-    pub fn subnet(&self) -> String {
-        let mask = !((1u32 << (32 - self.prefix_len)) - 1);
-        format!(
-            "{}/{}",
-            Ipv4Addr::from(u32::from(self.gateway) & mask),
-            self.prefix_len
-        )
-    }
-
-    pub fn bridge_name(&self) -> &str {
-        &self.bridge
-    }
-
     /// The task's namespace without an interface on the bridge (a task on internal networks
     /// only: no way out).
     pub async fn ensure_task_netns(&self, task_id: &str) -> Result<PathBuf, NetError> {

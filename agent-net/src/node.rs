@@ -244,13 +244,7 @@ impl NodeNet {
                 .iter()
                 .filter_map(|(id, t)| t.gateway_addr.map(|a| (id.clone(), a)))
                 .collect();
-            let script = nft::render_node(&nft::NodeRules {
-                state: &st.net,
-                local_gateway_addrs: &gw,
-                gateway_subnet: &self.local.subnet(),
-                gateway_bridge: self.local.bridge_name(),
-                sandbox_if: crate::overlay::SANDBOX,
-            });
+            let script = nft::render_node(&nft::NodeRules::new(&st.net, gw));
             let node_script = (st.node_rules.as_deref() != Some(script.as_str())).then_some(script);
             let tasks: Vec<(String, PathBuf, String)> = st
                 .tasks
