@@ -16,6 +16,7 @@ use crate::store::{
 
 fn node(id: &str) -> Node {
     Node {
+        ingress_addr: None,
         id: id.into(),
         version: 1,
         raft_id: 1,
@@ -42,6 +43,7 @@ fn service(replicas: u64, image: &str) -> Service {
     };
     task.restart.delay_ms = 1000;
     Service {
+        endpoint: Default::default(),
         id: "svc".into(),
         version: 1,
         spec: ServiceSpec {
@@ -364,6 +366,8 @@ fn rebalances_onto_a_new_node_only_when_enabled() {
     assert_eq!(on_n3, 0, "moved without the setting");
 
     let mut cluster = crate::store::Cluster {
+        default_addr_pool: crate::store::default_addr_pool(),
+        default_addr_pool_mask_len: 24,
         id: "c".into(),
         version: 1,
         created_at_ms: 0,
