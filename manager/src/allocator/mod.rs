@@ -170,6 +170,22 @@ pub fn new_network(
     })
 }
 
+/// The `ingress` network of a new cluster, from its pool (see [`validate_pool`]).
+pub fn ingress_network(
+    pool: &[String],
+    mask_len: u8,
+    id: String,
+    now_ms: i64,
+) -> Result<Network, AllocError> {
+    let spec = NetworkSpec {
+        name: "ingress".into(),
+        driver: "overlay".into(),
+        ingress: true,
+        ..Default::default()
+    };
+    new_network(&StoreData::default(), &spec, pool, mask_len, id, now_ms)
+}
+
 /// Whether a service's ports put it on the routing mesh.
 pub fn uses_ingress(ports: &[PortConfig]) -> bool {
     ports.iter().any(|p| p.publish_mode == PublishMode::Ingress)
