@@ -629,16 +629,9 @@ impl StoreData {
             }
             Object::DataKey(k) => self.data_key = Some(k),
             Object::Network(n) => {
-                let ingress = n.spec.ingress;
-                self.networks.insert(n.id.clone(), n);
-                if ingress {
-                    // Nodes' sandbox addresses count from now on.
-                    let nodes: Vec<Object> =
-                        self.nodes.values().cloned().map(Object::Node).collect();
-                    for o in nodes {
-                        self.index_addrs(&o);
-                    }
-                }
+                let id = n.id.clone();
+                self.networks.insert(id.clone(), n);
+                self.reindex_network(&id);
             }
         }
     }
@@ -667,7 +660,7 @@ impl StoreData {
             Kind::DataKey => self.data_key = None,
             Kind::Network => {
                 self.networks.remove(id);
-                self.addrs.remove(id);
+                self.reindex_network(id);
             }
         }
     }
@@ -813,14 +806,19 @@ impl StoreData {
         self.addrs.get(net).and_then(|m| m.get(&addr))
     }
 
-    /// The addresses `o` holds: (network id, address).
+    /// The addresses `o` holds on existing networks: (network id, address). (Addresses on a
+    /// removed network hold nothing: the index stays a function of the tables alone.)
     fn holdings(&self, o: &Object) -> Vec<(String, Ipv4Addr)> {
         match o {
-            Object::Task(t) => task_holdings(t),
+            Object::Task(t) => task_holdings(t)
+                .into_iter()
+                .filter(|(n, _)| self.networks.contains_key(n))
+                .collect(),
             Object::Service(s) => s
                 .endpoint
                 .vips
                 .iter()
+                .filter(|(n, _)| self.networks.contains_key(*n))
                 .map(|(n, a)| (n.clone(), *a))
                 .collect(),
             Object::Node(n) => match (n.ingress_addr, self.ingress_network()) {
@@ -842,10 +840,44 @@ impl StoreData {
         }
     }
 
+    /// Recompute who holds what on network `id` (after it was created, changed or removed).
+    fn reindex_network(&mut self, id: &str) {
+        self.addrs.remove(id);
+        let Some(net) = self.networks.get(id) else {
+            return;
+        };
+        let mut m: BTreeMap<Ipv4Addr, Holder> = BTreeMap::new();
+        for t in self
+            .tasks
+            .values()
+            .filter(|t| !t.status.state.is_terminal())
+        {
+            for tn in t.networks.iter().filter(|tn| tn.network_id == id) {
+                m.insert(tn.addr, Holder::Task(t.id.clone()));
+            }
+        }
+        for s in self.services.values() {
+            if let Some(a) = s.endpoint.vips.get(id) {
+                m.insert(*a, Holder::Service(s.id.clone()));
+            }
+        }
+        if net.spec.ingress && self.ingress_network().is_some_and(|i| i.id == id) {
+            for n in self.nodes.values() {
+                if let Some(a) = n.ingress_addr {
+                    m.insert(a, Holder::Node(n.id.clone()));
+                }
+            }
+        }
+        if !m.is_empty() {
+            self.addrs.insert(id.to_string(), m);
+        }
+    }
+
     /// Forget the addresses the stored object `kind`/`id` holds.
     fn unindex_addrs(&mut self, kind: Kind, id: &str) {
         let (held, h) = match kind {
             Kind::Task => match self.tasks.get(id) {
+                // Entries of removed networks are already gone: no filtering needed.
                 Some(t) if !t.networks.is_empty() => (task_holdings(t), Holder::Task(id.into())),
                 _ => return,
             },
@@ -1268,6 +1300,20 @@ pub(crate) mod tests {
                     id: "s".into(),
                 },
                 Op::Create(Object::Task(task_on("t4", "", "n", a))),
+                Op::Create(Object::Node(node("x", "h"))),
+                Op::Create(Object::Node(node("x", "h"))),
+            ]),
+        );
+        assert!(e.is_err());
+        assert_eq!(d.addr_holder("n", a), Some(&Holder::Service("s".into())));
+        // A refused removal of the network keeps its holders indexed.
+        let e = d.apply_txn(
+            7,
+            &Txn::new(vec![
+                Op::Delete {
+                    kind: Kind::Network,
+                    id: "n".into(),
+                },
                 Op::Create(Object::Node(node("x", "h"))),
                 Op::Create(Object::Node(node("x", "h"))),
             ]),
