@@ -398,7 +398,9 @@ impl ProposeError {
         match self {
             ProposeError::NotLeader => mgr.not_leader(),
             ProposeError::Refused(
-                e @ (TxnError::Conflict { .. } | TxnError::AddressInUse { .. }),
+                e @ (TxnError::Conflict { .. }
+                | TxnError::AddressInUse { .. }
+                | TxnError::NetworkClash { .. }),
             ) => Status::aborted(e.to_string()),
             ProposeError::Refused(e @ TxnError::PortInUse { .. }) => {
                 Status::failed_precondition(e.to_string())
@@ -427,7 +429,9 @@ where
         match mgr.propose(txn).await {
             Ok(i) => return Ok(i),
             Err(ProposeError::Refused(
-                TxnError::Conflict { .. } | TxnError::AddressInUse { .. },
+                TxnError::Conflict { .. }
+                | TxnError::AddressInUse { .. }
+                | TxnError::NetworkClash { .. },
             )) => continue,
             Err(e) => return Err(e.into_status(mgr)),
         }

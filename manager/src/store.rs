@@ -404,6 +404,10 @@ pub enum TxnError {
         addr: Ipv4Addr,
         holder: String,
     },
+    #[error(
+        "network {id} clashes with network {other} (same name, VNI or overlapping subnet); retry"
+    )]
+    NetworkClash { id: String, other: String },
     #[error("port {port}/{protocol} is already published by service {service}")]
     PortInUse {
         port: u16,
@@ -932,6 +936,21 @@ impl StoreData {
                 }
             }
         }
+        if let Object::Network(n) = o {
+            let mine = n.subnet.parse::<crate::allocator::Cidr>().ok();
+            for x in self.networks.values().filter(|x| x.id != n.id) {
+                let overlap = match (mine, x.subnet.parse::<crate::allocator::Cidr>().ok()) {
+                    (Some(a), Some(b)) => a.overlaps(&b),
+                    _ => false,
+                };
+                if overlap || x.vni == n.vni || x.spec.name == n.spec.name {
+                    return Err(TxnError::NetworkClash {
+                        id: n.id.clone(),
+                        other: x.id.clone(),
+                    });
+                }
+            }
+        }
         if let Object::Service(s) = o {
             for p in &s.endpoint.ports {
                 if let Some(other) = self
@@ -1325,6 +1344,37 @@ pub(crate) mod tests {
             serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
         copy.rebuild_indexes();
         assert_eq!(copy.addrs, d.addrs);
+    }
+
+    #[test]
+    fn networks_never_overlap_even_from_stale_writers() {
+        let net = |id: &str, name: &str, vni: u32, subnet: &str| Network {
+            id: id.into(),
+            version: 0,
+            spec: NetworkSpec {
+                name: name.into(),
+                ..Default::default()
+            },
+            vni,
+            subnet: subnet.into(),
+            gateway: Ipv4Addr::new(10, 0, 1, 1),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        let mut d = StoreData::default();
+        let create = |n: Network| Txn::new(vec![Op::Create(Object::Network(n))]);
+        d.apply_txn(1, &create(net("a", "a", 4097, "10.0.1.0/24")))
+            .unwrap();
+        for bad in [
+            net("b", "b", 4098, "10.0.1.0/25"),
+            net("b", "b", 4097, "10.0.2.0/24"),
+            net("b", "a", 4098, "10.0.2.0/24"),
+        ] {
+            let e = d.apply_txn(2, &create(bad)).unwrap_err();
+            assert!(matches!(e, TxnError::NetworkClash { .. }), "{e}");
+        }
+        d.apply_txn(2, &create(net("b", "b", 4098, "10.0.2.0/24")))
+            .unwrap();
     }
 
     #[test]
