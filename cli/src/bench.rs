@@ -80,6 +80,7 @@ fn node(id: &str, raft_id: u64, role: Role, hostname: String, addr: String) -> N
         created_at_ms: now,
         updated_at_ms: now,
         cert_not_after_ms: 0,
+        ingress_addr: None,
     }
 }
 
@@ -116,6 +117,8 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<()> {
         cert_expiry_ms: 90 * 24 * 3600 * 1000,
         removed_nodes: Default::default(),
         rebalance_on_join: false,
+        default_addr_pool: manager::store::default_addr_pool(),
+        default_addr_pool_mask_len: manager::store::default_addr_pool_mask_len(),
     };
 
     // Managers.

@@ -429,6 +429,9 @@ impl Node {
             return Err(already_in_swarm());
         }
         validate_settings(r.heartbeat_period_ms, r.cert_expiry_ms)?;
+        let (addr_pool, addr_pool_mask) =
+            manager::allocator::validate_pool(&r.default_addr_pool, r.default_addr_pool_mask_len)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let listen = parse_listen(&r.listen_addr)?;
         let advertise = resolve_advertise(&r.advertise_addr, listen)?;
         let cluster_id = random_id(25);
@@ -456,7 +459,16 @@ impl Node {
             },
             removed_nodes: Default::default(),
             rebalance_on_join: false,
+            default_addr_pool: addr_pool,
+            default_addr_pool_mask_len: addr_pool_mask,
         };
+        let ingress = manager::allocator::ingress_network(
+            &cluster.default_addr_pool,
+            cluster.default_addr_pool_mask_len,
+            random_id(25),
+            now,
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (key_pem, csr) = new_key_and_csr().map_err(status_internal)?;
         let (cert_pem, not_after) = manager::ca::issue(&cluster, &csr, &node_id, Role::Manager)?;
         let identity = Identity::new(&cert_pem, &key_pem, &cluster.root_ca.cert_pem)
@@ -504,10 +516,13 @@ impl Node {
                 created_at_ms: now,
                 updated_at_ms: now,
                 cert_not_after_ms: not_after,
+                // Given by the leader's allocator pass once the node exists.
+                ingress_addr: None,
             };
             cluster.version = 0;
             mgr.propose(Txn::new(vec![
                 Op::Create(Object::Cluster(cluster.clone())),
+                Op::Create(Object::Network(ingress.clone())),
                 Op::Create(Object::Node(node)),
             ]))
             .await

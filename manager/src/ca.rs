@@ -132,6 +132,7 @@ impl pb::ca_server::Ca for CaService {
             created_at_ms: now,
             updated_at_ms: now,
             cert_not_after_ms: not_after,
+            ingress_addr: None,
         };
         mgr.propose(Txn::new(vec![Op::Create(Object::Node(node))]))
             .await

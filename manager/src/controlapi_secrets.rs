@@ -287,6 +287,7 @@ mod tests {
         create(&store, 1, FileKind::Secret, "abc1", "db", b"x");
         create(&store, 2, FileKind::Secret, "abd2", "api", b"y");
         let svc = Service {
+            endpoint: Default::default(),
             id: "svc".into(),
             version: 0,
             spec: spec_with_secret("web", "db"),

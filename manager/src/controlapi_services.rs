@@ -1,10 +1,10 @@
 //! Control API for services and tasks: validation of specs, versioned updates that keep the
 //! previous spec for rollback, and the read views the CLI shows.
 
-use proto::api::{ServiceView, TaskView, UpdateStatusView};
+use proto::api::{EndpointView, ServiceView, TaskView, UpdateStatusView, VirtualIpView};
 use proto::pb;
 use proto::security::random_id;
-use proto::spec::{ServiceMode, ServiceSpec, TaskState};
+use proto::spec::{EndpointMode, ServiceMode, ServiceSpec, TaskState};
 use tonic::Status;
 
 use crate::controlapi::ControlApi;
@@ -85,6 +85,81 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
     {
         return bad(format!("invalid --stop-signal {:?}", spec.task.stop_signal));
     }
+    validate_endpoint(spec)
+}
+
+/// Published ports and network attachments, as far as they can be checked without the store.
+fn validate_endpoint(spec: &ServiceSpec) -> Result<(), Status> {
+    let bad = |m: String| Err(Status::invalid_argument(m));
+    for (i, p) in spec.endpoint.ports.iter().enumerate() {
+        if p.target_port == 0 {
+            return bad("--publish: the target port must be between 1 and 65535".into());
+        }
+        if p.published_port != 0
+            && spec.endpoint.ports[..i]
+                .iter()
+                .any(|q| q.published_port == p.published_port && q.protocol == p.protocol)
+        {
+            return bad(format!(
+                "--publish: port {}/{} is published twice; publish each port once",
+                p.published_port,
+                p.protocol.as_str()
+            ));
+        }
+    }
+    if spec.endpoint.mode == EndpointMode::Dnsrr
+        && crate::allocator::uses_ingress(&spec.endpoint.ports)
+    {
+        return bad(
+            "--endpoint-mode dnsrr cannot publish ports in ingress mode; use --publish mode=host or --endpoint-mode vip"
+                .into(),
+        );
+    }
+    for a in &spec.task.networks {
+        if a.target.trim().is_empty() {
+            return bad("--network: a network name is required".into());
+        }
+    }
+    Ok(())
+}
+
+/// Resolve `--network` targets (name, id or id prefix) to network ids, as stored.
+pub fn resolve_networks(d: &StoreData, spec: &mut ServiceSpec) -> Result<(), Status> {
+    let mut seen = std::collections::BTreeSet::new();
+    for a in &mut spec.task.networks {
+        let n = crate::controlapi_networks::find_network(d, &a.target)
+            .map_err(|_| Status::not_found(format!("network {} not found", a.target)))?;
+        if n.spec.ingress {
+            return Err(Status::invalid_argument(format!(
+                "network {} is the routing mesh and cannot be joined with --network; publish a port instead",
+                a.target
+            )));
+        }
+        if !seen.insert(n.id.clone()) {
+            return Err(Status::invalid_argument(format!(
+                "--network: network {} is given more than once",
+                a.target
+            )));
+        }
+        a.target = n.id.clone();
+    }
+    Ok(())
+}
+
+fn alloc_status(e: crate::allocator::AllocError) -> Status {
+    use crate::allocator::AllocError;
+    match e {
+        AllocError::PortInUse { .. } => Status::already_exists(e.to_string()),
+        _ => Status::failed_precondition(e.to_string()),
+    }
+}
+
+/// The service `s` with spec `spec` stored: network targets resolved, endpoint allocated.
+fn with_spec(d: &StoreData, s: &mut Service, mut spec: ServiceSpec) -> Result<(), Status> {
+    resolve_networks(d, &mut spec)?;
+    s.endpoint =
+        crate::allocator::allocate_endpoint(d, &s.id, &spec, &s.endpoint).map_err(alloc_status)?;
+    s.spec = spec;
     Ok(())
 }
 
@@ -157,7 +232,21 @@ pub fn service_view(d: &StoreData, s: &Service) -> ServiceView {
         running,
         desired,
         completed,
-        endpoint: Default::default(),
+        endpoint: EndpointView {
+            virtual_ips: s
+                .endpoint
+                .vips
+                .iter()
+                .map(|(net, a)| VirtualIpView {
+                    network_id: net.clone(),
+                    addr: match d.networks.get(net).and_then(|n| n.subnet.split_once('/')) {
+                        Some((_, len)) => format!("{a}/{len}"),
+                        None => a.to_string(),
+                    },
+                })
+                .collect(),
+            ports: s.endpoint.ports.clone(),
+        },
     }
 }
 
@@ -185,6 +274,7 @@ impl ControlApi {
             update_status: None,
             created_at_ms: now,
             updated_at_ms: now,
+            endpoint: Default::default(),
         };
         let name = spec.name.clone();
         update_with_retry(&self.mgr, |d| {
@@ -194,7 +284,9 @@ impl ControlApi {
                     "service {name} already exists"
                 )));
             }
-            Ok(Txn::new(vec![Op::Create(Object::Service(service.clone()))]))
+            let mut service = service.clone();
+            with_spec(d, &mut service, spec.clone())?;
+            Ok(Txn::new(vec![Op::Create(Object::Service(service))]))
         })
         .await?;
         self.mgr.store.view(|d| {
@@ -262,9 +354,11 @@ impl ControlApi {
                     (n.clone(), UpdateState::Updating)
                 }
             };
-            let task_changed = spec.task != s.spec.task;
-            s.previous_spec = Some(s.spec.clone());
-            s.spec = spec;
+            let old = s.spec.clone();
+            with_spec(d, &mut s, spec)?;
+            let on_mesh = |sp: &ServiceSpec| crate::allocator::uses_ingress(&sp.endpoint.ports);
+            let task_changed = s.spec.task != old.task || on_mesh(&s.spec) != on_mesh(&old);
+            s.previous_spec = Some(old);
             s.spec_version += 1;
             s.updated_at_ms = now;
             if task_changed || req.rollback {
@@ -388,7 +482,7 @@ impl ControlApi {
                     desired_state: t.desired_state,
                     status: t.status.clone(),
                     created_at_ms: t.created_at_ms,
-                    networks: Vec::new(),
+                    networks: t.networks.clone(),
                 })
                 .collect();
             out.sort_by(|a, b| {

@@ -7,14 +7,18 @@
 //! has missed three periods. A new leader gives every node a full grace period before
 //! judging it, so a failover does not mark the cluster down.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proto::pb;
 use proto::security::Role;
-use proto::spec::{Assignment, StatusReport, TaskState, TaskStatus};
+use proto::spec::{
+    Assignment, Backend, NetPeer, NetworkState, NodeNetState, ServiceNet, ServiceOnNetwork,
+    StatusReport, TaskState, TaskStatus,
+};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::Stream;
@@ -23,7 +27,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::Caller;
 use crate::manager::{now_ms, update_with_retry, Manager};
-use crate::store::{Change, Kind, NodeDescription, NodeState, Object, Op, Store, Txn};
+use crate::store::{
+    Change, Holder, Kind, NodeDescription, NodeState, Object, Op, Store, StoreData, Task, Txn,
+};
 
 /// Missed heartbeat periods after which a node is Down.
 pub const MISSED_PERIODS: u32 = 3;
@@ -78,11 +84,175 @@ pub fn assignments_for(d: &crate::store::StoreData, node_id: &str) -> BTreeMap<S
                         .unwrap_or_default(),
                     secrets: crate::secrets::resolve(d, crate::secrets::FileKind::Secret, &t.spec),
                     configs: crate::secrets::resolve(d, crate::secrets::FileKind::Config, &t.spec),
-                    networks: Vec::new(),
+                    networks: t.networks.clone(),
                 },
             )
         })
         .collect()
+}
+
+/// Whether a task takes traffic: RUNNING, meant to run, on a ready node.
+fn is_backend(d: &StoreData, t: &Task) -> bool {
+    t.status.state == TaskState::Running
+        && t.desired_state == TaskState::Running
+        && d.nodes
+            .get(&t.node_id)
+            .is_some_and(|n| n.state == NodeState::Ready)
+}
+
+/// The IP part of an advertise address `IP:PORT` (or a bare IP).
+fn node_ip(addr: &str) -> Option<Ipv4Addr> {
+    addr.parse::<std::net::SocketAddr>()
+        .ok()
+        .and_then(|s| match s.ip() {
+            std::net::IpAddr::V4(a) => Some(a),
+            _ => None,
+        })
+        .or_else(|| addr.parse().ok())
+}
+
+/// What node `node_id` needs to program its overlays, load balancers and DNS: the networks
+/// it has tasks on (and ingress), their endpoints on other nodes, and the services on those
+/// networks or with published ports, with their backends.
+pub fn node_net_state(d: &StoreData, node_id: &str) -> NodeNetState {
+    let me = d.nodes.get(node_id);
+    let mut st = NodeNetState {
+        node_id: node_id.to_string(),
+        node_ip: me.and_then(|n| node_ip(&n.description.addr)),
+        ingress_addr: me.and_then(|n| n.ingress_addr),
+        ..Default::default()
+    };
+    let ingress = d.ingress_network();
+    let mut nets: BTreeSet<&str> = d
+        .node_tasks(node_id)
+        .filter(|t| !t.status.state.is_terminal())
+        .flat_map(|t| t.networks.iter().map(|n| n.network_id.as_str()))
+        .collect();
+    if let Some(i) = ingress {
+        nets.insert(i.id.as_str());
+    }
+    for net_id in &nets {
+        let Some(n) = d.networks.get(*net_id) else {
+            continue;
+        };
+        let mut peers: Vec<NetPeer> = Vec::new();
+        for (addr, h) in d.addrs.get(*net_id).into_iter().flatten() {
+            let holder_node = match h {
+                Holder::Task(id) => match d.tasks.get(id) {
+                    Some(t) => t.node_id.as_str(),
+                    None => continue,
+                },
+                Holder::Node(id) => id.as_str(),
+                Holder::Service(_) => continue,
+            };
+            if holder_node.is_empty() || holder_node == node_id {
+                continue;
+            }
+            if let Some(ip) = d
+                .nodes
+                .get(holder_node)
+                .and_then(|x| node_ip(&x.description.addr))
+            {
+                peers.push(NetPeer {
+                    addr: *addr,
+                    node_ip: ip,
+                });
+            }
+        }
+        peers.sort();
+        st.networks.push(NetworkState {
+            id: n.id.clone(),
+            name: n.spec.name.clone(),
+            vni: n.vni,
+            subnet: n.subnet.clone(),
+            gateway: Some(n.gateway),
+            internal: n.spec.internal,
+            ingress: n.spec.ingress,
+            peers,
+        });
+    }
+    for s in d.services.values() {
+        let on_my_nets = s
+            .spec
+            .task
+            .networks
+            .iter()
+            .any(|a| nets.contains(a.target.as_str()))
+            || s.endpoint.vips.keys().any(|k| nets.contains(k.as_str()));
+        if !on_my_nets && s.endpoint.ports.is_empty() {
+            continue;
+        }
+        let networks = crate::allocator::service_networks(d, &s.spec)
+            .into_iter()
+            .map(|(n, aliases)| ServiceOnNetwork {
+                network_id: n.id.clone(),
+                vip: s.endpoint.vips.get(&n.id).copied(),
+                aliases,
+            })
+            .collect();
+        let backends = d
+            .service_tasks(&s.id)
+            .filter(|t| is_backend(d, t))
+            .map(|t| Backend {
+                task_id: t.id.clone(),
+                node_id: t.node_id.clone(),
+                addrs: t
+                    .networks
+                    .iter()
+                    .map(|n| (n.network_id.clone(), n.addr))
+                    .collect(),
+            })
+            .collect();
+        st.services.push(ServiceNet {
+            id: s.id.clone(),
+            name: s.spec.name.clone(),
+            mode: s.spec.endpoint.mode,
+            ports: s.endpoint.ports.clone(),
+            networks,
+            backends,
+        });
+    }
+    st
+}
+
+/// The JSON of a node's net state, and whether it holds anything (networks or services).
+fn net_json(d: &StoreData, node_id: &str) -> (String, bool) {
+    let st = node_net_state(d, node_id);
+    let busy = !st.networks.is_empty() || !st.services.is_empty();
+    (serde_json::to_string(&st).unwrap_or_default(), busy)
+}
+
+/// Whether a committed change may alter some node's [`NodeNetState`]. `net_active`: the
+/// cluster has networks or the node was last sent a non-empty state.
+fn net_relevant(change: &Change, net_active: bool) -> bool {
+    match change {
+        Change::Put(Object::Network(_))
+        | Change::Deleted {
+            kind: Kind::Network,
+            ..
+        } => true,
+        Change::Put(Object::Service(s)) => {
+            !s.endpoint.vips.is_empty()
+                || !s.endpoint.ports.is_empty()
+                || !s.spec.task.networks.is_empty()
+                || net_active
+        }
+        Change::Deleted {
+            kind: Kind::Service,
+            ..
+        } => net_active,
+        Change::Put(Object::Node(_))
+        | Change::Deleted {
+            kind: Kind::Node, ..
+        } => net_active,
+        Change::Put(Object::Task(t)) => {
+            !t.networks.is_empty() || (net_active && t.status.state == TaskState::Running)
+        }
+        Change::Deleted {
+            kind: Kind::Task, ..
+        } => net_active,
+        _ => false,
+    }
 }
 
 /// The message that turns `sent` into `now` (None: nothing changed).
@@ -521,7 +691,9 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         let node_id = cert.node_id.clone();
         let mut events = mgr.store.watch();
         let mut sent = mgr.store.view(|d| assignments_for(d, &node_id));
+        let (mut net_sent, mut net_busy) = mgr.store.view(|d| net_json(d, &node_id));
         let mut first = dispatcher.session_message(&mgr, &node_id);
+        first.net_json = net_sent.clone();
         first.assignments = Some(pb::Assignments {
             full: true,
             upsert_json: serde_json::to_string(&sent.values().collect::<Vec<_>>())
@@ -542,25 +714,40 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                 let msg = tokio::select! {
                     m = inbound.message() => m,
                     ev = events.recv() => {
-                        let relevant = match &ev {
-                            Ok(e) => e.changes.iter().any(|c| match c {
-                                Change::Put(Object::Task(t)) => t.node_id == node_id || sent.contains_key(&t.id),
-                                Change::Deleted { kind: Kind::Task, id } => sent.contains_key(id),
-                                _ => false,
-                            }),
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                        let net_active = net_busy || mgr.store.view(|d| !d.networks.is_empty());
+                        let (relevant, net_changed) = match &ev {
+                            Ok(e) => (
+                                e.changes.iter().any(|c| match c {
+                                    Change::Put(Object::Task(t)) => t.node_id == node_id || sent.contains_key(&t.id),
+                                    Change::Deleted { kind: Kind::Task, id } => sent.contains_key(id),
+                                    _ => false,
+                                }),
+                                e.changes.iter().any(|c| net_relevant(c, net_active)),
+                            ),
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => (true, true),
                             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                         };
+                        let mut m = dispatcher.session_message(&mgr, &node_id);
+                        let mut any = false;
                         if relevant {
                             let now = mgr.store.view(|d| assignments_for(d, &node_id));
                             if let Some(a) = diff_assignments(&sent, &now) {
-                                let mut m = dispatcher.session_message(&mgr, &node_id);
                                 m.assignments = Some(a);
-                                if tx.send(Ok(m)).await.is_err() {
-                                    return;
-                                }
                                 sent = now;
+                                any = true;
                             }
+                        }
+                        if net_changed {
+                            let (now, busy) = mgr.store.view(|d| net_json(d, &node_id));
+                            net_busy = busy;
+                            if now != net_sent {
+                                m.net_json = now.clone();
+                                net_sent = now;
+                                any = true;
+                            }
+                        }
+                        if any && tx.send(Ok(m)).await.is_err() {
+                            return;
                         }
                         continue;
                     }
@@ -615,5 +802,167 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::allocator::tests::{data_with_networks, port, service};
+    use crate::allocator::{allocate_endpoint, node_ingress_ops, task_networks};
+    use crate::store::tests::node;
+
+    fn task(
+        d: &StoreData,
+        id: &str,
+        svc: &crate::store::Service,
+        node: &str,
+        state: TaskState,
+    ) -> Task {
+        let mut taken = BTreeSet::new();
+        Task {
+            id: id.into(),
+            version: 0,
+            service_id: svc.id.clone(),
+            service_name: svc.spec.name.clone(),
+            slot: 1,
+            node_id: node.into(),
+            spec: svc.spec.task.clone(),
+            spec_version: 1,
+            desired_state: TaskState::Running,
+            status: TaskStatus {
+                state,
+                ..Default::default()
+            },
+            created_at_ms: 0,
+            restart_count: 0,
+            networks: task_networks(d, &svc.spec, id, &mut taken),
+        }
+    }
+
+    #[test]
+    fn net_state_lists_peers_services_and_backends() {
+        let mut d = data_with_networks();
+        let mut ops = Vec::new();
+        for (i, (id, state)) in [
+            ("n1", NodeState::Ready),
+            ("n2", NodeState::Ready),
+            ("n3", NodeState::Down),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut n = node(id, id);
+            n.state = state;
+            n.description.addr = format!("192.168.1.{}:4242", i + 1);
+            ops.push(Op::Create(Object::Node(n)));
+        }
+        d.apply_txn(3, &Txn::new(ops)).unwrap();
+        d.apply_txn(4, &Txn::new(node_ingress_ops(&d))).unwrap();
+        let mut web = service("web", &["net1"], vec![port(8080, 80)]);
+        web.endpoint = allocate_endpoint(&d, "web", &web.spec, &Default::default()).unwrap();
+        let other = service("other", &[], vec![]);
+        d.apply_txn(
+            5,
+            &Txn::new(vec![
+                Op::Create(Object::Service(web.clone())),
+                Op::Create(Object::Service(other)),
+            ]),
+        )
+        .unwrap();
+        // One at a time, so each sees the addresses of the ones before.
+        for (i, (id, n, st)) in [
+            ("t1", "n1", TaskState::Running),
+            ("t2", "n2", TaskState::Running),
+            ("t3", "n3", TaskState::Running),
+            ("t4", "n2", TaskState::Failed),
+            ("t5", "n2", TaskState::Starting),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let t = task(&d, id, &web, n, st);
+            d.apply_txn(6 + i as u64, &Txn::new(vec![Op::Create(Object::Task(t))]))
+                .unwrap();
+        }
+        let st = node_net_state(&d, "n1");
+        assert_eq!(st.node_ip, Some(Ipv4Addr::new(192, 168, 1, 1)));
+        assert_eq!(st.ingress_addr, d.nodes["n1"].ingress_addr);
+        let ids: Vec<&str> = st.networks.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(ids, vec!["ing", "net1"]);
+        let addr_of = |t: &str, net: &str| {
+            d.tasks[t]
+                .networks
+                .iter()
+                .find(|n| n.network_id == net)
+                .unwrap()
+                .addr
+        };
+        let n2 = Ipv4Addr::new(192, 168, 1, 2);
+        let n3 = Ipv4Addr::new(192, 168, 1, 3);
+        let mut want = vec![
+            NetPeer {
+                addr: addr_of("t2", "net1"),
+                node_ip: n2,
+            },
+            NetPeer {
+                addr: addr_of("t3", "net1"),
+                node_ip: n3,
+            },
+            NetPeer {
+                addr: addr_of("t5", "net1"),
+                node_ip: n2,
+            },
+        ];
+        want.sort();
+        assert_eq!(st.networks[1].peers, want);
+        // On ingress: the other nodes' tasks and sandboxes, never our own.
+        let ing = &st.networks[0].peers;
+        assert_eq!(ing.len(), 5);
+        assert!(ing.contains(&NetPeer {
+            addr: d.nodes["n2"].ingress_addr.unwrap(),
+            node_ip: n2
+        }));
+        assert!(!ing
+            .iter()
+            .any(|p| p.addr == d.nodes["n1"].ingress_addr.unwrap()));
+        assert!(!ing.iter().any(|p| p.addr == addr_of("t1", "ing")));
+        // Services: web only; backends: running tasks on ready nodes.
+        assert_eq!(st.services.len(), 1);
+        let s = &st.services[0];
+        assert_eq!(s.name, "web");
+        assert_eq!(s.ports[0].published_port, 8080);
+        assert_eq!(s.networks.len(), 2);
+        assert_eq!(s.networks[0].vip, web.endpoint.vips.get("ing").copied());
+        assert_eq!(s.networks[1].aliases, vec!["web-alias".to_string()]);
+        let b: Vec<&str> = s.backends.iter().map(|b| b.task_id.as_str()).collect();
+        assert_eq!(b, vec!["t1", "t2"]);
+        assert_eq!(s.backends[0].addrs.len(), 2);
+        // A node with no tasks still gets ingress and the published services.
+        let mut lone = node("n4", "n4");
+        lone.description.addr = "192.168.1.4:4242".into();
+        d.apply_txn(20, &Txn::new(vec![Op::Create(Object::Node(lone))]))
+            .unwrap();
+        let st = node_net_state(&d, "n4");
+        assert_eq!(st.networks.len(), 1);
+        assert!(st.networks[0].ingress);
+        assert_eq!(st.services.len(), 1);
+    }
+
+    #[test]
+    fn assignments_carry_task_networks() {
+        let mut d = data_with_networks();
+        d.apply_txn(
+            3,
+            &Txn::new(vec![Op::Create(Object::Node(node("n1", "h")))]),
+        )
+        .unwrap();
+        let web = service("web", &["net1"], vec![]);
+        let t = task(&d, "t1", &web, "n1", TaskState::Assigned);
+        d.apply_txn(4, &Txn::new(vec![Op::Create(Object::Task(t.clone()))]))
+            .unwrap();
+        let a = assignments_for(&d, "n1");
+        assert_eq!(a["t1"].networks, t.networks);
+        assert_eq!(a["t1"].networks.len(), 1);
     }
 }

@@ -7,6 +7,7 @@
 //! the store. Leader-only loops start when this node gains leadership and stop when it loses
 //! it ([`manager::Manager`]).
 
+pub mod allocator;
 pub mod auth;
 pub mod ca;
 pub mod controlapi;

@@ -397,7 +397,14 @@ impl ProposeError {
     pub fn into_status(self, mgr: &Manager) -> Status {
         match self {
             ProposeError::NotLeader => mgr.not_leader(),
-            ProposeError::Refused(e @ TxnError::Conflict { .. }) => Status::aborted(e.to_string()),
+            ProposeError::Refused(
+                e @ (TxnError::Conflict { .. }
+                | TxnError::AddressInUse { .. }
+                | TxnError::NetworkClash { .. }),
+            ) => Status::aborted(e.to_string()),
+            ProposeError::Refused(e @ TxnError::PortInUse { .. }) => {
+                Status::failed_precondition(e.to_string())
+            }
             ProposeError::Refused(e @ TxnError::NotFound { .. }) => {
                 Status::not_found(e.to_string())
             }
@@ -421,7 +428,11 @@ where
         let txn = mgr.store.view(&mut build)?;
         match mgr.propose(txn).await {
             Ok(i) => return Ok(i),
-            Err(ProposeError::Refused(TxnError::Conflict { .. })) => continue,
+            Err(ProposeError::Refused(
+                TxnError::Conflict { .. }
+                | TxnError::AddressInUse { .. }
+                | TxnError::NetworkClash { .. },
+            )) => continue,
             Err(e) => return Err(e.into_status(mgr)),
         }
     }

@@ -15,10 +15,13 @@
 //! clock and no randomness; timestamps come inside the transaction.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::sync::{Arc, RwLock};
 
 use proto::security::{Role, RootCa};
-use proto::spec::{ServiceSpec, TaskSpec, TaskState, TaskStatus};
+use proto::spec::{
+    NetworkSpec, PortConfig, PublishMode, ServiceSpec, TaskNetwork, TaskSpec, TaskState, TaskStatus,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -38,6 +41,20 @@ pub struct Cluster {
     /// Spread replicated tasks onto nodes that join (or come back) with fewer tasks.
     #[serde(default)]
     pub rebalance_on_join: bool,
+    /// CIDRs overlay subnets are taken from when a network names none.
+    #[serde(default = "default_addr_pool")]
+    pub default_addr_pool: Vec<String>,
+    /// Prefix length of the subnets taken from the pool.
+    #[serde(default = "default_addr_pool_mask_len")]
+    pub default_addr_pool_mask_len: u8,
+}
+
+pub fn default_addr_pool() -> Vec<String> {
+    vec!["10.0.0.0/8".to_string()]
+}
+
+pub fn default_addr_pool_mask_len() -> u8 {
+    24
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -119,6 +136,10 @@ pub struct Node {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub cert_not_after_ms: i64,
+    /// The node's address on the ingress network (its routing-mesh sandbox), given by the
+    /// leader once the ingress network exists; released with the node.
+    #[serde(default)]
+    pub ingress_addr: Option<Ipv4Addr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +197,35 @@ pub struct Service {
     pub update_status: Option<UpdateStatus>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// What the allocator gave the service: VIPs and resolved published ports.
+    #[serde(default)]
+    pub endpoint: ServiceEndpoint,
+}
+
+/// A service's allocated endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEndpoint {
+    /// Virtual IP per network id (vip mode; `ingress` included when ports are published
+    /// in ingress mode).
+    #[serde(default)]
+    pub vips: BTreeMap<String, Ipv4Addr>,
+    /// The spec's published ports with every `published_port` set.
+    #[serde(default)]
+    pub ports: Vec<PortConfig>,
+}
+
+/// An overlay network with what the allocator fixed for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    pub id: String,
+    pub version: u64,
+    pub spec: NetworkSpec,
+    pub vni: u32,
+    /// CIDR, e.g. `10.0.1.0/24`.
+    pub subnet: String,
+    pub gateway: Ipv4Addr,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -197,6 +247,9 @@ pub struct Task {
     pub created_at_ms: i64,
     /// Restarts of this slot so far within the restart window (carried to the replacement).
     pub restart_count: u64,
+    /// The task's addresses on its overlays, in interface order; fixed when it is created.
+    #[serde(default)]
+    pub networks: Vec<TaskNetwork>,
 }
 
 /// The key that seals secret and config data ([`crate::secrets`]); created with the first
@@ -238,6 +291,7 @@ pub enum Object {
     Secret(FileObject),
     Config(FileObject),
     DataKey(DataKey),
+    Network(Network),
 }
 
 impl Object {
@@ -250,6 +304,7 @@ impl Object {
             Object::Secret(_) => Kind::Secret,
             Object::Config(_) => Kind::Config,
             Object::DataKey(_) => Kind::DataKey,
+            Object::Network(_) => Kind::Network,
         }
     }
     fn id(&self) -> &str {
@@ -260,6 +315,7 @@ impl Object {
             Object::Task(t) => &t.id,
             Object::Secret(f) | Object::Config(f) => &f.id,
             Object::DataKey(k) => &k.id,
+            Object::Network(n) => &n.id,
         }
     }
     fn version(&self) -> u64 {
@@ -270,6 +326,7 @@ impl Object {
             Object::Task(t) => t.version,
             Object::Secret(f) | Object::Config(f) => f.version,
             Object::DataKey(k) => k.version,
+            Object::Network(n) => n.version,
         }
     }
     fn set_version(&mut self, v: u64) {
@@ -280,6 +337,7 @@ impl Object {
             Object::Task(t) => t.version = v,
             Object::Secret(f) | Object::Config(f) => f.version = v,
             Object::DataKey(k) => k.version = v,
+            Object::Network(n) => n.version = v,
         }
     }
 }
@@ -293,6 +351,7 @@ pub enum Kind {
     Secret,
     Config,
     DataKey,
+    Network,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -339,6 +398,22 @@ pub enum TxnError {
         from: TaskState,
         to: TaskState,
     },
+    #[error("address {addr} of network {network} is already held by {holder}; retry")]
+    AddressInUse {
+        network: String,
+        addr: Ipv4Addr,
+        holder: String,
+    },
+    #[error(
+        "network {id} clashes with network {other} (same name, VNI or overlapping subnet); retry"
+    )]
+    NetworkClash { id: String, other: String },
+    #[error("port {port}/{protocol} is already published by service {service}")]
+    PortInUse {
+        port: u16,
+        protocol: String,
+        service: String,
+    },
 }
 
 /// What applying an entry returned to its proposer.
@@ -379,6 +454,11 @@ pub struct StoreData {
     pub configs: BTreeMap<String, FileObject>,
     #[serde(default)]
     pub data_key: Option<DataKey>,
+    #[serde(default)]
+    pub networks: BTreeMap<String, Network>,
+    /// Who holds each address, by network id; derived, rebuilt after loading a snapshot.
+    #[serde(skip)]
+    pub addrs: BTreeMap<String, BTreeMap<Ipv4Addr, Holder>>,
     /// Task ids by service id and by node id; derived, rebuilt after loading a snapshot.
     #[serde(skip)]
     pub tasks_by_service: BTreeMap<String, BTreeSet<String>>,
@@ -404,6 +484,7 @@ impl StoreData {
                 .as_ref()
                 .filter(|k| k.id == id)
                 .map(|k| k.version),
+            Kind::Network => self.networks.get(id).map(|n| n.version),
         }
     }
 
@@ -428,6 +509,20 @@ impl StoreData {
     pub fn rebuild_indexes(&mut self) {
         self.tasks_by_service.clear();
         self.tasks_by_node.clear();
+        self.addrs.clear();
+        let holders: Vec<(Holder, Vec<(String, Ipv4Addr)>)> = self
+            .tasks
+            .values()
+            .map(|t| Object::Task(t.clone()))
+            .chain(self.services.values().map(|s| Object::Service(s.clone())))
+            .chain(self.nodes.values().map(|n| Object::Node(n.clone())))
+            .filter_map(|o| Some((Holder::of(&o)?, self.holdings(&o))))
+            .collect();
+        for (h, held) in holders {
+            for (net, a) in held {
+                self.addrs.entry(net).or_default().insert(a, h.clone());
+            }
+        }
         let ids: Vec<(String, String, String)> = self
             .tasks
             .values()
@@ -481,7 +576,7 @@ impl StoreData {
                         id: o.id().to_string(),
                     })
                 }
-                None => Ok(()),
+                None => self.check_holdings(o),
             },
             Op::Update(o) => match self.get(o.kind(), o.id()) {
                 None => Err(TxnError::NotFound {
@@ -494,13 +589,13 @@ impl StoreData {
                     expected: o.version(),
                     actual: v,
                 }),
-                Some(_) => match (o, self.tasks.get(o.id())) {
-                    (Object::Task(new), Some(old)) => {
+                Some(_) => {
+                    if let (Object::Task(new), Some(old)) = (o, self.tasks.get(o.id())) {
                         check_forward(old, new)?;
-                        self.check_assignable(old, new)
+                        self.check_assignable(old, new)?;
                     }
-                    _ => Ok(()),
-                },
+                    self.check_holdings(o)
+                }
             },
             Op::Delete { kind, id } => match self.get(*kind, id) {
                 None => Err(TxnError::NotFound {
@@ -513,6 +608,8 @@ impl StoreData {
     }
 
     fn put(&mut self, o: Object) {
+        self.unindex_addrs(o.kind(), o.id());
+        self.index_addrs(&o);
         match o {
             Object::Cluster(c) => self.cluster = Some(c),
             Object::Node(n) => {
@@ -535,10 +632,16 @@ impl StoreData {
                 self.configs.insert(f.id.clone(), f);
             }
             Object::DataKey(k) => self.data_key = Some(k),
+            Object::Network(n) => {
+                let id = n.id.clone();
+                self.networks.insert(id.clone(), n);
+                self.reindex_network(&id);
+            }
         }
     }
 
     fn delete(&mut self, kind: Kind, id: &str) {
+        self.unindex_addrs(kind, id);
         match kind {
             Kind::Cluster => self.cluster = None,
             Kind::Node => {
@@ -559,6 +662,10 @@ impl StoreData {
                 self.configs.remove(id);
             }
             Kind::DataKey => self.data_key = None,
+            Kind::Network => {
+                self.networks.remove(id);
+                self.reindex_network(id);
+            }
         }
     }
 
@@ -600,6 +707,7 @@ impl StoreData {
             Kind::Secret => self.secrets.get(id).cloned().map(Object::Secret),
             Kind::Config => self.configs.get(id).cloned().map(Object::Config),
             Kind::DataKey => self.data_key.clone().map(Object::DataKey),
+            Kind::Network => self.networks.get(id).cloned().map(Object::Network),
         }
     }
 
@@ -648,6 +756,228 @@ impl StoreData {
             _ => Err(FindError::Ambiguous(key.to_string())),
         }
     }
+}
+
+/// What holds an address on a network.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Holder {
+    /// A task that has not ended (it may still have a container).
+    Task(String),
+    /// A service's virtual IP.
+    Service(String),
+    /// A node's ingress sandbox.
+    Node(String),
+}
+
+impl Holder {
+    fn of(o: &Object) -> Option<Holder> {
+        match o {
+            Object::Task(t) => Some(Holder::Task(t.id.clone())),
+            Object::Service(s) => Some(Holder::Service(s.id.clone())),
+            Object::Node(n) => Some(Holder::Node(n.id.clone())),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Holder::Task(id) => write!(f, "task {id}"),
+            Holder::Service(id) => write!(f, "service {id}"),
+            Holder::Node(id) => write!(f, "node {id}"),
+        }
+    }
+}
+
+/// Whether two published ports would answer on the same node: an ingress-mode port opens on
+/// every node, so it clashes with any other publication of that port and protocol.
+pub fn ports_clash(a: &PortConfig, b: &PortConfig) -> bool {
+    a.published_port != 0
+        && a.published_port == b.published_port
+        && a.protocol == b.protocol
+        && (a.publish_mode == PublishMode::Ingress || b.publish_mode == PublishMode::Ingress)
+}
+
+impl StoreData {
+    /// The ingress network, if the cluster has one.
+    pub fn ingress_network(&self) -> Option<&Network> {
+        self.networks.values().find(|n| n.spec.ingress)
+    }
+
+    /// Who holds `addr` on network `net`.
+    pub fn addr_holder(&self, net: &str, addr: Ipv4Addr) -> Option<&Holder> {
+        self.addrs.get(net).and_then(|m| m.get(&addr))
+    }
+
+    /// The addresses `o` holds on existing networks: (network id, address). (Addresses on a
+    /// removed network hold nothing: the index stays a function of the tables alone.)
+    fn holdings(&self, o: &Object) -> Vec<(String, Ipv4Addr)> {
+        match o {
+            Object::Task(t) => task_holdings(t)
+                .into_iter()
+                .filter(|(n, _)| self.networks.contains_key(n))
+                .collect(),
+            Object::Service(s) => s
+                .endpoint
+                .vips
+                .iter()
+                .filter(|(n, _)| self.networks.contains_key(*n))
+                .map(|(n, a)| (n.clone(), *a))
+                .collect(),
+            Object::Node(n) => match (n.ingress_addr, self.ingress_network()) {
+                (Some(a), Some(net)) => vec![(net.id.clone(), a)],
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        }
+    }
+
+    fn index_addrs(&mut self, o: &Object) {
+        let held = self.holdings(o);
+        if held.is_empty() {
+            return;
+        }
+        let Some(h) = Holder::of(o) else { return };
+        for (net, a) in held {
+            self.addrs.entry(net).or_default().insert(a, h.clone());
+        }
+    }
+
+    /// Recompute who holds what on network `id` (after it was created, changed or removed).
+    fn reindex_network(&mut self, id: &str) {
+        self.addrs.remove(id);
+        let Some(net) = self.networks.get(id) else {
+            return;
+        };
+        let mut m: BTreeMap<Ipv4Addr, Holder> = BTreeMap::new();
+        for t in self
+            .tasks
+            .values()
+            .filter(|t| !t.status.state.is_terminal())
+        {
+            for tn in t.networks.iter().filter(|tn| tn.network_id == id) {
+                m.insert(tn.addr, Holder::Task(t.id.clone()));
+            }
+        }
+        for s in self.services.values() {
+            if let Some(a) = s.endpoint.vips.get(id) {
+                m.insert(*a, Holder::Service(s.id.clone()));
+            }
+        }
+        if net.spec.ingress && self.ingress_network().is_some_and(|i| i.id == id) {
+            for n in self.nodes.values() {
+                if let Some(a) = n.ingress_addr {
+                    m.insert(a, Holder::Node(n.id.clone()));
+                }
+            }
+        }
+        if !m.is_empty() {
+            self.addrs.insert(id.to_string(), m);
+        }
+    }
+
+    /// Forget the addresses the stored object `kind`/`id` holds.
+    fn unindex_addrs(&mut self, kind: Kind, id: &str) {
+        let (held, h) = match kind {
+            Kind::Task => match self.tasks.get(id) {
+                // Entries of removed networks are already gone: no filtering needed.
+                Some(t) if !t.networks.is_empty() => (task_holdings(t), Holder::Task(id.into())),
+                _ => return,
+            },
+            Kind::Service => match self.services.get(id) {
+                Some(s) if !s.endpoint.vips.is_empty() => (
+                    self.holdings(&Object::Service(s.clone())),
+                    Holder::Service(id.into()),
+                ),
+                _ => return,
+            },
+            Kind::Node => match self.nodes.get(id) {
+                Some(n) if n.ingress_addr.is_some() => (
+                    self.holdings(&Object::Node(n.clone())),
+                    Holder::Node(id.into()),
+                ),
+                _ => return,
+            },
+            _ => return,
+        };
+        for (net, a) in held {
+            if let Some(m) = self.addrs.get_mut(&net) {
+                if m.get(&a) == Some(&h) {
+                    m.remove(&a);
+                }
+            }
+        }
+    }
+
+    /// No address of a network goes to two holders, nor is a network's gateway; no
+    /// published port clashes with another service's.
+    fn check_holdings(&self, o: &Object) -> Result<(), TxnError> {
+        let held = self.holdings(o);
+        if !held.is_empty() {
+            let h = Holder::of(o).expect("only tasks, services and nodes hold addresses");
+            for (net, a) in held {
+                if self.networks.get(&net).is_some_and(|n| n.gateway == a) {
+                    return Err(TxnError::AddressInUse {
+                        network: net,
+                        addr: a,
+                        holder: "the gateway".into(),
+                    });
+                }
+                match self.addr_holder(&net, a) {
+                    Some(other) if *other != h => {
+                        return Err(TxnError::AddressInUse {
+                            network: net,
+                            addr: a,
+                            holder: other.to_string(),
+                        })
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if let Object::Network(n) = o {
+            let mine = n.subnet.parse::<crate::allocator::Cidr>().ok();
+            for x in self.networks.values().filter(|x| x.id != n.id) {
+                let overlap = match (mine, x.subnet.parse::<crate::allocator::Cidr>().ok()) {
+                    (Some(a), Some(b)) => a.overlaps(&b),
+                    _ => false,
+                };
+                if overlap || x.vni == n.vni || x.spec.name == n.spec.name {
+                    return Err(TxnError::NetworkClash {
+                        id: n.id.clone(),
+                        other: x.id.clone(),
+                    });
+                }
+            }
+        }
+        if let Object::Service(s) = o {
+            for p in &s.endpoint.ports {
+                if let Some(other) = self
+                    .services
+                    .values()
+                    .find(|x| x.id != s.id && x.endpoint.ports.iter().any(|q| ports_clash(p, q)))
+                {
+                    return Err(TxnError::PortInUse {
+                        port: p.published_port,
+                        protocol: p.protocol.as_str().into(),
+                        service: other.spec.name.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn task_holdings(t: &Task) -> Vec<(String, Ipv4Addr)> {
+    if t.status.state.is_terminal() {
+        return Vec::new();
+    }
+    t.networks
+        .iter()
+        .map(|n| (n.network_id.clone(), n.addr))
+        .collect()
 }
 
 impl StoreData {
@@ -764,6 +1094,7 @@ pub(crate) mod tests {
 
     pub fn node(id: &str, host: &str) -> Node {
         Node {
+            ingress_addr: None,
             id: id.into(),
             version: 0,
             raft_id: 1,
@@ -878,5 +1209,196 @@ pub(crate) mod tests {
             assert!(matches!(d.find_node("ab"), Err(FindError::Ambiguous(_))));
             assert!(matches!(d.find_node("zzz"), Err(FindError::NotFound(_))));
         });
+    }
+
+    fn task_on(id: &str, node: &str, net: &str, addr: Ipv4Addr) -> Task {
+        Task {
+            id: id.into(),
+            version: 0,
+            service_id: "svc".into(),
+            service_name: "svc".into(),
+            slot: 1,
+            node_id: node.into(),
+            spec: TaskSpec::default(),
+            spec_version: 1,
+            desired_state: TaskState::Running,
+            status: TaskStatus::default(),
+            created_at_ms: 0,
+            restart_count: 0,
+            networks: vec![TaskNetwork {
+                network_id: net.into(),
+                network_name: net.into(),
+                vni: 4097,
+                subnet: "10.0.1.0/24".into(),
+                gateway: Ipv4Addr::new(10, 0, 1, 1),
+                addr,
+                internal: false,
+                ingress: false,
+                aliases: vec![],
+            }],
+        }
+    }
+
+    #[test]
+    fn an_address_has_one_holder() {
+        let mut d = StoreData::default();
+        let net = Network {
+            id: "n".into(),
+            version: 0,
+            spec: NetworkSpec::default(),
+            vni: 4097,
+            subnet: "10.0.1.0/24".into(),
+            gateway: Ipv4Addr::new(10, 0, 1, 1),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        d.apply_txn(1, &Txn::new(vec![Op::Create(Object::Network(net))]))
+            .unwrap();
+        let a = Ipv4Addr::new(10, 0, 1, 7);
+        d.apply_txn(
+            2,
+            &Txn::new(vec![Op::Create(Object::Task(task_on("t1", "", "n", a)))]),
+        )
+        .unwrap();
+        // A stale writer giving the same address to another task is refused.
+        let e = d
+            .apply_txn(
+                3,
+                &Txn::new(vec![Op::Create(Object::Task(task_on("t2", "", "n", a)))]),
+            )
+            .unwrap_err();
+        assert!(matches!(e, TxnError::AddressInUse { .. }), "{e}");
+        // So is the gateway.
+        let gw = task_on("t3", "", "n", Ipv4Addr::new(10, 0, 1, 1));
+        assert!(d
+            .apply_txn(3, &Txn::new(vec![Op::Create(Object::Task(gw))]))
+            .is_err());
+        // Nor may a service take it as its VIP.
+        let mut vips = BTreeMap::new();
+        vips.insert("n".to_string(), a);
+        let svc = Service {
+            id: "s".into(),
+            version: 0,
+            spec: ServiceSpec {
+                name: "s".into(),
+                labels: Default::default(),
+                mode: proto::spec::ServiceMode::Global,
+                task: TaskSpec::default(),
+                update: Default::default(),
+                rollback: Default::default(),
+                endpoint: Default::default(),
+            },
+            spec_version: 1,
+            previous_spec: None,
+            update_status: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            endpoint: ServiceEndpoint {
+                vips,
+                ports: vec![],
+            },
+        };
+        assert!(d
+            .apply_txn(3, &Txn::new(vec![Op::Create(Object::Service(svc.clone()))]))
+            .is_err());
+        // Once the task has ended the address is free again.
+        let mut t1 = d.tasks["t1"].clone();
+        t1.status.state = TaskState::Shutdown;
+        d.apply_txn(4, &Txn::new(vec![Op::Update(Object::Task(t1))]))
+            .unwrap();
+        assert_eq!(d.addr_holder("n", a), None);
+        d.apply_txn(5, &Txn::new(vec![Op::Create(Object::Service(svc))]))
+            .unwrap();
+        assert_eq!(d.addr_holder("n", a), Some(&Holder::Service("s".into())));
+        // A refused transaction leaves the index as it was (undo goes through put/delete).
+        let e = d.apply_txn(
+            6,
+            &Txn::new(vec![
+                Op::Delete {
+                    kind: Kind::Service,
+                    id: "s".into(),
+                },
+                Op::Create(Object::Task(task_on("t4", "", "n", a))),
+                Op::Create(Object::Node(node("x", "h"))),
+                Op::Create(Object::Node(node("x", "h"))),
+            ]),
+        );
+        assert!(e.is_err());
+        assert_eq!(d.addr_holder("n", a), Some(&Holder::Service("s".into())));
+        // A refused removal of the network keeps its holders indexed.
+        let e = d.apply_txn(
+            7,
+            &Txn::new(vec![
+                Op::Delete {
+                    kind: Kind::Network,
+                    id: "n".into(),
+                },
+                Op::Create(Object::Node(node("x", "h"))),
+                Op::Create(Object::Node(node("x", "h"))),
+            ]),
+        );
+        assert!(e.is_err());
+        assert_eq!(d.addr_holder("n", a), Some(&Holder::Service("s".into())));
+        // Indexes come back after a snapshot.
+        let mut copy: StoreData =
+            serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
+        copy.rebuild_indexes();
+        assert_eq!(copy.addrs, d.addrs);
+    }
+
+    #[test]
+    fn networks_never_overlap_even_from_stale_writers() {
+        let net = |id: &str, name: &str, vni: u32, subnet: &str| Network {
+            id: id.into(),
+            version: 0,
+            spec: NetworkSpec {
+                name: name.into(),
+                ..Default::default()
+            },
+            vni,
+            subnet: subnet.into(),
+            gateway: Ipv4Addr::new(10, 0, 1, 1),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        let mut d = StoreData::default();
+        let create = |n: Network| Txn::new(vec![Op::Create(Object::Network(n))]);
+        d.apply_txn(1, &create(net("a", "a", 4097, "10.0.1.0/24")))
+            .unwrap();
+        for bad in [
+            net("b", "b", 4098, "10.0.1.0/25"),
+            net("b", "b", 4097, "10.0.2.0/24"),
+            net("b", "a", 4098, "10.0.2.0/24"),
+        ] {
+            let e = d.apply_txn(2, &create(bad)).unwrap_err();
+            assert!(matches!(e, TxnError::NetworkClash { .. }), "{e}");
+        }
+        d.apply_txn(2, &create(net("b", "b", 4098, "10.0.2.0/24")))
+            .unwrap();
+    }
+
+    #[test]
+    fn old_snapshots_load() {
+        // A store written before networks existed: no networks table, no new fields.
+        let mut d = StoreData::default();
+        d.apply_txn(1, &Txn::new(vec![Op::Create(Object::Node(node("a", "h")))]))
+            .unwrap();
+        let mut v = serde_json::to_value(&d).unwrap();
+        v.as_object_mut().unwrap().remove("networks");
+        v["nodes"]["a"]
+            .as_object_mut()
+            .unwrap()
+            .remove("ingress_addr");
+        let back: StoreData = serde_json::from_value(v).unwrap();
+        assert!(back.networks.is_empty());
+        assert_eq!(back.nodes["a"].ingress_addr, None);
+        let c: Cluster = serde_json::from_str(
+            r#"{"id":"c","version":1,"created_at_ms":0,"root_ca":{"cert_pem":"","key_pem":""},
+                "worker_token":"","manager_token":"","heartbeat_period_ms":1,
+                "cert_expiry_ms":1,"removed_nodes":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.default_addr_pool, vec!["10.0.0.0/8".to_string()]);
+        assert_eq!(c.default_addr_pool_mask_len, 24);
     }
 }

@@ -377,6 +377,7 @@ impl Sim {
 
 fn node(id: &str, role: Role) -> Node {
     Node {
+        ingress_addr: None,
         id: id.into(),
         version: 0,
         raft_id: 0,
@@ -550,6 +551,8 @@ async fn run_seed(seed: u64) -> Vec<String> {
         .expect("initialize");
     // Cluster, nodes, services.
     let mut ops = vec![Op::Create(Object::Cluster(Cluster {
+        default_addr_pool: manager::store::default_addr_pool(),
+        default_addr_pool_mask_len: 24,
         id: "sim".into(),
         version: 0,
         created_at_ms: 0,
@@ -577,6 +580,7 @@ async fn run_seed(seed: u64) -> Vec<String> {
         ("agent", ServiceMode::Global),
     ] {
         ops.push(Op::Create(Object::Service(Service {
+            endpoint: Default::default(),
             id: name.into(),
             version: 0,
             spec: spec(name, mode, "v1"),

@@ -19,6 +19,7 @@ pub mod restart;
 pub mod updater;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +41,8 @@ pub struct Plan<'a> {
     created: BTreeMap<String, Task>,
     deleted: BTreeSet<String>,
     services: BTreeMap<String, Service>,
+    /// Addresses given to tasks created in this plan (not yet in the store).
+    taken: BTreeSet<(String, Ipv4Addr)>,
 }
 
 impl<'a> Plan<'a> {
@@ -51,6 +54,7 @@ impl<'a> Plan<'a> {
             created: BTreeMap::new(),
             deleted: BTreeSet::new(),
             services: BTreeMap::new(),
+            taken: BTreeSet::new(),
         }
     }
 
@@ -114,8 +118,11 @@ impl<'a> Plan<'a> {
         node_id: &str,
         restart_count: u64,
     ) -> Task {
+        let id = random_id(25);
+        let networks =
+            crate::allocator::task_networks(self.data, &service.spec, &id, &mut self.taken);
         let t = Task {
-            id: random_id(25),
+            id,
             version: 0,
             service_id: service.id.clone(),
             service_name: service.spec.name.clone(),
@@ -133,6 +140,7 @@ impl<'a> Plan<'a> {
             },
             created_at_ms: self.now_ms,
             restart_count,
+            networks,
         };
         self.created.insert(t.id.clone(), t.clone());
         t
@@ -235,7 +243,9 @@ pub fn plan(data: &StoreData, now_ms: i64) -> Vec<Op> {
         }
     }
     reaper::plan(&mut p);
-    p.into_ops()
+    let mut ops = p.into_ops();
+    ops.extend(crate::allocator::node_ingress_ops(data));
+    ops
 }
 
 /// Leader-only loop: re-plan on every committed change (debounced) and every 500 ms (restart
@@ -251,8 +261,11 @@ pub async fn run(mgr: Arc<Manager>, cancel: CancellationToken) {
             }
             match mgr.propose(Txn::new(chunk.to_vec())).await {
                 Ok(_) => {}
-                Err(ProposeError::Refused(TxnError::Conflict { .. }))
-                | Err(ProposeError::Refused(TxnError::NotFound { .. })) => {
+                Err(ProposeError::Refused(
+                    TxnError::Conflict { .. }
+                    | TxnError::NotFound { .. }
+                    | TxnError::AddressInUse { .. },
+                )) => {
                     conflict = true;
                     break;
                 }

@@ -59,6 +59,7 @@ mod tests {
 
     fn dead(state: TaskState, created: i64, died: i64, restarts: u64) -> Task {
         Task {
+            networks: Vec::new(),
             id: "t".into(),
             version: 1,
             service_id: "s".into(),

@@ -16,6 +16,7 @@ use crate::store::{
 
 fn node(id: &str) -> Node {
     Node {
+        ingress_addr: None,
         id: id.into(),
         version: 1,
         raft_id: 1,
@@ -42,6 +43,7 @@ fn service(replicas: u64, image: &str) -> Service {
     };
     task.restart.delay_ms = 1000;
     Service {
+        endpoint: Default::default(),
         id: "svc".into(),
         version: 1,
         spec: ServiceSpec {
@@ -364,6 +366,8 @@ fn rebalances_onto_a_new_node_only_when_enabled() {
     assert_eq!(on_n3, 0, "moved without the setting");
 
     let mut cluster = crate::store::Cluster {
+        default_addr_pool: crate::store::default_addr_pool(),
+        default_addr_pool_mask_len: 24,
         id: "c".into(),
         version: 1,
         created_at_ms: 0,
@@ -403,4 +407,41 @@ fn rebalances_onto_a_new_node_only_when_enabled() {
         per.values().max().copied().unwrap(),
     );
     assert!(per.len() == 3 && hi - lo <= 1, "{per:?}");
+}
+
+#[test]
+fn new_tasks_get_distinct_addresses_and_nodes_ingress_addresses() {
+    use crate::allocator::tests::{data_with_networks, port, service as net_service};
+    use crate::store::Txn;
+    let mut d = data_with_networks();
+    let mut s = net_service("svc", &["net1"], vec![port(8080, 80)]);
+    s.spec.mode = ServiceMode::Replicated { replicas: 5 };
+    s.endpoint =
+        crate::allocator::allocate_endpoint(&d, "svc", &s.spec, &Default::default()).unwrap();
+    d.apply_txn(
+        3,
+        &Txn::new(vec![
+            Op::Create(Object::Service(s)),
+            Op::Create(Object::Node(node("n1"))),
+            Op::Create(Object::Node(node("n2"))),
+        ]),
+    )
+    .unwrap();
+    let ops = plan(&d, 0);
+    d.apply_txn(4, &Txn::new(ops)).unwrap();
+    assert_eq!(d.tasks.len(), 5);
+    let mut seen = std::collections::BTreeSet::new();
+    for t in d.tasks.values() {
+        assert_eq!(t.networks.len(), 2);
+        assert!(t.networks[0].ingress);
+        assert_eq!(t.networks[1].network_id, "net1");
+        for n in &t.networks {
+            assert!(seen.insert((n.network_id.clone(), n.addr)));
+        }
+    }
+    assert!(d.nodes.values().all(|n| n.ingress_addr.is_some()));
+    // Nothing more to allocate.
+    assert!(plan(&d, 0)
+        .iter()
+        .all(|op| !matches!(op, Op::Create(_) | Op::Update(Object::Node(_)))));
 }

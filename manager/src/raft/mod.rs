@@ -149,6 +149,7 @@ mod tests {
 
     fn node(id: &str) -> Node {
         Node {
+            ingress_addr: None,
             id: id.into(),
             version: 0,
             raft_id: 1,

@@ -144,7 +144,8 @@ fn worth_planning(event: &Event) -> bool {
             | Object::Service(_)
             | Object::Secret(_)
             | Object::Config(_)
-            | Object::DataKey(_),
+            | Object::DataKey(_)
+            | Object::Network(_),
         ) => false,
     })
 }

@@ -11,6 +11,7 @@ const GIB: u64 = 1 << 30;
 
 fn node(id: &str) -> Node {
     Node {
+        ingress_addr: None,
         id: id.into(),
         version: 1,
         raft_id: 0,
@@ -38,6 +39,7 @@ fn labelled(id: &str, key: &str, value: &str) -> Node {
 
 fn task(id: &str, service: &str) -> Task {
     Task {
+        networks: Vec::new(),
         id: id.into(),
         version: 1,
         service_id: service.into(),
