@@ -2,13 +2,13 @@
 //!
 //! Per task: a persistent network namespace bound to a file under the data dir (so it
 //! outlives a daemon restart and the container's runtime joins it by path), a veth pair with
-//! `eth0` inside and the host end on the bridge, and an address taken from the node's subnet.
+//! `eth0` (`eth{N}` when the task is on N overlays) inside and the host end on the bridge, and an address taken from the node's subnet.
 //! Addresses are leased as files (`<dir>/leases/<ip>` holding the task id), created with
 //! `create_new`, so two tasks never share one and a restarted daemon knows what is taken.
 //!
 //! ```text
 //!   node namespace                         task namespace (<dir>/ns/<task id>)
-//!   shoal0 172.30.0.1/24 ── vs<task id> ═══ eth0 172.30.0.n/24, default via 172.30.0.1
+//!   shoal0 172.30.0.1/24 ── vs<task id> ═══ ethN 172.30.0.n/24, default via 172.30.0.1
 //! ```
 //!
 //! Programmed over rtnetlink, with no helper binaries. A netlink socket belongs to the network
@@ -50,16 +50,19 @@ pub enum NetError {
     },
     #[error("no free address left in {0}")]
     Exhausted(String),
+    /// An overlay network this node cannot build as asked (the reason says what to fix).
+    #[error("overlay network {network}: {reason}")]
+    Overlay { network: String, reason: String },
 }
 
 impl NetError {
     /// The kernel's errno, when the error carries one.
-    fn errno(&self) -> Option<Errno> {
+    pub(crate) fn errno(&self) -> Option<Errno> {
         match self {
             NetError::Netlink { source, .. } | NetError::Io { source, .. } => {
                 source.raw_os_error().map(Errno::from_raw)
             }
-            NetError::Exhausted(_) => None,
+            NetError::Exhausted(_) | NetError::Overlay { .. } => None,
         }
     }
 }
@@ -79,16 +82,14 @@ pub struct LocalNet {
     prefix_len: u8,
     /// The node's network namespace: the one `new` was called in.
     node_ns: fs::File,
-    /// Serialises making `<dir>/ns` a private mount, so concurrent attaches bind it once.
-    ns_dir: Mutex<()>,
 }
 
-fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NetError {
+pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NetError {
     let context = context.into();
     move |source| NetError::Io { context, source }
 }
 
-fn sys(context: impl Into<String>) -> impl FnOnce(Errno) -> NetError {
+pub(crate) fn sys(context: impl Into<String>) -> impl FnOnce(Errno) -> NetError {
     let context = context.into();
     move |e| NetError::Io {
         context,
@@ -96,7 +97,7 @@ fn sys(context: impl Into<String>) -> impl FnOnce(Errno) -> NetError {
     }
 }
 
-fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
+pub(crate) fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
     let what = what.into();
     move |e| NetError::Netlink {
         what,
@@ -108,7 +109,7 @@ fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError
 }
 
 /// Treats the kernel saying `errno` as success (e.g. EEXIST when adding what is there).
-fn unless(errno: Errno, r: Result<(), NetError>) -> Result<(), NetError> {
+pub(crate) fn unless(errno: Errno, r: Result<(), NetError>) -> Result<(), NetError> {
     match r {
         Err(e) if e.errno() == Some(errno) => Ok(()),
         r => r,
@@ -126,7 +127,7 @@ fn host_ifname(task_id: &str) -> String {
 }
 
 /// Runs `f` on a thread of its own, so namespace changes it makes touch no other thread.
-async fn on_thread<T: Send + 'static>(
+pub(crate) async fn on_thread<T: Send + 'static>(
     what: &str,
     f: impl FnOnce() -> Result<T, NetError> + Send + 'static,
 ) -> Result<T, NetError> {
@@ -146,7 +147,7 @@ async fn on_thread<T: Send + 'static>(
 }
 
 /// A netlink connection in the network namespace `ns`, driven on the current runtime.
-async fn netlink_in(ns: fs::File, what: &str) -> Result<Handle, NetError> {
+pub(crate) async fn netlink_in(ns: fs::File, what: &str) -> Result<Handle, NetError> {
     let rt = tokio::runtime::Handle::current();
     let ctx = what.to_string();
     let (conn, handle) = on_thread(what, move || {
@@ -163,7 +164,7 @@ async fn netlink_in(ns: fs::File, what: &str) -> Result<Handle, NetError> {
     Ok(handle)
 }
 
-async fn link_index(h: &Handle, name: &str) -> Result<Option<u32>, NetError> {
+pub(crate) async fn link_index(h: &Handle, name: &str) -> Result<Option<u32>, NetError> {
     let found = h
         .link()
         .get()
@@ -179,7 +180,7 @@ async fn link_index(h: &Handle, name: &str) -> Result<Option<u32>, NetError> {
     }
 }
 
-async fn delete_link(h: &Handle, name: &str) -> Result<(), NetError> {
+pub(crate) async fn delete_link(h: &Handle, name: &str) -> Result<(), NetError> {
     if let Some(index) = link_index(h, name).await? {
         let r = h
             .link()
@@ -192,7 +193,7 @@ async fn delete_link(h: &Handle, name: &str) -> Result<(), NetError> {
     Ok(())
 }
 
-async fn set_up(h: &Handle, index: u32, name: &str) -> Result<(), NetError> {
+pub(crate) async fn set_up(h: &Handle, index: u32, name: &str) -> Result<(), NetError> {
     h.link()
         .set(LinkUnspec::new_with_index(index).up().build())
         .execute()
@@ -200,7 +201,7 @@ async fn set_up(h: &Handle, index: u32, name: &str) -> Result<(), NetError> {
         .map_err(netlink(format!("bringing {name} up")))
 }
 
-async fn add_address(
+pub(crate) async fn add_address(
     h: &Handle,
     index: u32,
     name: &str,
@@ -217,7 +218,7 @@ async fn add_address(
 }
 
 /// Binds a new network namespace onto the existing empty file `target`.
-fn create_netns(target: &Path) -> Result<(), NetError> {
+pub(crate) fn create_netns(target: &Path) -> Result<(), NetError> {
     unshare(CloneFlags::CLONE_NEWNET).map_err(sys("creating a network namespace"))?;
     mount(
         Some("/proc/thread-self/ns/net"),
@@ -232,6 +233,75 @@ fn create_netns(target: &Path) -> Result<(), NetError> {
     )))
 }
 
+/// The directory of namespace files, made a private mount of its own as `ip netns` does
+/// with /run/netns: the kernel refuses to bind a namespace onto a mount with shared
+/// propagation, which / usually has on a systemd host. Serialised process-wide, since the
+/// local network and the overlays share the directory and it must be bound once.
+pub(crate) fn ensure_ns_dir(nsdir: &Path) -> Result<(), NetError> {
+    static ONE: Mutex<()> = Mutex::new(());
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    fs::create_dir_all(nsdir).map_err(io(format!("creating {}", nsdir.display())))?;
+    if !is_mountpoint(nsdir) {
+        mount(
+            Some(nsdir),
+            nsdir,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(sys(format!(
+            "bind-mounting {} onto itself",
+            nsdir.display()
+        )))?;
+    }
+    mount(
+        None::<&str>,
+        nsdir,
+        None::<&str>,
+        MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(sys(format!("making {} a private mount", nsdir.display())))
+}
+
+/// Makes `path` a persistent network namespace unless it is one already (a file left
+/// unbound by a setup cut short is bound now).
+pub(crate) async fn ensure_netns(path: &Path) -> Result<(), NetError> {
+    if let Some(dir) = path.parent() {
+        ensure_ns_dir(dir)?;
+    }
+    if !is_mountpoint(path) {
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io(format!("creating {}", path.display())))?;
+        let target = path.to_path_buf();
+        on_thread("creating a network namespace", move || {
+            create_netns(&target)
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Unmounts and removes a namespace file (idempotent).
+pub(crate) fn remove_netns(path: &Path) -> Result<(), NetError> {
+    let unmount = if is_mountpoint(path) {
+        umount2(path, MntFlags::MNT_DETACH).map_err(sys(format!("unmounting {}", path.display())))
+    } else {
+        Ok(())
+    };
+    let remove = match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(io(format!("removing {}", path.display()))(e))
+        }
+        _ => Ok(()),
+    };
+    unmount.and(remove)
+}
+
 impl LocalNet {
     /// `dir`: where namespaces and leases live (e.g. `<data dir>/net`). The bridge and the
     /// host ends of the veths go into the calling thread's network namespace.
@@ -244,7 +314,6 @@ impl LocalNet {
             gateway: Ipv4Addr::new(172, 30, 0, 1),
             prefix_len: 24,
             node_ns,
-            ns_dir: Mutex::new(()),
         })
     }
 
@@ -336,62 +405,20 @@ impl LocalNet {
         )))
     }
 
-    /// The directory of namespace files, made a private mount of its own as `ip netns` does
-    /// with /run/netns: the kernel refuses to bind a namespace onto a mount with shared
-    /// propagation, which / usually has on a systemd host.
-    fn ensure_ns_dir(&self) -> Result<(), NetError> {
-        let _one = self.ns_dir.lock().unwrap_or_else(|e| e.into_inner());
-        let nsdir = self.dir.join("ns");
-        fs::create_dir_all(&nsdir).map_err(io(format!("creating {}", nsdir.display())))?;
-        if !is_mountpoint(&nsdir) {
-            mount(
-                Some(&nsdir),
-                &nsdir,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(sys(format!(
-                "bind-mounting {} onto itself",
-                nsdir.display()
-            )))?;
-        }
-        mount(
-            None::<&str>,
-            &nsdir,
-            None::<&str>,
-            MsFlags::MS_PRIVATE,
-            None::<&str>,
-        )
-        .map_err(sys(format!("making {} a private mount", nsdir.display())))
-    }
-
-    /// The task's namespace with `eth0` addressed on the bridge (idempotent: each step is
-    /// skipped when done already, so a setup cut short by a restart completes).
-    pub async fn attach(&self, task_id: &str) -> Result<Attachment, NetError> {
+    /// The task's namespace with `ifname` addressed on the bridge and holding the default
+    /// route (idempotent: each step is skipped when done already, so a setup cut short by a
+    /// restart completes). `ifname` is `eth0`, or `eth{N}` after a task's N overlay interfaces.
+    pub async fn attach(&self, task_id: &str, ifname: &str) -> Result<Attachment, NetError> {
         let node = self.node_netlink().await?;
         let bridge = self.bridge_index(&node).await?;
         let ns = self.ns_path(task_id);
         let ip = self.lease(task_id)?;
         let host_if = host_ifname(task_id);
-        self.ensure_ns_dir()?;
-        if !is_mountpoint(&ns) {
-            fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&ns)
-                .map_err(io(format!("creating {}", ns.display())))?;
-            let target = ns.clone();
-            on_thread("creating the task's network namespace", move || {
-                create_netns(&target)
-            })
-            .await?;
-        }
+        ensure_netns(&ns).await?;
         let ns_file = fs::File::open(&ns).map_err(io(format!("opening {}", ns.display())))?;
         let task = netlink_in(ns_file, "talking to the task's network namespace").await?;
 
-        let eth0 = match link_index(&task, "eth0").await? {
+        let eth0 = match link_index(&task, ifname).await? {
             Some(index) => index,
             None => {
                 // A host end without its peer is left from an earlier namespace.
@@ -402,23 +429,25 @@ impl LocalNet {
                     .build();
                 task.link()
                     .add(
-                        LinkVeth::new("eth0", &host_if)
+                        LinkVeth::new(ifname, &host_if)
                             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
                             .build(),
                     )
                     .execute()
                     .await
-                    .map_err(netlink(format!("creating the veth pair eth0/{host_if}")))?;
-                link_index(&task, "eth0")
+                    .map_err(netlink(format!(
+                        "creating the veth pair {ifname}/{host_if}"
+                    )))?;
+                link_index(&task, ifname)
                     .await?
                     .ok_or_else(|| NetError::Netlink {
-                        what: "looking up eth0 after creating it".into(),
+                        what: format!("looking up {ifname} after creating it"),
                         source: Errno::ENODEV.into(),
                     })?
             }
         };
-        add_address(&task, eth0, "eth0", ip, self.prefix_len).await?;
-        set_up(&task, eth0, "eth0").await?;
+        add_address(&task, eth0, ifname, ip, self.prefix_len).await?;
+        set_up(&task, eth0, ifname).await?;
         if let Some(lo) = link_index(&task, "lo").await? {
             set_up(&task, lo, "lo").await?;
         }
@@ -468,17 +497,7 @@ impl LocalNet {
             Ok(node) => delete_link(&node, &host_ifname(task_id)).await,
             Err(e) => Err(e),
         };
-        let unmount = if is_mountpoint(&ns) {
-            umount2(&ns, MntFlags::MNT_DETACH).map_err(sys(format!("unmounting {}", ns.display())))
-        } else {
-            Ok(())
-        };
-        let remove = match fs::remove_file(&ns) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(io(format!("removing {}", ns.display()))(e))
-            }
-            _ => Ok(()),
-        };
+        let namespace = remove_netns(&ns);
         if let Ok(entries) = fs::read_dir(self.dir.join("leases")) {
             for e in entries.flatten() {
                 if fs::read_to_string(e.path()).is_ok_and(|t| t == task_id) {
@@ -486,7 +505,7 @@ impl LocalNet {
                 }
             }
         }
-        veth.and(unmount).and(remove)
+        veth.and(namespace)
     }
 
     /// The address a task holds, if any.
@@ -499,7 +518,7 @@ impl LocalNet {
     }
 }
 
-fn is_mountpoint(p: &Path) -> bool {
+pub(crate) fn is_mountpoint(p: &Path) -> bool {
     let Ok(canon) = p.canonicalize() else {
         return false;
     };

@@ -251,8 +251,8 @@ fn tasks_get_namespaces_on_the_bridge_and_reach_each_other() {
     let lab = Lab::new();
     run(&lab, async |node| {
         let net = LocalNet::new(lab.dir.path()).unwrap();
-        let a = net.attach("zlna").await.expect("attach a");
-        let b = net.attach("zlnb").await.expect("attach b");
+        let a = net.attach("zlna", "eth0").await.expect("attach a");
+        let b = net.attach("zlnb", "eth0").await.expect("attach b");
         assert_ne!(a.ip, b.ip);
         assert_eq!(a.netns, lab.ns_dir().join("zlna"));
         assert!(is_mountpoint(&a.netns) && is_mountpoint(&b.netns));
@@ -298,24 +298,37 @@ fn attach_is_idempotent_and_completes_an_interrupted_setup() {
     let lab = Lab::new();
     run(&lab, async |node| {
         let net = LocalNet::new(lab.dir.path()).unwrap();
-        let a = net.attach("zlna").await.expect("attach");
-        assert_eq!(net.attach("zlna").await.expect("attach again"), a);
+        let a = net.attach("zlna", "eth0").await.expect("attach");
+        assert_eq!(net.attach("zlna", "eth0").await.expect("attach again"), a);
         assert_attached(node, "zlna", &a).await;
 
         // A restarted daemon.
         let net = LocalNet::new(lab.dir.path()).unwrap();
-        assert_eq!(net.attach("zlna").await.expect("attach after restart"), a);
+        assert_eq!(
+            net.attach("zlna", "eth0")
+                .await
+                .expect("attach after restart"),
+            a
+        );
         assert_attached(node, "zlna", &a).await;
 
         // The veth gone (e.g. cut short before it was made): made again, same address.
         let host = link(node, "vszlna").await.unwrap();
         node.link().del(host.header.index).execute().await.unwrap();
-        assert_eq!(net.attach("zlna").await.expect("attach without veth"), a);
+        assert_eq!(
+            net.attach("zlna", "eth0")
+                .await
+                .expect("attach without veth"),
+            a
+        );
         assert_attached(node, "zlna", &a).await;
 
         // A namespace file made but never bound.
         std::fs::File::create(lab.ns_dir().join("zlnc")).unwrap();
-        let c = net.attach("zlnc").await.expect("attach over an empty file");
+        let c = net
+            .attach("zlnc", "eth0")
+            .await
+            .expect("attach over an empty file");
         assert_attached(node, "zlnc", &c).await;
         assert_tcp(&c, &a);
 

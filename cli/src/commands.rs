@@ -48,6 +48,9 @@ pub enum Cmd {
     /// Manage swarm services.
     #[command(subcommand)]
     Service(crate::service::ServiceCmd),
+    /// Manage swarm networks.
+    #[command(subcommand)]
+    Network(crate::network::NetworkCmd),
     /// Show this node's swarm state.
     Info(InfoArgs),
     /// Benchmarks that print figures.
@@ -149,6 +152,16 @@ pub enum SwarmCmd {
         /// Validity period for node certificates.
         #[arg(long, value_parser = parse_duration)]
         cert_expiry: Option<Duration>,
+        /// Default address pool in CIDR format (repeatable; default 10.0.0.0/8).
+        #[arg(long = "default-addr-pool", value_name = "CIDR")]
+        default_addr_pool: Vec<String>,
+        /// Subnet prefix length for networks taken from the default address pools.
+        #[arg(
+            long = "default-addr-pool-mask-length",
+            default_value_t = 24,
+            value_name = "N"
+        )]
+        default_addr_pool_mask_length: u32,
     },
     /// Join a swarm as a node and/or manager.
     Join {
@@ -524,11 +537,13 @@ pub fn run(cli: Cli) -> i32 {
             crate::image::run(c, client).await
         }),
         cmd => rt.block_on(async {
+            check_locally(&cmd)?;
             let client = connect(&cli.host).await?;
             match cmd {
                 Cmd::Swarm(c) => swarm(client, c).await,
                 Cmd::Node(c) => node(client, c).await,
                 Cmd::Service(c) => crate::service::run(client, c).await,
+                Cmd::Network(c) => crate::network::run(client, c).await,
                 Cmd::Info(a) => info(client, a).await,
                 Cmd::Secret(c) => crate::secret::run_secret(client, c).await,
                 Cmd::Config(c) => crate::secret::run_config(client, c).await,
@@ -550,6 +565,25 @@ pub fn run(cli: Cli) -> i32 {
             1
         }
     }
+}
+
+/// What can be refused without the daemon is refused before connecting to it.
+fn check_locally(cmd: &Cmd) -> CliResult {
+    let r = match cmd {
+        Cmd::Network(crate::network::NetworkCmd::Create(a)) => {
+            crate::network::build_network_spec(a).map(|_| ())
+        }
+        Cmd::Service(crate::service::ServiceCmd::Create(a)) => {
+            crate::service::build_spec(a, a.name.clone().unwrap_or_default()).map(|_| ())
+        }
+        Cmd::Swarm(SwarmCmd::Init {
+            default_addr_pool,
+            default_addr_pool_mask_length,
+            ..
+        }) => crate::network::check_addr_pools(default_addr_pool, *default_addr_pool_mask_length),
+        _ => Ok(()),
+    };
+    r.map_err(|e| CliError(format!("Error: {e}")))
 }
 
 fn init_tracing(level: &str) {
@@ -767,14 +801,19 @@ async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
             listen_addr,
             dispatcher_heartbeat,
             cert_expiry,
+            default_addr_pool,
+            default_addr_pool_mask_length,
         } => {
+            crate::network::check_addr_pools(&default_addr_pool, default_addr_pool_mask_length)
+                .map_err(|e| CliError(format!("Error: {e}")))?;
             let r = c
                 .swarm_init(pb::SwarmInitRequest {
                     advertise_addr: advertise_addr.unwrap_or_default(),
                     listen_addr,
                     heartbeat_period_ms: ms(dispatcher_heartbeat),
                     cert_expiry_ms: ms(cert_expiry),
-                    ..Default::default()
+                    default_addr_pool,
+                    default_addr_pool_mask_len: default_addr_pool_mask_length,
                 })
                 .await?
                 .into_inner();
@@ -1273,6 +1312,70 @@ mod tests {
         assert!(!e.contains('\n') && e.contains("yaml"), "{e}");
         let e = usage_error(&["shoal", "swarm", "init", "--dispatcher-heartbeat", "soon"]);
         assert!(e.contains("invalid duration"), "{e}");
+    }
+
+    #[test]
+    fn swarm_init_address_pools() {
+        let cli = Cli::try_parse_from([
+            "shoal",
+            "swarm",
+            "init",
+            "--default-addr-pool",
+            "10.10.0.0/16",
+            "--default-addr-pool",
+            "10.20.0.0/16",
+            "--default-addr-pool-mask-length",
+            "26",
+        ])
+        .unwrap();
+        match cli.cmd {
+            Cmd::Swarm(SwarmCmd::Init {
+                default_addr_pool,
+                default_addr_pool_mask_length,
+                ..
+            }) => {
+                assert_eq!(default_addr_pool, vec!["10.10.0.0/16", "10.20.0.0/16"]);
+                assert_eq!(default_addr_pool_mask_length, 26);
+                assert!(crate::network::check_addr_pools(
+                    &default_addr_pool,
+                    default_addr_pool_mask_length
+                )
+                .is_ok());
+            }
+            other => panic!("{other:?}"),
+        }
+        match Cli::try_parse_from(["shoal", "swarm", "init"]).unwrap().cmd {
+            Cmd::Swarm(SwarmCmd::Init {
+                default_addr_pool,
+                default_addr_pool_mask_length,
+                ..
+            }) => {
+                assert!(default_addr_pool.is_empty());
+                assert_eq!(default_addr_pool_mask_length, 24);
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = usage_error(&[
+            "shoal",
+            "swarm",
+            "init",
+            "--default-addr-pool-mask-length",
+            "x",
+        ]);
+        assert!(
+            !e.contains('\n') && e.contains("--default-addr-pool-mask-length"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn network_verbs_parse() {
+        let cli =
+            Cli::try_parse_from(["shoal", "network", "create", "-d", "overlay", "n"]).unwrap();
+        assert!(matches!(
+            cli.cmd,
+            Cmd::Network(crate::network::NetworkCmd::Create(_))
+        ));
     }
 
     #[test]

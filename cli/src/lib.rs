@@ -9,6 +9,7 @@ pub mod commands;
 pub mod daemon;
 pub mod image;
 pub mod logs;
+pub mod network;
 pub mod node_runtime;
 pub mod output;
 pub mod secret;

@@ -24,7 +24,7 @@ impl NetworkedRuntime {
 impl Runtime for NetworkedRuntime {
     async fn prepare(&self, task: &Assignment) -> Result<(), RuntimeError> {
         self.net
-            .attach(&task.task_id)
+            .attach(&task.task_id, &format!("eth{}", task.networks.len()))
             .await
             .map_err(|e| RuntimeError::Failed {
                 task_id: task.task_id.clone(),

@@ -10,12 +10,14 @@ use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use proto::api::{ServiceView, TaskView, UpdateStatusView};
+use proto::api::{NetworkView, ServiceView, TaskView, UpdateStatusView};
 use proto::pb;
 use proto::pb::control_client::ControlClient;
 use proto::spec::{
-    FailureAction, FileRef, HealthCheck, Mount, MountKind, Placement, Resources, RestartCondition,
-    RestartPolicy, ServiceMode, ServiceSpec, TaskSpec, TaskState, UpdateConfig, UpdateOrder,
+    DnsConfig, EndpointMode, EndpointSpec, FailureAction, FileRef, HealthCheck, Mount, MountKind,
+    NetworkAttachmentConfig, Placement, PortConfig, PortProtocol, PublishMode, Resources,
+    RestartCondition, RestartPolicy, ServiceMode, ServiceSpec, TaskSpec, TaskState, UpdateConfig,
+    UpdateOrder,
 };
 use serde_json::{json, Value};
 use tonic::transport::Channel;
@@ -199,6 +201,9 @@ pub struct SpecFlags {
     /// Disable any container-specified HEALTHCHECK.
     #[arg(long)]
     pub no_healthcheck: bool,
+    /// Endpoint mode: vip (a virtual IP per network) or dnsrr (DNS round robin).
+    #[arg(long, value_parser = parse_endpoint_mode, value_name = "MODE")]
+    pub endpoint_mode: Option<EndpointMode>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -230,6 +235,22 @@ pub struct CreateArgs {
     /// Give the service access to a config: NAME or source=NAME,target=PATH.
     #[arg(long = "config", value_parser = parse_config_ref, value_name = "CONFIG")]
     pub configs: Vec<FileRef>,
+    /// Network attachment: NAME or name=NAME,alias=ALIAS[,alias=…].
+    #[arg(long = "network", value_parser = parse_network, value_name = "NETWORK")]
+    pub networks: Vec<NetworkAttachmentConfig>,
+    /// Publish a port: [PUBLISHED:]TARGET[/PROTO] or
+    /// [mode=ingress|host,]published=P,target=T[,protocol=tcp|udp].
+    #[arg(short = 'p', long = "publish", value_parser = parse_publish, value_name = "PORT")]
+    pub publish: Vec<Published>,
+    /// Set custom DNS servers.
+    #[arg(long = "dns", value_parser = parse_dns_server, value_name = "IP")]
+    pub dns: Vec<String>,
+    /// Set custom DNS search domains.
+    #[arg(long = "dns-search", value_parser = parse_dns_search, value_name = "DOMAIN")]
+    pub dns_search: Vec<String>,
+    /// Set DNS options (resolv.conf `options`), e.g. ndots:2.
+    #[arg(long = "dns-option", value_parser = parse_dns_option, value_name = "OPTION")]
+    pub dns_option: Vec<String>,
     #[command(flatten)]
     pub flags: SpecFlags,
     /// Exit immediately instead of waiting for the service to converge.
@@ -298,6 +319,37 @@ pub struct UpdateArgs {
     /// Remove a config.
     #[arg(long = "config-rm", value_name = "NAME")]
     pub config_rm: Vec<String>,
+    /// Add a network: NAME or name=NAME,alias=ALIAS[,alias=…].
+    #[arg(long = "network-add", value_parser = parse_network, value_name = "NETWORK")]
+    pub network_add: Vec<NetworkAttachmentConfig>,
+    /// Remove a network by name or id.
+    #[arg(long = "network-rm", value_name = "NETWORK")]
+    pub network_rm: Vec<String>,
+    /// Add or update a published port (the syntax of --publish).
+    #[arg(long = "publish-add", value_parser = parse_publish, value_name = "PORT")]
+    pub publish_add: Vec<Published>,
+    /// Remove a published port: TARGET[/PROTO], PUBLISHED:TARGET[/PROTO] or
+    /// published=P[,target=T][,protocol=…][,mode=…].
+    #[arg(long = "publish-rm", value_parser = parse_publish_rm, value_name = "PORT")]
+    pub publish_rm: Vec<PortMatches>,
+    /// Add or update a custom DNS server.
+    #[arg(long = "dns-add", value_parser = parse_dns_server, value_name = "IP")]
+    pub dns_add: Vec<String>,
+    /// Remove a custom DNS server.
+    #[arg(long = "dns-rm", value_name = "IP")]
+    pub dns_rm: Vec<String>,
+    /// Add or update a custom DNS search domain.
+    #[arg(long = "dns-search-add", value_parser = parse_dns_search, value_name = "DOMAIN")]
+    pub dns_search_add: Vec<String>,
+    /// Remove a DNS search domain.
+    #[arg(long = "dns-search-rm", value_name = "DOMAIN")]
+    pub dns_search_rm: Vec<String>,
+    /// Add or update a DNS option.
+    #[arg(long = "dns-option-add", value_parser = parse_dns_option, value_name = "OPTION")]
+    pub dns_option_add: Vec<String>,
+    /// Remove a DNS option.
+    #[arg(long = "dns-option-rm", value_name = "OPTION")]
+    pub dns_option_rm: Vec<String>,
     #[command(flatten)]
     pub flags: SpecFlags,
     /// Force update even if no changes require it.
@@ -693,6 +745,9 @@ pub fn apply_flags(spec: &mut ServiceSpec, f: &SpecFlags) -> Result<(), String> 
         t.command = v.split_whitespace().map(String::from).collect();
     }
     apply_health(t, f)?;
+    if let Some(m) = f.endpoint_mode {
+        spec.endpoint.mode = m;
+    }
     Ok(())
 }
 
@@ -811,6 +866,386 @@ pub fn parse_config_ref(s: &str) -> Result<FileRef, String> {
     crate::secret::parse_file_ref("--config", s)
 }
 
+// ---------------------------------------------------------------- networking flags
+
+/// `--endpoint-mode vip|dnsrr`.
+pub fn parse_endpoint_mode(s: &str) -> Result<EndpointMode, String> {
+    match s {
+        "vip" => Ok(EndpointMode::Vip),
+        "dnsrr" => Ok(EndpointMode::Dnsrr),
+        _ => Err(format!("invalid endpoint mode {s:?}: use vip or dnsrr")),
+    }
+}
+
+/// `--network NAME` or `--network name=NAME,alias=A[,alias=B]`.
+pub fn parse_network(s: &str) -> Result<NetworkAttachmentConfig, String> {
+    let t = s.trim();
+    let usage = "use NAME or name=NAME,alias=ALIAS";
+    if t.is_empty() {
+        return Err(format!("invalid network {s:?}: {usage}"));
+    }
+    if !t.contains('=') {
+        if t.contains(',') {
+            return Err(format!("invalid network {s:?}: {usage}"));
+        }
+        return Ok(NetworkAttachmentConfig {
+            target: t.to_string(),
+            aliases: Vec::new(),
+        });
+    }
+    let mut n = NetworkAttachmentConfig::default();
+    for field in t.split(',').map(str::trim) {
+        let Some((k, v)) = field.split_once('=') else {
+            return Err(format!(
+                "invalid network {s:?}: field {field:?} is not KEY=VALUE; {usage}"
+            ));
+        };
+        let v = v.trim();
+        match k.trim().to_ascii_lowercase().as_str() {
+            "name" | "target" => n.target = v.to_string(),
+            "alias" => {
+                if v.is_empty() {
+                    return Err(format!("invalid network {s:?}: empty alias"));
+                }
+                if !n.aliases.iter().any(|a| a == v) {
+                    n.aliases.push(v.to_string());
+                }
+            }
+            "driver-opt" => {
+                return Err(format!(
+                    "invalid network {s:?}: driver-opt is not supported"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "invalid network {s:?}: unknown field {other:?}; {usage}"
+                ))
+            }
+        }
+    }
+    if n.target.is_empty() {
+        return Err(format!("invalid network {s:?}: name is required; {usage}"));
+    }
+    Ok(n)
+}
+
+/// One `--publish` value: one port, or several for a range (`8080-8081:80-81`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published(pub Vec<PortConfig>);
+
+/// A port pattern of `--publish-rm`: the fields given must all match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortMatch {
+    pub published: Option<u16>,
+    pub target: Option<u16>,
+    pub protocol: PortProtocol,
+    pub mode: Option<PublishMode>,
+}
+
+impl PortMatch {
+    pub fn matches(&self, p: &PortConfig) -> bool {
+        // A spec's published 0 is "any": the manager picked the port; then the target decides.
+        let published_ok = match self.published {
+            None => true,
+            Some(x) => x == p.published_port || (p.published_port == 0 && self.target.is_some()),
+        };
+        self.protocol == p.protocol
+            && published_ok
+            && self.target.is_none_or(|t| t == p.target_port)
+            && self.mode.is_none_or(|m| m == p.publish_mode)
+    }
+}
+
+/// One `--publish-rm` value (several patterns for a range).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortMatches(pub Vec<PortMatch>);
+
+/// `N` or `N-M` of the short syntax.
+fn port_range(
+    s: &str,
+    what: &str,
+    min: u16,
+    bad: &dyn Fn(String) -> String,
+) -> Result<(u16, u16), String> {
+    let msg = || bad(format!("{what} port must be {min}-65535"));
+    let num = |x: &str| -> Result<u16, String> {
+        let x = x.trim();
+        if x.is_empty() || !x.chars().all(|c| c.is_ascii_digit()) {
+            return Err(msg());
+        }
+        match x.parse::<u32>() {
+            Ok(n) if n >= u32::from(min) && n <= 65535 => Ok(n as u16),
+            _ => Err(msg()),
+        }
+    };
+    match s.split_once('-') {
+        None => {
+            let n = num(s)?;
+            Ok((n, n))
+        }
+        Some((a, b)) => {
+            let (a, b) = (num(a)?, num(b)?);
+            if b < a {
+                return Err(bad(format!("{what} port range {s} ends before it starts")));
+            }
+            Ok((a, b))
+        }
+    }
+}
+
+fn parse_protocol(p: &str, bad: &dyn Fn(String) -> String) -> Result<PortProtocol, String> {
+    match p.trim().to_ascii_lowercase().as_str() {
+        "tcp" | "" => Ok(PortProtocol::Tcp),
+        "udp" => Ok(PortProtocol::Udp),
+        "sctp" => Err(bad("protocol sctp is not supported: use tcp or udp".into())),
+        other => Err(bad(format!("unknown protocol {other:?}: use tcp or udp"))),
+    }
+}
+
+/// The ports a `--publish`/`--publish-rm` value names, fields left open where not given.
+/// `need_target`: `--publish` (a target is required) rather than `--publish-rm` (published
+/// alone will do).
+fn parse_ports(s: &str, need_target: bool) -> Result<Vec<PortMatch>, String> {
+    let t = s.trim();
+    let bad = |why: String| format!("invalid publish {s:?}: {why}");
+    if t.is_empty() {
+        return Err(bad("empty value".into()));
+    }
+    if t.contains('=') {
+        return parse_long_port(s, need_target).map(|m| vec![m]);
+    }
+    let (ports, proto) = match t.rsplit_once('/') {
+        Some((ports, proto)) => (ports, parse_protocol(proto, &bad)?),
+        None => (t, PortProtocol::Tcp),
+    };
+    let parts: Vec<&str> = ports.split(':').collect();
+    let (published, target) = match parts.as_slice() {
+        [target] => (None, *target),
+        [published, target] => (Some(*published), *target),
+        [_, _, _] => {
+            return Err(bad(
+                "a host IP is not supported (the port is published on every node): use PUBLISHED:TARGET".into(),
+            ))
+        }
+        _ => {
+            return Err(bad(
+                "use [PUBLISHED:]TARGET[/PROTOCOL] or published=P,target=T".into(),
+            ))
+        }
+    };
+    let (t0, t1) = port_range(target, "target", 1, &bad)?;
+    let n = t1 - t0;
+    let pubs = match published {
+        None => None,
+        Some(p) => {
+            let (p0, p1) = port_range(p, "published", 0, &bad)?;
+            if p1 - p0 != n {
+                return Err(bad(format!(
+                    "published range {p} and target range {target} differ in length"
+                )));
+            }
+            Some(p0)
+        }
+    };
+    Ok((0..=n)
+        .map(|i| PortMatch {
+            published: pubs.map(|p| p + i),
+            target: Some(t0 + i),
+            protocol: proto,
+            mode: None,
+        })
+        .collect())
+}
+
+/// `[mode=ingress|host,]published=P,target=T[,protocol=tcp|udp]`.
+fn parse_long_port(s: &str, need_target: bool) -> Result<PortMatch, String> {
+    let bad = |why: String| format!("invalid publish {s:?}: {why}");
+    let mut m = PortMatch::default();
+    for field in s.trim().split(',').map(str::trim).filter(|f| !f.is_empty()) {
+        let Some((k, v)) = field.split_once('=') else {
+            return Err(bad(format!("field {field:?} is not KEY=VALUE")));
+        };
+        let v = v.trim();
+        match k.trim().to_ascii_lowercase().as_str() {
+            "mode" => {
+                m.mode = Some(match v {
+                    "ingress" => PublishMode::Ingress,
+                    "host" => PublishMode::Host,
+                    _ => return Err(bad(format!("mode {v:?}: use ingress or host"))),
+                })
+            }
+            "target" => {
+                m.target = Some(port_range(v, "target", 1, &bad).and_then(|(a, b)| {
+                    if a == b {
+                        Ok(a)
+                    } else {
+                        Err(bad("target must be a single port".into()))
+                    }
+                })?)
+            }
+            "published" => {
+                m.published = Some(port_range(v, "published", 0, &bad).and_then(|(a, b)| {
+                    if a == b {
+                        Ok(a)
+                    } else {
+                        Err(bad("published must be a single port".into()))
+                    }
+                })?)
+            }
+            "protocol" => m.protocol = parse_protocol(v, &bad)?,
+            other => {
+                return Err(bad(format!(
+                    "unknown field {other:?}: use mode, published, target and protocol"
+                )))
+            }
+        }
+    }
+    if need_target && m.target.is_none() {
+        return Err(bad("target is required (target=PORT)".into()));
+    }
+    if m.target.is_none() && m.published.is_none() {
+        return Err(bad("give target=PORT or published=PORT".into()));
+    }
+    Ok(m)
+}
+
+/// `--publish` in Docker's two syntaxes: `8080:80`, `8080:80/udp`, `80` (the manager picks the
+/// published port), `8080-8081:80-81`, or `[mode=ingress|host,]published=P,target=T[,protocol=…]`.
+pub fn parse_publish(s: &str) -> Result<Published, String> {
+    let ms = parse_ports(s, true)?;
+    Ok(Published(
+        ms.into_iter()
+            .map(|m| PortConfig {
+                protocol: m.protocol,
+                target_port: m.target.unwrap_or_default(),
+                published_port: m.published.unwrap_or(0),
+                publish_mode: m.mode.unwrap_or_default(),
+            })
+            .collect(),
+    ))
+}
+
+/// `--publish-rm`: `80` (by target port), `8080:80`, `80/udp`, or the long syntax with any of
+/// its fields (`published=8080`).
+pub fn parse_publish_rm(s: &str) -> Result<PortMatches, String> {
+    parse_ports(s, false).map(PortMatches)
+}
+
+/// `--dns`: an IPv4 or IPv6 address.
+pub fn parse_dns_server(s: &str) -> Result<String, String> {
+    s.trim()
+        .parse::<std::net::IpAddr>()
+        .map(|ip| ip.to_string())
+        .map_err(|_| format!("invalid DNS server {s:?}: use an IP address such as 10.0.0.2"))
+}
+
+/// `--dns-search`: a domain name (or `.` for none).
+pub fn parse_dns_search(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t == "." {
+        return Ok(t.to_string());
+    }
+    let d = t.strip_suffix('.').unwrap_or(t);
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if d.is_empty()
+        || d.len() > 253
+        || !d.split('.').all(label_ok)
+        || !d.chars().any(|c| c.is_ascii_alphabetic())
+    {
+        return Err(format!(
+            "invalid DNS search domain {s:?}: use a domain name such as example.com"
+        ));
+    }
+    Ok(t.to_string())
+}
+
+/// `--dns-option`: a resolv.conf option such as `ndots:2` or `rotate`.
+pub fn parse_dns_option(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.is_empty() || t.contains(char::is_whitespace) {
+        return Err(format!(
+            "invalid DNS option {s:?}: use one resolv.conf option such as ndots:2"
+        ));
+    }
+    Ok(t.to_string())
+}
+
+/// Publishing rules that can be checked without the cluster: one service publishes a port
+/// (and protocol) once, and DNS round robin has no VIP for the routing mesh to balance on.
+pub fn check_endpoint(e: &EndpointSpec) -> Result<(), String> {
+    let mut seen = HashSet::new();
+    for p in &e.ports {
+        if p.published_port != 0 && !seen.insert((p.published_port, p.protocol)) {
+            return Err(format!(
+                "port {}/{} is published more than once",
+                p.published_port,
+                p.protocol.as_str()
+            ));
+        }
+        if e.mode == EndpointMode::Dnsrr && p.publish_mode == PublishMode::Ingress {
+            return Err(format!(
+                "port {} is published in ingress mode, which dnsrr cannot serve: publish it with mode=host or use --endpoint-mode vip",
+                port_text(p)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Attach `add` to the task's networks (refusing one it is already on) after detaching those
+/// named in `rm`; names, ids and id prefixes are compared through `nets`.
+pub fn edit_networks(
+    list: &mut Vec<NetworkAttachmentConfig>,
+    add: &[NetworkAttachmentConfig],
+    rm: &[String],
+    nets: &[NetworkView],
+) -> Result<(), String> {
+    let canon = |s: &str| crate::network::canonical(nets, s);
+    let rm: HashSet<String> = rm.iter().map(|r| canon(r)).collect();
+    list.retain(|n| !rm.contains(&canon(&n.target)));
+    for a in add {
+        if list.iter().any(|n| canon(&n.target) == canon(&a.target)) {
+            return Err(format!(
+                "service is already attached to network {}",
+                a.target
+            ));
+        }
+        list.push(a.clone());
+    }
+    Ok(())
+}
+
+/// Remove the ports `rm` matches, then add those in `add`: one already there is kept, one
+/// publishing the same port and protocol replaces the old.
+pub fn edit_ports(ports: &mut Vec<PortConfig>, add: &[PortConfig], rm: &[PortMatch]) {
+    ports.retain(|p| !rm.iter().any(|m| m.matches(p)));
+    for a in add {
+        if ports.contains(a) {
+            continue;
+        }
+        if a.published_port != 0 {
+            ports.retain(|p| !(p.published_port == a.published_port && p.protocol == a.protocol));
+        }
+        ports.push(a.clone());
+    }
+}
+
+fn check_networks(list: &[NetworkAttachmentConfig]) -> Result<(), String> {
+    let mut seen = HashSet::new();
+    for n in list {
+        if !seen.insert(n.target.as_str()) {
+            return Err(format!("network {} is given more than once", n.target));
+        }
+    }
+    Ok(())
+}
+
 /// Add or replace `add` (by key), after removing `rm`.
 fn edit_keyed<T: Clone>(list: &mut Vec<T>, add: &[T], rm: &[String], key: impl Fn(&T) -> &str) {
     list.retain(|x| !rm.iter().any(|r| r == key(x)));
@@ -865,13 +1300,27 @@ pub fn build_spec(a: &CreateArgs, name: String) -> Result<ServiceSpec, String> {
             mounts: a.mounts.clone(),
             secrets: a.secrets.clone(),
             configs: a.configs.clone(),
+            networks: a.networks.clone(),
+            dns: DnsConfig {
+                nameservers: dedup(&a.dns),
+                search: dedup(&a.dns_search),
+                options: dedup(&a.dns_option),
+            },
             ..Default::default()
         },
         update: UpdateConfig::default(),
         rollback: UpdateConfig::default(),
-        endpoint: Default::default(),
+        endpoint: EndpointSpec::default(),
     };
+    check_networks(&spec.task.networks)?;
+    for p in a.publish.iter().flat_map(|p| p.0.iter()) {
+        // Given twice: once. Two ports on one published port: refused by check_endpoint.
+        if !spec.endpoint.ports.contains(p) {
+            spec.endpoint.ports.push(p.clone());
+        }
+    }
     apply_flags(&mut spec, &a.flags)?;
+    check_endpoint(&spec.endpoint)?;
     // Docker: a replicated job without --replicas completes as many tasks as run at once.
     if let ServiceMode::ReplicatedJob {
         max_concurrent,
@@ -885,8 +1334,28 @@ pub fn build_spec(a: &CreateArgs, name: String) -> Result<ServiceSpec, String> {
     Ok(spec)
 }
 
-/// The spec `service update` sends: the current one with the flags applied.
-pub fn update_spec(mut spec: ServiceSpec, a: &UpdateArgs) -> Result<ServiceSpec, String> {
+fn dedup(v: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for x in v {
+        if !out.contains(x) {
+            out.push(x.clone());
+        }
+    }
+    out
+}
+
+/// Whether an update names networks, so that `nets` must be fetched for [`update_spec`].
+pub fn update_needs_networks(a: &UpdateArgs) -> bool {
+    !a.network_add.is_empty() || !a.network_rm.is_empty()
+}
+
+/// The spec `service update` sends: the current one with the flags applied. `nets` (the swarm's
+/// networks) resolves the names of `--network-add/rm` to the ids the stored spec holds.
+pub fn update_spec(
+    mut spec: ServiceSpec,
+    a: &UpdateArgs,
+    nets: &[NetworkView],
+) -> Result<ServiceSpec, String> {
     if let Some(img) = &a.image {
         if img.trim().is_empty() {
             return Err("invalid argument \"\" for \"--image\" flag: empty image".into());
@@ -923,7 +1392,24 @@ pub fn update_spec(mut spec: ServiceSpec, a: &UpdateArgs) -> Result<ServiceSpec,
         &a.placement_pref_add,
         &a.placement_pref_rm,
     );
+    edit_networks(&mut spec.task.networks, &a.network_add, &a.network_rm, nets)?;
+    edit_ports(
+        &mut spec.endpoint.ports,
+        &a.publish_add
+            .iter()
+            .flat_map(|p| p.0.clone())
+            .collect::<Vec<_>>(),
+        &a.publish_rm
+            .iter()
+            .flat_map(|p| p.0.clone())
+            .collect::<Vec<_>>(),
+    );
+    let dns = &mut spec.task.dns;
+    edit_list(&mut dns.nameservers, &a.dns_add, &a.dns_rm);
+    edit_list(&mut dns.search, &a.dns_search_add, &a.dns_search_rm);
+    edit_list(&mut dns.options, &a.dns_option_add, &a.dns_option_rm);
     apply_flags(&mut spec, &a.flags)?;
+    check_endpoint(&spec.endpoint)?;
     if a.force {
         spec.task.force_update += 1;
     }
@@ -1032,6 +1518,122 @@ pub fn replicas_text(v: &ServiceView) -> String {
 
 pub const LS_HEADERS: [&str; 6] = ["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"];
 
+/// A service's published ports: as the manager resolved them, or the spec's before that.
+pub fn service_ports(v: &ServiceView) -> &[PortConfig] {
+    if v.endpoint.ports.is_empty() {
+        &v.spec.endpoint.ports
+    } else {
+        &v.endpoint.ports
+    }
+}
+
+/// One port as Docker writes it: `*:8080->80/tcp` (`80/tcp` while the published port is
+/// unknown).
+pub fn port_text(p: &PortConfig) -> String {
+    if p.published_port == 0 {
+        format!("{}/{}", p.target_port, p.protocol.as_str())
+    } else {
+        format!(
+            "*:{}->{}/{}",
+            p.published_port,
+            p.target_port,
+            p.protocol.as_str()
+        )
+    }
+}
+
+/// PORTS of `service ls`: every published port, by protocol and port, consecutive ones merged
+/// into ranges as Docker does (`*:8080-8081->80-81/tcp`), comma-separated.
+pub fn ports_text(ports: &[PortConfig]) -> String {
+    let mut ps: Vec<&PortConfig> = ports.iter().collect();
+    ps.sort_by_key(|p| {
+        (
+            p.protocol,
+            p.publish_mode == PublishMode::Host,
+            p.published_port,
+            p.target_port,
+        )
+    });
+    // (first, last) of each run of consecutive published and target ports.
+    let mut runs: Vec<(&PortConfig, &PortConfig)> = Vec::new();
+    for p in ps {
+        if let Some((first, last)) = runs.last_mut() {
+            let next = |a: u16, b: u16| u32::from(a) + 1 == u32::from(b);
+            if first.published_port != 0
+                && p.protocol == last.protocol
+                && p.publish_mode == last.publish_mode
+                && next(last.published_port, p.published_port)
+                && next(last.target_port, p.target_port)
+            {
+                *last = p;
+                continue;
+            }
+        }
+        runs.push((p, p));
+    }
+    runs.iter()
+        .map(|(a, b)| {
+            if a == b {
+                port_text(a)
+            } else {
+                format!(
+                    "*:{}-{}->{}-{}/{}",
+                    a.published_port,
+                    b.published_port,
+                    a.target_port,
+                    b.target_port,
+                    a.protocol.as_str()
+                )
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn port_json(p: &PortConfig) -> Value {
+    json!({
+        "Protocol": p.protocol.as_str(),
+        "TargetPort": p.target_port,
+        "PublishedPort": p.published_port,
+        "PublishMode": kebab(&p.publish_mode),
+    })
+}
+
+/// `Endpoint` of `service inspect`, shaped like Docker's: the spec (mode, ports as asked), the
+/// resolved ports and a virtual IP per network.
+pub fn endpoint_json(v: &ServiceView) -> Value {
+    let mut spec = serde_json::Map::new();
+    spec.insert("Mode".into(), json!(kebab(&v.spec.endpoint.mode)));
+    if !v.spec.endpoint.ports.is_empty() {
+        let ports: Vec<Value> = v.spec.endpoint.ports.iter().map(port_json).collect();
+        spec.insert("Ports".into(), Value::Array(ports));
+    }
+    let mut e = serde_json::Map::new();
+    e.insert("Spec".into(), Value::Object(spec));
+    if !v.endpoint.ports.is_empty() {
+        let ports: Vec<Value> = v.endpoint.ports.iter().map(port_json).collect();
+        e.insert("Ports".into(), Value::Array(ports));
+    }
+    if !v.endpoint.virtual_ips.is_empty() {
+        let vips: Vec<Value> = v
+            .endpoint
+            .virtual_ips
+            .iter()
+            .map(|vip| json!({"NetworkID": vip.network_id, "Addr": vip.addr}))
+            .collect();
+        e.insert("VirtualIPs".into(), Value::Array(vips));
+    }
+    Value::Object(e)
+}
+
+/// `service inspect` (JSON): the service as the daemon returned it, plus Docker's `Endpoint`.
+pub fn inspect_service_json(mut raw: Value, v: &ServiceView) -> Value {
+    if let Value::Object(m) = &mut raw {
+        m.insert("Endpoint".into(), endpoint_json(v));
+    }
+    raw
+}
+
 /// `service ls` rows (table cells and JSON line each), sorted by name.
 pub fn ls_rows(views: &[ServiceView]) -> Vec<(Vec<String>, String)> {
     let mut vs: Vec<&ServiceView> = views.iter().collect();
@@ -1044,7 +1646,7 @@ pub fn ls_rows(views: &[ServiceView]) -> Vec<(Vec<String>, String)> {
                 v.spec.mode.name().to_string(),
                 replicas_text(v),
                 v.spec.task.image.clone(),
-                String::new(),
+                ports_text(service_ports(v)),
             ];
             let j = json_line(vec![
                 ("ID", json!(cells[0])),
@@ -1322,8 +1924,8 @@ fn kebab<T: serde::Serialize>(v: &T) -> String {
         .unwrap_or_default()
 }
 
-/// `service inspect --pretty`.
-pub fn pretty_service(v: &ServiceView) -> String {
+/// `service inspect --pretty`; `nets` names the networks the spec holds by id.
+pub fn pretty_service(v: &ServiceView, nets: &[NetworkView]) -> String {
     use std::fmt::Write as _;
     let s = &v.spec;
     let t = &s.task;
@@ -1447,6 +2049,42 @@ pub fn pretty_service(v: &ServiceView) -> String {
             if r.limit_pids > 0 {
                 let _ = writeln!(o, "  PIDs:\t\t{}", r.limit_pids);
             }
+        }
+    }
+    if !t.networks.is_empty() {
+        let names: Vec<String> = t
+            .networks
+            .iter()
+            .map(|n| crate::network::display_name(nets, &n.target))
+            .collect();
+        let _ = writeln!(o, "Networks:\t{}", names.join(" "));
+    }
+    let _ = writeln!(o, "Endpoint Mode:\t{}", kebab(&s.endpoint.mode));
+    let ports = service_ports(v);
+    if !ports.is_empty() {
+        let _ = writeln!(o, "Ports:");
+        for p in ports {
+            let _ = writeln!(
+                o,
+                " PublishedPort = {}\n  Protocol = {}\n  TargetPort = {}\n  PublishMode = {}",
+                p.published_port,
+                p.protocol.as_str(),
+                p.target_port,
+                kebab(&p.publish_mode)
+            );
+        }
+    }
+    let dns = &t.dns;
+    if *dns != DnsConfig::default() {
+        let _ = writeln!(o, "DNS:");
+        if !dns.nameservers.is_empty() {
+            let _ = writeln!(o, " Nameservers:\t{}", dns.nameservers.join(" "));
+        }
+        if !dns.search.is_empty() {
+            let _ = writeln!(o, " Search:\t{}", dns.search.join(" "));
+        }
+        if !dns.options.is_empty() {
+            let _ = writeln!(o, " Options:\t{}", dns.options.join(" "));
         }
     }
     let rp = &t.restart;
@@ -2025,16 +2663,22 @@ pub async fn run(c: Client, cmd: ServiceCmd) -> Result<(), CliError> {
                 docs.push(get_service_doc(&c, s).await?);
             }
             if pretty {
-                let mut outs = Vec::new();
-                for d in docs {
-                    let v: ServiceView = decode(d)?;
-                    outs.push(pretty_service(&v));
-                }
+                let views: Vec<ServiceView> =
+                    docs.into_iter().map(decode).collect::<Result<_, _>>()?;
+                // Network names are a nicety: without them (an older manager) show the ids.
+                let nets = if views.iter().any(|v| !v.spec.task.networks.is_empty()) {
+                    crate::network::list_networks(&c).await.unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                let outs: Vec<String> = views.iter().map(|v| pretty_service(v, &nets)).collect();
                 print!("{}", outs.join("\n\n"));
             } else {
                 let mut arr = Vec::new();
                 for d in docs {
-                    arr.push(decode::<Value>(d)?);
+                    let raw = decode::<Value>(d.clone())?;
+                    let v: ServiceView = decode(d)?;
+                    arr.push(inspect_service_json(raw, &v));
                 }
                 println!("{}", serde_json::to_string_pretty(&arr).unwrap_or_default());
             }
@@ -2069,7 +2713,12 @@ pub async fn run(c: Client, cmd: ServiceCmd) -> Result<(), CliError> {
             let v = if a.rollback {
                 rollback(&c, &a.service).await?
             } else {
-                edit_service(&c, &a.service, |spec| update_spec(spec, &a)).await?
+                let nets = if update_needs_networks(&a) {
+                    crate::network::list_networks(&c).await?
+                } else {
+                    Vec::new()
+                };
+                edit_service(&c, &a.service, |spec| update_spec(spec, &a, &nets)).await?
             };
             println!("{}", a.service);
             if a.detach {
@@ -2231,7 +2880,7 @@ mod tests {
         v.extend_from_slice(args);
         v.push("web");
         match parse(&v) {
-            ServiceCmd::Update(a) => update_spec(spec, &a),
+            ServiceCmd::Update(a) => update_spec(spec, &a, &[]),
             _ => unreachable!(),
         }
     }
@@ -2809,6 +3458,510 @@ mod tests {
         assert!(t.starts_with("ID             NAME   MODE         REPLICAS   IMAGE     PORTS\n"));
     }
 
+    // ------------------------------------------------------------ networking
+
+    fn port(published: u16, target: u16) -> PortConfig {
+        PortConfig {
+            protocol: PortProtocol::Tcp,
+            target_port: target,
+            published_port: published,
+            publish_mode: PublishMode::Ingress,
+        }
+    }
+
+    fn ports(s: &str) -> Vec<PortConfig> {
+        parse_publish(s).unwrap().0
+    }
+
+    #[test]
+    fn publish_short_syntax() {
+        assert_eq!(ports("8080:80"), vec![port(8080, 80)]);
+        assert_eq!(ports("80"), vec![port(0, 80)], "the manager picks the port");
+        let udp = ports("8080:80/udp");
+        assert_eq!(udp[0].protocol, PortProtocol::Udp);
+        assert_eq!((udp[0].published_port, udp[0].target_port), (8080, 80));
+        assert_eq!(ports("53/UDP")[0].protocol, PortProtocol::Udp);
+        assert_eq!(ports("8080:80/tcp"), vec![port(8080, 80)]);
+        assert_eq!(
+            ports("8080-8082:80-82"),
+            vec![port(8080, 80), port(8081, 81), port(8082, 82)]
+        );
+        assert_eq!(ports("80-81"), vec![port(0, 80), port(0, 81)]);
+    }
+
+    #[test]
+    fn publish_long_syntax() {
+        assert_eq!(ports("published=8080,target=80"), vec![port(8080, 80)]);
+        assert_eq!(ports("target=80"), vec![port(0, 80)]);
+        let p = ports("mode=host,published=8080,target=80,protocol=udp");
+        assert_eq!(
+            p,
+            vec![PortConfig {
+                protocol: PortProtocol::Udp,
+                target_port: 80,
+                published_port: 8080,
+                publish_mode: PublishMode::Host,
+            }]
+        );
+        assert_eq!(
+            ports("mode=ingress, target=80")[0].publish_mode,
+            PublishMode::Ingress
+        );
+    }
+
+    #[test]
+    fn publish_errors_say_what_is_wrong() {
+        for (s, want) in [
+            (
+                "8080:abc",
+                "invalid publish \"8080:abc\": target port must be 1-65535",
+            ),
+            (
+                "abc:80",
+                "invalid publish \"abc:80\": published port must be 0-65535",
+            ),
+            ("0", "target port must be 1-65535"),
+            ("70000", "target port must be 1-65535"),
+            ("8080:", "target port must be 1-65535"),
+            ("", "empty value"),
+            ("1.2.3.4:8080:80", "a host IP is not supported"),
+            ("a:b:c:d", "use [PUBLISHED:]TARGET"),
+            ("80/sctp", "protocol sctp is not supported: use tcp or udp"),
+            ("80/icmp", "unknown protocol \"icmp\""),
+            ("8080-8081:80", "differ in length"),
+            ("82-80", "ends before it starts"),
+            ("published=8080", "target is required"),
+            ("published=8080,target=x", "target port must be 1-65535"),
+            ("target=80,mode=mesh", "mode \"mesh\": use ingress or host"),
+            ("target=80,color=red", "unknown field \"color\""),
+            ("target=80,udp", "is not KEY=VALUE"),
+            ("target=80-81", "target must be a single port"),
+        ] {
+            let e = parse_publish(s).expect_err(s);
+            assert!(e.contains(want), "{s:?}: {e}");
+            assert!(!e.contains('\n'));
+        }
+        let e = usage_error(&["create", "-p", "8080:abc", "busybox"]);
+        assert!(
+            e.contains("invalid publish \"8080:abc\": target port must be 1-65535")
+                && !e.contains('\n'),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn publish_rm_patterns() {
+        let m = |s: &str| parse_publish_rm(s).unwrap().0;
+        let p = port(8080, 80);
+        assert!(m("80")[0].matches(&p));
+        assert!(m("8080:80")[0].matches(&p));
+        assert!(!m("8081:80")[0].matches(&p));
+        assert!(!m("80/udp")[0].matches(&p));
+        assert!(m("published=8080")[0].matches(&p));
+        assert!(!m("published=8081")[0].matches(&p));
+        assert!(m("published=8080,mode=ingress")[0].matches(&p));
+        assert!(!m("published=8080,mode=host")[0].matches(&p));
+        // A spec's published 0: the target decides.
+        assert!(m("30001:80")[0].matches(&port(0, 80)));
+        assert!(!m("published=30001")[0].matches(&port(0, 80)));
+        let e = parse_publish_rm("mode=host").unwrap_err();
+        assert!(e.contains("give target=PORT or published=PORT"), "{e}");
+        assert_eq!(m("80-81").len(), 2);
+    }
+
+    #[test]
+    fn network_flag() {
+        assert_eq!(
+            parse_network("front").unwrap(),
+            NetworkAttachmentConfig {
+                target: "front".into(),
+                aliases: vec![],
+            }
+        );
+        assert_eq!(
+            parse_network("name=front,alias=web,alias=www,alias=web").unwrap(),
+            NetworkAttachmentConfig {
+                target: "front".into(),
+                aliases: vec!["web".into(), "www".into()],
+            }
+        );
+        for (s, want) in [
+            ("", "use NAME or name=NAME,alias=ALIAS"),
+            ("a,b", "use NAME or name=NAME,alias=ALIAS"),
+            ("alias=x", "name is required"),
+            ("name=x,alias=", "empty alias"),
+            ("name=x,color=red", "unknown field \"color\""),
+            ("name=x,driver-opt=a=b", "driver-opt is not supported"),
+            ("name=x,alias", "is not KEY=VALUE"),
+        ] {
+            let e = parse_network(s).expect_err(s);
+            assert!(e.starts_with("invalid network"), "{e}");
+            assert!(e.contains(want), "{s:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn dns_flags() {
+        assert_eq!(parse_dns_server(" 10.0.0.2 ").unwrap(), "10.0.0.2");
+        assert_eq!(parse_dns_server("fd00::1").unwrap(), "fd00::1");
+        let e = parse_dns_server("dns.example").unwrap_err();
+        assert!(
+            e.contains("invalid DNS server \"dns.example\": use an IP address"),
+            "{e}"
+        );
+        assert_eq!(parse_dns_search("example.com").unwrap(), "example.com");
+        assert_eq!(
+            parse_dns_search("corp.example.com.").unwrap(),
+            "corp.example.com."
+        );
+        assert_eq!(parse_dns_search(".").unwrap(), ".");
+        for bad in ["", "-bad.com", "a..b", "1.2.3.4", "x_y.com"] {
+            let e = parse_dns_search(bad).expect_err(bad);
+            assert!(e.contains("invalid DNS search domain"), "{e}");
+        }
+        assert_eq!(parse_dns_option("ndots:2").unwrap(), "ndots:2");
+        assert!(parse_dns_option("ndots 2")
+            .unwrap_err()
+            .contains("invalid DNS option"));
+        assert!(parse_endpoint_mode("dnsrr").is_ok());
+        let e = usage_error(&["create", "--endpoint-mode", "rr", "busybox"]);
+        assert!(
+            e.contains("invalid endpoint mode \"rr\": use vip or dnsrr"),
+            "{e}"
+        );
+        let e = usage_error(&["create", "--dns", "nope", "busybox"]);
+        assert!(e.contains("invalid DNS server"), "{e}");
+    }
+
+    #[test]
+    fn create_networking_flags_fill_the_spec() {
+        let s = create_spec(&[
+            "--network",
+            "front",
+            "--network",
+            "name=back,alias=db",
+            "-p",
+            "8080:80",
+            "--publish",
+            "mode=host,published=9090,target=90,protocol=udp",
+            "-p",
+            "443",
+            "--dns",
+            "10.0.0.2",
+            "--dns",
+            "10.0.0.3",
+            "--dns-search",
+            "example.com",
+            "--dns-option",
+            "ndots:2",
+            "--endpoint-mode",
+            "vip",
+            "--hostname",
+            "{{.Service.Name}}-{{.Task.Slot}}",
+            "busybox",
+        ])
+        .unwrap();
+        let t = &s.task;
+        let targets: Vec<&str> = t.networks.iter().map(|n| n.target.as_str()).collect();
+        assert_eq!(targets, vec!["front", "back"]);
+        assert_eq!(t.networks[1].aliases, vec!["db"]);
+        assert_eq!(s.endpoint.mode, EndpointMode::Vip);
+        assert_eq!(s.endpoint.ports.len(), 3);
+        assert_eq!(s.endpoint.ports[0], port(8080, 80));
+        assert_eq!(s.endpoint.ports[1].publish_mode, PublishMode::Host);
+        assert_eq!(s.endpoint.ports[2], port(0, 443));
+        assert_eq!(t.dns.nameservers, vec!["10.0.0.2", "10.0.0.3"]);
+        assert_eq!(t.dns.search, vec!["example.com"]);
+        assert_eq!(t.dns.options, vec!["ndots:2"]);
+        assert_eq!(t.hostname, "{{.Service.Name}}-{{.Task.Slot}}");
+        // No flags: no networks, ports or DNS; VIP mode.
+        let s = create_spec(&["busybox"]).unwrap();
+        assert!(s.task.networks.is_empty() && s.endpoint.ports.is_empty());
+        assert_eq!(s.endpoint.mode, EndpointMode::Vip);
+        assert_eq!(s.task.dns, DnsConfig::default());
+        // dnsrr with a host-mode port is fine.
+        let s = create_spec(&[
+            "--endpoint-mode",
+            "dnsrr",
+            "-p",
+            "mode=host,published=80,target=80",
+            "busybox",
+        ])
+        .unwrap();
+        assert_eq!(s.endpoint.mode, EndpointMode::Dnsrr);
+    }
+
+    #[test]
+    fn create_networking_conflicts_are_refused() {
+        for (args, want) in [
+            (
+                vec!["--endpoint-mode", "dnsrr", "-p", "8080:80", "busybox"],
+                "port *:8080->80/tcp is published in ingress mode, which dnsrr cannot serve",
+            ),
+            (
+                vec!["-p", "8080:80", "-p", "8080:81", "busybox"],
+                "port 8080/tcp is published more than once",
+            ),
+            (
+                vec!["--network", "a", "--network", "name=a,alias=x", "busybox"],
+                "network a is given more than once",
+            ),
+        ] {
+            let e = create_spec(&args).expect_err(&format!("{args:?}"));
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+        // The same port on two protocols is two ports.
+        assert!(create_spec(&["-p", "53:53", "-p", "53:53/udp", "busybox"]).is_ok());
+    }
+
+    fn net(id: &str, name: &str) -> NetworkView {
+        NetworkView {
+            id: id.into(),
+            version: 1,
+            spec: proto::spec::NetworkSpec {
+                name: name.into(),
+                driver: "overlay".into(),
+                ..Default::default()
+            },
+            vni: 4097,
+            subnet: "10.0.1.0/24".into(),
+            gateway: "10.0.1.1".into(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            services: vec![],
+        }
+    }
+
+    #[test]
+    fn update_networks_by_name_or_id() {
+        let nets = vec![net("netfront0001", "front"), net("netback00002", "back")];
+        let mut spec = base();
+        // As the manager stores them: ids.
+        spec.task.networks = vec![
+            NetworkAttachmentConfig {
+                target: "netfront0001".into(),
+                aliases: vec![],
+            },
+            NetworkAttachmentConfig {
+                target: "netback00002".into(),
+                aliases: vec!["db".into()],
+            },
+        ];
+        let upd = |spec: ServiceSpec, args: &[&str]| {
+            let mut v = vec!["update"];
+            v.extend_from_slice(args);
+            v.push("web");
+            match parse(&v) {
+                ServiceCmd::Update(a) => {
+                    assert!(update_needs_networks(&a));
+                    update_spec(spec, &a, &nets)
+                }
+                _ => unreachable!(),
+            }
+        };
+        let u = upd(spec.clone(), &["--network-rm", "front"]).unwrap();
+        let targets: Vec<&str> = u.task.networks.iter().map(|n| n.target.as_str()).collect();
+        assert_eq!(targets, vec!["netback00002"]);
+        let u = upd(spec.clone(), &["--network-rm", "netback"]).unwrap();
+        assert_eq!(u.task.networks.len(), 1);
+        assert_eq!(u.task.networks[0].target, "netfront0001");
+        let e = upd(spec.clone(), &["--network-add", "back"]).unwrap_err();
+        assert_eq!(e, "service is already attached to network back");
+        let u = upd(
+            spec.clone(),
+            &[
+                "--network-rm",
+                "back",
+                "--network-add",
+                "name=back,alias=store",
+            ],
+        )
+        .unwrap();
+        assert_eq!(u.task.networks[1].target, "back");
+        assert_eq!(u.task.networks[1].aliases, vec!["store"]);
+        let u = upd(spec.clone(), &["--network-add", "other"]).unwrap();
+        assert_eq!(u.task.networks.len(), 3);
+        // Removing a network the service is not on changes nothing (as Docker).
+        let u = upd(spec.clone(), &["--network-rm", "nope"]).unwrap();
+        assert_eq!(u.task.networks, spec.task.networks);
+    }
+
+    #[test]
+    fn update_ports_dns_and_endpoint_mode() {
+        let mut spec = base();
+        spec.endpoint.ports = vec![port(8080, 80), port(0, 443)];
+        let u = update(spec.clone(), &["--publish-add", "9090:90"]).unwrap();
+        assert_eq!(
+            u.endpoint.ports,
+            vec![port(8080, 80), port(0, 443), port(9090, 90)]
+        );
+        // The same port again: kept once; the same published port: replaced.
+        let u = update(spec.clone(), &["--publish-add", "8080:80"]).unwrap();
+        assert_eq!(u.endpoint.ports, spec.endpoint.ports);
+        let u = update(spec.clone(), &["--publish-add", "8080:81"]).unwrap();
+        assert_eq!(u.endpoint.ports, vec![port(0, 443), port(8080, 81)]);
+        let u = update(spec.clone(), &["--publish-rm", "80"]).unwrap();
+        assert_eq!(u.endpoint.ports, vec![port(0, 443)]);
+        let u = update(spec.clone(), &["--publish-rm", "published=8080"]).unwrap();
+        assert_eq!(u.endpoint.ports, vec![port(0, 443)]);
+        let u = update(
+            spec.clone(),
+            &["--publish-rm", "8080:80", "--publish-rm", "443"],
+        )
+        .unwrap();
+        assert!(u.endpoint.ports.is_empty());
+        let u = update(spec.clone(), &["--publish-rm", "80/udp"]).unwrap();
+        assert_eq!(u.endpoint.ports, spec.endpoint.ports);
+        // Docker's order: remove, then add.
+        let u = update(
+            spec.clone(),
+            &["--publish-rm", "80", "--publish-add", "8080:8000"],
+        )
+        .unwrap();
+        assert_eq!(u.endpoint.ports, vec![port(0, 443), port(8080, 8000)]);
+        let e = update(spec.clone(), &["--endpoint-mode", "dnsrr"]).unwrap_err();
+        assert!(e.contains("dnsrr cannot serve"), "{e}");
+        let u = update(
+            spec.clone(),
+            &[
+                "--endpoint-mode",
+                "dnsrr",
+                "--publish-rm",
+                "80",
+                "--publish-rm",
+                "443",
+            ],
+        )
+        .unwrap();
+        assert_eq!(u.endpoint.mode, EndpointMode::Dnsrr);
+
+        spec.task.dns = DnsConfig {
+            nameservers: vec!["10.0.0.2".into()],
+            search: vec!["a.example".into()],
+            options: vec!["ndots:2".into()],
+        };
+        let u = update(
+            spec.clone(),
+            &[
+                "--dns-add",
+                "10.0.0.3",
+                "--dns-add",
+                "10.0.0.2",
+                "--dns-rm",
+                "10.0.0.9",
+                "--dns-search-rm",
+                "a.example",
+                "--dns-search-add",
+                "b.example",
+                "--dns-option-add",
+                "rotate",
+                "--dns-option-rm",
+                "ndots:2",
+                "--hostname",
+                "h1",
+            ],
+        )
+        .unwrap();
+        assert_eq!(u.task.dns.nameservers, vec!["10.0.0.2", "10.0.0.3"]);
+        assert_eq!(u.task.dns.search, vec!["b.example"]);
+        assert_eq!(u.task.dns.options, vec!["rotate"]);
+        assert_eq!(u.task.hostname, "h1");
+        let u = update(spec.clone(), &["--dns-rm", "10.0.0.2"]).unwrap();
+        assert!(u.task.dns.nameservers.is_empty());
+    }
+
+    #[test]
+    fn ports_text_as_docker() {
+        assert_eq!(ports_text(&[]), "");
+        assert_eq!(ports_text(&[port(8080, 80)]), "*:8080->80/tcp");
+        let mut udp = port(53, 53);
+        udp.protocol = PortProtocol::Udp;
+        assert_eq!(
+            ports_text(&[udp.clone(), port(9090, 90), port(8080, 80)]),
+            "*:8080->80/tcp, *:9090->90/tcp, *:53->53/udp"
+        );
+        assert_eq!(
+            ports_text(&[
+                port(8081, 81),
+                port(8080, 80),
+                port(8082, 82),
+                port(9000, 83)
+            ]),
+            "*:8080-8082->80-82/tcp, *:9000->83/tcp"
+        );
+        assert_eq!(ports_text(&[port(0, 80)]), "80/tcp");
+        let mut host = port(8081, 81);
+        host.publish_mode = PublishMode::Host;
+        assert_eq!(
+            ports_text(&[port(8080, 80), host]),
+            "*:8080->80/tcp, *:8081->81/tcp"
+        );
+    }
+
+    #[test]
+    fn ls_ports_column_prefers_resolved_ports() {
+        let mut v = view("web", ServiceMode::Replicated { replicas: 1 }, 1, 1);
+        v.spec.endpoint.ports = vec![port(0, 80), port(8443, 443)];
+        let rows = ls_rows(std::slice::from_ref(&v));
+        assert_eq!(rows[0].0[5], "80/tcp, *:8443->443/tcp");
+        v.endpoint.ports = vec![port(30000, 80), port(8443, 443)];
+        let rows = ls_rows(&[v]);
+        assert_eq!(rows[0].0[5], "*:8443->443/tcp, *:30000->80/tcp");
+        let j: Value = serde_json::from_str(&rows[0].1).unwrap();
+        assert_eq!(j["Ports"], "*:8443->443/tcp, *:30000->80/tcp");
+    }
+
+    #[test]
+    fn pretty_and_json_show_the_endpoint() {
+        let mut v = view("web", ServiceMode::Replicated { replicas: 1 }, 1, 1);
+        v.spec.endpoint.ports = vec![port(8080, 80)];
+        v.endpoint.ports = vec![port(8080, 80)];
+        v.endpoint.virtual_ips = vec![proto::api::VirtualIpView {
+            network_id: "netfront0001".into(),
+            addr: "10.0.1.2/24".into(),
+        }];
+        v.spec.task.networks = vec![
+            NetworkAttachmentConfig {
+                target: "netfront0001".into(),
+                aliases: vec![],
+            },
+            NetworkAttachmentConfig {
+                target: "unknownid".into(),
+                aliases: vec![],
+            },
+        ];
+        v.spec.task.dns.nameservers = vec!["10.0.0.2".into()];
+        let p = pretty_service(&v, &[net("netfront0001", "front")]);
+        for want in [
+            "Networks:\tfront unknownid\n",
+            "Endpoint Mode:\tvip\n",
+            "Ports:\n PublishedPort = 8080\n  Protocol = tcp\n  TargetPort = 80\n  PublishMode = ingress\n",
+            "DNS:\n Nameservers:\t10.0.0.2\n",
+        ] {
+            assert!(p.contains(want), "missing {want:?} in\n{p}");
+        }
+        let plain = pretty_service(&view("x", ServiceMode::Global, 0, 0), &[]);
+        assert!(plain.contains("Endpoint Mode:\tvip") && !plain.contains("Ports:"));
+        assert!(!plain.contains("Networks:") && !plain.contains("DNS:"));
+
+        let raw = serde_json::to_value(&v).unwrap();
+        let j = inspect_service_json(raw, &v);
+        assert_eq!(j["id"], v.id.as_str(), "the daemon's fields stay");
+        let e = &j["Endpoint"];
+        assert_eq!(e["Spec"]["Mode"], "vip");
+        let want_port = json!({"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080, "PublishMode": "ingress"});
+        assert_eq!(e["Spec"]["Ports"][0], want_port);
+        assert_eq!(e["Ports"][0], want_port);
+        assert_eq!(
+            e["VirtualIPs"][0],
+            json!({"NetworkID": "netfront0001", "Addr": "10.0.1.2/24"})
+        );
+        // Docker leaves out what is empty.
+        let bare = view("x", ServiceMode::Global, 0, 0);
+        let e = endpoint_json(&bare);
+        assert_eq!(e, json!({"Spec": {"Mode": "vip"}}));
+    }
+
     #[test]
     fn ago() {
         assert_eq!(human_duration(500), "less than a second");
@@ -2970,7 +4123,7 @@ mod tests {
             completed_ms: 0,
             message: "update in progress".into(),
         });
-        let p = pretty_service(&v);
+        let p = pretty_service(&v, &[]);
         for want in [
             "ID:\t\tweb0123456789abcdefghijklmn",
             "Name:\t\tweb",
