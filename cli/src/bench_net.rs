@@ -398,14 +398,16 @@ pub fn render(
             Some(why) => format!("not measured: {why}"),
             None => p.how.clone(),
         };
-        s.push_str(&format!(
-            "{:<22}{:>12}{:>13}{:>8}  {}\n",
+        let line = format!(
+            "{:<22}{:>12}{:>13}{:>8}  {}",
             p.name,
             fmt(p.value(), prec),
             fmt(ratio(p.value(), base), 2),
             p.errors,
             how
-        ));
+        );
+        s.push_str(line.trim_end());
+        s.push('\n');
     }
     s.push('\n');
     for (label, a, b, target) in key {
@@ -631,18 +633,58 @@ fn probe(netns: &str, addr: &str, n: usize) -> Result<BTreeSet<String>> {
     })?
 }
 
+/// (device, address, prefix length) of each line of `ip -4 -o addr show`.
+pub fn parse_addrs(text: &str) -> Vec<(String, Ipv4Addr, u8)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let dev = w.nth(1)?.split('@').next()?.to_string();
+            w.find(|x| *x == "inet")?;
+            let (a, p) = w.next()?.split_once('/')?;
+            Some((dev, a.parse().ok()?, p.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Whether `addr` lies in `cidr` (`10.0.1.0/24`).
+pub fn in_subnet(addr: Ipv4Addr, cidr: &str) -> bool {
+    let Some((net, len)) = cidr.split_once('/') else {
+        return false;
+    };
+    let (Ok(net), Ok(len)) = (net.parse::<Ipv4Addr>(), len.parse::<u32>()) else {
+        return false;
+    };
+    let mask = u32::MAX.checked_shl(32 - len.min(32)).unwrap_or(0);
+    u32::from(addr) & mask == u32::from(net) & mask
+}
+
 /// The IPv4 addresses (with prefix length) of `dev` in `ns`.
 fn addrs_of(ns: &Path, dev: &str) -> Result<Vec<(Ipv4Addr, u8)>> {
     let out = sh(ns, &format!("ip -4 -o addr show dev {dev}"))?;
-    Ok(out
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            w.find(|x| *x == "inet")?;
-            let (a, p) = w.next()?.split_once('/')?;
-            Some((a.parse().ok()?, p.parse().ok()?))
-        })
+    Ok(parse_addrs(&out)
+        .into_iter()
+        .map(|(_, a, l)| (a, l))
         .collect())
+}
+
+/// The address in `ns` that lies in `cidr`.
+fn addr_in(ns: &Path, cidr: &str) -> Result<Ipv4Addr> {
+    let out = sh(ns, "ip -4 -o addr show")?;
+    parse_addrs(&out)
+        .into_iter()
+        .map(|(_, a, _)| a)
+        .find(|a| in_subnet(*a, cidr))
+        .ok_or_else(|| anyhow!("no address in {cidr} in {}: {out}", ns.display()))
+}
+
+/// The subnet of network `name` (`network inspect`).
+fn network_subnet(lab: &deploy::Lab, name: &str) -> Result<String> {
+    let out = shoal(lab, &["network", "inspect", name])?;
+    let v: Value = serde_json::from_str(&out).context("network inspect output")?;
+    v[0]["IPAM"]["Config"][0]["Subnet"]
+        .as_str()
+        .map(String::from)
+        .ok_or_else(|| anyhow!("network inspect {name}: no IPAM.Config[0].Subnet in {out}"))
 }
 
 /// The device of the default route in `ns`.
@@ -851,10 +893,8 @@ pub fn run_overlay(args: &NetBenchArgs) -> Result<()> {
                 &["--network", "benchnet"],
                 args.timeout,
             )?;
-            // The first (here: only) overlay of a container is its eth0.
-            let (addr, _) = *addrs_of(&tasks[1].ns, "eth0")?
-                .first()
-                .ok_or_else(|| anyhow!("task {} on w2 has no address on eth0", tasks[1].id))?;
+            let subnet = network_subnet(&lab, "benchnet")?;
+            let addr = addr_in(&tasks[1].ns, &subnet)?;
             overlay.how = format!("task on w1 → {addr} (task {} on w2)", tasks[1].id);
             Ok((tasks[0].ns.clone(), tasks[1].ns.clone(), addr))
         })();
@@ -1145,6 +1185,21 @@ mod tests {
     }
 
     #[test]
+    fn addresses_and_subnets() {
+        let out = "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever\n\
+                   12: eth0@if13    inet 10.0.1.5/24 brd 10.0.1.255 scope global eth0\n\
+                   14: eth1@if15    inet 172.30.0.2/24 brd 172.30.0.255 scope global eth1\n";
+        let a = parse_addrs(out);
+        assert_eq!(a[1], ("eth0".to_string(), Ipv4Addr::new(10, 0, 1, 5), 24));
+        assert_eq!(a.len(), 3);
+        assert!(in_subnet(Ipv4Addr::new(10, 0, 1, 5), "10.0.1.0/24"));
+        assert!(!in_subnet(Ipv4Addr::new(10, 0, 2, 5), "10.0.1.0/24"));
+        assert!(in_subnet(Ipv4Addr::new(10, 9, 2, 5), "10.0.0.0/8"));
+        assert!(in_subnet(Ipv4Addr::new(1, 2, 3, 4), "0.0.0.0/0"));
+        assert!(!in_subnet(Ipv4Addr::new(1, 2, 3, 4), "bad"));
+    }
+
+    #[test]
     fn medians() {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
@@ -1258,11 +1313,11 @@ mod tests {
         ];
         let t = render("overlay", "Gbit/s", &paths, "underlay", &key, false);
         assert!(
-            t.contains("underlay                     11.00      1.00"),
+            t.contains("underlay                     11.00         1.00       0\n"),
             "{t}"
         );
         assert!(
-            t.contains("hand                          7.00      0.64"),
+            t.contains("hand                          7.00         0.64       0\n"),
             "{t}"
         );
         assert!(t.contains("not measured: no overlay"), "{t}");
