@@ -8,4 +8,6 @@
 
 pub mod dns;
 pub mod local;
+pub mod nft;
+pub mod node;
 pub mod overlay;

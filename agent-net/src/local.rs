@@ -321,6 +321,19 @@ impl LocalNet {
         self.gateway
     }
 
+    /// The task's namespace without an interface on the bridge (a task on internal networks
+    /// only: no way out).
+    pub async fn ensure_task_netns(&self, task_id: &str) -> Result<PathBuf, NetError> {
+        let ns = self.ns_path(task_id);
+        ensure_netns(&ns).await?;
+        Ok(ns)
+    }
+
+    /// Where the task's namespace is bound (it may not exist).
+    pub fn task_netns(&self, task_id: &str) -> PathBuf {
+        self.ns_path(task_id)
+    }
+
     async fn node_netlink(&self) -> Result<Handle, NetError> {
         let ns = self
             .node_ns

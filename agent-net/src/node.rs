@@ -53,7 +53,13 @@ pub struct NodeNet {
     /// Serialises attach, detach and the overlay reconcile.
     datapath: tokio::sync::Mutex<()>,
     kick: tokio::sync::Notify,
+    /// True once the dispatcher has said where this node's underlay is.
+    known: tokio::sync::watch::Sender<bool>,
 }
+
+/// How long an attach waits for the node's first network state (sent with the first
+/// assignments, so normally there already).
+const STATE_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// What `attach` gives the container runtime.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +79,7 @@ impl NodeNet {
             state: Mutex::new(State::default()),
             datapath: tokio::sync::Mutex::new(()),
             kick: tokio::sync::Notify::new(),
+            known: tokio::sync::watch::Sender::new(false),
         }))
     }
 
@@ -83,7 +90,13 @@ impl NodeNet {
     /// The dispatcher's latest word.
     pub fn set_state(&self, net: NodeNetState) {
         self.dns.set_state(&net);
+        let known = net.node_ip.is_some();
         self.lock().net = net;
+        self.known.send_if_modified(|k| {
+            let changed = *k != known;
+            *k = known;
+            changed
+        });
         self.kick.notify_one();
     }
 
@@ -91,12 +104,29 @@ impl NodeNet {
     /// bridge's (unless every network is internal); its DNS server and VIP rules are in place
     /// before this returns, so the container starts with a working network.
     pub async fn attach(&self, task: &Assignment) -> Result<Attached, NetError> {
-        let _dp = self.datapath.lock().await;
         let nets = &task.networks;
+        if !nets.is_empty() {
+            let mut known = self.known.subscribe();
+            let waited = tokio::time::timeout(STATE_WAIT, known.wait_for(|k| *k)).await;
+            if !matches!(waited, Ok(Ok(_))) {
+                return Err(NetError::Overlay {
+                    network: nets[0].network_name.clone(),
+                    reason: "this node has not yet been told its underlay address by the managers"
+                        .into(),
+                });
+            }
+        }
+        let _dp = self.datapath.lock().await;
+        if !nets.is_empty() {
+            // The task's networks exist, with every peer's entries, before its interfaces.
+            let (net, mut in_use) = self.snapshot();
+            in_use.extend(nets.iter().map(|n| n.network_id.clone()));
+            self.overlay.apply(&net, &in_use).await?;
+        }
         let internal_only = !nets.is_empty() && nets.iter().all(|n| n.internal);
         let gw_if = format!("eth{}", nets.len());
         let (netns, gateway_addr) = if internal_only {
-            (self.local.ensure_netns(&task.task_id).await?, None)
+            (self.local.ensure_task_netns(&task.task_id).await?, None)
         } else {
             let a = self.local.attach(&task.task_id, &gw_if).await?;
             (a.netns, Some(a.ip))
@@ -161,7 +191,7 @@ impl NodeNet {
     /// Re-registers tasks that outlived a daemon restart (their namespaces persist).
     pub async fn restore(&self, task: &Assignment) -> Result<(), NetError> {
         let _dp = self.datapath.lock().await;
-        let netns = self.local.ns_path(&task.task_id);
+        let netns = self.local.task_netns(&task.task_id);
         if !netns.exists() {
             return Ok(());
         }
@@ -223,16 +253,19 @@ impl NodeNet {
     }
 
     /// One pass: overlays, node rules, task rules.
+    /// The state and the networks of the tasks attached here.
+    fn snapshot(&self) -> (NodeNetState, BTreeSet<String>) {
+        let st = self.lock();
+        let in_use: BTreeSet<String> = st
+            .tasks
+            .values()
+            .flat_map(|t| t.networks.iter().map(|n| n.network_id.clone()))
+            .collect();
+        (st.net.clone(), in_use)
+    }
+
     pub async fn reconcile(&self) -> Result<(), NetError> {
-        let (net, in_use) = {
-            let st = self.lock();
-            let in_use: BTreeSet<String> = st
-                .tasks
-                .values()
-                .flat_map(|t| t.networks.iter().map(|n| n.network_id.clone()))
-                .collect();
-            (st.net.clone(), in_use)
-        };
+        let (net, in_use) = self.snapshot();
         if net.node_ip.is_some() {
             let _dp = self.datapath.lock().await;
             self.overlay.apply(&net, &in_use).await?;
@@ -244,13 +277,7 @@ impl NodeNet {
                 .iter()
                 .filter_map(|(id, t)| t.gateway_addr.map(|a| (id.clone(), a)))
                 .collect();
-            let script = nft::render_node(&nft::NodeRules {
-                state: &st.net,
-                local_gateway_addrs: &gw,
-                gateway_subnet: self.local.subnet(),
-                gateway_bridge: self.local.bridge_name(),
-                sandbox_if: crate::overlay::SANDBOX_IF,
-            });
+            let script = nft::render_node(&nft::NodeRules::new(&st.net, gw));
             let node_script = (st.node_rules.as_deref() != Some(script.as_str())).then_some(script);
             let tasks: Vec<(String, PathBuf, String)> = st
                 .tasks

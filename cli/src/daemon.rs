@@ -59,18 +59,20 @@ pub enum RuntimeChoice {
     },
 }
 
-/// The runtime of a node and, for real containers, its image store.
+/// The runtime of a node and, for real containers, its image store and its networks.
 type Built = (
     Arc<dyn worker::runtime::Runtime>,
     Option<Arc<worker::image::ImageStore>>,
+    Option<Arc<agent_net::node::NodeNet>>,
 );
 
 impl RuntimeChoice {
     fn build(&self, data_dir: &Path) -> Result<Built, DaemonError> {
         Ok(match self {
-            RuntimeChoice::Unavailable => (Arc::new(NoRuntime), None),
+            RuntimeChoice::Unavailable => (Arc::new(NoRuntime), None, None),
             RuntimeChoice::Fake { start_delay } => (
                 Arc::new(worker::runtime::FakeRuntime::new(*start_delay)),
+                None,
                 None,
             ),
             RuntimeChoice::Oci { runtime, registry } => {
@@ -88,14 +90,19 @@ impl RuntimeChoice {
                 cfg.runtime = runtime.clone();
                 cfg.netns_dir = Some(data_dir.join("net").join("ns"));
                 let oci = worker::oci::OciRuntime::new(cfg).map_err(|e| bad(e.to_string()))?;
-                let net = agent_net::local::LocalNet::new(&data_dir.join("net"))
+                // Names containers do not know are forwarded to this host's resolvers.
+                let upstreams = agent_net::dns::system_resolvers(
+                    &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+                );
+                let net = agent_net::node::NodeNet::new(&data_dir.join("net"), upstreams)
                     .map_err(|e| bad(e.to_string()))?;
                 (
                     Arc::new(crate::node_runtime::NetworkedRuntime::new(
                         Arc::new(oci),
-                        Arc::new(net),
+                        net.clone(),
                     )),
                     Some(images),
+                    Some(net),
                 )
             }
         })
@@ -200,6 +207,7 @@ pub struct Node {
     cfg: DaemonConfig,
     runtime: Arc<dyn worker::runtime::Runtime>,
     images: Option<Arc<worker::image::ImageStore>>,
+    net: Option<Arc<agent_net::node::NodeNet>>,
     creds: Arc<Credentials>,
     inner: Mutex<Inner>,
     events_tx: mpsc::Sender<AgentEvent>,
@@ -390,7 +398,11 @@ impl Node {
             AgentEvent::Removed => {
                 tracing::warn!("this node was removed from the swarm");
             }
-            AgentEvent::Network(_) => {}
+            AgentEvent::Network(state) => {
+                if let Some(net) = &self.net {
+                    net.set_state(*state);
+                }
+            }
         }
     }
 
@@ -647,6 +659,11 @@ impl Node {
         }
         if let Some(m) = inner.manager.take() {
             m.shutdown().await;
+        }
+        if let Some(net) = &self.net {
+            if let Err(e) = net.teardown().await {
+                tracing::warn!(error = %e, "removing the overlay networks");
+            }
         }
         self.creds.set(None);
         inner.state = None;
@@ -1113,12 +1130,16 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
             source: e,
         })?;
     }
-    let (runtime, images) = cfg.runtime.build(&cfg.data_dir)?;
+    let (runtime, images, net) = cfg.runtime.build(&cfg.data_dir)?;
+    if let Some(net) = &net {
+        tokio::spawn(net.clone().run(shutdown.child_token()));
+    }
     let (events_tx, mut events_rx) = mpsc::channel(16);
     let node = Arc::new_cyclic(|this| Node {
         cfg: cfg.clone(),
         runtime,
         images,
+        net,
         creds: Credentials::new(None),
         inner: Mutex::new(Inner {
             state: None,
