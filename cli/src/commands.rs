@@ -316,6 +316,56 @@ pub enum BenchCmd {
         #[arg(long, default_value = "table")]
         format: Format,
     },
+    /// TCP throughput (iperf3) between containers on two lab workers over shoal's overlay vs
+    /// the workers' underlay vs a hand-built VXLAN; medians and ratios of one run.
+    Overlay {
+        #[command(flatten)]
+        net: NetBenchFlags,
+    },
+    /// Requests/s (wrk, from outside the workers) through shoal's ingress routing mesh vs one
+    /// container straight vs haproxy vs a hand-built nft DNAT over a hand-built VXLAN.
+    Mesh {
+        #[command(flatten)]
+        net: NetBenchFlags,
+        /// wrk connections.
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+    },
+}
+
+/// Flags shared by the network benchmarks.
+#[derive(clap::Args, Debug)]
+pub struct NetBenchFlags {
+    /// Length of one measurement, in seconds.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Measurements per path (interleaved across paths); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Prefix of the lab the benchmark creates (default: bn<pid>).
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Give up waiting for the lab's services after this long.
+    #[arg(long, default_value = "3m", value_parser = parse_duration)]
+    pub timeout: Duration,
+    #[arg(long, default_value = "table")]
+    pub format: Format,
+}
+
+impl NetBenchFlags {
+    fn args(&self, connections: u32) -> crate::bench_net::NetBenchArgs {
+        crate::bench_net::NetBenchArgs {
+            seconds: self.seconds.max(1),
+            rounds: self.rounds.max(1),
+            connections,
+            prefix: self
+                .prefix
+                .clone()
+                .unwrap_or_else(crate::bench_net::default_prefix),
+            timeout: self.timeout,
+            json: matches!(self.format, Format::Json),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -466,6 +516,16 @@ pub fn run(cli: Cli) -> i32 {
                 matches!(format, Format::Json),
             )
             .map_err(|e| CliError(format!("Error: bench: {e:#}")))
+        }
+        Cmd::Bench(BenchCmd::Overlay { net }) => {
+            init_tracing("error");
+            crate::bench_net::run_overlay(&net.args(0))
+                .map_err(|e| CliError(format!("Error: bench overlay: {e:#}")))
+        }
+        Cmd::Bench(BenchCmd::Mesh { net, connections }) => {
+            init_tracing("error");
+            crate::bench_net::run_mesh(&net.args(connections.max(1)))
+                .map_err(|e| CliError(format!("Error: bench mesh: {e:#}")))
         }
         Cmd::Shim { .. } => {
             eprintln!("Error: shim is started by the daemon");

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod bench_containers;
+pub mod bench_net;
 pub mod commands;
 pub mod daemon;
 pub mod image;

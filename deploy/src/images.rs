@@ -15,6 +15,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::backend::{self, Program};
+
 /// Applets linked to `/bin/busybox` in the test images.
 pub const APPLETS: &[&str] = &[
     "sh", "sleep", "cat", "echo", "hostname", "httpd", "nc", "ls", "id", "env", "mkdir", "true",
@@ -25,14 +27,53 @@ const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 /// The images a lab's registry holds (`shoal lab up --registry`): `web:v1` and `web:v2`
 /// serve `<hostname> v1|v2` on port 80; `sleep:1` sleeps; `health:1` sleeps with a
-/// HEALTHCHECK that passes while `/tmp/healthy` exists.
+/// HEALTHCHECK that passes while `/tmp/healthy` exists; `fast:1` serves `<hostname>\n` on
+/// port 80 with [`Program::Http`]; `udpecho:1` answers datagrams on UDP port 9000 with
+/// `<hostname> <datagram>` ([`Program::UdpEcho`]).
 pub fn lab_images() -> Vec<(&'static str, TestImage)> {
     vec![
         ("web:v1", TestImage::web_version("v1")),
         ("web:v2", TestImage::web_version("v2")),
         ("sleep:1", TestImage::sleep()),
         ("health:1", TestImage::healthcheck()),
+        ("fast:1", TestImage::fast_http()),
+        ("udpecho:1", TestImage::udp_echo()),
     ]
+}
+
+/// A file added to a test image's layer (parent directories are created as needed).
+#[derive(Clone, Debug)]
+pub struct ExtraFile {
+    /// Path in the image, e.g. `/bin/shoal-http`.
+    pub path: String,
+    pub mode: u32,
+    pub content: FileContent,
+}
+
+/// What an [`ExtraFile`] holds.
+#[derive(Clone, Debug)]
+pub enum FileContent {
+    Bytes(Vec<u8>),
+    /// A benchmark backend, compiled (or taken from the cache) when the image is built.
+    Program(Program),
+}
+
+impl ExtraFile {
+    /// `program`'s static binary as `/bin/<name>`, mode 0755.
+    pub fn program(program: Program) -> ExtraFile {
+        ExtraFile {
+            path: format!("/bin/{}", program.name()),
+            mode: 0o755,
+            content: FileContent::Program(program),
+        }
+    }
+
+    fn bytes(&self) -> Result<Vec<u8>> {
+        match &self.content {
+            FileContent::Bytes(b) => Ok(b.clone()),
+            FileContent::Program(p) => backend::binary(*p),
+        }
+    }
 }
 
 /// What goes into a test image's config.
@@ -47,6 +88,8 @@ pub struct TestImage {
     pub stop_signal: String,
     /// HEALTHCHECK: (test, interval, timeout, retries, start period); durations in ms.
     pub healthcheck: Option<(Vec<String>, u64, u64, u64, u64)>,
+    /// Files added to the busybox layer.
+    pub extra_files: Vec<ExtraFile>,
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
@@ -78,6 +121,24 @@ impl TestImage {
                 // /cgi-bin/ip answers the client's address as the container sees it.
                 "echo \"$(hostname) $VERSION\" > /www/index.html; mkdir -p /www/cgi-bin; printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' > /www/cgi-bin/ip; chmod 755 /www/cgi-bin/ip; echo serving; httpd -f -p 80 -h /www & trap 'exit 0' TERM; wait",
             ]),
+            ..Default::default()
+        }
+    }
+
+    /// [`Program::Http`] on port 80, one worker process per CPU.
+    pub fn fast_http() -> TestImage {
+        TestImage {
+            cmd: vec![format!("/bin/{}", Program::Http.name()), "80".into()],
+            extra_files: vec![ExtraFile::program(Program::Http)],
+            ..Default::default()
+        }
+    }
+
+    /// [`Program::UdpEcho`] on UDP port 9000.
+    pub fn udp_echo() -> TestImage {
+        TestImage {
+            cmd: vec![format!("/bin/{}", Program::UdpEcho.name()), "9000".into()],
+            extra_files: vec![ExtraFile::program(Program::UdpEcho)],
             ..Default::default()
         }
     }
@@ -122,8 +183,8 @@ fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     h
 }
 
-/// The uncompressed layer: busybox, its applets, passwd/group, /tmp, /www.
-fn busybox_layer() -> Result<Vec<u8>> {
+/// The uncompressed layer: busybox, its applets, passwd/group, /tmp, /www, and `extra`.
+fn busybox_layer(extra: &[ExtraFile]) -> Result<Vec<u8>> {
     let busybox = std::fs::read("/bin/busybox").context("reading /bin/busybox (busybox-static)")?;
     let mut b = tar::Builder::new(Vec::new());
     for (dir, mode) in [
@@ -152,6 +213,32 @@ fn busybox_layer() -> Result<Vec<u8>> {
         let mut h = header(tar::EntryType::Regular, 0o644, text.len() as u64);
         b.append_data(&mut h, path, text.as_bytes())?;
     }
+    let mut dirs: std::collections::BTreeSet<String> = ["bin", "etc", "tmp", "www"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    for file in extra {
+        let rel = file.path.trim_start_matches('/');
+        if rel.is_empty() || rel.ends_with('/') || rel.split('/').any(|c| c == "..") {
+            bail!(
+                "extra file path {:?}: give a file path like /bin/name",
+                file.path
+            );
+        }
+        let parts: Vec<&str> = rel.split('/').collect();
+        for i in 1..parts.len() {
+            let dir = parts[..i].join("/");
+            if dirs.insert(dir.clone()) {
+                let mut h = header(tar::EntryType::Directory, 0o755, 0);
+                b.append_data(&mut h, format!("{dir}/"), &[][..])?;
+            }
+        }
+        let bytes = file
+            .bytes()
+            .with_context(|| format!("extra file {}", file.path))?;
+        let mut h = header(tar::EntryType::Regular, file.mode, bytes.len() as u64);
+        b.append_data(&mut h, rel, &bytes[..])?;
+    }
     Ok(b.into_inner()?)
 }
 
@@ -166,7 +253,7 @@ fn write_blob(dir: &Path, bytes: &[u8]) -> Result<String> {
 /// Write (or add to) an OCI image layout at `dir`: one image named `name_tag` (the
 /// `org.opencontainers.image.ref.name` annotation, replacing an entry of the same name).
 pub fn build_busybox_image(dir: &Path, name_tag: &str, spec: TestImage) -> Result<()> {
-    let layer = busybox_layer()?;
+    let layer = busybox_layer(&spec.extra_files)?;
     let diff_id = sha256(&layer);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&layer)?;
@@ -517,5 +604,40 @@ mod tests {
             .count();
         // One shared layer, two configs, two manifests.
         assert_eq!(blobs, 5);
+    }
+
+    #[test]
+    fn extra_files_land_in_the_layer_with_their_directories() {
+        let extra = vec![
+            ExtraFile {
+                path: "/opt/x/data.txt".into(),
+                mode: 0o600,
+                content: FileContent::Bytes(b"hi".to_vec()),
+            },
+            ExtraFile::program(Program::UdpEcho),
+        ];
+        let layer = busybox_layer(&extra).unwrap();
+        let mut archive = tar::Archive::new(&layer[..]);
+        let mut seen = std::collections::BTreeMap::new();
+        for e in archive.entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = e.path().unwrap().to_string_lossy().into_owned();
+            let mode = e.header().mode().unwrap();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            assert!(seen.insert(path, (mode, data.len())).is_none(), "duplicate");
+        }
+        assert!(seen.contains_key("opt/"));
+        assert!(seen.contains_key("opt/x/"));
+        assert_eq!(seen["opt/x/data.txt"], (0o600, 2));
+        let (mode, len) = seen["bin/shoal-udpecho"];
+        assert_eq!(mode, 0o755);
+        assert!(len > 10_000, "a static binary, got {len} bytes");
+        let bad = ExtraFile {
+            path: "/../etc/x".into(),
+            mode: 0o644,
+            content: FileContent::Bytes(vec![]),
+        };
+        assert!(busybox_layer(&[bad]).is_err());
     }
 }

@@ -7,6 +7,7 @@
 //! are built on this crate. It needs root and iproute2, and works by shelling
 //! out to `ip` and to the `shoal` binary itself.
 
+pub mod backend;
 pub mod images;
 mod lab;
 
