@@ -459,6 +459,18 @@ impl LocalNet {
                     })?
             }
         };
+        // The MAC follows the address (as on the overlays): a lease handed to a new task keeps
+        // the node's neighbour entry for it valid, so the first packets to the new task are
+        // not sent to the old one's MAC.
+        task.link()
+            .set(
+                LinkUnspec::new_with_index(eth0)
+                    .address(proto::spec::overlay_mac(ip).to_vec())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(netlink(format!("setting the MAC address of {ifname}")))?;
         add_address(&task, eth0, ifname, ip, self.prefix_len).await?;
         set_up(&task, eth0, ifname).await?;
         if let Some(lo) = link_index(&task, "lo").await? {

@@ -34,7 +34,12 @@ struct LocalTask {
     networks: Vec<TaskNetwork>,
     /// Its address on the gateway bridge (None: only internal networks).
     gateway_addr: Option<Ipv4Addr>,
+    service_id: String,
 }
+
+/// How long a starting task may take to listen on its published TCP ports before it counts
+/// as running anyway.
+pub const LISTEN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Default)]
 struct State {
@@ -153,6 +158,7 @@ impl NodeNet {
             netns: netns.to_path_buf(),
             networks: task.networks.clone(),
             gateway_addr,
+            service_id: task.service_id.clone(),
         };
         if !task.networks.is_empty() {
             let upstreams: Vec<SocketAddr> = task
@@ -211,6 +217,44 @@ impl NodeNet {
             .tasks
             .get(task_id)
             .is_some_and(|t| !t.networks.is_empty())
+    }
+
+    /// Waits (at most [`LISTEN_WAIT`]) until the started task accepts connections on every
+    /// TCP port its service publishes, so the routing mesh never sends a request to a process
+    /// that is not listening yet (the task joins the backends once it is reported RUNNING).
+    /// Returns whether it listens.
+    pub async fn wait_listening(&self, task_id: &str) -> bool {
+        let (netns, ports) = {
+            let st = self.lock();
+            let Some(t) = st.tasks.get(task_id) else {
+                return true;
+            };
+            let ports: Vec<u16> = st
+                .net
+                .services
+                .iter()
+                .filter(|s| s.id == t.service_id)
+                .flat_map(|s| s.ports.iter())
+                .filter(|p| p.protocol == proto::spec::PortProtocol::Tcp)
+                .map(|p| p.target_port)
+                .collect::<BTreeSet<u16>>()
+                .into_iter()
+                .collect();
+            (t.netns.clone(), ports)
+        };
+        if ports.is_empty() {
+            return true;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("shoal-listen".into())
+            .spawn(move || {
+                let _ = tx.send(probe_ports(&netns, &ports, LISTEN_WAIT));
+            });
+        if spawned.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
     }
 
     /// Undo `attach` (idempotent).
@@ -328,6 +372,31 @@ impl NodeNet {
         self.lock().node_rules = None;
         r
     }
+}
+
+/// On this (new) thread: enter `netns` and connect to 127.0.0.1 on each port until all accept
+/// or `limit` passes.
+fn probe_ports(netns: &Path, ports: &[u16], limit: std::time::Duration) -> bool {
+    let Ok(ns) = std::fs::File::open(netns) else {
+        return false;
+    };
+    if nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
+        return false;
+    }
+    let deadline = std::time::Instant::now() + limit;
+    let mut waiting: Vec<u16> = ports.to_vec();
+    while std::time::Instant::now() < deadline {
+        waiting.retain(|p| {
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, *p));
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200))
+                .is_err()
+        });
+        if waiting.is_empty() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    false
 }
 
 /// The VIP rules of one task; None for a task on no overlay.

@@ -39,7 +39,14 @@ impl Runtime for NetworkedRuntime {
         self.inner.prepare(task).await
     }
     async fn start(&self, task_id: &str) -> Result<(), RuntimeError> {
-        self.inner.start(task_id).await
+        self.inner.start(task_id).await?;
+        if !self.net.wait_listening(task_id).await {
+            tracing::warn!(
+                task = task_id,
+                "the task does not listen on its published ports; counting it as running anyway"
+            );
+        }
+        Ok(())
     }
     async fn wait(&self, task_id: &str) -> Result<i32, RuntimeError> {
         self.inner.wait(task_id).await
