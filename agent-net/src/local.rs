@@ -29,7 +29,7 @@ use futures::TryStreamExt;
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
-use rtnetlink::packet_route::link::{InfoData, InfoVeth};
+use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkMessage};
 use rtnetlink::packet_route::route::RouteProtocol;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
@@ -164,7 +164,8 @@ pub(crate) async fn netlink_in(ns: fs::File, what: &str) -> Result<Handle, NetEr
     Ok(handle)
 }
 
-pub(crate) async fn link_index(h: &Handle, name: &str) -> Result<Option<u32>, NetError> {
+/// The link called `name`, if there is one.
+pub(crate) async fn get_link(h: &Handle, name: &str) -> Result<Option<LinkMessage>, NetError> {
     let found = h
         .link()
         .get()
@@ -174,10 +175,14 @@ pub(crate) async fn link_index(h: &Handle, name: &str) -> Result<Option<u32>, Ne
         .await
         .map_err(netlink(format!("looking up {name}")));
     match found {
-        Ok(link) => Ok(link.map(|l| l.header.index)),
+        Ok(link) => Ok(link),
         Err(e) if e.errno() == Some(Errno::ENODEV) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+pub(crate) async fn link_index(h: &Handle, name: &str) -> Result<Option<u32>, NetError> {
+    Ok(get_link(h, name).await?.map(|l| l.header.index))
 }
 
 pub(crate) async fn delete_link(h: &Handle, name: &str) -> Result<(), NetError> {

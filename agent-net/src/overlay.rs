@@ -42,8 +42,8 @@ use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan};
 
 use crate::local::{
-    add_address, delete_link, ensure_netns, io, link_index, netlink, netlink_in, on_thread,
-    remove_netns, set_up, sys, unless, NetError,
+    add_address, delete_link, ensure_netns, get_link, io, link_index, netlink, netlink_in,
+    on_thread, remove_netns, set_up, sys, unless, NetError,
 };
 
 /// The IANA VXLAN port.
@@ -212,22 +212,6 @@ fn mtu_of(link: &LinkMessage) -> Option<u32> {
         LinkAttribute::Mtu(m) => Some(*m),
         _ => None,
     })
-}
-
-async fn get_link(h: &Handle, name: &str) -> Result<Option<LinkMessage>, NetError> {
-    let found = h
-        .link()
-        .get()
-        .match_name(name.to_string())
-        .execute()
-        .try_next()
-        .await
-        .map_err(netlink(format!("looking up {name}")));
-    match found {
-        Ok(link) => Ok(link),
-        Err(e) if e.errno() == Some(Errno::ENODEV) => Ok(None),
-        Err(e) => Err(e),
-    }
 }
 
 /// The MTU of the node's interface that holds `ip`.

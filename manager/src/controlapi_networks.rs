@@ -90,24 +90,12 @@ pub fn plan_create(
 
 /// A network by id, name or unique id prefix.
 pub fn find_network<'a>(d: &'a StoreData, key: &str) -> Result<&'a Network, Status> {
-    if let Some(n) = d.networks.get(key) {
-        return Ok(n);
-    }
-    if let Some(n) = d.networks.values().find(|n| n.spec.name == key) {
-        return Ok(n);
-    }
-    let by_prefix: Vec<&Network> = d
-        .networks
-        .values()
-        .filter(|n| !key.is_empty() && n.id.starts_with(key))
-        .collect();
-    match by_prefix.as_slice() {
-        [one] => Ok(one),
-        [] => Err(Status::not_found(format!("network {key} not found"))),
-        _ => Err(Status::invalid_argument(format!(
-            "network {key} is ambiguous: use more of its id"
-        ))),
-    }
+    crate::store::find_by_key(&d.networks, key, |n| &n.spec.name).map_err(|miss| match miss {
+        crate::store::Miss::NotFound => Status::not_found(format!("network {key} not found")),
+        crate::store::Miss::Ambiguous => {
+            Status::invalid_argument(format!("network {key} is ambiguous: use more of its id"))
+        }
+    })
 }
 
 /// Names of the services attached to network `n` (sorted).

@@ -164,24 +164,12 @@ fn with_spec(d: &StoreData, s: &mut Service, mut spec: ServiceSpec) -> Result<()
 }
 
 pub(crate) fn find_service<'a>(d: &'a StoreData, key: &str) -> Result<&'a Service, Status> {
-    if let Some(s) = d.services.get(key) {
-        return Ok(s);
-    }
-    if let Some(s) = d.services.values().find(|s| s.spec.name == key) {
-        return Ok(s);
-    }
-    let by_prefix: Vec<&Service> = d
-        .services
-        .values()
-        .filter(|s| !key.is_empty() && s.id.starts_with(key))
-        .collect();
-    match by_prefix.as_slice() {
-        [one] => Ok(one),
-        [] => Err(Status::not_found(format!("service {key} not found"))),
-        _ => Err(Status::invalid_argument(format!(
-            "service {key} is ambiguous"
-        ))),
-    }
+    crate::store::find_by_key(&d.services, key, |s| &s.spec.name).map_err(|miss| match miss {
+        crate::store::Miss::NotFound => Status::not_found(format!("service {key} not found")),
+        crate::store::Miss::Ambiguous => {
+            Status::invalid_argument(format!("service {key} is ambiguous"))
+        }
+    })
 }
 
 /// Nodes a global service runs on: ready, active, and (roughly) its constraints; the

@@ -151,26 +151,14 @@ pub fn validate_data(kind: FileKind, data: &[u8]) -> Result<(), String> {
 
 /// Find by full id, exact name, or unique id prefix (as Docker resolves them).
 pub fn find<'a>(d: &'a StoreData, kind: FileKind, key: &str) -> Result<&'a FileObject, String> {
-    let table = kind.table(d);
-    if let Some(o) = table.get(key) {
-        return Ok(o);
-    }
-    if let Some(o) = table.values().find(|o| o.name == key) {
-        return Ok(o);
-    }
-    let by_prefix: Vec<&FileObject> = table
-        .values()
-        .filter(|o| !key.is_empty() && o.id.starts_with(key))
-        .collect();
-    match by_prefix.as_slice() {
-        [one] => Ok(one),
-        [] => Err(format!("{} not found: {key}", kind.noun())),
-        _ => Err(format!(
+    crate::store::find_by_key(kind.table(d), key, |o| &o.name).map_err(|miss| match miss {
+        crate::store::Miss::NotFound => format!("{} not found: {key}", kind.noun()),
+        crate::store::Miss::Ambiguous => format!(
             "{} {key} is ambiguous: it matches more than one {}",
             kind.noun(),
             kind.noun()
-        )),
-    }
+        ),
+    })
 }
 
 fn by_name<'a>(d: &'a StoreData, kind: FileKind, name: &str) -> Option<&'a FileObject> {

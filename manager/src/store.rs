@@ -1024,6 +1024,37 @@ fn check_forward(old: &Task, new: &Task) -> Result<(), TxnError> {
     Ok(())
 }
 
+/// Why [`find_by_key`] found nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    NotFound,
+    Ambiguous,
+}
+
+/// An object of a table keyed by id, found as Docker resolves names: full id, exact name,
+/// then a unique id prefix.
+pub fn find_by_key<'a, T>(
+    table: &'a BTreeMap<String, T>,
+    key: &str,
+    name: impl Fn(&T) -> &str,
+) -> Result<&'a T, Miss> {
+    if let Some(o) = table.get(key) {
+        return Ok(o);
+    }
+    if let Some(o) = table.values().find(|o| name(o) == key) {
+        return Ok(o);
+    }
+    let mut by_prefix = table
+        .iter()
+        .filter(|(id, _)| !key.is_empty() && id.starts_with(key))
+        .map(|(_, o)| o);
+    match (by_prefix.next(), by_prefix.next()) {
+        (Some(one), None) => Ok(one),
+        (None, _) => Err(Miss::NotFound),
+        (Some(_), Some(_)) => Err(Miss::Ambiguous),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FindError {
     #[error("node {0} not found")]
