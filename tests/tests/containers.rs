@@ -411,9 +411,15 @@ fn lab_real_containers() -> Result<()> {
     let leaks = files_containing(&lab.host_data_dir(&node)?, secret.as_bytes());
     ensure!(leaks.is_empty(), "secret on the worker's disk: {leaks:?}");
 
-    // The image's HEALTHCHECK gates RUNNING, and an unhealthy task is replaced.
+    // The image's HEALTHCHECK gates RUNNING, and an unhealthy task is replaced. The image
+    // probes every 500 ms with 2 retries; a long start period keeps the task from being
+    // failed before the test makes it healthy (failures in the start period do not count
+    // until the first success, as in Docker), whatever the machine's load.
     let health = format!("{reg}/health:1");
-    create(&lab, &["--name", "hc", &health])?;
+    create(
+        &lab,
+        &["--name", "hc", "--health-start-period", "5m", &health],
+    )?;
     let t = eventually("hc placed and starting", WAIT, || {
         let ts = tasks(&lab, "hc", true)?;
         let t = ts.first().cloned().ok_or_else(|| anyhow!("no hc task"))?;
