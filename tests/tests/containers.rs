@@ -412,9 +412,10 @@ fn lab_real_containers() -> Result<()> {
     ensure!(leaks.is_empty(), "secret on the worker's disk: {leaks:?}");
 
     // The image's HEALTHCHECK gates RUNNING, and an unhealthy task is replaced. The image
-    // probes every 500 ms with 2 retries; a long start period keeps the task from being
-    // failed before the test makes it healthy (failures in the start period do not count
-    // until the first success, as in Docker), whatever the machine's load.
+    // probes every 500 ms with 2 retries; a long start period (the service's, over the
+    // image's other fields) keeps the task from being failed before the test makes it
+    // healthy, whatever the machine's load: failures before the first success do not count
+    // in it, as in Docker.
     let health = format!("{reg}/health:1");
     create(
         &lab,
@@ -429,7 +430,10 @@ fn lab_real_containers() -> Result<()> {
     })?;
     let hc_node = t["Node"].as_str().unwrap_or_default().to_string();
     let hc_id = t["ID"].as_str().unwrap_or_default().to_string();
-    lab.shoal(&hc_node, &["exec", &hc_id, "--", "touch", "/tmp/healthy"])?;
+    // Starting is reported as the start begins: the container may not run yet.
+    eventually("hc made healthy", WAIT, || {
+        lab.shoal(&hc_node, &["exec", &hc_id, "--", "touch", "/tmp/healthy"])
+    })?;
     eventually("hc running once healthy", WAIT, || {
         all_running(&lab, "hc", 1)
     })?;

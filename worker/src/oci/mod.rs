@@ -91,16 +91,10 @@ struct TaskRecord {
 
 impl TaskRecord {
     fn healthcheck(&self) -> Option<HealthCheck> {
-        let check = self
-            .assignment
-            .spec
-            .healthcheck
-            .clone()
-            .or_else(|| self.image.healthcheck.clone())?;
-        match check.test.first().map(String::as_str) {
-            None | Some("NONE") => None,
-            _ => Some(check),
-        }
+        merge_healthcheck(
+            self.assignment.spec.healthcheck.as_ref(),
+            self.image.healthcheck.as_ref(),
+        )
     }
 
     fn stop_signal(&self) -> i32 {
@@ -114,6 +108,38 @@ impl TaskRecord {
             return libc::SIGTERM;
         }
         spec::parse_signal(text).unwrap_or(libc::SIGTERM)
+    }
+}
+
+/// The check a task runs: the service's fields over the image's, as Docker merges them: an
+/// empty test or a zero timing of the service keeps the image's (so `--health-start-period`
+/// alone only changes the start period); a test of `NONE` turns checking off.
+fn merge_healthcheck(
+    service: Option<&HealthCheck>,
+    image: Option<&HealthCheck>,
+) -> Option<HealthCheck> {
+    let check = match (service, image) {
+        (None, None) => return None,
+        (None, Some(i)) => i.clone(),
+        (Some(s), None) => s.clone(),
+        (Some(s), Some(i)) => {
+            let pick = |a: u64, b: u64| if a == 0 { b } else { a };
+            HealthCheck {
+                test: if s.test.is_empty() {
+                    i.test.clone()
+                } else {
+                    s.test.clone()
+                },
+                interval_ms: pick(s.interval_ms, i.interval_ms),
+                timeout_ms: pick(s.timeout_ms, i.timeout_ms),
+                retries: pick(s.retries, i.retries),
+                start_period_ms: pick(s.start_period_ms, i.start_period_ms),
+            }
+        }
+    };
+    match check.test.first().map(String::as_str) {
+        None | Some("NONE") => None,
+        _ => Some(check),
     }
 }
 
@@ -1077,6 +1103,50 @@ mod tests {
             trim_runtime_error(crun),
             "executable file `nope` not found in $PATH: No such file or directory"
         );
+    }
+
+    #[test]
+    fn service_healthcheck_fields_fall_back_to_the_image() {
+        let image = HealthCheck {
+            test: vec!["CMD-SHELL".into(), "test -e /ok".into()],
+            interval_ms: 500,
+            timeout_ms: 1000,
+            retries: 2,
+            start_period_ms: 0,
+        };
+        // Only a start period given: the image's test and other timings stay.
+        let only_start = HealthCheck {
+            start_period_ms: 300_000,
+            ..Default::default()
+        };
+        let got = merge_healthcheck(Some(&only_start), Some(&image)).unwrap();
+        assert_eq!(got.test, image.test);
+        assert_eq!(
+            (
+                got.interval_ms,
+                got.timeout_ms,
+                got.retries,
+                got.start_period_ms
+            ),
+            (500, 1000, 2, 300_000)
+        );
+        // A test of the service's own replaces the image's.
+        let own = HealthCheck {
+            test: vec!["CMD".into(), "true".into()],
+            ..Default::default()
+        };
+        let got = merge_healthcheck(Some(&own), Some(&image)).unwrap();
+        assert_eq!(got.test, own.test);
+        assert_eq!(got.interval_ms, 500);
+        // NONE turns it off; nothing anywhere means no check.
+        let none = HealthCheck {
+            test: vec!["NONE".into()],
+            ..Default::default()
+        };
+        assert_eq!(merge_healthcheck(Some(&none), Some(&image)), None);
+        assert_eq!(merge_healthcheck(None, None), None);
+        assert_eq!(merge_healthcheck(Some(&only_start), None), None);
+        assert_eq!(merge_healthcheck(None, Some(&image)), Some(image.clone()));
     }
 
     #[test]
