@@ -836,7 +836,8 @@ mod tests {
             },
             created_at_ms: 0,
             restart_count: 0,
-            networks: task_networks(d, &svc.spec, id, &mut taken),
+            networks: task_networks(d, &svc.spec, id, &mut taken).unwrap(),
+            awaiting_addresses: false,
         }
     }
 

@@ -250,6 +250,10 @@ pub struct Task {
     /// The task's addresses on its overlays, in interface order; fixed when it is created.
     #[serde(default)]
     pub networks: Vec<TaskNetwork>,
+    /// A network of its service had no free address when it was created: it holds none,
+    /// stays PENDING and unscheduled, and the orchestrator tries again each round.
+    #[serde(default)]
+    pub awaiting_addresses: bool,
 }
 
 /// The key that seals secret and config data ([`crate::secrets`]); created with the first
@@ -1267,6 +1271,7 @@ pub(crate) mod tests {
                 ingress: false,
                 aliases: vec![],
             }],
+            awaiting_addresses: false,
         }
     }
 

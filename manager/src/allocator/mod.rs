@@ -313,39 +313,38 @@ pub fn allocate_endpoint(
     Ok(ServiceEndpoint { vips, ports })
 }
 
-/// A new task's place on each network of its service; `taken` holds addresses given out
-/// earlier in the same plan (and receives these). A network without a free address is
-/// left out (logged): the task still runs on the others.
+/// A new task's place on each network of its service, all or none; `taken` holds addresses
+/// given out earlier in the same plan (and receives these). A network without a free address
+/// fails the whole: the task then waits, PENDING, until an address frees up (as Swarm's
+/// allocator holds a task it cannot allocate) rather than running cut off from a network.
 pub fn task_networks(
     d: &StoreData,
     spec: &ServiceSpec,
     task_id: &str,
     taken: &mut BTreeSet<(String, Ipv4Addr)>,
-) -> Vec<TaskNetwork> {
+) -> Result<Vec<TaskNetwork>, AllocError> {
     if spec.task.networks.is_empty() && spec.endpoint.ports.is_empty() {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let mut out = Vec::new();
+    let mut mine = BTreeSet::new();
     for (n, aliases) in service_networks(d, spec) {
-        match pick_addr(d, n, task_id, taken) {
-            Ok(a) => {
-                taken.insert((n.id.clone(), a));
-                out.push(TaskNetwork {
-                    network_id: n.id.clone(),
-                    network_name: n.spec.name.clone(),
-                    vni: n.vni,
-                    subnet: n.subnet.clone(),
-                    gateway: n.gateway,
-                    addr: a,
-                    internal: n.spec.internal,
-                    ingress: n.spec.ingress,
-                    aliases,
-                });
-            }
-            Err(e) => tracing::warn!(task = %task_id, error = %e, "task left off a network"),
-        }
+        let a = pick_addr(d, n, task_id, taken)?;
+        mine.insert((n.id.clone(), a));
+        out.push(TaskNetwork {
+            network_id: n.id.clone(),
+            network_name: n.spec.name.clone(),
+            vni: n.vni,
+            subnet: n.subnet.clone(),
+            gateway: n.gateway,
+            addr: a,
+            internal: n.spec.internal,
+            ingress: n.spec.ingress,
+            aliases,
+        });
     }
-    out
+    taken.extend(mine);
+    Ok(out)
 }
 
 /// Give every node without one an address on the ingress network (none if it does not

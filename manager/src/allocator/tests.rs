@@ -197,8 +197,8 @@ fn task_networks_put_ingress_first_and_never_share_an_address() {
     let d = data_with_networks();
     let s = service("web", &["net1"], vec![port(0, 80)]);
     let mut taken = BTreeSet::new();
-    let a = task_networks(&d, &s.spec, "task-a", &mut taken);
-    let b = task_networks(&d, &s.spec, "task-a", &mut taken);
+    let a = task_networks(&d, &s.spec, "task-a", &mut taken).unwrap();
+    let b = task_networks(&d, &s.spec, "task-a", &mut taken).unwrap();
     assert_eq!(a.len(), 2);
     assert!(a[0].ingress && !a[1].ingress);
     assert_eq!(a[1].network_name, "net");
@@ -209,7 +209,9 @@ fn task_networks_put_ingress_first_and_never_share_an_address() {
     assert_ne!(a[1].addr, b[1].addr);
     // No networks, no ports: nothing to do.
     let plain = service("p", &[], vec![]);
-    assert!(task_networks(&d, &plain.spec, "t", &mut taken).is_empty());
+    assert!(task_networks(&d, &plain.spec, "t", &mut taken)
+        .unwrap()
+        .is_empty());
 }
 
 #[test]

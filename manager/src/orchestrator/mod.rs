@@ -119,8 +119,12 @@ impl<'a> Plan<'a> {
         restart_count: u64,
     ) -> Task {
         let id = random_id(25);
-        let networks =
-            crate::allocator::task_networks(self.data, &service.spec, &id, &mut self.taken);
+        let (networks, status) =
+            match crate::allocator::task_networks(self.data, &service.spec, &id, &mut self.taken) {
+                Ok(networks) => (networks, created_status(self.now_ms)),
+                Err(e) => (Vec::new(), awaiting_status(&e, self.now_ms)),
+            };
+        let awaiting_addresses = status.state == TaskState::Pending;
         let t = Task {
             id,
             version: 0,
@@ -131,19 +135,51 @@ impl<'a> Plan<'a> {
             spec: service.spec.task.clone(),
             spec_version: service.spec_version,
             desired_state: TaskState::Running,
-            status: TaskStatus {
-                state: TaskState::New,
-                message: "created".into(),
-                err: String::new(),
-                exit_code: None,
-                timestamp_ms: self.now_ms,
-            },
+            status,
             created_at_ms: self.now_ms,
             restart_count,
             networks,
+            awaiting_addresses,
         };
         self.created.insert(t.id.clone(), t.clone());
         t
+    }
+
+    /// Tasks created while a network of theirs was full try again: once every network has an
+    /// address for them they go to the scheduler (still PENDING: a state never goes back). A
+    /// task the updater or a scale-down already ended is left alone.
+    pub fn allocate_waiting(&mut self) {
+        let waiting: Vec<Task> = self
+            .data
+            .tasks
+            .values()
+            .filter(|t| t.awaiting_addresses && is_runnable(t))
+            .filter(|t| !self.deleted.contains(&t.id))
+            .map(|t| self.updated.get(&t.id).unwrap_or(t).clone())
+            .filter(|t| t.awaiting_addresses && is_runnable(t))
+            .collect();
+        for mut t in waiting {
+            let Some(service) = self.service(&t.service_id) else {
+                continue;
+            };
+            match crate::allocator::task_networks(self.data, &service.spec, &t.id, &mut self.taken)
+            {
+                Ok(networks) => {
+                    t.networks = networks;
+                    t.awaiting_addresses = false;
+                    t.status.message = ALLOCATED_MESSAGE.into();
+                    t.status.timestamp_ms = self.now_ms;
+                    self.update_task(t);
+                }
+                Err(e) => {
+                    let status = awaiting_status(&e, self.now_ms);
+                    if t.status.message != status.message {
+                        t.status = status;
+                        self.update_task(t);
+                    }
+                }
+            }
+        }
     }
 
     pub fn node(&self, id: &str) -> Option<&'a Node> {
@@ -176,6 +212,30 @@ impl<'a> Plan<'a> {
             });
         }
         ops
+    }
+}
+
+/// A task that waited for an address got its addresses (Swarm's words for the same step).
+pub const ALLOCATED_MESSAGE: &str = "pending task scheduling";
+
+fn created_status(now_ms: i64) -> TaskStatus {
+    TaskStatus {
+        state: TaskState::New,
+        message: "created".into(),
+        err: String::new(),
+        exit_code: None,
+        timestamp_ms: now_ms,
+    }
+}
+
+/// PENDING with the allocator's reason, which `service ps` shows in its ERROR column.
+fn awaiting_status(e: &crate::allocator::AllocError, now_ms: i64) -> TaskStatus {
+    TaskStatus {
+        state: TaskState::Pending,
+        message: e.to_string(),
+        err: String::new(),
+        exit_code: None,
+        timestamp_ms: now_ms,
     }
 }
 
@@ -228,6 +288,7 @@ pub enum Death {
 /// One orchestration round: every part, in order.
 pub fn plan(data: &StoreData, now_ms: i64) -> Vec<Op> {
     let mut p = Plan::new(data, now_ms);
+    p.allocate_waiting();
     for s in data.services.values() {
         updater::promote(&mut p, &s.id);
         updater::plan(&mut p, &s.id);

@@ -60,6 +60,7 @@ mod tests {
     fn dead(state: TaskState, created: i64, died: i64, restarts: u64) -> Task {
         Task {
             networks: Vec::new(),
+            awaiting_addresses: false,
             id: "t".into(),
             version: 1,
             service_id: "s".into(),

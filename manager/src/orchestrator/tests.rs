@@ -445,3 +445,82 @@ fn new_tasks_get_distinct_addresses_and_nodes_ingress_addresses() {
         .iter()
         .all(|op| !matches!(op, Op::Create(_) | Op::Update(Object::Node(_)))));
 }
+
+#[test]
+fn tasks_wait_pending_for_a_free_address_then_take_one() {
+    use crate::allocator::tests::{data_with_networks, service as net_service};
+    use crate::allocator::{allocate_endpoint, new_network};
+    use crate::scheduler::needs_scheduling;
+    use crate::store::default_addr_pool;
+    use crate::store::{Kind, Txn};
+    let mut d = data_with_networks();
+    // A /29: gateway .1, then five host addresses; the service's VIP takes one.
+    let spec = proto::spec::NetworkSpec {
+        name: "small".into(),
+        driver: "overlay".into(),
+        subnet: "10.9.9.0/29".into(),
+        ..Default::default()
+    };
+    let n = new_network(&d, &spec, &default_addr_pool(), 24, "small1".into(), 0).unwrap();
+    let mut s = net_service("svc", &["small1"], vec![]);
+    s.spec.mode = ServiceMode::Replicated { replicas: 6 };
+    d.apply_txn(3, &Txn::new(vec![Op::Create(Object::Network(n))]))
+        .unwrap();
+    s.endpoint = allocate_endpoint(&d, "svc", &s.spec, &Default::default()).unwrap();
+    d.apply_txn(
+        4,
+        &Txn::new(vec![
+            Op::Create(Object::Service(s)),
+            Op::Create(Object::Node(node("n1"))),
+        ]),
+    )
+    .unwrap();
+    d.apply_txn(5, &Txn::new(plan(&d, 0))).unwrap();
+    let (placed, waiting): (Vec<&Task>, Vec<&Task>) =
+        d.tasks.values().partition(|t| !t.awaiting_addresses);
+    assert_eq!((placed.len(), waiting.len()), (4, 2));
+    for t in &waiting {
+        assert!(t.networks.is_empty());
+        assert_eq!(t.status.state, TaskState::Pending);
+        assert_eq!(
+            t.status.message,
+            "network small has no free address left; remove tasks or services from it"
+        );
+        assert!(
+            !needs_scheduling(t),
+            "a task without its addresses is not placed"
+        );
+    }
+    for t in &placed {
+        assert_eq!(t.networks.len(), 1);
+        assert!(needs_scheduling(t));
+    }
+    // Another round changes nothing while the network is full.
+    assert!(plan(&d, 500).is_empty());
+
+    // A task goes away: its address goes to a waiting task (in the same round, the slot it
+    // leaves gets a new task, which waits in its turn).
+    let gone = placed[0].id.clone();
+    let was_waiting: Vec<String> = waiting.iter().map(|t| t.id.clone()).collect();
+    d.apply_txn(
+        6,
+        &Txn::new(vec![Op::Delete {
+            kind: Kind::Task,
+            id: gone,
+        }]),
+    )
+    .unwrap();
+    d.apply_txn(7, &Txn::new(plan(&d, 1000))).unwrap();
+    let now_placed: Vec<&Task> = d
+        .tasks
+        .values()
+        .filter(|t| was_waiting.contains(&t.id) && !t.awaiting_addresses)
+        .collect();
+    assert_eq!(now_placed.len(), 1);
+    assert_eq!(now_placed[0].status.state, TaskState::Pending);
+    assert_eq!(now_placed[0].status.message, super::ALLOCATED_MESSAGE);
+    assert_eq!(now_placed[0].networks.len(), 1);
+    assert!(needs_scheduling(now_placed[0]));
+    assert_eq!(d.tasks.len(), 6);
+    assert_eq!(d.tasks.values().filter(|t| t.awaiting_addresses).count(), 2);
+}

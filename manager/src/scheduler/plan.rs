@@ -25,10 +25,10 @@ use super::filter::{self, NodeLoad, Requirements, Stages};
 use super::Decision;
 use crate::store::{StoreData, Task};
 
-/// A task the scheduler must place: it should run and has not been given a node yet (or, for
-/// a global task, its node has not accepted it yet).
+/// A task the scheduler must place: it should run, holds its addresses, and has not been
+/// given a node yet (or, for a global task, its node has not accepted it yet).
 pub fn needs_scheduling(task: &Task) -> bool {
-    meant_to_run(task) && task.status.state <= TaskState::Pending
+    meant_to_run(task) && task.status.state <= TaskState::Pending && !task.awaiting_addresses
 }
 
 /// Desired RUNNING, or READY: a stop-first update's new task, placed and prepared while the

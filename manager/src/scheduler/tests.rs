@@ -40,6 +40,7 @@ fn labelled(id: &str, key: &str, value: &str) -> Node {
 fn task(id: &str, service: &str) -> Task {
     Task {
         networks: Vec::new(),
+        awaiting_addresses: false,
         id: id.into(),
         version: 1,
         service_id: service.into(),
