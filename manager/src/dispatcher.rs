@@ -859,7 +859,8 @@ mod tests {
             ops.push(Op::Create(Object::Node(n)));
         }
         d.apply_txn(3, &Txn::new(ops)).unwrap();
-        d.apply_txn(4, &Txn::new(node_ingress_ops(&d))).unwrap();
+        d.apply_txn(4, &Txn::new(node_ingress_ops(&d, &mut BTreeSet::new())))
+            .unwrap();
         let mut web = service("web", &["net1"], vec![port(8080, 80)]);
         web.endpoint = allocate_endpoint(&d, "web", &web.spec, &Default::default()).unwrap();
         let other = service("other", &[], vec![]);

@@ -348,17 +348,17 @@ pub fn task_networks(
 }
 
 /// Give every node without one an address on the ingress network (none if it does not
-/// exist yet).
-pub fn node_ingress_ops(d: &StoreData) -> Vec<Op> {
+/// exist yet); `taken` holds addresses given out earlier in the same transaction (new
+/// tasks' ones) and receives these.
+pub fn node_ingress_ops(d: &StoreData, taken: &mut BTreeSet<(String, Ipv4Addr)>) -> Vec<Op> {
     let Some(ing) = d.ingress_network() else {
         return Vec::new();
     };
-    let mut fresh = BTreeSet::new();
     let mut ops = Vec::new();
     for n in d.nodes.values().filter(|n| n.ingress_addr.is_none()) {
-        match pick_addr(d, ing, &n.id, &fresh) {
+        match pick_addr(d, ing, &n.id, taken) {
             Ok(a) => {
-                fresh.insert((ing.id.clone(), a));
+                taken.insert((ing.id.clone(), a));
                 let mut n = n.clone();
                 n.ingress_addr = Some(a);
                 ops.push(Op::Update(Object::Node(n)));

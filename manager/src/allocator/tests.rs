@@ -225,13 +225,13 @@ fn nodes_get_distinct_ingress_addresses() {
         ]),
     )
     .unwrap();
-    let ops = node_ingress_ops(&d);
+    let ops = node_ingress_ops(&d, &mut BTreeSet::new());
     assert_eq!(ops.len(), 2);
     d.apply_txn(4, &Txn::new(ops)).unwrap();
     let a = d.nodes["n1"].ingress_addr.unwrap();
     let b = d.nodes["n2"].ingress_addr.unwrap();
     assert_ne!(a, b);
-    assert!(node_ingress_ops(&d).is_empty());
+    assert!(node_ingress_ops(&d, &mut BTreeSet::new()).is_empty());
     assert!(d.addr_holder("ing", a).is_some());
 }
 

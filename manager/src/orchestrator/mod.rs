@@ -304,8 +304,10 @@ pub fn plan(data: &StoreData, now_ms: i64) -> Vec<Op> {
         }
     }
     reaper::plan(&mut p);
+    // Nodes' ingress addresses go in the same transaction as new tasks' ones: not the same.
+    let nodes = crate::allocator::node_ingress_ops(data, &mut p.taken);
     let mut ops = p.into_ops();
-    ops.extend(crate::allocator::node_ingress_ops(data));
+    ops.extend(nodes);
     ops
 }
 
