@@ -237,24 +237,27 @@ fn replace_table(out: &mut String, table: &str) {
     let _ = writeln!(out, "delete table {table}");
 }
 
-/// The round-robin choice over `items`: `numgen inc mod N map { 0 : …, … }`. A rule using it
-/// is always followed by the same rule with the first item alone. The map is an anonymous set
-/// made with its rule, and a packet that meets a just-committed rule before the set's elements
-/// are live finds no element, and the rule does not match: without the second rule it went
-/// on untranslated (to the node itself, which reset it). Seen here about once in 10,000 new
-/// connections while backends were swapped (kernel 6.18; `swapping_backends_never_fails_a_
-/// connection` in agent-net/tests/nft.rs, 3 of 40 runs failed, 0 of 40 with the second rule).
-fn numgen_map<T>(items: &[T], mut entry: impl FnMut(&T) -> String) -> String {
-    let entries: Vec<String> = items
+/// Writes `<matcher> dnat ip to numgen inc mod N map { 0 : …, … }`, round robin over
+/// `targets` (each as the map writes it, and alone), and after it the same rule to the first
+/// target alone. The map is an anonymous set made with its rule, and a packet that meets a
+/// just-committed rule before the set's elements are live finds no element, and the rule
+/// does not match: without the second rule it went on untranslated (to the node itself,
+/// which reset it). Seen here about once in 10,000 new connections while backends were
+/// swapped (kernel 6.18; `swapping_backends_never_fails_a_connection` in
+/// agent-net/tests/nft.rs, 3 of 40 runs failed, 0 of 40 with the second rule).
+fn dnat_round_robin(out: &mut String, matcher: &str, targets: &[(String, String)], c: &str) {
+    let entries: Vec<String> = targets
         .iter()
         .enumerate()
-        .map(|(i, t)| format!("{i} : {}", entry(t)))
+        .map(|(i, (entry, _))| format!("{i} : {entry}"))
         .collect();
-    format!(
-        "numgen inc mod {} map {{ {} }}",
-        items.len(),
+    let _ = writeln!(
+        out,
+        "\t\t{matcher} dnat ip to numgen inc mod {} map {{ {} }} {c}",
+        targets.len(),
         entries.join(", ")
-    )
+    );
+    let _ = writeln!(out, "\t\t{matcher} dnat ip to {} {c}", targets[0].1);
 }
 
 /// The node namespace's script: tables `ip shoal` and `bridge shoal_gw`.
@@ -289,14 +292,13 @@ pub fn render_node(rules: &NodeRules) -> String {
              \tchain published {\n",
         );
         for p in &open {
-            let (proto, port, c) = (p.protocol.as_str(), p.port, comment(&p.service));
-            let _ = writeln!(
-                out,
-                "\t\t{proto} dport {port} dnat ip to {} {c}",
-                numgen_map(&p.targets, |(a, t)| format!("{a} . {t}")),
-            );
-            let (a, t) = &p.targets[0];
-            let _ = writeln!(out, "\t\t{proto} dport {port} dnat ip to {a}:{t} {c}");
+            let targets: Vec<(String, String)> = p
+                .targets
+                .iter()
+                .map(|(a, t)| (format!("{a} . {t}"), format!("{a}:{t}")))
+                .collect();
+            let matcher = format!("{} dport {}", p.protocol.as_str(), p.port);
+            dnat_round_robin(&mut out, &matcher, &targets, &comment(&p.service));
         }
         out.push_str("\t}\n");
     }
@@ -370,18 +372,13 @@ pub fn render_task(state: &NodeNetState, task_networks: &[String]) -> String {
              \t\ttype nat hook output priority -100; policy accept;\n",
         );
         for v in &open {
-            let c = comment(&v.service);
-            let _ = writeln!(
-                out,
-                "\t\tip daddr {} dnat ip to {} {c}",
-                v.vip,
-                numgen_map(&v.backends, |a| a.to_string()),
-            );
-            let _ = writeln!(
-                out,
-                "\t\tip daddr {} dnat ip to {} {c}",
-                v.vip, v.backends[0]
-            );
+            let targets: Vec<(String, String)> = v
+                .backends
+                .iter()
+                .map(|a| (a.to_string(), a.to_string()))
+                .collect();
+            let matcher = format!("ip daddr {}", v.vip);
+            dnat_round_robin(&mut out, &matcher, &targets, &comment(&v.service));
         }
         out.push_str("\t}\n");
     }

@@ -153,10 +153,10 @@ impl<'a> Plan<'a> {
             .data
             .tasks
             .values()
-            .filter(|t| t.awaiting_addresses && is_runnable(t))
             .filter(|t| !self.deleted.contains(&t.id))
-            .map(|t| self.updated.get(&t.id).unwrap_or(t).clone())
+            .map(|t| self.updated.get(&t.id).unwrap_or(t))
             .filter(|t| t.awaiting_addresses && is_runnable(t))
+            .cloned()
             .collect();
         for mut t in waiting {
             let Some(service) = self.service(&t.service_id) else {
