@@ -131,8 +131,9 @@ pub struct DaemonArgs {
     /// Memory this node offers for reservations, e.g. 4G (default: the machine's).
     #[arg(long)]
     pub memory: Option<String>,
-    /// Raft election timeout (the lower bound; the upper is 7/4 of it).
-    #[arg(long, default_value = "400ms", value_parser = parse_duration)]
+    /// Raft election timeout (the lower bound; the upper is 13/9 of it, the leader lease
+    /// equals it and a raft message may take 5/9 of it).
+    #[arg(long, default_value = "450ms", value_parser = parse_duration)]
     pub election_timeout: Duration,
 }
 
@@ -605,12 +606,10 @@ async fn run_daemon(args: DaemonArgs, level: &str) -> i32 {
         data_dir: args.data_dir,
         socket: args.socket,
         hostname,
-        tuning: manager::raft::RaftTuning {
-            heartbeat: args.raft_heartbeat,
-            election_min: args.election_timeout,
-            election_max: args.election_timeout * 7 / 4,
-            ..Default::default()
-        },
+        tuning: manager::raft::RaftTuning::with_election(
+            args.raft_heartbeat,
+            args.election_timeout,
+        ),
         runtime: match args.runtime.as_str() {
             "none" => crate::daemon::RuntimeChoice::Unavailable,
             "fake" => crate::daemon::RuntimeChoice::Fake {
@@ -773,16 +772,25 @@ async fn exec(host: &str, a: ExecArgs) -> CliResult {
     Err(CliError(format!("Error: running {prog}: {err}")))
 }
 
-/// Retry while the cluster has no leader (an election takes about a second).
+/// Retry while the cluster has no leader (an election takes about a second); a manager that
+/// cannot reach a quorum is believed after a few seconds.
 pub(crate) async fn retry<T, F, Fut>(mut f: F) -> Result<T, Status>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, Status>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let start = tokio::time::Instant::now();
     loop {
         match f().await {
-            Err(s) if s.code() == Code::Unavailable && tokio::time::Instant::now() < deadline => {
+            Err(s) if s.code() == Code::Unavailable => {
+                let patience = if s.message().starts_with("no quorum") {
+                    Duration::from_secs(3)
+                } else {
+                    Duration::from_secs(10)
+                };
+                if start.elapsed() >= patience {
+                    return Err(s);
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             r => return r,
@@ -1197,6 +1205,7 @@ async fn info(mut c: ControlClient<Channel>, a: InfoArgs) -> CliResult {
                 ("Managers", json!(i.managers)),
                 ("NodeAddr", json!(i.node_addr)),
                 ("NodeID", json!(i.node_id)),
+                ("RaftStatus", json!(i.raft_status)),
                 ("Role", json!(i.role)),
             ])
         ),
@@ -1219,8 +1228,10 @@ async fn info(mut c: ControlClient<Channel>, a: InfoArgs) -> CliResult {
                         " Leader: {}",
                         if i.is_leader {
                             "this node".to_string()
-                        } else {
+                        } else if !i.leader_addr.is_empty() {
                             i.leader_addr.clone()
+                        } else {
+                            format!("none ({})", i.raft_status)
                         }
                     );
                 }

@@ -699,13 +699,14 @@ impl Node {
             };
         };
         let id = self.creds.get();
-        let (is_leader, leader_addr, managers) = match &inner.manager {
+        let (is_leader, leader_addr, managers, raft_status) = match &inner.manager {
             Some(m) => (
                 m.is_leader(),
                 m.leader_addr().unwrap_or_default(),
                 m.manager_addrs(),
+                m.raft_status(),
             ),
-            None => (false, String::new(), st.managers.clone()),
+            None => (false, String::new(), st.managers.clone(), String::new()),
         };
         pb::InfoResponse {
             local_node_state: "active".into(),
@@ -719,6 +720,7 @@ impl Node {
             managers,
             is_leader,
             leader_addr,
+            raft_status,
             cert_not_after_ms: id
                 .map(|i| {
                     i.info

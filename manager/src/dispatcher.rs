@@ -423,27 +423,29 @@ impl Dispatcher {
                 seen.insert(id, now);
             }
         }
+        let mut period = self.period();
         loop {
-            let period = self.period();
-            let tick = (period / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
+            let now_period = self.period();
+            let tick =
+                (now_period / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(tick) => {}
             }
-            let limit = period * MISSED_PERIODS;
             let now = Instant::now();
             let expired: Vec<String> = {
                 let mut seen = self.last_seen.lock().expect("dispatcher lock");
+                if now_period != period {
+                    period_changed(&mut seen, period, now_period, now);
+                    period = now_period;
+                }
                 self.store.view(|d| {
-                    d.nodes
+                    let up = d
+                        .nodes
                         .values()
                         .filter(|n| n.state != NodeState::Down)
-                        .filter(|n| {
-                            let t = *seen.entry(n.id.clone()).or_insert(now);
-                            now.duration_since(t) > limit
-                        })
-                        .map(|n| n.id.clone())
-                        .collect()
+                        .map(|n| n.id.as_str());
+                    expired_nodes(&mut seen, up, period, now)
                 })
             };
             for id in expired {
@@ -583,6 +585,38 @@ impl Dispatcher {
     }
 }
 
+/// The heartbeat period changed from `old` to `new`. Nodes learn a new period only with
+/// their next heartbeat, which may come up to `old` from now: a shorter period applies to a
+/// node after that grace (lowering it from 30 s to 1 s must not mark every node down at once).
+fn period_changed(seen: &mut HashMap<String, Instant>, old: Duration, new: Duration, now: Instant) {
+    if new >= old {
+        return;
+    }
+    let graced = now + old;
+    for t in seen.values_mut() {
+        if *t < graced {
+            *t = graced;
+        }
+    }
+}
+
+/// Nodes among `up` whose last heartbeat is more than `MISSED_PERIODS` periods old; a node
+/// not seen yet counts as seen now.
+fn expired_nodes<'a>(
+    seen: &mut HashMap<String, Instant>,
+    up: impl Iterator<Item = &'a str>,
+    period: Duration,
+    now: Instant,
+) -> Vec<String> {
+    let limit = period.saturating_mul(MISSED_PERIODS);
+    up.filter(|id| {
+        let t = *seen.entry(id.to_string()).or_insert(now);
+        now.saturating_duration_since(t) > limit
+    })
+    .map(str::to_string)
+    .collect()
+}
+
 async fn set_state(
     mgr: &Manager,
     id: &str,
@@ -638,9 +672,12 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                 "a session needs a node certificate",
             ));
         };
-        if !mgr.is_leader() {
+        // The session lives as long as this term of leadership: a leader whose lease lapses
+        // (cut off from the other managers) ends every session, so that its nodes go to the
+        // manager that leads now instead of being marked down there.
+        let Some(term) = mgr.leader_token() else {
             return Err(mgr.not_leader());
-        }
+        };
         let mut inbound = req.into_inner();
         let first = inbound
             .message()
@@ -752,6 +789,10 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                         continue;
                     }
                     _ = tx.closed() => return,
+                    _ = term.cancelled() => {
+                        let _ = tx.send(Err(mgr.not_leader())).await;
+                        return;
+                    }
                 };
                 match msg {
                     Ok(Some(pb::SessionRequest {
@@ -808,6 +849,43 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Lowering the heartbeat period from 30 s to 1 s, with nodes that heartbeat on the old
+    /// period: none is down until the old period (plus the new limit) has passed.
+    #[test]
+    fn a_lowered_heartbeat_period_applies_after_a_grace_of_the_old_one() {
+        let t0 = Instant::now();
+        let old = Duration::from_secs(30);
+        let new = Duration::from_secs(1);
+        let mut seen: HashMap<String, Instant> = HashMap::new();
+        // Seen 20 s before the change, well within the old limit (90 s).
+        seen.insert("a".into(), t0);
+        seen.insert("b".into(), t0 + Duration::from_secs(15));
+        let change = t0 + Duration::from_secs(20);
+        let ids = ["a", "b"];
+        assert!(expired_nodes(&mut seen, ids.into_iter(), old, change).is_empty());
+        period_changed(&mut seen, old, new, change);
+        for after in [0u64, 1, 10, 29, 32] {
+            let now = change + Duration::from_secs(after);
+            assert!(
+                expired_nodes(&mut seen, ids.into_iter(), new, now).is_empty(),
+                "{after}s after the change"
+            );
+        }
+        // A node that heartbeats on the new period stays up; one that stopped is down once
+        // the grace and the new limit have passed.
+        seen.insert("b".into(), change + Duration::from_secs(33));
+        let now = change + Duration::from_secs(34);
+        assert_eq!(
+            expired_nodes(&mut seen, ids.into_iter(), new, now),
+            vec!["a"]
+        );
+        // Raising the period needs no grace: the limit only grows.
+        let mut seen2: HashMap<String, Instant> = HashMap::new();
+        seen2.insert("a".into(), t0);
+        period_changed(&mut seen2, new, old, t0);
+        assert_eq!(seen2["a"], t0);
+    }
     use crate::allocator::tests::{data_with_networks, port, service};
     use crate::allocator::{allocate_endpoint, node_ingress_ops, task_networks};
     use crate::store::tests::node;

@@ -24,6 +24,7 @@ use tonic::Status;
 
 use crate::auth::Authorizer;
 use crate::dispatcher::Dispatcher;
+use crate::raft::lease::{Liveness, Tracked};
 use crate::raft::{self, NodeId, Raft, RaftTuning};
 use crate::store::{Store, Txn, TxnError, TxnOutcome};
 
@@ -63,10 +64,50 @@ pub struct Manager {
     pub creds: Arc<Credentials>,
     pub auth: Authorizer,
     pub dispatcher: Arc<Dispatcher>,
+    live: Arc<Liveness>,
+    /// [`Manager::leadership`], republished whenever it changes (checked every few ms).
+    leadership_tx: tokio::sync::watch::Sender<Leadership>,
+    /// Writes waiting for the proposer (see `write_loop`).
+    writes: tokio::sync::mpsc::UnboundedSender<PendingWrite>,
+    /// The term this node acts as leader of, and a token cancelled when that ends; set and
+    /// cleared only by the lease loop.
+    leader_token: std::sync::Mutex<Option<(u64, CancellationToken)>>,
     cancel: CancellationToken,
     failed: CancellationToken,
     tasks: TaskTracker,
 }
+
+/// Who leads, as this manager can tell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Leadership {
+    /// This node leads `term`, and a quorum acknowledged it within the lease.
+    Leader { term: u64 },
+    /// Another manager leads, as far as this one knows.
+    Follower { leader: NodeId },
+    /// No leader this manager can name: `reachable` of the `voters` managers (itself
+    /// included) answered it lately.
+    Unknown { reachable: usize, voters: usize },
+}
+
+/// A transaction waiting to be proposed, and where its outcome goes.
+struct PendingWrite {
+    txn: Txn,
+    reply: tokio::sync::oneshot::Sender<Result<u64, ProposeError>>,
+}
+
+/// Transactions gathered into one raft entry at most, and their operations at most (a large
+/// transaction goes alone).
+const MAX_BATCH: usize = 128;
+const MAX_BATCH_OPS: usize = 2_000;
+/// Raft entries proposed and not yet committed at once.
+const WRITES_IN_FLIGHT: usize = 4;
+
+/// How long after its last answer a manager still counts as reachable.
+const REACHABLE_WINDOW: Duration = Duration::from_secs(3);
+/// How often the lease and the leadership are re-evaluated.
+const LEASE_CHECK: Duration = Duration::from_millis(20);
+/// The longest a proposal waits for its commit while this node keeps its lease.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 thread_local! {
     /// Set by [`use_virtual_clock`]: (tokio instant, ms since epoch) at the anchor.
@@ -113,23 +154,33 @@ impl Manager {
     ) -> Result<Arc<Manager>, ManagerError> {
         let store = Store::new();
         std::fs::create_dir_all(&config.data_dir).ok();
+        let live = Liveness::new();
         let raft = raft::start(
             config.raft_id,
             &config.data_dir,
             store.clone(),
-            network,
+            Tracked::new(network, live.clone()),
             &config.tuning,
         )
         .await?;
         let auth = Authorizer::new(store.clone());
         let cancel = CancellationToken::new();
+        let (leadership_tx, _) = tokio::sync::watch::channel(Leadership::Unknown {
+            reachable: 1,
+            voters: 1,
+        });
+        let (writes, writes_rx) = tokio::sync::mpsc::unbounded_channel();
         let mgr = Arc::new(Manager {
+            writes,
             dispatcher: Arc::new(Dispatcher::new(store.clone())),
             config,
             raft: raft.clone(),
             store,
             creds: creds.clone(),
             auth: auth.clone(),
+            live,
+            leadership_tx,
+            leader_token: std::sync::Mutex::new(None),
             cancel: cancel.clone(),
             failed: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -158,6 +209,11 @@ impl Manager {
                 }
             });
         }
+        let m = mgr.clone();
+        mgr.tasks.spawn(async move { m.lease_loop().await });
+        let m = mgr.clone();
+        mgr.tasks
+            .spawn(async move { m.write_loop(writes_rx).await });
         let m = mgr.clone();
         mgr.tasks.spawn(async move { m.leadership_loop().await });
         Ok(mgr)
@@ -194,35 +250,95 @@ impl Manager {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;
     }
 
-    /// The current leader's raft id. A node that was removed from the group keeps naming
-    /// itself in `current_leader` (nobody tells it otherwise), so our own id counts only
-    /// while raft is actually in the leader state.
     /// Fires if raft stops with a fatal error: the node cannot go on as a manager.
     pub fn failed(&self) -> CancellationToken {
         self.failed.clone()
     }
 
-    pub fn leader_id(&self) -> Option<NodeId> {
+    /// Who leads, evaluated now: this node only while a quorum acknowledged it within the
+    /// lease (a leader cut off from the other managers stops acting as one within
+    /// `tuning.lease`, and one restarted in its old term acts only once a quorum answers it);
+    /// another manager while raft follows it.
+    pub fn leadership(&self) -> Leadership {
+        let me = self.config.raft_id;
+        let now = tokio::time::Instant::now();
         let m = self.raft.metrics();
         let m = m.borrow();
-        match m.current_leader {
-            Some(l) if l == self.config.raft_id && !m.state.is_leader() => None,
-            other => other,
+        let membership = m.membership_config.membership();
+        if m.state.is_leader()
+            && m.current_leader == Some(me)
+            && membership.voter_ids().any(|v| v == me)
+        {
+            let configs = membership.get_joint_config().clone();
+            let acked = self.live.quorum_acked_at(me, m.current_term, &configs, now);
+            if acked.is_some_and(|at| now.saturating_duration_since(at) < self.config.tuning.lease)
+            {
+                return Leadership::Leader {
+                    term: m.current_term,
+                };
+            }
+        } else if let Some(l) = m.current_leader.filter(|l| *l != me) {
+            return Leadership::Follower { leader: l };
+        }
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        Leadership::Unknown {
+            reachable: self
+                .live
+                .reachable(me, &voters, now, REACHABLE_WINDOW)
+                .max(1),
+            voters: voters.len().max(1),
         }
     }
 
+    /// One line for `shoal info`: "leader", "follower", or why there is no leader.
+    pub fn raft_status(&self) -> String {
+        match self.leadership() {
+            Leadership::Leader { .. } if self.is_leader() => "leader".into(),
+            Leadership::Follower { .. } => "follower".into(),
+            Leadership::Unknown { reachable, voters } if reachable < voters / 2 + 1 => {
+                no_quorum(reachable, voters)
+            }
+            _ => "election in progress".into(),
+        }
+    }
+
+    /// Changes of [`Manager::leadership`].
+    pub fn watch_leadership(&self) -> tokio::sync::watch::Receiver<Leadership> {
+        self.leadership_tx.subscribe()
+    }
+
+    /// The current leader's raft id.
+    pub fn leader_id(&self) -> Option<NodeId> {
+        match self.leadership() {
+            Leadership::Leader { .. } if self.is_leader() => Some(self.config.raft_id),
+            Leadership::Follower { leader } => Some(leader),
+            _ => None,
+        }
+    }
+
+    /// This node acts as leader: it leads with a valid lease, and its leader loops run.
     pub fn is_leader(&self) -> bool {
-        self.leader_id() == Some(self.config.raft_id)
+        self.leader_token().is_some()
+    }
+
+    /// Cancelled when this node's current term of leadership ends; `None` unless this node
+    /// acts as leader now. Leader-only work (a dispatcher session, a leader loop, a write)
+    /// ends with it.
+    pub fn leader_token(&self) -> Option<CancellationToken> {
+        let Leadership::Leader { term } = self.leadership() else {
+            return None;
+        };
+        self.leader_token
+            .lock()
+            .expect("leader token lock")
+            .as_ref()
+            .filter(|(t, tok)| *t == term && !tok.is_cancelled())
+            .map(|(_, tok)| tok.clone())
     }
 
     /// The advertise address of the current leader, if one is known.
     pub fn leader_addr(&self) -> Option<String> {
-        let leader = self.leader_id()?;
-        let m = self.raft.metrics().borrow().clone();
-        m.membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|n| n.addr.clone())
+        self.addr_of(self.leader_id()?)
     }
 
     /// Addresses of every raft member (voters and learners).
@@ -231,35 +347,56 @@ impl Manager {
         nodes.values().map(|n| n.addr.clone()).collect()
     }
 
-    /// Wait until some leader is known (after start or failover).
+    /// Wait until some leader is known (after start or failover); when it is this node,
+    /// until its leader loops run and it accepts writes.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Option<NodeId> {
-        let mut rx = self.raft.metrics();
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
         loop {
-            if let Some(l) = rx.borrow().current_leader {
-                return Some(l);
+            match self.leadership() {
+                Leadership::Leader { .. } if self.is_leader() => return Some(self.config.raft_id),
+                Leadership::Follower { leader } => return Some(leader),
+                _ => {}
             }
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
+            if tokio::time::Instant::now() >= deadline {
                 return None;
             }
+            tick.tick().await;
         }
     }
 
-    /// A refusal telling the caller where the leader is.
+    /// A refusal telling the caller where the leader is, or that there is none.
     pub fn not_leader(&self) -> Status {
-        let mut s = Status::unavailable(match self.leader_addr() {
-            Some(a) => format!("this manager is not the leader; the leader is {a}"),
-            None => "no leader is elected yet; retry shortly".to_string(),
+        let leadership = self.leadership();
+        let addr = match leadership {
+            Leadership::Follower { leader } => self.addr_of(leader),
+            _ => None,
+        };
+        let mut s = Status::unavailable(match (&leadership, &addr) {
+            (_, Some(a)) => format!("this manager is not the leader; the leader is {a}"),
+            (Leadership::Unknown { reachable, voters }, _) if *reachable < voters / 2 + 1 => {
+                format!(
+                    "{}; the swarm accepts no change until a majority of its managers is back",
+                    no_quorum(*reachable, *voters)
+                )
+            }
+            _ => "no leader is elected yet; retry shortly".to_string(),
         });
-        if let Some(addr) = self.leader_addr() {
+        if let Some(addr) = addr {
             if let Ok(v) = addr.parse() {
                 s.metadata_mut().insert(LEADER_METADATA, v);
             }
         }
         s
+    }
+
+    fn addr_of(&self, id: NodeId) -> Option<String> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
     }
 
     /// A channel to the current leader, authenticated as this manager.
@@ -276,114 +413,256 @@ impl Manager {
 
     /// Propose a transaction; Ok(index) once committed and applied.
     ///
-    /// openraft answers a pending write only once its entry is applied or truncated on this
-    /// node. A leader that removed itself from the group sees neither (nobody replicates to
-    /// it any more), so the wait also ends once this node is neither the leader nor a member:
-    /// the write's outcome is then unknown, as with any lost leadership.
+    /// Refused at once unless this node leads with a valid lease. openraft answers a pending
+    /// write only once its entry is applied or truncated on this node, which a leader cut off
+    /// from the quorum would wait for until the partition heals: the wait also ends when this
+    /// node stops leading (its lease lapses, it is deposed or removed from the group). The
+    /// write's outcome is then unknown, as with any lost leadership.
     pub async fn propose(&self, txn: Txn) -> Result<u64, ProposeError> {
-        let me = self.config.raft_id;
-        let mut metrics = self.raft.metrics();
-        let removed = async move {
-            loop {
-                {
-                    let m = metrics.borrow_and_update();
-                    let member = m.membership_config.membership().get_node(&me).is_some();
-                    if !m.state.is_leader() && !member {
-                        return;
-                    }
-                }
-                if metrics.changed().await.is_err() {
-                    return;
-                }
-            }
+        let Some(term) = self.leader_token() else {
+            return Err(ProposeError::NotLeader);
         };
-        let res = tokio::select! {
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        if self.writes.send(PendingWrite { txn, reply }).is_err() {
+            return Err(ProposeError::NotLeader);
+        }
+        tokio::select! {
             biased;
-            r = self.raft.client_write(txn) => r,
-            () = removed => return Err(ProposeError::NotLeader),
-        };
-        match res {
-            Ok(resp) => match resp.data {
-                TxnOutcome::Applied { index } => Ok(index),
-                TxnOutcome::Refused(e) => Err(ProposeError::Refused(e)),
-                TxnOutcome::Nothing => Ok(resp.log_id.index),
-            },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(ProposeError::NotLeader)
-            }
-            Err(e) => Err(ProposeError::Raft(e.to_string())),
+            r = outcome => r.unwrap_or(Err(ProposeError::NotLeader)),
+            () = term.cancelled() => Err(ProposeError::NotLeader),
+            () = tokio::time::sleep(PROPOSE_TIMEOUT) => Err(ProposeError::Raft(format!(
+                "the write was not committed within {PROPOSE_TIMEOUT:?}; its outcome is unknown"
+            ))),
         }
     }
 
-    /// Confirm leadership with a quorum before serving a read.
-    pub async fn linearizable(&self) -> Result<(), Status> {
-        self.raft
-            .ensure_linearizable()
-            .await
-            .map(|_| ())
-            .map_err(|_| self.not_leader())
+    /// The proposer: gathers the writes waiting while earlier ones are in flight into one
+    /// raft entry (a batch), so that concurrent writers share one append and one fsync on
+    /// every manager instead of queueing for one each.
+    async fn write_loop(
+        self: Arc<Self>,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<PendingWrite>,
+    ) {
+        let permits = Arc::new(tokio::sync::Semaphore::new(WRITES_IN_FLIGHT));
+        loop {
+            let first = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                w = rx.recv() => match w { Some(w) => w, None => return },
+            };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let mut ops = first.txn.op_count();
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH && ops < MAX_BATCH_OPS {
+                match rx.try_recv() {
+                    Ok(w) => {
+                        ops += w.txn.op_count();
+                        batch.push(w);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let raft = self.raft.clone();
+            self.tasks.spawn(async move {
+                let _permit = permit;
+                submit(&raft, batch).await;
+            });
+        }
     }
 
-    async fn leadership_loop(self: Arc<Self>) {
-        let mut rx = self.raft.metrics();
-        let mut leader_cancel: Option<CancellationToken> = None;
+    /// Confirm leadership with a quorum before serving a read; fails within a few seconds
+    /// without one.
+    pub async fn linearizable(&self) -> Result<(), Status> {
+        let Some(term) = self.leader_token() else {
+            return Err(self.not_leader());
+        };
+        let deadline = self.config.tuning.election_max * 4;
+        tokio::select! {
+            biased;
+            r = tokio::time::timeout(deadline, self.raft.ensure_linearizable()) => match r {
+                Ok(Ok(_)) => Ok(()),
+                _ => Err(self.not_leader()),
+            },
+            () = term.cancelled() => Err(self.not_leader()),
+        }
+    }
+
+    /// Re-evaluates the lease and the leadership every few ms and publishes changes; sends
+    /// the heartbeats while raft is leader (openraft's own are off, see [`RaftTuning`]); and
+    /// notices a raft core that stopped.
+    async fn lease_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(LEASE_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_heartbeat = tokio::time::Instant::now();
         loop {
-            if let Err(fatal) = &rx.borrow().running_state {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let (raft_leader, fatal) = {
+                let m = self.raft.metrics();
+                let m = m.borrow();
+                (m.state.is_leader(), m.running_state.clone().err())
+            };
+            if let Some(fatal) = fatal {
                 // `Stopped` is our own shutdown; anything else is a crash of the raft core.
                 if !self.cancel.is_cancelled() && !matches!(fatal, openraft::error::Fatal::Stopped)
                 {
                     tracing::error!(error = %fatal, "raft stopped");
                     self.failed.cancel();
                 }
-                break;
-            }
-            let leading = rx.borrow().current_leader == Some(self.config.raft_id)
-                && rx.borrow().state.is_leader();
-            match (leading, &leader_cancel) {
-                (true, None) => {
-                    tracing::info!(node = %self.config.node_id, "became leader");
-                    let token = self.cancel.child_token();
-                    let m = self.clone();
-                    let t = token.clone();
-                    self.tasks
-                        .spawn(async move { crate::membership::run(m, t).await });
-                    let m = self.clone();
-                    let t = token.clone();
-                    self.tasks
-                        .spawn(async move { m.dispatcher.clone().monitor(m, t).await });
-                    let m = self.clone();
-                    let t = token.clone();
-                    self.tasks
-                        .spawn(async move { crate::orchestrator::run(m, t).await });
-                    let m = self.clone();
-                    let t = token.clone();
-                    self.tasks
-                        .spawn(async move { crate::scheduler::run(m, t).await });
-                    let m = self.clone();
-                    let t = token.clone();
-                    self.tasks
-                        .spawn(async move { m.dispatcher.clone().write_statuses(m, t).await });
-                    leader_cancel = Some(token);
+                if let Some((_, tok)) = self.leader_token.lock().expect("leader token lock").take()
+                {
+                    tok.cancel();
                 }
-                (false, Some(t)) => {
-                    tracing::info!(node = %self.config.node_id, "lost leadership");
-                    t.cancel();
-                    leader_cancel = None;
-                }
-                _ => {}
+                self.leadership_tx.send_if_modified(|l| {
+                    let was = matches!(l, Leadership::Leader { .. });
+                    *l = Leadership::Unknown {
+                        reachable: 1,
+                        voters: 1,
+                    };
+                    was
+                });
+                return;
             }
+            let now = tokio::time::Instant::now();
+            if raft_leader && now >= next_heartbeat {
+                next_heartbeat = now + self.config.tuning.heartbeat;
+                let _ = self.raft.trigger().heartbeat().await;
+            }
+            let current = self.leadership();
+            {
+                // Begin or end a term of acting as leader before anyone hears of it.
+                let mut g = self.leader_token.lock().expect("leader token lock");
+                let term = match current {
+                    Leadership::Leader { term } => Some(term),
+                    _ => None,
+                };
+                if g.as_ref().map(|(t, _)| *t) != term {
+                    if let Some((_, tok)) = g.take() {
+                        tok.cancel();
+                    }
+                    *g = term.map(|t| (t, self.cancel.child_token()));
+                }
+            }
+            self.leadership_tx.send_if_modified(|l| {
+                if *l != current {
+                    *l = current;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+    }
+
+    /// Starts the leader-only loops when this node gains leadership (with its lease); they
+    /// end, as every dispatcher session does, with that term's token (see `lease_loop`).
+    async fn leadership_loop(self: Arc<Self>) {
+        let mut rx = self.watch_leadership();
+        let mut running: Option<(u64, CancellationToken)> = None;
+        loop {
+            rx.borrow_and_update();
+            if let Some((t, _)) = running.as_ref().filter(|(_, tok)| tok.is_cancelled()) {
+                tracing::info!(node = %self.config.node_id, term = t, now = ?self.leadership(), "stepped down");
+                running = None;
+            }
+            if running.is_none() {
+                let acting = self
+                    .leader_token
+                    .lock()
+                    .expect("leader token lock")
+                    .clone()
+                    .filter(|(_, tok)| !tok.is_cancelled());
+                if let Some((term, token)) = acting {
+                    tracing::info!(node = %self.config.node_id, term, "became leader");
+                    self.start_leader_loops(&token);
+                    running = Some((term, token));
+                }
+            }
+            let ended = running.as_ref().map(|(_, t)| t.clone()).unwrap_or_default();
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
                 r = rx.changed() => if r.is_err() { break },
+                _ = ended.cancelled(), if running.is_some() => {}
             }
         }
-        if let Some(t) = leader_cancel {
-            t.cancel();
+    }
+
+    fn start_leader_loops(self: &Arc<Self>, token: &CancellationToken) {
+        let m = self.clone();
+        let t = token.clone();
+        self.tasks
+            .spawn(async move { crate::membership::run(m, t).await });
+        let m = self.clone();
+        let t = token.clone();
+        self.tasks
+            .spawn(async move { m.dispatcher.clone().monitor(m, t).await });
+        let m = self.clone();
+        let t = token.clone();
+        self.tasks
+            .spawn(async move { crate::orchestrator::run(m, t).await });
+        let m = self.clone();
+        let t = token.clone();
+        self.tasks
+            .spawn(async move { crate::scheduler::run(m, t).await });
+        let m = self.clone();
+        let t = token.clone();
+        self.tasks
+            .spawn(async move { m.dispatcher.clone().write_statuses(m, t).await });
+    }
+}
+
+/// Proposes `batch` as one entry and answers each writer.
+async fn submit(raft: &Raft, mut batch: Vec<PendingWrite>) {
+    fn one(out: TxnOutcome, index: u64) -> Result<u64, ProposeError> {
+        match out {
+            TxnOutcome::Applied { index } => Ok(index),
+            TxnOutcome::Refused(e) => Err(ProposeError::Refused(e)),
+            TxnOutcome::Nothing | TxnOutcome::Batch(_) => Ok(index),
+        }
+    }
+    let err = |e: RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>| match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ProposeError::NotLeader,
+        e => ProposeError::Raft(e.to_string()),
+    };
+    if batch.len() == 1 {
+        let w = batch.pop().expect("one write");
+        let r = raft.client_write(w.txn).await;
+        let _ = w.reply.send(
+            r.map_err(err)
+                .and_then(|resp| one(resp.data, resp.log_id.index)),
+        );
+        return;
+    }
+    let (txns, replies): (Vec<Txn>, Vec<_>) = batch.into_iter().map(|w| (w.txn, w.reply)).unzip();
+    match raft.client_write(Txn::batch(txns)).await {
+        Ok(resp) => {
+            let index = resp.log_id.index;
+            let outs = match resp.data {
+                TxnOutcome::Batch(outs) => outs,
+                other => vec![other; replies.len()],
+            };
+            for (reply, out) in replies.into_iter().zip(outs) {
+                let _ = reply.send(one(out, index));
+            }
+        }
+        Err(e) => {
+            let e = err(e);
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
         }
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+/// The refusal of a manager that cannot reach a quorum.
+pub fn no_quorum(reachable: usize, voters: usize) -> String {
+    format!("no quorum: {reachable} of {voters} managers reachable")
+}
+
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ProposeError {
     #[error("this manager is not the leader")]
     NotLeader,

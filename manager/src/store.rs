@@ -368,15 +368,35 @@ pub enum Op {
     Delete { kind: Kind, id: String },
 }
 
-/// One Raft entry's worth of changes.
+/// One Raft entry's worth of changes: `ops`, all or nothing; or, when `batch` is not empty
+/// (and `ops` is), several independent transactions that the proposer gathered into one
+/// entry, so that concurrent writes share one append and one fsync on every manager.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Txn {
     pub ops: Vec<Op>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batch: Vec<Txn>,
 }
 
 impl Txn {
     pub fn new(ops: Vec<Op>) -> Txn {
-        Txn { ops }
+        Txn {
+            ops,
+            batch: Vec::new(),
+        }
+    }
+
+    /// Several transactions in one entry; each is applied (or refused) on its own.
+    pub fn batch(txns: Vec<Txn>) -> Txn {
+        Txn {
+            ops: Vec::new(),
+            batch: txns,
+        }
+    }
+
+    /// Operations in this transaction, batched ones included.
+    pub fn op_count(&self) -> usize {
+        self.ops.len() + self.batch.iter().map(Txn::op_count).sum::<usize>()
     }
 }
 
@@ -429,6 +449,8 @@ pub enum TxnOutcome {
     Refused(TxnError),
     /// Entries that carry no transaction (blank, membership).
     Nothing,
+    /// The outcome of each transaction of a batch, in order.
+    Batch(Vec<TxnOutcome>),
 }
 
 #[allow(clippy::large_enum_variant)]
@@ -1100,17 +1122,41 @@ impl Store {
     }
 
     pub(crate) fn apply(&self, index: u64, txn: &Txn) -> TxnOutcome {
-        let res = self.data.write().expect("store lock").apply_txn(index, txn);
-        match res {
-            Ok(changes) => {
-                let _ = self.events.send(Event {
-                    index,
-                    changes: Arc::new(changes),
-                });
-                TxnOutcome::Applied { index }
-            }
-            Err(e) => TxnOutcome::Refused(e),
+        if txn.batch.is_empty() {
+            let res = self.data.write().expect("store lock").apply_txn(index, txn);
+            return match res {
+                Ok(changes) => {
+                    let _ = self.events.send(Event {
+                        index,
+                        changes: Arc::new(changes),
+                    });
+                    TxnOutcome::Applied { index }
+                }
+                Err(e) => TxnOutcome::Refused(e),
+            };
         }
+        // A batch: each transaction on its own, in order; one event with every change.
+        let mut all = Vec::new();
+        let mut outcomes = Vec::with_capacity(txn.batch.len());
+        {
+            let mut data = self.data.write().expect("store lock");
+            for t in &txn.batch {
+                match data.apply_txn(index, t) {
+                    Ok(changes) => {
+                        all.extend(changes);
+                        outcomes.push(TxnOutcome::Applied { index });
+                    }
+                    Err(e) => outcomes.push(TxnOutcome::Refused(e)),
+                }
+            }
+        }
+        if !all.is_empty() {
+            let _ = self.events.send(Event {
+                index,
+                changes: Arc::new(all),
+            });
+        }
+        TxnOutcome::Batch(outcomes)
     }
 
     pub(crate) fn replace(&self, mut data: StoreData) {
@@ -1126,6 +1172,62 @@ impl Store {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// A batch applies each transaction on its own: a refused one changes nothing and does
+    /// not stop the others; the later of two writes of the same version conflicts.
+    #[test]
+    fn batched_transactions_apply_independently() {
+        let store = Store::new();
+        let mut watch = store.watch();
+        let out = store.apply(
+            3,
+            &Txn::batch(vec![
+                Txn::new(vec![Op::Create(Object::Node(node("a", "h1")))]),
+                Txn::new(vec![
+                    Op::Create(Object::Node(node("b", "h2"))),
+                    Op::Create(Object::Node(node("a", "h1"))),
+                ]),
+                Txn::new(vec![Op::Create(Object::Node(node("c", "h3")))]),
+            ]),
+        );
+        let TxnOutcome::Batch(o) = out else {
+            panic!("a batch outcome: {out:?}")
+        };
+        assert_eq!(o[0], TxnOutcome::Applied { index: 3 });
+        assert!(matches!(o[1], TxnOutcome::Refused(TxnError::Exists { .. })));
+        assert_eq!(o[2], TxnOutcome::Applied { index: 3 });
+        assert_eq!(
+            store.view(|d| d.nodes.keys().cloned().collect::<Vec<_>>()),
+            vec!["a".to_string(), "c".to_string()]
+        );
+        let ev = watch.try_recv().expect("one event for the batch");
+        assert_eq!(ev.index, 3);
+        assert_eq!(ev.changes.len(), 2);
+        assert!(watch.try_recv().is_err());
+        // Two updates read at the same version: the second conflicts.
+        let a = store.view(|d| d.nodes["a"].clone());
+        let mut a1 = a.clone();
+        a1.labels.insert("x".into(), "1".into());
+        let mut a2 = a;
+        a2.labels.insert("y".into(), "2".into());
+        let TxnOutcome::Batch(o) = store.apply(
+            4,
+            &Txn::batch(vec![
+                Txn::new(vec![Op::Update(Object::Node(a1))]),
+                Txn::new(vec![Op::Update(Object::Node(a2))]),
+            ]),
+        ) else {
+            panic!("a batch outcome")
+        };
+        assert_eq!(o[0], TxnOutcome::Applied { index: 4 });
+        assert!(matches!(
+            o[1],
+            TxnOutcome::Refused(TxnError::Conflict { .. })
+        ));
+        // The entry format of a single transaction is unchanged on disk.
+        let one = Txn::new(vec![]);
+        assert_eq!(serde_json::to_string(&one).unwrap(), r#"{"ops":[]}"#);
+    }
 
     pub fn node(id: &str, host: &str) -> Node {
         Node {

@@ -6,7 +6,8 @@
 //! thread, election timeouts are fixed per manager, and ids are drawn from the seed, so a
 //! seed replays the same run: `SIM_SEED=<n> cargo test -p shoal-manager --test simulation`.
 //!
-//! Checked throughout: one leader per term; an index, once committed, carries the same
+//! Checked throughout: one leader per term; at most one manager acting as leader at any
+//! moment, and none once it has been cut off from a quorum for longer than its lease; an index, once committed, carries the same
 //! changes on every manager (also after a restart); task state never moves backwards; at most
 //! one running task per replicated slot; no task newly assigned to a drained node. Checked
 //! at the end: once faults stop, every service converges.
@@ -42,6 +43,7 @@ const MANAGERS: u64 = 3;
 const WORKERS: usize = 5;
 const FAULT_PHASE: Duration = Duration::from_secs(20);
 const CONVERGE_WITHIN: Duration = Duration::from_secs(60);
+const LEASE: Duration = Duration::from_millis(400);
 
 // ---------------------------------------------------------------- the network
 
@@ -51,6 +53,8 @@ struct NetState {
     down: BTreeSet<NodeId>,
     cut: BTreeSet<(NodeId, NodeId)>,
     max_delay_ms: u64,
+    /// Every message takes at least this long (a slow link, or a follower slow to fsync).
+    min_delay_ms: u64,
 }
 
 struct SimNet {
@@ -76,11 +80,14 @@ impl SimNet {
     }
 
     async fn delay(&self) {
-        let max = self.state.lock().unwrap().max_delay_ms;
-        let d = if max == 0 {
-            0
+        let (min, max) = {
+            let s = self.state.lock().unwrap();
+            (s.min_delay_ms, s.max_delay_ms.max(s.min_delay_ms))
+        };
+        let d = if max == min {
+            min
         } else {
-            self.rng.lock().unwrap().gen_range(0..=max)
+            self.rng.lock().unwrap().gen_range(min..=max)
         };
         tokio::time::sleep(Duration::from_millis(d)).await;
     }
@@ -174,6 +181,8 @@ struct Checker {
     /// per manager: task -> last state seen; node -> availability (from its own stream).
     task_state: HashMap<NodeId, HashMap<String, TaskState>>,
     availability: HashMap<NodeId, HashMap<String, Availability>>,
+    /// Managers that cannot reach a quorum of managers (themselves included), and since when.
+    isolated_since: HashMap<NodeId, tokio::time::Instant>,
 }
 
 impl Checker {
@@ -247,6 +256,8 @@ impl Checker {
 // ---------------------------------------------------------------- the cluster
 
 struct Sim {
+    /// The managers' raft tuning: `tuning(id)` unless set.
+    tuning: Option<RaftTuning>,
     net: Arc<SimNet>,
     dir: tempfile::TempDir,
     managers: BTreeMap<NodeId, Option<Arc<Manager>>>,
@@ -259,11 +270,14 @@ struct Sim {
 fn tuning(id: NodeId) -> RaftTuning {
     // Fixed, distinct election timeouts: openraft draws a timeout from [min, max); a range of
     // one millisecond takes its randomness out, and distinct values avoid split votes.
+    // The lease is below every manager's election timeout, as with a shared tuning.
     let min = 300 + 150 * id;
     RaftTuning {
         heartbeat: Duration::from_millis(100),
+        rpc_timeout: Duration::from_millis(350),
         election_min: Duration::from_millis(min),
         election_max: Duration::from_millis(min + 1),
+        lease: LEASE,
         snapshot_every: 200,
     }
 }
@@ -276,7 +290,7 @@ impl Sim {
             data_dir: self.dir.path().join(format!("m{id}")),
             listen_addr: "127.0.0.1:0".parse().unwrap(),
             advertise_addr: format!("m{id}"),
-            tuning: tuning(id),
+            tuning: self.tuning.clone().unwrap_or_else(|| tuning(id)),
         };
         let factory = SimFactory {
             from: id,
@@ -325,8 +339,52 @@ impl Sim {
             .cloned()
     }
 
-    fn sample_leadership(&self) {
+    /// Record which managers can no longer reach a quorum (after every change of the network).
+    fn note_isolation(&self) {
+        let now = tokio::time::Instant::now();
+        let st = self.net.state.lock().unwrap();
         let mut c = self.checker.lock().unwrap();
+        for m in 1..=MANAGERS {
+            let reach = (1..=MANAGERS)
+                .filter(|o| {
+                    *o == m
+                        || (!st.down.contains(o)
+                            && !st.cut.contains(&(m, *o))
+                            && !st.cut.contains(&(*o, m)))
+                })
+                .count() as u64;
+            if reach * 2 > MANAGERS || st.down.contains(&m) {
+                c.isolated_since.remove(&m);
+            } else {
+                c.isolated_since.entry(m).or_insert(now);
+            }
+        }
+    }
+
+    fn sample_leadership(&self) {
+        let now = tokio::time::Instant::now();
+        let mut c = self.checker.lock().unwrap();
+        // Check-quorum: at most one manager acts as leader at any moment, and one that lost
+        // its quorum stops within the lease (messages acknowledged before the cut were sent
+        // before it).
+        let acting: Vec<NodeId> = self
+            .managers
+            .iter()
+            .filter_map(|(id, m)| m.as_ref().filter(|m| m.is_leader()).map(|_| *id))
+            .collect();
+        if acting.len() > 1 {
+            c.fail(format!("managers {acting:?} act as leader at once"));
+        }
+        for id in &acting {
+            if let Some(since) = c.isolated_since.get(id).copied() {
+                let cut_for = now.duration_since(since);
+                if cut_for > LEASE + Duration::from_millis(50) {
+                    c.fail(format!(
+                        "manager {id} still acts as leader {cut_for:?} after losing its quorum"
+                    ));
+                }
+            }
+        }
         for m in self.managers.values().flatten() {
             let metrics = m.raft.metrics().borrow().clone();
             if metrics.state.is_leader() {
@@ -516,6 +574,7 @@ async fn run_seed(seed: u64) -> Vec<String> {
     proto::security::seed_ids(Some(seed));
     manager::manager::use_virtual_clock(Some(1_700_000_000_000));
     let mut sim = Sim {
+        tuning: None,
         net: Arc::new(SimNet {
             state: Mutex::new(NetState {
                 max_delay_ms: 20,
@@ -632,7 +691,7 @@ async fn run_seed(seed: u64) -> Vec<String> {
         }
         let m = sim.rng.gen_range(1..=MANAGERS);
         let w = sim.worker_ids[sim.rng.gen_range(0..WORKERS)].clone();
-        match sim.rng.gen_range(0..10) {
+        match sim.rng.gen_range(0..11) {
             0 => {
                 let up = sim.managers.values().filter(|m| m.is_some()).count();
                 if up == MANAGERS as usize {
@@ -655,6 +714,17 @@ async fn run_seed(seed: u64) -> Vec<String> {
                 sim.net.state.lock().unwrap().cut.insert((m, other));
             }
             3 => sim.net.state.lock().unwrap().cut.clear(),
+            10 => {
+                // Check-quorum: cut the leader off from every other manager (the workers
+                // still reach it).
+                if let Some(l) = sim.leader() {
+                    let l = l.config.raft_id;
+                    let mut st = sim.net.state.lock().unwrap();
+                    for o in (1..=MANAGERS).filter(|o| *o != l) {
+                        st.cut.insert((l, o));
+                    }
+                }
+            }
             4 => {
                 sim.paused_workers.lock().unwrap().insert(w);
             }
@@ -705,6 +775,7 @@ async fn run_seed(seed: u64) -> Vec<String> {
                 sim.net.state.lock().unwrap().max_delay_ms = d;
             }
         }
+        sim.note_isolation();
         refresh(&sim);
     }
 
@@ -724,6 +795,7 @@ async fn run_seed(seed: u64) -> Vec<String> {
     for id in down {
         sim.restart_manager(id).await;
     }
+    sim.note_isolation();
     refresh(&sim);
     let healed = tokio::time::Instant::now();
     // Undrain every worker (retrying through elections) so that every service can be placed.
@@ -879,4 +951,250 @@ fn simulation_seeds_100_to_149() {
 #[test]
 fn simulation_seeds_150_to_199() {
     run_seeds(150..200);
+}
+
+// ---------------------------------------------------------------- leadership and timing
+
+/// Three managers with the production tuning on links where every message takes
+/// `delay_ms`; returns once one leads.
+async fn timing_cluster(delay_ms: u64) -> Sim {
+    let mut sim = Sim {
+        tuning: Some(RaftTuning::default()),
+        net: Arc::new(SimNet {
+            state: Mutex::new(NetState {
+                min_delay_ms: delay_ms,
+                max_delay_ms: delay_ms,
+                ..Default::default()
+            }),
+            rng: Mutex::new(StdRng::seed_from_u64(7)),
+        }),
+        dir: tempfile::tempdir().expect("tempdir"),
+        managers: BTreeMap::new(),
+        checker: Arc::new(Mutex::new(Checker::default())),
+        paused_workers: Arc::new(Mutex::new(BTreeSet::new())),
+        worker_ids: Vec::new(),
+        rng: StdRng::seed_from_u64(8),
+    };
+    for id in 1..=MANAGERS {
+        sim.start_manager(id).await;
+    }
+    let members: BTreeMap<NodeId, BasicNode> = (1..=MANAGERS)
+        .map(|i| {
+            (
+                i,
+                BasicNode {
+                    addr: format!("m{i}"),
+                },
+            )
+        })
+        .collect();
+    sim.managers[&1]
+        .as_ref()
+        .unwrap()
+        .initialize_members(members)
+        .await
+        .expect("initialize");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while sim.leader().is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "no first leader");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sim
+}
+
+fn label_write(m: &Manager, n: u32) -> Txn {
+    m.store.view(|d| {
+        let mut c = d.cluster.clone().unwrap_or_else(|| Cluster {
+            default_addr_pool: manager::store::default_addr_pool(),
+            default_addr_pool_mask_len: 24,
+            id: "timing".into(),
+            version: 0,
+            created_at_ms: 0,
+            root_ca: RootCa {
+                cert_pem: String::new(),
+                key_pem: String::new(),
+            },
+            worker_token: String::new(),
+            manager_token: String::new(),
+            heartbeat_period_ms: 1000,
+            cert_expiry_ms: 1,
+            removed_nodes: Default::default(),
+            rebalance_on_join: false,
+        });
+        let op = if d.cluster.is_some() {
+            c.heartbeat_period_ms = 1000 + u64::from(n);
+            Op::Update(Object::Cluster(c))
+        } else {
+            Op::Create(Object::Cluster(c))
+        };
+        Txn::new(vec![op])
+    })
+}
+
+/// Write through whoever leads until one write commits; the virtual time it took.
+async fn time_to_write(sim: &Sim, n: u32, within: Duration) -> Duration {
+    let start = tokio::time::Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < within,
+            "no write committed within {within:?}"
+        );
+        if let Some(l) = sim.leader() {
+            let txn = label_write(&l, n);
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), l.propose(txn)).await {
+                return start.elapsed();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+/// Appends that take longer than a heartbeat period (here a 130 ms round trip; under load, a
+/// follower's fsync) still commit: the message timeout is not the heartbeat period. With both
+/// at 100 ms every AppendEntries timed out and nothing was ever committed.
+#[test]
+fn writes_commit_when_appends_take_longer_than_a_heartbeat() {
+    paused_runtime().block_on(async {
+        let sim = timing_cluster(65).await;
+        for n in 0..20 {
+            time_to_write(&sim, n, Duration::from_secs(10)).await;
+        }
+        // Concurrent writers share entries (and fsyncs): all commit.
+        let l = sim.leader().expect("a leader");
+        let mut writes = Vec::new();
+        for n in 0..50u32 {
+            let l = l.clone();
+            writes.push(tokio::spawn(async move {
+                let mut tries = 0;
+                loop {
+                    tries += 1;
+                    match l.propose(label_write(&l, 100 + n)).await {
+                        Ok(_) => return true,
+                        Err(manager::manager::ProposeError::Refused(_)) if tries < 100 => {}
+                        Err(_) => return false,
+                    }
+                }
+            }));
+        }
+        for w in writes {
+            assert!(w.await.unwrap(), "a concurrent write failed");
+        }
+        for m in sim.managers.values().flatten() {
+            m.shutdown().await;
+        }
+    });
+}
+
+/// A killed leader is replaced, and writes are accepted again, within 2 s.
+#[test]
+fn failover_takes_less_than_two_seconds() {
+    paused_runtime().block_on(async {
+        let mut sim = timing_cluster(5).await;
+        let mut worst = Duration::ZERO;
+        for round in 0..5u32 {
+            time_to_write(&sim, round, Duration::from_secs(10)).await;
+            let old = sim.leader().expect("a leader").config.raft_id;
+            sim.crash_manager(old).await;
+            let took = time_to_write(&sim, 1000 + round, Duration::from_secs(10)).await;
+            worst = worst.max(took);
+            sim.restart_manager(old).await;
+        }
+        assert!(worst < Duration::from_secs(2), "failover took {worst:?}");
+        for m in sim.managers.values().flatten() {
+            m.shutdown().await;
+        }
+    });
+}
+
+/// Without a quorum: the leader cut off from the others stops acting as leader within its
+/// lease, says why, and refuses writes at once instead of hanging; a leader killed and
+/// restarted in its old term does not act as leader before a quorum answers it.
+#[test]
+fn without_quorum_no_manager_acts_as_leader_and_writes_fail_fast() {
+    paused_runtime().block_on(async {
+        let mut sim = timing_cluster(5).await;
+        time_to_write(&sim, 0, Duration::from_secs(10)).await;
+        let l = sim.leader().expect("a leader");
+        let me = l.config.raft_id;
+        let cut_at = tokio::time::Instant::now();
+        {
+            let mut st = sim.net.state.lock().unwrap();
+            for o in (1..=MANAGERS).filter(|o| *o != me) {
+                st.cut.insert((me, o));
+            }
+        }
+        while l.is_leader() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let stepped_down = cut_at.elapsed();
+        assert!(
+            stepped_down <= RaftTuning::default().lease + Duration::from_millis(50),
+            "the cut-off leader acted as leader for {stepped_down:?}"
+        );
+        // Raft still has it in the leader state (openraft 0.9 has no check-quorum), but it
+        // names no leader, and its writes fail at once.
+        assert_eq!(l.leader_id(), None);
+        let t = tokio::time::Instant::now();
+        let r = l.propose(label_write(&l, 1)).await;
+        assert!(
+            r.is_err() && t.elapsed() < Duration::from_millis(100),
+            "{r:?}"
+        );
+        // Once its vote requests have gone unanswered it says it has no quorum.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let status = l.not_leader();
+        assert!(
+            status
+                .message()
+                .starts_with("no quorum: 1 of 3 managers reachable"),
+            "{}",
+            status.message()
+        );
+        assert_eq!(l.raft_status(), "no quorum: 1 of 3 managers reachable");
+        // The other two elected a leader meanwhile and accept writes.
+        let other = sim
+            .managers
+            .values()
+            .flatten()
+            .find(|m| m.config.raft_id != me && m.is_leader())
+            .expect("the majority side elected a leader")
+            .clone();
+        assert!(other.propose(label_write(&other, 2)).await.is_ok());
+        sim.net.state.lock().unwrap().cut.clear();
+
+        // A leader killed and restarted while the others cannot hear it comes back as raft
+        // leader of its old term, but does not act as one.
+        time_to_write(&sim, 3, Duration::from_secs(10)).await;
+        let l = sim.leader().expect("a leader").config.raft_id;
+        sim.crash_manager(l).await;
+        {
+            let mut st = sim.net.state.lock().unwrap();
+            for o in (1..=MANAGERS).filter(|o| *o != l) {
+                st.cut.insert((l, o));
+            }
+        }
+        sim.restart_manager(l).await;
+        let back = sim.managers[&l].clone().expect("restarted");
+        for _ in 0..100 {
+            assert!(
+                !back.is_leader(),
+                "a restarted leader acts without a quorum"
+            );
+            assert_ne!(back.leader_id(), Some(l));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sim.net.state.lock().unwrap().cut.clear();
+        time_to_write(&sim, 4, Duration::from_secs(10)).await;
+        for m in sim.managers.values().flatten() {
+            m.shutdown().await;
+        }
+    });
 }

@@ -9,6 +9,7 @@
 // return the same type rather than box and unbox it at every trait boundary.
 #![allow(clippy::result_large_err)]
 
+pub mod lease;
 mod log_store;
 mod network;
 mod state_machine;
@@ -37,14 +38,26 @@ openraft::declare_raft_types!(
 pub type Raft = openraft::Raft<TypeConfig>;
 pub type NodeId = u64;
 
-/// Timing of elections and heartbeats. Tuned for a LAN: a dead leader is replaced in about a
-/// second, inside the 2 s failover goal
-/// (a follower grants no vote while the old leader's lease, `election_max`, may still hold).
+/// Timing of elections, heartbeats and leases. Tuned for a LAN: a dead leader is replaced in
+/// about a second and a half, inside the 2 s failover goal (a follower waits `election_max`
+/// after the leader's last message — the lease during which it grants no vote — plus its own
+/// election timeout).
+///
+/// openraft 0.9 uses one setting, `heartbeat_interval`, as the heartbeat period, as the
+/// timeout of every AppendEntries and as its tick. The heartbeat period and the message
+/// timeout are separate here: openraft's own heartbeat is off and the manager sends one every
+/// `heartbeat`; openraft's setting is `rpc_timeout`, so an append that waits for a follower's
+/// fsync under load is not abandoned (and resent, and abandoned again) after one heartbeat.
 #[derive(Clone, Debug)]
 pub struct RaftTuning {
     pub heartbeat: Duration,
+    /// How long a raft message may take; also openraft's tick (× 1.5).
+    pub rpc_timeout: Duration,
     pub election_min: Duration,
     pub election_max: Duration,
+    /// How long a leader acts as leader after a quorum last acknowledged it (check-quorum).
+    /// Below every manager's `election_max`, so it ends before anyone else can be elected.
+    pub lease: Duration,
     pub snapshot_every: u64,
 }
 
@@ -52,10 +65,43 @@ impl Default for RaftTuning {
     fn default() -> Self {
         RaftTuning {
             heartbeat: Duration::from_millis(100),
-            election_min: Duration::from_millis(400),
-            election_max: Duration::from_millis(700),
+            rpc_timeout: Duration::from_millis(250),
+            election_min: Duration::from_millis(450),
+            election_max: Duration::from_millis(650),
+            lease: Duration::from_millis(450),
             snapshot_every: 5000,
         }
+    }
+}
+
+impl RaftTuning {
+    /// The default proportions around another election timeout (its lower bound).
+    pub fn with_election(heartbeat: Duration, election_min: Duration) -> RaftTuning {
+        RaftTuning {
+            heartbeat,
+            rpc_timeout: election_min * 5 / 9,
+            election_min,
+            election_max: election_min * 13 / 9,
+            lease: election_min,
+            ..Default::default()
+        }
+    }
+
+    /// The tuning's own consistency (openraft checks the rest).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.heartbeat.is_zero() || self.heartbeat >= self.election_min {
+            return Err(format!(
+                "the raft heartbeat ({:?}) must be shorter than the election timeout ({:?})",
+                self.heartbeat, self.election_min
+            ));
+        }
+        if self.lease.is_zero() || self.lease >= self.election_max {
+            return Err(format!(
+                "the leader lease ({:?}) must be shorter than the election timeout's maximum ({:?})",
+                self.lease, self.election_max
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -70,6 +116,8 @@ pub enum RaftSetupError {
     Storage(Box<openraft::StorageError<NodeId>>),
     #[error("raft configuration: {0}")]
     Config(#[from] openraft::ConfigError),
+    #[error("raft tuning: {0}")]
+    Tuning(String),
     #[error("raft: {0}")]
     Fatal(Box<openraft::error::Fatal<NodeId>>),
 }
@@ -115,9 +163,11 @@ pub async fn start<N: openraft::RaftNetworkFactory<TypeConfig>>(
     let db = Arc::new(db);
     let log = LogStore::open(db.clone())?;
     let sm = StateMachine::open(db, store)?;
+    tuning.validate().map_err(RaftSetupError::Tuning)?;
     let config = Config {
         cluster_name: "shoal".into(),
-        heartbeat_interval: tuning.heartbeat.as_millis() as u64,
+        heartbeat_interval: tuning.rpc_timeout.as_millis() as u64,
+        enable_heartbeat: false,
         election_timeout_min: tuning.election_min.as_millis() as u64,
         election_timeout_max: tuning.election_max.as_millis() as u64,
         install_snapshot_timeout: 10_000,
