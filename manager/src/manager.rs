@@ -103,7 +103,7 @@ const MAX_BATCH_OPS: usize = 2_000;
 const WRITES_IN_FLIGHT: usize = 4;
 
 /// How long after its last answer a manager still counts as reachable.
-const REACHABLE_WINDOW: Duration = Duration::from_secs(3);
+const REACHABLE_WINDOW: Duration = Duration::from_secs(2);
 /// How often the lease and the leadership are re-evaluated.
 const LEASE_CHECK: Duration = Duration::from_millis(20);
 /// The longest a proposal waits for its commit while this node keeps its lease.
