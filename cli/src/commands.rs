@@ -322,6 +322,35 @@ pub enum BenchCmd {
         #[command(flatten)]
         net: NetBenchFlags,
     },
+    /// A fault run on a lab (fake runtime): clients write through every manager while a
+    /// seeded nemesis kills, partitions and restarts managers; prints writes acknowledged /
+    /// lost, unavailability per fault kind and the invariants' results (exit 1 if one fails).
+    Chaos {
+        /// Faults to inject (kinds in a seeded order, each once per four rounds).
+        #[arg(long, default_value_t = 8)]
+        rounds: usize,
+        /// Seed of the nemesis (default: a random one, printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long, default_value_t = 3)]
+        managers: usize,
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Replicas of the service whose slots are checked for duplicates.
+        #[arg(long, default_value_t = 4)]
+        replicas: u32,
+        /// Dispatcher heartbeat period of the lab's swarm.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        dispatcher_heartbeat: Duration,
+        /// Prefix of the lab the run creates and removes.
+        #[arg(long, default_value = "chaos")]
+        prefix: String,
+        /// Keep the daemons' logs in this directory.
+        #[arg(long)]
+        logs: Option<PathBuf>,
+        #[arg(long, default_value = "table")]
+        format: Format,
+    },
     /// Requests/s (wrk, from outside the workers) through shoal's ingress routing mesh vs one
     /// container straight vs haproxy vs a hand-built nft DNAT over a hand-built VXLAN.
     Mesh {
@@ -410,6 +439,21 @@ pub enum LabCmd {
         #[arg(long, default_value = "shoal")]
         prefix: String,
         host: String,
+    },
+    /// Cut a lab host off from other lab hosts (both ways), as a network partition would.
+    Partition {
+        #[arg(long, default_value = "shoal")]
+        prefix: String,
+        host: String,
+        /// The hosts it can no longer reach, comma-separated (e.g. m2,m3).
+        #[arg(long, value_delimiter = ',', required = true)]
+        from: Vec<String>,
+    },
+    /// Undo `lab partition` for one host, or for every host.
+    Heal {
+        #[arg(long, default_value = "shoal")]
+        prefix: String,
+        host: Option<String>,
     },
     /// Run a command on a lab host (SHOAL_HOST points at its daemon).
     Exec {
@@ -516,6 +560,39 @@ pub fn run(cli: Cli) -> i32 {
                 matches!(format, Format::Json),
             )
             .map_err(|e| CliError(format!("Error: bench: {e:#}")))
+        }
+        Cmd::Bench(BenchCmd::Chaos {
+            rounds,
+            seed,
+            managers,
+            workers,
+            replicas,
+            dispatcher_heartbeat,
+            prefix,
+            logs,
+            format,
+        }) => {
+            init_tracing("error");
+            let args = crate::bench_chaos::ChaosArgs {
+                rounds,
+                seed: seed.unwrap_or_else(rand::random),
+                managers,
+                workers,
+                replicas,
+                heartbeat: dispatcher_heartbeat,
+                prefix,
+                logs,
+                json: matches!(format, Format::Json),
+            };
+            match rt.block_on(crate::bench_chaos::run_chaos(args)) {
+                Ok(rep) if rep.passed() => Ok(()),
+                Ok(rep) => Err(CliError(format!(
+                    "Error: chaos: {} of {} checks failed",
+                    rep.checks.iter().filter(|c| !c.pass).count(),
+                    rep.checks.len()
+                ))),
+                Err(e) => Err(CliError(format!("Error: bench chaos: {e:#}"))),
+            }
         }
         Cmd::Bench(BenchCmd::Overlay { net }) => {
             init_tracing("error");
@@ -1197,6 +1274,8 @@ async fn info(mut c: ControlClient<Channel>, a: InfoArgs) -> CliResult {
                 ("Managers", json!(i.managers)),
                 ("NodeAddr", json!(i.node_addr)),
                 ("NodeID", json!(i.node_id)),
+                ("RaftState", json!(i.raft_state)),
+                ("RaftTerm", json!(i.raft_term)),
                 ("Role", json!(i.role)),
             ])
         ),
@@ -1281,6 +1360,17 @@ fn run_lab(cmd: LabCmd, level: &str) -> CliResult {
         LabCmd::Start { prefix, host } => {
             deploy::Lab::load(&prefix)?.start_daemon(&host)?;
             println!("Started the daemon on {host}.");
+        }
+        LabCmd::Partition { prefix, host, from } => {
+            deploy::Lab::load(&prefix)?.partition(&host, &from)?;
+            println!("Cut {host} off from {}.", from.join(", "));
+        }
+        LabCmd::Heal { prefix, host } => {
+            deploy::Lab::load(&prefix)?.heal(host.as_deref())?;
+            match host {
+                Some(h) => println!("Healed {h}."),
+                None => println!("Healed every host."),
+            }
         }
         LabCmd::Exec { prefix, host, cmd } => {
             let lab = deploy::Lab::load(&prefix)?;
