@@ -53,6 +53,8 @@ const WRITE_PAUSE: Duration = Duration::from_millis(50);
 const RECOVER_TIMEOUT: Duration = Duration::from_secs(30);
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 const QUIET: Duration = Duration::from_secs(2);
+/// A partition lasts this, plus 3 heartbeats, plus up to 2 s.
+const PARTITION_HOLD: Duration = Duration::from_secs(4);
 const SERVICE: &str = "chaos";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -389,6 +391,56 @@ pub fn analyze(r: &Record) -> Report {
         ),
         pass: dual <= STEP_DOWN_LIMIT,
         detail: format!("longest {} (from {})", secs(dual), secs(dual_at)),
+    });
+
+    // A restarted manager claiming leadership of a term older than the leader's.
+    let mut stale = Vec::new();
+    for f in r
+        .faults
+        .iter()
+        .filter(|f| matches!(f.kind, FaultKind::KillLeader | FaultKind::RestartManager))
+    {
+        let window = r
+            .samples
+            .iter()
+            .filter(|s| s.at >= f.healed && s.at <= f.window_end);
+        let (mut first, mut last) = (None, None);
+        for s in window {
+            let newest = s
+                .hosts
+                .values()
+                .flatten()
+                .filter(|h| h.raft_leader)
+                .map(|h| h.term)
+                .max();
+            let claims_old = s
+                .hosts
+                .get(&f.target)
+                .and_then(|h| h.as_ref())
+                .is_some_and(|h| h.claims_leader && newest.is_some_and(|n| n > h.term));
+            if claims_old {
+                first.get_or_insert(s.at);
+                last = Some(s.at);
+            }
+        }
+        if let (Some(a), Some(b)) = (first, last) {
+            stale.push(format!(
+                "{} ({}) from {} to {} after its restart",
+                f.target,
+                f.kind.name(),
+                secs(a - f.healed),
+                secs(b - f.healed)
+            ));
+        }
+    }
+    checks.push(Check {
+        name: "a restarted manager never claims leadership of an old term".into(),
+        pass: stale.is_empty(),
+        detail: if stale.is_empty() {
+            "never".into()
+        } else {
+            stale.join("; ")
+        },
     });
 
     // Duplicate tasks of a slot.
@@ -780,7 +832,17 @@ fn nemesis(
         };
         std::thread::sleep(QUIET);
         let others: Vec<String> = managers.iter().filter(|m| **m != leader).cloned().collect();
-        let hold = Duration::from_millis(rng.gen_range(2000..4000));
+        // Kills and restarts are short; partitions outlast the time a new leader takes to
+        // mark the cut-off nodes Down (its grace, then 3 heartbeats), so that their tasks are
+        // replaced and the old ones must be stopped once the partition heals.
+        let hold = match kind {
+            FaultKind::KillLeader | FaultKind::RestartManager => {
+                Duration::from_millis(rng.gen_range(2000..4000))
+            }
+            FaultKind::PartitionLeader | FaultKind::PartitionMinority => {
+                PARTITION_HOLD + args.heartbeat * 3 + Duration::from_millis(rng.gen_range(0..2000))
+            }
+        };
         let target = match kind {
             FaultKind::KillLeader | FaultKind::PartitionLeader => leader.clone(),
             FaultKind::PartitionMinority => others
@@ -821,12 +883,6 @@ fn nemesis(
                 };
                 *lock(&shared.cut) = Some(target.clone());
                 let res = lab.partition(&target, &from);
-                // Long enough to see whether the leader steps down.
-                let hold = if kind == FaultKind::PartitionLeader {
-                    hold + STEP_DOWN_LIMIT
-                } else {
-                    hold
-                };
                 if res.is_ok() {
                     std::thread::sleep(hold);
                 }
@@ -1244,6 +1300,46 @@ mod tests {
         assert_eq!(part.longest_gap_ms, 4900);
         assert!(!rep.targets[0].pass, "{:?}", rep.targets);
         assert!(rep.targets[1].pass, "{:?}", rep.targets);
+    }
+
+    #[test]
+    fn restarted_leader_must_not_claim_its_old_term() {
+        let mut r = base();
+        r.faults = vec![Fault {
+            kind: FaultKind::KillLeader,
+            target: "m1".into(),
+            at: Duration::from_secs(10),
+            healed: Duration::from_secs(13),
+            window_end: Duration::from_secs(20),
+        }];
+        let stale = |claims| {
+            Some(HostState {
+                term: 2,
+                raft_leader: false,
+                claims_leader: claims,
+                running: Vec::new(),
+            })
+        };
+        r.samples = (130..=200)
+            .map(|t| {
+                sample(
+                    t * 100,
+                    vec![("m1", stale(t < 150)), ("m2", st(3, true, &[]))],
+                    None,
+                )
+            })
+            .collect();
+        let rep = analyze(&r);
+        let c = check(&rep, "a restarted manager");
+        assert!(!c.pass, "{c:?}");
+        assert!(
+            c.detail.contains("m1 (kill-leader) from 0.00s to 1.90s"),
+            "{c:?}"
+        );
+        r.samples.iter_mut().for_each(|s| {
+            s.hosts.insert("m1".into(), stale(false));
+        });
+        assert!(check(&analyze(&r), "a restarted manager").pass);
     }
 
     #[test]
