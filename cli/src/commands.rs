@@ -453,7 +453,10 @@ pub enum LabCmd {
     Heal {
         #[arg(long, default_value = "shoal")]
         prefix: String,
-        host: Option<String>,
+        /// The host to heal (default: every host). Not `host`: that id is the global
+        /// `--host`, whose default would fill it in.
+        #[arg(value_name = "HOST")]
+        target: Option<String>,
     },
     /// Run a command on a lab host (SHOAL_HOST points at its daemon).
     Exec {
@@ -1365,9 +1368,9 @@ fn run_lab(cmd: LabCmd, level: &str) -> CliResult {
             deploy::Lab::load(&prefix)?.partition(&host, &from)?;
             println!("Cut {host} off from {}.", from.join(", "));
         }
-        LabCmd::Heal { prefix, host } => {
-            deploy::Lab::load(&prefix)?.heal(host.as_deref())?;
-            match host {
+        LabCmd::Heal { prefix, target } => {
+            deploy::Lab::load(&prefix)?.heal(target.as_deref())?;
+            match target {
                 Some(h) => println!("Healed {h}."),
                 None => println!("Healed every host."),
             }
@@ -1386,6 +1389,29 @@ fn run_lab(cmd: LabCmd, level: &str) -> CliResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lab_partition_and_heal_parse() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).expect("parses").cmd;
+        match parse(&["shoal", "lab", "heal", "--prefix", "p"]) {
+            Cmd::Lab(LabCmd::Heal { prefix, target }) => {
+                assert_eq!((prefix.as_str(), target), ("p", None));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["shoal", "lab", "heal", "m1"]) {
+            Cmd::Lab(LabCmd::Heal { target, .. }) => assert_eq!(target.as_deref(), Some("m1")),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["shoal", "lab", "partition", "m1", "--from", "m2,m3"]) {
+            Cmd::Lab(LabCmd::Partition { host, from, .. }) => {
+                assert_eq!(host, "m1");
+                assert_eq!(from, ["m2", "m3"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["shoal", "lab", "partition", "m1"]).is_err());
+    }
 
     fn usage_error(args: &[&str]) -> String {
         let e = Cli::try_parse_from(args).expect_err("should not parse");
