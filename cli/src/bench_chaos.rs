@@ -138,7 +138,8 @@ pub struct Fault {
 pub struct Record {
     pub managers: Vec<String>,
     pub acks: Vec<Ack>,
-    pub failed_writes: u64,
+    /// Unacknowledged writes by the error the client saw.
+    pub write_errors: BTreeMap<String, u64>,
     pub samples: Vec<Sample>,
     pub faults: Vec<Fault>,
     /// Acknowledged writes each manager's own store lacks at the end.
@@ -183,6 +184,9 @@ pub struct Report {
     pub lost: usize,
     #[serde(rename = "FailedWrites")]
     pub failed_writes: u64,
+    /// The commonest errors of unacknowledged writes, with their counts.
+    #[serde(rename = "WriteErrors")]
+    pub write_errors: Vec<(String, u64)>,
     #[serde(rename = "Kinds")]
     pub kinds: Vec<KindFigures>,
     /// Per partition-leader fault: cut → its IsLeader false (ms); None: not while cut.
@@ -545,7 +549,17 @@ pub fn analyze(r: &Record) -> Report {
     Report {
         acknowledged: r.acks.len(),
         lost: lost.len(),
-        failed_writes: r.failed_writes,
+        failed_writes: r.write_errors.values().sum(),
+        write_errors: {
+            let mut v: Vec<(String, u64)> = r
+                .write_errors
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            v.truncate(6);
+            v
+        },
         kinds,
         step_down_ms,
         longest_dual_claim_ms: ms(dual),
@@ -570,6 +584,14 @@ pub fn render(rep: &Report, args: &ChaosArgs, took: Duration) -> String {
         "writes: {} acknowledged, {} lost ({} failed or timed out, not acknowledged)\n\n",
         rep.acknowledged, rep.lost, rep.failed_writes
     );
+    if !rep.write_errors.is_empty() {
+        out.truncate(out.len() - 1);
+        out += "unacknowledged writes were told:\n";
+        for (why, n) in &rep.write_errors {
+            out += &format!("  {n:>6}  {why}\n");
+        }
+        out += "\n";
+    }
     out += &format!(
         "{:<20} {:>6} {:>16} {:>16} {:>14}\n",
         "FAULT", "COUNT", "UNAVAILABLE P50", "UNAVAILABLE MAX", "LONGEST GAP"
@@ -669,7 +691,8 @@ fn host_state(v: &Value) -> HostState {
 struct Shared {
     start: Instant,
     acks: Mutex<Vec<Ack>>,
-    failed: Mutex<u64>,
+    /// Unacknowledged writes by what the client was told.
+    failed: Mutex<BTreeMap<String, u64>>,
     samples: Mutex<Vec<Sample>>,
     cut: Mutex<Option<String>>,
 }
@@ -704,16 +727,29 @@ async fn writer(client: usize, socket: PathBuf, shared: Arc<Shared>, stop: Cance
                 .await?;
             Ok::<_, anyhow::Error>(())
         };
-        let ok = matches!(tokio::time::timeout(WRITE_TIMEOUT, call).await, Ok(Ok(())));
-        if ok {
-            let acked = shared.now();
-            lock(&shared.acks).push(Ack {
-                name,
-                started,
-                acked,
-            });
-        } else {
-            *lock(&shared.failed) += 1;
+        let res = tokio::time::timeout(WRITE_TIMEOUT, call).await;
+        let ok = matches!(res, Ok(Ok(())));
+        let why = match res {
+            Ok(Ok(())) => None,
+            Err(_) => Some(format!("no answer within {}", secs(WRITE_TIMEOUT))),
+            Ok(Err(e)) => Some(match e.downcast_ref::<tonic::Status>() {
+                Some(st) if !st.message().is_empty() => {
+                    st.message().chars().take(160).collect::<String>()
+                }
+                Some(st) => format!("{:?}", st.code()),
+                None => "the daemon's socket did not answer".into(),
+            }),
+        };
+        match why {
+            None => {
+                let acked = shared.now();
+                lock(&shared.acks).push(Ack {
+                    name,
+                    started,
+                    acked,
+                });
+            }
+            Some(why) => *lock(&shared.failed).entry(why).or_default() += 1,
         }
         let pause = if ok { WRITE_PAUSE } else { WRITE_PAUSE * 2 };
         tokio::select! {
@@ -1100,7 +1136,7 @@ pub async fn run_chaos(args: ChaosArgs) -> Result<Report> {
     let record = Record {
         managers,
         acks,
-        failed_writes: *lock(&shared.failed),
+        write_errors: lock(&shared.failed).clone(),
         samples: lock(&shared.samples).clone(),
         faults,
         missing,
