@@ -323,6 +323,35 @@ pub enum BenchCmd {
         #[command(flatten)]
         net: NetBenchFlags,
     },
+    /// A fault run on a lab (fake runtime): clients write through every manager while a
+    /// seeded nemesis kills, partitions and restarts managers; prints writes acknowledged /
+    /// lost, unavailability per fault kind and the invariants' results (exit 1 if one fails).
+    Chaos {
+        /// Faults to inject (kinds in a seeded order, each once per four rounds).
+        #[arg(long, default_value_t = 8)]
+        rounds: usize,
+        /// Seed of the nemesis (default: a random one, printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long, default_value_t = 3)]
+        managers: usize,
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Replicas of the service whose slots are checked for duplicates.
+        #[arg(long, default_value_t = 4)]
+        replicas: u32,
+        /// Dispatcher heartbeat period of the lab's swarm.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        dispatcher_heartbeat: Duration,
+        /// Prefix of the lab the run creates and removes.
+        #[arg(long, default_value = "chaos")]
+        prefix: String,
+        /// Keep the daemons' logs in this directory.
+        #[arg(long)]
+        logs: Option<PathBuf>,
+        #[arg(long, default_value = "table")]
+        format: Format,
+    },
     /// Requests/s (wrk, from outside the workers) through shoal's ingress routing mesh vs one
     /// container straight vs haproxy vs a hand-built nft DNAT over a hand-built VXLAN.
     Mesh {
@@ -411,6 +440,24 @@ pub enum LabCmd {
         #[arg(long, default_value = "shoal")]
         prefix: String,
         host: String,
+    },
+    /// Cut a lab host off from other lab hosts (both ways), as a network partition would.
+    Partition {
+        #[arg(long, default_value = "shoal")]
+        prefix: String,
+        host: String,
+        /// The hosts it can no longer reach, comma-separated (e.g. m2,m3).
+        #[arg(long, value_delimiter = ',', required = true)]
+        from: Vec<String>,
+    },
+    /// Undo `lab partition` for one host, or for every host.
+    Heal {
+        #[arg(long, default_value = "shoal")]
+        prefix: String,
+        /// The host to heal (default: every host). Not `host`: that id is the global
+        /// `--host`, whose default would fill it in.
+        #[arg(value_name = "HOST")]
+        target: Option<String>,
     },
     /// Run a command on a lab host (SHOAL_HOST points at its daemon).
     Exec {
@@ -517,6 +564,39 @@ pub fn run(cli: Cli) -> i32 {
                 matches!(format, Format::Json),
             )
             .map_err(|e| CliError(format!("Error: bench: {e:#}")))
+        }
+        Cmd::Bench(BenchCmd::Chaos {
+            rounds,
+            seed,
+            managers,
+            workers,
+            replicas,
+            dispatcher_heartbeat,
+            prefix,
+            logs,
+            format,
+        }) => {
+            init_tracing("error");
+            let args = crate::bench_chaos::ChaosArgs {
+                rounds,
+                seed: seed.unwrap_or_else(rand::random),
+                managers,
+                workers,
+                replicas,
+                heartbeat: dispatcher_heartbeat,
+                prefix,
+                logs,
+                json: matches!(format, Format::Json),
+            };
+            match rt.block_on(crate::bench_chaos::run_chaos(args)) {
+                Ok(rep) if rep.passed() => Ok(()),
+                Ok(rep) => Err(CliError(format!(
+                    "Error: chaos: {} of {} checks failed",
+                    rep.checks.iter().filter(|c| !c.pass).count(),
+                    rep.checks.len()
+                ))),
+                Err(e) => Err(CliError(format!("Error: bench chaos: {e:#}"))),
+            }
         }
         Cmd::Bench(BenchCmd::Overlay { net }) => {
             init_tracing("error");
@@ -1206,6 +1286,8 @@ async fn info(mut c: ControlClient<Channel>, a: InfoArgs) -> CliResult {
                 ("NodeAddr", json!(i.node_addr)),
                 ("NodeID", json!(i.node_id)),
                 ("RaftStatus", json!(i.raft_status)),
+                ("RaftState", json!(i.raft_state)),
+                ("RaftTerm", json!(i.raft_term)),
                 ("Role", json!(i.role)),
             ])
         ),
@@ -1293,6 +1375,17 @@ fn run_lab(cmd: LabCmd, level: &str) -> CliResult {
             deploy::Lab::load(&prefix)?.start_daemon(&host)?;
             println!("Started the daemon on {host}.");
         }
+        LabCmd::Partition { prefix, host, from } => {
+            deploy::Lab::load(&prefix)?.partition(&host, &from)?;
+            println!("Cut {host} off from {}.", from.join(", "));
+        }
+        LabCmd::Heal { prefix, target } => {
+            deploy::Lab::load(&prefix)?.heal(target.as_deref())?;
+            match target {
+                Some(h) => println!("Healed {h}."),
+                None => println!("Healed every host."),
+            }
+        }
         LabCmd::Exec { prefix, host, cmd } => {
             let lab = deploy::Lab::load(&prefix)?;
             let status = lab.exec_status(&host, &cmd)?;
@@ -1307,6 +1400,29 @@ fn run_lab(cmd: LabCmd, level: &str) -> CliResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lab_partition_and_heal_parse() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).expect("parses").cmd;
+        match parse(&["shoal", "lab", "heal", "--prefix", "p"]) {
+            Cmd::Lab(LabCmd::Heal { prefix, target }) => {
+                assert_eq!((prefix.as_str(), target), ("p", None));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["shoal", "lab", "heal", "m1"]) {
+            Cmd::Lab(LabCmd::Heal { target, .. }) => assert_eq!(target.as_deref(), Some("m1")),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["shoal", "lab", "partition", "m1", "--from", "m2,m3"]) {
+            Cmd::Lab(LabCmd::Partition { host, from, .. }) => {
+                assert_eq!(host, "m1");
+                assert_eq!(from, ["m2", "m3"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["shoal", "lab", "partition", "m1"]).is_err());
+    }
 
     fn usage_error(args: &[&str]) -> String {
         let e = Cli::try_parse_from(args).expect_err("should not parse");

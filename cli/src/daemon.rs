@@ -708,6 +708,11 @@ impl Node {
             ),
             None => (false, String::new(), st.managers.clone(), String::new()),
         };
+        let (raft_term, raft_state) = inner
+            .manager
+            .as_deref()
+            .map(raft_term_state)
+            .unwrap_or_default();
         pb::InfoResponse {
             local_node_state: "active".into(),
             node_id: st.node_id.clone(),
@@ -721,6 +726,8 @@ impl Node {
             is_leader,
             leader_addr,
             raft_status,
+            raft_term,
+            raft_state,
             cert_not_after_ms: id
                 .map(|i| {
                     i.info
@@ -732,6 +739,13 @@ impl Node {
                 .unwrap_or(0),
         }
     }
+}
+
+/// A manager's raft term and state, read from one metrics snapshot so that they agree.
+fn raft_term_state(m: &Manager) -> (u64, String) {
+    let metrics = m.raft.metrics();
+    let metrics = metrics.borrow();
+    (metrics.current_term, format!("{:?}", metrics.state))
 }
 
 fn already_in_swarm() -> Status {
@@ -1249,6 +1263,52 @@ impl pb::node_local_server::NodeLocal for NodeLocalService {
             .map_err(status_internal)?;
         Ok(Response::new(pb::JsonDoc {
             json: serde_json::to_string(&list).map_err(status_internal)?,
+        }))
+    }
+
+    async fn local_state(
+        &self,
+        req: Request<pb::LocalStateRequest>,
+    ) -> Result<Response<pb::JsonDoc>, Status> {
+        let want_configs = req.into_inner().configs;
+        let (manager, executor) = {
+            let inner = self.node.inner.lock().await;
+            (inner.manager.clone(), inner.executor.clone())
+        };
+        let mut doc = serde_json::Map::new();
+        if let Some(m) = &manager {
+            let (term, state) = raft_status(m);
+            let applied = m.raft.metrics().borrow().last_applied.map(|l| l.index);
+            doc.insert("RaftTerm".into(), term.into());
+            doc.insert("RaftState".into(), state.into());
+            doc.insert("IsLeader".into(), m.is_leader().into());
+            doc.insert("LastApplied".into(), applied.unwrap_or(0).into());
+            if want_configs {
+                let names: Vec<String> = m
+                    .store
+                    .view(|d| d.configs.values().map(|c| c.name.clone()).collect());
+                doc.insert("Configs".into(), names.into());
+            }
+        }
+        // The tasks this node's executor has seen RUNNING and still means to run.
+        let running: Vec<serde_json::Value> = executor
+            .map(|e| {
+                let running: std::collections::HashSet<String> = e
+                    .statuses()
+                    .into_iter()
+                    .filter(|r| r.status.state == proto::spec::TaskState::Running)
+                    .map(|r| r.task_id)
+                    .collect();
+                e.running_names()
+                    .into_iter()
+                    .filter(|(id, _)| running.contains(id))
+                    .map(|(id, name)| serde_json::json!({"ID": id, "Name": name}))
+                    .collect()
+            })
+            .unwrap_or_default();
+        doc.insert("Running".into(), running.into());
+        Ok(Response::new(pb::JsonDoc {
+            json: serde_json::Value::Object(doc).to_string(),
         }))
     }
 

@@ -3,6 +3,7 @@
 //! `main` parses flags and calls [`commands::run`]; `shoal daemon` runs [`daemon::run`].
 
 pub mod bench;
+pub mod bench_chaos;
 pub mod bench_containers;
 pub mod bench_net;
 pub mod commands;

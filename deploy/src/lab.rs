@@ -381,6 +381,89 @@ impl Lab {
         wait_for_socket(&h, &mut child)
     }
 
+    /// Stop the host's daemon gracefully (SIGTERM, as an operator's restart would) and wait
+    /// for it to exit; SIGKILL if it is still there after `timeout`.
+    pub fn stop_daemon(&mut self, host: &str, timeout: Duration) -> Result<(), LabError> {
+        let h = self.host_mut(host)?;
+        if let Some(pid) = h.pid.take() {
+            let data_dir = h.data_dir.clone();
+            let name = h.name.clone();
+            if let (true, Ok(raw)) = (is_daemon_of(pid, &data_dir), libc::pid_t::try_from(pid)) {
+                // SAFETY: a plain kill of a pid whose command line was just checked.
+                unsafe { libc::kill(raw, libc::SIGTERM) };
+                let deadline = Instant::now() + timeout;
+                loop {
+                    // SAFETY: a null status pointer is allowed by waitpid.
+                    unsafe { libc::waitpid(raw, std::ptr::null_mut(), libc::WNOHANG) };
+                    if !is_running(pid) || Instant::now() >= deadline {
+                        break;
+                    }
+                    sleep(Duration::from_millis(20));
+                }
+                kill_daemon_pid(pid, &name, false, |d| d == data_dir)?;
+            }
+        }
+        self.save()
+    }
+
+    /// Cut `host` off from `peers`: every packet between it and their lab addresses is
+    /// dropped, both ways, by an nftables table inside `host`'s namespace (so `down`, which
+    /// deletes the namespace, removes it too). Adds to an earlier cut of the same host.
+    pub fn partition(&self, host: &str, peers: &[String]) -> Result<(), LabError> {
+        let h = self.host(host)?;
+        if peers.is_empty() {
+            return Err(LabError::Partition {
+                host: host.to_string(),
+                reason: "no hosts to cut it off from".into(),
+            });
+        }
+        let mut addrs = Vec::new();
+        for p in peers {
+            if p == host {
+                return Err(LabError::Partition {
+                    host: host.to_string(),
+                    reason: "a host cannot be cut off from itself".into(),
+                });
+            }
+            addrs.push(self.host(p)?.addr);
+        }
+        let script = if self.partition_table_exists(h) {
+            partition_add_script(&addrs)
+        } else {
+            partition_script(&addrs)
+        };
+        let path = self.dir.join(format!("{}-partition.nft", h.name));
+        fs::write(&path, script).map_err(|source| io_err(&path, source))?;
+        let mut cmd = netns_command(&h.netns);
+        cmd.arg("nft").arg("-f").arg(&path);
+        run(&mut cmd)?;
+        info!(host = %h.name, ?peers, "partitioned");
+        Ok(())
+    }
+
+    /// Undo [`Lab::partition`] for `host`, or for every host of the lab.
+    pub fn heal(&self, host: Option<&str>) -> Result<(), LabError> {
+        let hosts: Vec<&LabHost> = match host {
+            Some(name) => vec![self.host(name)?],
+            None => self.hosts.iter().collect(),
+        };
+        for h in hosts {
+            if self.partition_table_exists(h) {
+                let mut cmd = netns_command(&h.netns);
+                cmd.args(["nft", "delete", "table", "inet", PARTITION_TABLE]);
+                run(&mut cmd)?;
+                info!(host = %h.name, "healed");
+            }
+        }
+        Ok(())
+    }
+
+    fn partition_table_exists(&self, h: &LabHost) -> bool {
+        let mut cmd = netns_command(&h.netns);
+        cmd.args(["nft", "list", "table", "inet", PARTITION_TABLE]);
+        run(&mut cmd).is_ok()
+    }
+
     /// Add a host with its own namespace and running daemon, not yet part of
     /// the swarm (tests join it explicitly). Returns its name.
     pub fn add_host(&mut self, manager: bool) -> Result<String, LabError> {
@@ -504,6 +587,38 @@ impl Lab {
         debug!(host = %host.name, pid = child.id(), "daemon started");
         Ok(child)
     }
+}
+
+/// The nftables table a partition lives in, inside the cut host's namespace.
+const PARTITION_TABLE: &str = "shoal_lab_partition";
+
+/// The table that drops traffic between its host and `peers`, early (before conntrack), so
+/// that established connections stall as they would on a real partition.
+fn partition_script(peers: &[Ipv4Addr]) -> String {
+    format!(
+        "table inet {PARTITION_TABLE} {{\n\
+         \tset peers {{ type ipv4_addr; elements = {{ {} }}; }}\n\
+         \tchain pre {{ type filter hook prerouting priority -300; policy accept; ip saddr @peers drop; }}\n\
+         \tchain out {{ type filter hook output priority -300; policy accept; ip daddr @peers drop; }}\n\
+         }}\n",
+        addr_list(peers)
+    )
+}
+
+/// More peers for a table [`partition_script`] created.
+fn partition_add_script(peers: &[Ipv4Addr]) -> String {
+    format!(
+        "add element inet {PARTITION_TABLE} peers {{ {} }}\n",
+        addr_list(peers)
+    )
+}
+
+fn addr_list(addrs: &[Ipv4Addr]) -> String {
+    addrs
+        .iter()
+        .map(Ipv4Addr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Host names in address order: managers `m1..`, then workers `w1..`.
@@ -887,6 +1002,26 @@ mod tests {
         assert_eq!(host_addr(57), Some(Ipv4Addr::new(192, 168, 77, 67)));
         assert_eq!(host_addr(244), Some(Ipv4Addr::new(192, 168, 77, 254)));
         assert_eq!(host_addr(245), None);
+    }
+
+    #[test]
+    fn partition_scripts() {
+        let peers = [
+            Ipv4Addr::new(192, 168, 77, 12),
+            Ipv4Addr::new(192, 168, 77, 13),
+        ];
+        let s = partition_script(&peers);
+        assert!(s.starts_with("table inet shoal_lab_partition {"), "{s}");
+        assert!(
+            s.contains("elements = { 192.168.77.12, 192.168.77.13 }"),
+            "{s}"
+        );
+        assert!(s.contains("hook prerouting priority -300; policy accept; ip saddr @peers drop;"));
+        assert!(s.contains("hook output priority -300; policy accept; ip daddr @peers drop;"));
+        assert_eq!(
+            partition_add_script(&peers[..1]),
+            "add element inet shoal_lab_partition peers { 192.168.77.12 }\n"
+        );
     }
 
     #[test]

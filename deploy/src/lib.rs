@@ -86,6 +86,8 @@ pub enum LabError {
         timeout: Duration,
         last: String,
     },
+    #[error("cannot partition {host}: {reason}")]
+    Partition { host: String, reason: String },
     #[error("no command given to run on {host}")]
     EmptyCommand { host: String },
 }
