@@ -1277,7 +1277,7 @@ impl pb::node_local_server::NodeLocal for NodeLocalService {
         };
         let mut doc = serde_json::Map::new();
         if let Some(m) = &manager {
-            let (term, state) = raft_status(m);
+            let (term, state) = raft_term_state(m);
             let applied = m.raft.metrics().borrow().last_applied.map(|l| l.index);
             doc.insert("RaftTerm".into(), term.into());
             doc.insert("RaftState".into(), state.into());
