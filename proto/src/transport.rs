@@ -322,6 +322,9 @@ fn split_host_port(addr: &str) -> Result<(String, u16), TransportError> {
 }
 
 /// A lazily connected gRPC channel to a manager at `addr` (IP:PORT) over mutual TLS.
+/// How long connecting to a manager (TCP and TLS) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 pub fn tls_channel(addr: &str, cfg: Arc<ClientConfig>) -> Result<Channel, TransportError> {
     let (host, port) = split_host_port(addr)?;
     let target = format!("{host}:{port}");
@@ -329,18 +332,31 @@ pub fn tls_channel(addr: &str, cfg: Arc<ClientConfig>) -> Result<Channel, Transp
         let cfg = cfg.clone();
         let target = target.clone();
         async move {
-            let tcp = TcpStream::connect(&target).await?;
-            tcp.set_nodelay(true)?;
-            let name = ServerName::try_from(MANAGER_SERVER_NAME).expect("static server name");
-            let tls = tokio_rustls::TlsConnector::from(cfg)
-                .connect(name, tcp)
-                .await?;
+            // Bounded here, not only by the endpoint: a manager cut off by a partition drops
+            // packets, and a call forwarded to it must fail fast enough to be retried at
+            // the manager elected meanwhile.
+            let connect = async {
+                let tcp = TcpStream::connect(&target).await?;
+                tcp.set_nodelay(true)?;
+                let name = ServerName::try_from(MANAGER_SERVER_NAME).expect("static server name");
+                tokio_rustls::TlsConnector::from(cfg)
+                    .connect(name, tcp)
+                    .await
+            };
+            let tls = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+                .await
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no answer from {target} within {CONNECT_TIMEOUT:?}"),
+                    )
+                })??;
             Ok::<_, io::Error>(TokioIo::new(tls))
         }
     });
     let ep = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|_| TransportError::BadAddress(addr.to_string()))?
-        .connect_timeout(Duration::from_secs(2))
+        .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
