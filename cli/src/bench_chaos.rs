@@ -470,10 +470,42 @@ pub fn analyze(r: &Record) -> Report {
         detail: if slots.is_empty() {
             "never".into()
         } else {
+            // Where it ran twice, and which fault was last injected before.
+            let on: Vec<&str> = r
+                .samples
+                .iter()
+                .find(|s| s.at == longest_dup.0)
+                .map(|s| {
+                    s.hosts
+                        .iter()
+                        .filter(|(_, h)| {
+                            h.as_ref()
+                                .is_some_and(|h| h.running.iter().any(|(_, n)| *n == longest_dup.2))
+                        })
+                        .map(|(h, _)| h.as_str())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let after = r
+                .faults
+                .iter()
+                .rev()
+                .find(|f| f.at <= longest_dup.0)
+                .map(|f| {
+                    format!(
+                        ", {} on {} at {}, healed at {}",
+                        f.kind.name(),
+                        f.target,
+                        secs(f.at),
+                        secs(f.healed)
+                    )
+                })
+                .unwrap_or_default();
             format!(
-                "longest {} ({} from {})",
+                "longest {} ({} on {} from {}{after})",
                 secs(longest_dup.1),
                 longest_dup.2,
+                on.join(" and "),
                 secs(longest_dup.0)
             )
         },
@@ -1300,7 +1332,10 @@ mod tests {
         let rep = analyze(&r);
         let c = check(&rep, "no task slot");
         assert!(!c.pass, "{c:?}");
-        assert!(c.detail.contains("chaos.1"), "{c:?}");
+        assert!(
+            c.detail.contains("chaos.1 on m2 and w1 from 0.00s"),
+            "{c:?}"
+        );
         assert_eq!(rep.longest_duplicate_ms, 5000);
         // The same while w1 is cut off: nothing could stop its task there.
         for s in &mut r.samples {
