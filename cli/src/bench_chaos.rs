@@ -53,8 +53,12 @@ const WRITE_PAUSE: Duration = Duration::from_millis(50);
 const RECOVER_TIMEOUT: Duration = Duration::from_secs(30);
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 const QUIET: Duration = Duration::from_secs(2);
-/// A partition lasts this, plus 3 heartbeats, plus up to 2 s.
-const PARTITION_HOLD: Duration = Duration::from_secs(4);
+/// A partition lasts this, plus 3 heartbeats, plus up to 2 s: the election, the new leader's
+/// grace for nodes (3 s, `manager::dispatcher::NEW_LEADER_GRACE`) and 3 missed heartbeats
+/// pass, so a node still attached to the cut-off leader is marked Down and its tasks
+/// replaced about 6 s before the heal (longer than the heartbeat grace), unless it moved to
+/// the new leader in time.
+const PARTITION_HOLD: Duration = Duration::from_secs(11);
 const SERVICE: &str = "chaos";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -466,10 +470,42 @@ pub fn analyze(r: &Record) -> Report {
         detail: if slots.is_empty() {
             "never".into()
         } else {
+            // Where it ran twice, and which fault was last injected before.
+            let on: Vec<&str> = r
+                .samples
+                .iter()
+                .find(|s| s.at == longest_dup.0)
+                .map(|s| {
+                    s.hosts
+                        .iter()
+                        .filter(|(_, h)| {
+                            h.as_ref()
+                                .is_some_and(|h| h.running.iter().any(|(_, n)| *n == longest_dup.2))
+                        })
+                        .map(|(h, _)| h.as_str())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let after = r
+                .faults
+                .iter()
+                .rev()
+                .find(|f| f.at <= longest_dup.0)
+                .map(|f| {
+                    format!(
+                        ", {} on {} at {}, healed at {}",
+                        f.kind.name(),
+                        f.target,
+                        secs(f.at),
+                        secs(f.healed)
+                    )
+                })
+                .unwrap_or_default();
             format!(
-                "longest {} ({} from {})",
+                "longest {} ({} on {} from {}{after})",
                 secs(longest_dup.1),
                 longest_dup.2,
+                on.join(" and "),
                 secs(longest_dup.0)
             )
         },
@@ -803,18 +839,35 @@ fn settled_leader(s: &Sample, managers: &[String]) -> Option<String> {
                 .is_some_and(|h| h.claims_leader)
         })
         .collect();
-    (answering == managers.len() && claims.len() == 1).then(|| claims[0].clone())
+    // A restarted leader may claim its old term for a moment, before the others' election.
+    let newest = s.hosts.values().flatten().map(|h| h.term).max();
+    match claims.as_slice() {
+        [one]
+            if answering == managers.len() && s.hosts[*one].as_ref().map(|h| h.term) == newest =>
+        {
+            Some((*one).clone())
+        }
+        _ => None,
+    }
 }
 
-/// Wait (bounded) until every manager answers and exactly one claims to lead.
+/// Wait (bounded) until every manager answers and one of them, in the newest term, has
+/// claimed to lead without a break for [`QUIET`].
 fn wait_settled(shared: &Shared, managers: &[String], timeout: Duration) -> Option<String> {
     let deadline = Instant::now() + timeout;
+    let mut since: Option<(String, Instant)> = None;
     loop {
-        if let Some(l) = shared
+        let now = shared
             .last_sample()
-            .and_then(|s| settled_leader(&s, managers))
-        {
-            return Some(l);
+            .and_then(|s| settled_leader(&s, managers));
+        match (now, &since) {
+            (Some(l), Some((prev, t))) if l == *prev => {
+                if t.elapsed() >= QUIET {
+                    return Some(l);
+                }
+            }
+            (Some(l), _) => since = Some((l, Instant::now())),
+            (None, _) => since = None,
         }
         if Instant::now() >= deadline {
             return None;
@@ -866,7 +919,6 @@ fn nemesis(
                     .unwrap_or_else(|| managers[0].clone())
             }
         };
-        std::thread::sleep(QUIET);
         let others: Vec<String> = managers.iter().filter(|m| **m != leader).cloned().collect();
         // Kills and restarts are short; partitions outlast the time a new leader takes to
         // mark the cut-off nodes Down (its grace, then 3 heartbeats), so that their tasks are
@@ -944,7 +996,6 @@ fn nemesis(
     if wait_settled(shared, managers, RECOVER_TIMEOUT).is_none() {
         log("after the last fault: no settled leader".into());
     }
-    std::thread::sleep(QUIET);
     if let Some(last) = faults.last_mut() {
         last.window_end = shared.now();
     }
@@ -1281,7 +1332,10 @@ mod tests {
         let rep = analyze(&r);
         let c = check(&rep, "no task slot");
         assert!(!c.pass, "{c:?}");
-        assert!(c.detail.contains("chaos.1"), "{c:?}");
+        assert!(
+            c.detail.contains("chaos.1 on m2 and w1 from 0.00s"),
+            "{c:?}"
+        );
         assert_eq!(rep.longest_duplicate_ms, 5000);
         // The same while w1 is cut off: nothing could stop its task there.
         for s in &mut r.samples {
@@ -1376,6 +1430,29 @@ mod tests {
             s.hosts.insert("m1".into(), stale(false));
         });
         assert!(check(&analyze(&r), "a restarted manager").pass);
+    }
+
+    #[test]
+    fn a_stale_claim_is_no_settled_leader() {
+        let ms3 = ["m1", "m2", "m3"].map(String::from);
+        let one = sample(
+            0,
+            vec![
+                ("m1", st(4, true, &[])),
+                ("m2", st(4, false, &[])),
+                ("m3", st(4, false, &[])),
+            ],
+            None,
+        );
+        assert_eq!(settled_leader(&one, &ms3).as_deref(), Some("m1"));
+        // m1 restarted and claims term 4 while the others already vote in term 5.
+        let mut stale = one.clone();
+        stale.hosts.insert("m2".into(), st(5, false, &[]));
+        assert_eq!(settled_leader(&stale, &ms3), None);
+        // A manager that does not answer: not settled either.
+        let mut silent = one;
+        silent.hosts.insert("m3".into(), None);
+        assert_eq!(settled_leader(&silent, &ms3), None);
     }
 
     #[test]
