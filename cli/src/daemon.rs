@@ -593,6 +593,13 @@ impl Node {
             managers: vec![advertise.clone()],
             ..st.clone()
         };
+        if let Some(m) = &inner.manager {
+            if manager::recovery::has_quorum(m).await {
+                return Err(Status::failed_precondition(
+                    "this swarm still has a quorum of managers: --force-new-cluster is for a swarm that lost it, and would split this one in two; to shrink it, demote or remove managers instead",
+                ));
+            }
+        }
         tracing::warn!(node = %st.node_id, %advertise, "forcing a new cluster from this manager's state");
         if let Some(old) = inner.manager.take() {
             old.shutdown().await;
@@ -614,6 +621,7 @@ impl Node {
         tracing::info!(
             index = rec.last_log_id.index,
             old_term = rec.old_term,
+            nodes_updated = rec.edited,
             backup = %rec.backup.display(),
             "raft rebuilt with this node as its only manager"
         );
@@ -653,12 +661,11 @@ impl Node {
                 "the new cluster elected no leader within 10s: see the daemon's log",
             ));
         }
-        let retired = manager::recovery::retire_lost_managers(&mgr).await?;
         let cluster = mgr
             .store
             .view(|d| d.cluster.clone())
             .ok_or_else(|| Status::internal("the recovered state holds no cluster object"))?;
-        tracing::info!(node = %st.node_id, nodes_updated = retired, "new cluster forced");
+        tracing::info!(node = %st.node_id, "new cluster forced");
         let join = |t: &str| format!("shoal swarm join --token {t} {advertise}");
         Ok(pb::SwarmInitResponse {
             node_id: st.node_id.clone(),

@@ -1,35 +1,41 @@
 //! Quorum-loss recovery (`swarm init --force-new-cluster`), the manager's part.
 //!
-//! The node glue stops this node's manager, calls [`rebuild_raft`] (the raft database becomes
-//! a one-voter group holding the committed state, see [`crate::raft::recover`]), starts the
-//! manager again, and once it leads calls [`retire_lost_managers`]: the managers left behind
-//! are no raft members any more, so their node objects become Down workers. The membership
-//! reconciler then leaves them out of raft; `node rm` removes them; one that comes back with
-//! its old state is handed a worker certificate and drops its manager state, and can be
-//! promoted again. Services, tasks, networks, secrets, configs, the CA and the join tokens
-//! are kept as they were, so workers reconnect with the certificates they hold.
+//! The node glue stops this node's manager, calls [`rebuild_raft`] and starts the manager
+//! again. The raft database becomes a one-voter group holding the committed state (see
+//! [`crate::raft::recover`]), adjusted by [`plan_retirement`] before it is written: the
+//! managers left behind are no raft members any more, so their node objects become Down
+//! workers. Done before the new group's first election, so its leader never sees them as
+//! managers to add back. The membership reconciler leaves them out of raft; `node rm`
+//! removes them; one that comes back with its old state is refused as a raft candidate,
+//! handed a worker certificate, drops its manager state, and can be promoted again.
+//! Services, tasks, networks, secrets, configs, the CA and the join tokens are kept as they
+//! were, so workers reconnect with the certificates they hold.
 
 use std::time::Duration;
 
 use proto::security::Role;
-use tonic::Status;
-
-use crate::manager::{now_ms, update_with_retry, Manager, ManagerConfig};
+use crate::manager::{now_ms, Manager, ManagerConfig};
 use crate::raft::recover::{self, Recovered, RecoverError};
-use crate::store::{NodeState, Object, Op, Txn};
+use crate::store::{NodeState, Object, Op};
 
 /// How long [`rebuild_raft`] waits for the stopped manager to release its raft database.
 const RELEASE_WAIT: Duration = Duration::from_secs(10);
 
+/// How long the leader's quorum round in [`has_quorum`] may take.
+const QUORUM_PROBE: Duration = Duration::from_secs(3);
+
 /// Rewrite the raft database of the (stopped) manager `config` describes into a group whose
-/// only voter is this node at `config.advertise_addr`.
+/// only voter is this node at `config.advertise_addr`, the only manager of the swarm.
 pub async fn rebuild_raft(config: &ManagerConfig) -> Result<Recovered, RecoverError> {
     let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
     loop {
         let dir = config.data_dir.clone();
         let id = config.raft_id;
         let addr = config.advertise_addr.clone();
-        let res = tokio::task::spawn_blocking(move || recover::force_new_cluster(&dir, id, &addr))
+        let me = config.node_id.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            recover::force_new_cluster(&dir, id, &addr, |d| plan_retirement(d, &me, &addr))
+        })
             .await
             .unwrap_or_else(|e| {
                 Err(RecoverError::Write {
@@ -44,6 +50,29 @@ pub async fn rebuild_raft(config: &ManagerConfig) -> Result<Recovered, RecoverEr
             r => return r,
         }
     }
+}
+
+/// Whether this manager's raft group still has a quorum, so that forcing a new cluster
+/// would split the swarm in two: the leader confirms it with a quorum round; a follower
+/// counts as hearing a live leader if it names one under a granted vote twice, an election
+/// timeout apart (a follower that lost its leader campaigns, and names none, within one).
+pub async fn has_quorum(mgr: &Manager) -> bool {
+    if mgr.is_leader() {
+        let confirmed = tokio::time::timeout(QUORUM_PROBE, mgr.raft.ensure_linearizable()).await;
+        return matches!(confirmed, Ok(Ok(_)));
+    }
+    let led = |m: &Manager| {
+        let metrics = m.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.current_leader.is_some()
+            && metrics.current_leader != Some(m.config.raft_id)
+            && metrics.vote.is_committed()
+    };
+    if !led(mgr) {
+        return false;
+    }
+    tokio::time::sleep(mgr.config.tuning.election_max * 2).await;
+    led(mgr)
 }
 
 /// What the store should say about the nodes after a forced new cluster: this node is the
@@ -74,21 +103,6 @@ pub fn plan_retirement(data: &crate::store::StoreData, me: &str, my_addr: &str) 
         }
     }
     ops
-}
-
-/// On the new group's leader: make the store agree with the raft group (see
-/// [`plan_retirement`]). Returns how many nodes changed.
-pub async fn retire_lost_managers(mgr: &Manager) -> Result<usize, Status> {
-    let me = mgr.config.node_id.clone();
-    let addr = mgr.config.advertise_addr.clone();
-    let mut changed = 0;
-    update_with_retry(mgr, |d| {
-        let ops = plan_retirement(d, &me, &addr);
-        changed = ops.len();
-        Ok(Txn::new(ops))
-    })
-    .await?;
-    Ok(changed)
 }
 
 #[cfg(test)]

@@ -129,8 +129,21 @@ fn lab_force_new_cluster_after_two_of_three_managers_are_lost() -> Result<()> {
             .unwrap_or_default()
     };
 
-    // Lose two managers for good, the leader among them: killed, data gone.
+    // While the managers have a quorum, forcing a new cluster would split the swarm: refused
+    // on the leader and on a follower.
     let leader = lab.leader("m1")?;
+    let follower = ["m1", "m2", "m3"]
+        .into_iter()
+        .find(|m| *m != leader)
+        .expect("a follower");
+    for m in [leader.as_str(), follower] {
+        let e = lab
+            .shoal(m, &["swarm", "init", "--force-new-cluster"])
+            .expect_err("force-new-cluster with a quorum");
+        ensure!(e.to_string().contains("still has a quorum"), "{m}: {e}");
+    }
+
+    // Lose two managers for good, the leader among them: killed, data gone.
     let survivor = ["m1", "m2", "m3"]
         .into_iter()
         .rfind(|m| *m != leader)
@@ -155,6 +168,19 @@ fn lab_force_new_cluster_after_two_of_three_managers_are_lost() -> Result<()> {
         &["swarm", "init", "--force-new-cluster", "--advertise-addr", &addr],
     )?;
     ensure!(out.contains("Swarm initialized"), "{out}");
+    // The old raft database is kept, readable by root only.
+    let raft_dir = lab.host_data_dir(survivor)?.join("raft");
+    let backups: Vec<_> = std::fs::read_dir(&raft_dir)?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .contains("before-force-new-cluster")
+        })
+        .collect();
+    ensure!(backups.len() == 1, "backups in {}", raft_dir.display());
+    let mode = std::os::unix::fs::PermissionsExt::mode(&backups[0].metadata()?.permissions());
+    ensure!(mode & 0o777 == 0o600, "backup mode {mode:o}");
 
     // One manager, the leader; the lost ones are Down and no longer managers.
     eventually("the survivor leads", WAIT, || {

@@ -27,7 +27,7 @@ use redb::{Database, ReadableDatabase};
 use super::log_store::{LOGS, META};
 use super::state_machine::{StoredSnapshot, CURRENT, SNAPSHOT};
 use super::{NodeId, TypeConfig};
-use crate::store::StoreData;
+use crate::store::{Op, StoreData, Txn};
 
 /// What the rebuilt raft group starts from.
 #[derive(Debug)]
@@ -36,6 +36,8 @@ pub struct Recovered {
     pub last_log_id: LogId<NodeId>,
     /// The term the old database had reached (its vote).
     pub old_term: u64,
+    /// How many objects `edit` changed.
+    pub edited: usize,
     /// Where the old raft database was kept.
     pub backup: PathBuf,
     pub data: StoreData,
@@ -53,6 +55,8 @@ pub enum RecoverError {
     Read { path: PathBuf, reason: String },
     #[error("writing the new raft database {path}: {reason}")]
     Write { path: PathBuf, reason: String },
+    #[error("adjusting the recovered state: {0}")]
+    Edit(String),
     #[error("the committed entry {index} is missing from the raft log in {path}")]
     Gap { path: PathBuf, index: u64 },
 }
@@ -151,14 +155,25 @@ pub fn read_committed(
 /// Replace the raft database in `dir` by one whose only voter is `raft_id` (reached at
 /// `addr`), holding this node's committed state as its first snapshot. The old database is
 /// kept beside it, readable by root only.
+///
+/// `edit` adjusts the state to the new group before it is written (the other managers are no
+/// members any more): its operations are applied as of the last committed index, so the new
+/// group starts from them on every manager that ever joins it.
 pub fn force_new_cluster(
     dir: &Path,
     raft_id: NodeId,
     addr: &str,
+    edit: impl FnOnce(&StoreData) -> Vec<Op>,
 ) -> Result<Recovered, RecoverError> {
     let path = dir.join(super::DB_FILE);
-    let (data, last, old_term) = read_committed(&path)?;
+    let (mut data, last, old_term) = read_committed(&path)?;
     let last = last.expect("read_committed returns a last log id");
+    let ops = edit(&data);
+    let edited = ops.len();
+    if !ops.is_empty() {
+        data.apply_txn(last.index, &Txn::new(ops))
+            .map_err(|e| RecoverError::Edit(e.to_string()))?;
+    }
     let backup = dir.join(format!(
         "{}.before-force-new-cluster-{}",
         super::DB_FILE,
@@ -180,6 +195,7 @@ pub fn force_new_cluster(
     Ok(Recovered {
         last_log_id: last,
         old_term,
+        edited,
         backup,
         data,
     })
@@ -248,7 +264,7 @@ mod tests {
 
     use super::*;
     use crate::raft::{start, Network, Raft, RaftTuning, Txn};
-    use crate::store::{Node, NodeDescription, NodeState, Object, Op, Store, TxnOutcome};
+    use crate::store::{Node, NodeDescription, NodeState, Object, Store, TxnOutcome};
 
     fn node(id: &str) -> Node {
         Node {
@@ -329,7 +345,18 @@ mod tests {
         raft.shutdown().await.unwrap();
         drop(raft);
 
-        let rec = force_new_cluster(dir.path(), 1, "127.0.0.1:9").unwrap();
+        // The state is adjusted to the new group as it is written.
+        let edit = |d: &StoreData| {
+            let mut n = d.nodes["n0"].clone();
+            n.status_message = "edited".into();
+            vec![Op::Update(Object::Node(n))]
+        };
+        let mut expected = before.clone();
+        let rec = force_new_cluster(dir.path(), 1, "127.0.0.1:9", |d| edit(d)).unwrap();
+        assert_eq!(rec.edited, 1);
+        expected
+            .apply_txn(rec.last_log_id.index, &Txn::new(edit(&before)))
+            .unwrap();
         assert!(rec.last_log_id.index > last);
         assert_eq!(rec.data.nodes.len(), 20);
         let mode = std::fs::metadata(&rec.backup).unwrap().permissions();
@@ -342,7 +369,12 @@ mod tests {
         assert_eq!(voters, BTreeSet::from([1]));
         assert_eq!(nodes.keys().copied().collect::<Vec<_>>(), [1]);
         assert_eq!(nodes[&1].addr, "127.0.0.1:9");
-        assert_eq!(again.clone_data(), before);
+        assert_eq!(again.clone_data(), expected);
+        let n0 = again.view(|d| d.nodes["n0"].clone());
+        assert_eq!(
+            (n0.status_message.as_str(), n0.version),
+            ("edited", rec.last_log_id.index)
+        );
         assert!(again.view(|d| !d.nodes.contains_key("lost")));
         // Writes commit again, at indexes after the old ones (object versions keep growing).
         let index = write(&raft, "after").await.unwrap();
@@ -378,7 +410,7 @@ mod tests {
     fn a_node_without_a_raft_database_has_nothing_to_recover() {
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(
-            force_new_cluster(dir.path(), 1, "127.0.0.1:9"),
+            force_new_cluster(dir.path(), 1, "127.0.0.1:9", |_| Vec::new()),
             Err(RecoverError::Missing(_))
         ));
     }
