@@ -13,10 +13,10 @@
 
 use std::time::Duration;
 
-use proto::security::Role;
 use crate::manager::{now_ms, Manager, ManagerConfig};
-use crate::raft::recover::{self, Recovered, RecoverError};
+use crate::raft::recover::{self, RecoverError, Recovered};
 use crate::store::{NodeState, Object, Op};
+use proto::security::Role;
 
 /// How long [`rebuild_raft`] waits for the stopped manager to release its raft database.
 const RELEASE_WAIT: Duration = Duration::from_secs(10);
@@ -36,13 +36,13 @@ pub async fn rebuild_raft(config: &ManagerConfig) -> Result<Recovered, RecoverEr
         let res = tokio::task::spawn_blocking(move || {
             recover::force_new_cluster(&dir, id, &addr, |d| plan_retirement(d, &me, &addr))
         })
-            .await
-            .unwrap_or_else(|e| {
-                Err(RecoverError::Write {
-                    path: config.data_dir.clone(),
-                    reason: e.to_string(),
-                })
-            });
+        .await
+        .unwrap_or_else(|e| {
+            Err(RecoverError::Write {
+                path: config.data_dir.clone(),
+                reason: e.to_string(),
+            })
+        });
         match res {
             Err(RecoverError::InUse(_)) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;

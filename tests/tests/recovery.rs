@@ -163,11 +163,22 @@ fn lab_force_new_cluster_after_two_of_three_managers_are_lost() -> Result<()> {
     ensure!(e.to_string().contains("already part of a swarm"), "{e}");
 
     let addr = format!("{}:2377", lab.addr(survivor)?);
+    let t0 = std::time::Instant::now();
     let out = lab.shoal(
         survivor,
-        &["swarm", "init", "--force-new-cluster", "--advertise-addr", &addr],
+        &[
+            "swarm",
+            "init",
+            "--force-new-cluster",
+            "--advertise-addr",
+            &addr,
+        ],
     )?;
     ensure!(out.contains("Swarm initialized"), "{out}");
+    println!(
+        "FIGURE force_new_cluster_command_ms={}",
+        t0.elapsed().as_millis()
+    );
     // The old raft database is kept, readable by root only.
     let raft_dir = lab.host_data_dir(survivor)?.join("raft");
     let backups: Vec<_> = std::fs::read_dir(&raft_dir)?
@@ -230,6 +241,10 @@ fn lab_force_new_cluster_after_two_of_three_managers_are_lost() -> Result<()> {
         }
     }
     // Writes work again.
+    println!(
+        "FIGURE force_new_cluster_to_converged_ms={}",
+        t0.elapsed().as_millis()
+    );
     lab.shoal(survivor, &["service", "scale", "--detach", "web=7"])?;
     converged(&lab, survivor, "web", 7)?;
     lab.shoal(survivor, &["secret", "create", "later", &secret_path])?;
@@ -277,7 +292,10 @@ fn lab_force_new_cluster_after_two_of_three_managers_are_lost() -> Result<()> {
     })?;
     // The rejoined manager serves reads and writes of the recovered state.
     ensure!(objects(&lab, back)?[0] == objects_before[0]);
-    lab.shoal(back, &["node", "update", "--label-add", "recovered=yes", "w1"])?;
+    lab.shoal(
+        back,
+        &["node", "update", "--label-add", "recovered=yes", "w1"],
+    )?;
     let w1 = lab.shoal(survivor, &["node", "inspect", "w1"])?;
     ensure!(w1.contains("\"recovered\": \"yes\""), "{w1}");
     Ok(())

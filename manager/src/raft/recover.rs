@@ -254,7 +254,6 @@ fn write_new(
     Ok(())
 }
 
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -360,7 +359,10 @@ mod tests {
         assert!(rec.last_log_id.index > last);
         assert_eq!(rec.data.nodes.len(), 20);
         let mode = std::fs::metadata(&rec.backup).unwrap().permissions();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
 
         let again = Store::new();
         let raft = open(dir.path(), again.clone()).await;
