@@ -577,6 +577,11 @@ impl Node {
                 "--force-new-cluster rebuilds a swarm from a manager's state, and this node is a worker: run it on a surviving manager",
             ));
         }
+        if r.heartbeat_period_ms != 0 || r.cert_expiry_ms != 0 || !r.default_addr_pool.is_empty() {
+            return Err(Status::invalid_argument(
+                "--force-new-cluster keeps the swarm's settings: leave out --dispatcher-heartbeat, --cert-expiry and --default-addr-pool, and change settings afterwards with \"shoal swarm update\"",
+            ));
+        }
         let listen = if r.listen_addr.is_empty() {
             st.listen_addr
         } else {

@@ -163,6 +163,19 @@ fn lab_force_new_cluster_after_two_of_three_managers_are_lost() -> Result<()> {
     ensure!(e.to_string().contains("already part of a swarm"), "{e}");
 
     let addr = format!("{}:2377", lab.addr(survivor)?);
+    let e = lab
+        .shoal(
+            survivor,
+            &[
+                "swarm",
+                "init",
+                "--force-new-cluster",
+                "--cert-expiry",
+                "48h",
+            ],
+        )
+        .expect_err("settings with force-new-cluster");
+    ensure!(e.to_string().contains("keeps the swarm's settings"), "{e}");
     let t0 = std::time::Instant::now();
     let out = lab.shoal(
         survivor,
