@@ -163,6 +163,9 @@ pub enum SwarmCmd {
             value_name = "N"
         )]
         default_addr_pool_mask_length: u32,
+        /// Force create a new cluster from current state (on a manager that lost its quorum).
+        #[arg(long)]
+        force_new_cluster: bool,
     },
     /// Join a swarm as a node and/or manager.
     Join {
@@ -891,6 +894,7 @@ async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
             cert_expiry,
             default_addr_pool,
             default_addr_pool_mask_length,
+            force_new_cluster,
         } => {
             crate::network::check_addr_pools(&default_addr_pool, default_addr_pool_mask_length)
                 .map_err(|e| CliError(format!("Error: {e}")))?;
@@ -902,6 +906,7 @@ async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
                     cert_expiry_ms: ms(cert_expiry),
                     default_addr_pool,
                     default_addr_pool_mask_len: default_addr_pool_mask_length,
+                    force_new_cluster,
                 })
                 .await?
                 .into_inner();

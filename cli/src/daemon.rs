@@ -426,6 +426,10 @@ impl Node {
     async fn swarm_init(&self, r: pb::SwarmInitRequest) -> Result<pb::SwarmInitResponse, Status> {
         let mut inner = self.inner.lock().await;
         if inner.state.is_some() {
+            if r.force_new_cluster {
+                drop(inner);
+                return self.force_new_cluster(r).await;
+            }
             return Err(already_in_swarm());
         }
         validate_settings(r.heartbeat_period_ms, r.cert_expiry_ms)?;
@@ -549,6 +553,127 @@ impl Node {
         let join = |t: &str| format!("shoal swarm join --token {t} {advertise}");
         Ok(pb::SwarmInitResponse {
             node_id,
+            worker_join_command: join(&cluster.worker_token),
+            manager_join_command: join(&cluster.manager_token),
+        })
+    }
+
+    /// `swarm init --force-new-cluster` on a manager of this swarm: rebuild a one-manager raft
+    /// group from this node's committed state (see `manager::recovery`), keeping every object,
+    /// the CA and the join tokens, so workers reconnect and other managers can join again.
+    async fn force_new_cluster(
+        &self,
+        r: pb::SwarmInitRequest,
+    ) -> Result<pb::SwarmInitResponse, Status> {
+        // Held throughout: no other swarm change may run while the manager is replaced.
+        let mut inner = self.inner.lock().await;
+        let Some(st) = inner.state.clone() else {
+            return Err(Status::failed_precondition(
+                "This node is not part of a swarm: use \"shoal swarm init\" without --force-new-cluster",
+            ));
+        };
+        if inner.manager.is_none() {
+            return Err(Status::failed_precondition(
+                "--force-new-cluster rebuilds a swarm from a manager's state, and this node is a worker: run it on a surviving manager",
+            ));
+        }
+        if r.heartbeat_period_ms != 0 || r.cert_expiry_ms != 0 || !r.default_addr_pool.is_empty() {
+            return Err(Status::invalid_argument(
+                "--force-new-cluster keeps the swarm's settings: leave out --dispatcher-heartbeat, --cert-expiry and --default-addr-pool, and change settings afterwards with \"shoal swarm update\"",
+            ));
+        }
+        let listen = if r.listen_addr.is_empty() {
+            st.listen_addr
+        } else {
+            parse_listen(&r.listen_addr)?
+        };
+        let advertise = if r.advertise_addr.is_empty() {
+            st.advertise_addr.clone()
+        } else {
+            resolve_advertise(&r.advertise_addr, listen)?
+        };
+        let new_st = NodeFile {
+            listen_addr: listen,
+            advertise_addr: advertise.clone(),
+            managers: vec![advertise.clone()],
+            ..st.clone()
+        };
+        if let Some(m) = &inner.manager {
+            if manager::recovery::has_quorum(m).await {
+                return Err(Status::failed_precondition(
+                    "this swarm still has a quorum of managers: --force-new-cluster is for a swarm that lost it, and would split this one in two; to shrink it, demote or remove managers instead",
+                ));
+            }
+        }
+        tracing::warn!(node = %st.node_id, %advertise, "forcing a new cluster from this manager's state");
+        if let Some(old) = inner.manager.take() {
+            old.shutdown().await;
+        }
+        let rebuilt = manager::recovery::rebuild_raft(&self.manager_config(&new_st)).await;
+        let rec = match rebuilt {
+            Ok(rec) => rec,
+            Err(e) => {
+                // Nothing was changed on disk: the node goes on as it was.
+                match self.start_manager(&st).await {
+                    Ok(m) => inner.manager = Some(m),
+                    Err(e) => tracing::error!(error = %e, "cannot restart the manager"),
+                }
+                return Err(Status::failed_precondition(format!(
+                    "cannot force a new cluster: {e}"
+                )));
+            }
+        };
+        tracing::info!(
+            index = rec.last_log_id.index,
+            old_term = rec.old_term,
+            nodes_updated = rec.edited,
+            backup = %rec.backup.display(),
+            "raft rebuilt with this node as its only manager"
+        );
+        self.save_state(&new_st).map_err(status_internal)?;
+        inner.state = Some(new_st.clone());
+        // The old server may still hold the port for a moment after its shutdown.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mgr = loop {
+            match self.start_manager(&new_st).await {
+                Ok(m) => break m,
+                Err(DaemonError::Manager(e))
+                    if matches!(*e, manager::manager::ManagerError::Listen { .. })
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    return Err(Status::internal(format!(
+                        "the raft state was rebuilt (the old one is kept in {}), but the manager does not start: {e}",
+                        rec.backup.display()
+                    )))
+                }
+            }
+        };
+        inner.manager = Some(mgr.clone());
+        let mut metrics = mgr.raft.metrics();
+        let leading = tokio::time::timeout(Duration::from_secs(10), async {
+            while !mgr.is_leader() {
+                if metrics.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        if leading.is_err() || !mgr.is_leader() {
+            return Err(Status::internal(
+                "the new cluster elected no leader within 10s: see the daemon's log",
+            ));
+        }
+        let cluster = mgr
+            .store
+            .view(|d| d.cluster.clone())
+            .ok_or_else(|| Status::internal("the recovered state holds no cluster object"))?;
+        tracing::info!(node = %st.node_id, "new cluster forced");
+        let join = |t: &str| format!("shoal swarm join --token {t} {advertise}");
+        Ok(pb::SwarmInitResponse {
+            node_id: st.node_id.clone(),
             worker_join_command: join(&cluster.worker_token),
             manager_join_command: join(&cluster.manager_token),
         })

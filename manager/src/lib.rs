@@ -20,6 +20,7 @@ pub mod manager;
 pub mod membership;
 pub mod orchestrator;
 pub mod raft;
+pub mod recovery;
 pub mod scheduler;
 pub mod secrets;
 pub mod store;

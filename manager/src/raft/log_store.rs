@@ -13,9 +13,9 @@ use super::{NodeId, TypeConfig};
 pub(super) const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
 pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
-const VOTE: &str = "vote";
-const COMMITTED: &str = "committed";
-const LAST_PURGED: &str = "last_purged";
+pub(super) const VOTE: &str = "vote";
+pub(super) const COMMITTED: &str = "committed";
+pub(super) const LAST_PURGED: &str = "last_purged";
 
 /// Cheap to clone: the log reader handed to replication tasks is a clone.
 #[derive(Clone)]

@@ -12,6 +12,7 @@
 pub mod lease;
 mod log_store;
 mod network;
+pub mod recover;
 mod state_machine;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,6 +38,9 @@ openraft::declare_raft_types!(
 
 pub type Raft = openraft::Raft<TypeConfig>;
 pub type NodeId = u64;
+
+/// The raft log, vote and snapshot of a manager, in its raft directory.
+pub const DB_FILE: &str = "raft.redb";
 
 /// Timing of elections, heartbeats and leases. Tuned for a LAN: a dead leader is replaced in
 /// about a second and a half, inside the 2 s failover goal (a follower waits `election_max`
@@ -142,7 +146,7 @@ pub async fn start<N: openraft::RaftNetworkFactory<TypeConfig>>(
     network: N,
     tuning: &RaftTuning,
 ) -> Result<Raft, RaftSetupError> {
-    let path = data_dir.join("raft.redb");
+    let path = data_dir.join(DB_FILE);
     // A raft of this node that was just shut down (demotion, restart in-process) releases the
     // database only when its last worker task has ended: wait for it, boundedly.
     let mut tries = 0;

@@ -168,6 +168,23 @@ fn encode<T: Serialize>(v: &T) -> Result<Response<pb::RaftPayload>, Status> {
     Ok(Response::new(pb::RaftPayload { data }))
 }
 
+/// A candidate that is no member of this node's raft group (a removed manager, or one left
+/// behind by `swarm init --force-new-cluster` that came back with its old state) gets no
+/// answer: its higher term would depose this group's leader, and a vote from here could
+/// make it leader of its old group over this node's log.
+pub(super) fn outside_candidate(raft: &Raft, rpc: &VoteRequest<NodeId>) -> Result<(), Status> {
+    let Some(candidate) = rpc.vote.leader_id().voted_for() else {
+        return Ok(());
+    };
+    let (_, nodes) = super::membership(raft);
+    if nodes.is_empty() || nodes.contains_key(&candidate) {
+        return Ok(());
+    }
+    Err(Status::failed_precondition(format!(
+        "raft node {candidate} is not a member of this raft group: it was removed, or the swarm was recovered without it"
+    )))
+}
+
 #[tonic::async_trait]
 impl pb::raft_server::Raft for RaftService {
     async fn append_entries(
@@ -185,6 +202,7 @@ impl pb::raft_server::Raft for RaftService {
     ) -> Result<Response<pb::RaftPayload>, Status> {
         self.auth.manager(&req)?;
         let rpc: VoteRequest<NodeId> = decode(req)?;
+        outside_candidate(&self.raft, &rpc)?;
         encode(&self.raft.vote(rpc).await)
     }
 

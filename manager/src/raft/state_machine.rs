@@ -15,14 +15,14 @@ use serde::{Deserialize, Serialize};
 use super::{NodeId, TypeConfig};
 use crate::store::{Store, StoreData, TxnOutcome};
 
-const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
-const CURRENT: &str = "current";
+pub(super) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+pub(super) const CURRENT: &str = "current";
 
 #[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, BasicNode>,
+pub(super) struct StoredSnapshot {
+    pub(super) meta: SnapshotMeta<NodeId, BasicNode>,
     /// The store's tables, serialised (the bytes sent to followers).
-    data: Vec<u8>,
+    pub(super) data: Vec<u8>,
 }
 
 fn sm_err<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
