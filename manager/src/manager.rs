@@ -376,7 +376,7 @@ impl Manager {
             (_, Some(a)) => format!("this manager is not the leader; the leader is {a}"),
             (Leadership::Unknown { reachable, voters }, _) if *reachable < voters / 2 + 1 => {
                 format!(
-                    "{}; the swarm accepts no change until a majority of its managers is back",
+                    "{}; the swarm accepts no change until a majority of its managers is back (if they are lost for good: `shoal swarm init --force-new-cluster` on this manager)",
                     no_quorum(*reachable, *voters)
                 )
             }
