@@ -51,10 +51,18 @@ pub fn issue(
     Ok((pem, not_after))
 }
 
+/// The cluster object with the root CA's private key opened (it is stored sealed with the
+/// key-encrypting key, [`crate::keys`]).
 fn cluster(mgr: &Manager) -> Result<Cluster, Status> {
-    mgr.store
+    let mut c = mgr
+        .store
         .view(|d| d.cluster.clone())
-        .ok_or_else(|| Status::failed_precondition("the swarm is not initialised yet"))
+        .ok_or_else(|| Status::failed_precondition("the swarm is not initialised yet"))?;
+    c.root_ca = mgr
+        .kek
+        .open_root_ca(&c.root_ca)
+        .map_err(|e| Status::internal(e.to_string()))?;
+    Ok(c)
 }
 
 #[tonic::async_trait]
@@ -146,6 +154,25 @@ impl pb::ca_server::Ca for CaService {
             managers: mgr.manager_addrs(),
             raft_id,
             cluster_id: cluster.id,
+            // A manager needs the key-encrypting key to open the store's keys; the manager
+            // token is what entitles the joiner to it, and the channel is TLS pinned to the CA.
+            kek: if role == Role::Manager {
+                mgr.kek.to_hex()
+            } else {
+                String::new()
+            },
+        }))
+    }
+
+    async fn keys(&self, req: Request<pb::Empty>) -> Result<Response<pb::KeysResponse>, Status> {
+        let Caller::Node(cert) = self.mgr.auth.control(&req)? else {
+            return Err(Status::unauthenticated(
+                "the cluster's keys need a manager certificate",
+            ));
+        };
+        tracing::info!(node = %cert.node_id, "key-encrypting key handed to a promoted manager");
+        Ok(Response::new(pb::KeysResponse {
+            kek: self.mgr.kek.to_hex(),
         }))
     }
 

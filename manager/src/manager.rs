@@ -37,6 +37,9 @@ pub struct ManagerConfig {
     pub listen_addr: SocketAddr,
     pub advertise_addr: String,
     pub tuning: RaftTuning,
+    /// The cluster's key-encrypting key; `None`: the one in the data dir's key file, or a new
+    /// one if there is none ([`crate::keys::load_or_create`]).
+    pub kek: Option<crate::keys::Kek>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +53,13 @@ pub enum ManagerError {
     Raft(#[from] raft::RaftSetupError),
     #[error("raft initialisation failed: {0}")]
     Init(String),
+    #[error(transparent)]
+    Keys(#[from] crate::keys::KeyError),
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The services the TCP server needs besides raft; built by the node glue, which also
@@ -63,6 +73,8 @@ pub struct Manager {
     pub creds: Arc<Credentials>,
     pub auth: Authorizer,
     pub dispatcher: Arc<Dispatcher>,
+    /// The cluster's key-encrypting key: opens the data key and the root CA key in the store.
+    pub kek: crate::keys::Kek,
     cancel: CancellationToken,
     failed: CancellationToken,
     tasks: TaskTracker,
@@ -112,7 +124,15 @@ impl Manager {
         extra: Option<ExtraRoutes>,
     ) -> Result<Arc<Manager>, ManagerError> {
         let store = Store::new();
-        std::fs::create_dir_all(&config.data_dir).ok();
+        // The raft database and the key file are the node's alone.
+        crate::keys::create_private_dir(&config.data_dir).map_err(|e| ManagerError::DataDir {
+            path: config.data_dir.clone(),
+            source: e,
+        })?;
+        let kek = match &config.kek {
+            Some(k) => k.clone(),
+            None => crate::keys::load_or_create(&config.data_dir)?,
+        };
         let raft = raft::start(
             config.raft_id,
             &config.data_dir,
@@ -121,10 +141,14 @@ impl Manager {
             &config.tuning,
         )
         .await?;
+        if let Err(e) = crate::keys::restrict_tree(&config.data_dir) {
+            tracing::warn!(error = %e, "cannot restrict the modes of the raft files");
+        }
         let auth = Authorizer::new(store.clone());
         let cancel = CancellationToken::new();
         let mgr = Arc::new(Manager {
             dispatcher: Arc::new(Dispatcher::new(store.clone())),
+            kek,
             config,
             raft: raft.clone(),
             store,
@@ -160,6 +184,10 @@ impl Manager {
         }
         let m = mgr.clone();
         mgr.tasks.spawn(async move { m.leadership_loop().await });
+        let m = mgr.clone();
+        let c = cancel.clone();
+        mgr.tasks
+            .spawn(async move { crate::keys::keep_file(m, c).await });
         Ok(mgr)
     }
 

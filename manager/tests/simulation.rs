@@ -277,6 +277,7 @@ impl Sim {
             listen_addr: "127.0.0.1:0".parse().unwrap(),
             advertise_addr: format!("m{id}"),
             tuning: tuning(id),
+            kek: None,
         };
         let factory = SimFactory {
             from: id,
@@ -455,7 +456,7 @@ fn spawn_worker(
             if leader.dispatcher.heartbeat(&leader, &id).await.is_err() {
                 continue;
             }
-            let assigned = leader.store.view(|d| assignments_for(d, &id));
+            let assigned = leader.store.view(|d| assignments_for(d, &id, &leader.kek));
             let mut reports = Vec::new();
             if reported_to != Some(leader.config.raft_id) {
                 reported_to = Some(leader.config.raft_id);
@@ -553,6 +554,7 @@ async fn run_seed(seed: u64) -> Vec<String> {
     let mut ops = vec![Op::Create(Object::Cluster(Cluster {
         default_addr_pool: manager::store::default_addr_pool(),
         default_addr_pool_mask_len: 24,
+        unlock_key: None,
         id: "sim".into(),
         version: 0,
         created_at_ms: 0,

@@ -303,6 +303,22 @@ impl Executor {
         out
     }
 
+    /// Wait until every task is stopped, removed and forgotten (after an `apply` that
+    /// unassigned them all, as leaving the swarm does), at most `timeout`. Returns whether
+    /// none is left.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.inner.lock_tasks().is_empty() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Stop driving: every driver ends at its next await, leaving processes as they are (a
     /// restarted agent adopts them), and this returns once all have ended.
     pub async fn shutdown(&self) {
