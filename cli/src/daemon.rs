@@ -734,11 +734,9 @@ impl Node {
             // Leaving the swarm ends its tasks here, as Docker does: stopped (each with its
             // grace period) and removed before the drivers are shut down, which would
             // otherwise leave them running.
-            e.apply(true, Vec::new(), Vec::new());
-            if !e.drain(LEAVE_DRAIN).await {
+            if !e.leave(LEAVE_DRAIN).await {
                 tracing::warn!("leaving the swarm: some tasks did not stop within {LEAVE_DRAIN:?}");
             }
-            e.shutdown().await;
         }
         if let Some(m) = inner.manager.take() {
             m.shutdown().await;

@@ -147,11 +147,11 @@ fn info(lab: &LabGuard, host: &str) -> Result<String> {
     lab.shoal(host, &["info"])
 }
 
-#[test]
-fn lab_keys_at_rest_autolock_and_concurrent_first_creates() -> Result<()> {
-    let mut lab = LabGuard::up("sk", 3, 1, HEARTBEAT)?;
+/// 25 creates of secrets and configs through the three managers of `lab`, all at once if
+/// `concurrent` (`obj0`…`obj24`; `obj0` a secret holding [`SECRET`], odd ones configs
+/// holding "data N").
+fn create_objects(lab: &LabGuard, concurrent: bool) -> Result<()> {
     let managers = ["m1", "m2", "m3"];
-
     // 25 concurrent first creates of secrets and configs through the three managers: the
     // first ones race to make the data key, and all succeed.
     let results = rt().block_on(async {
@@ -162,7 +162,7 @@ fn lab_keys_at_rest_autolock_and_concurrent_first_creates() -> Result<()> {
         let mut calls = tokio::task::JoinSet::new();
         for i in 0..25usize {
             let mut c = clients[i % 3].clone();
-            calls.spawn(async move {
+            let call = async move {
                 let req = pb::CreateFileObjectRequest {
                     name: format!("obj{i}"),
                     data: if i == 0 {
@@ -177,7 +177,13 @@ fn lab_keys_at_rest_autolock_and_concurrent_first_creates() -> Result<()> {
                 } else {
                     c.create_config(req).await.map(|_| ())
                 }
-            });
+            };
+            if concurrent {
+                calls.spawn(call);
+            } else {
+                let r = call.await;
+                calls.spawn(async move { r });
+            }
         }
         Ok::<_, anyhow::Error>(calls.join_all().await)
     })?;
@@ -186,6 +192,20 @@ fn lab_keys_at_rest_autolock_and_concurrent_first_creates() -> Result<()> {
         .filter_map(|r| r.as_ref().err().map(|s| s.message().to_string()))
         .collect();
     ensure!(failed.is_empty(), "{} of 25 creates failed: {failed:?}", failed.len());
+    Ok(())
+}
+
+#[test]
+fn lab_concurrent_first_secret_and_config_creates_all_succeed() -> Result<()> {
+    let lab = LabGuard::up("sc", 3, 0, HEARTBEAT)?;
+    create_objects(&lab, true)
+}
+
+#[test]
+fn lab_keys_at_rest_and_autolock() -> Result<()> {
+    let mut lab = LabGuard::up("sk", 3, 1, HEARTBEAT)?;
+    let managers = ["m1", "m2", "m3"];
+    create_objects(&lab, false)?;
 
     // At rest: no data dir holds the value, the data key or the CA key in the clear.
     let seen = eventually("data key on every manager's disk", WAIT, || {
@@ -299,8 +319,8 @@ fn lab_keys_at_rest_autolock_and_concurrent_first_creates() -> Result<()> {
 }
 
 #[test]
-fn lab_demoted_certificate_removed_node_and_leave() -> Result<()> {
-    let mut lab = LabGuard::up("sd", 3, 2, HEARTBEAT)?;
+fn lab_demoted_managers_certificate_gets_no_manager_answers() -> Result<()> {
+    let lab = LabGuard::up("sd", 3, 0, HEARTBEAT)?;
     let m1_addr = format!("{}:2377", lab.addr("m1")?);
 
     // A demoted manager's old certificate gets no manager answers.
@@ -318,7 +338,12 @@ fn lab_demoted_certificate_removed_node_and_leave() -> Result<()> {
         control == tonic::Code::PermissionDenied && raft == tonic::Code::PermissionDenied,
         "demoted manager's old cert got {control:?} / {raft:?}"
     );
+    Ok(())
+}
 
+#[test]
+fn lab_removed_node_says_so_and_can_leave_and_join() -> Result<()> {
+    let mut lab = LabGuard::up("sr", 1, 2, HEARTBEAT)?;
     // A removed node, restarted, says it was removed, and can leave and join again.
     lab.lab.kill_daemon("w2")?;
     eventually("w2 down", WAIT, || {
