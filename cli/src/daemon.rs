@@ -392,7 +392,9 @@ impl Node {
                 }
                 match (role, inner.manager.is_some()) {
                     (Role::Manager, false) => {
-                        tracing::info!("promoted: fetching the cluster's key, starting the manager");
+                        tracing::info!(
+                            "promoted: fetching the cluster's key, starting the manager"
+                        );
                         match self.fetch_kek(&st, Duration::from_secs(15)).await {
                             Ok(kek) => self.set_kek(Some(kek)),
                             Err(e) => {
@@ -518,7 +520,9 @@ impl Node {
             .map_err(status_internal)?;
         // From here on the CA key exists only sealed; the KEK goes to this manager's key
         // file (wrapped with the unlock key under autolock).
-        cluster.root_ca = kek.seal_root_ca(&cluster.root_ca).map_err(status_internal)?;
+        cluster.root_ca = kek
+            .seal_root_ca(&cluster.root_ca)
+            .map_err(status_internal)?;
         let key_file = match &unlock_key {
             Some(u) => KeyFile::locked(&kek, u).map_err(status_internal)?,
             None => KeyFile::Clear(kek.clone()),

@@ -182,7 +182,11 @@ mod tests {
         // Being demoted: out of the control API at once, still in raft until it is out.
         let e = auth.control(&req_as("d", Role::Manager)).unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
-        assert!(e.message().contains("no longer a manager"), "{}", e.message());
+        assert!(
+            e.message().contains("no longer a manager"),
+            "{}",
+            e.message()
+        );
         assert!(auth.manager(&req_as("d", Role::Manager)).is_ok());
         // Demoted (renewed as a worker), holding on to its old manager certificate.
         let e = auth.control(&req_as("w", Role::Manager)).unwrap_err();

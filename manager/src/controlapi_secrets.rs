@@ -305,6 +305,41 @@ mod tests {
     }
 
     #[test]
+    fn the_stored_data_key_is_sealed_and_opens_only_with_the_kek() {
+        let kek = crate::keys::Kek::generate().unwrap();
+        let key = secrets::new_data_key().unwrap();
+        let o = FileObject {
+            id: "s1".into(),
+            version: 0,
+            name: "db".into(),
+            labels: Default::default(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            sealed: secrets::seal(&key, "s1", b"hunter2").unwrap(),
+        };
+        let store = Store::new();
+        store.apply(
+            1,
+            &Txn::new(vec![
+                Op::Create(Object::DataKey(kek.seal_data_key(&key).unwrap())),
+                Op::Create(Object::Secret(o)),
+            ]),
+        );
+        let d = store.clone_data();
+        let bytes = serde_json::to_string(&d).unwrap();
+        assert!(!bytes.contains(&key.key), "data key in the clear");
+        let spec = spec_with_secret("web", "db").task;
+        let opened = secrets::data_key(&d, &kek);
+        let files = secrets::resolve(&d, FileKind::Secret, &spec, opened.as_ref());
+        assert_eq!(files[0].data, b"hunter2");
+        let other = crate::keys::Kek::generate().unwrap();
+        assert!(secrets::data_key(&d, &other).is_none());
+        // What the dispatcher sends the node that runs a task naming it.
+        let a = crate::dispatcher::assignments_for(&d, "n1", &kek);
+        assert!(a.is_empty(), "no task placed yet");
+    }
+
+    #[test]
     fn refs_users_and_lookup() {
         let store = Store::new();
         create(&store, 1, FileKind::Secret, "abc1", "db", b"x");

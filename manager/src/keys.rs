@@ -84,11 +84,7 @@ fn seal_with(key: LessSafeKey, purpose: &str, data: &[u8]) -> Result<Vec<u8>, Ke
     Ok(out)
 }
 
-fn open_with(
-    key: LessSafeKey,
-    purpose: &'static str,
-    sealed: &[u8],
-) -> Result<Vec<u8>, KeyError> {
+fn open_with(key: LessSafeKey, purpose: &'static str, sealed: &[u8]) -> Result<Vec<u8>, KeyError> {
     if sealed.len() < NONCE_LEN {
         return Err(KeyError::Open(purpose));
     }
@@ -231,7 +227,9 @@ impl std::str::FromStr for UnlockKey {
             .strip_prefix(UNLOCK_PREFIX)
             .ok_or(KeyError::BadUnlockKey)?;
         let raw = hex::decode(body).map_err(|_| KeyError::BadUnlockKey)?;
-        Ok(UnlockKey(raw.try_into().map_err(|_| KeyError::BadUnlockKey)?))
+        Ok(UnlockKey(
+            raw.try_into().map_err(|_| KeyError::BadUnlockKey)?,
+        ))
     }
 }
 

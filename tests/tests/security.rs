@@ -77,7 +77,10 @@ fn check_disk(lab: &LabGuard, hosts: &[&str], locked: bool) -> Result<usize> {
         for f in files(&dir) {
             let data = std::fs::read(&f).with_context(|| f.display().to_string())?;
             let name = f.display().to_string();
-            ensure!(!contains(&data, SECRET.as_bytes()), "secret value in {name}");
+            ensure!(
+                !contains(&data, SECRET.as_bytes()),
+                "secret value in {name}"
+            );
             if contains(&data, b"PRIVATE KEY") {
                 ensure!(f.ends_with("certs/node.key"), "a private key in {name}");
             }
@@ -191,7 +194,11 @@ fn create_objects(lab: &LabGuard, concurrent: bool) -> Result<()> {
         .iter()
         .filter_map(|r| r.as_ref().err().map(|s| s.message().to_string()))
         .collect();
-    ensure!(failed.is_empty(), "{} of 25 creates failed: {failed:?}", failed.len());
+    ensure!(
+        failed.is_empty(),
+        "{} of 25 creates failed: {failed:?}",
+        failed.len()
+    );
     Ok(())
 }
 
@@ -252,15 +259,21 @@ fn lab_keys_at_rest_and_autolock() -> Result<()> {
         );
     }
     let wrong = format!("SWMKEY-1-{}", "ab".repeat(32));
-    let e = unlock(&lab, "m1", &wrong).err().ok_or_else(|| anyhow!("wrong key accepted"))?;
+    let e = unlock(&lab, "m1", &wrong)
+        .err()
+        .ok_or_else(|| anyhow!("wrong key accepted"))?;
     ensure!(e.to_string().contains("invalid key"), "{e}");
-    let e = unlock(&lab, "m1", "nonsense").err().ok_or_else(|| anyhow!("garbage accepted"))?;
+    let e = unlock(&lab, "m1", "nonsense")
+        .err()
+        .ok_or_else(|| anyhow!("garbage accepted"))?;
     ensure!(e.to_string().contains("invalid unlock key"), "{e}");
     ensure!(info(&lab, "m1")?.contains("Swarm: locked"));
     for m in managers {
         unlock(&lab, m, &key)?;
     }
-    let e = unlock(&lab, "m1", &key).err().ok_or_else(|| anyhow!("unlocked twice"))?;
+    let e = unlock(&lab, "m1", &key)
+        .err()
+        .ok_or_else(|| anyhow!("unlocked twice"))?;
     ensure!(e.to_string().contains("not locked"), "{e}");
 
     // Unlocked, the store's keys open again: config data comes back, and the CA signs a new
@@ -293,7 +306,15 @@ fn lab_keys_at_rest_and_autolock() -> Result<()> {
     let w2_ip = lab.addr(&w2)?;
     lab.shoal(
         &w2,
-        &["swarm", "join", "--token", &token, "--advertise-addr", &w2_ip, &m1],
+        &[
+            "swarm",
+            "join",
+            "--token",
+            &token,
+            "--advertise-addr",
+            &w2_ip,
+            &m1,
+        ],
     )?;
     eventually("w2 ready", WAIT, || {
         let n = lab.node("m1", &w2)?;
@@ -326,7 +347,10 @@ fn lab_demoted_managers_certificate_gets_no_manager_answers() -> Result<()> {
     // A demoted manager's old certificate gets no manager answers.
     let old = node_identity(&lab.host_data_dir("m3")?)?;
     let (control, _) = call_as(&lab.netns("m3")?, &m1_addr, old.clone())?;
-    ensure!(control == tonic::Code::Ok, "manager cert before demotion: {control:?}");
+    ensure!(
+        control == tonic::Code::Ok,
+        "manager cert before demotion: {control:?}"
+    );
     lab.shoal("m1", &["node", "demote", "m3"])?;
     eventually("m3 demoted", WAIT, || {
         let n = lab.node("m1", "m3")?;
@@ -371,7 +395,15 @@ fn lab_removed_node_says_so_and_can_leave_and_join() -> Result<()> {
     let m1 = lab.addr("m1")?;
     lab.shoal(
         "w2",
-        &["swarm", "join", "--token", &token, "--advertise-addr", &w2_ip, &m1],
+        &[
+            "swarm",
+            "join",
+            "--token",
+            &token,
+            "--advertise-addr",
+            &w2_ip,
+            &m1,
+        ],
     )?;
     eventually("w2 back", WAIT, || {
         let ready = lab
@@ -428,16 +460,24 @@ fn lab_leave_stops_and_removes_the_workers_containers() -> Result<()> {
     eventually("tasks running on w1", Duration::from_secs(120), || {
         let out = lab.shoal(
             "m1",
-            &["service", "ps", "--format", "json", "--filter", "desired-state=running", "nap"],
+            &[
+                "service",
+                "ps",
+                "--format",
+                "json",
+                "--filter",
+                "desired-state=running",
+                "nap",
+            ],
         )?;
-        let running = out
-            .lines()
-            .filter(|l| l.contains("\"Running"))
-            .count();
+        let running = out.lines().filter(|l| l.contains("\"Running")).count();
         ensure!(running == 2, "{out}");
         Ok(())
     })?;
-    ensure!(!containers_on(&lab, "w1")?.is_empty(), "no containers seen on w1");
+    ensure!(
+        !containers_on(&lab, "w1")?.is_empty(),
+        "no containers seen on w1"
+    );
     lab.shoal("w1", &["swarm", "leave"])?;
     let left = containers_on(&lab, "w1")?;
     ensure!(left.is_empty(), "after leave, w1 still has {left:?}");
