@@ -55,6 +55,8 @@ pub enum KeyError {
     BadUnlockKey,
     #[error("invalid key: it does not unlock this node")]
     WrongUnlockKey,
+    #[error("this node is locked (autolock): unlock it with `shoal swarm unlock` first")]
+    Locked,
     #[error("key file {path}: {reason}")]
     File { path: PathBuf, reason: String },
 }
@@ -397,6 +399,7 @@ pub fn restrict_tree(dir: &Path) -> std::io::Result<()> {
 /// it has none. A locked file is an error: the node must be unlocked first.
 pub fn load_or_create(dir: &Path) -> Result<Kek, KeyError> {
     match KeyFile::load(dir)? {
+        Some(f) if f.is_locked() => Err(KeyError::Locked),
         Some(f) => f.unlock(None),
         None => {
             let kek = Kek::generate()?;
@@ -531,7 +534,7 @@ mod tests {
         let wrong = UnlockKey::generate().unwrap();
         assert_eq!(f.unlock(Some(&wrong)), Err(KeyError::WrongUnlockKey));
         assert_eq!(f.unlock(Some(&u)).unwrap(), kek);
-        assert!(load_or_create(dir.path()).is_err());
+        assert_eq!(load_or_create(dir.path()), Err(KeyError::Locked));
         // A rotated unlock key rewraps the file.
         let u2 = UnlockKey::generate().unwrap();
         let s2 = kek.seal_unlock_key(&u2).unwrap();

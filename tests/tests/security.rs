@@ -106,7 +106,7 @@ fn check_disk(lab: &LabGuard, hosts: &[&str], locked: bool) -> Result<usize> {
             if f.ends_with("kek.json") {
                 let text = String::from_utf8_lossy(&data);
                 ensure!(
-                    text.contains("sealed_kek") == locked && text.contains("\"kek\"") == !locked,
+                    text.contains("sealed_kek") == locked && text.contains("\"kek\"") != locked,
                     "{name} (locked: {locked}): {text}"
                 );
             }
@@ -160,7 +160,7 @@ fn create_objects(lab: &LabGuard, concurrent: bool) -> Result<()> {
     let results = rt().block_on(async {
         let mut clients = Vec::new();
         for m in managers {
-            clients.push(client(&lab, m).await?);
+            clients.push(client(lab, m).await?);
         }
         let mut calls = tokio::task::JoinSet::new();
         for i in 0..25usize {
