@@ -72,8 +72,12 @@ fn check_disk(lab: &LabGuard, hosts: &[&str], locked: bool) -> Result<usize> {
     let mut sealed_keys = 0;
     for h in hosts {
         let dir = lab.host_data_dir(h)?;
-        let mode = std::fs::metadata(&dir)?.permissions().mode() & 0o777;
-        ensure!(mode == 0o700, "{}: mode {mode:o}", dir.display());
+        for d in [dir.clone(), dir.join("certs"), dir.join("raft")] {
+            if let Ok(m) = std::fs::metadata(&d) {
+                let mode = m.permissions().mode() & 0o777;
+                ensure!(mode == 0o700, "{}: mode {mode:o}", d.display());
+            }
+        }
         for f in files(&dir) {
             let data = std::fs::read(&f).with_context(|| f.display().to_string())?;
             let name = f.display().to_string();
@@ -481,5 +485,35 @@ fn lab_leave_stops_and_removes_the_workers_containers() -> Result<()> {
     lab.shoal("w1", &["swarm", "leave"])?;
     let left = containers_on(&lab, "w1")?;
     ensure!(left.is_empty(), "after leave, w1 still has {left:?}");
+    Ok(())
+}
+
+#[test]
+fn lab_init_with_autolock_locks_a_restarted_manager() -> Result<()> {
+    let mut lab = LabGuard::up("si", 1, 0, HEARTBEAT)?;
+    let m = lab.lab.add_host(true)?;
+    let ip = lab.addr(&m)?;
+    let out = lab.shoal(
+        &m,
+        &["swarm", "init", "--autolock", "--advertise-addr", &ip],
+    )?;
+    let key = out
+        .split_whitespace()
+        .find(|w| w.starts_with("SWMKEY-1-"))
+        .ok_or_else(|| anyhow!("no unlock key in {out:?}"))?
+        .to_string();
+    ensure!(
+        out.contains("To unlock a swarm manager after it restarts, run the `shoal swarm unlock`"),
+        "{out}"
+    );
+    // The key file was never in the clear.
+    check_disk(&lab, &[&m], true)?;
+    lab.lab.kill_daemon(&m)?;
+    lab.lab.start_daemon(&m)?;
+    ensure!(info(&lab, &m)?.contains("Swarm: locked"));
+    unlock(&lab, &m, &key)?;
+    eventually("unlocked manager serves", WAIT, || {
+        lab.shoal(&m, &["node", "ls"]).map(|_| ())
+    })?;
     Ok(())
 }
