@@ -395,7 +395,15 @@ impl Node {
                         tracing::info!(
                             "promoted: fetching the cluster's key, starting the manager"
                         );
-                        match self.fetch_kek(&st, Duration::from_secs(15)).await {
+                        let fetched = self.fetch_kek(&st, Duration::from_secs(15)).await.and_then(
+                            |(kek, unlock)| {
+                                key_file(&kek, &unlock)
+                                    .and_then(|f| f.save(&self.paths().4))
+                                    .map_err(|e| e.to_string())?;
+                                Ok(kek)
+                            },
+                        );
+                        match fetched {
                             Ok(kek) => self.set_kek(Some(kek)),
                             Err(e) => {
                                 tracing::error!(error = %e, "cannot start the manager");
@@ -675,8 +683,8 @@ impl Node {
                     "the manager's answer to the join carries no usable cluster key: {e}"
                 ))
             })?;
-            KeyFile::Clear(kek.clone())
-                .save(&self.paths().4)
+            key_file(&kek, &resp.unlock_key)
+                .and_then(|f| f.save(&self.paths().4))
                 .map_err(status_internal)?;
             self.set_kek(Some(kek));
             let mgr = self
@@ -813,6 +821,16 @@ impl Node {
     }
 }
 
+/// The key file a manager that receives the KEK writes: locked at once when the cluster has
+/// autolock on (`unlock_key` not empty), so the KEK never touches its disk in the clear.
+fn key_file(kek: &Kek, unlock_key: &str) -> Result<KeyFile, manager::keys::KeyError> {
+    if unlock_key.is_empty() {
+        Ok(KeyFile::Clear(kek.clone()))
+    } else {
+        KeyFile::locked(kek, &unlock_key.parse()?)
+    }
+}
+
 /// How long `swarm leave` waits for the node's tasks to stop and be removed.
 const LEAVE_DRAIN: Duration = Duration::from_secs(30);
 
@@ -844,7 +862,7 @@ impl Node {
                 let others = st.managers.iter().any(|m| *m != st.advertise_addr);
                 let kek = match others {
                     true => match self.fetch_kek(st, Duration::from_secs(10)).await {
-                        Ok(k) => k,
+                        Ok((k, _)) => k,
                         Err(e) => {
                             tracing::warn!(error = %e, "no cluster key from the other managers: making one");
                             Kek::generate().map_err(bad)?
@@ -861,7 +879,7 @@ impl Node {
     /// Ask the other managers for the cluster's KEK with this node's (manager) certificate,
     /// retrying until `within` has passed (a manager's store may not know of the
     /// promotion yet).
-    async fn fetch_kek(&self, st: &NodeFile, within: Duration) -> Result<Kek, String> {
+    async fn fetch_kek(&self, st: &NodeFile, within: Duration) -> Result<(Kek, String), String> {
         let deadline = tokio::time::Instant::now() + within;
         let mut last = String::from("no other manager is known");
         loop {
@@ -878,7 +896,9 @@ impl Node {
                         .await
                         .map_err(|s| s.message().to_string())
                         .and_then(|r| {
-                            Kek::from_hex(&r.into_inner().kek).map_err(|e| e.to_string())
+                            let r = r.into_inner();
+                            let kek = Kek::from_hex(&r.kek).map_err(|e| e.to_string())?;
+                            Ok((kek, r.unlock_key))
                         }),
                     Err(e) => Err(e),
                 };

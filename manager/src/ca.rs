@@ -65,6 +65,18 @@ fn cluster(mgr: &Manager) -> Result<Cluster, Status> {
     Ok(c)
 }
 
+/// The cluster's unlock key in the clear ("" with autolock off), for a new manager to write
+/// its key file locked from the start.
+fn unlock_key(mgr: &Manager, cluster: &Cluster) -> Result<String, Status> {
+    cluster
+        .unlock_key
+        .as_deref()
+        .map(|sealed| mgr.kek.open_unlock_key(sealed).map(|k| k.to_string()))
+        .transpose()
+        .map(Option::unwrap_or_default)
+        .map_err(|e| Status::internal(e.to_string()))
+}
+
 #[tonic::async_trait]
 impl pb::ca_server::Ca for CaService {
     async fn join(
@@ -107,6 +119,10 @@ impl pb::ca_server::Ca for CaService {
                 "advertise address must be a specific IP, not 0.0.0.0",
             ));
         }
+        let unlock_key = match role {
+            Role::Manager => unlock_key(mgr, &cluster)?,
+            Role::Worker => String::new(),
+        };
         let node_id = random_id(25);
         let (cert_pem, not_after) = issue(&cluster, &r.csr_pem, &node_id, role)?;
         let raft_id = loop {
@@ -161,6 +177,7 @@ impl pb::ca_server::Ca for CaService {
             } else {
                 String::new()
             },
+            unlock_key,
         }))
     }
 
@@ -171,8 +188,10 @@ impl pb::ca_server::Ca for CaService {
             ));
         };
         tracing::info!(node = %cert.node_id, "key-encrypting key handed to a promoted manager");
+        let cluster = cluster(&self.mgr)?;
         Ok(Response::new(pb::KeysResponse {
             kek: self.mgr.kek.to_hex(),
+            unlock_key: unlock_key(&self.mgr, &cluster)?,
         }))
     }
 

@@ -325,7 +325,30 @@ fn lab_keys_at_rest_and_autolock() -> Result<()> {
         ensure!(n["Status"] == "Ready", "{n}");
         Ok(())
     })?;
-    check_disk(&lab, &["m1", "m2", "m3", "w1", &w2], true)?;
+    // A manager that joins under autolock writes its key file locked from the start.
+    let m4 = lab.lab.add_host(true)?;
+    let m4_ip = lab.addr(&m4)?;
+    let mtoken = lab.join_token("m1", "manager")?;
+    lab.shoal(
+        &m4,
+        &[
+            "swarm",
+            "join",
+            "--token",
+            &mtoken,
+            "--advertise-addr",
+            &m4_ip,
+            &m1,
+        ],
+    )?;
+    check_disk(&lab, &["m1", "m2", "m3", "w1", &w2, &m4], true)?;
+    // Demoted, it keeps no key file.
+    lab.shoal("m1", &["node", "demote", &m4])?;
+    eventually("m4 demoted, its key file gone", WAIT, || {
+        let f = lab.host_data_dir(&m4)?.join("raft/kek.json");
+        ensure!(!f.exists(), "{} still exists", f.display());
+        Ok(())
+    })?;
 
     // Autolock off: key files in the clear again, managers restart without a key.
     lab.shoal("m1", &["swarm", "update", "--autolock=false"])?;
