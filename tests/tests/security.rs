@@ -497,7 +497,17 @@ fn lab_leave_stops_and_removes_the_workers_containers() -> Result<()> {
                 "nap",
             ],
         )?;
-        let running = out.lines().filter(|l| l.contains("\"Running")).count();
+        let mut running = 0;
+        for l in out.lines().filter(|l| !l.trim().is_empty()) {
+            let t: serde_json::Value = serde_json::from_str(l)?;
+            if t["CurrentState"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("Running")
+            {
+                running += 1;
+            }
+        }
         ensure!(running == 2, "{out}");
         Ok(())
     })?;
