@@ -119,6 +119,7 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<()> {
         rebalance_on_join: false,
         default_addr_pool: manager::store::default_addr_pool(),
         default_addr_pool_mask_len: manager::store::default_addr_pool_mask_len(),
+        unlock_key: None,
     };
 
     // Managers.
@@ -136,6 +137,7 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<()> {
             listen_addr: addr,
             advertise_addr: addr.to_string(),
             tuning: RaftTuning::default(),
+            kek: None,
         };
         let m = Manager::start(mcfg, creds, Box::new(|_| tonic::service::Routes::default()))
             .await

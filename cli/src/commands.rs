@@ -147,6 +147,9 @@ pub enum SwarmCmd {
         /// Listen address (IP[:PORT]).
         #[arg(long, default_value = "0.0.0.0:2377")]
         listen_addr: String,
+        /// Enable manager autolocking (requiring an unlock key to start a stopped manager).
+        #[arg(long)]
+        autolock: bool,
         /// Dispatcher heartbeat period.
         #[arg(long, value_parser = parse_duration)]
         dispatcher_heartbeat: Option<Duration>,
@@ -198,8 +201,22 @@ pub enum SwarmCmd {
         #[arg(short, long)]
         force: bool,
     },
+    /// Unlock a swarm manager (the unlock key is read from stdin).
+    Unlock,
+    /// Manage the unlock key.
+    UnlockKey {
+        /// Only display the key.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Rotate the unlock key.
+        #[arg(long)]
+        rotate: bool,
+    },
     /// Update the swarm.
     Update {
+        /// Change manager autolocking setting (true|false).
+        #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = clap::value_parser!(bool))]
+        autolock: Option<bool>,
         /// Spread replicated tasks onto nodes that join or come back with fewer tasks
         /// (moving `--update-parallelism` tasks at a time).
         #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = clap::value_parser!(bool))]
@@ -890,6 +907,7 @@ async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
         SwarmCmd::Init {
             advertise_addr,
             listen_addr,
+            autolock,
             dispatcher_heartbeat,
             cert_expiry,
             default_addr_pool,
@@ -907,6 +925,7 @@ async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
                     default_addr_pool,
                     default_addr_pool_mask_len: default_addr_pool_mask_length,
                     force_new_cluster,
+                    autolock,
                 })
                 .await?
                 .into_inner();
@@ -919,6 +938,34 @@ async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
                 r.worker_join_command
             );
             println!("To add a manager to this swarm, run 'shoal swarm join-token manager' and follow the instructions.\n");
+            if !r.unlock_key.is_empty() {
+                print_unlock_key(&r.unlock_key);
+            }
+        }
+        SwarmCmd::Unlock => {
+            let key = read_unlock_key()?;
+            c.swarm_unlock(pb::SwarmUnlockRequest { unlock_key: key })
+                .await?;
+        }
+        SwarmCmd::UnlockKey { quiet, rotate } => {
+            let req = pb::GetUnlockKeyRequest { rotate };
+            let k = if rotate {
+                c.get_unlock_key(req).await?.into_inner()
+            } else {
+                retry(|| {
+                    let mut c = c.clone();
+                    async move { c.get_unlock_key(req).await.map(|r| r.into_inner()) }
+                })
+                .await?
+            };
+            if quiet {
+                println!("{}", k.unlock_key);
+            } else {
+                if rotate {
+                    println!("Successfully rotated manager unlock key.\n");
+                }
+                print_unlock_key(&k.unlock_key);
+            }
         }
         SwarmCmd::Join {
             token,
@@ -973,6 +1020,7 @@ async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
             println!("Node left the swarm.");
         }
         SwarmCmd::Update {
+            autolock,
             dispatcher_heartbeat,
             cert_expiry,
             rebalance_on_join,
@@ -985,6 +1033,11 @@ async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
                     Some(true) => 1,
                     Some(false) => 2,
                 },
+                autolock: match autolock {
+                    None => 0,
+                    Some(true) => 1,
+                    Some(false) => 2,
+                },
             };
             retry(|| {
                 let mut c = c.clone();
@@ -992,9 +1045,45 @@ async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
             })
             .await?;
             println!("Swarm updated.");
+            if autolock == Some(true) {
+                let req = pb::GetUnlockKeyRequest { rotate: false };
+                let k = retry(|| {
+                    let mut c = c.clone();
+                    async move { c.get_unlock_key(req).await.map(|r| r.into_inner()) }
+                })
+                .await?;
+                print_unlock_key(&k.unlock_key);
+            }
         }
     }
     Ok(())
+}
+
+/// Docker's words around an unlock key.
+fn print_unlock_key(key: &str) {
+    println!(
+        "To unlock a swarm manager after it restarts, run the `shoal swarm unlock`\ncommand and provide the following key:\n\n    {key}\n\nPlease remember to store this key in a password manager, since without it you\nwill not be able to restart the manager."
+    );
+}
+
+/// The unlock key from stdin (one line), with a prompt when stdin is a terminal.
+fn read_unlock_key() -> Result<String, CliError> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        print!("Enter unlock key: ");
+        let _ = std::io::stdout().flush();
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| CliError(format!("Error: reading the unlock key: {e}")))?;
+    let key = line.trim().to_string();
+    if key.is_empty() {
+        return Err(CliError("Error: no unlock key given on stdin".into()));
+    }
+    Ok(key)
 }
 
 fn node_row(n: &pb::Node, self_id: &str) -> (Vec<String>, String) {
@@ -1284,6 +1373,7 @@ async fn info(mut c: ControlClient<Channel>, a: InfoArgs) -> CliResult {
             "{}",
             json_line(vec![
                 ("ClusterID", json!(i.cluster_id)),
+                ("Error", json!(i.error)),
                 ("IsLeader", json!(i.is_leader)),
                 ("LeaderAddr", json!(i.leader_addr)),
                 ("LocalNodeState", json!(i.local_node_state)),
@@ -1298,6 +1388,9 @@ async fn info(mut c: ControlClient<Channel>, a: InfoArgs) -> CliResult {
         ),
         Format::Table => {
             println!("Swarm: {}", i.local_node_state);
+            if !i.error.is_empty() {
+                println!(" NodeID: {}\n Error: {}", i.node_id, i.error);
+            }
             if i.local_node_state == "active" {
                 println!(
                     " NodeID: {}\n Is Manager: {}\n ClusterID: {}\n Node Address: {}",

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use manager::controlapi::{validate_settings, ControlApi};
+use manager::keys::{Kek, KeyFile, UnlockKey};
 use manager::manager::{now_ms, ExtraRoutes};
 use manager::raft::RaftTuning;
 use manager::store::{Cluster, Node as StoreNode, NodeDescription, NodeState, Object, Op, Txn};
@@ -198,6 +199,10 @@ struct NodeFile {
 
 struct Inner {
     state: Option<NodeFile>,
+    /// A manager with autolock whose key file waits for `swarm unlock`: nothing runs.
+    locked: bool,
+    /// The swarm refused this node's certificate (it was removed): it must leave and rejoin.
+    removed: bool,
     manager: Option<Arc<Manager>>,
     agent: Option<CancellationToken>,
     executor: Option<Arc<worker::executor::Executor>>,
@@ -209,6 +214,9 @@ pub struct Node {
     images: Option<Arc<worker::image::ImageStore>>,
     net: Option<Arc<agent_net::node::NodeNet>>,
     creds: Arc<Credentials>,
+    /// The cluster's key-encrypting key for the manager this node starts next (set by init,
+    /// join, unlock, promotion); `None`: the manager reads its key file.
+    kek: std::sync::Mutex<Option<Kek>>,
     inner: Mutex<Inner>,
     events_tx: mpsc::Sender<AgentEvent>,
     this: std::sync::Weak<Node>,
@@ -271,6 +279,7 @@ impl Node {
             listen_addr: st.listen_addr,
             advertise_addr: st.advertise_addr.clone(),
             tuning: self.cfg.tuning.clone(),
+            kek: self.kek.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }
     }
 
@@ -344,7 +353,18 @@ impl Node {
         self.creds.set(Some(id));
         let mut inner = self.inner.lock().await;
         if role == Role::Manager {
-            inner.manager = Some(self.start_manager(&st).await?);
+            match self.manager_kek(&st).await? {
+                Some(kek) => {
+                    self.set_kek(Some(kek));
+                    inner.manager = Some(self.start_manager(&st).await?);
+                }
+                None => {
+                    tracing::warn!("{LOCKED}");
+                    inner.locked = true;
+                    inner.state = Some(st);
+                    return Ok(());
+                }
+            }
         }
         self.start_agent(&mut inner, &st, manager::dispatcher::DEFAULT_HEARTBEAT);
         inner.state = Some(st);
@@ -372,7 +392,24 @@ impl Node {
                 }
                 match (role, inner.manager.is_some()) {
                     (Role::Manager, false) => {
-                        tracing::info!("promoted: starting the manager");
+                        tracing::info!(
+                            "promoted: fetching the cluster's key, starting the manager"
+                        );
+                        let fetched = self.fetch_kek(&st, Duration::from_secs(15)).await.and_then(
+                            |(kek, unlock)| {
+                                key_file(&kek, &unlock)
+                                    .and_then(|f| f.save(&self.paths().4))
+                                    .map_err(|e| e.to_string())?;
+                                Ok(kek)
+                            },
+                        );
+                        match fetched {
+                            Ok(kek) => self.set_kek(Some(kek)),
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot start the manager");
+                                return;
+                            }
+                        }
                         match self.start_manager(&st).await {
                             Ok(m) => inner.manager = Some(m),
                             Err(e) => tracing::error!(error = %e, "cannot start the manager"),
@@ -390,13 +427,15 @@ impl Node {
                             m.shutdown().await;
                         }
                         let _ = std::fs::remove_dir_all(self.paths().4);
+                        self.set_kek(None);
                         tracing::info!("manager stopped");
                     }
                     _ => {}
                 }
             }
             AgentEvent::Removed => {
-                tracing::warn!("this node was removed from the swarm");
+                tracing::warn!("{REMOVED}");
+                inner.removed = true;
             }
             AgentEvent::Network(state) => {
                 if let Some(net) = &self.net {
@@ -408,6 +447,9 @@ impl Node {
 
     async fn manager(&self) -> Result<Arc<Manager>, Status> {
         let inner = self.inner.lock().await;
+        if inner.locked {
+            return Err(Status::failed_precondition(LOCKED));
+        }
         match (&inner.state, &inner.manager) {
             (_, Some(m)) => Ok(m.clone()),
             (None, _) => Err(Status::failed_precondition(
@@ -443,6 +485,12 @@ impl Node {
         let raft_id = (rand::random::<u64>() >> 1).max(1);
         let ca = RootCa::generate(&cluster_id).map_err(status_internal)?;
         let digest = ca.digest().map_err(status_internal)?;
+        let kek = Kek::generate().map_err(status_internal)?;
+        let unlock_key = if r.autolock {
+            Some(UnlockKey::generate().map_err(status_internal)?)
+        } else {
+            None
+        };
         let now = now_ms();
         let mut cluster = Cluster {
             id: cluster_id.clone(),
@@ -465,6 +513,11 @@ impl Node {
             rebalance_on_join: false,
             default_addr_pool: addr_pool,
             default_addr_pool_mask_len: addr_pool_mask,
+            unlock_key: unlock_key
+                .as_ref()
+                .map(|u| kek.seal_unlock_key(u))
+                .transpose()
+                .map_err(status_internal)?,
         };
         let ingress = manager::allocator::ingress_network(
             &cluster.default_addr_pool,
@@ -477,6 +530,17 @@ impl Node {
         let (cert_pem, not_after) = manager::ca::issue(&cluster, &csr, &node_id, Role::Manager)?;
         let identity = Identity::new(&cert_pem, &key_pem, &cluster.root_ca.cert_pem)
             .map_err(status_internal)?;
+        // From here on the CA key exists only sealed; the KEK goes to this manager's key
+        // file (wrapped with the unlock key under autolock).
+        cluster.root_ca = kek
+            .seal_root_ca(&cluster.root_ca)
+            .map_err(status_internal)?;
+        let key_file = match &unlock_key {
+            Some(u) => KeyFile::locked(&kek, u).map_err(status_internal)?,
+            None => KeyFile::Clear(kek.clone()),
+        };
+        key_file.save(&self.paths().4).map_err(status_internal)?;
+        self.set_kek(Some(kek));
         let st = NodeFile {
             node_id: node_id.clone(),
             raft_id,
@@ -555,6 +619,7 @@ impl Node {
             node_id,
             worker_join_command: join(&cluster.worker_token),
             manager_join_command: join(&cluster.manager_token),
+            unlock_key: unlock_key.map(|u| u.to_string()).unwrap_or_default(),
         })
     }
 
@@ -652,16 +717,8 @@ impl Node {
             }
         };
         inner.manager = Some(mgr.clone());
-        let mut metrics = mgr.raft.metrics();
-        let leading = tokio::time::timeout(Duration::from_secs(10), async {
-            while !mgr.is_leader() {
-                if metrics.changed().await.is_err() {
-                    break;
-                }
-            }
-        })
-        .await;
-        if leading.is_err() || !mgr.is_leader() {
+        let leading = mgr.wait_for_leader(Duration::from_secs(10)).await;
+        if leading != Some(st.raft_id) || !mgr.is_leader() {
             return Err(Status::internal(
                 "the new cluster elected no leader within 10s: see the daemon's log",
             ));
@@ -676,6 +733,7 @@ impl Node {
             node_id: st.node_id.clone(),
             worker_join_command: join(&cluster.worker_token),
             manager_join_command: join(&cluster.manager_token),
+            unlock_key: String::new(),
         })
     }
 
@@ -738,6 +796,15 @@ impl Node {
         let role = identity.info.role;
         self.creds.set(Some(identity));
         if role == Role::Manager {
+            let kek = Kek::from_hex(&resp.kek).map_err(|e| {
+                Status::internal(format!(
+                    "the manager's answer to the join carries no usable cluster key: {e}"
+                ))
+            })?;
+            key_file(&kek, &resp.unlock_key)
+                .and_then(|f| f.save(&self.paths().4))
+                .map_err(status_internal)?;
+            self.set_kek(Some(kek));
             let mgr = self
                 .start_manager(&st)
                 .await
@@ -784,7 +851,8 @@ impl Node {
                 "This node is not part of a swarm",
             ));
         }
-        if inner.manager.is_some() && !r.force {
+        let holds_manager = inner.manager.is_some() || inner.locked;
+        if holds_manager && !r.force {
             return Err(Status::failed_precondition(
                 "You are attempting to leave the swarm on a node that is participating as a manager. Removing this node leaves the remaining managers with fewer members to keep quorum; demote it first (shoal node demote), or use --force to ignore this message.",
             ));
@@ -793,9 +861,12 @@ impl Node {
             c.cancel();
         }
         if let Some(e) = inner.executor.take() {
-            // Leaving the swarm ends its tasks here, as Docker does.
-            e.apply(true, Vec::new(), Vec::new());
-            e.shutdown().await;
+            // Leaving the swarm ends its tasks here, as Docker does: stopped (each with its
+            // grace period) and removed before the drivers are shut down, which would
+            // otherwise leave them running.
+            if !e.leave(LEAVE_DRAIN).await {
+                tracing::warn!("leaving the swarm: some tasks did not stop within {LEAVE_DRAIN:?}");
+            }
         }
         if let Some(m) = inner.manager.take() {
             m.shutdown().await;
@@ -806,7 +877,10 @@ impl Node {
             }
         }
         self.creds.set(None);
+        self.set_kek(None);
         inner.state = None;
+        inner.locked = false;
+        inner.removed = false;
         let (state, crt, ..) = self.paths();
         let _ = std::fs::remove_file(state);
         let _ = std::fs::remove_dir_all(crt.parent().expect("certs dir"));
@@ -824,6 +898,13 @@ impl Node {
             };
         };
         let id = self.creds.get();
+        let (local_node_state, error) = if inner.locked {
+            ("locked", LOCKED)
+        } else if inner.removed {
+            ("error", REMOVED)
+        } else {
+            ("active", "")
+        };
         let (is_leader, leader_addr, managers, raft_status) = match &inner.manager {
             Some(m) => (
                 m.is_leader(),
@@ -839,7 +920,8 @@ impl Node {
             .map(raft_term_state)
             .unwrap_or_default();
         pb::InfoResponse {
-            local_node_state: "active".into(),
+            local_node_state: local_node_state.into(),
+            error: error.into(),
             node_id: st.node_id.clone(),
             role: id
                 .as_ref()
@@ -871,6 +953,134 @@ fn raft_term_state(m: &Manager) -> (u64, String) {
     let metrics = m.raft.metrics();
     let metrics = metrics.borrow();
     (metrics.current_term, format!("{:?}", metrics.state))
+}
+
+/// The key file a manager that receives the KEK writes: locked at once when the cluster has
+/// autolock on (`unlock_key` not empty), so the KEK never touches its disk in the clear.
+fn key_file(kek: &Kek, unlock_key: &str) -> Result<KeyFile, manager::keys::KeyError> {
+    if unlock_key.is_empty() {
+        Ok(KeyFile::Clear(kek.clone()))
+    } else {
+        KeyFile::locked(kek, &unlock_key.parse()?)
+    }
+}
+
+/// How long `swarm leave` waits for the node's tasks to stop and be removed.
+const LEAVE_DRAIN: Duration = Duration::from_secs(30);
+
+/// What a locked manager says (autolock).
+const LOCKED: &str = "this node is locked: run `shoal swarm unlock`";
+/// What a node the swarm removed says.
+const REMOVED: &str =
+    "this node was removed from the swarm; run `shoal swarm leave` and join again";
+
+impl Node {
+    fn set_kek(&self, kek: Option<Kek>) {
+        *self.kek.lock().unwrap_or_else(|e| e.into_inner()) = kek;
+    }
+
+    /// The KEK for this manager after a restart: from its key file; `None` if the file is
+    /// locked (autolock). A manager without a file (one promoted just before a crash) asks
+    /// the other managers; the only manager of a swarm made before keys were sealed makes
+    /// one (its store still holds the keys in the clear, which opening lets through).
+    async fn manager_kek(&self, st: &NodeFile) -> Result<Option<Kek>, DaemonError> {
+        let dir = self.paths().4;
+        let bad = |e: manager::keys::KeyError| DaemonError::State {
+            path: manager::keys::key_file_path(&dir),
+            reason: e.to_string(),
+        };
+        match KeyFile::load(&dir).map_err(bad)? {
+            Some(KeyFile::Clear(k)) => Ok(Some(k)),
+            Some(KeyFile::Locked { .. }) => Ok(None),
+            None => {
+                let others = st.managers.iter().any(|m| *m != st.advertise_addr);
+                let kek = match others {
+                    true => match self.fetch_kek(st, Duration::from_secs(10)).await {
+                        Ok((k, _)) => k,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "no cluster key from the other managers: making one");
+                            Kek::generate().map_err(bad)?
+                        }
+                    },
+                    false => Kek::generate().map_err(bad)?,
+                };
+                KeyFile::Clear(kek.clone()).save(&dir).map_err(bad)?;
+                Ok(Some(kek))
+            }
+        }
+    }
+
+    /// Ask the other managers for the cluster's KEK with this node's (manager) certificate,
+    /// retrying until `within` has passed (a manager's store may not know of the
+    /// promotion yet).
+    async fn fetch_kek(&self, st: &NodeFile, within: Duration) -> Result<(Kek, String), String> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut last = String::from("no other manager is known");
+        loop {
+            for addr in st.managers.iter().filter(|m| **m != st.advertise_addr) {
+                let Some(id) = self.creds.get() else {
+                    return Err("this node has no certificate".into());
+                };
+                let ch = client_config(&id.ca_pem, Some(&id))
+                    .map_err(|e| e.to_string())
+                    .and_then(|cfg| tls_channel(addr, cfg).map_err(|e| e.to_string()));
+                let res = match ch {
+                    Ok(ch) => CaClient::new(ch)
+                        .keys(pb::Empty {})
+                        .await
+                        .map_err(|s| s.message().to_string())
+                        .and_then(|r| {
+                            let r = r.into_inner();
+                            let kek = Kek::from_hex(&r.kek).map_err(|e| e.to_string())?;
+                            Ok((kek, r.unlock_key))
+                        }),
+                    Err(e) => Err(e),
+                };
+                match res {
+                    Ok(k) => return Ok(k),
+                    Err(e) => last = format!("{addr}: {e}"),
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("cannot get the cluster's key: {last}"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// `swarm unlock`: open the key file with the unlock key, then start what a restart
+    /// would have started.
+    async fn swarm_unlock(&self, r: pb::SwarmUnlockRequest) -> Result<pb::Empty, Status> {
+        let mut inner = self.inner.lock().await;
+        let Some(st) = inner.state.clone() else {
+            return Err(Status::failed_precondition(
+                "This node is not part of a swarm",
+            ));
+        };
+        if !inner.locked {
+            return Err(Status::failed_precondition("swarm is not locked"));
+        }
+        let key: UnlockKey = r
+            .unlock_key
+            .parse()
+            .map_err(|e: manager::keys::KeyError| Status::invalid_argument(e.to_string()))?;
+        let file = KeyFile::load(&self.paths().4)
+            .map_err(status_internal)?
+            .ok_or_else(|| Status::internal("the key file is gone"))?;
+        let kek = file
+            .unlock(Some(&key))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.set_kek(Some(kek));
+        let mgr = self
+            .start_manager(&st)
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        inner.manager = Some(mgr);
+        self.start_agent(&mut inner, &st, manager::dispatcher::DEFAULT_HEARTBEAT);
+        inner.locked = false;
+        tracing::info!("unlocked: manager started");
+        Ok(pb::Empty {})
+    }
 }
 
 fn already_in_swarm() -> Status {
@@ -965,7 +1175,7 @@ fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        manager::keys::create_private_dir(dir)?;
     }
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
@@ -1001,7 +1211,7 @@ impl ControlService {
     async fn cluster<T>(&self, req: &Request<T>) -> Result<ControlApi, Status> {
         let api = self.node.api().await?;
         if !self.local {
-            api.mgr.auth.manager(req)?;
+            api.mgr.auth.control(req)?;
         }
         Ok(api)
     }
@@ -1044,6 +1254,25 @@ impl pb::control_server::Control for ControlService {
     async fn info(&self, req: Request<pb::Empty>) -> Result<Response<pb::InfoResponse>, Status> {
         self.local_only(&req)?;
         Ok(Response::new(self.node.info().await))
+    }
+    async fn swarm_unlock(
+        &self,
+        req: Request<pb::SwarmUnlockRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        self.local_only(&req)?;
+        self.node
+            .swarm_unlock(req.into_inner())
+            .await
+            .map(Response::new)
+    }
+    async fn get_unlock_key(
+        &self,
+        req: Request<pb::GetUnlockKeyRequest>,
+    ) -> Result<Response<pb::UnlockKeyResponse>, Status> {
+        let api = self.cluster(&req).await?;
+        api.get_unlock_key(req.into_inner())
+            .await
+            .map(Response::new)
     }
     async fn get_cluster(
         &self,
@@ -1276,7 +1505,7 @@ impl pb::control_server::Control for ControlService {
 
 /// Run the node until `shutdown` fires.
 pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), DaemonError> {
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| DaemonError::DataDir {
+    restrict_data_dir(&cfg.data_dir).map_err(|e| DaemonError::DataDir {
         path: cfg.data_dir.clone(),
         source: e,
     })?;
@@ -1297,8 +1526,11 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
         images,
         net,
         creds: Credentials::new(None),
+        kek: std::sync::Mutex::new(None),
         inner: Mutex::new(Inner {
             state: None,
+            locked: false,
+            removed: false,
             manager: None,
             agent: None,
             executor: None,
@@ -1345,6 +1577,32 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
         m.shutdown().await;
     }
     let _ = std::fs::remove_file(&cfg.socket);
+    Ok(())
+}
+
+/// The data dir is the node's alone: the dir 0700, and the node's own state files 0600 —
+/// also those an older version left readable (node.json, certificates and keys, the raft
+/// database and key file, the tasks' records). Image layers and container root filesystems
+/// keep their modes: the dir's own mode already shuts everyone else out of them.
+fn restrict_data_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    manager::keys::create_private_dir(dir)?;
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let p = e.path();
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if m.is_file() && m.permissions().mode() & 0o777 != 0o600 {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    manager::keys::restrict_tree(&dir.join("certs"))?;
+    manager::keys::restrict_tree(&dir.join("raft"))?;
+    if let Ok(tasks) = std::fs::read_dir(dir.join("tasks")) {
+        for t in tasks.flatten() {
+            manager::keys::restrict_tree(&t.path().join("task.json"))?;
+        }
+    }
     Ok(())
 }
 

@@ -51,10 +51,30 @@ pub fn issue(
     Ok((pem, not_after))
 }
 
+/// The cluster object with the root CA's private key opened (it is stored sealed with the
+/// key-encrypting key, [`crate::keys`]).
 fn cluster(mgr: &Manager) -> Result<Cluster, Status> {
-    mgr.store
+    let mut c = mgr
+        .store
         .view(|d| d.cluster.clone())
-        .ok_or_else(|| Status::failed_precondition("the swarm is not initialised yet"))
+        .ok_or_else(|| Status::failed_precondition("the swarm is not initialised yet"))?;
+    c.root_ca = mgr
+        .kek
+        .open_root_ca(&c.root_ca)
+        .map_err(|e| Status::internal(e.to_string()))?;
+    Ok(c)
+}
+
+/// The cluster's unlock key in the clear ("" with autolock off), for a new manager to write
+/// its key file locked from the start.
+fn unlock_key(mgr: &Manager, cluster: &Cluster) -> Result<String, Status> {
+    cluster
+        .unlock_key
+        .as_deref()
+        .map(|sealed| mgr.kek.open_unlock_key(sealed).map(|k| k.to_string()))
+        .transpose()
+        .map(Option::unwrap_or_default)
+        .map_err(|e| Status::internal(e.to_string()))
 }
 
 #[tonic::async_trait]
@@ -99,6 +119,10 @@ impl pb::ca_server::Ca for CaService {
                 "advertise address must be a specific IP, not 0.0.0.0",
             ));
         }
+        let unlock_key = match role {
+            Role::Manager => unlock_key(mgr, &cluster)?,
+            Role::Worker => String::new(),
+        };
         let node_id = random_id(25);
         let (cert_pem, not_after) = issue(&cluster, &r.csr_pem, &node_id, role)?;
         let raft_id = loop {
@@ -146,6 +170,28 @@ impl pb::ca_server::Ca for CaService {
             managers: mgr.manager_addrs(),
             raft_id,
             cluster_id: cluster.id,
+            // A manager needs the key-encrypting key to open the store's keys; the manager
+            // token is what entitles the joiner to it, and the channel is TLS pinned to the CA.
+            kek: if role == Role::Manager {
+                mgr.kek.to_hex()
+            } else {
+                String::new()
+            },
+            unlock_key,
+        }))
+    }
+
+    async fn keys(&self, req: Request<pb::Empty>) -> Result<Response<pb::KeysResponse>, Status> {
+        let Caller::Node(cert) = self.mgr.auth.control(&req)? else {
+            return Err(Status::unauthenticated(
+                "the cluster's keys need a manager certificate",
+            ));
+        };
+        tracing::info!(node = %cert.node_id, "key-encrypting key handed to a promoted manager");
+        let cluster = cluster(&self.mgr)?;
+        Ok(Response::new(pb::KeysResponse {
+            kek: self.mgr.kek.to_hex(),
+            unlock_key: unlock_key(&self.mgr, &cluster)?,
         }))
     }
 

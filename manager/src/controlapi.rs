@@ -33,6 +33,7 @@ fn pb_cluster(c: &crate::store::Cluster) -> pb::ClusterInfo {
         created_at_ms: c.created_at_ms,
         version: c.version,
         rebalance_on_join: c.rebalance_on_join,
+        autolock: c.unlock_key.is_some(),
     }
 }
 
@@ -95,8 +96,11 @@ impl ControlApi {
             return Ok(c.update_cluster(req).await?.into_inner());
         }
         validate_settings(req.heartbeat_period_ms, req.cert_expiry_ms)?;
+        ControlApi::validate_autolock(req.autolock)?;
+        let fresh_unlock_key = self.new_sealed_unlock_key()?;
         update_with_retry(&self.mgr, |d| {
             let mut c = cluster_of(d)?;
+            ControlApi::apply_autolock(&mut c, req.autolock, &fresh_unlock_key);
             if req.heartbeat_period_ms != 0 {
                 c.heartbeat_period_ms = req.heartbeat_period_ms;
             }

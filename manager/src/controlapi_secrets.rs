@@ -6,9 +6,9 @@ use proto::security::random_id;
 use tonic::Status;
 
 use crate::controlapi::ControlApi;
-use crate::manager::{now_ms, update_with_retry};
+use crate::manager::{now_ms, update_with_retry, ProposeError};
 use crate::secrets::{self, FileKind};
-use crate::store::{FileObject, Kind, Object, Op, Txn};
+use crate::store::{DataKey, FileObject, Kind, Object, Op, Txn, TxnError};
 
 fn pb_object(kind: FileKind, o: &FileObject, data: Option<Vec<u8>>) -> pb::FileObject {
     pb::FileObject {
@@ -68,8 +68,9 @@ impl ControlApi {
         }
         let id = random_id(25);
         let now = now_ms();
-        // The first secret or config creates the data key, in the same transaction.
-        let fresh_key = secrets::new_data_key().map_err(|e| Status::internal(e.to_string()))?;
+        let key = self.data_key().await?;
+        let sealed =
+            secrets::seal(&key, &id, &req.data).map_err(|e| Status::internal(e.to_string()))?;
         update_with_retry(&self.mgr, |d| {
             if kind.table(d).values().any(|o| o.name == req.name) {
                 return Err(Status::already_exists(format!(
@@ -79,15 +80,7 @@ impl ControlApi {
                 )));
             }
             let mut ops = Vec::new();
-            let key = match &d.data_key {
-                Some(k) => k.clone(),
-                None => {
-                    ops.push(Op::Create(Object::DataKey(fresh_key.clone())));
-                    fresh_key.clone()
-                }
-            };
-            let sealed =
-                secrets::seal(&key, &id, &req.data).map_err(|e| Status::internal(e.to_string()))?;
+            let sealed = sealed.clone();
             let o = FileObject {
                 id: id.clone(),
                 version: 0,
@@ -114,6 +107,32 @@ impl ControlApi {
                 .map(|o| pb_object(kind, o, None))
                 .ok_or_else(|| Status::internal(format!("{} vanished", kind.noun())))
         })
+    }
+
+    /// The cluster's data key, opened. The first secret or config makes it, in a transaction
+    /// of its own: concurrent first creates race to make it, and a loser (refused because the
+    /// key exists) uses the winner's, which its node has applied by then.
+    async fn data_key(&self) -> Result<DataKey, Status> {
+        let internal = |e: crate::keys::KeyError| Status::internal(e.to_string());
+        for _ in 0..5 {
+            if let Some(k) = self.mgr.store.view(|d| d.data_key.clone()) {
+                return self.mgr.kek.open_data_key(&k).map_err(internal);
+            }
+            let fresh = secrets::new_data_key().map_err(|e| Status::internal(e.to_string()))?;
+            let stored = self.mgr.kek.seal_data_key(&fresh).map_err(internal)?;
+            match self
+                .mgr
+                .propose(Txn::new(vec![Op::Create(Object::DataKey(stored))]))
+                .await
+            {
+                Ok(_) => return Ok(fresh),
+                Err(ProposeError::Refused(TxnError::Exists { .. })) => continue,
+                Err(e) => return Err(e.into_status(&self.mgr)),
+            }
+        }
+        Err(Status::unavailable(
+            "the cluster's data key is being created; retry",
+        ))
     }
 
     pub async fn list_file_objects(
@@ -152,7 +171,11 @@ impl ControlApi {
         self.mgr.linearizable().await?;
         self.mgr.store.view(|d| {
             let o = secrets::find(d, kind, &req.id).map_err(Status::not_found)?;
-            let data = match (kind, &d.data_key) {
+            let key = match kind {
+                FileKind::Config => secrets::data_key(d, &self.mgr.kek),
+                FileKind::Secret => None,
+            };
+            let data = match (kind, &key) {
                 (FileKind::Config, Some(k)) => Some(
                     secrets::open(k, &o.id, &o.sealed)
                         .map_err(|e| Status::internal(e.to_string()))?,
@@ -267,7 +290,7 @@ mod tests {
         assert!(!entry.contains("correct-horse"));
         // But the dispatcher can open it.
         let spec = spec_with_secret("web", "db").task;
-        let files = secrets::resolve(&d, FileKind::Secret, &spec);
+        let files = secrets::resolve(&d, FileKind::Secret, &spec, d.data_key.as_ref());
         assert_eq!(files.len(), 1);
         assert_eq!(files[0].data, plain);
         assert_eq!(files[0].target, "db");
@@ -276,9 +299,44 @@ mod tests {
             name: "conf".into(),
             target: String::new(),
         });
-        let files = secrets::resolve(&d, FileKind::Config, &cspec);
+        let files = secrets::resolve(&d, FileKind::Config, &cspec, d.data_key.as_ref());
         assert_eq!(files[0].target, "/conf");
         assert_eq!(files[0].data, b"listen 80;");
+    }
+
+    #[test]
+    fn the_stored_data_key_is_sealed_and_opens_only_with_the_kek() {
+        let kek = crate::keys::Kek::generate().unwrap();
+        let key = secrets::new_data_key().unwrap();
+        let o = FileObject {
+            id: "s1".into(),
+            version: 0,
+            name: "db".into(),
+            labels: Default::default(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            sealed: secrets::seal(&key, "s1", b"hunter2").unwrap(),
+        };
+        let store = Store::new();
+        store.apply(
+            1,
+            &Txn::new(vec![
+                Op::Create(Object::DataKey(kek.seal_data_key(&key).unwrap())),
+                Op::Create(Object::Secret(o)),
+            ]),
+        );
+        let d = store.clone_data();
+        let bytes = serde_json::to_string(&d).unwrap();
+        assert!(!bytes.contains(&key.key), "data key in the clear");
+        let spec = spec_with_secret("web", "db").task;
+        let opened = secrets::data_key(&d, &kek);
+        let files = secrets::resolve(&d, FileKind::Secret, &spec, opened.as_ref());
+        assert_eq!(files[0].data, b"hunter2");
+        let other = crate::keys::Kek::generate().unwrap();
+        assert!(secrets::data_key(&d, &other).is_none());
+        // What the dispatcher sends the node that runs a task naming it.
+        let a = crate::dispatcher::assignments_for(&d, "n1", &kek);
+        assert!(a.is_empty(), "no task placed yet");
     }
 
     #[test]

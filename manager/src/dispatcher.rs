@@ -63,7 +63,12 @@ pub struct Dispatcher {
 
 /// The tasks a node must know about: everything placed on it except tasks that have ended
 /// and are not meant to run (those it may forget).
-pub fn assignments_for(d: &crate::store::StoreData, node_id: &str) -> BTreeMap<String, Assignment> {
+pub fn assignments_for(
+    d: &crate::store::StoreData,
+    node_id: &str,
+    kek: &crate::keys::Kek,
+) -> BTreeMap<String, Assignment> {
+    let mut key = None;
     d.node_tasks(node_id)
         .filter(|t| t.status.state >= TaskState::Assigned)
         .filter(|t| !(t.status.state.is_terminal() && t.desired_state > TaskState::Running))
@@ -82,13 +87,29 @@ pub fn assignments_for(d: &crate::store::StoreData, node_id: &str) -> BTreeMap<S
                         .get(node_id)
                         .map(|n| n.description.hostname.clone())
                         .unwrap_or_default(),
-                    secrets: crate::secrets::resolve(d, crate::secrets::FileKind::Secret, &t.spec),
-                    configs: crate::secrets::resolve(d, crate::secrets::FileKind::Config, &t.spec),
+                    secrets: resolve(d, crate::secrets::FileKind::Secret, &t.spec, kek, &mut key),
+                    configs: resolve(d, crate::secrets::FileKind::Config, &t.spec, kek, &mut key),
                     networks: t.networks.clone(),
                 },
             )
         })
         .collect()
+}
+
+/// The files of `kind` a task spec names; the data key is opened at most once per call of
+/// [`assignments_for`] (`key`), and only when some task names a secret or config.
+fn resolve(
+    d: &StoreData,
+    kind: crate::secrets::FileKind,
+    spec: &proto::spec::TaskSpec,
+    kek: &crate::keys::Kek,
+    key: &mut Option<Option<crate::store::DataKey>>,
+) -> Vec<proto::spec::FileData> {
+    if kind.refs(spec).is_empty() {
+        return Vec::new();
+    }
+    let key = key.get_or_insert_with(|| crate::secrets::data_key(d, kek));
+    crate::secrets::resolve(d, kind, spec, key.as_ref())
 }
 
 /// Whether a task takes traffic: RUNNING, meant to run, on a ready node.
@@ -727,7 +748,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         let (tx, rx) = mpsc::channel(16);
         let node_id = cert.node_id.clone();
         let mut events = mgr.store.watch();
-        let mut sent = mgr.store.view(|d| assignments_for(d, &node_id));
+        let mut sent = mgr.store.view(|d| assignments_for(d, &node_id, &mgr.kek));
         let (mut net_sent, mut net_busy) = mgr.store.view(|d| net_json(d, &node_id));
         let mut first = dispatcher.session_message(&mgr, &node_id);
         first.net_json = net_sent.clone();
@@ -767,7 +788,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                         let mut m = dispatcher.session_message(&mgr, &node_id);
                         let mut any = false;
                         if relevant {
-                            let now = mgr.store.view(|d| assignments_for(d, &node_id));
+                            let now = mgr.store.view(|d| assignments_for(d, &node_id, &mgr.kek));
                             if let Some(a) = diff_assignments(&sent, &now) {
                                 m.assignments = Some(a);
                                 sent = now;
@@ -1041,7 +1062,7 @@ mod tests {
         let t = task(&d, "t1", &web, "n1", TaskState::Assigned);
         d.apply_txn(4, &Txn::new(vec![Op::Create(Object::Task(t.clone()))]))
             .unwrap();
-        let a = assignments_for(&d, "n1");
+        let a = assignments_for(&d, "n1", &crate::keys::Kek::generate().unwrap());
         assert_eq!(a["t1"].networks, t.networks);
         assert_eq!(a["t1"].networks.len(), 1);
     }

@@ -38,6 +38,9 @@ pub struct ManagerConfig {
     pub listen_addr: SocketAddr,
     pub advertise_addr: String,
     pub tuning: RaftTuning,
+    /// The cluster's key-encrypting key; `None`: the one in the data dir's key file, or a new
+    /// one if there is none ([`crate::keys::load_or_create`]).
+    pub kek: Option<crate::keys::Kek>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +54,13 @@ pub enum ManagerError {
     Raft(#[from] raft::RaftSetupError),
     #[error("raft initialisation failed: {0}")]
     Init(String),
+    #[error(transparent)]
+    Keys(#[from] crate::keys::KeyError),
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The services the TCP server needs besides raft; built by the node glue, which also
@@ -72,6 +82,8 @@ pub struct Manager {
     /// The term this node acts as leader of, and a token cancelled when that ends; set and
     /// cleared only by the lease loop.
     leader_token: std::sync::Mutex<Option<(u64, CancellationToken)>>,
+    /// The cluster's key-encrypting key: opens the data key and the root CA key in the store.
+    pub kek: crate::keys::Kek,
     cancel: CancellationToken,
     failed: CancellationToken,
     tasks: TaskTracker,
@@ -153,8 +165,16 @@ impl Manager {
         extra: Option<ExtraRoutes>,
     ) -> Result<Arc<Manager>, ManagerError> {
         let store = Store::new();
-        std::fs::create_dir_all(&config.data_dir).ok();
         let live = Liveness::new();
+        // The raft database and the key file are the node's alone.
+        crate::keys::create_private_dir(&config.data_dir).map_err(|e| ManagerError::DataDir {
+            path: config.data_dir.clone(),
+            source: e,
+        })?;
+        let kek = match &config.kek {
+            Some(k) => k.clone(),
+            None => crate::keys::load_or_create(&config.data_dir)?,
+        };
         let raft = raft::start(
             config.raft_id,
             &config.data_dir,
@@ -163,6 +183,9 @@ impl Manager {
             &config.tuning,
         )
         .await?;
+        if let Err(e) = crate::keys::restrict_tree(&config.data_dir) {
+            tracing::warn!(error = %e, "cannot restrict the modes of the raft files");
+        }
         let auth = Authorizer::new(store.clone());
         let cancel = CancellationToken::new();
         let (leadership_tx, _) = tokio::sync::watch::channel(Leadership::Unknown {
@@ -173,6 +196,7 @@ impl Manager {
         let mgr = Arc::new(Manager {
             writes,
             dispatcher: Arc::new(Dispatcher::new(store.clone())),
+            kek,
             config,
             raft: raft.clone(),
             store,
@@ -216,6 +240,10 @@ impl Manager {
             .spawn(async move { m.write_loop(writes_rx).await });
         let m = mgr.clone();
         mgr.tasks.spawn(async move { m.leadership_loop().await });
+        let m = mgr.clone();
+        let c = cancel.clone();
+        mgr.tasks
+            .spawn(async move { crate::keys::keep_file(m, c).await });
         Ok(mgr)
     }
 

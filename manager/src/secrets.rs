@@ -3,7 +3,8 @@
 //!
 //! Data is sealed with ChaCha20-Poly1305 under the cluster's data key ([`DataKey`]) before it
 //! goes into a transaction, so the raft log, snapshots and the in-memory store only ever hold
-//! ciphertext. The object id is the associated data: a sealed blob cannot be moved to another
+//! ciphertext. The data key itself is stored sealed with the key-encrypting key, which is kept
+//! outside the store ([`crate::keys`]); [`data_key`] opens it. The object id is the associated data: a sealed blob cannot be moved to another
 //! object unnoticed. Only the dispatcher opens it, for the assignments of the node that runs a
 //! task naming it.
 
@@ -207,16 +208,35 @@ pub fn check_refs(d: &StoreData, spec: &TaskSpec) -> Result<(), String> {
     Ok(())
 }
 
-/// The data of the secrets (or configs) a task spec names, opened for its node; targets
+/// The store's data key, opened with the KEK; `None` if there is none yet (or it cannot be
+/// opened, which is logged).
+pub fn data_key(d: &StoreData, kek: &crate::keys::Kek) -> Option<DataKey> {
+    let stored = d.data_key.as_ref()?;
+    match kek.open_data_key(stored) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the data key");
+            None
+        }
+    }
+}
+
+/// The data of the secrets (or configs) a task spec names, opened for its node with the
+/// (opened) data `key`; targets
 /// defaulted (secrets: the name, under /run/secrets; configs: `/NAME`). A reference that
 /// cannot be resolved is left out (and logged without its data): the task then fails on the
 /// worker for a missing file rather than the whole node's assignments failing.
-pub fn resolve(d: &StoreData, kind: FileKind, spec: &TaskSpec) -> Vec<FileData> {
+pub fn resolve(
+    d: &StoreData,
+    kind: FileKind,
+    spec: &TaskSpec,
+    key: Option<&DataKey>,
+) -> Vec<FileData> {
     let refs = kind.refs(spec);
     if refs.is_empty() {
         return Vec::new();
     }
-    let Some(key) = d.data_key.as_ref() else {
+    let Some(key) = key else {
         tracing::warn!("a task names a {} but no data key exists", kind.noun());
         return Vec::new();
     };

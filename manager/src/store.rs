@@ -47,6 +47,10 @@ pub struct Cluster {
     /// Prefix length of the subnets taken from the pool.
     #[serde(default = "default_addr_pool_mask_len")]
     pub default_addr_pool_mask_len: u8,
+    /// Autolock: the unlock key, sealed with the cluster's key-encrypting key
+    /// ([`crate::keys`]); `None` when autolock is off.
+    #[serde(default)]
+    pub unlock_key: Option<String>,
 }
 
 pub fn default_addr_pool() -> Vec<String> {
@@ -257,15 +261,13 @@ pub struct Task {
 }
 
 /// The key that seals secret and config data ([`crate::secrets`]); created with the first
-/// secret or config. At most one exists.
-// Known gap: Swarm keeps its data key out of the replicated state (a key file per manager,
-// handed to managers at join); here it travels in the raft log and snapshots next to the
-// data it seals, which protects against a casual look at the store, not against a copy of it.
+/// secret or config. At most one exists. It is stored sealed with the cluster's
+/// key-encrypting key, which lives outside the store ([`crate::keys`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataKey {
     pub id: String,
     pub version: u64,
-    /// Hex of 32 random bytes.
+    /// Hex of 32 random bytes, sealed with the KEK (`kek1:…`) as stored.
     pub key: String,
 }
 

@@ -291,6 +291,7 @@ impl Sim {
             listen_addr: "127.0.0.1:0".parse().unwrap(),
             advertise_addr: format!("m{id}"),
             tuning: self.tuning.clone().unwrap_or_else(|| tuning(id)),
+            kek: None,
         };
         let factory = SimFactory {
             from: id,
@@ -513,7 +514,7 @@ fn spawn_worker(
             if leader.dispatcher.heartbeat(&leader, &id).await.is_err() {
                 continue;
             }
-            let assigned = leader.store.view(|d| assignments_for(d, &id));
+            let assigned = leader.store.view(|d| assignments_for(d, &id, &leader.kek));
             let mut reports = Vec::new();
             if reported_to != Some(leader.config.raft_id) {
                 reported_to = Some(leader.config.raft_id);
@@ -612,6 +613,7 @@ async fn run_seed(seed: u64) -> Vec<String> {
     let mut ops = vec![Op::Create(Object::Cluster(Cluster {
         default_addr_pool: manager::store::default_addr_pool(),
         default_addr_pool_mask_len: 24,
+        unlock_key: None,
         id: "sim".into(),
         version: 0,
         created_at_ms: 0,
@@ -1052,6 +1054,7 @@ fn label_write(m: &Manager, n: u32) -> Txn {
             cert_expiry_ms: 1,
             removed_nodes: Default::default(),
             rebalance_on_join: false,
+            unlock_key: None,
         });
         let op = if d.cluster.is_some() {
             c.heartbeat_period_ms = 1000 + u64::from(n);

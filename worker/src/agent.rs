@@ -173,7 +173,12 @@ impl Agent {
             }
             match res {
                 Ok(()) => {}
-                Err(SessionError::Status(s)) if s.code() == Code::NotFound => {
+                // Not found: the node is gone from the store; permission denied: its
+                // certificate is refused (the node was removed, or it belongs to another
+                // cluster). Neither heals by retrying: the node must leave and join again.
+                Err(SessionError::Status(s))
+                    if matches!(s.code(), Code::NotFound | Code::PermissionDenied) =>
+                {
                     tracing::warn!(error = %s.message(), "the swarm no longer knows this node");
                     let _ = self.events.send(AgentEvent::Removed).await;
                     return;

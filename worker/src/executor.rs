@@ -303,6 +303,32 @@ impl Executor {
         out
     }
 
+    /// Leaving the swarm: every task is unassigned, stopped (with its grace period) and
+    /// removed, then the drivers shut down. Shutting down at once would leave the containers
+    /// running (shutdown leaves processes as they are, for a restarted agent to adopt).
+    /// Returns whether every task was gone within `timeout`.
+    pub async fn leave(&self, timeout: Duration) -> bool {
+        self.apply(true, Vec::new(), Vec::new());
+        let drained = self.drain(timeout).await;
+        self.shutdown().await;
+        drained
+    }
+
+    /// Wait until every task is stopped, removed and forgotten (after an `apply` that
+    /// unassigned them all), at most `timeout`. Returns whether none is left.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.inner.lock_tasks().is_empty() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Stop driving: every driver ends at its next await, leaving processes as they are (a
     /// restarted agent adopts them), and this returns once all have ended.
     pub async fn shutdown(&self) {
@@ -829,6 +855,42 @@ mod tests {
             h.reports.try_recv().is_err(),
             "a terminal state is reported once"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leave_stops_and_removes_every_task_before_shutting_down() {
+        let mut h = harness();
+        let mut t1 = assignment("t1", &[], Running);
+        t1.spec.stop_grace_period_ms = 2_000;
+        let t2 = assignment("t2", &[], Running);
+        h.executor.apply(false, vec![t1, t2], vec![]);
+        let mut running = 0;
+        while running < 2 {
+            if h.next().await.status.state == Running {
+                running += 1;
+            }
+        }
+        assert_eq!(h.runtime.task_count(), 2);
+
+        assert!(h.executor.leave(Duration::from_secs(30)).await);
+        assert_eq!(h.runtime.task_count(), 0, "{:?}", h.runtime.calls());
+        let calls = h.runtime.calls();
+        for c in ["stop t1", "remove t1", "stop t2", "remove t2"] {
+            assert!(calls.contains(&c.to_string()), "{c}: {calls:?}");
+        }
+        assert!(h.executor.statuses().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_leaves_tasks_running() {
+        let mut h = harness();
+        h.executor
+            .apply(false, vec![assignment("t1", &[], Running)], vec![]);
+        h.states_until("t1", Running).await;
+        h.executor.apply(true, Vec::new(), Vec::new());
+        h.executor.shutdown().await;
+        h.settle().await;
+        assert_eq!(h.runtime.task_count(), 1, "{:?}", h.runtime.calls());
     }
 
     #[tokio::test(start_paused = true)]

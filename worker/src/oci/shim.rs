@@ -412,7 +412,14 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     tmp.push(OsStr::new(".tmp"));
     let tmp = PathBuf::from(tmp);
     {
-        let mut file = File::create(&tmp)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        // The node's own records (task.json holds the task's spec): not for other users.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         file.write_all(data)?;
         file.sync_all()?;
     }
