@@ -201,8 +201,11 @@ impl ControlApi {
             }
             adds.push((k.to_string(), v.to_string()));
         }
-        proto::limits::check_labels("node label", adds.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .map_err(Status::invalid_argument)?;
+        proto::limits::check_labels(
+            "node label",
+            adds.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .map_err(Status::invalid_argument)?;
         let mut id = String::new();
         update_with_retry(&self.mgr, |d| {
             let mut n = d

@@ -6,78 +6,19 @@
 //! a temporary directory; nothing here needs a lab.
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{anyhow, ensure, Context, Result};
-use harness::{eventually, shoal_bin};
+use anyhow::{anyhow, ensure, Result};
+use harness::{eventually, SoloDaemon as Daemon};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A daemon started by this test, killed (by its pid) when dropped.
-struct Daemon {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start(extra: &[&str]) -> Result<Daemon> {
-        let dir = tempfile::tempdir()?;
-        let log = std::fs::File::create(dir.path().join("daemon.log"))?;
-        let child = Command::new(shoal_bin())
-            .arg("daemon")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--socket")
-            .arg(dir.path().join("shoal.sock"))
-            .args(["--runtime", "fake"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting shoal daemon")?;
-        let d = Daemon { child, dir };
-        eventually("the daemon's socket answers", WAIT, || {
-            let out = d.cli().arg("info").output()?;
-            ensure!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            Ok(())
-        })?;
-        Ok(d)
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("shoal.sock")
-    }
-
-    fn log(&self) -> Result<Vec<u8>> {
-        Ok(std::fs::read(self.dir.path().join("daemon.log"))?)
-    }
-
-    fn cli(&self) -> Command {
-        let mut c = Command::new(shoal_bin());
-        c.arg("-H")
-            .arg(format!("unix://{}", self.socket().display()));
-        c
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The log once it holds the daemon's "listening" line.
 fn log_with_listening(d: &Daemon) -> Result<Vec<u8>> {
     eventually("the daemon logged that it listens", WAIT, || {
-        let log = d.log()?;
+        let log = std::fs::read(d.log_path())?;
         ensure!(
             String::from_utf8_lossy(&log).contains("listening"),
             "not yet"
@@ -129,14 +70,14 @@ fn a_closed_output_pipe_ends_a_command_quietly() -> Result<()> {
 fn the_daemon_log_file_has_no_colour_codes() -> Result<()> {
     let d = Daemon::start(&[])?;
     let log = log_with_listening(&d)?;
-    no_escape_bytes(&log, &d.dir.path().join("daemon.log"))
+    no_escape_bytes(&log, &d.log_path())
 }
 
 #[test]
 fn log_format_json_writes_one_object_a_line() -> Result<()> {
     let d = Daemon::start(&["--log-format", "json"])?;
     let log = log_with_listening(&d)?;
-    no_escape_bytes(&log, &d.dir.path().join("daemon.log"))?;
+    no_escape_bytes(&log, &d.log_path())?;
     let text = String::from_utf8(log)?;
     let mut listening = false;
     for line in text.lines().filter(|l| !l.trim().is_empty()) {

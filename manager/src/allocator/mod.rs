@@ -290,7 +290,9 @@ pub fn node_ports(d: &StoreData) -> BTreeMap<(u16, PortProtocol), String> {
         if let Ok(a) = n.description.addr.parse::<std::net::SocketAddr>() {
             ports
                 .entry((a.port(), PortProtocol::Tcp))
-                .or_insert_with(|| format!("the control port of manager {}", n.description.hostname));
+                .or_insert_with(|| {
+                    format!("the control port of manager {}", n.description.hostname)
+                });
         }
     }
     ports

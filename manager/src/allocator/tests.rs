@@ -307,7 +307,10 @@ fn the_nodes_own_ports_cannot_be_published_nor_handed_out() {
     w.description.addr = "192.168.0.6:30001".into();
     d.apply_txn(
         3,
-        &Txn::new(vec![Op::Create(Object::Node(m)), Op::Create(Object::Node(w))]),
+        &Txn::new(vec![
+            Op::Create(Object::Node(m)),
+            Op::Create(Object::Node(w)),
+        ]),
     )
     .unwrap();
     let refused = |p: PortConfig| {
@@ -344,8 +347,15 @@ fn overlay_subnets_keep_clear_of_the_nodes_addresses() {
     n.description.addr = "10.0.2.7:2377".into();
     d.apply_txn(3, &Txn::new(vec![Op::Create(Object::Node(n))]))
         .unwrap();
-    let e = new_network(&d, &net_spec("x", "10.0.2.0/23"), &pool(), 24, "x".into(), 0)
-        .unwrap_err();
+    let e = new_network(
+        &d,
+        &net_spec("x", "10.0.2.0/23"),
+        &pool(),
+        24,
+        "x".into(),
+        0,
+    )
+    .unwrap_err();
     assert_eq!(
         e.to_string(),
         "--subnet 10.0.2.0/23 holds the address 10.0.2.7 of node w1; choose a subnet that no node's address is in"
