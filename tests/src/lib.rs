@@ -227,20 +227,6 @@ pub fn call_as(
     })?
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefixes_are_short_and_valid() {
-        let p = unique_prefix("ab");
-        assert!(p.len() <= 8 && p.starts_with("ztab"));
-        assert!(p
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
-    }
-}
-
 /// One `shoal daemon` in this machine's own namespace (fake runtime), with its data dir,
 /// socket and log file in a temporary directory; killed, by its pid, when dropped. For tests
 /// of the binary as a process, and of a one-node swarm on loopback, without a lab.
@@ -316,5 +302,19 @@ impl Drop for SoloDaemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_short_and_valid() {
+        let p = unique_prefix("ab");
+        assert!(p.len() <= 8 && p.starts_with("ztab"));
+        assert!(p
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
     }
 }
