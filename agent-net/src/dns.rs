@@ -28,13 +28,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::op::{
+    Edns, Header, HeaderCounts, Message, MessageType, Metadata, OpCode, Query, ResponseCode,
+};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
-use hickory_proto::xfer::Protocol;
-use hickory_server::authority::MessageResponseBuilder;
+use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::ServerFuture;
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
+use hickory_server::Server as DnsServer;
 use nix::sched::{setns, CloneFlags};
 use proto::spec::{EndpointMode, NodeNetState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -48,6 +51,8 @@ pub const DNS_PORT: u16 = 53;
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 /// A TCP client that sends nothing for this long is dropped.
 const TCP_IDLE: Duration = Duration::from_secs(5);
+/// Replies queued per TCP connection before the server waits for the client to read.
+const TCP_REPLY_BUFFER: usize = 32;
 /// How long a replaced or stopped server may take to close its sockets.
 const STOP_WAIT: Duration = Duration::from_secs(5);
 
@@ -311,9 +316,9 @@ impl Dns {
             networks,
             upstreams,
         };
-        let mut server = ServerFuture::new(handler);
+        let mut server = DnsServer::new(handler);
         server.register_socket(udp);
-        server.register_listener(tcp, TCP_IDLE);
+        server.register_listener(tcp, TCP_IDLE, TCP_REPLY_BUFFER);
         // Cancelling it ends the server's loops, which drops (closes) both sockets.
         let stop = server.shutdown_token().clone();
         let id = task_id.to_string();
@@ -473,20 +478,22 @@ pub fn answer(
 
 #[async_trait::async_trait]
 impl RequestHandler for TaskHandler {
-    async fn handle_request<R: ResponseHandler>(
+    async fn handle_request<R: ResponseHandler, T: Time>(
         &self,
         request: &Request,
         mut response: R,
     ) -> ResponseInfo {
-        let edns = request.edns().map(|e| {
+        let edns = request.edns.as_ref().map(|e| {
             let mut ours = Edns::new();
             ours.set_max_payload(e.max_payload().max(512));
             ours
         });
         let error = |code| {
-            MessageResponseBuilder::from_message_request(request).error_msg(request.header(), code)
+            MessageResponseBuilder::from_message_request(request).error_msg(&request.metadata, code)
         };
-        if request.message_type() != MessageType::Query || request.op_code() != OpCode::Query {
+        if request.metadata.message_type != MessageType::Query
+            || request.metadata.op_code != OpCode::Query
+        {
             return send(&mut response, error(ResponseCode::NotImp)).await;
         }
         let Ok(info) = request.request_info() else {
@@ -506,10 +513,10 @@ impl RequestHandler for TaskHandler {
             query.query_type(),
             query.query_class(),
         );
-        let mut header = Header::response_from_request(request.header());
-        header.set_recursion_available(true);
+        let mut meta = Metadata::response_from_request(&request.metadata);
+        meta.recursion_available = true;
         let mut builder = MessageResponseBuilder::from_message_request(request);
-        if let Some(edns) = edns {
+        if let Some(edns) = &edns {
             builder.edns(edns);
         }
         match decided {
@@ -523,14 +530,14 @@ impl RequestHandler for TaskHandler {
                     .into_iter()
                     .map(|a| Record::from_rdata(query.name().clone(), 0, RData::A(A(a))))
                     .collect();
-                header.set_authoritative(true);
-                let msg = builder.build(header, records.iter(), [], [], []);
+                meta.authoritative = true;
+                let msg = builder.build(meta, records.iter(), [], [], []);
                 send(&mut response, msg).await
             }
             Answer::NxDomain => {
-                header.set_authoritative(true);
-                header.set_response_code(ResponseCode::NXDomain);
-                send(&mut response, builder.build_no_records(header)).await
+                meta.authoritative = true;
+                meta.response_code = ResponseCode::NXDomain;
+                send(&mut response, builder.build_no_records(meta)).await
             }
             Answer::Forward => {
                 let upstreams = if self.upstreams.is_empty() {
@@ -541,24 +548,24 @@ impl RequestHandler for TaskHandler {
                 let tcp = request.protocol() == Protocol::Tcp;
                 match forward(upstreams, &query, request, tcp).await {
                     Some(reply) => {
-                        header.set_response_code(reply.response_code());
-                        header.set_recursion_available(reply.recursion_available());
-                        header.set_truncated(reply.truncated());
-                        header.set_authentic_data(reply.authentic_data());
+                        meta.response_code = reply.metadata.response_code;
+                        meta.recursion_available = reply.metadata.recursion_available;
+                        meta.truncation = reply.metadata.truncation;
+                        meta.authentic_data = reply.metadata.authentic_data;
                         let msg = builder.build(
-                            header,
-                            reply.answers(),
-                            reply.name_servers(),
+                            meta,
+                            reply.answers.iter(),
+                            reply.authorities.iter(),
                             [],
-                            reply.additionals(),
+                            reply.additionals.iter(),
                         );
                         send(&mut response, msg).await
                     }
                     None => {
                         tracing::debug!(task = %self.task_id, name = %query.name(),
                             "no upstream answered: SERVFAIL");
-                        header.set_response_code(ResponseCode::ServFail);
-                        send(&mut response, builder.build_no_records(header)).await
+                        meta.response_code = ResponseCode::ServFail;
+                        send(&mut response, builder.build_no_records(meta)).await
                     }
                 }
             }
@@ -568,7 +575,7 @@ impl RequestHandler for TaskHandler {
 
 async fn send<'a, R: ResponseHandler>(
     response: &mut R,
-    msg: hickory_server::authority::MessageResponse<
+    msg: MessageResponse<
         '_,
         'a,
         impl Iterator<Item = &'a Record> + Send + 'a,
@@ -577,16 +584,19 @@ async fn send<'a, R: ResponseHandler>(
         impl Iterator<Item = &'a Record> + Send + 'a,
     >,
 ) -> ResponseInfo {
-    let id = msg.header().id();
+    let id = msg.metadata().id;
+    let op_code = msg.metadata().op_code;
     match response.send_response(msg).await {
         Ok(info) => info,
         Err(e) => {
             tracing::debug!("sending a DNS reply: {e}");
-            let mut header = Header::new();
-            header.set_id(id);
-            header.set_message_type(MessageType::Response);
-            header.set_response_code(ResponseCode::ServFail);
-            header.into()
+            let mut metadata = Metadata::new(id, MessageType::Response, op_code);
+            metadata.response_code = ResponseCode::ServFail;
+            Header {
+                metadata,
+                counts: HeaderCounts::default(),
+            }
+            .into()
         }
     }
 }
@@ -602,14 +612,11 @@ async fn forward(
         return None;
     }
     let id: u16 = rand::random();
-    let mut msg = Message::new();
-    msg.set_id(id)
-        .set_message_type(MessageType::Query)
-        .set_op_code(OpCode::Query)
-        .set_recursion_desired(request.header().recursion_desired())
-        .set_checking_disabled(request.header().checking_disabled())
-        .add_query(query.clone());
-    if let Some(e) = request.edns() {
+    let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
+    msg.metadata.recursion_desired = request.metadata.recursion_desired;
+    msg.metadata.checking_disabled = request.metadata.checking_disabled;
+    msg.add_query(query.clone());
+    if let Some(e) = &request.edns {
         let mut ours = Edns::new();
         ours.set_max_payload(e.max_payload().max(512));
         ours.set_dnssec_ok(e.flags().dnssec_ok);
@@ -645,9 +652,9 @@ fn matches(reply: &Message, id: u16, query: &[u8]) -> bool {
     let Ok(sent) = Message::from_vec(query) else {
         return false;
     };
-    reply.id() == id
-        && reply.message_type() == MessageType::Response
-        && reply.queries() == sent.queries()
+    reply.metadata.id == id
+        && reply.metadata.message_type == MessageType::Response
+        && reply.queries == sent.queries
 }
 
 async fn ask_udp(up: SocketAddr, query: &[u8], id: u16) -> std::io::Result<Message> {

@@ -76,6 +76,9 @@ pub struct NodeRules<'a> {
     pub gateway_port_prefix: String,
     /// The ingress sandbox's interface in the node namespace.
     pub sandbox_if: String,
+    /// Ports the node uses itself ([`proto::spec::NODE_PORTS`], its manager port): never
+    /// published, whatever the state says, and passed over before any published port.
+    pub reserved_ports: BTreeSet<(PortProtocol, u16)>,
 }
 
 impl<'a> NodeRules<'a> {
@@ -92,6 +95,10 @@ impl<'a> NodeRules<'a> {
             gateway_bridge: "shoal0".into(),
             gateway_port_prefix: "vs".into(),
             sandbox_if: "shoal_ing".into(),
+            reserved_ports: proto::spec::NODE_PORTS
+                .iter()
+                .map(|(proto, port, _)| (*proto, *port))
+                .collect(),
         }
     }
 }
@@ -147,7 +154,11 @@ pub fn plan_ports(rules: &NodeRules) -> Vec<PortForward> {
     for svc in &state.services {
         let backends = sorted_backends(&svc.backends);
         for pc in &svc.ports {
-            if pc.published_port == 0 || ports.contains_key(&(pc.protocol, pc.published_port)) {
+            let key = (pc.protocol, pc.published_port);
+            if pc.published_port == 0
+                || ports.contains_key(&key)
+                || rules.reserved_ports.contains(&key)
+            {
                 continue;
             }
             let local = |b: &Backend| rules.local_gateway_addrs.get(&b.task_id).copied();
@@ -291,6 +302,24 @@ pub fn render_node(rules: &NodeRules) -> String {
              \t}\n\
              \tchain published {\n",
         );
+        // The node's own ports leave the chain before any DNAT rule can meet them, so even a
+        // state that publishes one cannot take the node's control or overlay traffic.
+        for proto in [PortProtocol::Tcp, PortProtocol::Udp] {
+            let own: Vec<String> = rules
+                .reserved_ports
+                .iter()
+                .filter(|(p, _)| *p == proto)
+                .map(|(_, port)| port.to_string())
+                .collect();
+            if !own.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "\t\t{} dport {{ {} }} return",
+                    proto.as_str(),
+                    own.join(", ")
+                );
+            }
+        }
         for p in &open {
             let targets: Vec<(String, String)> = p
                 .targets
@@ -608,6 +637,36 @@ mod tests {
         assert!(script.contains("iifname \"shoal0\" oifname \"shoal0\" ct status & dnat == 0 drop"));
         assert!(!script.contains("chain closed"));
         assert!(script.starts_with("table ip shoal {}\ndelete table ip shoal\ntable ip shoal {"));
+    }
+
+    #[test]
+    fn the_nodes_own_ports_are_never_captured_by_the_mesh() {
+        // A state that publishes the manager port, VXLAN and this node's manager port (it
+        // listens on 2400) must leave them alone; 8080 is still published.
+        let st = state(vec![web(
+            vec![
+                port(PortProtocol::Tcp, 2377, 80, PublishMode::Ingress),
+                port(PortProtocol::Udp, 4789, 80, PublishMode::Ingress),
+                port(PortProtocol::Tcp, 2400, 80, PublishMode::Host),
+                port(PortProtocol::Tcp, 8080, 80, PublishMode::Ingress),
+            ],
+            vec![backend("t1", "n1", Some(ip(11)), None)],
+        )]);
+        let local = BTreeMap::from([("t1".to_string(), Ipv4Addr::new(172, 30, 0, 5))]);
+        let mut rules = NodeRules::new(&st, local);
+        rules.reserved_ports.insert((PortProtocol::Tcp, 2400));
+        let planned: Vec<u16> = plan_ports(&rules).iter().map(|p| p.port).collect();
+        assert_eq!(planned, vec![8080]);
+        let script = render_node(&rules);
+        for own in ["dport 2377 ", "dport 4789 ", "dport 2400 "] {
+            assert!(!script.contains(own), "{own} is published:\n{script}");
+        }
+        let published = script.find("chain published {").expect("published chain");
+        let returns = script
+            .find("tcp dport { 2377, 2400 } return\n\t\tudp dport { 4789 } return\n")
+            .unwrap_or_else(|| panic!("no return rules:\n{script}"));
+        let first_dnat = script.find("dnat").expect("a dnat rule");
+        assert!(published < returns && returns < first_dnat, "{script}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use proto::spec::{Assignment, NodeNetState, TaskNetwork};
+use proto::spec::{Assignment, NodeNetState, PortProtocol, TaskNetwork};
 use tokio_util::sync::CancellationToken;
 
 use crate::dns::Dns;
@@ -60,6 +60,8 @@ pub struct NodeNet {
     kick: tokio::sync::Notify,
     /// True once the dispatcher has said where this node's underlay is.
     known: tokio::sync::watch::Sender<bool>,
+    /// Ports this node listens on besides [`proto::spec::NODE_PORTS`] (its manager port).
+    reserved_ports: Mutex<BTreeSet<(PortProtocol, u16)>>,
 }
 
 /// How long an attach waits for the node's first network state (sent with the first
@@ -85,7 +87,20 @@ impl NodeNet {
             datapath: tokio::sync::Mutex::new(()),
             kick: tokio::sync::Notify::new(),
             known: tokio::sync::watch::Sender::new(false),
+            reserved_ports: Mutex::new(BTreeSet::new()),
         }))
+    }
+
+    /// Keep `port` out of the routing mesh: the node listens on it itself.
+    pub fn reserve_port(&self, protocol: PortProtocol, port: u16) {
+        let added = self
+            .reserved_ports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((protocol, port));
+        if added {
+            self.kick.notify_one();
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -321,7 +336,15 @@ impl NodeNet {
                 .iter()
                 .filter_map(|(id, t)| t.gateway_addr.map(|a| (id.clone(), a)))
                 .collect();
-            let script = nft::render_node(&nft::NodeRules::new(&st.net, gw));
+            let mut rules = nft::NodeRules::new(&st.net, gw);
+            rules.reserved_ports.extend(
+                self.reserved_ports
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .copied(),
+            );
+            let script = nft::render_node(&rules);
             let node_script = (st.node_rules.as_deref() != Some(script.as_str())).then_some(script);
             let tasks: Vec<(String, PathBuf, String)> = st
                 .tasks

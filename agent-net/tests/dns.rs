@@ -88,19 +88,16 @@ impl Ns {
 
 fn query(name: &str, qtype: RecordType) -> (u16, Vec<u8>) {
     let id: u16 = rand::random();
-    let mut msg = Message::new();
-    msg.set_id(id)
-        .set_message_type(MessageType::Query)
-        .set_op_code(OpCode::Query)
-        .set_recursion_desired(true)
-        .add_query(Query::query(Name::from_ascii(name).expect("name"), qtype));
+    let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
+    msg.metadata.recursion_desired = true;
+    msg.add_query(Query::query(Name::from_ascii(name).expect("name"), qtype));
     (id, msg.to_vec().expect("encoding"))
 }
 
 fn checked(id: u16, bytes: &[u8]) -> std::io::Result<Message> {
     let reply = Message::from_vec(bytes).map_err(std::io::Error::other)?;
-    assert_eq!(reply.id(), id, "the reply's id is the query's");
-    assert_eq!(reply.message_type(), MessageType::Response);
+    assert_eq!(reply.metadata.id, id, "the reply's id is the query's");
+    assert_eq!(reply.metadata.message_type, MessageType::Response);
     Ok(reply)
 }
 
@@ -132,9 +129,9 @@ fn tcp_query(name: &str, qtype: RecordType) -> std::io::Result<Message> {
 
 fn addrs(reply: &Message) -> Vec<Ipv4Addr> {
     let mut v: Vec<Ipv4Addr> = reply
-        .answers()
+        .answers
         .iter()
-        .filter_map(|r| match r.data() {
+        .filter_map(|r| match &r.data {
             RData::A(a) => Some(a.0),
             _ => None,
         })
@@ -208,14 +205,10 @@ fn state() -> NodeNetState {
 }
 
 fn fake_answer(query: &Message) -> Vec<u8> {
-    let mut reply = Message::new();
-    reply
-        .set_id(query.id())
-        .set_message_type(MessageType::Response)
-        .set_op_code(OpCode::Query)
-        .set_recursion_available(true)
-        .add_queries(query.queries().to_vec());
-    if let Some(q) = query.queries().first() {
+    let mut reply = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+    reply.metadata.recursion_available = true;
+    reply.add_queries(query.queries.to_vec());
+    if let Some(q) = query.queries.first() {
         reply.add_answer(Record::from_rdata(
             q.name().clone(),
             60,
@@ -284,9 +277,9 @@ async fn answers_service_names_over_udp_and_tcp() {
         ns.tcp("web.", RecordType::A).await,
         ns.udp("WWW", RecordType::A).await,
     ] {
-        assert_eq!(reply.response_code(), ResponseCode::NoError);
+        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
         assert_eq!(addrs(&reply), vec![ip(1, 2)], "{reply:?}");
-        assert!(reply.answers().iter().all(|r| r.ttl() == 0));
+        assert!(reply.answers.iter().all(|r| r.ttl == 0));
     }
     assert_eq!(
         addrs(&ns.udp("tasks.web", RecordType::A).await),
@@ -306,7 +299,7 @@ async fn answers_service_names_over_udp_and_tcp() {
     );
 
     // dnsrr answers rotate, so clients that take the first spread over the tasks.
-    let first = |m: &Message| match m.answers()[0].data() {
+    let first = |m: &Message| match &m.answers[0].data {
         RData::A(a) => a.0,
         other => panic!("{other:?}"),
     };
@@ -315,8 +308,8 @@ async fn answers_service_names_over_udp_and_tcp() {
     assert_ne!(a, b, "two answers in a row start with the same address");
 
     let aaaa = ns.udp("web", RecordType::AAAA).await;
-    assert_eq!(aaaa.response_code(), ResponseCode::NoError);
-    assert!(aaaa.answers().is_empty());
+    assert_eq!(aaaa.metadata.response_code, ResponseCode::NoError);
+    assert!(aaaa.answers.is_empty());
 
     // A name of a network the task is not on is not ours: it goes upstream.
     let hidden = ns.udp("hidden", RecordType::A).await;
@@ -352,8 +345,8 @@ async fn set_state_takes_effect_at_once() {
     s.services[1].backends.clear();
     dns.set_state(&s);
     let reply = ns.udp("db", RecordType::A).await;
-    assert_eq!(reply.response_code(), ResponseCode::NXDomain);
-    assert!(reply.answers().is_empty());
+    assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+    assert!(reply.answers.is_empty());
     dns.stop("t9");
 }
 
@@ -371,9 +364,9 @@ async fn forwards_unknown_names_to_the_services_then_the_nodes_upstreams() {
         ns1.udp("example.com", RecordType::A).await,
         ns1.tcp("example.com.", RecordType::A).await,
     ] {
-        assert_eq!(reply.response_code(), ResponseCode::NoError);
+        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
         assert_eq!(addrs(&reply), vec![UPSTREAM_ANSWER]);
-        assert_eq!(reply.queries()[0].name().to_ascii(), "example.com.");
+        assert_eq!(reply.queries[0].name().to_ascii(), "example.com.");
     }
 
     // A task without --dns uses the node's.
@@ -400,9 +393,9 @@ async fn servfail_when_upstreams_are_dead_or_silent() {
         .expect("serve");
     let started = Instant::now();
     let reply = ns.udp("example.com", RecordType::A).await;
-    assert_eq!(reply.response_code(), ResponseCode::ServFail);
+    assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
     let reply = ns.tcp("example.com", RecordType::A).await;
-    assert_eq!(reply.response_code(), ResponseCode::ServFail);
+    assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
     println!("refused upstream: SERVFAIL after {:?}", started.elapsed());
 
     // A socket that never answers: SERVFAIL when the forwarding budget is spent (the client's
@@ -418,7 +411,7 @@ async fn servfail_when_upstreams_are_dead_or_silent() {
     .expect("serve again");
     let started = Instant::now();
     let reply = ns.udp("example.com", RecordType::A).await;
-    assert_eq!(reply.response_code(), ResponseCode::ServFail);
+    assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
     println!("silent upstream: SERVFAIL after {:?}", started.elapsed());
 
     // No upstream at all.
@@ -428,7 +421,10 @@ async fn servfail_when_upstreams_are_dead_or_silent() {
         .await
         .expect("serve");
     assert_eq!(
-        ns2.udp("example.com", RecordType::A).await.response_code(),
+        ns2.udp("example.com", RecordType::A)
+            .await
+            .metadata
+            .response_code,
         ResponseCode::ServFail
     );
     dns.stop("t1");

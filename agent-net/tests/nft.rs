@@ -601,6 +601,44 @@ async fn host_mode_reaches_only_local_tasks() {
 }
 
 #[tokio::test]
+async fn the_mesh_never_takes_the_nodes_own_ports() {
+    let mut lab = Lab::new();
+    lab.serve("c1");
+    lab.serve("c2");
+    // The node's own listeners: the manager port and the VXLAN port.
+    let (tcp, udp) = in_ns(&lab.ns("node"), || {
+        (
+            TcpListener::bind("0.0.0.0:2377").expect("tcp bind 2377"),
+            UdpSocket::bind("0.0.0.0:4789").expect("udp bind 4789"),
+        )
+    });
+    lab.servers
+        .push(Server::start("manager".to_string(), tcp, udp));
+    // A state that (wrongly) publishes them, next to an ordinary port.
+    let st = node_state(vec![service(
+        "greedy",
+        vec![
+            port(PortProtocol::Tcp, 2377, PublishMode::Ingress),
+            port(PortProtocol::Udp, 4789, PublishMode::Ingress),
+            port(PortProtocol::Tcp, 8080, PublishMode::Ingress),
+        ],
+        vec![t1(), t2()],
+    )]);
+    apply_node(&lab, &st).await;
+    let (control, vxlan, web) = in_ns(&lab.ns("client"), || {
+        (
+            tcp_get(mesh(2377)),
+            udp_get(mesh(4789)),
+            tcp_get(mesh(8080)),
+        )
+    });
+    assert_eq!(control.expect("2377/tcp").0, "manager");
+    assert_eq!(vxlan.expect("4789/udp").0, "manager");
+    let web = web.expect("8080/tcp").0;
+    assert!(web == "c1" || web == "c2", "8080 went to {web}");
+}
+
+#[tokio::test]
 async fn a_port_without_backends_rejects_at_once() {
     let lab = Lab::new();
     // Something on the node listens on the port: the rule must refuse before it.

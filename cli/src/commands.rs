@@ -135,6 +135,15 @@ pub struct DaemonArgs {
     /// equals it and a raft message may take 5/9 of it).
     #[arg(long, default_value = "450ms", value_parser = parse_duration)]
     pub election_timeout: Duration,
+    /// Log format on stderr: text (coloured only on a terminal) or json (one object a line).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -688,19 +697,31 @@ fn check_locally(cmd: &Cmd) -> CliResult {
 }
 
 fn init_tracing(level: &str) {
+    init_tracing_as(level, LogFormat::Text);
+}
+
+/// Logs on stderr; colour codes only when stderr is a terminal (a daemon's stderr is
+/// usually a log file or a journal, where they are noise).
+fn init_tracing_as(level: &str, format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!(
             "{level},openraft=warn,h2=warn,tower=warn,hyper=warn"
         ))
     });
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
 }
 
 async fn run_daemon(args: DaemonArgs, level: &str) -> i32 {
-    init_tracing(level);
+    init_tracing_as(level, args.log_format);
     let hostname = args.hostname.clone().unwrap_or_else(os_hostname);
     let cfg = crate::daemon::DaemonConfig {
         data_dir: args.data_dir,

@@ -284,13 +284,17 @@ impl Node {
     }
 
     async fn start_manager(&self, st: &NodeFile) -> Result<Arc<Manager>, DaemonError> {
+        if let Some(net) = &self.net {
+            // The routing mesh must never capture this manager's own port.
+            net.reserve_port(proto::spec::PortProtocol::Tcp, st.listen_addr.port());
+        }
         let weak = self.this.clone();
         let extra: ExtraRoutes = Box::new(move |_mgr| {
             let node = weak.upgrade().expect("node outlives its manager");
-            tonic::service::Routes::new(pb::control_server::ControlServer::new(ControlService {
-                node,
-                local: false,
-            }))
+            tonic::service::Routes::new(
+                pb::control_server::ControlServer::new(ControlService { node, local: false })
+                    .max_decoding_message_size(proto::limits::MAX_CONTROL_REQUEST_BYTES),
+            )
         });
         let mgr = Manager::start(self.manager_config(st), self.creds.clone(), extra).await?;
         // Fail fast: a manager whose raft died must not linger half-alive; the supervisor
@@ -1560,9 +1564,11 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
     let svc = pb::control_server::ControlServer::new(ControlService {
         node: node.clone(),
         local: true,
-    });
+    })
+    .max_decoding_message_size(proto::limits::MAX_CONTROL_REQUEST_BYTES);
     let local =
-        pb::node_local_server::NodeLocalServer::new(NodeLocalService { node: node.clone() });
+        pb::node_local_server::NodeLocalServer::new(NodeLocalService { node: node.clone() })
+            .max_decoding_message_size(proto::limits::MAX_CONTROL_REQUEST_BYTES);
     tonic::transport::Server::builder()
         .add_service(svc)
         .add_service(local)

@@ -25,6 +25,9 @@ fn main() {
             }
         },
     };
+    if !matches!(cli.cmd, shoal::commands::Cmd::Daemon(_)) {
+        shoal::output::exit_quietly_on_closed_output();
+    }
     let code = shoal::commands::run(cli);
     std::process::exit(code);
 }

@@ -68,6 +68,34 @@ pub fn json_line(fields: Vec<(&str, Value)>) -> String {
     Value::Object(m).to_string()
 }
 
+/// Whether a panic is `print!`/`println!` (or their stderr twins) failing because the reader
+/// went away, as in `shoal network inspect X | head -1`.
+pub fn is_closed_output_panic(message: &str) -> bool {
+    (message.starts_with("failed printing to stdout")
+        || message.starts_with("failed printing to stderr"))
+        && message.contains("Broken pipe")
+}
+
+/// Make a CLI command end as a C or Go tool does when its output pipe closes: killed by
+/// SIGPIPE, silently, instead of a panic message and exit code 101. Rust ignores SIGPIPE so
+/// that writes return EPIPE; that stays so (sockets to the daemon keep failing with an error
+/// the command reports), and only a failed print to stdout or stderr ends the process.
+pub fn exit_quietly_on_closed_output() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if is_closed_output_panic(info.payload_as_str().unwrap_or_default()) {
+            // SAFETY: restoring a signal's default disposition and raising it has no memory
+            // effects; the process ends here.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                libc::raise(libc::SIGPIPE);
+            }
+            std::process::exit(128 + libc::SIGPIPE);
+        }
+        default(info);
+    }));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +110,16 @@ mod tests {
     fn formats_parse() {
         assert_eq!("json".parse::<Format>().unwrap(), Format::Json);
         assert!("{{.ID}}".parse::<Format>().is_err());
+    }
+
+    #[test]
+    fn only_a_closed_output_counts_as_one() {
+        assert!(is_closed_output_panic(
+            "failed printing to stdout: Broken pipe (os error 32)"
+        ));
+        assert!(!is_closed_output_panic(
+            "failed printing to stdout: No space left on device (os error 28)"
+        ));
+        assert!(!is_closed_output_panic("index out of bounds"));
     }
 }

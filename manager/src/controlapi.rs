@@ -205,6 +205,11 @@ impl ControlApi {
             }
             adds.push((k.to_string(), v.to_string()));
         }
+        proto::limits::check_labels(
+            "node label",
+            adds.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .map_err(Status::invalid_argument)?;
         let mut id = String::new();
         update_with_retry(&self.mgr, |d| {
             let mut n = d
@@ -242,6 +247,11 @@ impl ControlApi {
             for (k, v) in &adds {
                 n.labels.insert(k.clone(), v.clone());
             }
+            proto::limits::check_labels(
+                "node label",
+                n.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            )
+            .map_err(Status::invalid_argument)?;
             n.updated_at_ms = now_ms();
             Ok(Txn::new(vec![Op::Update(Object::Node(n))]))
         })

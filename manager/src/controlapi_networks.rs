@@ -42,6 +42,11 @@ pub fn validate_spec(spec: &NetworkSpec) -> Result<(), Status> {
             "invalid network name {name:?}: use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit"
         )));
     }
+    proto::limits::check_labels(
+        "network label",
+        spec.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    )
+    .map_err(Status::invalid_argument)?;
     if !(spec.driver.is_empty() || spec.driver == "overlay") {
         return Err(Status::invalid_argument(format!(
             "unsupported --driver {:?}: only overlay networks are supported",

@@ -61,11 +61,11 @@ impl ControlApi {
         }
         secrets::validate_name(kind, &req.name).map_err(Status::invalid_argument)?;
         secrets::validate_data(kind, &req.data).map_err(Status::invalid_argument)?;
-        for k in req.labels.keys() {
-            if k.is_empty() {
-                return Err(Status::invalid_argument("a label key may not be empty"));
-            }
-        }
+        proto::limits::check_labels(
+            &format!("{} label", kind.noun()),
+            req.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .map_err(Status::invalid_argument)?;
         let id = random_id(25);
         let now = now_ms();
         let key = self.data_key().await?;

@@ -49,6 +49,10 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
     if spec.task.image.trim().is_empty() {
         return bad("an image is required".into());
     }
+    proto::reference::parse_normalized(&spec.task.image)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    proto::limits::check_service_spec(spec).map_err(Status::invalid_argument)?;
+    proto::limits::check_user(&spec.task.user).map_err(Status::invalid_argument)?;
     if let ServiceMode::ReplicatedJob {
         max_concurrent,
         total_completions,
@@ -150,6 +154,7 @@ fn alloc_status(e: crate::allocator::AllocError) -> Status {
     use crate::allocator::AllocError;
     match e {
         AllocError::PortInUse { .. } => Status::already_exists(e.to_string()),
+        AllocError::PortReserved { .. } => Status::invalid_argument(e.to_string()),
         _ => Status::failed_precondition(e.to_string()),
     }
 }
@@ -513,6 +518,29 @@ mod tests {
     }
 
     #[test]
+    fn images_are_checked_as_docker_checks_them() {
+        let with_image = |image: &str| {
+            let mut s = spec("web");
+            s.task.image = image.into();
+            validate_spec(&s).map_err(|e| e.message().to_string())
+        };
+        assert!(with_image("busybox:1.36").is_ok());
+        assert!(with_image("127.0.0.1:5000/team/app@sha256:".to_string().as_str()).is_err());
+        assert_eq!(
+            with_image("busy box").unwrap_err(),
+            "invalid reference format"
+        );
+        assert_eq!(
+            with_image("Busybox").unwrap_err(),
+            "invalid reference format: repository name (library/Busybox) must be lowercase"
+        );
+        assert_eq!(
+            with_image(&"a".repeat(256)).unwrap_err(),
+            "invalid reference format: repository name must not be more than 255 characters"
+        );
+    }
+
+    #[test]
     fn validation_names_the_field() {
         assert!(validate_spec(&spec("web")).is_ok());
         let e = validate_spec(&spec("-bad")).unwrap_err();
@@ -534,6 +562,16 @@ mod tests {
             .unwrap_err()
             .message()
             .contains("placement preference"));
+        let mut s = spec("web");
+        s.task.user = "root:root:root".into();
+        assert!(validate_spec(&s)
+            .unwrap_err()
+            .message()
+            .starts_with("invalid --user \"root:root:root\""));
+        s.task.user = "1000:1000".into();
+        assert!(validate_spec(&s).is_ok());
+        s.task.env = vec!["X=1".into(); proto::limits::MAX_ENV_ENTRIES + 1];
+        assert!(validate_spec(&s).unwrap_err().message().contains("--env"));
         assert!(parse_spec(&"x".repeat(MAX_SPEC_BYTES + 1))
             .unwrap_err()
             .message()

@@ -5,8 +5,13 @@
 //!   node certificates that carry the node id (CN) and role (OU), key and CSR generation.
 //! - [`transport`]: gRPC over mutual TLS (rustls with the ring provider) with certificates that
 //!   can be swapped at run time (renewal, promotion), and gRPC over the local unix socket.
+//! - [`limits`]: the size limits of requests and of the fields users write, shared by the CLI
+//!   (early refusal) and the managers (the refusal that counts).
+//! - [`reference`]: image references in Docker's grammar, with Docker's messages.
 
 pub mod api;
+pub mod limits;
+pub mod reference;
 pub mod security;
 pub mod spec;
 pub mod transport;

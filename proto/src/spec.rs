@@ -291,6 +291,27 @@ pub struct PortConfig {
     pub publish_mode: PublishMode,
 }
 
+/// The default port of the managers' gRPC listener (Swarm's).
+pub const MANAGER_PORT: u16 = 2377;
+/// The VXLAN port of the overlay networks.
+pub const VXLAN_PORT: u16 = 4789;
+
+/// Ports a node uses itself, whatever else it is configured with, and what for: no service
+/// may publish them, and the routing mesh never captures them (a published 2377 would take
+/// every manager's control traffic).
+pub const NODE_PORTS: [(PortProtocol, u16, &str); 2] = [
+    (
+        PortProtocol::Tcp,
+        MANAGER_PORT,
+        "the managers' control port",
+    ),
+    (
+        PortProtocol::Udp,
+        VXLAN_PORT,
+        "overlay network traffic (VXLAN)",
+    ),
+];
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointSpec {
     #[serde(default)]

@@ -227,6 +227,84 @@ pub fn call_as(
     })?
 }
 
+/// One `shoal daemon` in this machine's own namespace (fake runtime), with its data dir,
+/// socket and log file in a temporary directory; killed, by its pid, when dropped. For tests
+/// of the binary as a process, and of a one-node swarm on loopback, without a lab.
+pub struct SoloDaemon {
+    child: std::process::Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl SoloDaemon {
+    /// Started with `extra` daemon flags; returns once its socket answers.
+    pub fn start(extra: &[&str]) -> Result<SoloDaemon> {
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir()?;
+        let log = std::fs::File::create(dir.path().join("daemon.log"))?;
+        let child = Command::new(shoal_bin())
+            .arg("daemon")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--socket")
+            .arg(dir.path().join("shoal.sock"))
+            .args(["--runtime", "fake"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting shoal daemon")?;
+        let d = SoloDaemon { child, dir };
+        eventually(
+            "the daemon's socket answers",
+            Duration::from_secs(30),
+            || {
+                let out = d.cli().arg("info").output()?;
+                anyhow::ensure!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                Ok(())
+            },
+        )?;
+        Ok(d)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("shoal.sock")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("daemon.log")
+    }
+
+    /// `shoal -H unix://<its socket>`, arguments to add.
+    pub fn cli(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(shoal_bin());
+        c.arg("-H")
+            .arg(format!("unix://{}", self.socket().display()));
+        c
+    }
+
+    /// `shoal <args>`: Ok(stdout) or Err(stderr).
+    pub fn shoal(&self, args: &[&str]) -> Result<String> {
+        let out = self.cli().args(args).output()?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            bail!("{}", String::from_utf8_lossy(&out.stderr).trim())
+        }
+    }
+}
+
+impl Drop for SoloDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,6 +48,14 @@ pub enum AllocError {
         other: String,
     },
     #[error(
+        "--subnet {subnet} holds the address {addr} of node {node}; choose a subnet that no node's address is in"
+    )]
+    SubnetHoldsNode {
+        subnet: String,
+        node: String,
+        addr: Ipv4Addr,
+    },
+    #[error(
         "default address pool mask length {mask} must be between {min} (the pool's prefix) and 29"
     )]
     InvalidMaskLen { mask: u32, min: u8 },
@@ -59,6 +67,14 @@ pub enum AllocError {
     NoAddress(String),
     #[error("no port is free in the dynamic range 30000-32767 for {0}; publish an explicit port")]
     PortsExhausted(String),
+    #[error(
+        "port {port}/{protocol} cannot be published: the nodes use it for {purpose}; publish another port"
+    )]
+    PortReserved {
+        port: u16,
+        protocol: &'static str,
+        purpose: String,
+    },
     #[error("port {port}/{protocol} is already published by service {service}")]
     PortInUse {
         port: u16,
@@ -113,9 +129,29 @@ pub fn new_network(
         .values()
         .filter_map(|n| Some((n.subnet.parse().ok()?, n)))
         .collect();
+    // The nodes' own addresses: an overlay holding one would route the node's underlay
+    // traffic into the overlay.
+    let node_addrs: Vec<(Ipv4Addr, &str)> = d
+        .nodes
+        .values()
+        .filter_map(|n| {
+            let ip = match n.description.addr.parse::<std::net::SocketAddr>() {
+                Ok(a) => a.ip(),
+                Err(_) => n.description.addr.parse().ok()?,
+            };
+            match ip {
+                std::net::IpAddr::V4(v4) => Some((v4, n.description.hostname.as_str())),
+                std::net::IpAddr::V6(_) => None,
+            }
+        })
+        .collect();
     let subnet: Cidr = if spec.subnet.is_empty() {
         let pools = parse_pool(pool)?;
-        let taken: Vec<Cidr> = used.iter().map(|(c, _)| *c).collect();
+        let taken: Vec<Cidr> = used
+            .iter()
+            .map(|(c, _)| *c)
+            .chain(node_addrs.iter().filter_map(|(a, _)| Cidr::new(*a, 32)))
+            .collect();
         ipam::next_subnet(&pools, mask_len, &taken).ok_or_else(|| AllocError::PoolExhausted {
             mask: mask_len,
             pool: pool.join(", "),
@@ -133,6 +169,13 @@ pub fn new_network(
                 subnet: c.to_string(),
                 network: n.spec.name.clone(),
                 other: o.to_string(),
+            });
+        }
+        if let Some((a, node)) = node_addrs.iter().find(|(a, _)| c.contains(*a)) {
+            return Err(AllocError::SubnetHoldsNode {
+                subnet: c.to_string(),
+                node: node.to_string(),
+                addr: *a,
             });
         }
         c
@@ -234,12 +277,45 @@ pub fn pick_addr(
 /// The endpoint of service `id` with spec `spec`: VIPs kept from `old` for the networks it
 /// stays on, new ones for networks it joins (vip mode only), and published ports resolved
 /// (a port the spec leaves at 0 keeps the one picked before, else the lowest free one).
+/// The ports the nodes use themselves, and what for: [`proto::spec::NODE_PORTS`] and the
+/// port of every manager's address (a manager may listen elsewhere than on 2377).
+pub fn node_ports(d: &StoreData) -> BTreeMap<(u16, PortProtocol), String> {
+    let mut ports: BTreeMap<(u16, PortProtocol), String> = proto::spec::NODE_PORTS
+        .iter()
+        .map(|(proto, port, what)| ((*port, *proto), what.to_string()))
+        .collect();
+    for n in d.nodes.values().filter(|n| {
+        n.role == proto::security::Role::Manager || n.desired_role == proto::security::Role::Manager
+    }) {
+        if let Ok(a) = n.description.addr.parse::<std::net::SocketAddr>() {
+            ports
+                .entry((a.port(), PortProtocol::Tcp))
+                .or_insert_with(|| {
+                    format!("the control port of manager {}", n.description.hostname)
+                });
+        }
+    }
+    ports
+}
+
 pub fn allocate_endpoint(
     d: &StoreData,
     id: &str,
     spec: &ServiceSpec,
     old: &ServiceEndpoint,
 ) -> Result<ServiceEndpoint, AllocError> {
+    let reserved = node_ports(d);
+    if let Some((p, purpose)) = spec.endpoint.ports.iter().find_map(|p| {
+        reserved
+            .get(&(p.published_port, p.protocol))
+            .map(|what| (p, what))
+    }) {
+        return Err(AllocError::PortReserved {
+            port: p.published_port,
+            protocol: p.protocol.as_str(),
+            purpose: purpose.clone(),
+        });
+    }
     let others: Vec<(&str, &PortConfig)> = d
         .services
         .values()
@@ -249,6 +325,7 @@ pub fn allocate_endpoint(
     let mut taken: BTreeSet<(u16, PortProtocol)> = others
         .iter()
         .map(|(_, p)| (p.published_port, p.protocol))
+        .chain(reserved.keys().copied())
         .collect();
     taken.extend(
         spec.endpoint
@@ -269,6 +346,7 @@ pub fn allocate_endpoint(
                         && o.protocol == p.protocol
                         && o.publish_mode == p.publish_mode
                         && !ports.iter().any(|x| x.published_port == o.published_port)
+                        && !reserved.contains_key(&(o.published_port, o.protocol))
                         && !others.iter().any(|(_, q)| ports_clash(o, q))
                 })
                 .map(|o| o.published_port);

@@ -295,3 +295,72 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_nodes_own_ports_cannot_be_published_nor_handed_out() {
+    let mut d = data_with_networks();
+    let mut m = node("m1", "m1");
+    m.role = proto::security::Role::Manager;
+    m.desired_role = proto::security::Role::Manager;
+    m.description.addr = "192.168.0.5:30000".into();
+    let mut w = node("w1", "w1");
+    w.description.addr = "192.168.0.6:30001".into();
+    d.apply_txn(
+        3,
+        &Txn::new(vec![
+            Op::Create(Object::Node(m)),
+            Op::Create(Object::Node(w)),
+        ]),
+    )
+    .unwrap();
+    let refused = |p: PortConfig| {
+        let s = service("web", &[], vec![p]);
+        allocate_endpoint(&d, "web", &s.spec, &Default::default())
+            .unwrap_err()
+            .to_string()
+    };
+    assert_eq!(
+        refused(port(2377, 80)),
+        "port 2377/tcp cannot be published: the nodes use it for the managers' control port; publish another port"
+    );
+    let mut vx = port(4789, 80);
+    vx.protocol = PortProtocol::Udp;
+    assert!(refused(vx).contains("VXLAN"));
+    let mut host = port(30000, 80);
+    host.publish_mode = PublishMode::Host;
+    assert!(refused(host).contains("the control port of manager m1"));
+    // 4789/tcp and 2377/udp are not the nodes' own; a worker's address port is not a listener.
+    let mut other = port(2377, 80);
+    other.protocol = PortProtocol::Udp;
+    let s = service("web", &[], vec![other, port(4789, 80), port(30001, 81)]);
+    assert!(allocate_endpoint(&d, "web", &s.spec, &Default::default()).is_ok());
+    // The dynamic range skips the manager's port.
+    let s = service("web", &[], vec![port(0, 80)]);
+    let ep = allocate_endpoint(&d, "web", &s.spec, &Default::default()).unwrap();
+    assert_eq!(ep.ports[0].published_port, 30001);
+}
+
+#[test]
+fn overlay_subnets_keep_clear_of_the_nodes_addresses() {
+    let mut d = data_with_networks();
+    let mut n = node("w1", "w1");
+    n.description.addr = "10.0.2.7:2377".into();
+    d.apply_txn(3, &Txn::new(vec![Op::Create(Object::Node(n))]))
+        .unwrap();
+    let e = new_network(
+        &d,
+        &net_spec("x", "10.0.2.0/23"),
+        &pool(),
+        24,
+        "x".into(),
+        0,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "--subnet 10.0.2.0/23 holds the address 10.0.2.7 of node w1; choose a subnet that no node's address is in"
+    );
+    // From the pool: 10.0.2.0/24 holds the node, so the next one is taken.
+    let auto = new_network(&d, &net_spec("x", ""), &pool(), 24, "x".into(), 0).unwrap();
+    assert_eq!(auto.subnet, "10.0.3.0/24");
+}

@@ -1,0 +1,287 @@
+//! Size limits: how large a request, a label or a spec field may be. A manager keeps every
+//! object in memory, in the raft log and in each task made from it, so nothing a user sends
+//! may be unbounded; the managers check these on every call (the CLI checks them too, only
+//! to answer sooner).
+
+use crate::spec::{ServiceSpec, TaskSpec};
+
+/// Largest gRPC request the control API (TCP and the local socket) decodes: a service spec
+/// (256 KiB), or a secret or config (500 KiB) with its labels, fit with room to spare.
+pub const MAX_CONTROL_REQUEST_BYTES: usize = 1 << 20;
+
+pub const MAX_LABELS: usize = 256;
+pub const MAX_LABEL_KEY_BYTES: usize = 256;
+pub const MAX_LABEL_VALUE_BYTES: usize = 4096;
+/// All keys and values of one object's labels together.
+pub const MAX_LABELS_TOTAL_BYTES: usize = 64 * 1024;
+
+pub const MAX_ENV_ENTRIES: usize = 1024;
+/// One `--env` entry, or one word of the command and its arguments.
+pub const MAX_ENTRY_BYTES: usize = 32 * 1024;
+/// Words of the command and its arguments together.
+pub const MAX_ARGV_ENTRIES: usize = 1024;
+/// Any other list of a spec: constraints, preferences, mounts, secrets, configs, networks,
+/// aliases, published ports, DNS servers, search domains and options.
+pub const MAX_LIST_ENTRIES: usize = 256;
+/// Any other single text field: hostname, user, working directory, a constraint, a path.
+pub const MAX_FIELD_BYTES: usize = 4096;
+
+/// `labels` of `what` (e.g. "node label", "service label") within the limits: keys not empty,
+/// without control characters, and no key, value, count or total over its limit.
+pub fn check_labels<'a>(
+    what: &str,
+    labels: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<(), String> {
+    let mut count = 0;
+    let mut total = 0;
+    for (k, v) in labels {
+        count += 1;
+        total += k.len() + v.len();
+        if k.is_empty() {
+            return Err(format!("invalid {what}: the key may not be empty"));
+        }
+        if k.chars().any(char::is_control) {
+            return Err(format!(
+                "invalid {what} key {:?}: control characters are not allowed",
+                truncated(k)
+            ));
+        }
+        if k.len() > MAX_LABEL_KEY_BYTES {
+            return Err(format!(
+                "{what} key {:?} is {} bytes; the limit is {MAX_LABEL_KEY_BYTES}",
+                truncated(k),
+                k.len()
+            ));
+        }
+        if v.len() > MAX_LABEL_VALUE_BYTES {
+            return Err(format!(
+                "{what} {:?} has a value of {} bytes; the limit is {MAX_LABEL_VALUE_BYTES}",
+                truncated(k),
+                v.len()
+            ));
+        }
+    }
+    if count > MAX_LABELS {
+        return Err(format!("{count} {what}s; the limit is {MAX_LABELS}"));
+    }
+    if total > MAX_LABELS_TOTAL_BYTES {
+        return Err(format!(
+            "{what}s take {total} bytes; the limit is {MAX_LABELS_TOTAL_BYTES} in all"
+        ));
+    }
+    Ok(())
+}
+
+/// The first characters of a long value, for a message.
+fn truncated(s: &str) -> String {
+    const SHOWN: usize = 40;
+    match s.char_indices().nth(SHOWN) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// `--user` as Docker takes it: `user[:group]`, each a name or a numeric id.
+pub fn check_user(user: &str) -> Result<(), String> {
+    if user.is_empty() {
+        return Ok(());
+    }
+    let bad = || {
+        Err(format!(
+            "invalid --user {:?}: expected USER[:GROUP], each a name or a numeric id",
+            truncated(user)
+        ))
+    };
+    if user.len() > MAX_FIELD_BYTES {
+        return bad();
+    }
+    let mut parts = user.split(':');
+    let (name, group) = (parts.next().unwrap_or_default(), parts.next());
+    if parts.next().is_some() {
+        return bad();
+    }
+    let part_ok = |p: &str| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| !c.is_whitespace() && !c.is_control() && c != '/')
+    };
+    if !part_ok(name) || group.is_some_and(|g| !part_ok(g)) {
+        return bad();
+    }
+    Ok(())
+}
+
+fn check_list(field: &str, n: usize, max: usize) -> Result<(), String> {
+    if n > max {
+        return Err(format!("{n} {field} entries; the limit is {max}"));
+    }
+    Ok(())
+}
+
+fn check_text(field: &str, s: &str, max: usize) -> Result<(), String> {
+    if s.len() > max {
+        return Err(format!(
+            "{field} {:?} is {} bytes; the limit is {max}",
+            truncated(s),
+            s.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Every field of a service spec within its limits (the grammar of each field is checked
+/// elsewhere).
+pub fn check_service_spec(spec: &ServiceSpec) -> Result<(), String> {
+    check_labels(
+        "service label",
+        spec.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    )?;
+    check_task_spec(&spec.task)?;
+    check_list("--publish", spec.endpoint.ports.len(), MAX_LIST_ENTRIES)
+}
+
+fn check_task_spec(t: &TaskSpec) -> Result<(), String> {
+    check_list("--env", t.env.len(), MAX_ENV_ENTRIES)?;
+    for e in &t.env {
+        check_text("--env entry", e, MAX_ENTRY_BYTES)?;
+    }
+    check_list(
+        "command and argument",
+        t.command.len() + t.args.len(),
+        MAX_ARGV_ENTRIES,
+    )?;
+    for a in t.command.iter().chain(&t.args) {
+        check_text("command word", a, MAX_ENTRY_BYTES)?;
+    }
+    for (field, s) in [
+        ("--hostname", &t.hostname),
+        ("--user", &t.user),
+        ("--workdir", &t.workdir),
+        ("--stop-signal", &t.stop_signal),
+    ] {
+        check_text(field, s, MAX_FIELD_BYTES)?;
+    }
+    let lists: [(&str, Vec<&String>); 6] = [
+        ("--constraint", t.placement.constraints.iter().collect()),
+        ("--placement-pref", t.placement.preferences.iter().collect()),
+        ("--dns", t.dns.nameservers.iter().collect()),
+        ("--dns-search", t.dns.search.iter().collect()),
+        ("--dns-option", t.dns.options.iter().collect()),
+        (
+            "--network alias",
+            t.networks.iter().flat_map(|n| &n.aliases).collect(),
+        ),
+    ];
+    for (field, items) in lists {
+        check_list(field, items.len(), MAX_LIST_ENTRIES)?;
+        for s in items {
+            check_text(field, s, MAX_FIELD_BYTES)?;
+        }
+    }
+    check_list("--mount", t.mounts.len(), MAX_LIST_ENTRIES)?;
+    for m in &t.mounts {
+        check_text("--mount source", &m.source, MAX_FIELD_BYTES)?;
+        check_text("--mount target", &m.target, MAX_FIELD_BYTES)?;
+    }
+    for (field, refs) in [("--secret", &t.secrets), ("--config", &t.configs)] {
+        check_list(field, refs.len(), MAX_LIST_ENTRIES)?;
+        for r in refs {
+            check_text(field, &r.name, MAX_FIELD_BYTES)?;
+            check_text(field, &r.target, MAX_FIELD_BYTES)?;
+        }
+    }
+    check_list("--network", t.networks.len(), MAX_LIST_ENTRIES)?;
+    for n in &t.networks {
+        check_text("--network", &n.target, MAX_FIELD_BYTES)?;
+    }
+    if let Some(h) = &t.healthcheck {
+        check_list("--health-cmd", h.test.len(), MAX_ARGV_ENTRIES)?;
+        for w in &h.test {
+            check_text("--health-cmd", w, MAX_ENTRY_BYTES)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_bounded() {
+        let ok = [("zone", "a"), ("tier", "")];
+        assert_eq!(check_labels("node label", ok), Ok(()));
+        let big = "v".repeat(100 * 1024);
+        let e = check_labels("node label", [("k", big.as_str())]).unwrap_err();
+        assert!(e.contains("the limit is 4096"), "{e}");
+        let key = "k".repeat(MAX_LABEL_KEY_BYTES + 1);
+        assert!(check_labels("node label", [(key.as_str(), "")]).is_err());
+        assert!(check_labels("node label", [("", "v")])
+            .unwrap_err()
+            .contains("may not be empty"));
+        assert!(check_labels("node label", [("a\nb", "v")]).is_err());
+        let keys: Vec<String> = (0..=MAX_LABELS).map(|i| format!("k{i}")).collect();
+        let e = check_labels("service label", keys.iter().map(|k| (k.as_str(), ""))).unwrap_err();
+        assert!(e.contains("the limit is 256"), "{e}");
+        let value = "v".repeat(MAX_LABEL_VALUE_BYTES);
+        let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+        let e = check_labels(
+            "service label",
+            keys.iter().map(|k| (k.as_str(), value.as_str())),
+        )
+        .unwrap_err();
+        assert!(e.contains("in all"), "{e}");
+    }
+
+    #[test]
+    fn user_is_user_and_optional_group() {
+        for ok in [
+            "",
+            "root",
+            "1000",
+            "1000:1000",
+            "www-data:adm",
+            "nobody:65534",
+        ] {
+            assert_eq!(check_user(ok), Ok(()), "{ok:?}");
+        }
+        for bad in ["root:root:root", ":root", "root:", "a b", "a:b:", "x/y"] {
+            let e = check_user(bad).unwrap_err();
+            assert!(e.starts_with("invalid --user"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn spec_fields_are_bounded() {
+        let mut spec = ServiceSpec {
+            name: "web".into(),
+            labels: Default::default(),
+            mode: crate::spec::ServiceMode::Replicated { replicas: 1 },
+            task: TaskSpec {
+                image: "busybox".into(),
+                ..Default::default()
+            },
+            update: Default::default(),
+            rollback: Default::default(),
+            endpoint: Default::default(),
+        };
+        assert_eq!(check_service_spec(&spec), Ok(()));
+        spec.task.env = vec!["A=1".into(); MAX_ENV_ENTRIES + 1];
+        assert!(check_service_spec(&spec).unwrap_err().contains("--env"));
+        spec.task.env = vec![format!("A={}", "x".repeat(MAX_ENTRY_BYTES))];
+        assert!(check_service_spec(&spec)
+            .unwrap_err()
+            .contains("--env entry"));
+        spec.task.env.clear();
+        spec.task.placement.constraints = vec!["node.role==worker".into(); MAX_LIST_ENTRIES + 1];
+        assert!(check_service_spec(&spec)
+            .unwrap_err()
+            .contains("--constraint"));
+        spec.task.placement.constraints.clear();
+        spec.labels
+            .insert("k".into(), "v".repeat(MAX_LABEL_VALUE_BYTES + 1));
+        assert!(check_service_spec(&spec)
+            .unwrap_err()
+            .contains("service label"));
+    }
+}
