@@ -54,8 +54,8 @@ pub async fn rebuild_raft(config: &ManagerConfig) -> Result<Recovered, RecoverEr
 
 /// Whether this manager's raft group still has a quorum, so that forcing a new cluster
 /// would split the swarm in two: the leader confirms it with a quorum round; a follower
-/// counts as hearing a live leader if it names one under a granted vote twice, an election
-/// timeout apart (a follower that lost its leader campaigns, and names none, within one).
+/// counts as hearing a live leader if it names one under a granted vote twice, further apart
+/// than a follower that lost its leader takes to campaign (and name none).
 pub async fn has_quorum(mgr: &Manager) -> bool {
     if mgr.is_leader() {
         let confirmed = tokio::time::timeout(QUORUM_PROBE, mgr.raft.ensure_linearizable()).await;
@@ -71,7 +71,10 @@ pub async fn has_quorum(mgr: &Manager) -> bool {
     if !led(mgr) {
         return false;
     }
-    tokio::time::sleep(mgr.config.tuning.election_max * 2).await;
+    // A follower of a dead leader campaigns once the lease and its election timeout have
+    // passed, both checked on openraft's tick (1.5 × the message timeout).
+    let t = &mgr.config.tuning;
+    tokio::time::sleep(t.election_max * 3 + t.rpc_timeout * 2).await;
     led(mgr)
 }
 
