@@ -119,6 +119,7 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<()> {
         rebalance_on_join: false,
         default_addr_pool: manager::store::default_addr_pool(),
         default_addr_pool_mask_len: manager::store::default_addr_pool_mask_len(),
+        limits: Default::default(),
     };
 
     // Managers.

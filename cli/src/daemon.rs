@@ -461,6 +461,7 @@ impl Node {
             rebalance_on_join: false,
             default_addr_pool: addr_pool,
             default_addr_pool_mask_len: addr_pool_mask,
+            limits: Default::default(),
         };
         let ingress = manager::allocator::ingress_network(
             &cluster.default_addr_pool,

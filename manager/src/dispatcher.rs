@@ -430,7 +430,7 @@ impl Dispatcher {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(tick) => {}
             }
-            let limit = period * MISSED_PERIODS;
+            let limit = period.saturating_mul(MISSED_PERIODS);
             let now = Instant::now();
             let expired: Vec<String> = {
                 let mut seen = self.last_seen.lock().expect("dispatcher lock");

@@ -16,6 +16,7 @@ pub mod controlapi_networks;
 pub mod controlapi_secrets;
 pub mod controlapi_services;
 pub mod dispatcher;
+pub mod limits;
 pub mod manager;
 pub mod membership;
 pub mod orchestrator;
@@ -23,5 +24,6 @@ pub mod raft;
 pub mod scheduler;
 pub mod secrets;
 pub mod store;
+pub mod supervise;
 
 pub use manager::{Manager, ManagerConfig};

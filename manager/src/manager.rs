@@ -343,26 +343,41 @@ impl Manager {
                 (true, None) => {
                     tracing::info!(node = %self.config.node_id, "became leader");
                     let token = self.cancel.child_token();
+                    // Each loop is restarted if it panics or ends early; `give_up` fires when
+                    // one keeps failing (the node should then stop leading).
+                    let give_up = CancellationToken::new();
+                    use crate::supervise::spawn as sup;
+                    let tasks = &self.tasks;
                     let m = self.clone();
-                    let t = token.clone();
-                    self.tasks
-                        .spawn(async move { crate::membership::run(m, t).await });
+                    sup(tasks, "membership", &token, &give_up, move |t| {
+                        crate::membership::run(m.clone(), t)
+                    });
                     let m = self.clone();
-                    let t = token.clone();
-                    self.tasks
-                        .spawn(async move { m.dispatcher.clone().monitor(m, t).await });
+                    sup(tasks, "dispatcher monitor", &token, &give_up, move |t| {
+                        m.dispatcher.clone().monitor(m.clone(), t)
+                    });
                     let m = self.clone();
-                    let t = token.clone();
-                    self.tasks
-                        .spawn(async move { crate::orchestrator::run(m, t).await });
+                    sup(tasks, "orchestrator", &token, &give_up, move |t| {
+                        crate::orchestrator::run(m.clone(), t)
+                    });
                     let m = self.clone();
-                    let t = token.clone();
-                    self.tasks
-                        .spawn(async move { crate::scheduler::run(m, t).await });
+                    sup(tasks, "scheduler", &token, &give_up, move |t| {
+                        crate::scheduler::run(m.clone(), t)
+                    });
                     let m = self.clone();
+                    sup(tasks, "dispatcher statuses", &token, &give_up, move |t| {
+                        m.dispatcher.clone().write_statuses(m.clone(), t)
+                    });
                     let t = token.clone();
-                    self.tasks
-                        .spawn(async move { m.dispatcher.clone().write_statuses(m, t).await });
+                    self.tasks.spawn(async move {
+                        tokio::select! {
+                            _ = t.cancelled() => {}
+                            // TODO(leadership): step down here once the leader lease exists.
+                            _ = give_up.cancelled() => tracing::error!(
+                                "leader loops keep failing; this node should no longer lead"
+                            ),
+                        }
+                    });
                     leader_cancel = Some(token);
                 }
                 (false, Some(t)) => {

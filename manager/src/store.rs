@@ -47,6 +47,30 @@ pub struct Cluster {
     /// Prefix length of the subnets taken from the pool.
     #[serde(default = "default_addr_pool_mask_len")]
     pub default_addr_pool_mask_len: u8,
+    /// Bounds on what services may ask for (`swarm update --max-replicas/--max-tasks`).
+    #[serde(default)]
+    pub limits: ClusterLimits,
+}
+
+/// How many tasks the cluster will hold: a request above these is refused at the API, and the
+/// orchestrator never creates tasks beyond them (a service stored before a limit was lowered
+/// keeps what it has but gets no more).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterLimits {
+    /// Replicas of one service (replicated services and jobs' concurrency).
+    pub max_replicas: u64,
+    /// Tasks meant to run in the whole cluster (replicas, plus one per node for global
+    /// services).
+    pub max_tasks: u64,
+}
+
+impl Default for ClusterLimits {
+    fn default() -> Self {
+        ClusterLimits {
+            max_replicas: 100_000,
+            max_tasks: 1_000_000,
+        }
+    }
 }
 
 pub fn default_addr_pool() -> Vec<String> {

@@ -553,6 +553,7 @@ async fn run_seed(seed: u64) -> Vec<String> {
     let mut ops = vec![Op::Create(Object::Cluster(Cluster {
         default_addr_pool: manager::store::default_addr_pool(),
         default_addr_pool_mask_len: 24,
+        limits: Default::default(),
         id: "sim".into(),
         version: 0,
         created_at_ms: 0,

@@ -85,7 +85,9 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
         }
     }
     for t in moved {
+        if p.create_task(&s, t.slot, "", t.restart_count).is_none() {
+            break;
+        }
         p.set_desired(t, TaskState::Shutdown);
-        p.create_task(&s, t.slot, "", t.restart_count);
     }
 }

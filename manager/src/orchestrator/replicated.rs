@@ -156,16 +156,21 @@ fn scale(
     }
     for (slot, st) in states {
         if let SlotState::RestartNow { restart_count } = st {
-            if !dropped.contains(slot) {
-                p.create_task(s, *slot, "", *restart_count);
+            if !dropped.contains(slot) && p.create_task(s, *slot, "", *restart_count).is_none() {
+                break;
             }
         }
     }
-    if n < replicas {
+    // New slots stop at the cluster's per-service limit (a service stored before the limit
+    // was lowered keeps its slots) and at the round's and cluster's budgets.
+    let wanted = replicas.min(p.limits.max_replicas.max(n));
+    if n < wanted {
         let taken: BTreeSet<u64> = occupied.iter().copied().collect();
         let free = (1..).filter(|i| !taken.contains(i));
-        for slot in free.take((replicas - n) as usize) {
-            p.create_task(s, slot, "", 0);
+        for slot in free.take(usize::try_from(wanted - n).unwrap_or(usize::MAX)) {
+            if !p.room_for_new_task() || p.create_task(s, slot, "", 0).is_none() {
+                break;
+            }
         }
     }
 }
@@ -195,12 +200,17 @@ fn job(
         if done(&slot) {
             continue;
         }
-        let restart_count = match states.get(&slot) {
-            None | Some(SlotState::Empty) => 0,
-            Some(SlotState::RestartNow { restart_count }) => *restart_count,
+        let (restart_count, new_slot) = match states.get(&slot) {
+            None | Some(SlotState::Empty) => (0, true),
+            Some(SlotState::RestartNow { restart_count }) => (*restart_count, false),
             Some(_) => continue,
         };
-        p.create_task(s, slot, "", restart_count);
+        if new_slot && !p.room_for_new_task() {
+            break;
+        }
+        if p.create_task(s, slot, "", restart_count).is_none() {
+            break;
+        }
         room -= 1;
     }
 }

@@ -368,6 +368,7 @@ fn rebalances_onto_a_new_node_only_when_enabled() {
     let mut cluster = crate::store::Cluster {
         default_addr_pool: crate::store::default_addr_pool(),
         default_addr_pool_mask_len: 24,
+        limits: Default::default(),
         id: "c".into(),
         version: 1,
         created_at_ms: 0,

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use proto::spec::{FailureAction, ServiceMode, TaskState, UpdateOrder};
 
+use super::restart::ms_i64;
 use super::{is_runnable, Plan};
 use crate::store::{Task, UpdateState};
 
@@ -63,12 +64,12 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
         .filter(|t| clean(t) && t.created_at_ms >= started)
     {
         let failed = matches!(t.status.state, TaskState::Failed | TaskState::Rejected)
-            && t.status.timestamp_ms - t.created_at_ms
-                <= (cfg.task_deadline_ms + cfg.monitor_ms) as i64 + 1;
+            && t.status.timestamp_ms.saturating_sub(t.created_at_ms)
+                <= ms_i64(cfg.task_deadline_ms.saturating_add(cfg.monitor_ms)).saturating_add(1);
         let too_slow = cfg.task_deadline_ms > 0
             && t.desired_state <= TaskState::Running
             && t.status.state < TaskState::Running
-            && now - t.created_at_ms > cfg.task_deadline_ms as i64;
+            && now.saturating_sub(t.created_at_ms) > ms_i64(cfg.task_deadline_ms);
         if too_slow {
             // Give up on it; the orchestrator fills the slot again.
             p.set_desired(t, TaskState::Shutdown);
@@ -160,7 +161,8 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
         .max();
 
     if dirty.is_empty() {
-        let monitored = last_running.is_none_or(|at| now >= at + cfg.monitor_ms as i64);
+        let monitored =
+            last_running.is_none_or(|at| now >= at.saturating_add(ms_i64(cfg.monitor_ms)));
         if in_flight == 0 && monitored {
             status.state = if rollback {
                 UpdateState::RollbackCompleted
@@ -180,7 +182,7 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
     }
     if in_flight == 0 && cfg.delay_ms > 0 {
         if let Some(at) = last_running {
-            if now < at + cfg.delay_ms as i64 {
+            if now < at.saturating_add(ms_i64(cfg.delay_ms)) {
                 return;
             }
         }
@@ -198,7 +200,9 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
         } else {
             (old.slot, String::new())
         };
-        let mut new = p.create_task(&s, slot, &node, 0);
+        let Some(mut new) = p.create_task(&s, slot, &node, 0) else {
+            break;
+        };
         if cfg.order == UpdateOrder::StopFirst {
             for t in olds {
                 p.set_desired(t, TaskState::Shutdown);
@@ -235,7 +239,10 @@ pub fn promote(p: &mut Plan<'_>, service_id: &str) {
                 0 => DEFAULT_GRACE_MS,
                 ms => ms,
             };
-            let give_up = t.created_at_ms + grace as i64 + STOP_MARGIN_MS;
+            let give_up = t
+                .created_at_ms
+                .saturating_add(ms_i64(grace))
+                .saturating_add(STOP_MARGIN_MS);
             o.id != t.id
                 && key(o) == key(t)
                 && o.desired_state > TaskState::Running
