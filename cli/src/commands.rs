@@ -1255,7 +1255,7 @@ async fn info(mut c: ControlClient<Channel>, a: InfoArgs) -> CliResult {
 }
 
 fn human_ms(ms: u64) -> String {
-    humantime::format_duration(Duration::from_millis(ms)).to_string()
+    manager::limits::human(Duration::from_millis(ms))
 }
 
 fn print_settings(c: &pb::ClusterInfo) {

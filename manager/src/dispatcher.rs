@@ -65,30 +65,69 @@ pub struct Dispatcher {
 /// and are not meant to run (those it may forget).
 pub fn assignments_for(d: &crate::store::StoreData, node_id: &str) -> BTreeMap<String, Assignment> {
     d.node_tasks(node_id)
-        .filter(|t| t.status.state >= TaskState::Assigned)
-        .filter(|t| !(t.status.state.is_terminal() && t.desired_state > TaskState::Running))
-        .map(|t| {
-            (
-                t.id.clone(),
-                Assignment {
-                    task_id: t.id.clone(),
-                    service_id: t.service_id.clone(),
-                    service_name: t.service_name.clone(),
-                    slot: t.slot,
-                    spec: t.spec.clone(),
-                    desired_state: t.desired_state,
-                    node_hostname: d
-                        .nodes
-                        .get(node_id)
-                        .map(|n| n.description.hostname.clone())
-                        .unwrap_or_default(),
-                    secrets: crate::secrets::resolve(d, crate::secrets::FileKind::Secret, &t.spec),
-                    configs: crate::secrets::resolve(d, crate::secrets::FileKind::Config, &t.spec),
-                    networks: t.networks.clone(),
-                },
-            )
-        })
+        .filter_map(|t| Some((t.id.clone(), assignment_of(d, t, node_id)?)))
         .collect()
+}
+
+/// What node `node_id` is told about task `t`, if anything.
+fn assignment_of(d: &StoreData, t: &Task, node_id: &str) -> Option<Assignment> {
+    if t.node_id != node_id
+        || t.status.state < TaskState::Assigned
+        || (t.status.state.is_terminal() && t.desired_state > TaskState::Running)
+    {
+        return None;
+    }
+    Some(Assignment {
+        task_id: t.id.clone(),
+        service_id: t.service_id.clone(),
+        service_name: t.service_name.clone(),
+        slot: t.slot,
+        spec: t.spec.clone(),
+        desired_state: t.desired_state,
+        node_hostname: d
+            .nodes
+            .get(node_id)
+            .map(|n| n.description.hostname.clone())
+            .unwrap_or_default(),
+        secrets: crate::secrets::resolve(d, crate::secrets::FileKind::Secret, &t.spec),
+        configs: crate::secrets::resolve(d, crate::secrets::FileKind::Config, &t.spec),
+        networks: t.networks.clone(),
+    })
+}
+
+/// The assignment changes of the tasks `ids` (those a committed event touched), applied to
+/// `sent`: work proportional to the event, not to the node's tasks.
+pub fn diff_touched<'a>(
+    sent: &mut BTreeMap<String, Assignment>,
+    d: &StoreData,
+    node_id: &str,
+    ids: impl IntoIterator<Item = &'a str>,
+) -> Option<pb::Assignments> {
+    let mut upsert: Vec<Assignment> = Vec::new();
+    let mut removed: Vec<String> = Vec::new();
+    for id in ids {
+        let now = d.tasks.get(id).and_then(|t| assignment_of(d, t, node_id));
+        match now {
+            Some(a) if sent.get(id) != Some(&a) => {
+                sent.insert(id.to_string(), a.clone());
+                upsert.push(a);
+            }
+            Some(_) => {}
+            None => {
+                if sent.remove(id).is_some() {
+                    removed.push(id.to_string());
+                }
+            }
+        }
+    }
+    if upsert.is_empty() && removed.is_empty() {
+        return None;
+    }
+    Some(pb::Assignments {
+        full: false,
+        upsert_json: serde_json::to_string(&upsert).unwrap_or_default(),
+        removed,
+    })
 }
 
 /// Whether a task takes traffic: RUNNING, meant to run, on a ready node.
@@ -730,10 +769,25 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                         let mut m = dispatcher.session_message(&mgr, &node_id);
                         let mut any = false;
                         if relevant {
-                            let now = mgr.store.view(|d| assignments_for(d, &node_id));
-                            if let Some(a) = diff_assignments(&sent, &now) {
+                            let diff = match &ev {
+                                // Only the tasks the event touched can have changed.
+                                Ok(e) => mgr.store.view(|d| {
+                                    let ids = e.changes.iter().filter_map(|c| match c {
+                                        Change::Put(Object::Task(t)) => Some(t.id.as_str()),
+                                        Change::Deleted { kind: Kind::Task, id } => Some(id.as_str()),
+                                        _ => None,
+                                    });
+                                    diff_touched(&mut sent, d, &node_id, ids)
+                                }),
+                                Err(_) => {
+                                    let now = mgr.store.view(|d| assignments_for(d, &node_id));
+                                    let diff = diff_assignments(&sent, &now);
+                                    sent = now;
+                                    diff
+                                }
+                            };
+                            if let Some(a) = diff {
                                 m.assignments = Some(a);
-                                sent = now;
                                 any = true;
                             }
                         }
@@ -966,5 +1020,54 @@ mod tests {
         let a = assignments_for(&d, "n1");
         assert_eq!(a["t1"].networks, t.networks);
         assert_eq!(a["t1"].networks.len(), 1);
+    }
+
+    #[test]
+    fn touched_tasks_diff_as_the_full_recomputation_does() {
+        let mut d = data_with_networks();
+        for n in ["n1", "n2"] {
+            d.apply_txn(3, &Txn::new(vec![Op::Create(Object::Node(node(n, n)))]))
+                .unwrap();
+        }
+        let web = service("web", &["net1"], vec![]);
+        let mut index = 10;
+        let mut put = |d: &mut StoreData, t: Task| {
+            index += 1;
+            let op = if d.tasks.contains_key(&t.id) {
+                let mut t = t;
+                t.version = d.tasks[&t.id].version;
+                Op::Update(Object::Task(t))
+            } else {
+                Op::Create(Object::Task(t))
+            };
+            d.apply_txn(index, &Txn::new(vec![op])).unwrap();
+        };
+        for (id, node, state) in [
+            ("t1", "n1", TaskState::Assigned),
+            ("t2", "n1", TaskState::Running),
+            ("t3", "n2", TaskState::Assigned),
+        ] {
+            let t = task(&d, id, &web, node, state);
+            put(&mut d, t);
+        }
+        let mut sent = BTreeMap::new();
+        let first = diff_touched(&mut sent, &d, "n1", ["t1", "t2", "t3"]).unwrap();
+        assert_eq!(sent, assignments_for(&d, "n1"));
+        assert_eq!(first.removed, Vec::<String>::new());
+        // t1 told to stop, t2 ended and no longer wanted: one upsert, one removal.
+        let mut t1s = d.tasks["t1"].clone();
+        t1s.desired_state = TaskState::Shutdown;
+        put(&mut d, t1s);
+        let mut t2s = d.tasks["t2"].clone();
+        t2s.desired_state = TaskState::Shutdown;
+        t2s.status.state = TaskState::Shutdown;
+        put(&mut d, t2s);
+        let before = sent.clone();
+        let full = diff_assignments(&before, &assignments_for(&d, "n1")).unwrap();
+        let inc = diff_touched(&mut sent, &d, "n1", ["t1", "t2", "t3"]).unwrap();
+        assert_eq!(sent, assignments_for(&d, "n1"));
+        assert_eq!(inc.removed, full.removed);
+        assert_eq!(inc.upsert_json, full.upsert_json);
+        assert!(diff_touched(&mut sent, &d, "n1", ["t1", "t3"]).is_none());
     }
 }

@@ -29,8 +29,15 @@ fn bad(m: String) -> Status {
     Status::invalid_argument(m)
 }
 
-fn human(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
+/// A duration as the flags take it, in one unit: `100ms`, `30s`, `24h`, `87600h`.
+pub fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        _ if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        _ => format!("{ms}ms"),
+    }
 }
 
 /// One duration setting of `swarm init`/`swarm update` (0 means unchanged or default).
@@ -39,11 +46,17 @@ fn check_range(flag: &str, ms: u64, min: Duration, max: Duration) -> Result<(), 
         return Ok(());
     }
     let d = Duration::from_millis(ms);
-    if d < min || d > max {
+    if d < min {
         return Err(bad(format!(
-            "{flag} {} is out of range: use a value from {} to {}",
+            "{flag} {} is too short: it must be at least {}",
             human(d),
-            human(min),
+            human(min)
+        )));
+    }
+    if d > max {
+        return Err(bad(format!(
+            "{flag} {} is too long: it must be at most {}",
+            human(d),
             human(max)
         )));
     }
@@ -249,12 +262,16 @@ mod tests {
         // 2562047788015h: overflowed the certificate code.
         let e = validate_settings(0, 2_562_047_788_015 * 3_600_000).unwrap_err();
         assert!(e.message().contains("--cert-expiry"), "{}", e.message());
-        assert!(e.message().contains("out of range"), "{}", e.message());
+        assert!(e.message().contains("at most 87600h"), "{}", e.message());
         let e = validate_settings(1_000_000 * 3_600_000, 0).unwrap_err();
         assert!(e.message().contains("--dispatcher-heartbeat"));
         assert!(validate_settings(50, 0).is_err());
         assert!(validate_settings(0, 1000).is_err());
         assert!(validate_settings(24 * 3_600_000, 10 * 365 * 24 * 3_600_000).is_ok());
+        assert_eq!(
+            e.message(),
+            "--dispatcher-heartbeat 1000000h is too long: it must be at most 24h"
+        );
     }
 
     #[test]

@@ -1092,6 +1092,9 @@ pub enum FindError {
 }
 
 /// A handle to the in-memory tables and their change stream.
+/// Committed transactions buffered for watchers.
+pub const EVENT_BUFFER: usize = 128;
+
 #[derive(Clone)]
 pub struct Store {
     data: Arc<RwLock<StoreData>>,
@@ -1106,7 +1109,10 @@ impl Default for Store {
 
 impl Store {
     pub fn new() -> Store {
-        let (events, _) = broadcast::channel(4096);
+        // The channel keeps its last `capacity` events alive even once every watcher has
+        // read them: at up to 200 objects an event, 4096 held a few hundred MB during a large
+        // scale-up. Watchers that fall behind get `Lagged` and re-read the store.
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
         Store {
             data: Arc::new(RwLock::new(StoreData::default())),
             events,

@@ -1,10 +1,10 @@
-//! Supervision of the leader-only loops: a loop that panics, fails or ends on its own is
-//! restarted after a backoff, so a leader never silently stops converging.
+//! Supervision of the leader-only loops: a loop that panics or fails is restarted after a
+//! backoff, so a leader never silently stops converging.
 //!
 //! ```text
 //!   supervise(name, cancel, give_up, make)
-//!     loop: spawn make(child of cancel) ── ends while cancel is not fired ──▶ log, backoff,
-//!           restart; more than `max_restarts` in `window` ──▶ fire give_up and stop
+//!     loop: spawn make(child of cancel) ── panics or fails ──▶ log, backoff, restart;
+//!           more than `max_restarts` failures in `window` ──▶ fire give_up and stop
 //! ```
 //!
 //! `give_up` says that restarting does not help: the node should hand leadership to another
@@ -60,9 +60,9 @@ impl<E: Display> LoopOutcome for Result<(), E> {
     }
 }
 
-/// Run `make(token)` until `cancel` fires, restarting it whenever it panics, fails or returns
-/// before `cancel`. Returns once `cancel` fires, or after firing `give_up` when the loop
-/// failed more than the policy allows.
+/// Run `make(token)` until `cancel` fires or it ends cleanly, restarting it whenever it panics
+/// or fails. Returns then, or after firing `give_up` when the loop failed more than the
+/// policy allows.
 pub async fn supervise<F, Fut>(
     name: &'static str,
     cancel: CancellationToken,
@@ -84,8 +84,14 @@ pub async fn supervise<F, Fut>(
         let why = match run.await {
             Ok(out) => match out.failure() {
                 Some(e) => format!("failed: {e}"),
-                None if cancel.is_cancelled() => return,
-                None => "ended on its own".to_string(),
+                None => {
+                    // A loop ends cleanly only when it sees leadership go (the token follows
+                    // shortly) or the node stopping: not a failure to restart.
+                    if !cancel.is_cancelled() {
+                        tracing::debug!(r#loop = name, "leader loop ended");
+                    }
+                    return;
+                }
             },
             Err(e) if e.is_panic() => format!("panicked: {}", panic_message(e.into_panic())),
             Err(e) => format!("was aborted: {e}"),
@@ -190,7 +196,27 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn errors_and_early_ends_restart_too_and_repeated_failure_gives_up() {
+    async fn a_clean_end_is_not_restarted() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = runs.clone();
+        let give_up = CancellationToken::new();
+        supervise(
+            "test",
+            CancellationToken::new(),
+            give_up.clone(),
+            RestartPolicy::default(),
+            move |_t: CancellationToken| {
+                r.fetch_add(1, Ordering::SeqCst);
+                async {}
+            },
+        )
+        .await;
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert!(!give_up.is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn errors_restart_and_repeated_failure_gives_up() {
         let runs = Arc::new(AtomicUsize::new(0));
         let cancel = CancellationToken::new();
         let give_up = CancellationToken::new();
@@ -210,7 +236,7 @@ mod tests {
                     if n % 2 == 0 {
                         Err(format!("run {n} failed"))
                     } else {
-                        Ok(())
+                        panic!("run {n} breaks")
                     }
                 }
             },

@@ -101,6 +101,21 @@ impl<'a> Plan<'a> {
         out
     }
 
+    /// Whether a task of the service, as this plan leaves it, satisfies `f` (without copying
+    /// the service's tasks, as [`Plan::service_tasks`] does).
+    pub fn any_service_task(&self, service_id: &str, f: impl Fn(&Task) -> bool) -> bool {
+        self.data
+            .service_tasks(service_id)
+            .filter(|t| !self.deleted.contains(&t.id))
+            .map(|t| self.updated.get(&t.id).unwrap_or(t))
+            .chain(
+                self.created
+                    .values()
+                    .filter(|t| t.service_id == service_id),
+            )
+            .any(f)
+    }
+
     pub fn service(&self, id: &str) -> Option<Service> {
         self.services
             .get(id)

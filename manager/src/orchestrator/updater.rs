@@ -222,6 +222,10 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
 pub fn promote(p: &mut Plan<'_>, service_id: &str) {
     const STOP_MARGIN_MS: i64 = 30_000;
     const DEFAULT_GRACE_MS: u64 = 10_000;
+    let waiting = |t: &Task| t.desired_state == TaskState::Ready && !t.status.state.is_terminal();
+    if !p.any_service_task(service_id, waiting) {
+        return;
+    }
     let tasks = p.service_tasks(service_id);
     let alive = |t: &Task| {
         !t.status.state.is_terminal()
@@ -230,10 +234,7 @@ pub fn promote(p: &mut Plan<'_>, service_id: &str) {
                 .is_some_and(|n| n.state != crate::store::NodeState::Down)
     };
     let mut start = Vec::new();
-    for t in tasks
-        .iter()
-        .filter(|t| t.desired_state == TaskState::Ready && !t.status.state.is_terminal())
-    {
+    for t in tasks.iter().filter(|t| waiting(t)) {
         let waiting_on_old = tasks.iter().any(|o| {
             let grace = match o.spec.stop_grace_period_ms {
                 0 => DEFAULT_GRACE_MS,
