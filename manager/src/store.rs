@@ -1093,7 +1093,7 @@ pub enum FindError {
 
 /// A handle to the in-memory tables and their change stream.
 /// Committed transactions buffered for watchers.
-pub const EVENT_BUFFER: usize = 128;
+pub const EVENT_BUFFER: usize = 32;
 
 #[derive(Clone)]
 pub struct Store {
@@ -1110,8 +1110,9 @@ impl Default for Store {
 impl Store {
     pub fn new() -> Store {
         // The channel keeps its last `capacity` events alive even once every watcher has
-        // read them: at up to 200 objects an event, 4096 held a few hundred MB during a large
-        // scale-up. Watchers that fall behind get `Lagged` and re-read the store.
+        // read them: at up to 200 objects (~4 KB each) an event, 4096 held hundreds of MB
+        // during a large scale-up. Watchers that fall behind get `Lagged` and re-read the
+        // store.
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         Store {
             data: Arc::new(RwLock::new(StoreData::default())),

@@ -18,6 +18,7 @@ pub mod replicated;
 pub mod restart;
 pub mod updater;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -97,6 +98,27 @@ impl<'a> Plan<'a> {
                 .values()
                 .filter(|t| t.service_id == service_id)
                 .cloned(),
+        );
+        out
+    }
+
+    /// As [`Plan::service_tasks`], borrowing the tasks this plan has not changed: a round
+    /// over a large service copies only what it decides about.
+    pub fn service_tasks_ref(&self, service_id: &str) -> Vec<Cow<'a, Task>> {
+        let data: &'a StoreData = self.data;
+        let mut out: Vec<Cow<'a, Task>> = data
+            .service_tasks(service_id)
+            .filter(|t| !self.deleted.contains(&t.id))
+            .map(|t| match self.updated.get(&t.id) {
+                Some(u) => Cow::Owned(u.clone()),
+                None => Cow::Borrowed(t),
+            })
+            .collect();
+        out.extend(
+            self.created
+                .values()
+                .filter(|t| t.service_id == service_id)
+                .map(|t| Cow::Owned(t.clone())),
         );
         out
     }

@@ -1,5 +1,6 @@
 //! Replicated services and replicated jobs: numbered slots, one running task per slot.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use proto::spec::{ServiceMode, TaskState};
@@ -30,8 +31,8 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
         .update_status
         .as_ref()
         .is_some_and(|u| u.state.in_progress());
-    let mut slots: BTreeMap<u64, Vec<Task>> = BTreeMap::new();
-    for t in p.service_tasks(service_id) {
+    let mut slots: BTreeMap<u64, Vec<Cow<'_, Task>>> = BTreeMap::new();
+    for t in p.service_tasks_ref(service_id) {
         slots.entry(t.slot).or_default().push(t);
     }
     let mut states: BTreeMap<u64, SlotState> = BTreeMap::new();
@@ -49,7 +50,7 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
 }
 
 /// Handle the deaths in one slot and say what it holds now.
-fn settle_slot(p: &mut Plan<'_>, s: &Service, tasks: &[Task], updating: bool) -> SlotState {
+fn settle_slot(p: &mut Plan<'_>, s: &Service, tasks: &[Cow<'_, Task>], updating: bool) -> SlotState {
     let mut runnable: Vec<&Task> = Vec::new();
     let mut latest_dead: Option<(&Task, super::Death)> = None;
     for t in tasks {
@@ -86,7 +87,7 @@ fn settle_slot(p: &mut Plan<'_>, s: &Service, tasks: &[Task], updating: bool) ->
                 } else {
                     super::Death::Failed
                 };
-                (t, why)
+                (&**t, why)
             })
     }) else {
         return SlotState::Empty;
@@ -110,7 +111,7 @@ fn settle_slot(p: &mut Plan<'_>, s: &Service, tasks: &[Task], updating: bool) ->
 fn scale(
     p: &mut Plan<'_>,
     s: &Service,
-    slots: &BTreeMap<u64, Vec<Task>>,
+    slots: &BTreeMap<u64, Vec<Cow<'_, Task>>>,
     states: &BTreeMap<u64, SlotState>,
     replicas: u64,
 ) {
@@ -178,7 +179,7 @@ fn scale(
 fn job(
     p: &mut Plan<'_>,
     s: &Service,
-    slots: &BTreeMap<u64, Vec<Task>>,
+    slots: &BTreeMap<u64, Vec<Cow<'_, Task>>>,
     states: &BTreeMap<u64, SlotState>,
     max_concurrent: u64,
     total: u64,

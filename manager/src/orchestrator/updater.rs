@@ -43,7 +43,7 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
         s.spec.update.clone()
     };
     let now = p.now_ms;
-    let tasks = p.service_tasks(service_id);
+    let tasks = p.service_tasks_ref(service_id);
     let mut by_key: BTreeMap<String, Vec<&Task>> = BTreeMap::new();
     for t in &tasks {
         if is_runnable(t) {
@@ -226,7 +226,7 @@ pub fn promote(p: &mut Plan<'_>, service_id: &str) {
     if !p.any_service_task(service_id, waiting) {
         return;
     }
-    let tasks = p.service_tasks(service_id);
+    let tasks = p.service_tasks_ref(service_id);
     let alive = |t: &Task| {
         !t.status.state.is_terminal()
             && t.status.state >= TaskState::Assigned
