@@ -1201,7 +1201,10 @@ async fn info(mut c: ControlClient<Channel>, a: InfoArgs) -> CliResult {
     // The cluster's settings, as Docker's info shows them on managers (left out when no
     // leader can answer: info must work without one).
     let settings = if i.local_node_state == "active" && i.role == "manager" {
-        c.get_cluster(pb::Empty {}).await.ok().map(|r| r.into_inner())
+        c.get_cluster(pb::Empty {})
+            .await
+            .ok()
+            .map(|r| r.into_inner())
     } else {
         None
     };
@@ -1217,7 +1220,10 @@ async fn info(mut c: ControlClient<Channel>, a: InfoArgs) -> CliResult {
                 ("NodeAddr", json!(i.node_addr)),
                 ("NodeID", json!(i.node_id)),
                 ("Role", json!(i.role)),
-                ("Spec", settings.as_ref().map(settings_json).unwrap_or(Value::Null)),
+                (
+                    "Spec",
+                    settings.as_ref().map(settings_json).unwrap_or(Value::Null)
+                ),
             ])
         ),
         Format::Table => {
@@ -1259,10 +1265,16 @@ fn human_ms(ms: u64) -> String {
 }
 
 fn print_settings(c: &pb::ClusterInfo) {
-    println!(" Dispatcher:
-  Heartbeat Period: {}", human_ms(c.heartbeat_period_ms));
-    println!(" CA Configuration:
-  Expiry Duration: {}", human_ms(c.cert_expiry_ms));
+    println!(
+        " Dispatcher:
+  Heartbeat Period: {}",
+        human_ms(c.heartbeat_period_ms)
+    );
+    println!(
+        " CA Configuration:
+  Expiry Duration: {}",
+        human_ms(c.cert_expiry_ms)
+    );
     println!(
         " Orchestration:
   Rebalance On Join: {}

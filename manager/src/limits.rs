@@ -33,9 +33,9 @@ fn bad(m: String) -> Status {
 pub fn human(d: Duration) -> String {
     let ms = d.as_millis();
     match ms {
-        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
-        _ if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
-        _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
+        _ if ms.is_multiple_of(60_000) => format!("{}m", ms / 60_000),
+        _ if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
         _ => format!("{ms}ms"),
     }
 }
@@ -289,22 +289,47 @@ mod tests {
     fn every_spec_duration_is_bounded() {
         let ok = spec(ServiceMode::Replicated { replicas: 1 });
         assert!(validate_spec_durations(&ok).is_ok());
-        let near_max = u64::MAX - 1;
-        let cases: Vec<(&str, Box<dyn Fn(&mut ServiceSpec)>)> = vec![
-            ("--restart-delay", Box::new(|s| s.task.restart.delay_ms = near_max)),
-            ("--restart-window", Box::new(|s| s.task.restart.window_ms = near_max)),
-            ("--stop-grace-period", Box::new(|s| s.task.stop_grace_period_ms = near_max)),
-            ("--update-delay", Box::new(|s| s.update.delay_ms = near_max)),
-            ("--update-monitor", Box::new(|s| s.update.monitor_ms = near_max)),
-            ("--update-deadline", Box::new(|s| s.update.task_deadline_ms = near_max)),
-            ("--rollback-delay", Box::new(|s| s.rollback.delay_ms = near_max)),
-            ("--rollback-monitor", Box::new(|s| s.rollback.monitor_ms = near_max)),
-            ("--rollback-deadline", Box::new(|s| s.rollback.task_deadline_ms = near_max)),
+        const NEAR_MAX: u64 = u64::MAX - 1;
+        type Set = Box<dyn Fn(&mut ServiceSpec)>;
+        let cases: Vec<(&str, Set)> = vec![
+            (
+                "--restart-delay",
+                Box::new(|s| s.task.restart.delay_ms = NEAR_MAX),
+            ),
+            (
+                "--restart-window",
+                Box::new(|s| s.task.restart.window_ms = NEAR_MAX),
+            ),
+            (
+                "--stop-grace-period",
+                Box::new(|s| s.task.stop_grace_period_ms = NEAR_MAX),
+            ),
+            ("--update-delay", Box::new(|s| s.update.delay_ms = NEAR_MAX)),
+            (
+                "--update-monitor",
+                Box::new(|s| s.update.monitor_ms = NEAR_MAX),
+            ),
+            (
+                "--update-deadline",
+                Box::new(|s| s.update.task_deadline_ms = NEAR_MAX),
+            ),
+            (
+                "--rollback-delay",
+                Box::new(|s| s.rollback.delay_ms = NEAR_MAX),
+            ),
+            (
+                "--rollback-monitor",
+                Box::new(|s| s.rollback.monitor_ms = NEAR_MAX),
+            ),
+            (
+                "--rollback-deadline",
+                Box::new(|s| s.rollback.task_deadline_ms = NEAR_MAX),
+            ),
             (
                 "--health-interval",
                 Box::new(|s| {
                     s.task.healthcheck = Some(HealthCheck {
-                        interval_ms: near_max,
+                        interval_ms: NEAR_MAX,
                         ..Default::default()
                     })
                 }),
@@ -313,7 +338,7 @@ mod tests {
                 "--health-timeout",
                 Box::new(|s| {
                     s.task.healthcheck = Some(HealthCheck {
-                        timeout_ms: near_max,
+                        timeout_ms: NEAR_MAX,
                         ..Default::default()
                     })
                 }),
@@ -322,7 +347,7 @@ mod tests {
                 "--health-start-period",
                 Box::new(|s| {
                     s.task.healthcheck = Some(HealthCheck {
-                        start_period_ms: near_max,
+                        start_period_ms: NEAR_MAX,
                         ..Default::default()
                     })
                 }),

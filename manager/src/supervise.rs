@@ -233,7 +233,7 @@ mod tests {
             move |_t: CancellationToken| {
                 let n = r.fetch_add(1, Ordering::SeqCst);
                 async move {
-                    if n % 2 == 0 {
+                    if n.is_multiple_of(2) {
                         Err(format!("run {n} failed"))
                     } else {
                         panic!("run {n} breaks")

@@ -79,12 +79,18 @@ fn lab_requests_beyond_the_cluster_limits_are_refused() -> Result<()> {
 
     // Out-of-range durations: the first panicked the leader at the next join.
     refused(
-        lab.shoal("m1", &["swarm", "update", "--cert-expiry", "2562047788015h"]),
+        lab.shoal(
+            "m1",
+            &["swarm", "update", "--cert-expiry", "2562047788015h"],
+        ),
         "--cert-expiry 2562047788015h",
         "--cert-expiry 2562047788015h is too long",
     )?;
     refused(
-        lab.shoal("m1", &["swarm", "update", "--dispatcher-heartbeat", "1000000h"]),
+        lab.shoal(
+            "m1",
+            &["swarm", "update", "--dispatcher-heartbeat", "1000000h"],
+        ),
         "--dispatcher-heartbeat 1000000h",
         "--dispatcher-heartbeat 1000000h is too long",
     )?;

@@ -130,11 +130,7 @@ impl<'a> Plan<'a> {
             .service_tasks(service_id)
             .filter(|t| !self.deleted.contains(&t.id))
             .map(|t| self.updated.get(&t.id).unwrap_or(t))
-            .chain(
-                self.created
-                    .values()
-                    .filter(|t| t.service_id == service_id),
-            )
+            .chain(self.created.values().filter(|t| t.service_id == service_id))
             .any(f)
     }
 

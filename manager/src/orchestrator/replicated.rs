@@ -50,7 +50,12 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
 }
 
 /// Handle the deaths in one slot and say what it holds now.
-fn settle_slot(p: &mut Plan<'_>, s: &Service, tasks: &[Cow<'_, Task>], updating: bool) -> SlotState {
+fn settle_slot(
+    p: &mut Plan<'_>,
+    s: &Service,
+    tasks: &[Cow<'_, Task>],
+    updating: bool,
+) -> SlotState {
     let mut runnable: Vec<&Task> = Vec::new();
     let mut latest_dead: Option<(&Task, super::Death)> = None;
     for t in tasks {

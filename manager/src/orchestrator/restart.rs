@@ -44,7 +44,10 @@ pub fn decide(policy: &RestartPolicy, dead: &Task, why: Death, now_ms: i64) -> R
         return Restart::Never;
     }
     // Saturating: a delay near the maximum means "not in this era", never an overflow.
-    let at = dead.status.timestamp_ms.saturating_add(ms_i64(policy.delay_ms));
+    let at = dead
+        .status
+        .timestamp_ms
+        .saturating_add(ms_i64(policy.delay_ms));
     if now_ms < at {
         return Restart::At(at);
     }
