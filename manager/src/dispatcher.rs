@@ -109,7 +109,9 @@ pub fn fingerprint(a: &Assignment) -> u64 {
 
 /// The fingerprints of a full set of assignments.
 pub fn fingerprints(all: &BTreeMap<String, Assignment>) -> Sent {
-    all.iter().map(|(id, a)| (id.clone(), fingerprint(a))).collect()
+    all.iter()
+        .map(|(id, a)| (id.clone(), fingerprint(a)))
+        .collect()
 }
 
 /// The message that turns what was sent into the full set `now` (after a missed event).

@@ -161,6 +161,15 @@ pub fn wanted_tasks(spec: &ServiceSpec, nodes: u64) -> u64 {
     }
 }
 
+fn completions(spec: &ServiceSpec) -> u64 {
+    match spec.mode {
+        ServiceMode::ReplicatedJob {
+            total_completions, ..
+        } => total_completions,
+        _ => 0,
+    }
+}
+
 /// Refuse a service spec (new, or replacing service `replacing`) that would go beyond the
 /// cluster's limits.
 pub fn check_task_limits(
@@ -169,6 +178,16 @@ pub fn check_task_limits(
     replacing: Option<&str>,
 ) -> Result<(), Status> {
     let limits = d.cluster.as_ref().map(|c| c.limits).unwrap_or_default();
+    let nodes = d.nodes.len() as u64;
+    // An update that asks for no more tasks than the service had passes, so that lowering a
+    // limit does not freeze the services already above it.
+    if let Some(old) = replacing.and_then(|id| d.services.get(id)) {
+        if wanted_tasks(spec, nodes) <= wanted_tasks(&old.spec, nodes)
+            && completions(spec) <= completions(&old.spec)
+        {
+            return Ok(());
+        }
+    }
     let too_many = |what: &str, n: u64| {
         Err(Status::invalid_argument(format!(
             "{what} {n} exceeds the cluster limit of {} (swarm update --max-replicas)",
@@ -196,7 +215,6 @@ pub fn check_task_limits(
         }
         _ => {}
     }
-    let nodes = d.nodes.len() as u64;
     let others = d
         .services
         .values()
@@ -421,6 +439,19 @@ mod tests {
         assert!(e.message().contains("--max-tasks"), "{}", e.message());
         // Updating s0 replaces its 10: 10 + 6 + ... fits.
         assert!(check_task_limits(&d, &six, Some("s0")).is_ok());
+        // Limits lowered below what runs: an update that asks for no more passes, more not.
+        d.cluster.as_mut().unwrap().limits = ClusterLimits {
+            max_replicas: 5,
+            max_tasks: 8,
+        };
+        let ten = spec(ServiceMode::Replicated { replicas: 10 });
+        let eleven = spec(ServiceMode::Replicated { replicas: 11 });
+        assert!(check_task_limits(&d, &ten, Some("s0")).is_ok());
+        assert!(check_task_limits(&d, &eleven, Some("s0")).is_err());
+        d.cluster.as_mut().unwrap().limits = ClusterLimits {
+            max_replicas: 10,
+            max_tasks: 25,
+        };
         // Global services count one task per node.
         for i in 0..6 {
             let n = crate::store::tests::node(&format!("n{i}"), &format!("h{i}"));
