@@ -120,6 +120,7 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<()> {
         default_addr_pool: manager::store::default_addr_pool(),
         default_addr_pool_mask_len: manager::store::default_addr_pool_mask_len(),
         unlock_key: None,
+        limits: Default::default(),
     };
 
     // Managers.

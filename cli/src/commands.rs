@@ -234,6 +234,12 @@ pub enum SwarmCmd {
         dispatcher_heartbeat: Option<Duration>,
         #[arg(long, value_parser = parse_duration)]
         cert_expiry: Option<Duration>,
+        /// Most replicas one service may have (default 100000).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        max_replicas: Option<u64>,
+        /// Most tasks the whole cluster may run (default 1000000).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        max_tasks: Option<u64>,
     },
 }
 
@@ -920,7 +926,9 @@ where
 }
 
 fn ms(d: Option<Duration>) -> u64 {
-    d.map(|d| d.as_millis() as u64).unwrap_or(0)
+    // Clamped, not truncated: a huge value must reach the manager's range check as huge.
+    d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
@@ -1045,10 +1053,14 @@ async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
             dispatcher_heartbeat,
             cert_expiry,
             rebalance_on_join,
+            max_replicas,
+            max_tasks,
         } => {
             let req = pb::UpdateClusterRequest {
                 heartbeat_period_ms: ms(dispatcher_heartbeat),
                 cert_expiry_ms: ms(cert_expiry),
+                max_replicas: max_replicas.unwrap_or(0),
+                max_tasks: max_tasks.unwrap_or(0),
                 rebalance_on_join: match rebalance_on_join {
                     None => 0,
                     Some(true) => 1,
@@ -1389,6 +1401,16 @@ async fn node(c: ControlClient<Channel>, cmd: NodeCmd) -> CliResult {
 
 async fn info(mut c: ControlClient<Channel>, a: InfoArgs) -> CliResult {
     let i = c.info(pb::Empty {}).await?.into_inner();
+    // The cluster's settings, as Docker's info shows them on managers (left out when no
+    // leader can answer: info must work without one).
+    let settings = if i.local_node_state == "active" && i.role == "manager" {
+        c.get_cluster(pb::Empty {})
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    } else {
+        None
+    };
     match a.format {
         Format::Json => println!(
             "{}",
@@ -1405,6 +1427,10 @@ async fn info(mut c: ControlClient<Channel>, a: InfoArgs) -> CliResult {
                 ("RaftState", json!(i.raft_state)),
                 ("RaftTerm", json!(i.raft_term)),
                 ("Role", json!(i.role)),
+                (
+                    "Spec",
+                    settings.as_ref().map(settings_json).unwrap_or(Value::Null)
+                ),
             ])
         ),
         Format::Table => {
@@ -1437,10 +1463,49 @@ async fn info(mut c: ControlClient<Channel>, a: InfoArgs) -> CliResult {
                     );
                 }
                 println!(" Certificate expires: {}", ts(i.cert_not_after_ms));
+                if let Some(c) = &settings {
+                    print_settings(c);
+                }
             }
         }
     }
     Ok(())
+}
+
+fn human_ms(ms: u64) -> String {
+    manager::limits::human(Duration::from_millis(ms))
+}
+
+fn print_settings(c: &pb::ClusterInfo) {
+    println!(
+        " Dispatcher:
+  Heartbeat Period: {}",
+        human_ms(c.heartbeat_period_ms)
+    );
+    println!(
+        " CA Configuration:
+  Expiry Duration: {}",
+        human_ms(c.cert_expiry_ms)
+    );
+    println!(
+        " Orchestration:
+  Rebalance On Join: {}
+  Max Replicas Per Service: {}
+  Max Tasks: {}",
+        c.rebalance_on_join, c.max_replicas, c.max_tasks
+    );
+}
+
+fn settings_json(c: &pb::ClusterInfo) -> Value {
+    json!({
+        "Dispatcher": {"HeartbeatPeriod": c.heartbeat_period_ms.saturating_mul(1_000_000)},
+        "CAConfig": {"NodeCertExpiry": c.cert_expiry_ms.saturating_mul(1_000_000)},
+        "Orchestration": {
+            "RebalanceOnJoin": c.rebalance_on_join,
+            "MaxReplicas": c.max_replicas,
+            "MaxTasks": c.max_tasks,
+        },
+    })
 }
 
 fn run_lab(cmd: LabCmd, level: &str) -> CliResult {

@@ -522,6 +522,7 @@ impl Node {
                 .map(|u| kek.seal_unlock_key(u))
                 .transpose()
                 .map_err(status_internal)?,
+            limits: Default::default(),
         };
         let ingress = manager::allocator::ingress_network(
             &cluster.default_addr_pool,

@@ -546,7 +546,8 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
 // ---------------------------------------------------------------- flags → spec
 
 fn ms(d: Duration) -> u64 {
-    d.as_millis() as u64
+    // Clamped, not truncated: the manager's range check must see a huge value as huge.
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn parse_label(flag: &str, s: &str) -> Result<(String, String), String> {

@@ -4,7 +4,6 @@
 //! this manager's certificate, so the CLI can talk to any manager.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use proto::pb;
 use proto::pb::control_client::ControlClient;
@@ -15,9 +14,7 @@ use tonic::Status;
 use crate::manager::{now_ms, pb_node, update_with_retry, Manager};
 use crate::store::{Availability, Kind, NodeState, Object, Op, StoreData, Txn};
 
-/// Shortest heartbeat period and certificate validity a cluster accepts.
-pub const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
-pub const MIN_CERT_EXPIRY: Duration = Duration::from_secs(30);
+pub use crate::limits::{validate_settings, MIN_CERT_EXPIRY, MIN_HEARTBEAT};
 
 #[derive(Clone)]
 pub struct ControlApi {
@@ -34,6 +31,8 @@ fn pb_cluster(c: &crate::store::Cluster) -> pb::ClusterInfo {
         version: c.version,
         rebalance_on_join: c.rebalance_on_join,
         autolock: c.unlock_key.is_some(),
+        max_replicas: c.limits.max_replicas,
+        max_tasks: c.limits.max_tasks,
     }
 }
 
@@ -41,23 +40,6 @@ fn cluster_of(d: &StoreData) -> Result<crate::store::Cluster, Status> {
     d.cluster
         .clone()
         .ok_or_else(|| Status::failed_precondition("the swarm is not initialised yet"))
-}
-
-/// Validate cluster settings a user typed.
-pub fn validate_settings(heartbeat_ms: u64, cert_expiry_ms: u64) -> Result<(), Status> {
-    if heartbeat_ms != 0 && Duration::from_millis(heartbeat_ms) < MIN_HEARTBEAT {
-        return Err(Status::invalid_argument(format!(
-            "--dispatcher-heartbeat must be at least {}ms",
-            MIN_HEARTBEAT.as_millis()
-        )));
-    }
-    if cert_expiry_ms != 0 && Duration::from_millis(cert_expiry_ms) < MIN_CERT_EXPIRY {
-        return Err(Status::invalid_argument(format!(
-            "--cert-expiry must be at least {}s",
-            MIN_CERT_EXPIRY.as_secs()
-        )));
-    }
-    Ok(())
 }
 
 impl ControlApi {
@@ -107,6 +89,7 @@ impl ControlApi {
             if req.cert_expiry_ms != 0 {
                 c.cert_expiry_ms = req.cert_expiry_ms;
             }
+            c.limits = crate::limits::updated_limits(c.limits, req.max_replicas, req.max_tasks)?;
             match req.rebalance_on_join {
                 1 => c.rebalance_on_join = true,
                 2 => c.rebalance_on_join = false,

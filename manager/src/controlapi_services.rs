@@ -89,6 +89,7 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
     {
         return bad(format!("invalid --stop-signal {:?}", spec.task.stop_signal));
     }
+    crate::limits::validate_spec_durations(spec)?;
     validate_endpoint(spec)
 }
 
@@ -277,6 +278,7 @@ impl ControlApi {
                     "service {name} already exists"
                 )));
             }
+            crate::limits::check_task_limits(d, &spec, None)?;
             let mut service = service.clone();
             with_spec(d, &mut service, spec.clone())?;
             Ok(Txn::new(vec![Op::Create(Object::Service(service))]))
@@ -347,6 +349,7 @@ impl ControlApi {
                     (n.clone(), UpdateState::Updating)
                 }
             };
+            crate::limits::check_task_limits(d, &spec, Some(&s.id))?;
             let old = s.spec.clone();
             with_spec(d, &mut s, spec)?;
             let on_mesh = |sp: &ServiceSpec| crate::allocator::uses_ingress(&sp.endpoint.ports);
@@ -388,12 +391,17 @@ impl ControlApi {
                 kind: Kind::Service,
                 id: s.id.clone(),
             }];
-            for t in d.service_tasks(&s.id) {
-                if t.desired_state < TaskState::Remove {
-                    let mut t = t.clone();
-                    t.desired_state = TaskState::Remove;
-                    ops.push(Op::Update(Object::Task(t)));
-                }
+            // The first tasks go with the service; the orchestrator's reaper tells the rest
+            // (a large service's would make one huge raft entry).
+            let first = crate::orchestrator::MAX_OPS_PER_TXN - 1;
+            for t in d
+                .service_tasks(&s.id)
+                .filter(|t| t.desired_state < TaskState::Remove)
+                .take(first)
+            {
+                let mut t = t.clone();
+                t.desired_state = TaskState::Remove;
+                ops.push(Op::Update(Object::Task(t)));
             }
             Ok(Txn::new(ops))
         })

@@ -70,30 +70,40 @@ pub fn assignments_for(
 ) -> BTreeMap<String, Assignment> {
     let mut key = None;
     d.node_tasks(node_id)
-        .filter(|t| t.status.state >= TaskState::Assigned)
-        .filter(|t| !(t.status.state.is_terminal() && t.desired_state > TaskState::Running))
-        .map(|t| {
-            (
-                t.id.clone(),
-                Assignment {
-                    task_id: t.id.clone(),
-                    service_id: t.service_id.clone(),
-                    service_name: t.service_name.clone(),
-                    slot: t.slot,
-                    spec: t.spec.clone(),
-                    desired_state: t.desired_state,
-                    node_hostname: d
-                        .nodes
-                        .get(node_id)
-                        .map(|n| n.description.hostname.clone())
-                        .unwrap_or_default(),
-                    secrets: resolve(d, crate::secrets::FileKind::Secret, &t.spec, kek, &mut key),
-                    configs: resolve(d, crate::secrets::FileKind::Config, &t.spec, kek, &mut key),
-                    networks: t.networks.clone(),
-                },
-            )
-        })
+        .filter_map(|t| Some((t.id.clone(), assignment_of(d, t, node_id, kek, &mut key)?)))
         .collect()
+}
+
+/// What node `node_id` is told about task `t`, if anything.
+fn assignment_of(
+    d: &StoreData,
+    t: &Task,
+    node_id: &str,
+    kek: &crate::keys::Kek,
+    key: &mut Option<Option<crate::store::DataKey>>,
+) -> Option<Assignment> {
+    if t.node_id != node_id
+        || t.status.state < TaskState::Assigned
+        || (t.status.state.is_terminal() && t.desired_state > TaskState::Running)
+    {
+        return None;
+    }
+    Some(Assignment {
+        task_id: t.id.clone(),
+        service_id: t.service_id.clone(),
+        service_name: t.service_name.clone(),
+        slot: t.slot,
+        spec: t.spec.clone(),
+        desired_state: t.desired_state,
+        node_hostname: d
+            .nodes
+            .get(node_id)
+            .map(|n| n.description.hostname.clone())
+            .unwrap_or_default(),
+        secrets: resolve(d, crate::secrets::FileKind::Secret, &t.spec, kek, key),
+        configs: resolve(d, crate::secrets::FileKind::Config, &t.spec, kek, key),
+        networks: t.networks.clone(),
+    })
 }
 
 /// The files of `kind` a task spec names; the data key is opened at most once per call of
@@ -110,6 +120,93 @@ fn resolve(
     }
     let key = key.get_or_insert_with(|| crate::secrets::data_key(d, kek));
     crate::secrets::resolve(d, kind, spec, key.as_ref())
+}
+
+/// What a session last sent a node, per task: a fingerprint of the assignment rather than
+/// the assignment itself (a node with 50,000 tasks held ~100 MB of copies per session).
+pub type Sent = BTreeMap<String, u64>;
+
+/// A fingerprint of an assignment's content.
+pub fn fingerprint(a: &Assignment) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(a).unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
+/// The fingerprints of a full set of assignments.
+pub fn fingerprints(all: &BTreeMap<String, Assignment>) -> Sent {
+    all.iter()
+        .map(|(id, a)| (id.clone(), fingerprint(a)))
+        .collect()
+}
+
+/// The message that turns what was sent into the full set `now` (after a missed event).
+pub fn diff_full(sent: &mut Sent, now: BTreeMap<String, Assignment>) -> Option<pb::Assignments> {
+    let removed: Vec<String> = sent
+        .keys()
+        .filter(|id| !now.contains_key(*id))
+        .cloned()
+        .collect();
+    let mut upsert: Vec<Assignment> = Vec::new();
+    let mut next = Sent::new();
+    for (id, a) in now {
+        let f = fingerprint(&a);
+        if sent.get(&id) != Some(&f) {
+            upsert.push(a);
+        }
+        next.insert(id, f);
+    }
+    *sent = next;
+    if upsert.is_empty() && removed.is_empty() {
+        return None;
+    }
+    Some(pb::Assignments {
+        full: false,
+        upsert_json: serde_json::to_string(&upsert).unwrap_or_default(),
+        removed,
+    })
+}
+
+/// The assignment changes of the tasks `ids` (those a committed event touched), applied to
+/// `sent`: work proportional to the event, not to the node's tasks.
+pub fn diff_touched<'a>(
+    sent: &mut Sent,
+    d: &StoreData,
+    node_id: &str,
+    kek: &crate::keys::Kek,
+    ids: impl IntoIterator<Item = &'a str>,
+) -> Option<pb::Assignments> {
+    let mut key = None;
+    let mut upsert: Vec<Assignment> = Vec::new();
+    let mut removed: Vec<String> = Vec::new();
+    for id in ids {
+        let now = d
+            .tasks
+            .get(id)
+            .and_then(|t| assignment_of(d, t, node_id, kek, &mut key));
+        match now {
+            Some(a) => {
+                let f = fingerprint(&a);
+                if sent.insert(id.to_string(), f) != Some(f) {
+                    upsert.push(a);
+                }
+            }
+            None => {
+                if sent.remove(id).is_some() {
+                    removed.push(id.to_string());
+                }
+            }
+        }
+    }
+    if upsert.is_empty() && removed.is_empty() {
+        return None;
+    }
+    Some(pb::Assignments {
+        full: false,
+        upsert_json: serde_json::to_string(&upsert).unwrap_or_default(),
+        removed,
+    })
 }
 
 /// Whether a task takes traffic: RUNNING, meant to run, on a ready node.
@@ -748,16 +845,18 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         let (tx, rx) = mpsc::channel(16);
         let node_id = cert.node_id.clone();
         let mut events = mgr.store.watch();
-        let mut sent = mgr.store.view(|d| assignments_for(d, &node_id, &mgr.kek));
+        let all = mgr.store.view(|d| assignments_for(d, &node_id, &mgr.kek));
+        let mut sent = fingerprints(&all);
         let (mut net_sent, mut net_busy) = mgr.store.view(|d| net_json(d, &node_id));
         let mut first = dispatcher.session_message(&mgr, &node_id);
         first.net_json = net_sent.clone();
         first.assignments = Some(pb::Assignments {
             full: true,
-            upsert_json: serde_json::to_string(&sent.values().collect::<Vec<_>>())
+            upsert_json: serde_json::to_string(&all.values().collect::<Vec<_>>())
                 .unwrap_or_default(),
             removed: Vec::new(),
         });
+        drop(all);
         let _ = tx.send(Ok(first)).await;
         let serial = dispatcher.register_session(&node_id, tx.clone());
         tokio::spawn(async move {
@@ -788,10 +887,23 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                         let mut m = dispatcher.session_message(&mgr, &node_id);
                         let mut any = false;
                         if relevant {
-                            let now = mgr.store.view(|d| assignments_for(d, &node_id, &mgr.kek));
-                            if let Some(a) = diff_assignments(&sent, &now) {
+                            let diff = match &ev {
+                                // Only the tasks the event touched can have changed.
+                                Ok(e) => mgr.store.view(|d| {
+                                    let ids = e.changes.iter().filter_map(|c| match c {
+                                        Change::Put(Object::Task(t)) => Some(t.id.as_str()),
+                                        Change::Deleted { kind: Kind::Task, id } => Some(id.as_str()),
+                                        _ => None,
+                                    });
+                                    diff_touched(&mut sent, d, &node_id, &mgr.kek, ids)
+                                }),
+                                Err(_) => {
+                                    let now = mgr.store.view(|d| assignments_for(d, &node_id, &mgr.kek));
+                                    diff_full(&mut sent, now)
+                                }
+                            };
+                            if let Some(a) = diff {
                                 m.assignments = Some(a);
-                                sent = now;
                                 any = true;
                             }
                         }
@@ -1065,5 +1177,56 @@ mod tests {
         let a = assignments_for(&d, "n1", &crate::keys::Kek::generate().unwrap());
         assert_eq!(a["t1"].networks, t.networks);
         assert_eq!(a["t1"].networks.len(), 1);
+    }
+
+    #[test]
+    fn touched_tasks_diff_as_the_full_recomputation_does() {
+        let mut d = data_with_networks();
+        for n in ["n1", "n2"] {
+            d.apply_txn(3, &Txn::new(vec![Op::Create(Object::Node(node(n, n)))]))
+                .unwrap();
+        }
+        let web = service("web", &["net1"], vec![]);
+        let mut index = 10;
+        let mut put = |d: &mut StoreData, t: Task| {
+            index += 1;
+            let op = if d.tasks.contains_key(&t.id) {
+                let mut t = t;
+                t.version = d.tasks[&t.id].version;
+                Op::Update(Object::Task(t))
+            } else {
+                Op::Create(Object::Task(t))
+            };
+            d.apply_txn(index, &Txn::new(vec![op])).unwrap();
+        };
+        for (id, node, state) in [
+            ("t1", "n1", TaskState::Assigned),
+            ("t2", "n1", TaskState::Running),
+            ("t3", "n2", TaskState::Assigned),
+        ] {
+            let t = task(&d, id, &web, node, state);
+            put(&mut d, t);
+        }
+        let kek = crate::keys::Kek::generate().unwrap();
+        let mut sent = Sent::new();
+        let first = diff_touched(&mut sent, &d, "n1", &kek, ["t1", "t2", "t3"]).unwrap();
+        assert_eq!(sent, fingerprints(&assignments_for(&d, "n1", &kek)));
+        assert_eq!(first.removed, Vec::<String>::new());
+        // t1 told to stop, t2 ended and no longer wanted: one upsert, one removal.
+        let mut t1s = d.tasks["t1"].clone();
+        t1s.desired_state = TaskState::Shutdown;
+        put(&mut d, t1s);
+        let mut t2s = d.tasks["t2"].clone();
+        t2s.desired_state = TaskState::Shutdown;
+        t2s.status.state = TaskState::Shutdown;
+        put(&mut d, t2s);
+        let mut before = sent.clone();
+        let full = diff_full(&mut before, assignments_for(&d, "n1", &kek)).unwrap();
+        let inc = diff_touched(&mut sent, &d, "n1", &kek, ["t1", "t2", "t3"]).unwrap();
+        assert_eq!(sent, fingerprints(&assignments_for(&d, "n1", &kek)));
+        assert_eq!(sent, before);
+        assert_eq!(inc.removed, full.removed);
+        assert_eq!(inc.upsert_json, full.upsert_json);
+        assert!(diff_touched(&mut sent, &d, "n1", &kek, ["t1", "t3"]).is_none());
     }
 }

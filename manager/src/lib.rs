@@ -18,6 +18,7 @@ pub mod controlapi_secrets;
 pub mod controlapi_services;
 pub mod dispatcher;
 pub mod keys;
+pub mod limits;
 pub mod manager;
 pub mod membership;
 pub mod orchestrator;
@@ -26,5 +27,6 @@ pub mod recovery;
 pub mod scheduler;
 pub mod secrets;
 pub mod store;
+pub mod supervise;
 
 pub use manager::{Manager, ManagerConfig};

@@ -77,6 +77,8 @@ pub struct Manager {
     live: Arc<Liveness>,
     /// [`Manager::leadership`], republished whenever it changes (checked every few ms).
     leadership_tx: tokio::sync::watch::Sender<Leadership>,
+    /// Until when this node stands aside after stepping down (see [`Manager::step_down`]).
+    abdicated: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// Writes waiting for the proposer (see `write_loop`).
     writes: tokio::sync::mpsc::UnboundedSender<PendingWrite>,
     /// The term this node acts as leader of, and a token cancelled when that ends; set and
@@ -113,6 +115,9 @@ const MAX_BATCH: usize = 128;
 const MAX_BATCH_OPS: usize = 2_000;
 /// Raft entries proposed and not yet committed at once.
 const WRITES_IN_FLIGHT: usize = 4;
+
+/// How long a manager that stepped down stands aside: long enough for another to be elected.
+const ABDICATION: Duration = Duration::from_secs(10);
 
 /// How long after its last answer a manager still counts as reachable.
 const REACHABLE_WINDOW: Duration = Duration::from_secs(2);
@@ -194,6 +199,7 @@ impl Manager {
         });
         let (writes, writes_rx) = tokio::sync::mpsc::unbounded_channel();
         let mgr = Arc::new(Manager {
+            abdicated: std::sync::Mutex::new(None),
             writes,
             dispatcher: Arc::new(Dispatcher::new(store.clone())),
             kek,
@@ -295,6 +301,7 @@ impl Manager {
         let membership = m.membership_config.membership();
         if m.state.is_leader()
             && m.current_leader == Some(me)
+            && !self.abdicating()
             && membership.voter_ids().any(|v| v == me)
         {
             let configs = membership.get_joint_config().clone();
@@ -555,7 +562,7 @@ impl Manager {
                 return;
             }
             let now = tokio::time::Instant::now();
-            if raft_leader && now >= next_heartbeat {
+            if raft_leader && now >= next_heartbeat && !self.abdicating() {
                 next_heartbeat = now + self.config.tuning.heartbeat;
                 let _ = self.raft.trigger().heartbeat().await;
             }
@@ -618,27 +625,67 @@ impl Manager {
         }
     }
 
+    /// The leader-only loops, each supervised: restarted if it panics or fails; when one
+    /// keeps failing, this node steps down rather than lead without it.
     fn start_leader_loops(self: &Arc<Self>, token: &CancellationToken) {
+        let give_up = CancellationToken::new();
+        use crate::supervise::spawn as sup;
+        let tasks = &self.tasks;
         let m = self.clone();
-        let t = token.clone();
-        self.tasks
-            .spawn(async move { crate::membership::run(m, t).await });
+        sup(tasks, "membership", token, &give_up, move |t| {
+            crate::membership::run(m.clone(), t)
+        });
         let m = self.clone();
-        let t = token.clone();
-        self.tasks
-            .spawn(async move { m.dispatcher.clone().monitor(m, t).await });
+        sup(tasks, "dispatcher monitor", token, &give_up, move |t| {
+            m.dispatcher.clone().monitor(m.clone(), t)
+        });
         let m = self.clone();
-        let t = token.clone();
-        self.tasks
-            .spawn(async move { crate::orchestrator::run(m, t).await });
+        sup(tasks, "orchestrator", token, &give_up, move |t| {
+            crate::orchestrator::run(m.clone(), t)
+        });
         let m = self.clone();
-        let t = token.clone();
-        self.tasks
-            .spawn(async move { crate::scheduler::run(m, t).await });
+        sup(tasks, "scheduler", token, &give_up, move |t| {
+            crate::scheduler::run(m.clone(), t)
+        });
         let m = self.clone();
+        sup(tasks, "dispatcher statuses", token, &give_up, move |t| {
+            m.dispatcher.clone().write_statuses(m.clone(), t)
+        });
         let t = token.clone();
-        self.tasks
-            .spawn(async move { m.dispatcher.clone().write_statuses(m, t).await });
+        let m = self.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = t.cancelled() => {}
+                _ = give_up.cancelled() => m.step_down("a leader loop keeps failing"),
+            }
+        });
+    }
+
+    /// Stop leading: act as leader no more, send no heartbeats (the followers' leases run
+    /// out and they elect another manager) and stand for no election, for a while.
+    pub fn step_down(&self, why: &str) {
+        tracing::error!(node = %self.config.node_id, reason = why, "stepping down");
+        *self.abdicated.lock().expect("abdication lock") =
+            Some(tokio::time::Instant::now() + ABDICATION);
+        self.raft.runtime_config().elect(false);
+        if let Some((_, tok)) = self.leader_token.lock().expect("leader token lock").take() {
+            tok.cancel();
+        }
+    }
+
+    /// Whether this node has stepped down lately (see [`Manager::step_down`]); ends the
+    /// abdication once its time is up.
+    fn abdicating(&self) -> bool {
+        let mut g = self.abdicated.lock().expect("abdication lock");
+        match *g {
+            Some(until) if tokio::time::Instant::now() < until => true,
+            Some(_) => {
+                *g = None;
+                self.raft.runtime_config().elect(true);
+                false
+            }
+            None => false,
+        }
     }
 }
 

@@ -51,6 +51,30 @@ pub struct Cluster {
     /// ([`crate::keys`]); `None` when autolock is off.
     #[serde(default)]
     pub unlock_key: Option<String>,
+    /// Bounds on what services may ask for (`swarm update --max-replicas/--max-tasks`).
+    #[serde(default)]
+    pub limits: ClusterLimits,
+}
+
+/// How many tasks the cluster will hold: a request above these is refused at the API, and the
+/// orchestrator never creates tasks beyond them (a service stored before a limit was lowered
+/// keeps what it has but gets no more).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterLimits {
+    /// Replicas of one service (replicated services and jobs' concurrency).
+    pub max_replicas: u64,
+    /// Tasks meant to run in the whole cluster (replicas, plus one per node for global
+    /// services).
+    pub max_tasks: u64,
+}
+
+impl Default for ClusterLimits {
+    fn default() -> Self {
+        ClusterLimits {
+            max_replicas: 100_000,
+            max_tasks: 1_000_000,
+        }
+    }
 }
 
 pub fn default_addr_pool() -> Vec<String> {
@@ -1092,6 +1116,9 @@ pub enum FindError {
 }
 
 /// A handle to the in-memory tables and their change stream.
+/// Committed transactions buffered for watchers.
+pub const EVENT_BUFFER: usize = 32;
+
 #[derive(Clone)]
 pub struct Store {
     data: Arc<RwLock<StoreData>>,
@@ -1106,7 +1133,11 @@ impl Default for Store {
 
 impl Store {
     pub fn new() -> Store {
-        let (events, _) = broadcast::channel(4096);
+        // The channel keeps its last `capacity` events alive even once every watcher has
+        // read them: at up to 200 objects (~4 KB each) an event, 4096 held hundreds of MB
+        // during a large scale-up. Watchers that fall behind get `Lagged` and re-read the
+        // store.
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
         Store {
             data: Arc::new(RwLock::new(StoreData::default())),
             events,

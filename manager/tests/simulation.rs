@@ -614,6 +614,7 @@ async fn run_seed(seed: u64) -> Vec<String> {
         default_addr_pool: manager::store::default_addr_pool(),
         default_addr_pool_mask_len: 24,
         unlock_key: None,
+        limits: Default::default(),
         id: "sim".into(),
         version: 0,
         created_at_ms: 0,
@@ -1055,6 +1056,7 @@ fn label_write(m: &Manager, n: u32) -> Txn {
             removed_nodes: Default::default(),
             rebalance_on_join: false,
             unlock_key: None,
+            limits: Default::default(),
         });
         let op = if d.cluster.is_some() {
             c.heartbeat_period_ms = 1000 + u64::from(n);

@@ -34,6 +34,8 @@ pub enum SecurityError {
     BadCertificate(String),
     #[error("certificate {field} is missing or invalid")]
     MissingField { field: &'static str },
+    #[error("a certificate validity of {0:?} is out of range")]
+    Validity(Duration),
 }
 
 /// The role a node plays; it is written into the node's certificate.
@@ -313,8 +315,14 @@ impl RootCa {
         // certificate is past its half-life (renewal point) when issued.
         let skew = Duration::from_secs(300).min(req.validity / 10);
         params.not_before = now - time::Duration::milliseconds(skew.as_millis() as i64);
-        params.not_after = now
-            + time::Duration::milliseconds(req.validity.as_millis().min(i64::MAX as u128) as i64);
+        // Checked: a validity past what a date can hold (or X.509 can write, year 9999) is
+        // refused, never an overflow.
+        params.not_after = i64::try_from(req.validity.as_millis())
+            .ok()
+            .map(time::Duration::milliseconds)
+            .and_then(|v| now.checked_add(v))
+            .filter(|t| t.year() <= 9999)
+            .ok_or(SecurityError::Validity(req.validity))?;
         csr.params = params;
         Ok(csr.signed_by(&issuer)?.pem())
     }
@@ -323,6 +331,27 @@ impl RootCa {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_out_of_range_validity_is_refused_not_a_panic() {
+        let ca = RootCa::generate("c").unwrap();
+        let (_key, csr) = new_key_and_csr().unwrap();
+        // `swarm update --cert-expiry 2562047788015h`, then a join.
+        for validity in [
+            Duration::from_secs(2_562_047_788_015 * 3600),
+            Duration::from_secs(20_000 * 365 * 24 * 3600),
+            Duration::MAX,
+        ] {
+            let r = ca.issue(&NodeCertRequest {
+                csr_pem: &csr,
+                node_id: "n",
+                role: Role::Worker,
+                cluster_id: "c",
+                validity,
+            });
+            assert!(matches!(r, Err(SecurityError::Validity(_))), "{validity:?}");
+        }
+    }
 
     #[test]
     fn token_round_trip_and_rejects() {

@@ -72,15 +72,17 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
         });
         match previous {
             None => {
-                p.create_task(&s, 0, &node.id, 0);
+                if p.room_for_new_task() {
+                    let _ = p.create_task(&s, 0, &node.id, 0);
+                }
             }
             Some((dead, why)) => {
                 match restart::decide(&s.spec.task.restart, &dead, why, p.now_ms) {
                     Restart::Now { restart_count } => {
-                        p.create_task(&s, 0, &node.id, restart_count);
+                        let _ = p.create_task(&s, 0, &node.id, restart_count);
                     }
                     Restart::Never if dead.spec_version != s.spec_version => {
-                        p.create_task(&s, 0, &node.id, 0);
+                        let _ = p.create_task(&s, 0, &node.id, 0);
                     }
                     Restart::At(_) | Restart::Never => {}
                 }

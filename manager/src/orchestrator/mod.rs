@@ -18,6 +18,7 @@ pub mod replicated;
 pub mod restart;
 pub mod updater;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -28,10 +29,16 @@ use proto::spec::{TaskState, TaskStatus};
 use tokio_util::sync::CancellationToken;
 
 use crate::manager::{now_ms, Manager, ProposeError};
-use crate::store::{Kind, Node, NodeState, Object, Op, Service, StoreData, Task, Txn, TxnError};
+use crate::store::{
+    ClusterLimits, Kind, Node, NodeState, Object, Op, Service, StoreData, Task, Txn, TxnError,
+};
 
 /// Most operations in one raft entry (swarmkit batches the same way).
 pub const MAX_OPS_PER_TXN: usize = 200;
+
+/// Most tasks one orchestration round creates: a large service is brought up over several
+/// rounds, so a round's memory and transactions stay bounded whatever the spec asks.
+pub const MAX_CREATES_PER_ROUND: usize = 1000;
 
 /// Decisions of one orchestration round, over a working copy of the tasks it touched.
 pub struct Plan<'a> {
@@ -43,10 +50,17 @@ pub struct Plan<'a> {
     services: BTreeMap<String, Service>,
     /// Addresses given to tasks created in this plan (not yet in the store).
     taken: BTreeSet<(String, Ipv4Addr)>,
+    /// Tasks this round may still create ([`MAX_CREATES_PER_ROUND`]).
+    creates_left: usize,
+    /// Tasks the cluster may still gain before reaching its `max_tasks` limit.
+    room_left: u64,
+    pub limits: ClusterLimits,
 }
 
 impl<'a> Plan<'a> {
     pub fn new(data: &'a StoreData, now_ms: i64) -> Plan<'a> {
+        let limits = data.cluster.as_ref().map(|c| c.limits).unwrap_or_default();
+        let runnable = data.tasks.values().filter(|t| is_runnable(t)).count() as u64;
         Plan {
             data,
             now_ms,
@@ -55,7 +69,20 @@ impl<'a> Plan<'a> {
             deleted: BTreeSet::new(),
             services: BTreeMap::new(),
             taken: BTreeSet::new(),
+            creates_left: MAX_CREATES_PER_ROUND,
+            room_left: limits.max_tasks.saturating_sub(runnable),
+            limits,
         }
+    }
+
+    /// Reserve room for one task that adds to the cluster's count (a new replica, a global
+    /// task on a new node), within `max_tasks`. Replacements of ended tasks need none.
+    pub fn room_for_new_task(&mut self) -> bool {
+        if self.room_left == 0 || self.creates_left == 0 {
+            return false;
+        }
+        self.room_left -= 1;
+        true
     }
 
     /// The tasks of a service as this plan leaves them (store + decisions so far).
@@ -73,6 +100,38 @@ impl<'a> Plan<'a> {
                 .cloned(),
         );
         out
+    }
+
+    /// As [`Plan::service_tasks`], borrowing the tasks this plan has not changed: a round
+    /// over a large service copies only what it decides about.
+    pub fn service_tasks_ref(&self, service_id: &str) -> Vec<Cow<'a, Task>> {
+        let data: &'a StoreData = self.data;
+        let mut out: Vec<Cow<'a, Task>> = data
+            .service_tasks(service_id)
+            .filter(|t| !self.deleted.contains(&t.id))
+            .map(|t| match self.updated.get(&t.id) {
+                Some(u) => Cow::Owned(u.clone()),
+                None => Cow::Borrowed(t),
+            })
+            .collect();
+        out.extend(
+            self.created
+                .values()
+                .filter(|t| t.service_id == service_id)
+                .map(|t| Cow::Owned(t.clone())),
+        );
+        out
+    }
+
+    /// Whether a task of the service, as this plan leaves it, satisfies `f` (without copying
+    /// the service's tasks, as [`Plan::service_tasks`] does).
+    pub fn any_service_task(&self, service_id: &str, f: impl Fn(&Task) -> bool) -> bool {
+        self.data
+            .service_tasks(service_id)
+            .filter(|t| !self.deleted.contains(&t.id))
+            .map(|t| self.updated.get(&t.id).unwrap_or(t))
+            .chain(self.created.values().filter(|t| t.service_id == service_id))
+            .any(f)
     }
 
     pub fn service(&self, id: &str) -> Option<Service> {
@@ -110,14 +169,19 @@ impl<'a> Plan<'a> {
         }
     }
 
-    /// A new task of `service` for `slot` (replicated) or `node` (global).
+    /// A new task of `service` for `slot` (replicated) or `node` (global); `None` once this
+    /// round has created [`MAX_CREATES_PER_ROUND`] tasks (the next round goes on).
     pub fn create_task(
         &mut self,
         service: &Service,
         slot: u64,
         node_id: &str,
         restart_count: u64,
-    ) -> Task {
+    ) -> Option<Task> {
+        if self.creates_left == 0 {
+            return None;
+        }
+        self.creates_left -= 1;
         let id = random_id(25);
         let (networks, status) =
             match crate::allocator::task_networks(self.data, &service.spec, &id, &mut self.taken) {
@@ -142,7 +206,7 @@ impl<'a> Plan<'a> {
             awaiting_addresses,
         };
         self.created.insert(t.id.clone(), t.clone());
-        t
+        Some(t)
     }
 
     /// Tasks created while a network of theirs was full try again: once every network has an

@@ -38,6 +38,9 @@ pub fn plan(p: &mut Plan<'_>) {
         if service_gone {
             if t.status.state.is_terminal() || node_gone {
                 p.delete_task(&t.id);
+            } else {
+                // `service rm` marks only a first batch of a large service's tasks.
+                p.set_desired(t, TaskState::Remove);
             }
             continue;
         }

@@ -31,8 +31,12 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
     {
         return;
     }
-    let tasks = p.service_tasks(service_id);
-    let runnable: Vec<_> = tasks.iter().filter(|t| is_runnable(t)).collect();
+    let tasks = p.service_tasks_ref(service_id);
+    let runnable: Vec<&crate::store::Task> = tasks
+        .iter()
+        .map(|t| &**t)
+        .filter(|t| is_runnable(t))
+        .collect();
     // Wait until the previous moves (and anything else) have settled.
     if runnable
         .iter()
@@ -85,7 +89,9 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
         }
     }
     for t in moved {
+        if p.create_task(&s, t.slot, "", t.restart_count).is_none() {
+            break;
+        }
         p.set_desired(t, TaskState::Shutdown);
-        p.create_task(&s, t.slot, "", t.restart_count);
     }
 }

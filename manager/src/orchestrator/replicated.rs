@@ -1,5 +1,6 @@
 //! Replicated services and replicated jobs: numbered slots, one running task per slot.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use proto::spec::{ServiceMode, TaskState};
@@ -30,8 +31,8 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
         .update_status
         .as_ref()
         .is_some_and(|u| u.state.in_progress());
-    let mut slots: BTreeMap<u64, Vec<Task>> = BTreeMap::new();
-    for t in p.service_tasks(service_id) {
+    let mut slots: BTreeMap<u64, Vec<Cow<'_, Task>>> = BTreeMap::new();
+    for t in p.service_tasks_ref(service_id) {
         slots.entry(t.slot).or_default().push(t);
     }
     let mut states: BTreeMap<u64, SlotState> = BTreeMap::new();
@@ -49,7 +50,12 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
 }
 
 /// Handle the deaths in one slot and say what it holds now.
-fn settle_slot(p: &mut Plan<'_>, s: &Service, tasks: &[Task], updating: bool) -> SlotState {
+fn settle_slot(
+    p: &mut Plan<'_>,
+    s: &Service,
+    tasks: &[Cow<'_, Task>],
+    updating: bool,
+) -> SlotState {
     let mut runnable: Vec<&Task> = Vec::new();
     let mut latest_dead: Option<(&Task, super::Death)> = None;
     for t in tasks {
@@ -86,7 +92,7 @@ fn settle_slot(p: &mut Plan<'_>, s: &Service, tasks: &[Task], updating: bool) ->
                 } else {
                     super::Death::Failed
                 };
-                (t, why)
+                (&**t, why)
             })
     }) else {
         return SlotState::Empty;
@@ -110,7 +116,7 @@ fn settle_slot(p: &mut Plan<'_>, s: &Service, tasks: &[Task], updating: bool) ->
 fn scale(
     p: &mut Plan<'_>,
     s: &Service,
-    slots: &BTreeMap<u64, Vec<Task>>,
+    slots: &BTreeMap<u64, Vec<Cow<'_, Task>>>,
     states: &BTreeMap<u64, SlotState>,
     replicas: u64,
 ) {
@@ -156,16 +162,21 @@ fn scale(
     }
     for (slot, st) in states {
         if let SlotState::RestartNow { restart_count } = st {
-            if !dropped.contains(slot) {
-                p.create_task(s, *slot, "", *restart_count);
+            if !dropped.contains(slot) && p.create_task(s, *slot, "", *restart_count).is_none() {
+                break;
             }
         }
     }
-    if n < replicas {
+    // New slots stop at the cluster's per-service limit (a service stored before the limit
+    // was lowered keeps its slots) and at the round's and cluster's budgets.
+    let wanted = replicas.min(p.limits.max_replicas.max(n));
+    if n < wanted {
         let taken: BTreeSet<u64> = occupied.iter().copied().collect();
         let free = (1..).filter(|i| !taken.contains(i));
-        for slot in free.take((replicas - n) as usize) {
-            p.create_task(s, slot, "", 0);
+        for slot in free.take(usize::try_from(wanted - n).unwrap_or(usize::MAX)) {
+            if !p.room_for_new_task() || p.create_task(s, slot, "", 0).is_none() {
+                break;
+            }
         }
     }
 }
@@ -173,7 +184,7 @@ fn scale(
 fn job(
     p: &mut Plan<'_>,
     s: &Service,
-    slots: &BTreeMap<u64, Vec<Task>>,
+    slots: &BTreeMap<u64, Vec<Cow<'_, Task>>>,
     states: &BTreeMap<u64, SlotState>,
     max_concurrent: u64,
     total: u64,
@@ -195,12 +206,17 @@ fn job(
         if done(&slot) {
             continue;
         }
-        let restart_count = match states.get(&slot) {
-            None | Some(SlotState::Empty) => 0,
-            Some(SlotState::RestartNow { restart_count }) => *restart_count,
+        let (restart_count, new_slot) = match states.get(&slot) {
+            None | Some(SlotState::Empty) => (0, true),
+            Some(SlotState::RestartNow { restart_count }) => (*restart_count, false),
             Some(_) => continue,
         };
-        p.create_task(s, slot, "", restart_count);
+        if new_slot && !p.room_for_new_task() {
+            break;
+        }
+        if p.create_task(s, slot, "", restart_count).is_none() {
+            break;
+        }
         room -= 1;
     }
 }

@@ -34,8 +34,8 @@ pub fn decide(policy: &RestartPolicy, dead: &Task, why: Death, now_ms: i64) -> R
     }
     // Attempts are counted within the window: a task that lived longer than the window
     // starts the count again.
-    let lived = dead.status.timestamp_ms - dead.created_at_ms;
-    let count = if policy.window_ms > 0 && lived > policy.window_ms as i64 {
+    let lived = dead.status.timestamp_ms.saturating_sub(dead.created_at_ms);
+    let count = if policy.window_ms > 0 && lived > ms_i64(policy.window_ms) {
         0
     } else {
         dead.restart_count
@@ -43,13 +43,22 @@ pub fn decide(policy: &RestartPolicy, dead: &Task, why: Death, now_ms: i64) -> R
     if policy.max_attempts > 0 && count >= policy.max_attempts {
         return Restart::Never;
     }
-    let at = dead.status.timestamp_ms + policy.delay_ms as i64;
+    // Saturating: a delay near the maximum means "not in this era", never an overflow.
+    let at = dead
+        .status
+        .timestamp_ms
+        .saturating_add(ms_i64(policy.delay_ms));
     if now_ms < at {
         return Restart::At(at);
     }
     Restart::Now {
-        restart_count: count + 1,
+        restart_count: count.saturating_add(1),
     }
+}
+
+/// A duration in ms from a spec as a signed offset, clamped rather than wrapped.
+pub fn ms_i64(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -154,6 +163,19 @@ mod tests {
             decide(&pw, &long, Death::Failed, 10_000),
             Restart::Now { restart_count: 1 }
         );
+    }
+
+    #[test]
+    fn a_near_max_delay_waits_instead_of_overflowing() {
+        let f = dead(TaskState::Failed, 0, 1_000, 0);
+        for delay_ms in [i64::MAX as u64, u64::MAX - 1, u64::MAX] {
+            let p = policy(RestartCondition::Any, delay_ms, 0, delay_ms);
+            assert_eq!(
+                decide(&p, &f, Death::Failed, 2_000),
+                Restart::At(i64::MAX),
+                "delay {delay_ms}"
+            );
+        }
     }
 
     #[test]

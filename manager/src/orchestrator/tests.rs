@@ -369,6 +369,7 @@ fn rebalances_onto_a_new_node_only_when_enabled() {
         default_addr_pool: crate::store::default_addr_pool(),
         default_addr_pool_mask_len: 24,
         unlock_key: None,
+        limits: Default::default(),
         id: "c".into(),
         version: 1,
         created_at_ms: 0,
@@ -532,4 +533,127 @@ fn tasks_wait_pending_for_a_free_address_then_take_one() {
     assert!(needs_scheduling(now_placed[0]));
     assert_eq!(d.tasks.len(), 6);
     assert_eq!(d.tasks.values().filter(|t| t.awaiting_addresses).count(), 2);
+}
+
+fn cluster_with(limits: crate::store::ClusterLimits) -> crate::store::Cluster {
+    crate::store::Cluster {
+        default_addr_pool: crate::store::default_addr_pool(),
+        default_addr_pool_mask_len: 24,
+        limits,
+        id: "c".into(),
+        version: 1,
+        created_at_ms: 0,
+        root_ca: proto::security::RootCa {
+            cert_pem: String::new(),
+            key_pem: String::new(),
+        },
+        worker_token: String::new(),
+        manager_token: String::new(),
+        heartbeat_period_ms: 5000,
+        cert_expiry_ms: 1,
+        removed_nodes: Default::default(),
+        rebalance_on_join: false,
+        unlock_key: None,
+    }
+}
+
+#[test]
+fn a_large_service_is_created_in_bounded_rounds() {
+    let mut d = setup(2_500);
+    let mut now = 1_000;
+    let mut rounds = 0;
+    while d.tasks.len() < 2_500 {
+        let ops = plan(&d, now);
+        let creates = ops
+            .iter()
+            .filter(|o| matches!(o, Op::Create(Object::Task(_))))
+            .count();
+        assert!(
+            creates <= super::MAX_CREATES_PER_ROUND,
+            "{creates} tasks in one round"
+        );
+        apply(&mut d, ops);
+        settle(&mut d, now, |_| TaskState::Running);
+        now += 500;
+        rounds += 1;
+        assert!(rounds <= 3, "not converging");
+    }
+    assert_eq!(rounds, 3);
+    assert_eq!(running(&d).len(), 2_500);
+}
+
+#[test]
+fn no_task_is_created_beyond_the_cluster_limits() {
+    // A service stored before the limits were lowered: it gets no more than they allow.
+    let mut d = setup(1_000_000_000);
+    d.cluster = Some(cluster_with(crate::store::ClusterLimits {
+        max_replicas: 50,
+        max_tasks: 1_000,
+    }));
+    let mut now = 1_000;
+    converge(&mut d, &mut now, 3, |_| TaskState::Running);
+    assert_eq!(running(&d).len(), 50);
+    // Lowering the limit below what runs keeps the tasks, and adds none.
+    d.cluster.as_mut().unwrap().limits.max_replicas = 10;
+    converge(&mut d, &mut now, 3, |_| TaskState::Running);
+    assert_eq!(running(&d).len(), 50);
+    // The cluster-wide limit holds across services.
+    let mut other = service(40, "img:1");
+    other.id = "svc2".into();
+    other.spec.name = "other".into();
+    d.services.insert(other.id.clone(), other);
+    d.cluster.as_mut().unwrap().limits = crate::store::ClusterLimits {
+        max_replicas: 100,
+        max_tasks: 60,
+    };
+    converge(&mut d, &mut now, 3, |_| TaskState::Running);
+    assert_eq!(running(&d).len(), 60);
+}
+
+#[test]
+fn a_near_max_restart_delay_does_not_panic_the_orchestrator() {
+    let mut d = setup(2);
+    {
+        let s = d.services.get_mut("svc").unwrap();
+        s.spec.task.restart.delay_ms = i64::MAX as u64;
+        s.spec.task.restart.window_ms = u64::MAX;
+        s.spec.update.monitor_ms = u64::MAX;
+        s.spec.update.delay_ms = u64::MAX;
+        s.spec.update.task_deadline_ms = u64::MAX;
+        s.spec.task.stop_grace_period_ms = u64::MAX;
+    }
+    let mut now = 1_000;
+    converge(&mut d, &mut now, 2, |_| TaskState::Running);
+    // Tasks fail: their restarts wait (for ever) instead of overflowing.
+    converge(&mut d, &mut now, 1, |_| TaskState::Failed);
+    for t in d.tasks.values_mut() {
+        t.status.state = TaskState::Failed;
+        t.status.timestamp_ms = now;
+    }
+    d.rebuild_indexes();
+    converge(&mut d, &mut now, 3, |_| TaskState::Running);
+    assert!(running(&d).is_empty(), "restarted before its delay");
+    // A rolling update with near-max monitor, delay and deadline goes through its rounds.
+    start_update(&mut d, now, |s| s.task.image = "img:2".into());
+    converge(&mut d, &mut now, 5, |_| TaskState::Running);
+}
+
+#[test]
+fn the_tasks_of_a_removed_service_are_told_to_go() {
+    let mut d = setup(300);
+    let mut now = 1_000;
+    converge(&mut d, &mut now, 2, |_| TaskState::Running);
+    assert_eq!(running(&d).len(), 300);
+    // `service rm` marked only the first batch.
+    d.services.clear();
+    for t in d.tasks.values_mut().take(199) {
+        t.desired_state = TaskState::Remove;
+    }
+    d.rebuild_indexes();
+    let ops = plan(&d, now);
+    apply(&mut d, ops);
+    assert!(d
+        .tasks
+        .values()
+        .all(|t| t.desired_state == TaskState::Remove));
 }

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use proto::spec::{FailureAction, ServiceMode, TaskState, UpdateOrder};
 
+use super::restart::ms_i64;
 use super::{is_runnable, Plan};
 use crate::store::{Task, UpdateState};
 
@@ -42,7 +43,7 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
         s.spec.update.clone()
     };
     let now = p.now_ms;
-    let tasks = p.service_tasks(service_id);
+    let tasks = p.service_tasks_ref(service_id);
     let mut by_key: BTreeMap<String, Vec<&Task>> = BTreeMap::new();
     for t in &tasks {
         if is_runnable(t) {
@@ -63,12 +64,12 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
         .filter(|t| clean(t) && t.created_at_ms >= started)
     {
         let failed = matches!(t.status.state, TaskState::Failed | TaskState::Rejected)
-            && t.status.timestamp_ms - t.created_at_ms
-                <= (cfg.task_deadline_ms + cfg.monitor_ms) as i64 + 1;
+            && t.status.timestamp_ms.saturating_sub(t.created_at_ms)
+                <= ms_i64(cfg.task_deadline_ms.saturating_add(cfg.monitor_ms)).saturating_add(1);
         let too_slow = cfg.task_deadline_ms > 0
             && t.desired_state <= TaskState::Running
             && t.status.state < TaskState::Running
-            && now - t.created_at_ms > cfg.task_deadline_ms as i64;
+            && now.saturating_sub(t.created_at_ms) > ms_i64(cfg.task_deadline_ms);
         if too_slow {
             // Give up on it; the orchestrator fills the slot again.
             p.set_desired(t, TaskState::Shutdown);
@@ -160,7 +161,8 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
         .max();
 
     if dirty.is_empty() {
-        let monitored = last_running.is_none_or(|at| now >= at + cfg.monitor_ms as i64);
+        let monitored =
+            last_running.is_none_or(|at| now >= at.saturating_add(ms_i64(cfg.monitor_ms)));
         if in_flight == 0 && monitored {
             status.state = if rollback {
                 UpdateState::RollbackCompleted
@@ -180,7 +182,7 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
     }
     if in_flight == 0 && cfg.delay_ms > 0 {
         if let Some(at) = last_running {
-            if now < at + cfg.delay_ms as i64 {
+            if now < at.saturating_add(ms_i64(cfg.delay_ms)) {
                 return;
             }
         }
@@ -198,7 +200,9 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
         } else {
             (old.slot, String::new())
         };
-        let mut new = p.create_task(&s, slot, &node, 0);
+        let Some(mut new) = p.create_task(&s, slot, &node, 0) else {
+            break;
+        };
         if cfg.order == UpdateOrder::StopFirst {
             for t in olds {
                 p.set_desired(t, TaskState::Shutdown);
@@ -218,7 +222,11 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
 pub fn promote(p: &mut Plan<'_>, service_id: &str) {
     const STOP_MARGIN_MS: i64 = 30_000;
     const DEFAULT_GRACE_MS: u64 = 10_000;
-    let tasks = p.service_tasks(service_id);
+    let waiting = |t: &Task| t.desired_state == TaskState::Ready && !t.status.state.is_terminal();
+    if !p.any_service_task(service_id, waiting) {
+        return;
+    }
+    let tasks = p.service_tasks_ref(service_id);
     let alive = |t: &Task| {
         !t.status.state.is_terminal()
             && t.status.state >= TaskState::Assigned
@@ -226,16 +234,16 @@ pub fn promote(p: &mut Plan<'_>, service_id: &str) {
                 .is_some_and(|n| n.state != crate::store::NodeState::Down)
     };
     let mut start = Vec::new();
-    for t in tasks
-        .iter()
-        .filter(|t| t.desired_state == TaskState::Ready && !t.status.state.is_terminal())
-    {
+    for t in tasks.iter().filter(|t| waiting(t)) {
         let waiting_on_old = tasks.iter().any(|o| {
             let grace = match o.spec.stop_grace_period_ms {
                 0 => DEFAULT_GRACE_MS,
                 ms => ms,
             };
-            let give_up = t.created_at_ms + grace as i64 + STOP_MARGIN_MS;
+            let give_up = t
+                .created_at_ms
+                .saturating_add(ms_i64(grace))
+                .saturating_add(STOP_MARGIN_MS);
             o.id != t.id
                 && key(o) == key(t)
                 && o.desired_state > TaskState::Running

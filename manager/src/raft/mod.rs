@@ -138,6 +138,16 @@ impl From<openraft::error::Fatal<NodeId>> for RaftSetupError {
     }
 }
 
+/// Page cache of the raft database.
+const RAFT_DB_CACHE: usize = 32 * 1024 * 1024;
+
+/// redb caches up to 1 GiB by default: the manager's memory must not grow with the log.
+fn open_db(path: &Path) -> Result<redb::Database, redb::DatabaseError> {
+    redb::Builder::new()
+        .set_cache_size(RAFT_DB_CACHE)
+        .create(path)
+}
+
 /// Open the node's raft database and start the raft node (uninitialised if new).
 pub async fn start<N: openraft::RaftNetworkFactory<TypeConfig>>(
     raft_id: NodeId,
@@ -151,7 +161,7 @@ pub async fn start<N: openraft::RaftNetworkFactory<TypeConfig>>(
     // database only when its last worker task has ended: wait for it, boundedly.
     let mut tries = 0;
     let db = loop {
-        match redb::Database::create(&path) {
+        match open_db(&path) {
             Err(redb::DatabaseError::DatabaseAlreadyOpen) if tries < 100 => {
                 tries += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
