@@ -393,8 +393,11 @@ impl Sim {
                 if let Some(p) = prev {
                     if p != metrics.id {
                         c.fail(format!(
-                            "term {}: leaders {p} and {}",
-                            metrics.current_term, metrics.id
+                            "term {}: leaders {p} and {} (vote {}, at {:?})",
+                            metrics.current_term,
+                            metrics.id,
+                            metrics.vote,
+                            tokio::time::Instant::now()
                         ));
                     }
                 }
@@ -978,8 +981,12 @@ async fn timing_cluster(delay_ms: u64) -> Sim {
         worker_ids: Vec::new(),
         rng: StdRng::seed_from_u64(8),
     };
+    // Started a little apart, as real managers are: openraft checks election timeouts on a
+    // tick (1.5 × the message timeout), and managers whose ticks fall at the same instant of
+    // the paused clock would split every vote of a term.
     for id in 1..=MANAGERS {
         sim.start_manager(id).await;
+        tokio::time::sleep(Duration::from_millis(97 * id)).await;
     }
     let members: BTreeMap<NodeId, BasicNode> = (1..=MANAGERS)
         .map(|i| {
@@ -1156,6 +1163,7 @@ fn failover_takes_less_than_two_seconds() {
             let took = time_to_write(&sim, 1000 + round, Duration::from_secs(10)).await;
             eprintln!("round {round}: leader {old} killed, writes again after {took:?}");
             worst = worst.max(took);
+            tokio::time::sleep(Duration::from_millis(u64::from(round) * 37 % 300)).await;
             sim.restart_manager(old).await;
             // Let the restarted manager rejoin before the next fault (a leader killed while
             // another manager restarts is two faults at once).
@@ -1248,6 +1256,26 @@ fn without_quorum_no_manager_acts_as_leader_and_writes_fail_fast() {
         }
         sim.net.state.lock().unwrap().cut.clear();
         time_to_write(&sim, 4, Duration::from_secs(10)).await;
+        for m in sim.managers.values().flatten() {
+            m.shutdown().await;
+        }
+    });
+}
+
+/// A leader that steps down (a leader loop keeps failing) stops acting at once, and another
+/// manager is elected and accepts writes.
+#[test]
+fn a_leader_that_steps_down_is_replaced() {
+    paused_runtime().block_on(async {
+        let sim = timing_cluster(5).await;
+        time_to_write(&sim, 0, Duration::from_secs(10)).await;
+        let old = sim.leader().expect("a leader");
+        old.step_down("test");
+        assert!(!old.is_leader());
+        let took = time_to_write(&sim, 1, Duration::from_secs(10)).await;
+        let new = sim.leader().expect("a new leader");
+        assert_ne!(new.config.raft_id, old.config.raft_id);
+        eprintln!("writes again {took:?} after the leader stepped down");
         for m in sim.managers.values().flatten() {
             m.shutdown().await;
         }
