@@ -328,6 +328,26 @@ impl Sim {
         self.managers.insert(id, Some(m));
     }
 
+    /// Bootstrap raft with every manager as a voter.
+    async fn initialize(&self) {
+        let members: BTreeMap<NodeId, BasicNode> = (1..=MANAGERS)
+            .map(|i| {
+                (
+                    i,
+                    BasicNode {
+                        addr: format!("m{i}"),
+                    },
+                )
+            })
+            .collect();
+        self.managers[&1]
+            .as_ref()
+            .unwrap()
+            .initialize_members(members)
+            .await
+            .expect("initialize");
+    }
+
     async fn crash_manager(&mut self, id: NodeId) {
         if let Some(Some(m)) = self.managers.get(&id) {
             self.net.state.lock().unwrap().down.insert(id);
@@ -607,22 +627,7 @@ async fn run_seed(seed: u64) -> Vec<String> {
     for id in 1..=MANAGERS {
         sim.start_manager(id).await;
     }
-    let members: BTreeMap<NodeId, BasicNode> = (1..=MANAGERS)
-        .map(|i| {
-            (
-                i,
-                BasicNode {
-                    addr: format!("m{i}"),
-                },
-            )
-        })
-        .collect();
-    sim.managers[&1]
-        .as_ref()
-        .unwrap()
-        .initialize_members(members)
-        .await
-        .expect("initialize");
+    sim.initialize().await;
     // Cluster, nodes, services.
     let mut ops = vec![Op::Create(Object::Cluster(Cluster {
         default_addr_pool: manager::store::default_addr_pool(),
@@ -999,22 +1004,7 @@ async fn timing_cluster(delay_ms: u64) -> Sim {
         sim.start_manager(id).await;
         tokio::time::sleep(Duration::from_millis(97 * id)).await;
     }
-    let members: BTreeMap<NodeId, BasicNode> = (1..=MANAGERS)
-        .map(|i| {
-            (
-                i,
-                BasicNode {
-                    addr: format!("m{i}"),
-                },
-            )
-        })
-        .collect();
-    sim.managers[&1]
-        .as_ref()
-        .unwrap()
-        .initialize_members(members)
-        .await
-        .expect("initialize");
+    sim.initialize().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while sim.leader().is_none() {
         assert!(tokio::time::Instant::now() < deadline, "no first leader");

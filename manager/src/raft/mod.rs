@@ -206,12 +206,13 @@ pub fn membership(raft: &Raft) -> (BTreeSet<NodeId>, BTreeMap<NodeId, BasicNode>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::{Node, NodeDescription, NodeState, Object, Op, TxnOutcome};
     use proto::security::Role;
 
-    fn node(id: &str) -> Node {
+    /// A manager node object for raft tests.
+    pub(crate) fn node(id: &str) -> Node {
         Node {
             ingress_addr: None,
             id: id.into(),

@@ -259,30 +259,11 @@ mod tests {
     use std::time::Duration;
 
     use openraft::ChangeMembers;
-    use proto::security::Role;
 
     use super::*;
+    use crate::raft::tests::node;
     use crate::raft::{start, Network, Raft, RaftTuning, Txn};
-    use crate::store::{Node, NodeDescription, NodeState, Object, Store, TxnOutcome};
-
-    fn node(id: &str) -> Node {
-        Node {
-            ingress_addr: None,
-            id: id.into(),
-            version: 0,
-            raft_id: 1,
-            role: Role::Manager,
-            desired_role: Role::Manager,
-            availability: Default::default(),
-            labels: Default::default(),
-            description: NodeDescription::default(),
-            state: NodeState::Ready,
-            status_message: String::new(),
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            cert_not_after_ms: 0,
-        }
-    }
+    use crate::store::{Object, Store, TxnOutcome};
 
     async fn open(dir: &Path, store: Store) -> Raft {
         let tuning = RaftTuning {
