@@ -328,6 +328,12 @@ impl Sim {
         self.managers.insert(id, Some(m));
     }
 
+    async fn shutdown(&self) {
+        for m in self.managers.values().flatten() {
+            m.shutdown().await;
+        }
+    }
+
     /// Bootstrap raft with every manager as a voter.
     async fn initialize(&self) {
         let members: BTreeMap<NodeId, BasicNode> = (1..=MANAGERS)
@@ -925,9 +931,7 @@ async fn run_seed(seed: u64) -> Vec<String> {
             "did not converge within {CONVERGE_WITHIN:?} of the faults stopping ({detail:?})"
         ));
     }
-    for m in sim.managers.values().flatten() {
-        m.shutdown().await;
-    }
+    sim.shutdown().await;
     proto::security::seed_ids(None);
     manager::manager::use_virtual_clock(None);
     violations
@@ -1143,9 +1147,7 @@ fn writes_commit_when_appends_take_longer_than_a_heartbeat() {
         for w in writes {
             assert!(w.await.unwrap(), "a concurrent write failed");
         }
-        for m in sim.managers.values().flatten() {
-            m.shutdown().await;
-        }
+        sim.shutdown().await;
     });
 }
 
@@ -1180,9 +1182,7 @@ fn failover_median_under_two_seconds() {
             "median failover {median:?}"
         );
         assert!(worst < Duration::from_secs(5), "longest failover {worst:?}");
-        for m in sim.managers.values().flatten() {
-            m.shutdown().await;
-        }
+        sim.shutdown().await;
     });
 }
 
@@ -1266,9 +1266,7 @@ fn without_quorum_no_manager_acts_as_leader_and_writes_fail_fast() {
         }
         sim.net.state.lock().unwrap().cut.clear();
         time_to_write(&sim, 4, Duration::from_secs(10)).await;
-        for m in sim.managers.values().flatten() {
-            m.shutdown().await;
-        }
+        sim.shutdown().await;
     });
 }
 
@@ -1286,8 +1284,6 @@ fn a_leader_that_steps_down_is_replaced() {
         let new = sim.leader().expect("a new leader");
         assert_ne!(new.config.raft_id, old.config.raft_id);
         eprintln!("writes again {took:?} after the leader stepped down");
-        for m in sim.managers.values().flatten() {
-            m.shutdown().await;
-        }
+        sim.shutdown().await;
     });
 }

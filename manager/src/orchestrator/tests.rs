@@ -365,25 +365,8 @@ fn rebalances_onto_a_new_node_only_when_enabled() {
     let on_n3 = running(&d).iter().filter(|t| t.node_id == "n3").count();
     assert_eq!(on_n3, 0, "moved without the setting");
 
-    let mut cluster = crate::store::Cluster {
-        default_addr_pool: crate::store::default_addr_pool(),
-        default_addr_pool_mask_len: 24,
-        unlock_key: None,
-        limits: Default::default(),
-        id: "c".into(),
-        version: 1,
-        created_at_ms: 0,
-        root_ca: proto::security::RootCa {
-            cert_pem: String::new(),
-            key_pem: String::new(),
-        },
-        worker_token: String::new(),
-        manager_token: String::new(),
-        heartbeat_period_ms: 5000,
-        cert_expiry_ms: 1,
-        removed_nodes: Default::default(),
-        rebalance_on_join: true,
-    };
+    let mut cluster = cluster_with(Default::default());
+    cluster.rebalance_on_join = true;
     cluster.version = 2;
     d.cluster = Some(cluster);
     d.services.get_mut("svc").unwrap().spec.update.parallelism = 1;
