@@ -942,7 +942,10 @@ fn nemesis(
                 .cloned()
                 .unwrap_or_else(|| leader.clone()),
         };
-        let at = shared.now();
+        // A fault counts from when it has taken effect (the daemon is dead, the partition's
+        // rules are in place): a write started while the rules were still being applied could
+        // commit and would make the fault look shorter than it was.
+        let mut at = shared.now();
         if let Some(prev) = faults.last_mut() {
             prev.window_end = at;
         }
@@ -954,6 +957,7 @@ fn nemesis(
         match kind {
             FaultKind::KillLeader => {
                 lab.kill_daemon(&target)?;
+                at = shared.now();
                 std::thread::sleep(hold);
                 lab.start_daemon(&target)?;
             }
@@ -972,6 +976,7 @@ fn nemesis(
                 *lock(&shared.cut) = Some(target.clone());
                 let res = lab.partition(&target, &from);
                 if res.is_ok() {
+                    at = shared.now();
                     std::thread::sleep(hold);
                 }
                 let healed = lab.heal(Some(&target));
