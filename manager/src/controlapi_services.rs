@@ -478,7 +478,7 @@ impl ControlApi {
                         .get(&t.node_id)
                         .map(|n| n.description.hostname.clone())
                         .unwrap_or_default(),
-                    spec: t.spec.clone(),
+                    spec: proto::spec::TaskSpec::clone(&t.spec),
                     spec_version: t.spec_version,
                     desired_state: t.desired_state,
                     status: t.status.clone(),

@@ -93,7 +93,7 @@ fn assignment_of(
         service_id: t.service_id.clone(),
         service_name: t.service_name.clone(),
         slot: t.slot,
-        spec: t.spec.clone(),
+        spec: proto::spec::TaskSpec::clone(&t.spec),
         desired_state: t.desired_state,
         node_hostname: d
             .nodes
@@ -1038,7 +1038,7 @@ mod tests {
             service_name: svc.spec.name.clone(),
             slot: 1,
             node_id: node.into(),
-            spec: svc.spec.task.clone(),
+            spec: Arc::new(svc.spec.task.clone()),
             spec_version: 1,
             desired_state: TaskState::Running,
             status: TaskStatus {

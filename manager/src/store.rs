@@ -266,7 +266,9 @@ pub struct Task {
     pub slot: u64,
     /// Empty until scheduled (global tasks are created with their node).
     pub node_id: String,
-    pub spec: TaskSpec,
+    /// Shared by the tasks of a service that run the same spec ([`StoreData`] interns it):
+    /// a large service holds its spec once, not once a task.
+    pub spec: Arc<TaskSpec>,
     pub spec_version: u64,
     /// Manager-written: RUNNING, then SHUTDOWN or REMOVE; only moves forward.
     pub desired_state: TaskState,
@@ -516,6 +518,46 @@ pub struct StoreData {
     pub tasks_by_service: BTreeMap<String, BTreeSet<String>>,
     #[serde(skip)]
     pub tasks_by_node: BTreeMap<String, BTreeSet<String>>,
+    /// The task specs in use, by service: a task put into the store takes the shared copy
+    /// of its spec instead of keeping the one its transaction carried.
+    #[serde(skip)]
+    pub specs: SpecPool,
+}
+
+/// Recent task specs per service id, newest first, at most [`SpecPool::PER_SERVICE`] each
+/// (older specs stay shared by their tasks; only new tasks look them up). Not part of the
+/// store's state: two stores with the same tables are equal whatever their pools hold.
+#[derive(Clone, Debug, Default)]
+pub struct SpecPool(BTreeMap<String, Vec<Arc<TaskSpec>>>);
+
+impl PartialEq for SpecPool {
+    fn eq(&self, _: &SpecPool) -> bool {
+        true
+    }
+}
+
+impl SpecPool {
+    const PER_SERVICE: usize = 4;
+
+    /// The shared copy of `spec` for `service_id`, remembered if it is new.
+    pub fn intern(&mut self, service_id: &str, spec: &Arc<TaskSpec>) -> Arc<TaskSpec> {
+        let recent = self.0.entry(service_id.to_string()).or_default();
+        if let Some(pos) = recent
+            .iter()
+            .position(|s| Arc::ptr_eq(s, spec) || **s == **spec)
+        {
+            let shared = recent.remove(pos);
+            recent.insert(0, shared.clone());
+            return shared;
+        }
+        recent.insert(0, spec.clone());
+        recent.truncate(Self::PER_SERVICE);
+        spec.clone()
+    }
+
+    pub fn forget(&mut self, service_id: &str) {
+        self.0.remove(service_id);
+    }
 }
 
 impl StoreData {
@@ -562,6 +604,10 @@ impl StoreData {
         self.tasks_by_service.clear();
         self.tasks_by_node.clear();
         self.addrs.clear();
+        self.specs = SpecPool::default();
+        for t in self.tasks.values_mut() {
+            t.spec = self.specs.intern(&t.service_id, &t.spec);
+        }
         let holders: Vec<(Holder, Vec<(String, Ipv4Addr)>)> = self
             .tasks
             .values()
@@ -670,10 +716,11 @@ impl StoreData {
             Object::Service(s) => {
                 self.services.insert(s.id.clone(), s);
             }
-            Object::Task(t) => {
+            Object::Task(mut t) => {
                 if let Some(old) = self.tasks.remove(&t.id) {
                     self.unindex_task(&old);
                 }
+                t.spec = self.specs.intern(&t.service_id, &t.spec);
                 self.index_task(&t.id, &t.service_id, &t.node_id);
                 self.tasks.insert(t.id.clone(), t);
             }
@@ -701,10 +748,16 @@ impl StoreData {
             }
             Kind::Service => {
                 self.services.remove(id);
+                self.specs.forget(id);
             }
             Kind::Task => {
                 if let Some(old) = self.tasks.remove(id) {
                     self.unindex_task(&old);
+                    if !self.services.contains_key(&old.service_id)
+                        && !self.tasks_by_service.contains_key(&old.service_id)
+                    {
+                        self.specs.forget(&old.service_id);
+                    }
                 }
             }
             Kind::Secret => {
@@ -1197,6 +1250,7 @@ impl Store {
         *self.data.write().expect("store lock") = data;
     }
 
+    #[cfg(test)]
     pub(crate) fn clone_data(&self) -> StoreData {
         self.data.read().expect("store lock").clone()
     }
@@ -1389,7 +1443,7 @@ pub(crate) mod tests {
             service_name: "svc".into(),
             slot: 1,
             node_id: node.into(),
-            spec: TaskSpec::default(),
+            spec: Arc::default(),
             spec_version: 1,
             desired_state: TaskState::Running,
             status: TaskStatus::default(),
@@ -1571,5 +1625,47 @@ pub(crate) mod tests {
         .unwrap();
         assert_eq!(c.default_addr_pool, vec!["10.0.0.0/8".to_string()]);
         assert_eq!(c.default_addr_pool_mask_len, 24);
+    }
+
+    #[test]
+    fn tasks_of_a_service_share_one_copy_of_their_spec() {
+        // Each task arrives with its own copy (as deserialised from the raft log); the
+        // store keeps one per spec, also after a snapshot is loaded.
+        let spec = |image: &str| {
+            Arc::new(TaskSpec {
+                image: image.into(),
+                env: vec!["A=1".into()],
+                ..Default::default()
+            })
+        };
+        let mut d = StoreData::default();
+        let put = |d: &mut StoreData, id: &str, image: &str| {
+            let mut t = task_on(id, "n", "net", Ipv4Addr::new(10, 0, 1, 2));
+            t.networks.clear();
+            t.spec = spec(image);
+            d.apply_txn(1, &Txn::new(vec![Op::Create(Object::Task(t))]))
+                .unwrap();
+        };
+        put(&mut d, "t1", "web:v1");
+        put(&mut d, "t2", "web:v1");
+        put(&mut d, "t3", "web:v2");
+        assert!(Arc::ptr_eq(&d.tasks["t1"].spec, &d.tasks["t2"].spec));
+        assert!(!Arc::ptr_eq(&d.tasks["t1"].spec, &d.tasks["t3"].spec));
+        assert_eq!(d.tasks["t3"].spec.image, "web:v2");
+
+        // An update of a task (its status, from the worker) keeps sharing.
+        let mut t2 = d.tasks["t2"].clone();
+        t2.spec = spec("web:v1");
+        t2.status.state = TaskState::Running;
+        d.apply_txn(2, &Txn::new(vec![Op::Update(Object::Task(t2))]))
+            .unwrap();
+        assert!(Arc::ptr_eq(&d.tasks["t1"].spec, &d.tasks["t2"].spec));
+
+        let mut back: StoreData =
+            serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
+        assert!(!Arc::ptr_eq(&back.tasks["t1"].spec, &back.tasks["t2"].spec));
+        back.rebuild_indexes();
+        assert!(Arc::ptr_eq(&back.tasks["t1"].spec, &back.tasks["t2"].spec));
+        assert_eq!(back, d);
     }
 }

@@ -874,7 +874,7 @@ async fn run_seed(seed: u64) -> Vec<String> {
                     .filter(|t| {
                         t.desired_state == TaskState::Running
                             && t.status.state == TaskState::Running
-                            && t.spec == s.spec.task
+                            && *t.spec == s.spec.task
                     })
                     .count();
                 let settled = s

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proto::security::random_id;
-use proto::spec::{TaskState, TaskStatus};
+use proto::spec::{TaskSpec, TaskState, TaskStatus};
 use tokio_util::sync::CancellationToken;
 
 use crate::manager::{now_ms, Manager, ProposeError};
@@ -55,6 +55,8 @@ pub struct Plan<'a> {
     /// Tasks the cluster may still gain before reaching its `max_tasks` limit.
     room_left: u64,
     pub limits: ClusterLimits,
+    /// The spec given to the tasks created for each service, with its spec version.
+    specs: BTreeMap<String, (u64, Arc<TaskSpec>)>,
 }
 
 impl<'a> Plan<'a> {
@@ -72,6 +74,7 @@ impl<'a> Plan<'a> {
             creates_left: MAX_CREATES_PER_ROUND,
             room_left: limits.max_tasks.saturating_sub(runnable),
             limits,
+            specs: BTreeMap::new(),
         }
     }
 
@@ -169,6 +172,19 @@ impl<'a> Plan<'a> {
         }
     }
 
+    /// One copy of a service's task spec for all the tasks this round creates.
+    fn shared_spec(&mut self, service: &Service) -> Arc<TaskSpec> {
+        match self.specs.get(&service.id) {
+            Some((version, spec)) if *version == service.spec_version => spec.clone(),
+            _ => {
+                let spec = Arc::new(service.spec.task.clone());
+                self.specs
+                    .insert(service.id.clone(), (service.spec_version, spec.clone()));
+                spec
+            }
+        }
+    }
+
     /// A new task of `service` for `slot` (replicated) or `node` (global); `None` once this
     /// round has created [`MAX_CREATES_PER_ROUND`] tasks (the next round goes on).
     pub fn create_task(
@@ -196,7 +212,7 @@ impl<'a> Plan<'a> {
             service_name: service.spec.name.clone(),
             slot,
             node_id: node_id.to_string(),
-            spec: service.spec.task.clone(),
+            spec: self.shared_spec(service),
             spec_version: service.spec_version,
             desired_state: TaskState::Running,
             status,

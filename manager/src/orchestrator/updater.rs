@@ -54,7 +54,8 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
     // publishes ingress ports (ports added or removed move tasks on or off it).
     let on_mesh = crate::allocator::uses_ingress(&s.spec.endpoint.ports)
         && p.data.ingress_network().is_some();
-    let clean = |t: &Task| t.spec == s.spec.task && t.networks.iter().any(|n| n.ingress) == on_mesh;
+    let clean =
+        |t: &Task| *t.spec == s.spec.task && t.networks.iter().any(|n| n.ingress) == on_mesh;
     let started = status.started_ms;
 
     // Failures among the tasks this update started.

@@ -25,7 +25,7 @@ use openraft::{
 use redb::{Database, ReadableDatabase};
 
 use super::log_store::{LOGS, META};
-use super::state_machine::{StoredSnapshot, CURRENT, SNAPSHOT};
+use super::state_machine::{load_snapshot, store_snapshot, StoredSnapshot, SNAPSHOT};
 use super::{NodeId, TypeConfig};
 use crate::store::{Op, StoreData, Txn};
 
@@ -96,10 +96,7 @@ pub fn read_committed(
         None => None,
     };
     let snapshot: Option<StoredSnapshot> = match txn.open_table(SNAPSHOT) {
-        Ok(t) => match t.get(CURRENT).map_err(|e| bad(&e))? {
-            Some(v) => Some(serde_json::from_slice(v.value()).map_err(|e| bad(&e))?),
-            None => None,
-        },
+        Ok(t) => load_snapshot(&t).map_err(|e| bad(&e))?,
         Err(redb::TableError::TableDoesNotExist(_)) => None,
         Err(e) => return Err(bad(&e)),
     };
@@ -233,7 +230,6 @@ fn write_new(
     };
     // Not yet granted: the node elects itself at the next term, above every term it has seen.
     let vote = Vote::new(old_term + 1, raft_id);
-    let snap_bytes = serde_json::to_vec(&snap).map_err(|e| werr(&e))?;
     let vote_bytes = serde_json::to_vec(&vote).map_err(|e| werr(&e))?;
     let last_bytes = serde_json::to_vec(&Some(last)).map_err(|e| werr(&e))?;
     let txn = db.begin_write().map_err(|e| werr(&e))?;
@@ -247,8 +243,7 @@ fn write_new(
             .map_err(|e| werr(&e))?;
         txn.open_table(LOGS).map_err(|e| werr(&e))?;
         let mut s = txn.open_table(SNAPSHOT).map_err(|e| werr(&e))?;
-        s.insert(CURRENT, snap_bytes.as_slice())
-            .map_err(|e| werr(&e))?;
+        store_snapshot(&mut s, &snap.meta, &snap.data).map_err(|e| werr(&e))?;
     }
     txn.commit().map_err(|e| werr(&e))?;
     Ok(())

@@ -9,14 +9,20 @@ use openraft::{
     BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta,
     StorageError, StorageIOError, StoredMembership,
 };
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::{NodeId, TypeConfig};
 use crate::store::{Store, StoreData, TxnOutcome};
 
 pub(super) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
-pub(super) const CURRENT: &str = "current";
+/// Before: one JSON document holding the meta and the data (the data as a JSON array of
+/// numbers, 3.5 times its size). Read, never written.
+const LEGACY_CURRENT: &str = "current";
+/// The current snapshot's meta (JSON) and its data (the store's tables as serialised),
+/// stored side by side so that the data is written as it is, without a copy.
+const CURRENT_META: &str = "current-meta";
+const CURRENT_DATA: &str = "current-data";
 
 #[derive(Serialize, Deserialize)]
 pub(super) struct StoredSnapshot {
@@ -62,19 +68,57 @@ impl StateMachine {
     fn read_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError<NodeId>> {
         let txn = self.db.begin_read().map_err(sm_err)?;
         let table = txn.open_table(SNAPSHOT).map_err(sm_err)?;
-        match table.get(CURRENT).map_err(sm_err)? {
-            Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(sm_err)?)),
-            None => Ok(None),
-        }
+        load_snapshot(&table).map_err(|e| sm_err(std::io::Error::other(e)))
     }
 }
 
-fn write_snapshot(db: &Database, snap: &StoredSnapshot) -> Result<(), StorageError<NodeId>> {
-    let bytes = serde_json::to_vec(snap).map_err(sm_err)?;
+/// The current snapshot in `table`, in either layout.
+pub(super) fn load_snapshot(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<StoredSnapshot>, String> {
+    if let (Some(meta), Some(data)) = (
+        table.get(CURRENT_META).map_err(|e| e.to_string())?,
+        table.get(CURRENT_DATA).map_err(|e| e.to_string())?,
+    ) {
+        return Ok(Some(StoredSnapshot {
+            meta: serde_json::from_slice(meta.value()).map_err(|e| e.to_string())?,
+            data: data.value().to_vec(),
+        }));
+    }
+    match table.get(LEGACY_CURRENT).map_err(|e| e.to_string())? {
+        Some(v) => Ok(Some(
+            serde_json::from_slice(v.value()).map_err(|e| e.to_string())?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Makes `meta` and `data` the current snapshot in `table`.
+pub(super) fn store_snapshot(
+    table: &mut redb::Table<&'static str, &'static [u8]>,
+    meta: &SnapshotMeta<NodeId, BasicNode>,
+    data: &[u8],
+) -> Result<(), String> {
+    let meta = serde_json::to_vec(meta).map_err(|e| e.to_string())?;
+    table
+        .insert(CURRENT_META, meta.as_slice())
+        .map_err(|e| e.to_string())?;
+    table
+        .insert(CURRENT_DATA, data)
+        .map_err(|e| e.to_string())?;
+    table.remove(LEGACY_CURRENT).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn write_snapshot(
+    db: &Database,
+    meta: &SnapshotMeta<NodeId, BasicNode>,
+    data: &[u8],
+) -> Result<(), StorageError<NodeId>> {
     let txn = db.begin_write().map_err(sm_err)?;
     {
         let mut table = txn.open_table(SNAPSHOT).map_err(sm_err)?;
-        table.insert(CURRENT, bytes.as_slice()).map_err(sm_err)?;
+        store_snapshot(&mut table, meta, data).map_err(|e| sm_err(std::io::Error::other(e)))?;
     }
     txn.commit().map_err(sm_err)?;
     Ok(())
@@ -82,14 +126,16 @@ fn write_snapshot(db: &Database, snap: &StoredSnapshot) -> Result<(), StorageErr
 
 pub struct SnapshotBuilder {
     db: Arc<Database>,
-    data: StoreData,
+    /// The tables, serialised when the builder is made (no apply in between): a copy of
+    /// the store would cost as much memory as the store itself.
+    data: Result<Vec<u8>, serde_json::Error>,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, BasicNode>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let data = serde_json::to_vec(&self.data).map_err(sm_err)?;
+        let data = std::mem::replace(&mut self.data, Ok(Vec::new())).map_err(sm_err)?;
         let snapshot_id = match self.last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id, l.index, rand::random::<u32>()),
             None => format!("empty-{}", rand::random::<u32>()),
@@ -99,11 +145,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.membership.clone(),
             snapshot_id,
         };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: data.clone(),
-        };
-        write_snapshot(&self.db, &stored)?;
+        write_snapshot(&self.db, &meta, &data)?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -145,7 +187,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         SnapshotBuilder {
             db: self.db.clone(),
-            data: self.store.clone_data(),
+            data: self.store.view(serde_json::to_vec),
             last_applied: self.last_applied,
             membership: self.membership.clone(),
         }
@@ -164,13 +206,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError<NodeId>> {
         let bytes = snapshot.into_inner();
         let data: StoreData = serde_json::from_slice(&bytes).map_err(sm_err)?;
-        write_snapshot(
-            &self.db,
-            &StoredSnapshot {
-                meta: meta.clone(),
-                data: bytes,
-            },
-        )?;
+        write_snapshot(&self.db, meta, &bytes)?;
         self.store.replace(data);
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
@@ -184,5 +220,58 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(index: u64) -> SnapshotMeta<NodeId, BasicNode> {
+        SnapshotMeta {
+            last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(3, 1), index)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: format!("s-{index}"),
+        }
+    }
+
+    #[test]
+    fn snapshots_in_the_old_layout_load_and_the_new_one_replaces_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("raft.redb")).unwrap();
+        let old = StoredSnapshot {
+            meta: meta(7),
+            data: br#"{"tasks":{}}"#.to_vec(),
+        };
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(SNAPSHOT).unwrap();
+            let legacy = serde_json::to_vec(&old).unwrap();
+            t.insert(LEGACY_CURRENT, legacy.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+
+        let read = |db: &Database| {
+            let txn = db.begin_read().unwrap();
+            let t = txn.open_table(SNAPSHOT).unwrap();
+            load_snapshot(&t).unwrap().unwrap()
+        };
+        let got = read(&db);
+        assert_eq!(got.meta, old.meta);
+        assert_eq!(got.data, old.data);
+
+        // 100 KB of data is stored as it is (not as a JSON array of numbers).
+        let data = vec![b'x'; 100_000];
+        write_snapshot(&db, &meta(9), &data).unwrap();
+        let got = read(&db);
+        assert_eq!(got.meta, meta(9));
+        assert_eq!(got.data, data);
+        let txn = db.begin_read().unwrap();
+        let t = txn.open_table(SNAPSHOT).unwrap();
+        assert!(t.get(LEGACY_CURRENT).unwrap().is_none());
+        assert_eq!(
+            t.get(CURRENT_DATA).unwrap().unwrap().value().len(),
+            data.len()
+        );
     }
 }

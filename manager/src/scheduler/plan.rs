@@ -119,7 +119,7 @@ fn pending_groups(data: &StoreData) -> Vec<Group<'_>> {
     for task in data.tasks.values().filter(|t| needs_scheduling(t)) {
         let groups = by_service.entry(&task.service_id).or_default();
         // A service has one spec, or two during a rolling update: a linear search is cheap.
-        let group = match groups.iter().position(|g| *g.spec == task.spec) {
+        let group = match groups.iter().position(|g| *g.spec == *task.spec) {
             Some(i) => &mut groups[i],
             None => {
                 groups.push(Group {

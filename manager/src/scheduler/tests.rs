@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use proptest::prelude::*;
 use proto::security::Role;
@@ -47,10 +48,10 @@ fn task(id: &str, service: &str) -> Task {
         service_name: service.into(),
         slot: 1,
         node_id: String::new(),
-        spec: TaskSpec {
+        spec: Arc::new(TaskSpec {
             image: "busybox".into(),
             ..Default::default()
-        },
+        }),
         spec_version: 1,
         desired_state: TaskState::Running,
         status: TaskStatus::default(),
@@ -64,7 +65,7 @@ fn tasks(service: &str, n: usize, f: impl Fn(&mut TaskSpec)) -> Vec<Task> {
     (0..n)
         .map(|i| {
             let mut t = task(&format!("{service}-{i:05}"), service);
-            f(&mut t.spec);
+            f(Arc::make_mut(&mut t.spec));
             t
         })
         .collect()
@@ -233,7 +234,7 @@ fn reservations_include_earlier_decisions_of_the_same_plan() {
     drained.availability = Availability::Drain;
     let existing = {
         let mut t = running_on("old", "other", "a");
-        t.spec.resources.reserve_memory = GIB / 2;
+        Arc::make_mut(&mut t.spec).resources.reserve_memory = GIB / 2;
         t
     };
     let mut all = tasks("s", 3, |s| s.resources.reserve_memory = GIB / 2);
@@ -420,7 +421,7 @@ fn bound_tasks_claim_their_node_before_free_ones() {
     let mut all = tasks("free", 1, |s| s.resources.reserve_memory = GIB);
     let mut bound = task("global-a", "global");
     bound.node_id = "a".into();
-    bound.spec.resources.reserve_memory = GIB;
+    Arc::make_mut(&mut bound.spec).resources.reserve_memory = GIB;
     all.push(bound);
     let d = plan(&store(vec![a], all));
     assert_eq!(assigned_to(&d, "global-a"), Some("a"));
@@ -461,7 +462,7 @@ fn groups_by_spec_but_balances_the_whole_service() {
     // Half the service on an old spec, half on a new one (a rolling update).
     let mut all = tasks("s", 4, |_| {});
     for t in &mut all[2..] {
-        t.spec.image = "busybox:new".into();
+        Arc::make_mut(&mut t.spec).image = "busybox:new".into();
     }
     let d = plan(&store(vec![node("a"), node("b")], all));
     assert_eq!(
