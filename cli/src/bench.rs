@@ -139,6 +139,7 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<()> {
             advertise_addr: addr.to_string(),
             tuning: RaftTuning::default(),
             kek: None,
+            clock: manager::clock::system(),
         };
         let m = Manager::start(mcfg, creds, Box::new(|_| tonic::service::Routes::default()))
             .await

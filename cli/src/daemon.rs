@@ -280,6 +280,7 @@ impl Node {
             advertise_addr: st.advertise_addr.clone(),
             tuning: self.cfg.tuning.clone(),
             kek: self.kek.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            clock: manager::clock::system(),
         }
     }
 

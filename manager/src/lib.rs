@@ -10,6 +10,7 @@
 pub mod allocator;
 pub mod auth;
 pub mod ca;
+pub mod clock;
 pub mod controlapi;
 pub mod controlapi_keys;
 pub mod controlapi_logs;

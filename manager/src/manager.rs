@@ -30,6 +30,8 @@ use crate::store::{Store, Txn, TxnError, TxnOutcome};
 
 pub use proto::transport::LEADER_METADATA;
 
+use crate::clock::SharedClock;
+
 #[derive(Clone, Debug)]
 pub struct ManagerConfig {
     pub node_id: String,
@@ -41,6 +43,9 @@ pub struct ManagerConfig {
     /// The cluster's key-encrypting key; `None`: the one in the data dir's key file, or a new
     /// one if there is none ([`crate::keys::load_or_create`]).
     pub kek: Option<crate::keys::Kek>,
+    /// The time every decision of this manager is made at (the system clock; a simulation's
+    /// virtual clock).
+    pub clock: SharedClock,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +244,8 @@ impl Manager {
                 }
             });
         }
+        mgr.store
+            .set_proposer(Arc::new(LeaderWriter(Arc::downgrade(&mgr))));
         let m = mgr.clone();
         mgr.tasks.spawn(async move { m.lease_loop().await });
         let m = mgr.clone();
@@ -633,7 +640,8 @@ impl Manager {
         let tasks = &self.tasks;
         let m = self.clone();
         sup(tasks, "membership", token, &give_up, move |t| {
-            crate::membership::run(m.clone(), t)
+            crate::membership::Membership::new(m.store.clone(), m.raft.clone(), m.config.raft_id)
+                .run(t)
         });
         let m = self.clone();
         sup(tasks, "dispatcher monitor", token, &give_up, move |t| {
@@ -641,11 +649,11 @@ impl Manager {
         });
         let m = self.clone();
         sup(tasks, "orchestrator", token, &give_up, move |t| {
-            crate::orchestrator::run(m.clone(), t)
+            crate::orchestrator::Orchestrator::new(m.store.clone(), m.config.clock.clone()).run(t)
         });
         let m = self.clone();
         sup(tasks, "scheduler", token, &give_up, move |t| {
-            crate::scheduler::run(m.clone(), t)
+            crate::scheduler::Scheduler::new(m.store.clone(), m.config.clock.clone()).run(t)
         });
         let m = self.clone();
         sup(tasks, "dispatcher statuses", token, &give_up, move |t| {
@@ -737,14 +745,21 @@ pub fn no_quorum(reachable: usize, voters: usize) -> String {
     format!("no quorum: {reachable} of {voters} managers reachable")
 }
 
-#[derive(Clone, Debug, thiserror::Error)]
-pub enum ProposeError {
-    #[error("this manager is not the leader")]
-    NotLeader,
-    #[error("{0}")]
-    Refused(TxnError),
-    #[error("raft: {0}")]
-    Raft(String),
+pub use crate::store::ProposeError;
+
+/// The store's proposer on a manager: its raft write queue, which takes writes only while
+/// the manager leads.
+struct LeaderWriter(std::sync::Weak<Manager>);
+
+impl crate::store::Proposer for LeaderWriter {
+    fn propose<'a>(&'a self, _store: &'a Store, txn: Txn) -> crate::store::Proposal<'a> {
+        Box::pin(async move {
+            match self.0.upgrade() {
+                Some(m) => m.propose(txn).await,
+                None => Err(ProposeError::NotLeader),
+            }
+        })
+    }
 }
 
 impl ProposeError {

@@ -8,7 +8,6 @@
 //! obtain a worker certificate. One membership change at a time, as raft requires.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::{BasicNode, ChangeMembers};
@@ -16,8 +15,8 @@ use proto::security::Role;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::manager::Manager;
-use crate::raft::NodeId;
+use crate::raft::{NodeId, Raft};
+use crate::store::Store;
 
 /// How long the leader waits, once it is the only voter left to remove, before removing
 /// itself. Demoting several managers commits one node at a time; a leader that removed itself
@@ -83,23 +82,105 @@ pub fn plan(
     Step::Nothing
 }
 
-pub async fn run(mgr: Arc<Manager>, cancel: CancellationToken) {
-    let mut events = mgr.store.watch();
-    let mut self_removal: Option<Instant> = None;
-    loop {
-        match reconcile_once(&mgr, &mut self_removal).await {
-            Ok(Done::RemovedSelf) => {
-                tracing::info!("removed this manager from raft: stepping down");
-                return;
+/// Keeps the raft group's members in line with the store's managers; leader only.
+pub struct Membership {
+    store: Store,
+    raft: Raft,
+    me: NodeId,
+}
+
+impl Membership {
+    pub fn new(store: Store, raft: Raft, me: NodeId) -> Membership {
+        Membership { store, raft, me }
+    }
+
+    /// Runs until `cancel` (the end of this manager's term as leader) or until it has removed
+    /// this manager from the group.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut events = self.store.watch();
+        let mut self_removal: Option<Instant> = None;
+        loop {
+            match self.reconcile_once(&mut self_removal, &cancel).await {
+                Ok(Done::RemovedSelf) => {
+                    tracing::info!("removed this manager from raft: stepping down");
+                    return;
+                }
+                Ok(Done::Continue) => {}
+                Err(e) => tracing::debug!(error = %e, "membership change not done yet"),
             }
-            Ok(Done::Continue) => {}
-            Err(e) => tracing::debug!(error = %e, "membership change not done yet"),
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = events.recv() => {}
+                // Also polls replication progress (a learner catching up) and the delay above.
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
         }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = events.recv() => {}
-            // Also polls replication progress (a learner catching up) and the delay above.
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+    }
+
+    async fn reconcile_once(
+        &self,
+        self_removal: &mut Option<Instant>,
+        leading: &CancellationToken,
+    ) -> Result<Done, String> {
+        let me = self.me;
+        let desired: Vec<(NodeId, String)> = self.store.view(|d| {
+            d.nodes
+                .values()
+                .filter(|n| n.role == Role::Manager && n.desired_role == Role::Manager)
+                .map(|n| (n.raft_id, n.description.addr.clone()))
+                .collect()
+        });
+        let (voters, nodes) = crate::raft::membership(&self.raft);
+        let members: BTreeSet<NodeId> = nodes.keys().copied().collect();
+        // A leader that is no longer a voter is on its way out: changes are the next leader's.
+        if !voters.contains(&me) || leading.is_cancelled() {
+            return Ok(Done::Continue);
+        }
+        let caught_up = caught_up(&self.raft);
+        let step = plan(me, &desired, &voters, &members, &caught_up);
+        if step != (Step::Remove { id: me }) {
+            *self_removal = None;
+        }
+        match step {
+            Step::Nothing => Ok(Done::Continue),
+            Step::AddLearner { id, addr } => {
+                tracing::info!(raft_id = id, %addr, "adding manager to raft as a learner");
+                let add = self.raft.add_learner(id, BasicNode { addr }, false);
+                tokio::time::timeout(CHANGE_TIMEOUT, add)
+                    .await
+                    .map_err(|_| "adding a learner did not commit in time".to_string())?
+                    .map_err(|e| e.to_string())?;
+                Ok(Done::Continue)
+            }
+            Step::AddVoter { id } => {
+                tracing::info!(raft_id = id, "learner caught up: making it a voter");
+                change(&self.raft, ChangeMembers::AddVoterIds([id].into())).await?;
+                Ok(Done::Continue)
+            }
+            Step::Remove { id } => {
+                if id == me {
+                    let since = *self_removal.get_or_insert_with(Instant::now);
+                    if since.elapsed() < SELF_REMOVAL_DELAY {
+                        return Ok(Done::Continue);
+                    }
+                }
+                tracing::info!(raft_id = id, "removing manager from raft");
+                // One change only: with retain=false, removing a voter also drops it as a
+                // node. When the removed voter is this leader, it steps down once the change
+                // commits and the next leader carries on; a second change here would run on a
+                // deposed leader.
+                let c = if voters.contains(&id) {
+                    ChangeMembers::RemoveVoters([id].into())
+                } else {
+                    ChangeMembers::RemoveNodes([id].into())
+                };
+                change(&self.raft, c).await?;
+                Ok(if id == me {
+                    Done::RemovedSelf
+                } else {
+                    Done::Continue
+                })
+            }
         }
     }
 }
@@ -109,70 +190,8 @@ enum Done {
     RemovedSelf,
 }
 
-async fn reconcile_once(mgr: &Manager, self_removal: &mut Option<Instant>) -> Result<Done, String> {
-    let me = mgr.config.raft_id;
-    let desired: Vec<(NodeId, String)> = mgr.store.view(|d| {
-        d.nodes
-            .values()
-            .filter(|n| n.role == Role::Manager && n.desired_role == Role::Manager)
-            .map(|n| (n.raft_id, n.description.addr.clone()))
-            .collect()
-    });
-    let (voters, nodes) = crate::raft::membership(&mgr.raft);
-    let members: BTreeSet<NodeId> = nodes.keys().copied().collect();
-    // A leader that is no longer a voter is on its way out: changes are the next leader's.
-    if !voters.contains(&me) || !mgr.is_leader() {
-        return Ok(Done::Continue);
-    }
-    let caught_up = caught_up(mgr);
-    let step = plan(me, &desired, &voters, &members, &caught_up);
-    if step != (Step::Remove { id: me }) {
-        *self_removal = None;
-    }
-    match step {
-        Step::Nothing => Ok(Done::Continue),
-        Step::AddLearner { id, addr } => {
-            tracing::info!(raft_id = id, %addr, "adding manager to raft as a learner");
-            let add = mgr.raft.add_learner(id, BasicNode { addr }, false);
-            tokio::time::timeout(CHANGE_TIMEOUT, add)
-                .await
-                .map_err(|_| "adding a learner did not commit in time".to_string())?
-                .map_err(|e| e.to_string())?;
-            Ok(Done::Continue)
-        }
-        Step::AddVoter { id } => {
-            tracing::info!(raft_id = id, "learner caught up: making it a voter");
-            change(mgr, ChangeMembers::AddVoterIds([id].into())).await?;
-            Ok(Done::Continue)
-        }
-        Step::Remove { id } => {
-            if id == me {
-                let since = *self_removal.get_or_insert_with(Instant::now);
-                if since.elapsed() < SELF_REMOVAL_DELAY {
-                    return Ok(Done::Continue);
-                }
-            }
-            tracing::info!(raft_id = id, "removing manager from raft");
-            // One change only: with retain=false, removing a voter also drops it as a node.
-            // When the removed voter is this leader, it steps down once the change commits and
-            // the next leader carries on; a second change here would run on a deposed leader.
-            let c = if voters.contains(&id) {
-                ChangeMembers::RemoveVoters([id].into())
-            } else {
-                ChangeMembers::RemoveNodes([id].into())
-            };
-            change(mgr, c).await?;
-            Ok(if id == me {
-                Done::RemovedSelf
-            } else {
-                Done::Continue
-            })
-        }
-    }
-}
-
-async fn change(mgr: &Manager, c: ChangeMembers<NodeId, BasicNode>) -> Result<(), String> {
-    tokio::time::timeout(CHANGE_TIMEOUT, mgr.raft.change_membership(c, false))
+async fn change(raft: &Raft, c: ChangeMembers<NodeId, BasicNode>) -> Result<(), String> {
+    tokio::time::timeout(CHANGE_TIMEOUT, raft.change_membership(c, false))
         .await
         .map_err(|_| "membership change did not commit in time".to_string())?
         .map_err(|e| e.to_string())?;
@@ -181,8 +200,8 @@ async fn change(mgr: &Manager, c: ChangeMembers<NodeId, BasicNode>) -> Result<()
 
 /// Learners whose replicated log has reached the latest membership (the one that added
 /// them, or later): they can vote without slowing commits down.
-fn caught_up(mgr: &Manager) -> BTreeSet<NodeId> {
-    let m = mgr.raft.metrics().borrow().clone();
+fn caught_up(raft: &Raft) -> BTreeSet<NodeId> {
+    let m = raft.metrics().borrow().clone();
     let Some(config) = m.membership_config.log_id().as_ref().map(|l| l.index) else {
         return BTreeSet::new();
     };

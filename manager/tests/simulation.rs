@@ -265,6 +265,8 @@ struct Sim {
     paused_workers: Arc<Mutex<BTreeSet<String>>>,
     worker_ids: Vec<String>,
     rng: StdRng,
+    /// Every manager's clock: tokio's paused one, from the same epoch.
+    clock: manager::clock::SharedClock,
 }
 
 fn tuning(id: NodeId) -> RaftTuning {
@@ -303,6 +305,7 @@ impl Sim {
                 })
                 .unwrap_or_else(|| tuning(id)),
             kek: None,
+            clock: self.clock.clone(),
         };
         let factory = SimFactory {
             from: id,
@@ -629,6 +632,7 @@ async fn run_seed(seed: u64) -> Vec<String> {
         paused_workers: Arc::new(Mutex::new(BTreeSet::new())),
         worker_ids: (0..WORKERS).map(|i| format!("worker{i}")).collect(),
         rng: StdRng::seed_from_u64(seed ^ 0x5eed),
+        clock: manager::clock::TokioClock::shared(1_700_000_000_000),
     };
     for id in 1..=MANAGERS {
         sim.start_manager(id).await;
@@ -1000,6 +1004,7 @@ async fn timing_cluster(delay_ms: u64) -> Sim {
         paused_workers: Arc::new(Mutex::new(BTreeSet::new())),
         worker_ids: Vec::new(),
         rng: StdRng::seed_from_u64(8),
+        clock: manager::clock::TokioClock::shared(1_700_000_000_000),
     };
     // Started a little apart, as real managers are: openraft checks election timeouts on a
     // tick (1.5 × the message timeout), and managers whose ticks fall at the same instant of

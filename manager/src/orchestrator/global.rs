@@ -84,7 +84,8 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
                     Restart::Never if dead.spec_version != s.spec_version => {
                         let _ = p.create_task(&s, 0, &node.id, 0);
                     }
-                    Restart::At(_) | Restart::Never => {}
+                    Restart::At(at) => p.wake(&s.id, at),
+                    Restart::Never => {}
                 }
             }
         }

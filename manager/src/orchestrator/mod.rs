@@ -28,10 +28,12 @@ use proto::security::random_id;
 use proto::spec::{TaskSpec, TaskState, TaskStatus};
 use tokio_util::sync::CancellationToken;
 
-use crate::manager::{now_ms, Manager, ProposeError};
+use crate::clock::SharedClock;
 use crate::store::{
-    ClusterLimits, Kind, Node, NodeState, Object, Op, Service, StoreData, Task, Txn, TxnError,
+    Change, ClusterLimits, Event, Kind, Node, NodeState, Object, Op, ProposeError, Service, Store,
+    StoreData, Task, Txn, TxnError,
 };
+use tokio::sync::broadcast;
 
 /// Most operations in one raft entry (swarmkit batches the same way).
 pub const MAX_OPS_PER_TXN: usize = 200;
@@ -52,17 +54,19 @@ pub struct Plan<'a> {
     taken: BTreeSet<(String, Ipv4Addr)>,
     /// Tasks this round may still create ([`MAX_CREATES_PER_ROUND`]).
     creates_left: usize,
-    /// Tasks the cluster may still gain before reaching its `max_tasks` limit.
-    room_left: u64,
+    /// Tasks the cluster may still gain before reaching its `max_tasks` limit; counted at
+    /// the first new task (a round that creates none does not count the cluster's tasks).
+    room_left: Option<u64>,
     pub limits: ClusterLimits,
     /// The spec given to the tasks created for each service, with its spec version.
     specs: BTreeMap<String, (u64, Arc<TaskSpec>)>,
+    /// Services to plan again at a time, whatever happens meanwhile ([`Plan::wake`]).
+    wakes: BTreeMap<String, i64>,
 }
 
 impl<'a> Plan<'a> {
     pub fn new(data: &'a StoreData, now_ms: i64) -> Plan<'a> {
         let limits = data.cluster.as_ref().map(|c| c.limits).unwrap_or_default();
-        let runnable = data.tasks.values().filter(|t| is_runnable(t)).count() as u64;
         Plan {
             data,
             now_ms,
@@ -72,20 +76,36 @@ impl<'a> Plan<'a> {
             services: BTreeMap::new(),
             taken: BTreeSet::new(),
             creates_left: MAX_CREATES_PER_ROUND,
-            room_left: limits.max_tasks.saturating_sub(runnable),
+            room_left: None,
             limits,
             specs: BTreeMap::new(),
+            wakes: BTreeMap::new(),
         }
     }
 
     /// Reserve room for one task that adds to the cluster's count (a new replica, a global
     /// task on a new node), within `max_tasks`. Replacements of ended tasks need none.
     pub fn room_for_new_task(&mut self) -> bool {
-        if self.room_left == 0 || self.creates_left == 0 {
+        if self.creates_left == 0 {
             return false;
         }
-        self.room_left -= 1;
+        let data = self.data;
+        let max_tasks = self.limits.max_tasks;
+        let room = self.room_left.get_or_insert_with(|| {
+            let runnable = data.tasks.values().filter(|t| is_runnable(t)).count() as u64;
+            max_tasks.saturating_sub(runnable)
+        });
+        if *room == 0 {
+            return false;
+        }
+        *room -= 1;
         true
+    }
+
+    /// Plan `service_id` again at `at_ms` (a restart delay ends then).
+    pub fn wake(&mut self, service_id: &str, at_ms: i64) {
+        let e = self.wakes.entry(service_id.to_string()).or_insert(at_ms);
+        *e = (*e).min(at_ms);
     }
 
     /// The tasks of a service as this plan leaves them (store + decisions so far).
@@ -229,10 +249,11 @@ impl<'a> Plan<'a> {
     /// address for them they go to the scheduler (still PENDING: a state never goes back). A
     /// task the updater or a scale-down already ended is left alone.
     pub fn allocate_waiting(&mut self) {
-        let waiting: Vec<Task> = self
-            .data
-            .tasks
-            .values()
+        let data = self.data;
+        let waiting: Vec<Task> = data
+            .awaiting
+            .iter()
+            .filter_map(|id| data.tasks.get(id))
             .filter(|t| !self.deleted.contains(&t.id))
             .map(|t| self.updated.get(&t.id).unwrap_or(t))
             .filter(|t| t.awaiting_addresses && is_runnable(t))
@@ -365,11 +386,119 @@ pub enum Death {
     NodeGone,
 }
 
-/// One orchestration round: every part, in order.
+/// The services a round plans: those whose tasks, spec or nodes changed since the last round
+/// (from the store's change stream), or all of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dirty {
+    all: bool,
+    services: BTreeSet<String>,
+    /// Nodes that changed: the services with tasks on them, and every global service.
+    nodes: BTreeSet<String>,
+    /// Tasks were deleted: their addresses may go to tasks waiting for one.
+    tasks_gone: bool,
+}
+
+impl Dirty {
+    pub fn all() -> Dirty {
+        Dirty {
+            all: true,
+            ..Dirty::default()
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.all && !self.tasks_gone && self.services.is_empty() && self.nodes.is_empty()
+    }
+
+    pub fn service(&mut self, id: &str) {
+        if !self.all {
+            self.services.insert(id.to_string());
+        }
+    }
+
+    /// Note what a committed change makes worth planning again.
+    pub fn note(&mut self, change: &Change) {
+        if self.all {
+            return;
+        }
+        match change {
+            Change::Put(Object::Task(t)) => self.service(&t.service_id),
+            Change::Put(Object::Service(s)) => self.service(&s.id),
+            Change::Deleted {
+                kind: Kind::Service,
+                id,
+            } => self.service(id),
+            Change::Put(Object::Node(n)) => {
+                self.nodes.insert(n.id.clone());
+            }
+            Change::Deleted {
+                kind: Kind::Node,
+                id,
+            } => {
+                self.nodes.insert(id.clone());
+            }
+            // Only the orchestrator deletes tasks, and a deleted task frees its addresses
+            // for tasks waiting for one ([`Plan::allocate_waiting`] runs every round).
+            Change::Deleted {
+                kind: Kind::Task, ..
+            } => self.tasks_gone = true,
+            // Cluster limits, networks, secrets, configs: rare, and they can concern any
+            // service.
+            _ => self.all = true,
+        }
+    }
+
+    /// The service ids to plan, in order: services that exist and ids of deleted services
+    /// whose tasks remain.
+    fn resolve(&self, data: &StoreData) -> BTreeSet<String> {
+        if self.all {
+            return data
+                .services
+                .keys()
+                .chain(data.tasks_by_service.keys())
+                .cloned()
+                .collect();
+        }
+        let mut ids = self.services.clone();
+        if !self.nodes.is_empty() {
+            for n in &self.nodes {
+                ids.extend(data.node_tasks(n).map(|t| t.service_id.clone()));
+            }
+            ids.extend(
+                data.services
+                    .values()
+                    .filter(|s| {
+                        matches!(
+                            s.spec.mode,
+                            proto::spec::ServiceMode::Global | proto::spec::ServiceMode::GlobalJob
+                        )
+                    })
+                    .map(|s| s.id.clone()),
+            );
+        }
+        ids
+    }
+}
+
+/// What a round decided: the operations to write, and when services want planning again
+/// whatever happens (restart delays).
+#[derive(Debug, Default)]
+pub struct Round {
+    pub ops: Vec<Op>,
+    pub wakes: BTreeMap<String, i64>,
+}
+
+/// One orchestration round over every service: every part, in order.
 pub fn plan(data: &StoreData, now_ms: i64) -> Vec<Op> {
+    plan_dirty(data, now_ms, &Dirty::all()).ops
+}
+
+/// One orchestration round over the `dirty` services.
+pub fn plan_dirty(data: &StoreData, now_ms: i64, dirty: &Dirty) -> Round {
     let mut p = Plan::new(data, now_ms);
     p.allocate_waiting();
-    for s in data.services.values() {
+    let ids = dirty.resolve(data);
+    for s in ids.iter().filter_map(|id| data.services.get(id)) {
         updater::promote(&mut p, &s.id);
         updater::plan(&mut p, &s.id);
         match s.spec.mode {
@@ -383,58 +512,174 @@ pub fn plan(data: &StoreData, now_ms: i64) -> Vec<Op> {
             }
         }
     }
-    reaper::plan(&mut p);
+    reaper::plan(&mut p, &ids);
     // Nodes' ingress addresses go in the same transaction as new tasks' ones: not the same.
     let nodes = crate::allocator::node_ingress_ops(data, &mut p.taken);
+    let wakes = std::mem::take(&mut p.wakes);
     let mut ops = p.into_ops();
     ops.extend(nodes);
-    ops
+    Round { ops, wakes }
 }
 
-/// Leader-only loop: re-plan on every committed change (debounced) and every 500 ms (restart
-/// delays, update delays and deadlines are time-driven).
-pub async fn run(mgr: Arc<Manager>, cancel: CancellationToken) {
-    let mut events = mgr.store.watch();
-    loop {
-        let ops = mgr.store.view(|d| plan(d, now_ms()));
-        let mut conflict = false;
+/// How often the time-driven work is looked at: restart delays that end, rolling updates'
+/// delays, monitor periods and deadlines.
+const TICK: Duration = Duration::from_millis(500);
+/// Every service is planned again this often, whatever the change stream said (a safety net,
+/// as a controller's periodic resync).
+const RESYNC: Duration = Duration::from_secs(10);
+/// Waits after a refused write before planning again, doubling up to the last.
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// The orchestrator: reads the store, writes through it, takes its time from the clock.
+pub struct Orchestrator {
+    store: Store,
+    clock: SharedClock,
+}
+
+impl Orchestrator {
+    pub fn new(store: Store, clock: SharedClock) -> Orchestrator {
+        Orchestrator { store, clock }
+    }
+
+    /// Leader-only loop: plan the services the committed changes concern (debounced), those
+    /// whose timers are due and those in a rolling update every [`TICK`], and all of them
+    /// every [`RESYNC`]; after a refused write, back off and plan again.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut events = self.store.watch();
+        let mut dirty = Dirty::all();
+        let mut timers: BTreeMap<String, i64> = BTreeMap::new();
+        let mut backoff = BACKOFF_MIN;
+        let mut last_resync = tokio::time::Instant::now();
+        let mut next_tick = tokio::time::Instant::now() + TICK;
+        loop {
+            if last_resync.elapsed() >= RESYNC {
+                dirty = Dirty::all();
+                last_resync = tokio::time::Instant::now();
+            }
+            if !dirty.is_empty() {
+                let now = self.clock.now_ms();
+                let round = self.store.view(|d| plan_dirty(d, now, &dirty));
+                for (id, at) in round.wakes {
+                    let e = timers.entry(id).or_insert(at);
+                    *e = (*e).min(at);
+                }
+                match self.write(&round.ops, &cancel).await {
+                    Written::All => {
+                        dirty = Dirty::default();
+                        backoff = BACKOFF_MIN;
+                    }
+                    Written::Refused => {
+                        // Someone wrote meanwhile: plan the same services again from the new
+                        // state, after a pause that grows while writes keep being refused.
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        continue;
+                    }
+                    Written::Stop => return,
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = events.recv() => {
+                    if !self.absorb(r, &mut events, &mut dirty).await {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep_until(next_tick) => {
+                    next_tick = tokio::time::Instant::now() + TICK;
+                    let now = self.clock.now_ms();
+                    timers.retain(|id, at| {
+                        if *at <= now {
+                            dirty.service(id);
+                            false
+                        } else {
+                            true
+                        }
+                    });
+                    self.store.view(|d| {
+                        for s in d.services.values() {
+                            if s.update_status.as_ref().is_some_and(|u| u.state.in_progress()) {
+                                dirty.service(&s.id);
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Take in a change and the ones that follow it within a short while (a burst lands
+    /// before planning). False once the store is gone.
+    async fn absorb(
+        &self,
+        first: Result<Event, broadcast::error::RecvError>,
+        events: &mut broadcast::Receiver<Event>,
+        dirty: &mut Dirty,
+    ) -> bool {
+        let note = |r: Result<Event, broadcast::error::RecvError>, dirty: &mut Dirty| match r {
+            Ok(ev) => {
+                for c in ev.changes.iter() {
+                    dirty.note(c);
+                }
+                true
+            }
+            // Changes were missed: plan everything.
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                *dirty = Dirty::all();
+                true
+            }
+            Err(broadcast::error::RecvError::Closed) => false,
+        };
+        if !note(first, dirty) {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        loop {
+            match events.try_recv() {
+                Ok(ev) => {
+                    note(Ok(ev), dirty);
+                }
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    note(Err(broadcast::error::RecvError::Lagged(n)), dirty);
+                }
+                Err(broadcast::error::TryRecvError::Empty) => return true,
+                Err(broadcast::error::TryRecvError::Closed) => return false,
+            }
+        }
+    }
+
+    /// Write a round's operations, [`MAX_OPS_PER_TXN`] at a time.
+    async fn write(&self, ops: &[Op], cancel: &CancellationToken) -> Written {
         for chunk in ops.chunks(MAX_OPS_PER_TXN) {
             if cancel.is_cancelled() {
-                return;
+                return Written::Stop;
             }
-            match mgr.propose(Txn::new(chunk.to_vec())).await {
+            match self.store.propose(Txn::new(chunk.to_vec())).await {
                 Ok(_) => {}
                 Err(ProposeError::Refused(
                     TxnError::Conflict { .. }
                     | TxnError::NotFound { .. }
                     | TxnError::AddressInUse { .. },
-                )) => {
-                    conflict = true;
-                    break;
-                }
-                Err(ProposeError::NotLeader) => return,
+                )) => return Written::Refused,
+                Err(ProposeError::NotLeader) => return Written::Stop,
                 Err(e) => {
                     tracing::warn!(error = %e, "orchestrator write failed");
-                    conflict = true;
-                    break;
+                    return Written::Refused;
                 }
             }
         }
-        if conflict {
-            // Someone wrote meanwhile: re-plan from the new state right away.
-            continue;
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = events.recv() => {
-                if let Err(tokio::sync::broadcast::error::RecvError::Closed) = r { return; }
-                // Let a burst of changes land before re-planning.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                while events.try_recv().is_ok() {}
-            }
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
+        Written::All
     }
+}
+
+enum Written {
+    All,
+    Refused,
+    Stop,
 }
 
 #[cfg(test)]

@@ -11,10 +11,15 @@ use crate::store::{NodeState, Task};
 
 pub const TASK_HISTORY_LIMIT: usize = 5;
 
-pub fn plan(p: &mut Plan<'_>) {
+/// Reap the tasks of `services` (ids of services that exist or existed).
+pub fn plan<'s>(p: &mut Plan<'_>, services: impl IntoIterator<Item = &'s String>) {
     let data = p.data;
     let mut history: BTreeMap<(String, u64, String), Vec<&Task>> = BTreeMap::new();
-    for t in data.tasks.values() {
+    let tasks = services
+        .into_iter()
+        .flat_map(|id| data.service_tasks(id))
+        .collect::<Vec<_>>();
+    for t in tasks {
         let service_gone = !data.services.contains_key(&t.service_id);
         let node_gone = t.node_id.is_empty()
             || data

@@ -114,7 +114,10 @@ fn settle_slot(
     }
     match restart::decide(&s.spec.task.restart, dead, why, p.now_ms) {
         Restart::Now { restart_count } => SlotState::RestartNow { restart_count },
-        Restart::At(_) => SlotState::RestartPending,
+        Restart::At(at) => {
+            p.wake(&s.id, at);
+            SlotState::RestartPending
+        }
         Restart::Never if dead.spec_version == s.spec_version => SlotState::Finished,
         Restart::Never => SlotState::Empty,
     }

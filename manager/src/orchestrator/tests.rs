@@ -640,3 +640,121 @@ fn the_tasks_of_a_removed_service_are_told_to_go() {
         .values()
         .all(|t| t.desired_state == TaskState::Remove));
 }
+
+#[test]
+fn a_round_plans_only_the_services_that_changed() {
+    let mut d = setup(2);
+    let mut other = service(2, "img:1");
+    other.id = "other".into();
+    other.spec.name = "other".into();
+    d.services.insert(other.id.clone(), other);
+    d.rebuild_indexes();
+
+    let mut dirty = super::Dirty::default();
+    assert!(dirty.is_empty());
+    dirty.service("svc");
+    let round = super::plan_dirty(&d, 1_000, &dirty);
+    let touched: std::collections::BTreeSet<String> = round
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Create(Object::Task(t)) => Some(t.service_id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(touched, ["svc".to_string()].into());
+
+    // A changed node concerns the services with tasks on it.
+    apply(&mut d, round.ops);
+    settle(&mut d, 1_000, |_| TaskState::Running);
+    let on_n1 = d
+        .tasks
+        .values()
+        .find(|t| t.node_id == "n1")
+        .unwrap()
+        .clone();
+    d.nodes.get_mut("n1").unwrap().state = NodeState::Down;
+    let mut dirty = super::Dirty::default();
+    dirty.note(&crate::store::Change::Put(Object::Node(
+        d.nodes["n1"].clone(),
+    )));
+    let round = super::plan_dirty(&d, 2_000, &dirty);
+    assert!(
+        round.ops.iter().any(|op| matches!(op,
+            Op::Update(Object::Task(t)) if t.id == on_n1.id && t.desired_state == TaskState::Shutdown)),
+        "{:?}",
+        round.ops
+    );
+    // Anything else (a network, the cluster) concerns every service.
+    let mut dirty = super::Dirty::default();
+    dirty.note(&crate::store::Change::Deleted {
+        kind: crate::store::Kind::Network,
+        id: "n".into(),
+    });
+    assert_eq!(dirty, super::Dirty::all());
+}
+
+#[test]
+fn a_restart_delay_asks_for_a_round_when_it_ends() {
+    let mut d = setup(1);
+    d.rebuild_indexes();
+    let mut now = 1_000;
+    // The task fails at 1 s; the round at 1.5 s must not replace it yet (the delay is 1 s)
+    // but ask to plan the service again at 2 s.
+    converge(&mut d, &mut now, 1, |_| TaskState::Failed);
+    let round = super::plan_dirty(&d, now, &super::Dirty::all());
+    assert!(
+        !round.ops.iter().any(|op| matches!(op, Op::Create(_))),
+        "{:?}",
+        round.ops
+    );
+    assert_eq!(round.wakes.get("svc"), Some(&2_000));
+}
+
+/// The orchestrator and the scheduler as the leader runs them, on a bare store that writes
+/// through [`crate::store::DirectProposer`] and tokio's paused clock: no raft, no manager.
+#[tokio::test(start_paused = true)]
+async fn components_run_on_a_store_and_a_clock() {
+    let store = crate::store::Store::new();
+    crate::store::DirectProposer::install(&store);
+    let clock = crate::clock::TokioClock::shared(1_700_000_000_000);
+    let mut ops = vec![Op::Create(Object::Service(service(3, "img:1")))];
+    for n in ["n1", "n2"] {
+        ops.push(Op::Create(Object::Node(node(n))));
+    }
+    store
+        .propose(crate::store::Txn::new(ops))
+        .await
+        .expect("setup");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let o =
+        tokio::spawn(super::Orchestrator::new(store.clone(), clock.clone()).run(cancel.clone()));
+    let s = tokio::spawn(
+        crate::scheduler::Scheduler::new(store.clone(), clock.clone()).run(cancel.clone()),
+    );
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let assigned = store.view(|d| {
+            d.tasks
+                .values()
+                .filter(|t| t.status.state == TaskState::Assigned && !t.node_id.is_empty())
+                .count()
+        });
+        if assigned == 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{assigned} of 3 assigned"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let created = store.view(|d| d.tasks.values().map(|t| t.created_at_ms).min());
+    assert!(
+        created.is_some_and(|ms| ms >= 1_700_000_000_000),
+        "{created:?}"
+    );
+    cancel.cancel();
+    o.await.unwrap();
+    s.await.unwrap();
+}

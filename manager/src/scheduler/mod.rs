@@ -24,7 +24,6 @@ mod plan;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use proto::spec::TaskState;
@@ -32,8 +31,8 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::manager::{now_ms, Manager, ProposeError};
-use crate::store::{Change, Event, Kind, Object, Op, StoreData, Txn};
+use crate::clock::SharedClock;
+use crate::store::{Change, Event, Kind, Object, Op, ProposeError, Store, StoreData, Txn};
 
 pub use constraint::{Constraint, ConstraintError};
 pub use plan::{needs_scheduling, plan};
@@ -93,37 +92,85 @@ pub fn decision_op(data: &StoreData, decision: &Decision, now_ms: i64) -> Option
     Some(Op::Update(Object::Task(task)))
 }
 
-/// Runs while this manager leads; returns when cancelled or when leadership is lost.
-pub async fn run(mgr: Arc<Manager>, cancel: CancellationToken) {
-    let mut events = mgr.store.watch();
-    // Tasks may have waited through an election: plan at once.
-    let mut next_pass = Instant::now();
-    loop {
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return,
-            _ = sleep_until(next_pass) => {}
-            r = events.recv() => match r {
-                Ok(event) if !worth_planning(&event) => continue,
-                Ok(_) | Err(RecvError::Lagged(_)) => {
-                    if !settle(&mut events, &cancel).await {
-                        return;
+/// The scheduler: reads the store, writes through it, takes its time from the clock.
+pub struct Scheduler {
+    store: Store,
+    clock: SharedClock,
+}
+
+impl Scheduler {
+    pub fn new(store: Store, clock: SharedClock) -> Scheduler {
+        Scheduler { store, clock }
+    }
+
+    /// Runs while this manager leads; returns when cancelled or when leadership is lost.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut events = self.store.watch();
+        // Tasks may have waited through an election: plan at once.
+        let mut next_pass = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                _ = sleep_until(next_pass) => {}
+                r = events.recv() => match r {
+                    Ok(event) if !worth_planning(&event) => continue,
+                    Ok(_) | Err(RecvError::Lagged(_)) => {
+                        if !settle(&mut events, &cancel).await {
+                            return;
+                        }
+                    }
+                    Err(RecvError::Closed) => return,
+                },
+            }
+            next_pass = Instant::now() + RESYNC;
+            match self.schedule_once().await {
+                Ok(Pass::Done) => {}
+                // Something changed under the plan: plan again soon, from the new state.
+                Ok(Pass::Stale) => next_pass = Instant::now() + MAX_DELAY,
+                Err(ProposeError::NotLeader) => {
+                    tracing::debug!("scheduler stopping: no longer the leader");
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "scheduler could not write its decisions"),
+            }
+        }
+    }
+
+    async fn schedule_once(&self) -> Result<Pass, ProposeError> {
+        let decisions = self.store.view(plan);
+        for chunk in decisions.chunks(MAX_OPS_PER_TXN) {
+            let now = self.clock.now_ms();
+            let (ops, done): (Vec<Op>, Vec<&Decision>) = self.store.view(|data| {
+                chunk
+                    .iter()
+                    .filter_map(|d| decision_op(data, d, now).map(|op| (op, d)))
+                    .unzip()
+            });
+            if ops.is_empty() {
+                continue;
+            }
+            match self.store.propose(Txn::new(ops)).await {
+                Ok(_) => {
+                    for decision in done {
+                        match decision {
+                            Decision::Assign { task_id, node_id } => {
+                                tracing::debug!(task = %task_id, node = %node_id, "task assigned")
+                            }
+                            Decision::Pending { task_id, message } => {
+                                tracing::debug!(task = %task_id, %message, "task pending")
+                            }
+                        }
                     }
                 }
-                Err(RecvError::Closed) => return,
-            },
-        }
-        next_pass = Instant::now() + RESYNC;
-        match schedule_once(&mgr).await {
-            Ok(Pass::Done) => {}
-            // Something changed under the plan: plan again soon, from the new state.
-            Ok(Pass::Stale) => next_pass = Instant::now() + MAX_DELAY,
-            Err(ProposeError::NotLeader) => {
-                tracing::debug!("scheduler stopping: no longer the leader");
-                return;
+                Err(ProposeError::Refused(e)) => {
+                    tracing::debug!(error = %e, "scheduler decisions refused; re-planning");
+                    return Ok(Pass::Stale);
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => tracing::warn!(error = %e, "scheduler could not write its decisions"),
         }
+        Ok(Pass::Done)
     }
 }
 
@@ -170,40 +217,4 @@ async fn settle(events: &mut broadcast::Receiver<Event>, cancel: &CancellationTo
 enum Pass {
     Done,
     Stale,
-}
-
-async fn schedule_once(mgr: &Manager) -> Result<Pass, ProposeError> {
-    let decisions = mgr.store.view(plan);
-    for chunk in decisions.chunks(MAX_OPS_PER_TXN) {
-        let now = now_ms();
-        let (ops, done): (Vec<Op>, Vec<&Decision>) = mgr.store.view(|data| {
-            chunk
-                .iter()
-                .filter_map(|d| decision_op(data, d, now).map(|op| (op, d)))
-                .unzip()
-        });
-        if ops.is_empty() {
-            continue;
-        }
-        match mgr.propose(Txn::new(ops)).await {
-            Ok(_) => {
-                for decision in done {
-                    match decision {
-                        Decision::Assign { task_id, node_id } => {
-                            tracing::debug!(task = %task_id, node = %node_id, "task assigned")
-                        }
-                        Decision::Pending { task_id, message } => {
-                            tracing::debug!(task = %task_id, %message, "task pending")
-                        }
-                    }
-                }
-            }
-            Err(ProposeError::Refused(e)) => {
-                tracing::debug!(error = %e, "scheduler decisions refused; re-planning");
-                return Ok(Pass::Stale);
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(Pass::Done)
 }

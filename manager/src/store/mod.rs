@@ -25,6 +25,9 @@ use proto::spec::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+mod proposer;
+pub use proposer::{DirectProposer, Proposal, ProposeError, Proposer};
+
 /// Cluster-wide settings and secrets; exactly one exists once the swarm is initialised.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cluster {
@@ -518,6 +521,9 @@ pub struct StoreData {
     pub tasks_by_service: BTreeMap<String, BTreeSet<String>>,
     #[serde(skip)]
     pub tasks_by_node: BTreeMap<String, BTreeSet<String>>,
+    /// Ids of the tasks waiting for addresses (`awaiting_addresses`); derived.
+    #[serde(skip)]
+    pub awaiting: BTreeSet<String>,
     /// The task specs in use, by service: a task put into the store takes the shared copy
     /// of its spec instead of keeping the one its transaction carried.
     #[serde(skip)]
@@ -605,8 +611,12 @@ impl StoreData {
         self.tasks_by_node.clear();
         self.addrs.clear();
         self.specs = SpecPool::default();
+        self.awaiting.clear();
         for t in self.tasks.values_mut() {
             t.spec = self.specs.intern(&t.service_id, &t.spec);
+            if t.awaiting_addresses {
+                self.awaiting.insert(t.id.clone());
+            }
         }
         let holders: Vec<(Holder, Vec<(String, Ipv4Addr)>)> = self
             .tasks
@@ -645,6 +655,7 @@ impl StoreData {
     }
 
     fn unindex_task(&mut self, t: &Task) {
+        self.awaiting.remove(&t.id);
         if let Some(set) = self.tasks_by_service.get_mut(&t.service_id) {
             set.remove(&t.id);
             if set.is_empty() {
@@ -722,6 +733,9 @@ impl StoreData {
                 }
                 t.spec = self.specs.intern(&t.service_id, &t.spec);
                 self.index_task(&t.id, &t.service_id, &t.node_id);
+                if t.awaiting_addresses {
+                    self.awaiting.insert(t.id.clone());
+                }
                 self.tasks.insert(t.id.clone(), t);
             }
             Object::Secret(f) => {
@@ -1176,6 +1190,14 @@ pub const EVENT_BUFFER: usize = 32;
 pub struct Store {
     data: Arc<RwLock<StoreData>>,
     events: broadcast::Sender<Event>,
+    /// Where writes go ([`Store::propose`]); none until the manager sets it.
+    proposer: Arc<RwLock<Option<Arc<dyn Proposer>>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
 }
 
 impl Default for Store {
@@ -1194,6 +1216,21 @@ impl Store {
         Store {
             data: Arc::new(RwLock::new(StoreData::default())),
             events,
+            proposer: Arc::new(RwLock::new(None)),
+        }
+    }
+
+    /// Writes go through `p` from now on.
+    pub fn set_proposer(&self, p: Arc<dyn Proposer>) {
+        *self.proposer.write().expect("proposer lock") = Some(p);
+    }
+
+    /// Commits `txn` (all of it or none) and returns the log index it was applied at.
+    pub async fn propose(&self, txn: Txn) -> Result<u64, ProposeError> {
+        let p = self.proposer.read().expect("proposer lock").clone();
+        match p {
+            Some(p) => p.propose(self, txn).await,
+            None => Err(ProposeError::NotLeader),
         }
     }
 
