@@ -13,6 +13,7 @@ pub mod lease;
 mod log_store;
 mod network;
 pub mod recover;
+pub mod schema;
 mod state_machine;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -124,6 +125,8 @@ pub enum RaftSetupError {
     Tuning(String),
     #[error("raft: {0}")]
     Fatal(Box<openraft::error::Fatal<NodeId>>),
+    #[error(transparent)]
+    Schema(#[from] schema::SchemaError),
 }
 
 impl From<openraft::StorageError<NodeId>> for RaftSetupError {
@@ -174,9 +177,11 @@ pub async fn start<N: openraft::RaftNetworkFactory<TypeConfig>>(
             }
         }
     };
+    schema::check(&db)?;
     let db = Arc::new(db);
     let log = LogStore::open(db.clone())?;
-    let sm = StateMachine::open(db, store)?;
+    let sm = StateMachine::open(db.clone(), store)?;
+    schema::mark(&db)?;
     tuning.validate().map_err(RaftSetupError::Tuning)?;
     let config = Config {
         cluster_name: "shoal".into(),

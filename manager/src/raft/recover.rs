@@ -79,6 +79,7 @@ pub fn read_committed(
         }
         r => r.map_err(|e| bad(&e))?,
     };
+    super::schema::check(&db).map_err(|e| bad(&e))?;
     let txn = db.begin_read().map_err(|e| bad(&e))?;
     let meta = txn.open_table(META).map_err(|e| bad(&e))?;
     let meta_get = |key: &str| -> Result<Option<Vec<u8>>, RecoverError> {
@@ -246,6 +247,7 @@ fn write_new(
         store_snapshot(&mut s, &snap.meta, &snap.data).map_err(|e| werr(&e))?;
     }
     txn.commit().map_err(|e| werr(&e))?;
+    super::schema::mark(&db).map_err(|e| werr(&e))?;
     Ok(())
 }
 

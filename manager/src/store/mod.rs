@@ -1706,3 +1706,24 @@ pub(crate) mod tests {
         assert_eq!(back, d);
     }
 }
+#[cfg(test)]
+mod schema_tests {
+    use super::*;
+
+    /// A log entry as schema 1 (before shared specs and versioned databases) wrote it.
+    const V1_ENTRY: &str = r#"{"ops":[{"Create":{"Task":{"id":"t1","version":0,"service_id":"svc","service_name":"web","slot":1,"node_id":"n1","spec":{"image":"busybox:latest","command":["sleep","1d"],"args":[],"env":[],"resources":{"reserve_nano_cpus":0,"reserve_memory":0,"limit_nano_cpus":0,"limit_memory":0,"limit_pids":0},"restart":{"condition":"any","delay_ms":5000,"max_attempts":0,"window_ms":0},"placement":{"constraints":[],"preferences":[],"max_replicas":0},"stop_grace_period_ms":0,"stop_signal":"","force_update":0,"hostname":"","user":"","workdir":"","mounts":[],"secrets":[],"configs":[],"healthcheck":null,"networks":[],"dns":{"nameservers":[],"search":[],"options":[]}},"spec_version":1,"desired_state":"running","status":{"state":"new","message":"","err":"","exit_code":null,"timestamp_ms":0},"created_at_ms":1,"restart_count":0,"networks":[],"awaiting_addresses":false}}}]}"#;
+
+    #[test]
+    fn log_entries_of_the_previous_schema_apply() {
+        let txn: Txn = serde_json::from_str(V1_ENTRY).unwrap();
+        let mut d = StoreData::default();
+        d.apply_txn(3, &txn).unwrap();
+        let t = &d.tasks["t1"];
+        assert_eq!(t.spec.image, "busybox:latest");
+        assert_eq!(t.spec.command, vec!["sleep".to_string(), "1d".to_string()]);
+        assert_eq!(t.version, 3);
+        // Written back, it reads the same (the format of entries is unchanged).
+        let again: Txn = serde_json::from_str(&serde_json::to_string(&txn).unwrap()).unwrap();
+        assert_eq!(again, txn);
+    }
+}
