@@ -6,6 +6,7 @@
 //! [`overlay::Overlay`]: the VXLAN overlay networks, one namespace with a bridge per network,
 //! a veth per task and network (`eth0..ethN-1`), and the node's ingress sandbox.
 
+pub mod dataplane;
 pub mod dns;
 pub mod local;
 pub mod nft;

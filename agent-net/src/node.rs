@@ -22,10 +22,10 @@ use std::sync::{Arc, Mutex};
 use proto::spec::{Assignment, NodeNetState, PortProtocol, TaskNetwork};
 use tokio_util::sync::CancellationToken;
 
+use crate::dataplane::{Dataplane, KernelDataplane};
 use crate::dns::Dns;
-use crate::local::{LocalNet, NetError};
+use crate::local::NetError;
 use crate::nft;
-use crate::overlay::Overlay;
 
 /// A task attached on this node.
 #[derive(Clone, Debug)]
@@ -51,8 +51,7 @@ struct State {
 }
 
 pub struct NodeNet {
-    local: LocalNet,
-    overlay: Overlay,
+    dp: Arc<dyn Dataplane>,
     dns: Dns,
     state: Mutex<State>,
     /// Serialises attach, detach and the overlay reconcile.
@@ -79,16 +78,23 @@ impl NodeNet {
     /// `dir`: `<data dir>/net`. The node's namespace is the calling thread's.
     /// `upstreams`: where the embedded DNS forwards names it does not know.
     pub fn new(dir: &Path, upstreams: Vec<SocketAddr>) -> Result<Arc<NodeNet>, NetError> {
-        Ok(Arc::new(NodeNet {
-            local: LocalNet::new(dir)?,
-            overlay: Overlay::new(dir)?,
+        Ok(NodeNet::with_dataplane(
+            Arc::new(KernelDataplane::new(dir)?),
+            upstreams,
+        ))
+    }
+
+    /// The controller over `dp` (tests: [`crate::dataplane::fake::FakeDataplane`]).
+    pub fn with_dataplane(dp: Arc<dyn Dataplane>, upstreams: Vec<SocketAddr>) -> Arc<NodeNet> {
+        Arc::new(NodeNet {
+            dp,
             dns: Dns::new(upstreams),
             state: Mutex::new(State::default()),
             datapath: tokio::sync::Mutex::new(()),
             kick: tokio::sync::Notify::new(),
             known: tokio::sync::watch::Sender::new(false),
             reserved_ports: Mutex::new(BTreeSet::new()),
-        }))
+        })
     }
 
     /// Keep `port` out of the routing mesh: the node listens on it itself.
@@ -141,18 +147,18 @@ impl NodeNet {
             // The task's networks exist, with every peer's entries, before its interfaces.
             let (net, mut in_use) = self.snapshot();
             in_use.extend(nets.iter().map(|n| n.network_id.clone()));
-            self.overlay.apply(&net, &in_use).await?;
+            self.dp.apply_overlays(&net, &in_use).await?;
         }
         let internal_only = !nets.is_empty() && nets.iter().all(|n| n.internal);
         let gw_if = format!("eth{}", nets.len());
         let (netns, gateway_addr) = if internal_only {
-            (self.local.ensure_task_netns(&task.task_id).await?, None)
+            (self.dp.ensure_task_netns(&task.task_id).await?, None)
         } else {
-            let a = self.local.attach(&task.task_id, &gw_if).await?;
+            let a = self.dp.attach_gateway(&task.task_id, &gw_if).await?;
             (a.netns, Some(a.ip))
         };
         if !nets.is_empty() {
-            self.overlay.attach(&task.task_id, &netns, nets).await?;
+            self.dp.attach_overlays(&task.task_id, &netns, nets).await?;
         }
         self.register(task, &netns, gateway_addr).await?;
         Ok(Attached {
@@ -189,7 +195,12 @@ impl NodeNet {
                 .collect();
             let ids = task.networks.iter().map(|n| n.network_id.clone()).collect();
             self.dns
-                .serve(&task.task_id, netns, ids, upstreams)
+                .serve_on(
+                    &task.task_id,
+                    ids,
+                    upstreams,
+                    self.dp.dns_sockets(&task.task_id, netns),
+                )
                 .await
                 .map_err(|e| NetError::Io {
                     context: format!("starting the DNS server of task {}", task.task_id),
@@ -212,14 +223,14 @@ impl NodeNet {
     /// Re-registers tasks that outlived a daemon restart (their namespaces persist).
     pub async fn restore(&self, task: &Assignment) -> Result<(), NetError> {
         let _dp = self.datapath.lock().await;
-        let netns = self.local.task_netns(&task.task_id);
-        if !netns.exists() {
+        let netns = self.dp.task_netns(&task.task_id);
+        if !self.dp.netns_exists(&netns) {
             return Ok(());
         }
-        let gateway_addr = self.local.address_of(&task.task_id);
+        let gateway_addr = self.dp.gateway_address(&task.task_id);
         if !task.networks.is_empty() {
-            self.overlay
-                .attach(&task.task_id, &netns, &task.networks)
+            self.dp
+                .attach_overlays(&task.task_id, &netns, &task.networks)
                 .await?;
         }
         self.register(task, &netns, gateway_addr).await
@@ -281,8 +292,8 @@ impl NodeNet {
             st.task_rules.remove(task_id);
         }
         let _dp = self.datapath.lock().await;
-        let overlay = self.overlay.detach(task_id).await;
-        let local = self.local.detach(task_id).await;
+        let overlay = self.dp.detach_overlays(task_id).await;
+        let local = self.dp.detach_gateway(task_id).await;
         self.kick.notify_one();
         overlay.and(local)
     }
@@ -327,7 +338,7 @@ impl NodeNet {
         let (net, in_use) = self.snapshot();
         if net.node_ip.is_some() {
             let _dp = self.datapath.lock().await;
-            self.overlay.apply(&net, &in_use).await?;
+            self.dp.apply_overlays(&net, &in_use).await?;
         }
         let (node_script, tasks) = {
             let st = self.lock();
@@ -358,7 +369,7 @@ impl NodeNet {
         };
         let mut first_err = None;
         if let Some(script) = node_script {
-            match nft::apply(None, &script).await {
+            match self.dp.apply_rules(None, &script).await {
                 Ok(()) => self.lock().node_rules = Some(script),
                 Err(e) => first_err = Some(nft_error("the node's rules", e)),
             }
@@ -377,7 +388,8 @@ impl NodeNet {
         netns: &Path,
         script: String,
     ) -> Result<(), NetError> {
-        nft::apply(Some(netns), &script)
+        self.dp
+            .apply_rules(Some(netns), &script)
             .await
             .map_err(|e| nft_error(&format!("the rules of task {task_id}"), e))?;
         let mut st = self.lock();
@@ -390,8 +402,8 @@ impl NodeNet {
     /// Remove everything this node programmed (leaving the swarm).
     pub async fn teardown(&self) -> Result<(), NetError> {
         let _dp = self.datapath.lock().await;
-        let r = self.overlay.teardown().await;
-        let _ = nft::remove(None, "shoal").await;
+        let r = self.dp.teardown_overlays().await;
+        let _ = self.dp.remove_rules(None, nft::TABLE).await;
         self.lock().node_rules = None;
         r
     }
