@@ -600,7 +600,11 @@ mod tests {
         assert!(position(&log, "network+ 10") < position(&log, "link+ t1/eth0"));
         assert!(position(&log, "link+ t1/eth0") < position(&log, "dns t1"));
         assert!(position(&log, "dns t1") < position(&log, "rules t1"));
-        assert!(dp.tables(Some(&att.netns)).await.unwrap().contains(nft::TABLE));
+        assert!(dp
+            .tables(Some(&att.netns))
+            .await
+            .unwrap()
+            .contains(nft::TABLE));
         assert!(net.is_endpoint("t1"));
     }
 

@@ -251,8 +251,13 @@ async fn overlay_attach_into_a_missing_namespace_fails(p: P) {
         .expect("apply");
     let missing = p.task_netns("gone");
     assert!(!p.netns_exists(&missing));
-    let r = p.attach_overlays("gone", &missing, &[tnet(FRONT, a(2))]).await;
-    assert!(r.is_err(), "a veth end sent to a namespace that does not exist");
+    let r = p
+        .attach_overlays("gone", &missing, &[tnet(FRONT, a(2))])
+        .await;
+    assert!(
+        r.is_err(),
+        "a veth end sent to a namespace that does not exist"
+    );
     let dns = p.dns_sockets("gone", &missing).await;
     assert!(dns.is_err());
 }
@@ -263,7 +268,9 @@ async fn overlay_attach_builds_the_network_and_the_endpoint_idempotently(p: P) {
         .expect("apply");
     let netns = p.ensure_task_netns("t1").await.expect("netns");
     let nets = [tnet(FRONT, a(2))];
-    p.attach_overlays("t1", &netns, &nets).await.expect("attach");
+    p.attach_overlays("t1", &netns, &nets)
+        .await
+        .expect("attach");
     let check = || async {
         let inside = p.links(Some(&netns)).await.unwrap();
         assert_eq!(inside["eth0"].addrs, [(a(2), 24)].into(), "{inside:?}");
@@ -295,7 +302,10 @@ async fn overlay_attach_builds_the_network_and_the_endpoint_idempotently(p: P) {
 }
 
 async fn fdb_and_neighbours_are_exactly_the_peers(p: P) {
-    let (b, c) = (Ipv4Addr::new(192, 168, 203, 6), Ipv4Addr::new(192, 168, 203, 7));
+    let (b, c) = (
+        Ipv4Addr::new(192, 168, 203, 6),
+        Ipv4Addr::new(192, 168, 203, 7),
+    );
     let entries = |peers: &[(Ipv4Addr, Ipv4Addr)]| PeerEntries {
         fdb: peers.iter().map(|(x, n)| (overlay_mac(*x), *n)).collect(),
         neighbours: peers.iter().map(|(x, _)| (*x, overlay_mac(*x))).collect(),
@@ -386,7 +396,9 @@ async fn rules_replace_tables_in_the_namespace_asked(p: P) {
         .await
         .expect("remove what is absent");
     assert!(p.tables(None).await.unwrap().contains(TABLE));
-    p.remove_rules(None, TABLE).await.expect("remove node rules");
+    p.remove_rules(None, TABLE)
+        .await
+        .expect("remove node rules");
     assert!(!p.tables(None).await.unwrap().contains(TABLE));
     p.detach_gateway("t1").await.unwrap();
     assert!(p.apply_rules(Some(&netns), &script).await.is_err());

@@ -134,7 +134,8 @@ impl FakeState {
         let key = Some(path.to_path_buf());
         if let std::collections::btree_map::Entry::Vacant(e) = self.namespaces.entry(key) {
             e.insert(Ns::new());
-            self.log.push(format!("netns+ {}", ns_name(&Some(path.into()))));
+            self.log
+                .push(format!("netns+ {}", ns_name(&Some(path.into()))));
         }
     }
 
@@ -486,7 +487,10 @@ impl FakeDataplane {
     fn sync_peers(&self, st: &mut FakeState, vni: u32, peers: &[NetPeer]) -> Result<(), NetError> {
         let ns = self.network_ns(vni);
         if !st.has_link(&ns, &vxlan_ifname(vni)) {
-            return Err(errno(format!("programming {}", vxlan_ifname(vni)), Errno::ENODEV));
+            return Err(errno(
+                format!("programming {}", vxlan_ifname(vni)),
+                Errno::ENODEV,
+            ));
         }
         let entries = PeerEntries {
             fdb: wanted_fdb(peers),
