@@ -10,6 +10,10 @@
 //!                                           │       DNS records
 //! ```
 //!
+//! Every side effect goes through a [`Dataplane`] (the kernel's, or an in-memory fake in the
+//! unit tests below), so the order of attach and detach and what a reconcile does are tested
+//! without root.
+//!
 //! Attach, detach and the overlay part of a reconcile hold one lock, so a reconcile never
 //! removes a network namespace a task is being attached to. Rules are rendered from the
 //! state and applied only when their text changed.
