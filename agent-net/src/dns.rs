@@ -290,13 +290,29 @@ impl Dns {
         networks: Vec<String>,
         upstreams: Vec<SocketAddr>,
     ) -> Result<(), DnsError> {
+        self.serve_on(task_id, networks, upstreams, bind_in(task_id, netns))
+            .await
+    }
+
+    /// [`Dns::serve`] on the sockets `bind` gives (awaited once an earlier server of the
+    /// task has closed its sockets): the node's controller binds them through its
+    /// [`crate::dataplane::Dataplane`].
+    pub async fn serve_on(
+        &self,
+        task_id: &str,
+        networks: Vec<String>,
+        upstreams: Vec<SocketAddr>,
+        bind: impl std::future::Future<
+            Output = Result<(std::net::UdpSocket, std::net::TcpListener), DnsError>,
+        >,
+    ) -> Result<(), DnsError> {
         let old = self.take(task_id);
         if let Some(old) = old {
             old.stop.cancel();
             // Its sockets must be closed before ours can bind the same address.
             let _ = tokio::time::timeout(STOP_WAIT, old.done).await;
         }
-        let (udp, tcp) = bind_in(task_id, netns).await?;
+        let (udp, tcp) = bind.await?;
         let io_err = |context: &str| {
             let task_id = task_id.to_string();
             let context = context.to_string();
@@ -384,7 +400,7 @@ impl Dns {
 
 /// Binds UDP and TCP 127.0.0.11:53 inside `netns`, on a thread of its own (namespaces are
 /// per thread); the sockets stay in that namespace wherever they are used.
-async fn bind_in(
+pub(crate) async fn bind_in(
     task_id: &str,
     netns: &Path,
 ) -> Result<(std::net::UdpSocket, std::net::TcpListener), DnsError> {

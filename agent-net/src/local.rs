@@ -117,7 +117,7 @@ pub(crate) fn unless(errno: Errno, r: Result<(), NetError>) -> Result<(), NetErr
 }
 
 /// Short, stable interface name for a task (15 bytes at most).
-fn host_ifname(task_id: &str) -> String {
+pub(crate) fn host_ifname(task_id: &str) -> String {
     let short: String = task_id
         .chars()
         .filter(char::is_ascii_alphanumeric)

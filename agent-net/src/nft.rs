@@ -468,6 +468,21 @@ fn nft_binary() -> Result<&'static Path, NftError> {
 /// Runs `script` as one nft transaction in the namespace `netns` (a namespace file such as
 /// `/run/netns/NAME` or `/proc/PID/ns/net`; None: the caller's own).
 pub async fn apply(netns: Option<&Path>, script: &str) -> Result<(), NftError> {
+    run(netns, &["-f", "-"], script).await.map(|_| ())
+}
+
+/// The tables in `netns` ("<family> <name>", as [`TABLE`] writes them).
+pub async fn list_tables(netns: Option<&Path>) -> Result<BTreeSet<String>, NftError> {
+    let out = run(netns, &["list", "tables"], "").await?;
+    Ok(String::from_utf8_lossy(&out)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("table "))
+        .map(str::to_string)
+        .collect())
+}
+
+/// Runs `nft ARGS` in `netns` with `input` on its stdin; its stdout.
+async fn run(netns: Option<&Path>, args: &[&str], input: &str) -> Result<Vec<u8>, NftError> {
     let nft = nft_binary()?;
     let ns = netns
         .map(|p| {
@@ -478,9 +493,9 @@ pub async fn apply(netns: Option<&Path>, script: &str) -> Result<(), NftError> {
         })
         .transpose()?;
     let mut cmd = tokio::process::Command::new(nft);
-    cmd.args(["-f", "-"])
+    cmd.args(args)
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     if let Some(ns) = &ns {
@@ -503,7 +518,7 @@ pub async fn apply(netns: Option<&Path>, script: &str) -> Result<(), NftError> {
     drop(ns);
     let mut stdin = child.stdin.take().expect("stdin is piped");
     let write = async move {
-        let r = stdin.write_all(script.as_bytes()).await;
+        let r = stdin.write_all(input.as_bytes()).await;
         drop(stdin);
         r
     };
@@ -522,7 +537,8 @@ pub async fn apply(netns: Option<&Path>, script: &str) -> Result<(), NftError> {
         });
     }
     // nft read the whole script before it succeeded, so a failed write means a short script.
-    written.map_err(spawn_err)
+    written.map_err(spawn_err)?;
+    Ok(output.stdout)
 }
 
 /// Removes `table` ("<family> <name>", e.g. [`TABLE`]) in `netns`; no error if it is absent.

@@ -10,6 +10,10 @@
 //!                                           │       DNS records
 //! ```
 //!
+//! Every side effect goes through a [`Dataplane`] (the kernel's, or an in-memory fake in the
+//! unit tests below), so the order of attach and detach and what a reconcile does are tested
+//! without root.
+//!
 //! Attach, detach and the overlay part of a reconcile hold one lock, so a reconcile never
 //! removes a network namespace a task is being attached to. Rules are rendered from the
 //! state and applied only when their text changed.
@@ -22,10 +26,10 @@ use std::sync::{Arc, Mutex};
 use proto::spec::{Assignment, NodeNetState, PortProtocol, TaskNetwork};
 use tokio_util::sync::CancellationToken;
 
+use crate::dataplane::{Dataplane, KernelDataplane};
 use crate::dns::Dns;
-use crate::local::{LocalNet, NetError};
+use crate::local::NetError;
 use crate::nft;
-use crate::overlay::Overlay;
 
 /// A task attached on this node.
 #[derive(Clone, Debug)]
@@ -51,8 +55,7 @@ struct State {
 }
 
 pub struct NodeNet {
-    local: LocalNet,
-    overlay: Overlay,
+    dp: Arc<dyn Dataplane>,
     dns: Dns,
     state: Mutex<State>,
     /// Serialises attach, detach and the overlay reconcile.
@@ -79,16 +82,23 @@ impl NodeNet {
     /// `dir`: `<data dir>/net`. The node's namespace is the calling thread's.
     /// `upstreams`: where the embedded DNS forwards names it does not know.
     pub fn new(dir: &Path, upstreams: Vec<SocketAddr>) -> Result<Arc<NodeNet>, NetError> {
-        Ok(Arc::new(NodeNet {
-            local: LocalNet::new(dir)?,
-            overlay: Overlay::new(dir)?,
+        Ok(NodeNet::with_dataplane(
+            Arc::new(KernelDataplane::new(dir)?),
+            upstreams,
+        ))
+    }
+
+    /// The controller over `dp` (tests: [`crate::dataplane::fake::FakeDataplane`]).
+    pub fn with_dataplane(dp: Arc<dyn Dataplane>, upstreams: Vec<SocketAddr>) -> Arc<NodeNet> {
+        Arc::new(NodeNet {
+            dp,
             dns: Dns::new(upstreams),
             state: Mutex::new(State::default()),
             datapath: tokio::sync::Mutex::new(()),
             kick: tokio::sync::Notify::new(),
             known: tokio::sync::watch::Sender::new(false),
             reserved_ports: Mutex::new(BTreeSet::new()),
-        }))
+        })
     }
 
     /// Keep `port` out of the routing mesh: the node listens on it itself.
@@ -141,18 +151,18 @@ impl NodeNet {
             // The task's networks exist, with every peer's entries, before its interfaces.
             let (net, mut in_use) = self.snapshot();
             in_use.extend(nets.iter().map(|n| n.network_id.clone()));
-            self.overlay.apply(&net, &in_use).await?;
+            self.dp.apply_overlays(&net, &in_use).await?;
         }
         let internal_only = !nets.is_empty() && nets.iter().all(|n| n.internal);
         let gw_if = format!("eth{}", nets.len());
         let (netns, gateway_addr) = if internal_only {
-            (self.local.ensure_task_netns(&task.task_id).await?, None)
+            (self.dp.ensure_task_netns(&task.task_id).await?, None)
         } else {
-            let a = self.local.attach(&task.task_id, &gw_if).await?;
+            let a = self.dp.attach_gateway(&task.task_id, &gw_if).await?;
             (a.netns, Some(a.ip))
         };
         if !nets.is_empty() {
-            self.overlay.attach(&task.task_id, &netns, nets).await?;
+            self.dp.attach_overlays(&task.task_id, &netns, nets).await?;
         }
         self.register(task, &netns, gateway_addr).await?;
         Ok(Attached {
@@ -189,7 +199,12 @@ impl NodeNet {
                 .collect();
             let ids = task.networks.iter().map(|n| n.network_id.clone()).collect();
             self.dns
-                .serve(&task.task_id, netns, ids, upstreams)
+                .serve_on(
+                    &task.task_id,
+                    ids,
+                    upstreams,
+                    self.dp.dns_sockets(&task.task_id, netns),
+                )
                 .await
                 .map_err(|e| NetError::Io {
                     context: format!("starting the DNS server of task {}", task.task_id),
@@ -212,14 +227,14 @@ impl NodeNet {
     /// Re-registers tasks that outlived a daemon restart (their namespaces persist).
     pub async fn restore(&self, task: &Assignment) -> Result<(), NetError> {
         let _dp = self.datapath.lock().await;
-        let netns = self.local.task_netns(&task.task_id);
-        if !netns.exists() {
+        let netns = self.dp.task_netns(&task.task_id);
+        if !self.dp.netns_exists(&netns) {
             return Ok(());
         }
-        let gateway_addr = self.local.address_of(&task.task_id);
+        let gateway_addr = self.dp.gateway_address(&task.task_id);
         if !task.networks.is_empty() {
-            self.overlay
-                .attach(&task.task_id, &netns, &task.networks)
+            self.dp
+                .attach_overlays(&task.task_id, &netns, &task.networks)
                 .await?;
         }
         self.register(task, &netns, gateway_addr).await
@@ -281,8 +296,8 @@ impl NodeNet {
             st.task_rules.remove(task_id);
         }
         let _dp = self.datapath.lock().await;
-        let overlay = self.overlay.detach(task_id).await;
-        let local = self.local.detach(task_id).await;
+        let overlay = self.dp.detach_overlays(task_id).await;
+        let local = self.dp.detach_gateway(task_id).await;
         self.kick.notify_one();
         overlay.and(local)
     }
@@ -327,7 +342,7 @@ impl NodeNet {
         let (net, in_use) = self.snapshot();
         if net.node_ip.is_some() {
             let _dp = self.datapath.lock().await;
-            self.overlay.apply(&net, &in_use).await?;
+            self.dp.apply_overlays(&net, &in_use).await?;
         }
         let (node_script, tasks) = {
             let st = self.lock();
@@ -358,7 +373,7 @@ impl NodeNet {
         };
         let mut first_err = None;
         if let Some(script) = node_script {
-            match nft::apply(None, &script).await {
+            match self.dp.apply_rules(None, &script).await {
                 Ok(()) => self.lock().node_rules = Some(script),
                 Err(e) => first_err = Some(nft_error("the node's rules", e)),
             }
@@ -377,7 +392,8 @@ impl NodeNet {
         netns: &Path,
         script: String,
     ) -> Result<(), NetError> {
-        nft::apply(Some(netns), &script)
+        self.dp
+            .apply_rules(Some(netns), &script)
             .await
             .map_err(|e| nft_error(&format!("the rules of task {task_id}"), e))?;
         let mut st = self.lock();
@@ -390,8 +406,8 @@ impl NodeNet {
     /// Remove everything this node programmed (leaving the swarm).
     pub async fn teardown(&self) -> Result<(), NetError> {
         let _dp = self.datapath.lock().await;
-        let r = self.overlay.teardown().await;
-        let _ = nft::remove(None, "shoal").await;
+        let r = self.dp.teardown_overlays().await;
+        let _ = self.dp.remove_rules(None, nft::TABLE).await;
         self.lock().node_rules = None;
         r
     }
@@ -435,5 +451,327 @@ fn nft_error(what: &str, e: nft::NftError) -> NetError {
     NetError::Io {
         context: format!("applying {what}"),
         source: std::io::Error::other(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The controller over the in-memory dataplane: attach, detach and reconcile, without
+    //! root.
+
+    use super::*;
+    use crate::dataplane::fake::FakeDataplane;
+    use crate::dataplane::Observe;
+    use crate::overlay::{task_peer_ifname, PeerEntries, BRIDGE, SANDBOX};
+    use proto::spec::{overlay_mac, NetPeer, NetworkState, TaskSpec, TaskState};
+
+    const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 5);
+    const ING: u32 = 4096;
+    const FRONT: u32 = 10;
+    const BACK: u32 = 11;
+
+    fn fake() -> Arc<FakeDataplane> {
+        let dp = Arc::new(FakeDataplane::new());
+        dp.add_underlay("ul0", NODE_IP, 24, 1500);
+        dp
+    }
+
+    fn controller(dp: &Arc<FakeDataplane>) -> Arc<NodeNet> {
+        NodeNet::with_dataplane(dp.clone(), vec![])
+    }
+
+    fn subnet(vni: u32) -> &'static str {
+        match vni {
+            ING => "10.255.0.0/16",
+            FRONT => "10.0.1.0/24",
+            _ => "10.0.2.0/24",
+        }
+    }
+
+    fn id(vni: u32) -> String {
+        match vni {
+            ING => "ingress".into(),
+            FRONT => "front".into(),
+            _ => "back".into(),
+        }
+    }
+
+    fn network(vni: u32, peers: &[(Ipv4Addr, Ipv4Addr)]) -> NetworkState {
+        NetworkState {
+            id: id(vni),
+            name: id(vni),
+            vni,
+            subnet: subnet(vni).into(),
+            gateway: None,
+            internal: false,
+            ingress: vni == ING,
+            peers: peers
+                .iter()
+                .map(|&(addr, node_ip)| NetPeer { addr, node_ip })
+                .collect(),
+        }
+    }
+
+    /// The node's state listing ingress and `nets` (VNI, peers).
+    fn state(nets: &[(u32, &[(Ipv4Addr, Ipv4Addr)])]) -> NodeNetState {
+        let mut networks = vec![network(ING, &[])];
+        networks.extend(nets.iter().map(|(vni, peers)| network(*vni, peers)));
+        NodeNetState {
+            node_id: "n1".into(),
+            node_ip: Some(NODE_IP),
+            ingress_addr: Some(Ipv4Addr::new(10, 255, 0, 5)),
+            networks,
+            services: vec![],
+        }
+    }
+
+    fn tnet(vni: u32, addr: Ipv4Addr, internal: bool) -> TaskNetwork {
+        TaskNetwork {
+            network_id: id(vni),
+            network_name: id(vni),
+            vni,
+            subnet: subnet(vni).into(),
+            gateway: Ipv4Addr::new(10, 0, 0, 1),
+            addr,
+            internal,
+            ingress: vni == ING,
+            aliases: vec![],
+        }
+    }
+
+    fn task(id: &str, networks: Vec<TaskNetwork>) -> Assignment {
+        Assignment {
+            task_id: id.into(),
+            service_id: "svc".into(),
+            service_name: "web".into(),
+            slot: 1,
+            spec: TaskSpec::default(),
+            desired_state: TaskState::Running,
+            node_hostname: "n1".into(),
+            secrets: vec![],
+            configs: vec![],
+            networks,
+        }
+    }
+
+    fn a(last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 1, last)
+    }
+
+    fn position(log: &[String], entry: &str) -> usize {
+        log.iter()
+            .position(|l| l == entry)
+            .unwrap_or_else(|| panic!("{entry:?} not in {log:#?}"))
+    }
+
+    #[tokio::test]
+    async fn attach_builds_the_network_first_and_returns_with_dns_and_rules_in_place() {
+        let dp = fake();
+        let net = controller(&dp);
+        let mut st = state(&[(FRONT, &[])]);
+        st.services.push(proto::spec::ServiceNet {
+            id: "svc".into(),
+            name: "web".into(),
+            mode: proto::spec::EndpointMode::Vip,
+            ports: vec![],
+            networks: vec![proto::spec::ServiceOnNetwork {
+                network_id: id(FRONT),
+                vip: Some(a(100)),
+                aliases: vec![],
+            }],
+            backends: vec![],
+        });
+        net.set_state(st);
+        let t = task("t1", vec![tnet(FRONT, a(2), false)]);
+        let att = net.attach(&t).await.expect("attach");
+        assert_eq!(att.netns, dp.task_netns("t1"));
+        assert_eq!(att.gateway_addr, Some(Ipv4Addr::new(172, 30, 0, 2)));
+
+        let inside = dp.links(Some(&att.netns)).await.unwrap();
+        assert_eq!(inside["eth0"].addrs, [(a(2), 24)].into(), "{inside:?}");
+        assert!(inside["eth0"].up);
+        let gw = (Ipv4Addr::new(172, 30, 0, 2), 24);
+        assert_eq!(inside["eth1"].addrs, [gw].into());
+        let ov = dp.links(Some(&dp.network_netns(FRONT))).await.unwrap();
+        assert_eq!(ov["vx-10"].controller.as_deref(), Some(BRIDGE));
+        assert_eq!(
+            ov[&task_peer_ifname("t1")].controller.as_deref(),
+            Some(BRIDGE)
+        );
+        // The network and its entries exist before the task's interface is made on it; the
+        // task's DNS server and VIP rules are there when attach returns.
+        let log = dp.log();
+        assert!(position(&log, "network+ 10") < position(&log, "link+ t1/eth0"));
+        assert!(position(&log, "link+ t1/eth0") < position(&log, "dns t1"));
+        assert!(position(&log, "dns t1") < position(&log, "rules t1"));
+        assert!(dp
+            .tables(Some(&att.netns))
+            .await
+            .unwrap()
+            .contains(nft::TABLE));
+        assert!(net.is_endpoint("t1"));
+    }
+
+    #[tokio::test]
+    async fn a_task_on_internal_networks_only_gets_no_way_out() {
+        let dp = fake();
+        let net = controller(&dp);
+        net.set_state(state(&[(FRONT, &[])]));
+        let att = net
+            .attach(&task("t1", vec![tnet(FRONT, a(2), true)]))
+            .await
+            .expect("attach");
+        assert_eq!(att.gateway_addr, None);
+        let inside = dp.links(Some(&att.netns)).await.unwrap();
+        assert_eq!(
+            inside.keys().cloned().collect::<Vec<_>>(),
+            ["eth0", "lo"],
+            "{inside:?}"
+        );
+        assert!(dp.leases().is_empty());
+    }
+
+    #[tokio::test]
+    async fn detach_removes_the_task_everywhere_and_is_idempotent() {
+        let dp = fake();
+        let net = controller(&dp);
+        net.set_state(state(&[(FRONT, &[])]));
+        let t = task("t1", vec![tnet(FRONT, a(2), false)]);
+        let att = net.attach(&t).await.unwrap();
+        net.detach("t1").await.expect("detach");
+        assert!(!dp.netns_exists(&att.netns));
+        assert!(dp.leases().is_empty());
+        let node = dp.links(None).await.unwrap();
+        assert!(!node.keys().any(|n| n.starts_with("vs")), "{node:?}");
+        let ov = dp.links(Some(&dp.network_netns(FRONT))).await.unwrap();
+        assert!(!ov.contains_key(&task_peer_ifname("t1")), "{ov:?}");
+        assert!(!net.is_endpoint("t1"));
+        // The network stays while the managers list it.
+        net.reconcile().await.unwrap();
+        assert!(dp.netns_exists(&dp.network_netns(FRONT)));
+        net.detach("t1").await.expect("a second detach");
+        // The same task can be attached again (a restart of its container).
+        net.attach(&t).await.expect("attach again");
+    }
+
+    #[tokio::test]
+    async fn a_network_is_removed_once_neither_listed_nor_used() {
+        let dp = fake();
+        let net = controller(&dp);
+        // The managers do not list the task's network yet: it is made for the task and kept.
+        net.set_state(state(&[]));
+        net.attach(&task("t1", vec![tnet(FRONT, a(2), false)]))
+            .await
+            .unwrap();
+        net.reconcile().await.unwrap();
+        assert!(dp.netns_exists(&dp.network_netns(FRONT)));
+        // Listed, then its last task goes: kept while listed.
+        net.set_state(state(&[(FRONT, &[])]));
+        net.detach("t1").await.unwrap();
+        net.reconcile().await.unwrap();
+        assert!(dp.netns_exists(&dp.network_netns(FRONT)));
+        // No longer listed: removed, with its VXLAN device; ingress and the sandbox stay.
+        net.set_state(state(&[]));
+        net.reconcile().await.unwrap();
+        assert!(!dp.netns_exists(&dp.network_netns(FRONT)));
+        assert!(dp.netns_exists(&dp.network_netns(ING)));
+        assert!(dp.links(None).await.unwrap().contains_key(SANDBOX));
+        assert!(dp.log().contains(&"network- 10".to_string()));
+        assert!(dp.forwarding());
+        assert!(dp.tables(None).await.unwrap().contains(nft::TABLE));
+    }
+
+    #[tokio::test]
+    async fn fdb_and_neighbours_follow_the_peers() {
+        let dp = fake();
+        let net = controller(&dp);
+        let (b, c) = (Ipv4Addr::new(192, 168, 0, 6), Ipv4Addr::new(192, 168, 0, 7));
+        net.set_state(state(&[(FRONT, &[(a(3), b)])]));
+        net.attach(&task("t1", vec![tnet(FRONT, a(2), false)]))
+            .await
+            .unwrap();
+        let entries = |peers: &[(Ipv4Addr, Ipv4Addr)]| PeerEntries {
+            fdb: peers.iter().map(|(x, n)| (overlay_mac(*x), *n)).collect(),
+            neighbours: peers.iter().map(|(x, _)| (*x, overlay_mac(*x))).collect(),
+        };
+        assert_eq!(dp.peers(FRONT).await.unwrap(), entries(&[(a(3), b)]));
+        // A peer comes, on another node.
+        net.set_state(state(&[(FRONT, &[(a(3), b), (a(4), c)])]));
+        net.reconcile().await.unwrap();
+        assert_eq!(
+            dp.peers(FRONT).await.unwrap(),
+            entries(&[(a(3), b), (a(4), c)])
+        );
+        // One moves (its address now on another node), the other goes.
+        net.set_state(state(&[(FRONT, &[(a(4), b)])]));
+        net.reconcile().await.unwrap();
+        assert_eq!(dp.peers(FRONT).await.unwrap(), entries(&[(a(4), b)]));
+        net.set_state(state(&[(FRONT, &[])]));
+        net.reconcile().await.unwrap();
+        assert_eq!(dp.peers(FRONT).await.unwrap(), PeerEntries::default());
+        // Nothing changed, nothing programmed.
+        dp.clear_log();
+        net.reconcile().await.unwrap();
+        assert!(
+            !dp.log().iter().any(|l| l.starts_with("peers")),
+            "{:?}",
+            dp.log()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_restarted_controller_restores_its_tasks_and_removes_leftovers() {
+        let dp = fake();
+        let before = controller(&dp);
+        before.set_state(state(&[(FRONT, &[]), (BACK, &[])]));
+        before
+            .attach(&task("t1", vec![tnet(FRONT, a(2), false)]))
+            .await
+            .unwrap();
+        let t2 = task("t2", vec![tnet(BACK, Ipv4Addr::new(10, 0, 2, 2), false)]);
+        before.attach(&t2).await.unwrap();
+        drop(before);
+
+        // The daemon restarts: the kernel keeps what it made. t1 still runs; t2 is gone and
+        // its network is no longer listed.
+        let net = controller(&dp);
+        net.set_state(state(&[(FRONT, &[])]));
+        net.restore(&task("t1", vec![tnet(FRONT, a(2), false)]))
+            .await
+            .expect("restore");
+        assert!(net.is_endpoint("t1"));
+        // A task whose namespace is gone is not restored.
+        net.restore(&task("t9", vec![tnet(FRONT, a(9), false)]))
+            .await
+            .unwrap();
+        assert!(!net.is_endpoint("t9"));
+        net.reconcile().await.unwrap();
+        assert!(!dp.netns_exists(&dp.network_netns(BACK)));
+        assert!(dp.netns_exists(&dp.network_netns(FRONT)));
+        let inside = dp.links(Some(&dp.task_netns("t1"))).await.unwrap();
+        assert_eq!(inside["eth0"].addrs, [(a(2), 24)].into());
+        assert!(inside.contains_key("eth1"));
+        // t2's leftovers: its namespace and lease until the executor removes it.
+        assert!(dp.netns_exists(&dp.task_netns("t2")));
+        net.detach("t2").await.unwrap();
+        assert!(!dp.netns_exists(&dp.task_netns("t2")));
+        assert_eq!(dp.leases().values().collect::<Vec<_>>(), ["t1"]);
+    }
+
+    #[tokio::test]
+    async fn teardown_removes_every_network_and_the_node_rules() {
+        let dp = fake();
+        let net = controller(&dp);
+        net.set_state(state(&[(FRONT, &[])]));
+        net.attach(&task("t1", vec![tnet(FRONT, a(2), false)]))
+            .await
+            .unwrap();
+        net.reconcile().await.unwrap();
+        assert!(dp.tables(None).await.unwrap().contains(nft::TABLE));
+        net.detach("t1").await.unwrap();
+        net.teardown().await.expect("teardown");
+        assert!(dp.namespaces().is_empty(), "{:?}", dp.namespaces());
+        assert!(!dp.links(None).await.unwrap().contains_key(SANDBOX));
+        assert!(!dp.tables(None).await.unwrap().contains(nft::TABLE));
     }
 }

@@ -91,6 +91,15 @@ type Fdb = ([u8; 6], Ipv4Addr);
 /// A neighbour entry on a VXLAN device: address, MAC, and whether it is permanent.
 type Neigh = (Ipv4Addr, [u8; 6], bool);
 
+/// What a network's VXLAN device knows of its peers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerEntries {
+    /// MAC → the underlay address of the peer's node.
+    pub fdb: BTreeSet<([u8; 6], Ipv4Addr)>,
+    /// Overlay address → MAC.
+    pub neighbours: BTreeSet<(Ipv4Addr, [u8; 6])>,
+}
+
 /// The VXLAN device of a network (at most 11 bytes: a VNI has 8 digits at most).
 pub fn vxlan_ifname(vni: u32) -> String {
     format!("vx-{vni}")
@@ -132,14 +141,14 @@ fn peers_by_addr(peers: &[NetPeer]) -> BTreeMap<Ipv4Addr, Ipv4Addr> {
     peers.iter().map(|p| (p.addr, p.node_ip)).collect()
 }
 
-fn wanted_fdb(peers: &[NetPeer]) -> BTreeSet<Fdb> {
+pub(crate) fn wanted_fdb(peers: &[NetPeer]) -> BTreeSet<Fdb> {
     peers_by_addr(peers)
         .into_iter()
         .map(|(addr, node)| (overlay_mac(addr), node))
         .collect()
 }
 
-fn wanted_neigh(peers: &[NetPeer]) -> BTreeSet<Neigh> {
+pub(crate) fn wanted_neigh(peers: &[NetPeer]) -> BTreeSet<Neigh> {
     peers_by_addr(peers)
         .into_keys()
         .map(|addr| (addr, overlay_mac(addr), true))
@@ -863,6 +872,28 @@ impl Overlay {
             fs::write(path, "1").map_err(io(format!("writing 1 to {path}")))
         })
         .await
+    }
+
+    /// The FDB and neighbour entries of the network's VXLAN device (empty when the network
+    /// does not exist here), as MAC → underlay address and address → MAC.
+    pub async fn observed_peers(&self, vni: u32) -> Result<PeerEntries, NetError> {
+        let path = self.netns_path(vni);
+        if !crate::local::is_mountpoint(&path) {
+            return Ok(PeerEntries::default());
+        }
+        let file = fs::File::open(&path).map_err(io(format!("opening {}", path.display())))?;
+        let h = netlink_in(file, "talking to a network's namespace").await?;
+        let Some(vxlan) = link_index(&h, &vxlan_ifname(vni)).await? else {
+            return Ok(PeerEntries::default());
+        };
+        Ok(PeerEntries {
+            fdb: observed_fdb(&h, vxlan).await?,
+            neighbours: observed_neigh(&h, vxlan)
+                .await?
+                .into_iter()
+                .map(|(ip, mac, _)| (ip, mac))
+                .collect(),
+        })
     }
 
     /// Removes every overlay network and the sandbox (the node leaves the swarm). Every step

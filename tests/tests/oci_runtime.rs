@@ -99,22 +99,7 @@ impl Env {
     }
 
     fn task(&self, name: &str, command: &[&str]) -> Assignment {
-        Assignment {
-            task_id: self.id(name),
-            service_id: "svc".into(),
-            service_name: "web".into(),
-            slot: 1,
-            spec: TaskSpec {
-                image: "test-image".into(),
-                command: command.iter().map(|s| s.to_string()).collect(),
-                ..Default::default()
-            },
-            desired_state: TaskState::Running,
-            node_hostname: "node1".into(),
-            secrets: vec![],
-            configs: vec![],
-            networks: vec![],
-        }
+        Env::assignment(self.id(name), command)
     }
 
     fn log(&self, id: &str) -> String {
@@ -752,3 +737,227 @@ async fn daemon_child() {
     std::fs::write(ready, b"").unwrap();
     tokio::time::sleep(Duration::from_secs(600)).await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Runtime conformance: the same bodies on `FakeRuntime` (which the executor's unit tests and
+// the lab rely on), runc and crun. A task carries the fake's knobs in its environment
+// (`SHOAL_FAKE_*`, ignored by real containers) so one assignment means the same on all three.
+
+use worker::runtime::{
+    FakeRuntime, RuntimeError, FAKE_EXIT_AFTER_MS, FAKE_EXIT_CODE, FAKE_GRACEFUL,
+};
+
+/// A runtime under test and its world.
+enum Rig {
+    Fake(Arc<FakeRuntime>),
+    Oci(Env),
+}
+
+impl Rig {
+    fn new(kind: &'static str, test: &str) -> Rig {
+        match kind {
+            "fake" => Rig::Fake(Arc::new(FakeRuntime::new(Duration::from_millis(5)))),
+            oci => Rig::Oci(Env::new(oci, test)),
+        }
+    }
+
+    fn rt(&self) -> Arc<dyn Runtime> {
+        match self {
+            Rig::Fake(f) => f.clone(),
+            Rig::Oci(env) => Arc::new(env.rt.clone()),
+        }
+    }
+
+    fn task(&self, name: &str, command: &[&str], env: &[String]) -> Assignment {
+        let mut a = match self {
+            Rig::Fake(_) => Env::assignment(format!("fake{name}"), command),
+            Rig::Oci(e) => e.task(name, command),
+        };
+        a.spec.env = env.to_vec();
+        a
+    }
+
+    /// A second runtime over what the first left, as a restarted daemon gets; None for a
+    /// runtime that keeps nothing across a restart.
+    fn restart(&self) -> Option<Arc<dyn Runtime>> {
+        match self {
+            Rig::Fake(_) => None,
+            Rig::Oci(env) => {
+                env.rt.detach();
+                Some(Arc::new(runtime_for(env)))
+            }
+        }
+    }
+}
+
+impl Env {
+    fn assignment(task_id: String, command: &[&str]) -> Assignment {
+        Assignment {
+            task_id,
+            service_id: "svc".into(),
+            service_name: "web".into(),
+            slot: 1,
+            spec: TaskSpec {
+                image: "test-image".into(),
+                command: command.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            },
+            desired_state: TaskState::Running,
+            node_hostname: "node1".into(),
+            secrets: vec![],
+            configs: vec![],
+            networks: vec![],
+        }
+    }
+}
+
+fn exits(after_ms: u64, code: i32) -> Vec<String> {
+    vec![
+        format!("{FAKE_EXIT_AFTER_MS}={after_ms}"),
+        format!("{FAKE_EXIT_CODE}={code}"),
+    ]
+}
+
+macro_rules! every_runtime {
+    ($name:ident, $tag:literal) => {
+        mod $name {
+            #[tokio::test]
+            async fn fake() {
+                super::$name(super::Rig::new("fake", $tag)).await
+            }
+            #[tokio::test]
+            async fn runc() {
+                super::$name(super::Rig::new("runc", $tag)).await
+            }
+            #[tokio::test]
+            async fn crun() {
+                super::$name(super::Rig::new("crun", $tag)).await
+            }
+        }
+    };
+}
+
+async fn conformance_exit_codes(rig: Rig) {
+    let rt = rig.rt();
+    let three = rig.task("three", &["/bin/sh", "-c", "exit 3"], &exits(20, 3));
+    let zero = rig.task("zero", &["true"], &exits(20, 0));
+    for (task, code) in [(&three, 3), (&zero, 0)] {
+        rt.prepare(task).await.expect("prepare");
+        rt.start(&task.task_id).await.expect("start");
+        assert_eq!(rt.wait(&task.task_id).await.unwrap(), code);
+        // Again, at once, the same.
+        assert_eq!(rt.wait(&task.task_id).await.unwrap(), code);
+        rt.remove(&task.task_id).await.expect("remove");
+        rt.remove(&task.task_id).await.expect("remove again");
+        assert!(rt.wait(&task.task_id).await.is_err(), "removed: unknown");
+    }
+}
+every_runtime!(conformance_exit_codes, "cexit");
+
+async fn conformance_stop(rig: Rig) {
+    let rt = rig.rt();
+    // Ignores SIGTERM (PID 1 without a handler): killed after the grace period.
+    let stubborn = rig.task("stubborn", &["sleep", "1000"], &[]);
+    rt.prepare(&stubborn).await.unwrap();
+    rt.start(&stubborn.task_id).await.unwrap();
+    rt.stop(&stubborn.task_id, Duration::from_millis(300))
+        .await
+        .expect("stop");
+    assert_eq!(rt.wait(&stubborn.task_id).await.unwrap(), 137);
+    // Stopping a stopped task changes nothing.
+    rt.stop(&stubborn.task_id, Duration::from_millis(300))
+        .await
+        .expect("stop of a stopped task");
+    assert_eq!(rt.wait(&stubborn.task_id).await.unwrap(), 137);
+    // One that exits on SIGTERM reports its own code.
+    let polite = rig.task(
+        "polite",
+        &[
+            "/bin/sh",
+            "-c",
+            "trap 'exit 0' TERM; touch /tmp/trapped; while :; do sleep 0.05; done",
+        ],
+        &[format!("{FAKE_GRACEFUL}=1")],
+    );
+    rt.prepare(&polite).await.unwrap();
+    rt.start(&polite.task_id).await.unwrap();
+    if let Rig::Oci(env) = &rig {
+        // The trap is set once the shell has run its first command.
+        let marker = env.rt.task_dir(&polite.task_id).join("rootfs/tmp/trapped");
+        eventually(Duration::from_secs(10), "the trap set", || marker.exists()).await;
+    }
+    rt.stop(&polite.task_id, Duration::from_secs(10))
+        .await
+        .expect("stop");
+    assert_eq!(rt.wait(&polite.task_id).await.unwrap(), 0);
+    // A task prepared and never started: stop leaves it as it is, and it can still start.
+    let created = rig.task("created", &["true"], &exits(20, 0));
+    rt.prepare(&created).await.unwrap();
+    rt.stop(&created.task_id, Duration::from_millis(100))
+        .await
+        .expect("stop of a created task");
+    rt.start(&created.task_id).await.expect("start after stop");
+    assert_eq!(rt.wait(&created.task_id).await.unwrap(), 0);
+    for t in [&stubborn, &polite, &created] {
+        rt.remove(&t.task_id).await.expect("remove");
+    }
+}
+every_runtime!(conformance_stop, "cstop");
+
+async fn conformance_unknown_tasks(rig: Rig) {
+    let rt = rig.rt();
+    let id = rig.task("ghost", &["true"], &[]).task_id;
+    rt.remove(&id)
+        .await
+        .expect("remove of an unknown task succeeds");
+    let unknown = |r: Result<(), RuntimeError>| {
+        assert!(matches!(r, Err(RuntimeError::UnknownTask { .. })), "{r:?}")
+    };
+    unknown(rt.start(&id).await);
+    unknown(rt.stop(&id, Duration::from_millis(100)).await);
+    unknown(rt.wait(&id).await.map(|_| ()));
+}
+every_runtime!(conformance_unknown_tasks, "cunknown");
+
+async fn conformance_restore(rig: Rig) {
+    let rt = rig.rt();
+    let runs = rig.task("runs", &["sleep", "1000"], &[]);
+    let exited = rig.task("exited", &["/bin/sh", "-c", "exit 5"], &exits(20, 5));
+    let created = rig.task("created", &["true"], &exits(20, 0));
+    for t in [&runs, &exited, &created] {
+        rt.prepare(t).await.unwrap();
+    }
+    rt.start(&runs.task_id).await.unwrap();
+    rt.start(&exited.task_id).await.unwrap();
+    assert_eq!(rt.wait(&exited.task_id).await.unwrap(), 5);
+    let Some(second) = rig.restart() else {
+        // Nothing survives this runtime's restart: nothing to restore.
+        assert!(rt.restore().await.is_empty());
+        return;
+    };
+    let restored = second.restore().await;
+    let state = |id: &str| restored.iter().find(|r| r.task_id == id).map(|r| r.state);
+    assert!(
+        matches!(state(&runs.task_id), Some(RestoredState::Running { .. })),
+        "{restored:?}"
+    );
+    assert_eq!(state(&exited.task_id), Some(RestoredState::Exited(5)));
+    assert_eq!(state(&created.task_id), Some(RestoredState::Created));
+    let ids: Vec<&str> = restored.iter().map(|r| r.task_id.as_str()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted, "ordered by task id");
+    // The restarted runtime drives them on.
+    assert_eq!(second.wait(&exited.task_id).await.unwrap(), 5);
+    second
+        .stop(&runs.task_id, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(second.wait(&runs.task_id).await.unwrap(), 137);
+    second.start(&created.task_id).await.unwrap();
+    assert_eq!(second.wait(&created.task_id).await.unwrap(), 0);
+    for t in [&runs, &exited, &created] {
+        second.remove(&t.task_id).await.unwrap();
+    }
+}
+every_runtime!(conformance_restore, "crestore");

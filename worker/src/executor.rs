@@ -25,6 +25,9 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
 use crate::runtime::{RestoredState, Runtime};
+use table::{TaskRecord, TaskTable};
+
+pub mod table;
 
 /// Swarm's default stop grace period, used when the spec leaves it at 0.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
@@ -101,6 +104,8 @@ struct Inner {
     /// Tasks the runtime restored, not adopted by a driver yet; `None` once the first full
     /// assignment set has been applied (leftovers are then stopped and removed).
     restored: Mutex<Option<HashMap<String, RestoredState>>>,
+    /// The facts live restore needs, kept by the executor (see [`table`]).
+    table: TaskTable,
 }
 
 struct TaskHandle {
@@ -132,6 +137,16 @@ impl Executor {
     }
 
     pub fn new(runtime: Arc<dyn Runtime>, reports: mpsc::Sender<StatusReport>) -> Executor {
+        Executor::with_table(runtime, reports, TaskTable::in_memory())
+    }
+
+    /// An executor that keeps its task table in `table` (a file in the worker's data dir, so
+    /// that a restarted daemon's [`Executor::restore`] reads what the last one recorded).
+    pub fn with_table(
+        runtime: Arc<dyn Runtime>,
+        reports: mpsc::Sender<StatusReport>,
+        table: TaskTable,
+    ) -> Executor {
         let cancel = CancellationToken::new();
         Executor {
             inner: Arc::new(Inner {
@@ -142,6 +157,7 @@ impl Executor {
                 cancel: cancel.clone(),
                 spawner: tokio::runtime::Handle::current(),
                 restored: Mutex::new(None),
+                table,
             }),
             _stop_drivers: cancel.drop_guard(),
         }
@@ -152,11 +168,35 @@ impl Executor {
     /// running one is waited for, one that exited meanwhile reports its exit) instead of being
     /// started again; restored tasks missing from the first full assignment set are stopped
     /// and removed. Returns how many tasks were restored.
+    ///
+    /// The task table says what this executor ran; the runtime says what still exists. A task
+    /// the table lists and the runtime no longer has is gone (its container was removed while
+    /// the daemon was down) and is forgotten.
     pub async fn restore(&self) -> usize {
         let restored = self.inner.runtime.restore().await;
         let count = restored.len();
+        let recorded = self.inner.table.records();
         for task in &restored {
-            tracing::info!(task = %task.task_id, state = ?task.state, "restored task");
+            match recorded.get(&task.task_id) {
+                Some(rec) if rec.spec_fingerprint != table::fingerprint(&task.assignment.spec) => {
+                    tracing::warn!(task = %task.task_id, "restored task: its spec differs from the task table's record")
+                }
+                Some(rec) => {
+                    tracing::info!(task = %task.task_id, state = ?task.state, recorded = %rec.state, "restored task")
+                }
+                None => {
+                    tracing::info!(task = %task.task_id, state = ?task.state, "restored task (not in the task table)")
+                }
+            }
+        }
+        let alive: HashSet<&str> = restored.iter().map(|r| r.task_id.as_str()).collect();
+        for (task_id, rec) in &recorded {
+            if !alive.contains(task_id.as_str()) {
+                tracing::info!(task = %task_id, recorded = %rec.state, "task in the task table is gone from the runtime; forgotten");
+                if let Err(e) = self.inner.table.remove(task_id) {
+                    tracing::warn!(error = %e, "updating the task table");
+                }
+            }
         }
         *lock(&self.inner.restored) =
             Some(restored.into_iter().map(|r| (r.task_id, r.state)).collect());
@@ -243,6 +283,7 @@ impl Executor {
             for (task_id, state) in restored.take().unwrap_or_default() {
                 let runtime = self.inner.runtime.clone();
                 let cancel = self.inner.cancel.clone();
+                let inner = self.inner.clone();
                 let cleanup = async move {
                     if matches!(state, RestoredState::Running { .. }) {
                         if let Err(e) = runtime.stop(&task_id, DEFAULT_STOP_GRACE).await {
@@ -252,6 +293,9 @@ impl Executor {
                     }
                     if let Err(e) = runtime.remove(&task_id).await {
                         tracing::warn!(task = %task_id, error = %e, "removing a restored task");
+                    }
+                    if let Err(e) = inner.table.remove(&task_id) {
+                        tracing::warn!(error = %e, "updating the task table");
                     }
                 };
                 self.inner.tracker.spawn_on(
@@ -564,6 +608,9 @@ impl Driver {
             return Flow::Continue;
         }
         tasks.remove(&task_id);
+        if let Err(e) = self.inner.table.remove(&task_id) {
+            tracing::warn!(error = %e, "updating the task table");
+        }
         Flow::Exit
     }
 
@@ -594,6 +641,10 @@ impl Driver {
             timestamp_ms: now_ms(),
         };
         *lock(&self.status) = Some(status.clone());
+        let record = TaskRecord::new(&self.assignment, state, exit_code);
+        if let Err(e) = self.inner.table.upsert(record) {
+            tracing::warn!(error = %e, "updating the task table");
+        }
         let report = StatusReport {
             task_id: self.assignment.task_id.clone(),
             status,
@@ -988,6 +1039,52 @@ mod tests {
         let calls = h.runtime.calls();
         assert!(!calls.iter().any(|c| c.starts_with("stop")), "{calls:?}");
         assert_eq!(h.runtime.task_count(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_task_table_follows_the_tasks_and_restore_forgets_the_gone() {
+        use crate::runtime::{Restored, RestoredState};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(table::FILE);
+        let runtime = Arc::new(FakeRuntime::new(Duration::from_millis(50)));
+        let (tx, reports) = mpsc::channel(16);
+        let executor = Executor::with_table(runtime.clone(), tx, TaskTable::open(&path).unwrap());
+        let mut h = Harness {
+            runtime,
+            executor,
+            reports,
+        };
+        let t1 = assignment("t1", &[], Running);
+        h.executor.apply(true, vec![t1.clone()], vec![]);
+        h.states_until("t1", Running).await;
+        let rec = TaskTable::open(&path).unwrap().get("t1").expect("recorded");
+        assert_eq!(rec.state, Running);
+        assert_eq!(rec.spec_fingerprint, table::fingerprint(&t1.spec));
+        // Unassigned: stopped, removed, and gone from the table.
+        h.executor.apply(true, vec![], vec![]);
+        h.states_until("t1", Shutdown).await;
+        h.settle().await;
+        assert!(TaskTable::open(&path).unwrap().records().is_empty());
+        h.executor.shutdown().await;
+
+        // A restart: the table lists t2 and t9; the runtime still has t2 only.
+        let table = TaskTable::open(&path).unwrap();
+        for id in ["t2", "t9"] {
+            let rec = TaskRecord::new(&assignment(id, &[], Running), Running, None);
+            table.upsert(rec).unwrap();
+        }
+        drop(table);
+        let runtime = Arc::new(FakeRuntime::new(Duration::from_millis(50)));
+        runtime.preload(vec![Restored {
+            task_id: "t2".into(),
+            assignment: assignment("t2", &[], Running),
+            state: RestoredState::Running { pid: 7 },
+        }]);
+        let (tx, _reports) = mpsc::channel(16);
+        let executor = Executor::with_table(runtime, tx, TaskTable::open(&path).unwrap());
+        assert_eq!(executor.restore().await, 1);
+        let left = TaskTable::open(&path).unwrap().records();
+        assert_eq!(left.keys().collect::<Vec<_>>(), ["t2"]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -226,6 +226,32 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::raft::LogStore;
+    use openraft::testing::{StoreBuilder, Suite};
+
+    /// A fresh redb file per test, as a manager opens it; the temp dir is the guard.
+    struct RedbBuilder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for RedbBuilder {
+        async fn build(
+            &self,
+        ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<NodeId>> {
+            let dir = tempfile::tempdir().map_err(sm_err)?;
+            let db = Arc::new(Database::create(dir.path().join("raft.redb")).map_err(sm_err)?);
+            let log = LogStore::open(db.clone())?;
+            let sm = StateMachine::open(db, Store::new())?;
+            Ok((dir, log, sm))
+        }
+    }
+
+    /// openraft's storage conformance suite (log, vote, purge, truncate, apply, snapshots)
+    /// against the redb log store and the state machine.
+    #[test]
+    fn openraft_storage_suite_passes_on_redb() {
+        if let Err(e) = Suite::test_all(RedbBuilder) {
+            panic!("openraft storage suite: {e}");
+        }
+    }
 
     fn meta(index: u64) -> SnapshotMeta<NodeId, BasicNode> {
         SnapshotMeta {
