@@ -559,7 +559,7 @@ impl Orchestrator {
             }
             if !dirty.is_empty() {
                 let now = self.clock.now_ms();
-                let round = self.store.view(|d| plan_dirty(d, now, &dirty));
+                let round = self.store.view_long(|d| plan_dirty(d, now, &dirty));
                 for (id, at) in round.wakes {
                     let e = timers.entry(id).or_insert(at);
                     *e = (*e).min(at);

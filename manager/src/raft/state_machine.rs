@@ -187,7 +187,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         SnapshotBuilder {
             db: self.db.clone(),
-            data: self.store.view(serde_json::to_vec),
+            data: self.store.view_long(serde_json::to_vec),
             last_applied: self.last_applied,
             membership: self.membership.clone(),
         }

@@ -138,7 +138,7 @@ impl Scheduler {
     }
 
     async fn schedule_once(&self) -> Result<Pass, ProposeError> {
-        let decisions = self.store.view(plan);
+        let decisions = self.store.view_long(plan);
         for chunk in decisions.chunks(MAX_OPS_PER_TXN) {
             let now = self.clock.now_ms();
             let (ops, done): (Vec<Op>, Vec<&Decision>) = self.store.view(|data| {

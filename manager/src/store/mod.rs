@@ -1239,6 +1239,17 @@ impl Store {
         f(&self.data.read().expect("store lock"))
     }
 
+    /// As [`Store::view`], for work that takes long over a large store (a planning round):
+    /// on a multi-threaded runtime the thread is handed over for the duration, so that
+    /// sessions and heartbeats on the same runtime keep being served meanwhile.
+    pub fn view_long<R>(&self, f: impl FnOnce(&StoreData) -> R) -> R {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        match Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| self.view(f)),
+            _ => self.view(f),
+        }
+    }
+
     /// Changes committed from now on.
     pub fn watch(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
