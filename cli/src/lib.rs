@@ -15,3 +15,4 @@ pub mod node_runtime;
 pub mod output;
 pub mod secret;
 pub mod service;
+pub mod units;

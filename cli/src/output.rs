@@ -96,6 +96,42 @@ pub fn exit_quietly_on_closed_output() {
     }));
 }
 
+/// Docker's humanized durations, lower case: "less than a second", "5 seconds",
+/// "about a minute", "3 hours", "2 days" …
+pub fn human_duration(ms: i64) -> String {
+    let secs = ms.max(0) / 1000;
+    if secs < 1 {
+        return "less than a second".into();
+    }
+    if secs == 1 {
+        return "1 second".into();
+    }
+    if secs < 60 {
+        return format!("{secs} seconds");
+    }
+    let mins = secs / 60;
+    if mins == 1 {
+        return "about a minute".into();
+    }
+    if mins < 60 {
+        return format!("{mins} minutes");
+    }
+    let hours = (ms as f64 / 3_600_000.0).round() as i64;
+    if hours == 1 {
+        "about an hour".into()
+    } else if hours < 48 {
+        format!("{hours} hours")
+    } else if hours < 24 * 7 * 2 {
+        format!("{} days", hours / 24)
+    } else if hours < 24 * 30 * 2 {
+        format!("{} weeks", hours / 24 / 7)
+    } else if hours < 24 * 365 * 2 {
+        format!("{} months", hours / 24 / 30)
+    } else {
+        format!("{} years", ms / 3_600_000 / 24 / 365)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

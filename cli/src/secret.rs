@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 use tonic::transport::Channel;
 
 use crate::commands::{retry, CliError};
+use crate::output::human_duration;
 use crate::output::{json_line, table, title, Format};
-use crate::service::human_duration;
 
 type Client = ControlClient<Channel>;
 
