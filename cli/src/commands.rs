@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use proto::pb;
-use proto::pb::control_client::ControlClient;
 use serde_json::{json, Value};
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::Status;
 
+use crate::client::{daemon_channel, Client};
 use crate::output::{json_line, table, title, Format};
 
 #[derive(Parser, Debug)]
@@ -66,10 +66,10 @@ pub enum Cmd {
     Image(crate::image::ImageCmd),
     /// Manage swarm secrets.
     #[command(subcommand)]
-    Secret(crate::secret::SecretCmd),
+    Secret(crate::secret::FileObjectCmd<crate::secret::Secrets>),
     /// Manage swarm configs.
     #[command(subcommand)]
-    Config(crate::secret::ConfigCmd),
+    Config(crate::secret::FileObjectCmd<crate::secret::Configs>),
     /// The per-container monitor (started by the daemon, not by hand).
     #[command(hide = true)]
     Shim {
@@ -654,15 +654,15 @@ pub fn run(cli: Cli) -> i32 {
         }),
         cmd => rt.block_on(async {
             check_locally(&cmd)?;
-            let client = connect(&cli.host).await?;
+            let client = Client::connect(&cli.host).await?;
             match cmd {
                 Cmd::Swarm(c) => swarm(client, c).await,
                 Cmd::Node(c) => node(client, c).await,
                 Cmd::Service(c) => crate::service::run(client, c).await,
                 Cmd::Network(c) => crate::network::run(client, c).await,
                 Cmd::Info(a) => info(client, a).await,
-                Cmd::Secret(c) => crate::secret::run_secret(client, c).await,
-                Cmd::Config(c) => crate::secret::run_config(client, c).await,
+                Cmd::Secret(c) => crate::secret::run(client, c).await,
+                Cmd::Config(c) => crate::secret::run(client, c).await,
                 Cmd::Daemon(_)
                 | Cmd::Lab(_)
                 | Cmd::Bench(_)
@@ -845,26 +845,6 @@ fn os_hostname() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
-/// A channel to the daemon's socket (`--host unix://PATH`).
-async fn daemon_channel(host: &str) -> Result<Channel, CliError> {
-    let path = host.strip_prefix("unix://").ok_or_else(|| {
-        CliError(format!(
-            "Error: invalid --host {host:?}: expected unix:///path/to/socket"
-        ))
-    })?;
-    proto::transport::unix_channel(PathBuf::from(path))
-        .await
-        .map_err(|_| {
-            CliError(format!(
-                "Cannot connect to the shoal daemon at {host}. Is the shoal daemon running?"
-            ))
-        })
-}
-
-async fn connect(host: &str) -> Result<ControlClient<Channel>, CliError> {
-    Ok(ControlClient::new(daemon_channel(host).await?).max_decoding_message_size(64 << 20))
-}
-
 /// The daemon's node-local service (images, exec).
 pub async fn node_local(
     host: &str,
@@ -899,39 +879,13 @@ async fn exec(host: &str, a: ExecArgs) -> CliResult {
     Err(CliError(format!("Error: running {prog}: {err}")))
 }
 
-/// Retry while the cluster has no leader (an election takes about a second); a manager that
-/// cannot reach a quorum is believed after a few seconds.
-pub(crate) async fn retry<T, F, Fut>(mut f: F) -> Result<T, Status>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, Status>>,
-{
-    let start = tokio::time::Instant::now();
-    loop {
-        match f().await {
-            Err(s) if s.code() == Code::Unavailable => {
-                let patience = if s.message().starts_with("no quorum") {
-                    Duration::from_secs(3)
-                } else {
-                    Duration::from_secs(10)
-                };
-                if start.elapsed() >= patience {
-                    return Err(s);
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            r => return r,
-        }
-    }
-}
-
 fn ms(d: Option<Duration>) -> u64 {
     // Clamped, not truncated: a huge value must reach the manager's range check as huge.
     d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
-async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
+async fn swarm(c: Client, cmd: SwarmCmd) -> CliResult {
     match cmd {
         SwarmCmd::Init {
             advertise_addr,
@@ -956,8 +910,7 @@ async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
                     force_new_cluster,
                     autolock,
                 })
-                .await?
-                .into_inner();
+                .await?;
             println!(
                 "Swarm initialized: current node ({}) is now a manager.\n",
                 r.node_id
@@ -973,20 +926,10 @@ async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
         }
         SwarmCmd::Unlock => {
             let key = read_unlock_key()?;
-            c.swarm_unlock(pb::SwarmUnlockRequest { unlock_key: key })
-                .await?;
+            c.swarm_unlock(key).await?;
         }
         SwarmCmd::UnlockKey { quiet, rotate } => {
-            let req = pb::GetUnlockKeyRequest { rotate };
-            let k = if rotate {
-                c.get_unlock_key(req).await?.into_inner()
-            } else {
-                retry(|| {
-                    let mut c = c.clone();
-                    async move { c.get_unlock_key(req).await.map(|r| r.into_inner()) }
-                })
-                .await?
-            };
+            let k = c.get_unlock_key(rotate).await?;
             if quiet {
                 println!("{}", k.unlock_key);
             } else {
@@ -1009,8 +952,7 @@ async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
                     advertise_addr: advertise_addr.unwrap_or_default(),
                     listen_addr,
                 })
-                .await?
-                .into_inner();
+                .await?;
             println!("This node joined a swarm as a {}.", r.role);
         }
         SwarmCmd::JoinToken {
@@ -1028,11 +970,7 @@ async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
                 rotate_worker: rotate && worker,
                 rotate_manager: rotate && !worker,
             };
-            let t = retry(|| {
-                let mut c = c.clone();
-                async move { c.get_join_tokens(req).await.map(|r| r.into_inner()) }
-            })
-            .await?;
+            let t = c.get_join_tokens(req).await?;
             let token = if worker { t.worker } else { t.manager };
             if rotate && !quiet {
                 println!("Successfully rotated {role} join token.\n");
@@ -1040,12 +978,12 @@ async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
             if quiet {
                 println!("{token}");
             } else {
-                let info = c.info(pb::Empty {}).await?.into_inner();
+                let info = c.info().await?;
                 println!("To add a {role} to this swarm, run the following command:\n\n    shoal swarm join --token {token} {}\n", info.node_addr);
             }
         }
         SwarmCmd::Leave { force } => {
-            c.swarm_leave(pb::SwarmLeaveRequest { force }).await?;
+            c.swarm_leave(force).await?;
             println!("Node left the swarm.");
         }
         SwarmCmd::Update {
@@ -1072,19 +1010,10 @@ async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
                     Some(false) => 2,
                 },
             };
-            retry(|| {
-                let mut c = c.clone();
-                async move { c.update_cluster(req).await }
-            })
-            .await?;
+            c.update_cluster(req).await?;
             println!("Swarm updated.");
             if autolock == Some(true) {
-                let req = pb::GetUnlockKeyRequest { rotate: false };
-                let k = retry(|| {
-                    let mut c = c.clone();
-                    async move { c.get_unlock_key(req).await.map(|r| r.into_inner()) }
-                })
-                .await?;
+                let k = c.get_unlock_key(false).await?;
                 print_unlock_key(&k.unlock_key);
             }
         }
@@ -1159,16 +1088,9 @@ fn node_row(n: &pb::Node, self_id: &str) -> (Vec<String>, String) {
     )
 }
 
-async fn list_nodes(c: &ControlClient<Channel>) -> Result<Vec<pb::Node>, Status> {
-    let mut nodes = retry(|| {
-        let mut c = c.clone();
-        async move {
-            c.list_nodes(pb::Empty {})
-                .await
-                .map(|r| r.into_inner().nodes)
-        }
-    })
-    .await?;
+/// The swarm's nodes by hostname, then id.
+async fn list_nodes(c: &Client) -> Result<Vec<pb::Node>, CliError> {
+    let mut nodes = c.list_nodes().await?;
     nodes.sort_by(|a, b| {
         let h = |n: &pb::Node| {
             n.description
@@ -1179,31 +1101,6 @@ async fn list_nodes(c: &ControlClient<Channel>) -> Result<Vec<pb::Node>, Status>
         h(a).cmp(&h(b)).then(a.id.cmp(&b.id))
     });
     Ok(nodes)
-}
-
-async fn get_node(c: &ControlClient<Channel>, id: &str) -> Result<pb::Node, Status> {
-    retry(|| {
-        let mut c = c.clone();
-        let id = id.to_string();
-        async move {
-            c.get_node(pb::GetNodeRequest { id })
-                .await
-                .map(|r| r.into_inner())
-        }
-    })
-    .await
-}
-
-async fn update_node(
-    c: &ControlClient<Channel>,
-    req: pb::UpdateNodeRequest,
-) -> Result<pb::Node, Status> {
-    retry(|| {
-        let mut c = c.clone();
-        let req = req.clone();
-        async move { c.update_node(req).await.map(|r| r.into_inner()) }
-    })
-    .await
 }
 
 fn ts(ms: i64) -> String {
@@ -1246,10 +1143,10 @@ fn inspect_json(n: &pb::Node) -> Value {
     v
 }
 
-async fn node(c: ControlClient<Channel>, cmd: NodeCmd) -> CliResult {
+async fn node(c: Client, cmd: NodeCmd) -> CliResult {
     match cmd {
         NodeCmd::Ls { format, quiet } => {
-            let self_id = c.clone().info(pb::Empty {}).await?.into_inner().node_id;
+            let self_id = c.info().await?.node_id;
             let nodes = list_nodes(&c).await?;
             if quiet {
                 for n in &nodes {
@@ -1287,7 +1184,7 @@ async fn node(c: ControlClient<Channel>, cmd: NodeCmd) -> CliResult {
         NodeCmd::Inspect { pretty, nodes } => {
             let mut out = Vec::new();
             for id in &nodes {
-                out.push(get_node(&c, id).await?);
+                out.push(c.get_node(id).await?);
             }
             if pretty {
                 for n in &out {
@@ -1343,55 +1240,44 @@ async fn node(c: ControlClient<Channel>, cmd: NodeCmd) -> CliResult {
             {
                 return Err(CliError("Error: nothing to update: give --availability, --role, --label-add or --label-rm".into()));
             }
-            let n = update_node(
-                &c,
-                pb::UpdateNodeRequest {
+            let n = c
+                .update_node(pb::UpdateNodeRequest {
                     id: node,
                     availability: availability.unwrap_or_default(),
                     desired_role: role.unwrap_or_default(),
                     label_add,
                     label_rm,
-                },
-            )
-            .await?;
+                })
+                .await?;
             println!("{}", n.id);
         }
         NodeCmd::Promote { nodes } => {
             for id in nodes {
-                let n = update_node(
-                    &c,
-                    pb::UpdateNodeRequest {
+                let n = c
+                    .update_node(pb::UpdateNodeRequest {
                         id: id.clone(),
                         desired_role: "manager".into(),
                         ..Default::default()
-                    },
-                )
-                .await?;
+                    })
+                    .await?;
                 println!("Node {} promoted to a manager in the swarm.", n.id);
             }
         }
         NodeCmd::Demote { nodes } => {
             for id in nodes {
-                let n = update_node(
-                    &c,
-                    pb::UpdateNodeRequest {
+                let n = c
+                    .update_node(pb::UpdateNodeRequest {
                         id: id.clone(),
                         desired_role: "worker".into(),
                         ..Default::default()
-                    },
-                )
-                .await?;
+                    })
+                    .await?;
                 println!("Manager {} demoted in the swarm.", n.id);
             }
         }
         NodeCmd::Rm { force, nodes } => {
             for id in nodes {
-                retry(|| {
-                    let mut c = c.clone();
-                    let id = id.clone();
-                    async move { c.remove_node(pb::RemoveNodeRequest { id, force }).await }
-                })
-                .await?;
+                c.remove_node(&id, force).await?;
                 println!("{id}");
             }
         }
@@ -1399,15 +1285,12 @@ async fn node(c: ControlClient<Channel>, cmd: NodeCmd) -> CliResult {
     Ok(())
 }
 
-async fn info(mut c: ControlClient<Channel>, a: InfoArgs) -> CliResult {
-    let i = c.info(pb::Empty {}).await?.into_inner();
+async fn info(c: Client, a: InfoArgs) -> CliResult {
+    let i = c.info().await?;
     // The cluster's settings, as Docker's info shows them on managers (left out when no
     // leader can answer: info must work without one).
     let settings = if i.local_node_state == "active" && i.role == "manager" {
-        c.get_cluster(pb::Empty {})
-            .await
-            .ok()
-            .map(|r| r.into_inner())
+        c.get_cluster().await.ok()
     } else {
         None
     };

@@ -1,6 +1,14 @@
 //! Sizes and durations as the CLI reads and writes them.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Wall-clock milliseconds since the Unix epoch (the unit of every timestamp the daemon sends).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
 
 /// Sizes as Docker writes them: `1024` (bytes), `512k`, `512M`, `1.5g`, `1GB`, `2GiB`, `64 m`
 /// (binary multiples, case-insensitive).

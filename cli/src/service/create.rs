@@ -1,15 +1,14 @@
 //! `service create`: the spec from the flags, a generated name when none is given.
 
 use proto::api::ServiceView;
-use proto::pb;
 use tonic::Code;
 
-use crate::commands::{retry, CliError};
+use crate::client::Client;
+use crate::commands::CliError;
 
 use super::flags::CreateArgs;
 use super::progress::wait;
 use super::spec::build_spec;
-use super::{decode, Client};
 
 pub(super) const ADJECTIVES: &[&str] = &[
     "amber", "brave", "calm", "clever", "cosy", "dapper", "eager", "fancy", "gentle", "happy",
@@ -63,28 +62,20 @@ pub fn generate_name() -> String {
     )
 }
 
+/// `service create`: create, print the id, wait for the service to converge (unless
+/// `--detach`); a generated name already taken is generated again.
 pub(super) async fn create(c: &Client, a: CreateArgs) -> Result<(), CliError> {
     let generated = a.name.is_none();
     let mut attempt = 0;
     let view: ServiceView = loop {
         let name = a.name.clone().unwrap_or_else(generate_name);
         let spec = build_spec(&a, name).map_err(|e| CliError(format!("Error: {e}")))?;
-        let spec_json = serde_json::to_string(&spec)
-            .map_err(|e| CliError(format!("Error: cannot encode the spec: {e}")))?;
-        let r = retry(|| {
-            let mut c = c.clone();
-            let spec_json = spec_json.clone();
-            async move {
-                c.create_service(pb::ServiceSpecRequest { spec_json })
-                    .await
-                    .map(|r| r.into_inner())
+        match c.create_service(&spec).await {
+            Err(e) if generated && e.code() == Some(Code::AlreadyExists) && attempt < 10 => {
+                attempt += 1
             }
-        })
-        .await;
-        match r {
-            Err(s) if generated && s.code() == Code::AlreadyExists && attempt < 10 => attempt += 1,
-            Err(s) => return Err(s.into()),
-            Ok(doc) => break decode(doc)?,
+            Err(e) => return Err(e.into()),
+            Ok(view) => break view,
         }
     };
     println!("{}", view.id);

@@ -1,12 +1,15 @@
-//! `service inspect --pretty`: the service as Docker describes it.
+//! `service inspect`: the service as the daemon returned it (JSON) or, with `--pretty`, as
+//! Docker describes it.
 
 use proto::api::{NetworkView, ServiceView};
 use proto::spec::{DnsConfig, Resources, ServiceMode};
 
+use crate::client::Client;
+use crate::commands::CliError;
 use crate::output::title;
 use crate::units::{fmt_bytes, fmt_duration_ms};
 
-use super::render::{fmt_cpus, fmt_ts, kebab, service_ports};
+use super::render::{fmt_cpus, fmt_ts, inspect_service_json, kebab, service_ports};
 
 /// `service inspect --pretty`; `nets` names the networks the spec holds by id.
 pub fn pretty_service(v: &ServiceView, nets: &[NetworkView]) -> String {
@@ -193,4 +196,32 @@ pub fn pretty_service(v: &ServiceView, nets: &[NetworkView]) -> String {
         let _ = writeln!(o, " Message:\t{}", u.message);
     }
     o
+}
+
+/// `service inspect [--pretty] SERVICE…`.
+pub(super) async fn inspect(c: &Client, pretty: bool, services: &[String]) -> Result<(), CliError> {
+    let mut found = Vec::new();
+    for s in services {
+        found.push(c.get_service_raw(s).await?);
+    }
+    if pretty {
+        // Network names are a nicety: without them (an older manager) show the ids.
+        let nets = if found.iter().any(|(_, v)| !v.spec.task.networks.is_empty()) {
+            c.list_networks().await.unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let outs: Vec<String> = found
+            .iter()
+            .map(|(_, v)| pretty_service(v, &nets))
+            .collect();
+        print!("{}", outs.join("\n\n"));
+    } else {
+        let arr: Vec<_> = found
+            .into_iter()
+            .map(|(raw, v)| inspect_service_json(raw, &v))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&arr).unwrap_or_default());
+    }
+    Ok(())
 }

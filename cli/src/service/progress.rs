@@ -12,7 +12,7 @@ use proto::spec::TaskState;
 use crate::commands::CliError;
 
 use super::watch::{SlotLine, Snapshot, Verdict, Watch};
-use super::{get_service, list_tasks, Client};
+use crate::client::Client;
 
 /// Shows progress while waiting.
 pub trait Render {
@@ -225,13 +225,13 @@ pub(super) async fn wait(
         Box::new(PlainRender::new(std::io::stdout()))
     };
     let fetch = || async {
-        let view = get_service(c, service_id).await?;
+        let view = c.get_service(service_id).await?;
         let desired = if view.spec.mode.is_job() {
             ""
         } else {
             "running"
         };
-        let tasks = list_tasks(c, &view.id, "", desired).await?;
+        let tasks = c.list_tasks(&view.id, "", desired).await?;
         Ok((view, tasks))
     };
     watch_until(

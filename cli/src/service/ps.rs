@@ -11,7 +11,8 @@ use crate::output::{human_duration, json_line, table, title, Format};
 
 use super::flags::PsArgs;
 use super::render::short_id;
-use super::{get_service, list_tasks, now_ms, Client};
+use crate::client::Client;
+use crate::units::now_ms;
 
 /// CURRENT STATE of `service ps`: "Running 5 seconds ago".
 pub fn current_state(t: &TaskView, now_ms: i64) -> String {
@@ -195,9 +196,9 @@ pub(super) async fn ps(c: &Client, a: PsArgs) -> Result<(), CliError> {
     let mut seen = HashSet::new();
     for s in &a.services {
         // Resolve first so an unknown service is an error even when filters match nothing.
-        let view = get_service(c, s).await?;
+        let view = c.get_service(s).await?;
         for st in &states {
-            for t in list_tasks(c, &view.id, &node, st).await? {
+            for t in c.list_tasks(&view.id, &node, st).await? {
                 if seen.insert(t.id.clone()) {
                     tasks.push(t);
                 }

@@ -6,7 +6,9 @@ use proto::api::ServiceView;
 use proto::spec::{PortConfig, PublishMode, ServiceMode};
 use serde_json::{json, Value};
 
-use crate::output::json_line;
+use crate::client::Client;
+use crate::commands::CliError;
+use crate::output::{json_line, table, Format};
 
 /// The first 12 characters of an id, as Docker shows them.
 pub fn short_id(id: &str) -> String {
@@ -189,4 +191,28 @@ pub(super) fn kebab<T: serde::Serialize>(v: &T) -> String {
         .ok()
         .and_then(|v| v.as_str().map(String::from))
         .unwrap_or_default()
+}
+
+/// `service ls`.
+pub(super) async fn ls(c: &Client, format: Format, quiet: bool) -> Result<(), CliError> {
+    let views = c.list_services().await?;
+    let rows = ls_rows(&views);
+    if quiet {
+        for (cells, _) in &rows {
+            println!("{}", cells[0]);
+        }
+        return Ok(());
+    }
+    match format {
+        Format::Json => {
+            for (_, j) in rows {
+                println!("{j}");
+            }
+        }
+        Format::Table => {
+            let cells: Vec<Vec<String>> = rows.into_iter().map(|(r, _)| r).collect();
+            print!("{}", table(&LS_HEADERS, &cells));
+        }
+    }
+    Ok(())
 }
