@@ -92,6 +92,32 @@ pub async fn daemon_channel(host: &str) -> std::result::Result<Channel, CliError
         })
 }
 
+/// Run `f`, again while the cluster has no leader (an election takes about a second) when
+/// `retry` allows; a manager that cannot reach a quorum is believed after a few seconds.
+async fn with_retry<T, F, Fut>(retry: Retry, mut f: F) -> std::result::Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, Status>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        match f().await {
+            Err(s) if retry == Retry::WhileNoLeader && s.code() == Code::Unavailable => {
+                let patience = if s.message().starts_with("no quorum") {
+                    Duration::from_secs(3)
+                } else {
+                    Duration::from_secs(10)
+                };
+                if start.elapsed() >= patience {
+                    return Err(s);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 fn decode<T: DeserializeOwned>(doc: pb::JsonDoc) -> Result<T> {
     serde_json::from_str(&doc.json).map_err(ClientError::Malformed)
 }
@@ -104,30 +130,14 @@ impl Client {
         })
     }
 
-    /// One call, repeated as `retry` says: while the cluster has no leader (an election takes
-    /// about a second); a manager that cannot reach a quorum is believed after a few seconds.
+    /// One call, repeated as `retry` says.
     async fn call<T, F, Fut>(&self, retry: Retry, f: F) -> Result<T>
     where
         F: Fn(ControlClient<Channel>) -> Fut,
         Fut: Future<Output = std::result::Result<Response<T>, Status>>,
     {
-        let start = tokio::time::Instant::now();
-        loop {
-            match f(self.inner.clone()).await {
-                Err(s) if retry == Retry::WhileNoLeader && s.code() == Code::Unavailable => {
-                    let patience = if s.message().starts_with("no quorum") {
-                        Duration::from_secs(3)
-                    } else {
-                        Duration::from_secs(10)
-                    };
-                    if start.elapsed() >= patience {
-                        return Err(s.into());
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                r => return Ok(r?.into_inner()),
-            }
-        }
+        let r = with_retry(retry, || f(self.inner.clone())).await?;
+        Ok(r.into_inner())
     }
 
     // ------------------------------------------------------------ swarm
@@ -448,5 +458,97 @@ impl Client {
         })
         .await
         .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    /// Calls `with_retry` with a call that fails with `fail` `failures` times (or for ever),
+    /// then succeeds; returns the result, the attempts and the (paused) time spent.
+    async fn run(
+        retry: Retry,
+        fail: Status,
+        failures: Option<u32>,
+    ) -> (std::result::Result<u32, Status>, u32, Duration) {
+        let attempts = Cell::new(0);
+        let start = tokio::time::Instant::now();
+        let r = with_retry(retry, || {
+            attempts.set(attempts.get() + 1);
+            let n = attempts.get();
+            let fail = fail.clone();
+            async move {
+                match failures {
+                    Some(k) if n > k => Ok(n),
+                    _ => Err(fail),
+                }
+            }
+        })
+        .await;
+        (r, attempts.get(), start.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_leader_is_waited_for() {
+        let (r, attempts, _) = run(
+            Retry::WhileNoLeader,
+            Status::unavailable("no leader"),
+            Some(3),
+        )
+        .await;
+        assert_eq!(r.ok(), Some(4));
+        assert_eq!(attempts, 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_quorum_is_believed_after_three_seconds_anything_else_after_ten() {
+        let (r, _, spent) = run(
+            Retry::WhileNoLeader,
+            Status::unavailable("no quorum: 1 of 3 managers reachable"),
+            None,
+        )
+        .await;
+        let s = r.expect_err("gives up");
+        assert!(s.message().starts_with("no quorum"), "{s:?}");
+        assert!(
+            spent >= Duration::from_secs(3) && spent < Duration::from_secs(4),
+            "{spent:?}"
+        );
+        let (r, _, spent) = run(Retry::WhileNoLeader, Status::unavailable("election"), None).await;
+        assert_eq!(r.expect_err("gives up").message(), "election");
+        assert!(
+            spent >= Duration::from_secs(10) && spent < Duration::from_secs(11),
+            "{spent:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn other_errors_and_single_shot_calls_are_not_repeated() {
+        let (r, attempts, _) = run(
+            Retry::WhileNoLeader,
+            Status::not_found("service web not found"),
+            Some(3),
+        )
+        .await;
+        assert_eq!(r.expect_err("fails").code(), Code::NotFound);
+        assert_eq!(attempts, 1);
+        let (r, attempts, _) = run(Retry::Once, Status::unavailable("no leader"), Some(3)).await;
+        assert_eq!(r.expect_err("fails").code(), Code::Unavailable);
+        assert_eq!(attempts, 1);
+    }
+
+    #[test]
+    fn errors_read_as_before() {
+        let e: CliError = ClientError::Status(Status::not_found("no such service: web")).into();
+        assert_eq!(e.0, "Error response from daemon: no such service: web");
+        let bad = serde_json::from_str::<Value>("{").expect_err("malformed");
+        let e: CliError = ClientError::Malformed(bad).into();
+        assert!(
+            e.0.starts_with("Error: malformed reply from the daemon: "),
+            "{}",
+            e.0
+        );
     }
 }
