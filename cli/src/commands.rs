@@ -11,6 +11,7 @@ use tonic::Status;
 
 use crate::client::{daemon_channel, Client};
 use crate::output::{json_line, table, title, Format};
+use crate::units::{parse_duration, parse_size};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -129,8 +130,8 @@ pub struct DaemonArgs {
     #[arg(long)]
     pub cpus: Option<f64>,
     /// Memory this node offers for reservations, e.g. 4G (default: the machine's).
-    #[arg(long)]
-    pub memory: Option<String>,
+    #[arg(long, value_parser = parse_size)]
+    pub memory: Option<u64>,
     /// Raft election timeout (the lower bound; the upper is 13/9 of it, the leader lease
     /// equals it and a raft message may take 5/9 of it).
     #[arg(long, default_value = "450ms", value_parser = parse_duration)]
@@ -321,8 +322,8 @@ pub enum BenchCmd {
         #[arg(long, default_value = "10m", value_parser = parse_duration)]
         timeout: Duration,
         /// Stop when the process's memory passes this (e.g. 16G): print what was reached.
-        #[arg(long, default_value = "16G")]
-        max_rss: String,
+        #[arg(long, default_value = "16G", value_parser = parse_size)]
+        max_rss: u64,
     },
     /// One container life cycle (`true`) through shoal's OCI runtime vs bare `<runtime> run`
     /// of the same bundle: medians and their ratio, per runtime.
@@ -515,11 +516,6 @@ pub fn one_line_usage_error(rendered: &str) -> String {
     format!("{} (see 'shoal --help')", parts.join(" "))
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. 5s, 500ms, 1m"))
-}
-
 /// A one-line error for the user.
 #[derive(Debug)]
 pub struct CliError(pub String);
@@ -554,13 +550,7 @@ pub fn run(cli: Cli) -> i32 {
             max_rss,
         }) => {
             init_tracing("error");
-            let max_rss_mb = match parse_bytes(&max_rss) {
-                Ok(b) => b as f64 / (1024.0 * 1024.0),
-                Err(e) => {
-                    eprintln!("Error: --max-rss: {e}");
-                    return 2;
-                }
-            };
+            let max_rss_mb = max_rss as f64 / (1024.0 * 1024.0);
             rt.block_on(crate::bench::run_cluster(crate::bench::BenchConfig {
                 managers,
                 workers,
@@ -776,16 +766,7 @@ async fn run_daemon(args: DaemonArgs, level: &str) -> i32 {
                 .map(|n| n.get() as f64)
                 .unwrap_or(1.0)
         }) * 1e9) as u64,
-        memory_bytes: match &args.memory {
-            Some(m) => match parse_bytes(m) {
-                Ok(b) => b,
-                Err(e) => {
-                    eprintln!("Error: --memory: {e}");
-                    return 2;
-                }
-            },
-            None => machine_memory(),
-        },
+        memory_bytes: args.memory.unwrap_or_else(machine_memory),
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let s = shutdown.clone();
@@ -804,26 +785,6 @@ async fn run_daemon(args: DaemonArgs, level: &str) -> i32 {
             1
         }
     }
-}
-
-/// `512M`, `1.5G`, `1024` (bytes), as Docker's memory flags.
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mult) = match t.chars().last().map(|c| c.to_ascii_lowercase()) {
-        Some('b') => (&t[..t.len() - 1], 1u64),
-        Some('k') => (&t[..t.len() - 1], 1 << 10),
-        Some('m') => (&t[..t.len() - 1], 1 << 20),
-        Some('g') => (&t[..t.len() - 1], 1 << 30),
-        Some('t') => (&t[..t.len() - 1], 1 << 40),
-        _ => (t, 1),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}: use e.g. 512M, 1G"))?;
-    if !n.is_finite() || n < 0.0 {
-        return Err(format!("invalid size {s:?}"));
-    }
-    Ok((n * mult as f64) as u64)
 }
 
 fn machine_memory() -> u64 {
@@ -1506,6 +1467,45 @@ mod tests {
         assert!(!e.contains('\n') && e.contains("yaml"), "{e}");
         let e = usage_error(&["shoal", "swarm", "init", "--dispatcher-heartbeat", "soon"]);
         assert!(e.contains("invalid duration"), "{e}");
+    }
+
+    #[test]
+    fn every_size_and_duration_flag_reads_one_grammar() {
+        let daemon = |args: &[&str]| {
+            let mut v = vec!["shoal", "daemon"];
+            v.extend_from_slice(args);
+            match Cli::try_parse_from(v).map(|c| c.cmd) {
+                Ok(Cmd::Daemon(a)) => Ok(a),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(one_line_usage_error(&e.render().to_string())),
+            }
+        };
+        // Refused before: the daemon read sizes with a grammar of its own.
+        assert_eq!(daemon(&["--memory", "1GiB"]).unwrap().memory, Some(1 << 30));
+        assert_eq!(daemon(&["--memory", "1.5g"]).unwrap().memory, Some(3 << 29));
+        assert_eq!(
+            daemon(&["--memory", "512MB"]).unwrap().memory,
+            Some(512 << 20)
+        );
+        assert_eq!(daemon(&[]).unwrap().memory, None);
+        let e = daemon(&["--memory", "lots"]).unwrap_err();
+        assert!(e.contains("--memory") && e.contains("invalid size"), "{e}");
+        let a = daemon(&["--raft-heartbeat", "1m30s", "--election-timeout", "1.5s"]).unwrap();
+        assert_eq!(a.raft_heartbeat, Duration::from_secs(90));
+        assert_eq!(a.election_timeout, Duration::from_millis(1500));
+        assert_eq!(
+            daemon(&[]).unwrap().raft_heartbeat,
+            Duration::from_millis(100)
+        );
+        let e = daemon(&["--raft-heartbeat", "1 s"]).unwrap_err();
+        assert!(e.contains("invalid duration"), "{e}");
+        match Cli::try_parse_from(["shoal", "bench", "cluster", "--max-rss", "2GiB"]) {
+            Ok(Cli {
+                cmd: Cmd::Bench(BenchCmd::Cluster { max_rss, .. }),
+                ..
+            }) => assert_eq!(max_rss, 2 << 30),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

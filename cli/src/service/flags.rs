@@ -9,7 +9,7 @@ use proto::spec::{
 };
 
 use crate::output::Format;
-use crate::units::{parse_go_duration, parse_size};
+use crate::units::{parse_duration, parse_size};
 
 use super::parse::{
     parse_config_ref, parse_cpu, parse_dns_option, parse_dns_search, parse_dns_server,
@@ -51,19 +51,19 @@ pub struct SpecFlags {
     #[arg(long, value_parser = parse_restart_condition, value_name = "CONDITION")]
     pub restart_condition: Option<RestartCondition>,
     /// Delay between restart attempts (default 5s).
-    #[arg(long, value_parser = parse_go_duration, value_name = "DUR")]
+    #[arg(long, value_parser = parse_duration, value_name = "DUR")]
     pub restart_delay: Option<Duration>,
     /// Maximum number of restarts before giving up (default 0 = unlimited).
     #[arg(long, value_name = "N")]
     pub restart_max_attempts: Option<u64>,
     /// Window used to evaluate the restart policy (default: unbounded).
-    #[arg(long, value_parser = parse_go_duration, value_name = "DUR")]
+    #[arg(long, value_parser = parse_duration, value_name = "DUR")]
     pub restart_window: Option<Duration>,
     /// Maximum number of tasks updated simultaneously (0 to update all at once; default 1).
     #[arg(long, value_name = "N")]
     pub update_parallelism: Option<u64>,
     /// Delay between updates (default 0s).
-    #[arg(long, value_parser = parse_go_duration, value_name = "DUR")]
+    #[arg(long, value_parser = parse_duration, value_name = "DUR")]
     pub update_delay: Option<Duration>,
     /// Update order: stop-first or start-first (default stop-first).
     #[arg(long, value_parser = parse_order, value_name = "ORDER")]
@@ -72,20 +72,20 @@ pub struct SpecFlags {
     #[arg(long, value_parser = parse_update_failure_action, value_name = "ACTION")]
     pub update_failure_action: Option<FailureAction>,
     /// Duration after each task update to monitor for failure (default 5s).
-    #[arg(long, value_parser = parse_go_duration, value_name = "DUR")]
+    #[arg(long, value_parser = parse_duration, value_name = "DUR")]
     pub update_monitor: Option<Duration>,
     /// Failure rate to tolerate during an update (default 0).
     #[arg(long, value_parser = parse_ratio, value_name = "F")]
     pub update_max_failure_ratio: Option<f64>,
     /// How long a new task may take to start before it counts as failed (default 1m; 0 = no
     /// deadline).
-    #[arg(long, value_parser = parse_go_duration, value_name = "DUR")]
+    #[arg(long, value_parser = parse_duration, value_name = "DUR")]
     pub update_task_deadline: Option<Duration>,
     /// Maximum number of tasks rolled back simultaneously (0 to roll back all at once; default 1).
     #[arg(long, value_name = "N")]
     pub rollback_parallelism: Option<u64>,
     /// Delay between task rollbacks (default 0s).
-    #[arg(long, value_parser = parse_go_duration, value_name = "DUR")]
+    #[arg(long, value_parser = parse_duration, value_name = "DUR")]
     pub rollback_delay: Option<Duration>,
     /// Rollback order: stop-first or start-first (default stop-first).
     #[arg(long, value_parser = parse_order, value_name = "ORDER")]
@@ -94,16 +94,16 @@ pub struct SpecFlags {
     #[arg(long, value_parser = parse_rollback_failure_action, value_name = "ACTION")]
     pub rollback_failure_action: Option<FailureAction>,
     /// Duration after each task rollback to monitor for failure (default 5s).
-    #[arg(long, value_parser = parse_go_duration, value_name = "DUR")]
+    #[arg(long, value_parser = parse_duration, value_name = "DUR")]
     pub rollback_monitor: Option<Duration>,
     /// Failure rate to tolerate during a rollback (default 0).
     #[arg(long, value_parser = parse_ratio, value_name = "F")]
     pub rollback_max_failure_ratio: Option<f64>,
     /// Like --update-task-deadline, for rollbacks.
-    #[arg(long, value_parser = parse_go_duration, value_name = "DUR")]
+    #[arg(long, value_parser = parse_duration, value_name = "DUR")]
     pub rollback_task_deadline: Option<Duration>,
     /// Time to wait before force killing a container (default 10s).
-    #[arg(long, value_parser = parse_go_duration, value_name = "DUR")]
+    #[arg(long, value_parser = parse_duration, value_name = "DUR")]
     pub stop_grace_period: Option<Duration>,
     /// Signal to stop the container.
     #[arg(long, value_name = "SIG")]
@@ -124,16 +124,16 @@ pub struct SpecFlags {
     #[arg(long, value_name = "CMD")]
     pub health_cmd: Option<String>,
     /// Time between running the check (ms|s|m|h).
-    #[arg(long, value_parser = parse_go_duration, value_name = "DUR")]
+    #[arg(long, value_parser = parse_duration, value_name = "DUR")]
     pub health_interval: Option<Duration>,
     /// Maximum time to allow one check to run (ms|s|m|h).
-    #[arg(long, value_parser = parse_go_duration, value_name = "DUR")]
+    #[arg(long, value_parser = parse_duration, value_name = "DUR")]
     pub health_timeout: Option<Duration>,
     /// Consecutive failures needed to report unhealthy.
     #[arg(long, value_name = "N")]
     pub health_retries: Option<u64>,
     /// Start period for the container to initialize before counting retries (ms|s|m|h).
-    #[arg(long, value_parser = parse_go_duration, value_name = "DUR")]
+    #[arg(long, value_parser = parse_duration, value_name = "DUR")]
     pub health_start_period: Option<Duration>,
     /// Disable any container-specified HEALTHCHECK.
     #[arg(long)]
