@@ -10,7 +10,7 @@ use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::client::{daemon_channel, Client};
-use crate::output::{json_line, table, title, Format};
+use crate::output::{json_line, print_rows, title, Format};
 use crate::units::{parse_duration, parse_size};
 
 #[derive(Parser, Debug)]
@@ -533,6 +533,17 @@ impl From<deploy::LabError> for CliError {
 }
 
 type CliResult = Result<(), CliError>;
+
+/// Print every error but the last on stderr; the last is the command's (exit 1).
+pub(crate) fn last_error(mut errs: Vec<String>) -> Result<(), CliError> {
+    let Some(last) = errs.pop() else {
+        return Ok(());
+    };
+    for e in &errs {
+        eprintln!("{e}");
+    }
+    Err(CliError(last))
+}
 
 pub fn run(cli: Cli) -> i32 {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -1117,30 +1128,18 @@ async fn node(c: Client, cmd: NodeCmd) -> CliResult {
             }
             let rows: Vec<(Vec<String>, String)> =
                 nodes.iter().map(|n| node_row(n, &self_id)).collect();
-            match format {
-                Format::Json => {
-                    for (_, j) in rows {
-                        println!("{j}");
-                    }
-                }
-                Format::Table => {
-                    let cells: Vec<Vec<String>> = rows.into_iter().map(|(r, _)| r).collect();
-                    print!(
-                        "{}",
-                        table(
-                            &[
-                                "ID",
-                                "HOSTNAME",
-                                "STATUS",
-                                "AVAILABILITY",
-                                "MANAGER STATUS",
-                                "ENGINE VERSION"
-                            ],
-                            &cells
-                        )
-                    );
-                }
-            }
+            print_rows(
+                &[
+                    "ID",
+                    "HOSTNAME",
+                    "STATUS",
+                    "AVAILABILITY",
+                    "MANAGER STATUS",
+                    "ENGINE VERSION",
+                ],
+                rows,
+                format,
+            );
         }
         NodeCmd::Inspect { pretty, nodes } => {
             let mut out = Vec::new();

@@ -14,8 +14,8 @@ use proto::spec::NetworkSpec;
 use serde_json::{json, Value};
 
 use crate::client::Client;
-use crate::commands::CliError;
-use crate::output::{json_line, table, Format};
+use crate::commands::{last_error, CliError};
+use crate::output::{json_line, print_rows, Format};
 
 /// The only driver: VXLAN overlays spanning the swarm.
 pub const OVERLAY: &str = "overlay";
@@ -476,17 +476,7 @@ pub async fn run(c: Client, cmd: NetworkCmd) -> Result<(), CliError> {
                 }
                 return Ok(());
             }
-            match a.format {
-                Format::Json => {
-                    for (_, j) in rows {
-                        println!("{j}");
-                    }
-                }
-                Format::Table => {
-                    let cells: Vec<Vec<String>> = rows.into_iter().map(|(r, _)| r).collect();
-                    print!("{}", table(&LS_HEADERS, &cells));
-                }
-            }
+            print_rows(&LS_HEADERS, rows, a.format);
             Ok(())
         }
         NetworkCmd::Inspect(a) => {
@@ -523,21 +513,11 @@ pub async fn run(c: Client, cmd: NetworkCmd) -> Result<(), CliError> {
     }
 }
 
-/// Print every error but the last on stderr; the last is the command's (exit 1).
-fn last_error(mut errs: Vec<String>) -> Result<(), CliError> {
-    let Some(last) = errs.pop() else {
-        return Ok(());
-    };
-    for e in &errs {
-        eprintln!("{e}");
-    }
-    Err(CliError(last))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::commands::{one_line_usage_error, Cli, Cmd};
+    use crate::output::table;
     use clap::Parser;
 
     fn parse(args: &[&str]) -> NetworkCmd {

@@ -96,6 +96,22 @@ pub fn exit_quietly_on_closed_output() {
     }));
 }
 
+/// A list command's rows (table cells and JSON line each) as `--format` asks: a table under
+/// `headers`, or one JSON object a line.
+pub fn print_rows(headers: &[&str], rows: Vec<(Vec<String>, String)>, format: Format) {
+    match format {
+        Format::Json => {
+            for (_, j) in rows {
+                println!("{j}");
+            }
+        }
+        Format::Table => {
+            let cells: Vec<Vec<String>> = rows.into_iter().map(|(r, _)| r).collect();
+            print!("{}", table(headers, &cells));
+        }
+    }
+}
+
 /// Docker's humanized durations, lower case: "less than a second", "5 seconds",
 /// "about a minute", "3 hours", "2 days" …
 pub fn human_duration(ms: i64) -> String {

@@ -10,7 +10,7 @@ use proto::spec::FileRef;
 use serde_json::{json, Value};
 
 use crate::client::{Client, FileKind};
-use crate::commands::CliError;
+use crate::commands::{last_error, CliError};
 use crate::output::{human_duration, json_line, table, title, Format};
 use crate::units::now_ms;
 
@@ -368,14 +368,7 @@ async fn rm(c: Client, kind: FileKind, a: RmArgs) -> Result<(), CliError> {
             Err(e) => errs.push(CliError::from(e).0),
         }
     }
-    if errs.is_empty() {
-        Ok(())
-    } else {
-        for e in &errs[..errs.len() - 1] {
-            eprintln!("{e}");
-        }
-        Err(CliError(errs.pop().unwrap_or_default()))
-    }
+    last_error(errs)
 }
 
 #[cfg(test)]

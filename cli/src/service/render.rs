@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::client::Client;
 use crate::commands::CliError;
-use crate::output::{json_line, table, Format};
+use crate::output::{json_line, print_rows, Format};
 
 /// The first 12 characters of an id, as Docker shows them.
 pub fn short_id(id: &str) -> String {
@@ -203,16 +203,6 @@ pub(super) async fn ls(c: &Client, format: Format, quiet: bool) -> Result<(), Cl
         }
         return Ok(());
     }
-    match format {
-        Format::Json => {
-            for (_, j) in rows {
-                println!("{j}");
-            }
-        }
-        Format::Table => {
-            let cells: Vec<Vec<String>> = rows.into_iter().map(|(r, _)| r).collect();
-            print!("{}", table(&LS_HEADERS, &cells));
-        }
-    }
+    print_rows(&LS_HEADERS, rows, format);
     Ok(())
 }
