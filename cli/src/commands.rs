@@ -248,14 +248,7 @@ pub enum SwarmCmd {
 pub enum NodeCmd {
     /// List nodes in the swarm.
     #[command(alias = "list")]
-    Ls {
-        /// Format output: table or json.
-        #[arg(long, default_value = "table")]
-        format: Format,
-        /// Only display IDs.
-        #[arg(short, long)]
-        quiet: bool,
-    },
+    Ls(crate::output::ListArgs),
     /// Display detailed information on one or more nodes.
     Inspect {
         /// Print the information in a human friendly format.
@@ -1117,7 +1110,7 @@ fn inspect_json(n: &pb::Node) -> Value {
 
 async fn node(c: Client, cmd: NodeCmd) -> CliResult {
     match cmd {
-        NodeCmd::Ls { format, quiet } => {
+        NodeCmd::Ls(crate::output::ListArgs { format, quiet }) => {
             let self_id = c.info().await?.node_id;
             let nodes = list_nodes(&c).await?;
             if quiet {

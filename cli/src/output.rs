@@ -22,6 +22,17 @@ impl std::str::FromStr for Format {
     }
 }
 
+/// The flags of a list command.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct ListArgs {
+    /// Format output: table or json.
+    #[arg(long, default_value = "table")]
+    pub format: Format,
+    /// Only display IDs.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
 /// Docker capitalises state words in its tables: "ready" → "Ready".
 pub fn title(s: &str) -> String {
     let mut c = s.chars();

@@ -30,7 +30,7 @@ use clap::Subcommand;
 
 use crate::client::Client;
 use crate::commands::CliError;
-use crate::output::Format;
+use crate::output::ListArgs;
 
 #[derive(Subcommand, Debug)]
 pub enum ServiceCmd {
@@ -40,14 +40,7 @@ pub enum ServiceCmd {
     Logs(crate::logs::LogsArgs),
     /// List services.
     #[command(alias = "list")]
-    Ls {
-        /// Format output: table or json.
-        #[arg(long, default_value = "table")]
-        format: Format,
-        /// Only display IDs.
-        #[arg(short, long)]
-        quiet: bool,
-    },
+    Ls(ListArgs),
     /// List the tasks of one or more services.
     Ps(Box<PsArgs>),
     /// Display detailed information on one or more services.
@@ -99,7 +92,7 @@ pub async fn run(c: Client, cmd: ServiceCmd) -> Result<(), CliError> {
     match cmd {
         ServiceCmd::Create(a) => create::create(&c, *a).await,
         ServiceCmd::Logs(a) => crate::logs::run_logs(&c, a).await,
-        ServiceCmd::Ls { format, quiet } => render::ls(&c, format, quiet).await,
+        ServiceCmd::Ls(a) => render::ls(&c, a.format, a.quiet).await,
         ServiceCmd::Ps(a) => ps::ps(&c, *a).await,
         ServiceCmd::Inspect { pretty, services } => inspect::inspect(&c, pretty, &services).await,
         ServiceCmd::Scale { detach, scales } => update::scale(&c, detach, &scales).await,

@@ -92,10 +92,10 @@ fn generated_names_are_valid() {
 fn other_commands_parse() {
     assert!(matches!(
         parse(&["ls", "--format", "json", "-q"]),
-        ServiceCmd::Ls {
+        ServiceCmd::Ls(ListArgs {
             format: Format::Json,
             quiet: true
-        }
+        })
     ));
     match parse(&[
         "ps",
