@@ -8,12 +8,12 @@ use proto::spec::{
 
 use super::flags::SpecFlags;
 
-pub(super) fn ms(d: Duration) -> u64 {
+fn ms(d: Duration) -> u64 {
     // Clamped, not truncated: the manager's range check must see a huge value as huge.
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-pub(super) struct CfgFlags {
+struct CfgFlags {
     parallelism: Option<u64>,
     delay: Option<Duration>,
     order: Option<UpdateOrder>,
@@ -23,7 +23,7 @@ pub(super) struct CfgFlags {
     task_deadline: Option<Duration>,
 }
 
-pub(super) fn apply_cfg(c: &mut UpdateConfig, f: CfgFlags) {
+fn apply_cfg(c: &mut UpdateConfig, f: CfgFlags) {
     if let Some(v) = f.parallelism {
         c.parallelism = v;
     }
@@ -162,7 +162,7 @@ pub fn apply_flags(spec: &mut ServiceSpec, f: &SpecFlags) -> Result<(), String> 
 
 /// The healthcheck flags: `--no-healthcheck` disables the image's; any other flag edits the
 /// service's own check, starting from the image's test when only timings are given.
-pub(super) fn apply_health(t: &mut TaskSpec, f: &SpecFlags) -> Result<(), String> {
+fn apply_health(t: &mut TaskSpec, f: &SpecFlags) -> Result<(), String> {
     let timing = f.health_interval.is_some()
         || f.health_timeout.is_some()
         || f.health_retries.is_some()

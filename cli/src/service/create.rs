@@ -10,13 +10,13 @@ use super::flags::CreateArgs;
 use super::progress::wait;
 use super::spec::build_spec;
 
-pub(super) const ADJECTIVES: &[&str] = &[
+const ADJECTIVES: &[&str] = &[
     "amber", "brave", "calm", "clever", "cosy", "dapper", "eager", "fancy", "gentle", "happy",
     "jolly", "keen", "lively", "lucid", "merry", "nimble", "noble", "plucky", "proud", "quick",
     "quiet", "rapid", "serene", "shiny", "sleek", "steady", "sunny", "swift", "tidy", "vivid",
     "witty", "zesty",
 ];
-pub(super) const NOUNS: &[&str] = &[
+const NOUNS: &[&str] = &[
     "anchovy",
     "barracuda",
     "bass",

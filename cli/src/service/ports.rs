@@ -34,7 +34,7 @@ impl PortMatch {
 pub struct PortMatches(pub Vec<PortMatch>);
 
 /// `N` or `N-M` of the short syntax.
-pub(super) fn port_range(
+fn port_range(
     s: &str,
     what: &str,
     min: u16,
@@ -66,10 +66,7 @@ pub(super) fn port_range(
     }
 }
 
-pub(super) fn parse_protocol(
-    p: &str,
-    bad: &dyn Fn(String) -> String,
-) -> Result<PortProtocol, String> {
+fn parse_protocol(p: &str, bad: &dyn Fn(String) -> String) -> Result<PortProtocol, String> {
     match p.trim().to_ascii_lowercase().as_str() {
         "tcp" | "" => Ok(PortProtocol::Tcp),
         "udp" => Ok(PortProtocol::Udp),
@@ -81,7 +78,7 @@ pub(super) fn parse_protocol(
 /// The ports a `--publish`/`--publish-rm` value names, fields left open where not given.
 /// `need_target`: `--publish` (a target is required) rather than `--publish-rm` (published
 /// alone will do).
-pub(super) fn parse_ports(s: &str, need_target: bool) -> Result<Vec<PortMatch>, String> {
+fn parse_ports(s: &str, need_target: bool) -> Result<Vec<PortMatch>, String> {
     let t = s.trim();
     let bad = |why: String| format!("invalid publish {s:?}: {why}");
     if t.is_empty() {
@@ -134,7 +131,7 @@ pub(super) fn parse_ports(s: &str, need_target: bool) -> Result<Vec<PortMatch>, 
 }
 
 /// `[mode=ingress|host,]published=P,target=T[,protocol=tcp|udp]`.
-pub(super) fn parse_long_port(s: &str, need_target: bool) -> Result<PortMatch, String> {
+fn parse_long_port(s: &str, need_target: bool) -> Result<PortMatch, String> {
     let bad = |why: String| format!("invalid publish {s:?}: {why}");
     let mut m = PortMatch::default();
     for field in s.trim().split(',').map(str::trim).filter(|f| !f.is_empty()) {

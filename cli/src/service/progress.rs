@@ -77,7 +77,7 @@ impl<W: Write> Render for PlainRender<W> {
 }
 
 /// Above this many slots a terminal shows only the overall line (as Docker).
-pub(super) const MAX_BARS: usize = 20;
+const MAX_BARS: usize = 20;
 
 /// indicatif bars: one per slot and an overall line (stdout is a terminal).
 pub struct BarsRender {

@@ -28,7 +28,7 @@ pub fn current_state(t: &TaskView, now_ms: i64) -> String {
     )
 }
 
-pub(super) const MAX_ERR_LEN: usize = 30;
+const MAX_ERR_LEN: usize = 30;
 
 /// ERROR of `service ps`: the task's error (or why a pending task waits), quoted, truncated.
 pub fn task_error(t: &TaskView, no_trunc: bool) -> String {

@@ -105,7 +105,7 @@ pub fn ports_text(ports: &[PortConfig]) -> String {
         .join(", ")
 }
 
-pub(super) fn port_json(p: &PortConfig) -> Value {
+fn port_json(p: &PortConfig) -> Value {
     json!({
         "Protocol": p.protocol.as_str(),
         "TargetPort": p.target_port,

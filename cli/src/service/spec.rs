@@ -30,7 +30,7 @@ pub fn edit_env(env: &mut Vec<String>, add: &[String], rm: &[String]) -> Result<
     Ok(())
 }
 
-pub(super) fn norm(s: &str) -> String {
+fn norm(s: &str) -> String {
     s.split_whitespace().collect()
 }
 
@@ -106,7 +106,7 @@ pub fn edit_ports(ports: &mut Vec<PortConfig>, add: &[PortConfig], rm: &[PortMat
     }
 }
 
-pub(super) fn check_networks(list: &[NetworkAttachmentConfig]) -> Result<(), String> {
+fn check_networks(list: &[NetworkAttachmentConfig]) -> Result<(), String> {
     let mut seen = HashSet::new();
     for n in list {
         if !seen.insert(n.target.as_str()) {
@@ -117,12 +117,7 @@ pub(super) fn check_networks(list: &[NetworkAttachmentConfig]) -> Result<(), Str
 }
 
 /// Add or replace `add` (by key), after removing `rm`.
-pub(super) fn edit_keyed<T: Clone>(
-    list: &mut Vec<T>,
-    add: &[T],
-    rm: &[String],
-    key: impl Fn(&T) -> &str,
-) {
+fn edit_keyed<T: Clone>(list: &mut Vec<T>, add: &[T], rm: &[String], key: impl Fn(&T) -> &str) {
     list.retain(|x| !rm.iter().any(|r| r == key(x)));
     for a in add {
         list.retain(|x| key(x) != key(a));
@@ -209,7 +204,7 @@ pub fn build_spec(a: &CreateArgs, name: String) -> Result<ServiceSpec, String> {
     Ok(spec)
 }
 
-pub(super) fn dedup(v: &[String]) -> Vec<String> {
+fn dedup(v: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for x in v {
         if !out.contains(x) {

@@ -62,7 +62,7 @@ impl Snapshot {
     }
 }
 
-pub(super) fn in_progress(u: &UpdateStatusView) -> bool {
+fn in_progress(u: &UpdateStatusView) -> bool {
     u.state == "updating" || u.state == "rollback_started"
 }
 
