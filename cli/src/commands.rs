@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use proto::pb;
-use proto::pb::control_client::ControlClient;
 use serde_json::{json, Value};
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::Status;
 
-use crate::output::{json_line, table, title, Format};
+use crate::client::{daemon_channel, Client};
+use crate::output::{json_line, print_rows, title, Format};
+use crate::units::{parse_duration, parse_size};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -66,10 +67,10 @@ pub enum Cmd {
     Image(crate::image::ImageCmd),
     /// Manage swarm secrets.
     #[command(subcommand)]
-    Secret(crate::secret::SecretCmd),
+    Secret(crate::secret::FileObjectCmd<crate::secret::Secrets>),
     /// Manage swarm configs.
     #[command(subcommand)]
-    Config(crate::secret::ConfigCmd),
+    Config(crate::secret::FileObjectCmd<crate::secret::Configs>),
     /// The per-container monitor (started by the daemon, not by hand).
     #[command(hide = true)]
     Shim {
@@ -129,8 +130,8 @@ pub struct DaemonArgs {
     #[arg(long)]
     pub cpus: Option<f64>,
     /// Memory this node offers for reservations, e.g. 4G (default: the machine's).
-    #[arg(long)]
-    pub memory: Option<String>,
+    #[arg(long, value_parser = parse_size)]
+    pub memory: Option<u64>,
     /// Raft election timeout (the lower bound; the upper is 13/9 of it, the leader lease
     /// equals it and a raft message may take 5/9 of it).
     #[arg(long, default_value = "450ms", value_parser = parse_duration)]
@@ -247,14 +248,7 @@ pub enum SwarmCmd {
 pub enum NodeCmd {
     /// List nodes in the swarm.
     #[command(alias = "list")]
-    Ls {
-        /// Format output: table or json.
-        #[arg(long, default_value = "table")]
-        format: Format,
-        /// Only display IDs.
-        #[arg(short, long)]
-        quiet: bool,
-    },
+    Ls(crate::output::ListArgs),
     /// Display detailed information on one or more nodes.
     Inspect {
         /// Print the information in a human friendly format.
@@ -321,8 +315,8 @@ pub enum BenchCmd {
         #[arg(long, default_value = "10m", value_parser = parse_duration)]
         timeout: Duration,
         /// Stop when the process's memory passes this (e.g. 16G): print what was reached.
-        #[arg(long, default_value = "16G")]
-        max_rss: String,
+        #[arg(long, default_value = "16G", value_parser = parse_size)]
+        max_rss: u64,
     },
     /// One container life cycle (`true`) through shoal's OCI runtime vs bare `<runtime> run`
     /// of the same bundle: medians and their ratio, per runtime.
@@ -515,11 +509,6 @@ pub fn one_line_usage_error(rendered: &str) -> String {
     format!("{} (see 'shoal --help')", parts.join(" "))
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. 5s, 500ms, 1m"))
-}
-
 /// A one-line error for the user.
 #[derive(Debug)]
 pub struct CliError(pub String);
@@ -538,6 +527,17 @@ impl From<deploy::LabError> for CliError {
 
 type CliResult = Result<(), CliError>;
 
+/// Print every error but the last on stderr; the last is the command's (exit 1).
+pub(crate) fn last_error(mut errs: Vec<String>) -> Result<(), CliError> {
+    let Some(last) = errs.pop() else {
+        return Ok(());
+    };
+    for e in &errs {
+        eprintln!("{e}");
+    }
+    Err(CliError(last))
+}
+
 pub fn run(cli: Cli) -> i32 {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -554,13 +554,7 @@ pub fn run(cli: Cli) -> i32 {
             max_rss,
         }) => {
             init_tracing("error");
-            let max_rss_mb = match parse_bytes(&max_rss) {
-                Ok(b) => b as f64 / (1024.0 * 1024.0),
-                Err(e) => {
-                    eprintln!("Error: --max-rss: {e}");
-                    return 2;
-                }
-            };
+            let max_rss_mb = max_rss as f64 / (1024.0 * 1024.0);
             rt.block_on(crate::bench::run_cluster(crate::bench::BenchConfig {
                 managers,
                 workers,
@@ -654,15 +648,15 @@ pub fn run(cli: Cli) -> i32 {
         }),
         cmd => rt.block_on(async {
             check_locally(&cmd)?;
-            let client = connect(&cli.host).await?;
+            let client = Client::connect(&cli.host).await?;
             match cmd {
                 Cmd::Swarm(c) => swarm(client, c).await,
                 Cmd::Node(c) => node(client, c).await,
                 Cmd::Service(c) => crate::service::run(client, c).await,
                 Cmd::Network(c) => crate::network::run(client, c).await,
                 Cmd::Info(a) => info(client, a).await,
-                Cmd::Secret(c) => crate::secret::run_secret(client, c).await,
-                Cmd::Config(c) => crate::secret::run_config(client, c).await,
+                Cmd::Secret(c) => crate::secret::run(client, c).await,
+                Cmd::Config(c) => crate::secret::run(client, c).await,
                 Cmd::Daemon(_)
                 | Cmd::Lab(_)
                 | Cmd::Bench(_)
@@ -776,16 +770,7 @@ async fn run_daemon(args: DaemonArgs, level: &str) -> i32 {
                 .map(|n| n.get() as f64)
                 .unwrap_or(1.0)
         }) * 1e9) as u64,
-        memory_bytes: match &args.memory {
-            Some(m) => match parse_bytes(m) {
-                Ok(b) => b,
-                Err(e) => {
-                    eprintln!("Error: --memory: {e}");
-                    return 2;
-                }
-            },
-            None => machine_memory(),
-        },
+        memory_bytes: args.memory.unwrap_or_else(machine_memory),
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let s = shutdown.clone();
@@ -806,26 +791,6 @@ async fn run_daemon(args: DaemonArgs, level: &str) -> i32 {
     }
 }
 
-/// `512M`, `1.5G`, `1024` (bytes), as Docker's memory flags.
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mult) = match t.chars().last().map(|c| c.to_ascii_lowercase()) {
-        Some('b') => (&t[..t.len() - 1], 1u64),
-        Some('k') => (&t[..t.len() - 1], 1 << 10),
-        Some('m') => (&t[..t.len() - 1], 1 << 20),
-        Some('g') => (&t[..t.len() - 1], 1 << 30),
-        Some('t') => (&t[..t.len() - 1], 1 << 40),
-        _ => (t, 1),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}: use e.g. 512M, 1G"))?;
-    if !n.is_finite() || n < 0.0 {
-        return Err(format!("invalid size {s:?}"));
-    }
-    Ok((n * mult as f64) as u64)
-}
-
 fn machine_memory() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -843,26 +808,6 @@ fn os_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
-}
-
-/// A channel to the daemon's socket (`--host unix://PATH`).
-async fn daemon_channel(host: &str) -> Result<Channel, CliError> {
-    let path = host.strip_prefix("unix://").ok_or_else(|| {
-        CliError(format!(
-            "Error: invalid --host {host:?}: expected unix:///path/to/socket"
-        ))
-    })?;
-    proto::transport::unix_channel(PathBuf::from(path))
-        .await
-        .map_err(|_| {
-            CliError(format!(
-                "Cannot connect to the shoal daemon at {host}. Is the shoal daemon running?"
-            ))
-        })
-}
-
-async fn connect(host: &str) -> Result<ControlClient<Channel>, CliError> {
-    Ok(ControlClient::new(daemon_channel(host).await?).max_decoding_message_size(64 << 20))
 }
 
 /// The daemon's node-local service (images, exec).
@@ -899,39 +844,13 @@ async fn exec(host: &str, a: ExecArgs) -> CliResult {
     Err(CliError(format!("Error: running {prog}: {err}")))
 }
 
-/// Retry while the cluster has no leader (an election takes about a second); a manager that
-/// cannot reach a quorum is believed after a few seconds.
-pub(crate) async fn retry<T, F, Fut>(mut f: F) -> Result<T, Status>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, Status>>,
-{
-    let start = tokio::time::Instant::now();
-    loop {
-        match f().await {
-            Err(s) if s.code() == Code::Unavailable => {
-                let patience = if s.message().starts_with("no quorum") {
-                    Duration::from_secs(3)
-                } else {
-                    Duration::from_secs(10)
-                };
-                if start.elapsed() >= patience {
-                    return Err(s);
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            r => return r,
-        }
-    }
-}
-
 fn ms(d: Option<Duration>) -> u64 {
     // Clamped, not truncated: a huge value must reach the manager's range check as huge.
     d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
-async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
+async fn swarm(c: Client, cmd: SwarmCmd) -> CliResult {
     match cmd {
         SwarmCmd::Init {
             advertise_addr,
@@ -956,8 +875,7 @@ async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
                     force_new_cluster,
                     autolock,
                 })
-                .await?
-                .into_inner();
+                .await?;
             println!(
                 "Swarm initialized: current node ({}) is now a manager.\n",
                 r.node_id
@@ -973,20 +891,10 @@ async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
         }
         SwarmCmd::Unlock => {
             let key = read_unlock_key()?;
-            c.swarm_unlock(pb::SwarmUnlockRequest { unlock_key: key })
-                .await?;
+            c.swarm_unlock(key).await?;
         }
         SwarmCmd::UnlockKey { quiet, rotate } => {
-            let req = pb::GetUnlockKeyRequest { rotate };
-            let k = if rotate {
-                c.get_unlock_key(req).await?.into_inner()
-            } else {
-                retry(|| {
-                    let mut c = c.clone();
-                    async move { c.get_unlock_key(req).await.map(|r| r.into_inner()) }
-                })
-                .await?
-            };
+            let k = c.get_unlock_key(rotate).await?;
             if quiet {
                 println!("{}", k.unlock_key);
             } else {
@@ -1009,8 +917,7 @@ async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
                     advertise_addr: advertise_addr.unwrap_or_default(),
                     listen_addr,
                 })
-                .await?
-                .into_inner();
+                .await?;
             println!("This node joined a swarm as a {}.", r.role);
         }
         SwarmCmd::JoinToken {
@@ -1028,11 +935,7 @@ async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
                 rotate_worker: rotate && worker,
                 rotate_manager: rotate && !worker,
             };
-            let t = retry(|| {
-                let mut c = c.clone();
-                async move { c.get_join_tokens(req).await.map(|r| r.into_inner()) }
-            })
-            .await?;
+            let t = c.get_join_tokens(req).await?;
             let token = if worker { t.worker } else { t.manager };
             if rotate && !quiet {
                 println!("Successfully rotated {role} join token.\n");
@@ -1040,12 +943,12 @@ async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
             if quiet {
                 println!("{token}");
             } else {
-                let info = c.info(pb::Empty {}).await?.into_inner();
+                let info = c.info().await?;
                 println!("To add a {role} to this swarm, run the following command:\n\n    shoal swarm join --token {token} {}\n", info.node_addr);
             }
         }
         SwarmCmd::Leave { force } => {
-            c.swarm_leave(pb::SwarmLeaveRequest { force }).await?;
+            c.swarm_leave(force).await?;
             println!("Node left the swarm.");
         }
         SwarmCmd::Update {
@@ -1072,19 +975,10 @@ async fn swarm(mut c: ControlClient<Channel>, cmd: SwarmCmd) -> CliResult {
                     Some(false) => 2,
                 },
             };
-            retry(|| {
-                let mut c = c.clone();
-                async move { c.update_cluster(req).await }
-            })
-            .await?;
+            c.update_cluster(req).await?;
             println!("Swarm updated.");
             if autolock == Some(true) {
-                let req = pb::GetUnlockKeyRequest { rotate: false };
-                let k = retry(|| {
-                    let mut c = c.clone();
-                    async move { c.get_unlock_key(req).await.map(|r| r.into_inner()) }
-                })
-                .await?;
+                let k = c.get_unlock_key(false).await?;
                 print_unlock_key(&k.unlock_key);
             }
         }
@@ -1159,16 +1053,9 @@ fn node_row(n: &pb::Node, self_id: &str) -> (Vec<String>, String) {
     )
 }
 
-async fn list_nodes(c: &ControlClient<Channel>) -> Result<Vec<pb::Node>, Status> {
-    let mut nodes = retry(|| {
-        let mut c = c.clone();
-        async move {
-            c.list_nodes(pb::Empty {})
-                .await
-                .map(|r| r.into_inner().nodes)
-        }
-    })
-    .await?;
+/// The swarm's nodes by hostname, then id.
+async fn list_nodes(c: &Client) -> Result<Vec<pb::Node>, CliError> {
+    let mut nodes = c.list_nodes().await?;
     nodes.sort_by(|a, b| {
         let h = |n: &pb::Node| {
             n.description
@@ -1179,31 +1066,6 @@ async fn list_nodes(c: &ControlClient<Channel>) -> Result<Vec<pb::Node>, Status>
         h(a).cmp(&h(b)).then(a.id.cmp(&b.id))
     });
     Ok(nodes)
-}
-
-async fn get_node(c: &ControlClient<Channel>, id: &str) -> Result<pb::Node, Status> {
-    retry(|| {
-        let mut c = c.clone();
-        let id = id.to_string();
-        async move {
-            c.get_node(pb::GetNodeRequest { id })
-                .await
-                .map(|r| r.into_inner())
-        }
-    })
-    .await
-}
-
-async fn update_node(
-    c: &ControlClient<Channel>,
-    req: pb::UpdateNodeRequest,
-) -> Result<pb::Node, Status> {
-    retry(|| {
-        let mut c = c.clone();
-        let req = req.clone();
-        async move { c.update_node(req).await.map(|r| r.into_inner()) }
-    })
-    .await
 }
 
 fn ts(ms: i64) -> String {
@@ -1246,10 +1108,10 @@ fn inspect_json(n: &pb::Node) -> Value {
     v
 }
 
-async fn node(c: ControlClient<Channel>, cmd: NodeCmd) -> CliResult {
+async fn node(c: Client, cmd: NodeCmd) -> CliResult {
     match cmd {
-        NodeCmd::Ls { format, quiet } => {
-            let self_id = c.clone().info(pb::Empty {}).await?.into_inner().node_id;
+        NodeCmd::Ls(crate::output::ListArgs { format, quiet }) => {
+            let self_id = c.info().await?.node_id;
             let nodes = list_nodes(&c).await?;
             if quiet {
                 for n in &nodes {
@@ -1259,35 +1121,23 @@ async fn node(c: ControlClient<Channel>, cmd: NodeCmd) -> CliResult {
             }
             let rows: Vec<(Vec<String>, String)> =
                 nodes.iter().map(|n| node_row(n, &self_id)).collect();
-            match format {
-                Format::Json => {
-                    for (_, j) in rows {
-                        println!("{j}");
-                    }
-                }
-                Format::Table => {
-                    let cells: Vec<Vec<String>> = rows.into_iter().map(|(r, _)| r).collect();
-                    print!(
-                        "{}",
-                        table(
-                            &[
-                                "ID",
-                                "HOSTNAME",
-                                "STATUS",
-                                "AVAILABILITY",
-                                "MANAGER STATUS",
-                                "ENGINE VERSION"
-                            ],
-                            &cells
-                        )
-                    );
-                }
-            }
+            print_rows(
+                &[
+                    "ID",
+                    "HOSTNAME",
+                    "STATUS",
+                    "AVAILABILITY",
+                    "MANAGER STATUS",
+                    "ENGINE VERSION",
+                ],
+                rows,
+                format,
+            );
         }
         NodeCmd::Inspect { pretty, nodes } => {
             let mut out = Vec::new();
             for id in &nodes {
-                out.push(get_node(&c, id).await?);
+                out.push(c.get_node(id).await?);
             }
             if pretty {
                 for n in &out {
@@ -1343,55 +1193,44 @@ async fn node(c: ControlClient<Channel>, cmd: NodeCmd) -> CliResult {
             {
                 return Err(CliError("Error: nothing to update: give --availability, --role, --label-add or --label-rm".into()));
             }
-            let n = update_node(
-                &c,
-                pb::UpdateNodeRequest {
+            let n = c
+                .update_node(pb::UpdateNodeRequest {
                     id: node,
                     availability: availability.unwrap_or_default(),
                     desired_role: role.unwrap_or_default(),
                     label_add,
                     label_rm,
-                },
-            )
-            .await?;
+                })
+                .await?;
             println!("{}", n.id);
         }
         NodeCmd::Promote { nodes } => {
             for id in nodes {
-                let n = update_node(
-                    &c,
-                    pb::UpdateNodeRequest {
+                let n = c
+                    .update_node(pb::UpdateNodeRequest {
                         id: id.clone(),
                         desired_role: "manager".into(),
                         ..Default::default()
-                    },
-                )
-                .await?;
+                    })
+                    .await?;
                 println!("Node {} promoted to a manager in the swarm.", n.id);
             }
         }
         NodeCmd::Demote { nodes } => {
             for id in nodes {
-                let n = update_node(
-                    &c,
-                    pb::UpdateNodeRequest {
+                let n = c
+                    .update_node(pb::UpdateNodeRequest {
                         id: id.clone(),
                         desired_role: "worker".into(),
                         ..Default::default()
-                    },
-                )
-                .await?;
+                    })
+                    .await?;
                 println!("Manager {} demoted in the swarm.", n.id);
             }
         }
         NodeCmd::Rm { force, nodes } => {
             for id in nodes {
-                retry(|| {
-                    let mut c = c.clone();
-                    let id = id.clone();
-                    async move { c.remove_node(pb::RemoveNodeRequest { id, force }).await }
-                })
-                .await?;
+                c.remove_node(&id, force).await?;
                 println!("{id}");
             }
         }
@@ -1399,15 +1238,12 @@ async fn node(c: ControlClient<Channel>, cmd: NodeCmd) -> CliResult {
     Ok(())
 }
 
-async fn info(mut c: ControlClient<Channel>, a: InfoArgs) -> CliResult {
-    let i = c.info(pb::Empty {}).await?.into_inner();
+async fn info(c: Client, a: InfoArgs) -> CliResult {
+    let i = c.info().await?;
     // The cluster's settings, as Docker's info shows them on managers (left out when no
     // leader can answer: info must work without one).
     let settings = if i.local_node_state == "active" && i.role == "manager" {
-        c.get_cluster(pb::Empty {})
-            .await
-            .ok()
-            .map(|r| r.into_inner())
+        c.get_cluster().await.ok()
     } else {
         None
     };
@@ -1623,6 +1459,45 @@ mod tests {
         assert!(!e.contains('\n') && e.contains("yaml"), "{e}");
         let e = usage_error(&["shoal", "swarm", "init", "--dispatcher-heartbeat", "soon"]);
         assert!(e.contains("invalid duration"), "{e}");
+    }
+
+    #[test]
+    fn every_size_and_duration_flag_reads_one_grammar() {
+        let daemon = |args: &[&str]| {
+            let mut v = vec!["shoal", "daemon"];
+            v.extend_from_slice(args);
+            match Cli::try_parse_from(v).map(|c| c.cmd) {
+                Ok(Cmd::Daemon(a)) => Ok(a),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(one_line_usage_error(&e.render().to_string())),
+            }
+        };
+        // Refused before: the daemon read sizes with a grammar of its own.
+        assert_eq!(daemon(&["--memory", "1GiB"]).unwrap().memory, Some(1 << 30));
+        assert_eq!(daemon(&["--memory", "1.5g"]).unwrap().memory, Some(3 << 29));
+        assert_eq!(
+            daemon(&["--memory", "512MB"]).unwrap().memory,
+            Some(512 << 20)
+        );
+        assert_eq!(daemon(&[]).unwrap().memory, None);
+        let e = daemon(&["--memory", "lots"]).unwrap_err();
+        assert!(e.contains("--memory") && e.contains("invalid size"), "{e}");
+        let a = daemon(&["--raft-heartbeat", "1m30s", "--election-timeout", "1.5s"]).unwrap();
+        assert_eq!(a.raft_heartbeat, Duration::from_secs(90));
+        assert_eq!(a.election_timeout, Duration::from_millis(1500));
+        assert_eq!(
+            daemon(&[]).unwrap().raft_heartbeat,
+            Duration::from_millis(100)
+        );
+        let e = daemon(&["--raft-heartbeat", "1 s"]).unwrap_err();
+        assert!(e.contains("invalid duration"), "{e}");
+        match Cli::try_parse_from(["shoal", "bench", "cluster", "--max-rss", "2GiB"]) {
+            Ok(Cli {
+                cmd: Cmd::Bench(BenchCmd::Cluster { max_rss, .. }),
+                ..
+            }) => assert_eq!(max_rss, 2 << 30),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -3,12 +3,10 @@
 
 use std::io::Write;
 
+use crate::client::Client;
+use crate::commands::CliError;
 use clap::Args;
 use proto::pb;
-use proto::pb::control_client::ControlClient;
-use tonic::transport::Channel;
-
-use crate::commands::{retry, CliError};
 
 #[derive(Args, Debug, Clone)]
 pub struct LogsArgs {
@@ -64,7 +62,7 @@ pub fn format_line(m: &pb::LogMessage, timestamps: bool, no_trunc: bool) -> Stri
     }
 }
 
-pub async fn run_logs(c: ControlClient<Channel>, a: LogsArgs) -> Result<(), CliError> {
+pub async fn run_logs(c: &Client, a: LogsArgs) -> Result<(), CliError> {
     let tail = parse_tail(&a.tail).map_err(|e| CliError(format!("Error: {e}")))?;
     let req = pb::ServiceLogsRequest {
         target: a.target.clone(),
@@ -72,13 +70,7 @@ pub async fn run_logs(c: ControlClient<Channel>, a: LogsArgs) -> Result<(), CliE
         tail,
         timestamps: a.timestamps,
     };
-    let mut stream = retry(|| {
-        let mut c = c.clone();
-        let req = req.clone();
-        async move { c.service_logs(req).await }
-    })
-    .await?
-    .into_inner();
+    let mut stream = c.service_logs(req).await?;
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
     while let Some(m) = stream.message().await? {

@@ -10,16 +10,12 @@ use std::net::Ipv4Addr;
 
 use clap::{Args, Subcommand};
 use proto::api::NetworkView;
-use proto::pb;
-use proto::pb::control_client::ControlClient;
 use proto::spec::NetworkSpec;
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
-use crate::commands::{retry, CliError};
-use crate::output::{json_line, table, Format};
-
-type Client = ControlClient<Channel>;
+use crate::client::Client;
+use crate::commands::{last_error, CliError};
+use crate::output::{json_line, print_rows, Format};
 
 /// The only driver: VXLAN overlays spanning the swarm.
 pub const OVERLAY: &str = "overlay";
@@ -461,60 +457,18 @@ pub fn inspect_json(n: &NetworkView) -> Value {
 
 // ---------------------------------------------------------------- talking to the daemon
 
-fn decode<T: serde::de::DeserializeOwned>(doc: pb::JsonDoc) -> Result<T, CliError> {
-    serde_json::from_str(&doc.json)
-        .map_err(|e| CliError(format!("Error: malformed reply from the daemon: {e}")))
-}
-
-/// Every network of the swarm.
-pub async fn list_networks(c: &Client) -> Result<Vec<NetworkView>, CliError> {
-    let doc = retry(|| {
-        let mut c = c.clone();
-        async move { c.list_networks(pb::Empty {}).await.map(|r| r.into_inner()) }
-    })
-    .await?;
-    decode(doc)
-}
-
-async fn get_network(c: &Client, id: &str) -> Result<NetworkView, tonic::Status> {
-    let doc = retry(|| {
-        let mut c = c.clone();
-        let id = id.to_string();
-        async move {
-            c.get_network(pb::GetNetworkRequest { id })
-                .await
-                .map(|r| r.into_inner())
-        }
-    })
-    .await?;
-    serde_json::from_str(&doc.json)
-        .map_err(|e| tonic::Status::internal(format!("malformed reply from the daemon: {e}")))
-}
-
 pub async fn run(c: Client, cmd: NetworkCmd) -> Result<(), CliError> {
     match cmd {
         NetworkCmd::Create(a) => {
             let spec = build_network_spec(&a).map_err(|e| CliError(format!("Error: {e}")))?;
-            let spec_json = serde_json::to_string(&spec)
-                .map_err(|e| CliError(format!("Error: cannot encode the spec: {e}")))?;
-            let doc = retry(|| {
-                let mut c = c.clone();
-                let spec_json = spec_json.clone();
-                async move {
-                    c.create_network(pb::NetworkSpecRequest { spec_json })
-                        .await
-                        .map(|r| r.into_inner())
-                }
-            })
-            .await?;
-            let v: NetworkView = decode(doc)?;
+            let v = c.create_network(&spec).await?;
             println!("{}", v.id);
             Ok(())
         }
         NetworkCmd::Ls(a) => {
             let filter =
                 NetFilter::parse(&a.filter).map_err(|e| CliError(format!("Error: {e}")))?;
-            let views = list_networks(&c).await?;
+            let views = c.list_networks().await?;
             let rows = ls_rows(&views, &filter, a.no_trunc);
             if a.quiet {
                 for (cells, _) in &rows {
@@ -522,17 +476,7 @@ pub async fn run(c: Client, cmd: NetworkCmd) -> Result<(), CliError> {
                 }
                 return Ok(());
             }
-            match a.format {
-                Format::Json => {
-                    for (_, j) in rows {
-                        println!("{j}");
-                    }
-                }
-                Format::Table => {
-                    let cells: Vec<Vec<String>> = rows.into_iter().map(|(r, _)| r).collect();
-                    print!("{}", table(&LS_HEADERS, &cells));
-                }
-            }
+            print_rows(&LS_HEADERS, rows, a.format);
             Ok(())
         }
         NetworkCmd::Inspect(a) => {
@@ -545,9 +489,9 @@ pub async fn run(c: Client, cmd: NetworkCmd) -> Result<(), CliError> {
             let mut out = Vec::new();
             let mut errs = Vec::new();
             for n in &a.networks {
-                match get_network(&c, n).await {
+                match c.get_network(n).await {
                     Ok(v) => out.push(inspect_json(&v)),
-                    Err(e) => errs.push(format!("Error: {}", e.message())),
+                    Err(e) => errs.push(format!("Error: {e}")),
                 }
             }
             println!(
@@ -559,15 +503,9 @@ pub async fn run(c: Client, cmd: NetworkCmd) -> Result<(), CliError> {
         NetworkCmd::Rm(a) => {
             let mut errs = Vec::new();
             for n in &a.networks {
-                let r = retry(|| {
-                    let mut c = c.clone();
-                    let id = n.clone();
-                    async move { c.remove_network(pb::GetNetworkRequest { id }).await }
-                })
-                .await;
-                match r {
-                    Ok(_) => println!("{n}"),
-                    Err(e) => errs.push(format!("Error response from daemon: {}", e.message())),
+                match c.remove_network(n).await {
+                    Ok(()) => println!("{n}"),
+                    Err(e) => errs.push(CliError::from(e).0),
                 }
             }
             last_error(errs)
@@ -575,21 +513,11 @@ pub async fn run(c: Client, cmd: NetworkCmd) -> Result<(), CliError> {
     }
 }
 
-/// Print every error but the last on stderr; the last is the command's (exit 1).
-fn last_error(mut errs: Vec<String>) -> Result<(), CliError> {
-    let Some(last) = errs.pop() else {
-        return Ok(());
-    };
-    for e in &errs {
-        eprintln!("{e}");
-    }
-    Err(CliError(last))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::commands::{one_line_usage_error, Cli, Cmd};
+    use crate::output::table;
     use clap::Parser;
 
     fn parse(args: &[&str]) -> NetworkCmd {

@@ -22,6 +22,17 @@ impl std::str::FromStr for Format {
     }
 }
 
+/// The flags of a list command.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct ListArgs {
+    /// Format output: table or json.
+    #[arg(long, default_value = "table")]
+    pub format: Format,
+    /// Only display IDs.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
 /// Docker capitalises state words in its tables: "ready" → "Ready".
 pub fn title(s: &str) -> String {
     let mut c = s.chars();
@@ -94,6 +105,58 @@ pub fn exit_quietly_on_closed_output() {
         }
         default(info);
     }));
+}
+
+/// A list command's rows (table cells and JSON line each) as `--format` asks: a table under
+/// `headers`, or one JSON object a line.
+pub fn print_rows(headers: &[&str], rows: Vec<(Vec<String>, String)>, format: Format) {
+    match format {
+        Format::Json => {
+            for (_, j) in rows {
+                println!("{j}");
+            }
+        }
+        Format::Table => {
+            let cells: Vec<Vec<String>> = rows.into_iter().map(|(r, _)| r).collect();
+            print!("{}", table(headers, &cells));
+        }
+    }
+}
+
+/// Docker's humanized durations, lower case: "less than a second", "5 seconds",
+/// "about a minute", "3 hours", "2 days" …
+pub fn human_duration(ms: i64) -> String {
+    let secs = ms.max(0) / 1000;
+    if secs < 1 {
+        return "less than a second".into();
+    }
+    if secs == 1 {
+        return "1 second".into();
+    }
+    if secs < 60 {
+        return format!("{secs} seconds");
+    }
+    let mins = secs / 60;
+    if mins == 1 {
+        return "about a minute".into();
+    }
+    if mins < 60 {
+        return format!("{mins} minutes");
+    }
+    let hours = (ms as f64 / 3_600_000.0).round() as i64;
+    if hours == 1 {
+        "about an hour".into()
+    } else if hours < 48 {
+        format!("{hours} hours")
+    } else if hours < 24 * 7 * 2 {
+        format!("{} days", hours / 24)
+    } else if hours < 24 * 30 * 2 {
+        format!("{} weeks", hours / 24 / 7)
+    } else if hours < 24 * 365 * 2 {
+        format!("{} months", hours / 24 / 30)
+    } else {
+        format!("{} years", ms / 3_600_000 / 24 / 365)
+    }
 }
 
 #[cfg(test)]

@@ -2,46 +2,102 @@
 //! `--secret` / `--config` flags of `service create/update`.
 
 use std::io::Read;
+use std::marker::PhantomData;
 
-use clap::Subcommand;
+use clap::{FromArgMatches, Subcommand};
 use proto::pb;
-use proto::pb::control_client::ControlClient;
 use proto::spec::FileRef;
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
-use crate::commands::{retry, CliError};
-use crate::output::{json_line, table, title, Format};
-use crate::service::human_duration;
+use crate::client::{Client, FileKind};
+use crate::commands::{last_error, CliError};
+use crate::output::{human_duration, json_line, table, title, Format};
+use crate::units::now_ms;
 
-type Client = ControlClient<Channel>;
+/// `shoal secret …` (`K` = [`Secrets`]) and `shoal config …` (`K` = [`Configs`]): one set of
+/// verbs, the kind naming the objects in the help and choosing the calls.
+#[derive(Debug)]
+pub struct FileObjectCmd<K> {
+    pub verb: Verb,
+    kind: PhantomData<K>,
+}
 
+/// The verbs both kinds have; their help is the kind's ([`ObjectKind::ABOUT`]).
 #[derive(Subcommand, Debug)]
-pub enum SecretCmd {
-    /// Create a secret from a file or STDIN as content.
+pub enum Verb {
     Create(CreateArgs),
-    /// List secrets.
     #[command(alias = "list")]
     Ls(LsArgs),
-    /// Display detailed information on one or more secrets (never their data).
     Inspect(InspectArgs),
-    /// Remove one or more secrets.
     #[command(alias = "remove")]
     Rm(RmArgs),
 }
 
-#[derive(Subcommand, Debug)]
-pub enum ConfigCmd {
-    /// Create a config from a file or STDIN.
-    Create(CreateArgs),
-    /// List configs.
-    #[command(alias = "list")]
-    Ls(LsArgs),
-    /// Display detailed information on one or more configs.
-    Inspect(InspectArgs),
-    /// Remove one or more configs.
-    #[command(alias = "remove")]
-    Rm(RmArgs),
+/// What tells secrets and configs apart in the CLI.
+pub trait ObjectKind {
+    const KIND: FileKind;
+    /// The help of create, ls, inspect and rm.
+    const ABOUT: [&'static str; 4];
+}
+
+#[derive(Debug)]
+pub struct Secrets;
+
+#[derive(Debug)]
+pub struct Configs;
+
+impl ObjectKind for Secrets {
+    const KIND: FileKind = FileKind::Secret;
+    const ABOUT: [&'static str; 4] = [
+        "Create a secret from a file or STDIN as content",
+        "List secrets",
+        "Display detailed information on one or more secrets (never their data)",
+        "Remove one or more secrets",
+    ];
+}
+
+impl ObjectKind for Configs {
+    const KIND: FileKind = FileKind::Config;
+    const ABOUT: [&'static str; 4] = [
+        "Create a config from a file or STDIN",
+        "List configs",
+        "Display detailed information on one or more configs",
+        "Remove one or more configs",
+    ];
+}
+
+fn with_about<K: ObjectKind>(mut cmd: clap::Command) -> clap::Command {
+    for (verb, about) in ["create", "ls", "inspect", "rm"].into_iter().zip(K::ABOUT) {
+        cmd = cmd.mut_subcommand(verb, |c| c.about(about));
+    }
+    cmd
+}
+
+impl<K: ObjectKind> FromArgMatches for FileObjectCmd<K> {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        Ok(FileObjectCmd {
+            verb: Verb::from_arg_matches(m)?,
+            kind: PhantomData,
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        self.verb.update_from_arg_matches(m)
+    }
+}
+
+impl<K: ObjectKind> Subcommand for FileObjectCmd<K> {
+    fn augment_subcommands(cmd: clap::Command) -> clap::Command {
+        with_about::<K>(Verb::augment_subcommands(cmd))
+    }
+
+    fn augment_subcommands_for_update(cmd: clap::Command) -> clap::Command {
+        with_about::<K>(Verb::augment_subcommands_for_update(cmd))
+    }
+
+    fn has_subcommand(name: &str) -> bool {
+        Verb::has_subcommand(name)
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -77,12 +133,6 @@ pub struct InspectArgs {
 pub struct RmArgs {
     #[arg(required = true)]
     pub names: Vec<String>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Secret,
-    Config,
 }
 
 /// `--secret NAME` or `--secret source=NAME,target=PATH` (`src`, `target`/`dst`); `flag` is
@@ -156,13 +206,6 @@ fn parse_labels(labels: &[String]) -> Result<std::collections::HashMap<String, S
         .collect()
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 fn rfc3339(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_nanos(t).to_string()
@@ -196,14 +239,14 @@ pub fn base64(data: &[u8]) -> String {
     out
 }
 
-fn inspect_json(kind: Kind, o: &pb::FileObject) -> Value {
+fn inspect_json(kind: FileKind, o: &pb::FileObject) -> Value {
     let labels: serde_json::Map<String, Value> = o
         .labels
         .iter()
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
     let mut spec = json!({ "Name": o.name, "Labels": labels });
-    if kind == Kind::Config {
+    if kind == FileKind::Config {
         spec["Data"] = Value::String(base64(&o.data));
     }
     json!({
@@ -215,65 +258,36 @@ fn inspect_json(kind: Kind, o: &pb::FileObject) -> Value {
     })
 }
 
-pub async fn run_secret(c: Client, cmd: SecretCmd) -> Result<(), CliError> {
-    match cmd {
-        SecretCmd::Create(a) => create(c, Kind::Secret, a).await,
-        SecretCmd::Ls(a) => ls(c, Kind::Secret, a).await,
-        SecretCmd::Inspect(a) => inspect(c, Kind::Secret, a).await,
-        SecretCmd::Rm(a) => rm(c, Kind::Secret, a).await,
+/// Run a `secret` or `config` verb.
+pub async fn run<K: ObjectKind>(c: Client, cmd: FileObjectCmd<K>) -> Result<(), CliError> {
+    let kind = K::KIND;
+    match cmd.verb {
+        Verb::Create(a) => create(c, kind, a).await,
+        Verb::Ls(a) => ls(c, kind, a).await,
+        Verb::Inspect(a) => inspect(c, kind, a).await,
+        Verb::Rm(a) => rm(c, kind, a).await,
     }
 }
 
-pub async fn run_config(c: Client, cmd: ConfigCmd) -> Result<(), CliError> {
-    match cmd {
-        ConfigCmd::Create(a) => create(c, Kind::Config, a).await,
-        ConfigCmd::Ls(a) => ls(c, Kind::Config, a).await,
-        ConfigCmd::Inspect(a) => inspect(c, Kind::Config, a).await,
-        ConfigCmd::Rm(a) => rm(c, Kind::Config, a).await,
-    }
-}
-
-async fn create(c: Client, kind: Kind, a: CreateArgs) -> Result<(), CliError> {
+async fn create(c: Client, kind: FileKind, a: CreateArgs) -> Result<(), CliError> {
     let data = read_content(&a.file)?;
     let req = pb::CreateFileObjectRequest {
         name: a.name,
         data,
         labels: parse_labels(&a.labels)?,
     };
-    let o = retry(|| {
-        let mut c = c.clone();
-        let req = req.clone();
-        async move {
-            match kind {
-                Kind::Secret => c.create_secret(req).await,
-                Kind::Config => c.create_config(req).await,
-            }
-        }
-    })
-    .await?
-    .into_inner();
+    let o = c.create_file_object(kind, req).await?;
     println!("{}", o.id);
     Ok(())
 }
 
-async fn list(c: &Client, kind: Kind) -> Result<Vec<pb::FileObject>, CliError> {
-    let mut objs = retry(|| {
-        let mut c = c.clone();
-        async move {
-            match kind {
-                Kind::Secret => c.list_secrets(pb::Empty {}).await,
-                Kind::Config => c.list_configs(pb::Empty {}).await,
-            }
-        }
-    })
-    .await?
-    .into_inner()
-    .objects;
+async fn list(c: &Client, kind: FileKind) -> Result<Vec<pb::FileObject>, CliError> {
+    let mut objs = c.list_file_objects(kind).await?;
     objs.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(objs)
 }
 
-async fn ls(c: Client, kind: Kind, a: LsArgs) -> Result<(), CliError> {
+async fn ls(c: Client, kind: FileKind, a: LsArgs) -> Result<(), CliError> {
     let objs = list(&c, kind).await?;
     if a.quiet {
         for o in &objs {
@@ -320,23 +334,7 @@ async fn ls(c: Client, kind: Kind, a: LsArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn get(c: &Client, kind: Kind, id: &str) -> Result<pb::FileObject, tonic::Status> {
-    let req = pb::GetFileObjectRequest { id: id.into() };
-    retry(|| {
-        let mut c = c.clone();
-        let req = req.clone();
-        async move {
-            match kind {
-                Kind::Secret => c.get_secret(req).await,
-                Kind::Config => c.get_config(req).await,
-            }
-        }
-    })
-    .await
-    .map(|r| r.into_inner())
-}
-
-async fn inspect(c: Client, kind: Kind, a: InspectArgs) -> Result<(), CliError> {
+async fn inspect(c: Client, kind: FileKind, a: InspectArgs) -> Result<(), CliError> {
     if a.format != "json" && !a.format.is_empty() {
         return Err(CliError(format!(
             "Error: unsupported format {:?}: use json",
@@ -346,9 +344,9 @@ async fn inspect(c: Client, kind: Kind, a: InspectArgs) -> Result<(), CliError> 
     let mut out = Vec::new();
     let mut errs = Vec::new();
     for n in &a.names {
-        match get(&c, kind, n).await {
+        match c.get_file_object(kind, n).await {
             Ok(o) => out.push(inspect_json(kind, &o)),
-            Err(e) => errs.push(format!("Error: {}", e.message())),
+            Err(e) => errs.push(format!("Error: {e}")),
         }
     }
     println!(
@@ -362,39 +360,21 @@ async fn inspect(c: Client, kind: Kind, a: InspectArgs) -> Result<(), CliError> 
     }
 }
 
-async fn rm(c: Client, kind: Kind, a: RmArgs) -> Result<(), CliError> {
+async fn rm(c: Client, kind: FileKind, a: RmArgs) -> Result<(), CliError> {
     let mut errs = Vec::new();
     for n in &a.names {
-        let req = pb::GetFileObjectRequest { id: n.clone() };
-        let r = retry(|| {
-            let mut c = c.clone();
-            let req = req.clone();
-            async move {
-                match kind {
-                    Kind::Secret => c.remove_secret(req).await,
-                    Kind::Config => c.remove_config(req).await,
-                }
-            }
-        })
-        .await;
-        match r {
-            Ok(_) => println!("{n}"),
-            Err(e) => errs.push(format!("Error response from daemon: {}", e.message())),
+        match c.remove_file_object(kind, n).await {
+            Ok(()) => println!("{n}"),
+            Err(e) => errs.push(CliError::from(e).0),
         }
     }
-    if errs.is_empty() {
-        Ok(())
-    } else {
-        for e in &errs[..errs.len() - 1] {
-            eprintln!("{e}");
-        }
-        Err(CliError(errs.pop().unwrap_or_default()))
-    }
+    last_error(errs)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     #[test]
     fn file_refs_as_docker_writes_them() {
@@ -433,6 +413,41 @@ mod tests {
     }
 
     #[test]
+    fn secret_and_config_share_verbs_but_not_help() {
+        use clap::CommandFactory;
+        let cli = crate::commands::Cli::command();
+        let about = |kind: &str, verb: &str| {
+            let k = cli.find_subcommand(kind).expect("kind");
+            let v = k.find_subcommand(verb).expect("verb");
+            v.get_about().map(|a| a.to_string()).unwrap_or_default()
+        };
+        assert_eq!(
+            about("secret", "create"),
+            "Create a secret from a file or STDIN as content"
+        );
+        assert_eq!(
+            about("config", "create"),
+            "Create a config from a file or STDIN"
+        );
+        assert_eq!(about("secret", "ls"), "List secrets");
+        assert_eq!(about("config", "rm"), "Remove one or more configs");
+        let parse = |args: &[&str]| crate::commands::Cli::try_parse_from(args).map(|c| c.cmd);
+        match parse(&["shoal", "config", "list", "--format", "json"]) {
+            Ok(crate::commands::Cmd::Config(FileObjectCmd {
+                verb: Verb::Ls(a), ..
+            })) => assert_eq!(a.format, Format::Json),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["shoal", "secret", "remove", "a", "b"]) {
+            Ok(crate::commands::Cmd::Secret(FileObjectCmd {
+                verb: Verb::Rm(a), ..
+            })) => assert_eq!(a.names, ["a", "b"]),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["shoal", "secret", "create", "only-name"]).is_err());
+    }
+
+    #[test]
     fn base64_matches_the_standard() {
         assert_eq!(base64(b""), "");
         assert_eq!(base64(b"f"), "Zg==");
@@ -449,8 +464,11 @@ mod tests {
             data: b"leak".to_vec(),
             ..Default::default()
         };
-        let v = inspect_json(Kind::Secret, &o);
+        let v = inspect_json(FileKind::Secret, &o);
         assert!(v["Spec"].get("Data").is_none());
-        assert_eq!(inspect_json(Kind::Config, &o)["Spec"]["Data"], "bGVhaw==");
+        assert_eq!(
+            inspect_json(FileKind::Config, &o)["Spec"]["Data"],
+            "bGVhaw=="
+        );
     }
 }

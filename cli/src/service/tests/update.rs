@@ -1,0 +1,148 @@
+use super::*;
+
+#[test]
+fn cpus() {
+    assert_eq!(parse_cpu("0.5").unwrap(), 500_000_000);
+    assert_eq!(parse_cpu("2").unwrap(), 2_000_000_000);
+    assert_eq!(parse_cpu("0.1").unwrap(), 100_000_000);
+    assert_eq!(parse_cpu("0.001").unwrap(), 1_000_000);
+    assert!(parse_cpu("-1").is_err());
+    assert!(parse_cpu("half").is_err());
+    assert!(parse_cpu("NaN").is_err());
+    assert_eq!(fmt_cpus(500_000_000), "0.5");
+    assert_eq!(fmt_cpus(2_000_000_000), "2");
+}
+
+#[test]
+fn update_env_add_and_rm() {
+    let s = update(base(), &["--env-add", "B=3", "--env-add", "C=4"]).unwrap();
+    assert_eq!(s.task.env, vec!["A=1", "B=3", "C=4"]);
+    let s = update(base(), &["--env-rm", "A"]).unwrap();
+    assert_eq!(s.task.env, vec!["B=2"]);
+    // Removal happens first, so removing and adding a key sets it.
+    let s = update(base(), &["--env-rm", "A", "--env-add", "A=9"]).unwrap();
+    assert_eq!(s.task.env, vec!["B=2", "A=9"]);
+    assert!(update(base(), &["--env-add", "=1"])
+        .unwrap_err()
+        .contains("--env-add"));
+}
+
+#[test]
+fn update_constraints_labels_image_force() {
+    let s = update(
+        base(),
+        &[
+            "--constraint-add",
+            "node.labels.zone==a",
+            "--constraint-add",
+            "node.role==worker",
+            "--constraint-rm",
+            "node.role == worker",
+        ],
+    )
+    .unwrap();
+    assert_eq!(s.task.placement.constraints, vec!["node.labels.zone==a"]);
+    let s = update(base(), &["--label-rm", "x", "--label-add", "y=2"]).unwrap();
+    assert_eq!(s.labels.len(), 1);
+    assert_eq!(s.labels["y"], "2");
+    let s = update(base(), &["--image", "nginx", "--replicas", "4", "--force"]).unwrap();
+    assert_eq!(s.task.image, "nginx");
+    assert_eq!(s.mode, ServiceMode::Replicated { replicas: 4 });
+    assert_eq!(s.task.force_update, 1);
+    let s = update(s, &["--force"]).unwrap();
+    assert_eq!(s.task.force_update, 2);
+    // Unset flags leave the spec alone.
+    let b = base();
+    assert_eq!(update(b.clone(), &[]).unwrap(), b);
+    let s = update(b.clone(), &["--update-delay", "2s", "--args", "sleep  5"]).unwrap();
+    assert_eq!(s.update.delay_ms, 2000);
+    assert_eq!(s.rollback, b.rollback);
+    assert_eq!(s.task.args, vec!["sleep", "5"]);
+    let mut g = b;
+    g.mode = ServiceMode::Global;
+    let e = update(g, &["--replicas", "2"]).unwrap_err();
+    assert!(e.contains("--replicas"), "{e}");
+}
+
+#[test]
+fn scale_parsing() {
+    assert_eq!(parse_scale("web=3").unwrap(), ("web".into(), 3));
+    assert!(parse_scale("web").is_err());
+    assert!(parse_scale("web=x").is_err());
+    assert!(parse_scale("=3").is_err());
+    let mut s = base();
+    s = scale_spec(s, 5).unwrap();
+    assert_eq!(s.mode, ServiceMode::Replicated { replicas: 5 });
+    s.mode = ServiceMode::Global;
+    assert_eq!(
+        scale_spec(s, 2).unwrap_err(),
+        "scale can only be used with replicated or replicated-job mode"
+    );
+}
+
+#[test]
+fn generated_names_are_valid() {
+    for _ in 0..20 {
+        let n = generate_name();
+        assert!(n.contains('_') && n.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+    }
+}
+
+#[test]
+fn other_commands_parse() {
+    assert!(matches!(
+        parse(&["ls", "--format", "json", "-q"]),
+        ServiceCmd::Ls(ListArgs {
+            format: Format::Json,
+            quiet: true
+        })
+    ));
+    match parse(&[
+        "ps",
+        "--no-trunc",
+        "--filter",
+        "desired-state=running",
+        "-f",
+        "desired-state=shutdown",
+        "web",
+        "db",
+    ]) {
+        ServiceCmd::Ps(a) => {
+            assert!(a.no_trunc);
+            assert_eq!(a.filter.len(), 2);
+            assert_eq!(a.services, vec!["web", "db"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        parse(&["scale", "-d", "a=1", "b=2"]),
+        ServiceCmd::Scale { detach: true, .. }
+    ));
+    assert!(matches!(
+        parse(&["rollback", "-d", "web"]),
+        ServiceCmd::Rollback { detach: true, .. }
+    ));
+    assert!(matches!(parse(&["rm", "a", "b"]), ServiceCmd::Rm { .. }));
+    assert!(matches!(
+        parse(&["inspect", "--pretty", "a"]),
+        ServiceCmd::Inspect { pretty: true, .. }
+    ));
+    let e = usage_error(&["ps"]);
+    assert!(!e.contains('\n'), "{e}");
+}
+
+#[test]
+fn ps_filters() {
+    let (s, n) = parse_ps_filters(&[
+        "desired-state=running".into(),
+        "desired-state=shutdown".into(),
+        "node=w1".into(),
+    ])
+    .unwrap();
+    assert_eq!(s, vec!["running", "shutdown"]);
+    assert_eq!(n, "w1");
+    assert!(parse_ps_filters(&["desired-state=sleeping".into()]).is_err());
+    assert!(parse_ps_filters(&["colour=blue".into()]).is_err());
+}
+
+// ------------------------------------------------------------ rendering
