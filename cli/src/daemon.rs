@@ -3,9 +3,9 @@
 //! between the two roles when the cluster asks (promotion, demotion).
 //!
 //! ```text
-//!  unix socket ─▶ ControlService(local) ─┬─ swarm init/join/leave/info: here
-//!                                        └─ cluster calls ─▶ ControlApi (forwards to leader)
-//!  tcp :2377 (managers) ─▶ ControlService(remote, managers only), Raft, Ca, Dispatcher
+//!  unix socket ─▶ control service (local) ─┬─ swarm init/join/leave/unlock, info: NodeCalls here
+//!                                         └─ cluster calls ─▶ the manager (forwarded to the leader)
+//!  tcp :2377 (managers) ─▶ control service (remote, managers only), Raft, Ca, Dispatcher
 //!  Agent ──events──▶ persist managers / new certificate ─▶ start or stop the Manager
 //! ```
 
@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use manager::controlapi::{validate_settings, ControlApi};
+use manager::controlapi::validate_settings;
+use manager::controlapi_server::NodeCalls;
 use manager::keys::{Kek, KeyFile, UnlockKey};
 use manager::manager::{now_ms, ExtraRoutes};
 use manager::raft::RaftTuning;
@@ -291,10 +292,7 @@ impl Node {
         let weak = self.this.clone();
         let extra: ExtraRoutes = Box::new(move |_mgr| {
             let node = weak.upgrade().expect("node outlives its manager");
-            tonic::service::Routes::new(
-                pb::control_server::ControlServer::new(ControlService { node, local: false })
-                    .max_decoding_message_size(proto::limits::MAX_CONTROL_REQUEST_BYTES),
-            )
+            tonic::service::Routes::new(manager::controlapi_server::server(node, false))
         });
         let mgr = Manager::start(self.manager_config(st), self.creds.clone(), extra).await?;
         // Fail fast: a manager whose raft died must not linger half-alive; the supervisor
@@ -449,6 +447,334 @@ impl Node {
         }
     }
 
+    /// `swarm init --force-new-cluster` on a manager of this swarm: rebuild a one-manager raft
+    /// group from this node's committed state (see `manager::recovery`), keeping every object,
+    /// the CA and the join tokens, so workers reconnect and other managers can join again.
+    async fn force_new_cluster(
+        &self,
+        r: pb::SwarmInitRequest,
+    ) -> Result<pb::SwarmInitResponse, Status> {
+        // Held throughout: no other swarm change may run while the manager is replaced.
+        let mut inner = self.inner.lock().await;
+        let Some(st) = inner.state.clone() else {
+            return Err(Status::failed_precondition(
+                "This node is not part of a swarm: use \"shoal swarm init\" without --force-new-cluster",
+            ));
+        };
+        if inner.manager.is_none() {
+            return Err(Status::failed_precondition(
+                "--force-new-cluster rebuilds a swarm from a manager's state, and this node is a worker: run it on a surviving manager",
+            ));
+        }
+        if r.heartbeat_period_ms != 0 || r.cert_expiry_ms != 0 || !r.default_addr_pool.is_empty() {
+            return Err(Status::invalid_argument(
+                "--force-new-cluster keeps the swarm's settings: leave out --dispatcher-heartbeat, --cert-expiry and --default-addr-pool, and change settings afterwards with \"shoal swarm update\"",
+            ));
+        }
+        let listen = if r.listen_addr.is_empty() {
+            st.listen_addr
+        } else {
+            parse_listen(&r.listen_addr)?
+        };
+        let advertise = if r.advertise_addr.is_empty() {
+            st.advertise_addr.clone()
+        } else {
+            resolve_advertise(&r.advertise_addr, listen)?
+        };
+        let new_st = NodeFile {
+            listen_addr: listen,
+            advertise_addr: advertise.clone(),
+            managers: vec![advertise.clone()],
+            ..st.clone()
+        };
+        if let Some(m) = &inner.manager {
+            if manager::recovery::has_quorum(m).await {
+                return Err(Status::failed_precondition(
+                    "this swarm still has a quorum of managers: --force-new-cluster is for a swarm that lost it, and would split this one in two; to shrink it, demote or remove managers instead",
+                ));
+            }
+        }
+        tracing::warn!(node = %st.node_id, %advertise, "forcing a new cluster from this manager's state");
+        if let Some(old) = inner.manager.take() {
+            old.shutdown().await;
+        }
+        let rebuilt = manager::recovery::rebuild_raft(&self.manager_config(&new_st)).await;
+        let rec = match rebuilt {
+            Ok(rec) => rec,
+            Err(e) => {
+                // Nothing was changed on disk: the node goes on as it was.
+                match self.start_manager(&st).await {
+                    Ok(m) => inner.manager = Some(m),
+                    Err(e) => tracing::error!(error = %e, "cannot restart the manager"),
+                }
+                return Err(Status::failed_precondition(format!(
+                    "cannot force a new cluster: {e}"
+                )));
+            }
+        };
+        tracing::info!(
+            index = rec.last_log_id.index,
+            old_term = rec.old_term,
+            nodes_updated = rec.edited,
+            backup = %rec.backup.display(),
+            "raft rebuilt with this node as its only manager"
+        );
+        self.save_state(&new_st).map_err(status_internal)?;
+        inner.state = Some(new_st.clone());
+        // The old server may still hold the port for a moment after its shutdown.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mgr = loop {
+            match self.start_manager(&new_st).await {
+                Ok(m) => break m,
+                Err(DaemonError::Manager(e))
+                    if matches!(*e, manager::manager::ManagerError::Listen { .. })
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    return Err(Status::internal(format!(
+                        "the raft state was rebuilt (the old one is kept in {}), but the manager does not start: {e}",
+                        rec.backup.display()
+                    )))
+                }
+            }
+        };
+        inner.manager = Some(mgr.clone());
+        let leading = mgr.wait_for_leader(Duration::from_secs(10)).await;
+        if leading != Some(st.raft_id) || !mgr.is_leader() {
+            return Err(Status::internal(
+                "the new cluster elected no leader within 10s: see the daemon's log",
+            ));
+        }
+        let cluster = mgr
+            .store
+            .view(|d| d.cluster.clone())
+            .ok_or_else(|| Status::internal("the recovered state holds no cluster object"))?;
+        tracing::info!(node = %st.node_id, "new cluster forced");
+        let join = |t: &str| format!("shoal swarm join --token {t} {advertise}");
+        Ok(pb::SwarmInitResponse {
+            node_id: st.node_id.clone(),
+            worker_join_command: join(&cluster.worker_token),
+            manager_join_command: join(&cluster.manager_token),
+            unlock_key: String::new(),
+        })
+    }
+
+}
+
+/// A manager's raft term and state, read from one metrics snapshot so that they agree.
+fn raft_term_state(m: &Manager) -> (u64, String) {
+    let metrics = m.raft.metrics();
+    let metrics = metrics.borrow();
+    (metrics.current_term, format!("{:?}", metrics.state))
+}
+
+/// The key file a manager that receives the KEK writes: locked at once when the cluster has
+/// autolock on (`unlock_key` not empty), so the KEK never touches its disk in the clear.
+fn key_file(kek: &Kek, unlock_key: &str) -> Result<KeyFile, manager::keys::KeyError> {
+    if unlock_key.is_empty() {
+        Ok(KeyFile::Clear(kek.clone()))
+    } else {
+        KeyFile::locked(kek, &unlock_key.parse()?)
+    }
+}
+
+/// How long `swarm leave` waits for the node's tasks to stop and be removed.
+const LEAVE_DRAIN: Duration = Duration::from_secs(30);
+
+/// What a locked manager says (autolock).
+const LOCKED: &str = "this node is locked: run `shoal swarm unlock`";
+/// What a node the swarm removed says.
+const REMOVED: &str =
+    "this node was removed from the swarm; run `shoal swarm leave` and join again";
+
+impl Node {
+    fn set_kek(&self, kek: Option<Kek>) {
+        *self.kek.lock().unwrap_or_else(|e| e.into_inner()) = kek;
+    }
+
+    /// The KEK for this manager after a restart: from its key file; `None` if the file is
+    /// locked (autolock). A manager without a file (one promoted just before a crash) asks
+    /// the other managers; the only manager of a swarm made before keys were sealed makes
+    /// one (its store still holds the keys in the clear, which opening lets through).
+    async fn manager_kek(&self, st: &NodeFile) -> Result<Option<Kek>, DaemonError> {
+        let dir = self.paths().4;
+        let bad = |e: manager::keys::KeyError| DaemonError::State {
+            path: manager::keys::key_file_path(&dir),
+            reason: e.to_string(),
+        };
+        match KeyFile::load(&dir).map_err(bad)? {
+            Some(KeyFile::Clear(k)) => Ok(Some(k)),
+            Some(KeyFile::Locked { .. }) => Ok(None),
+            None => {
+                let others = st.managers.iter().any(|m| *m != st.advertise_addr);
+                let kek = match others {
+                    true => match self.fetch_kek(st, Duration::from_secs(10)).await {
+                        Ok((k, _)) => k,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "no cluster key from the other managers: making one");
+                            Kek::generate().map_err(bad)?
+                        }
+                    },
+                    false => Kek::generate().map_err(bad)?,
+                };
+                KeyFile::Clear(kek.clone()).save(&dir).map_err(bad)?;
+                Ok(Some(kek))
+            }
+        }
+    }
+
+    /// Ask the other managers for the cluster's KEK with this node's (manager) certificate,
+    /// retrying until `within` has passed (a manager's store may not know of the
+    /// promotion yet).
+    async fn fetch_kek(&self, st: &NodeFile, within: Duration) -> Result<(Kek, String), String> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut last = String::from("no other manager is known");
+        loop {
+            for addr in st.managers.iter().filter(|m| **m != st.advertise_addr) {
+                let Some(id) = self.creds.get() else {
+                    return Err("this node has no certificate".into());
+                };
+                let ch = client_config(&id.ca_pem, Some(&id))
+                    .map_err(|e| e.to_string())
+                    .and_then(|cfg| tls_channel(addr, cfg).map_err(|e| e.to_string()));
+                let res = match ch {
+                    Ok(ch) => CaClient::new(ch)
+                        .keys(pb::Empty {})
+                        .await
+                        .map_err(|s| s.message().to_string())
+                        .and_then(|r| {
+                            let r = r.into_inner();
+                            let kek = Kek::from_hex(&r.kek).map_err(|e| e.to_string())?;
+                            Ok((kek, r.unlock_key))
+                        }),
+                    Err(e) => Err(e),
+                };
+                match res {
+                    Ok(k) => return Ok(k),
+                    Err(e) => last = format!("{addr}: {e}"),
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("cannot get the cluster's key: {last}"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+}
+
+fn already_in_swarm() -> Status {
+    Status::failed_precondition(
+        "This node is already part of a swarm. Use \"shoal swarm leave\" to leave this swarm and join another one.",
+    )
+}
+
+fn with_default_port(s: &str) -> Option<String> {
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Some(sa.to_string());
+    }
+    s.parse::<IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, DEFAULT_PORT).to_string())
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, Status> {
+    if s.is_empty() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)));
+    }
+    with_default_port(s)
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| {
+            Status::invalid_argument(format!("invalid --listen-addr {s:?}: expected IP[:PORT]"))
+        })
+}
+
+/// The address other nodes reach this one at: given, or the listen address, or the machine's
+/// only non-loopback IPv4 address.
+fn resolve_advertise(s: &str, listen: SocketAddr) -> Result<String, Status> {
+    if !s.is_empty() {
+        let a: SocketAddr = with_default_port(s)
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "invalid --advertise-addr {s:?}: expected IP[:PORT]"
+                ))
+            })?;
+        if a.ip().is_unspecified() {
+            return Err(Status::invalid_argument(
+                "--advertise-addr must be a specific address, not 0.0.0.0",
+            ));
+        }
+        let port = if s.parse::<SocketAddr>().is_ok() {
+            a.port()
+        } else {
+            listen.port()
+        };
+        return Ok(SocketAddr::new(a.ip(), port).to_string());
+    }
+    if !listen.ip().is_unspecified() {
+        return Ok(listen.to_string());
+    }
+    let addrs = local_ipv4_addrs();
+    match addrs.as_slice() {
+        [one] => Ok(SocketAddr::new(IpAddr::V4(*one), listen.port()).to_string()),
+        [] => Err(Status::invalid_argument("could not find an address to advertise: use --advertise-addr")),
+        many => Err(Status::invalid_argument(format!(
+            "could not choose an IP address to advertise since this system has multiple addresses ({}): use --advertise-addr",
+            many.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+fn local_ipv4_addrs() -> Vec<std::net::Ipv4Addr> {
+    let mut out = Vec::new();
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a linked list we only read and then free with freeifaddrs.
+    unsafe {
+        if libc::getifaddrs(&mut ifap) != 0 {
+            return out;
+        }
+        let mut cur = ifap;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            if !ifa.ifa_addr.is_null() && (*ifa.ifa_addr).sa_family as i32 == libc::AF_INET {
+                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                if !ip.is_loopback() && !out.contains(&ip) {
+                    out.push(ip);
+                }
+            }
+            cur = ifa.ifa_next;
+        }
+        libc::freeifaddrs(ifap);
+    }
+    out
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        manager::keys::create_private_dir(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The node's own control calls; the control service itself (and forwarding to the leader)
+/// is the manager's ([`manager::controlapi_server`]).
+#[tonic::async_trait]
+impl NodeCalls for Node {
     async fn manager(&self) -> Result<Arc<Manager>, Status> {
         let inner = self.inner.lock().await;
         if inner.locked {
@@ -463,10 +789,6 @@ impl Node {
                 "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.",
             )),
         }
-    }
-
-    async fn api(&self) -> Result<ControlApi, Status> {
-        Ok(ControlApi::new(self.manager().await?))
     }
 
     async fn swarm_init(&self, r: pb::SwarmInitRequest) -> Result<pb::SwarmInitResponse, Status> {
@@ -628,120 +950,6 @@ impl Node {
         })
     }
 
-    /// `swarm init --force-new-cluster` on a manager of this swarm: rebuild a one-manager raft
-    /// group from this node's committed state (see `manager::recovery`), keeping every object,
-    /// the CA and the join tokens, so workers reconnect and other managers can join again.
-    async fn force_new_cluster(
-        &self,
-        r: pb::SwarmInitRequest,
-    ) -> Result<pb::SwarmInitResponse, Status> {
-        // Held throughout: no other swarm change may run while the manager is replaced.
-        let mut inner = self.inner.lock().await;
-        let Some(st) = inner.state.clone() else {
-            return Err(Status::failed_precondition(
-                "This node is not part of a swarm: use \"shoal swarm init\" without --force-new-cluster",
-            ));
-        };
-        if inner.manager.is_none() {
-            return Err(Status::failed_precondition(
-                "--force-new-cluster rebuilds a swarm from a manager's state, and this node is a worker: run it on a surviving manager",
-            ));
-        }
-        if r.heartbeat_period_ms != 0 || r.cert_expiry_ms != 0 || !r.default_addr_pool.is_empty() {
-            return Err(Status::invalid_argument(
-                "--force-new-cluster keeps the swarm's settings: leave out --dispatcher-heartbeat, --cert-expiry and --default-addr-pool, and change settings afterwards with \"shoal swarm update\"",
-            ));
-        }
-        let listen = if r.listen_addr.is_empty() {
-            st.listen_addr
-        } else {
-            parse_listen(&r.listen_addr)?
-        };
-        let advertise = if r.advertise_addr.is_empty() {
-            st.advertise_addr.clone()
-        } else {
-            resolve_advertise(&r.advertise_addr, listen)?
-        };
-        let new_st = NodeFile {
-            listen_addr: listen,
-            advertise_addr: advertise.clone(),
-            managers: vec![advertise.clone()],
-            ..st.clone()
-        };
-        if let Some(m) = &inner.manager {
-            if manager::recovery::has_quorum(m).await {
-                return Err(Status::failed_precondition(
-                    "this swarm still has a quorum of managers: --force-new-cluster is for a swarm that lost it, and would split this one in two; to shrink it, demote or remove managers instead",
-                ));
-            }
-        }
-        tracing::warn!(node = %st.node_id, %advertise, "forcing a new cluster from this manager's state");
-        if let Some(old) = inner.manager.take() {
-            old.shutdown().await;
-        }
-        let rebuilt = manager::recovery::rebuild_raft(&self.manager_config(&new_st)).await;
-        let rec = match rebuilt {
-            Ok(rec) => rec,
-            Err(e) => {
-                // Nothing was changed on disk: the node goes on as it was.
-                match self.start_manager(&st).await {
-                    Ok(m) => inner.manager = Some(m),
-                    Err(e) => tracing::error!(error = %e, "cannot restart the manager"),
-                }
-                return Err(Status::failed_precondition(format!(
-                    "cannot force a new cluster: {e}"
-                )));
-            }
-        };
-        tracing::info!(
-            index = rec.last_log_id.index,
-            old_term = rec.old_term,
-            nodes_updated = rec.edited,
-            backup = %rec.backup.display(),
-            "raft rebuilt with this node as its only manager"
-        );
-        self.save_state(&new_st).map_err(status_internal)?;
-        inner.state = Some(new_st.clone());
-        // The old server may still hold the port for a moment after its shutdown.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let mgr = loop {
-            match self.start_manager(&new_st).await {
-                Ok(m) => break m,
-                Err(DaemonError::Manager(e))
-                    if matches!(*e, manager::manager::ManagerError::Listen { .. })
-                        && tokio::time::Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => {
-                    return Err(Status::internal(format!(
-                        "the raft state was rebuilt (the old one is kept in {}), but the manager does not start: {e}",
-                        rec.backup.display()
-                    )))
-                }
-            }
-        };
-        inner.manager = Some(mgr.clone());
-        let leading = mgr.wait_for_leader(Duration::from_secs(10)).await;
-        if leading != Some(st.raft_id) || !mgr.is_leader() {
-            return Err(Status::internal(
-                "the new cluster elected no leader within 10s: see the daemon's log",
-            ));
-        }
-        let cluster = mgr
-            .store
-            .view(|d| d.cluster.clone())
-            .ok_or_else(|| Status::internal("the recovered state holds no cluster object"))?;
-        tracing::info!(node = %st.node_id, "new cluster forced");
-        let join = |t: &str| format!("shoal swarm join --token {t} {advertise}");
-        Ok(pb::SwarmInitResponse {
-            node_id: st.node_id.clone(),
-            worker_join_command: join(&cluster.worker_token),
-            manager_join_command: join(&cluster.manager_token),
-            unlock_key: String::new(),
-        })
-    }
-
     async fn swarm_join(&self, r: pb::SwarmJoinRequest) -> Result<pb::SwarmJoinResponse, Status> {
         let mut inner = self.inner.lock().await;
         if inner.state.is_some() {
@@ -894,13 +1102,13 @@ impl Node {
         Ok(pb::Empty {})
     }
 
-    async fn info(&self) -> pb::InfoResponse {
+    async fn info(&self, _r: pb::Empty) -> Result<pb::InfoResponse, Status> {
         let inner = self.inner.lock().await;
         let Some(st) = &inner.state else {
-            return pb::InfoResponse {
+            return Ok(pb::InfoResponse {
                 local_node_state: "inactive".into(),
                 ..Default::default()
-            };
+            });
         };
         let id = self.creds.get();
         let (local_node_state, error) = if inner.locked {
@@ -924,7 +1132,7 @@ impl Node {
             .as_deref()
             .map(raft_term_state)
             .unwrap_or_default();
-        pb::InfoResponse {
+        Ok(pb::InfoResponse {
             local_node_state: local_node_state.into(),
             error: error.into(),
             node_id: st.node_id.clone(),
@@ -949,108 +1157,7 @@ impl Node {
                         .unwrap_or(0)
                 })
                 .unwrap_or(0),
-        }
-    }
-}
-
-/// A manager's raft term and state, read from one metrics snapshot so that they agree.
-fn raft_term_state(m: &Manager) -> (u64, String) {
-    let metrics = m.raft.metrics();
-    let metrics = metrics.borrow();
-    (metrics.current_term, format!("{:?}", metrics.state))
-}
-
-/// The key file a manager that receives the KEK writes: locked at once when the cluster has
-/// autolock on (`unlock_key` not empty), so the KEK never touches its disk in the clear.
-fn key_file(kek: &Kek, unlock_key: &str) -> Result<KeyFile, manager::keys::KeyError> {
-    if unlock_key.is_empty() {
-        Ok(KeyFile::Clear(kek.clone()))
-    } else {
-        KeyFile::locked(kek, &unlock_key.parse()?)
-    }
-}
-
-/// How long `swarm leave` waits for the node's tasks to stop and be removed.
-const LEAVE_DRAIN: Duration = Duration::from_secs(30);
-
-/// What a locked manager says (autolock).
-const LOCKED: &str = "this node is locked: run `shoal swarm unlock`";
-/// What a node the swarm removed says.
-const REMOVED: &str =
-    "this node was removed from the swarm; run `shoal swarm leave` and join again";
-
-impl Node {
-    fn set_kek(&self, kek: Option<Kek>) {
-        *self.kek.lock().unwrap_or_else(|e| e.into_inner()) = kek;
-    }
-
-    /// The KEK for this manager after a restart: from its key file; `None` if the file is
-    /// locked (autolock). A manager without a file (one promoted just before a crash) asks
-    /// the other managers; the only manager of a swarm made before keys were sealed makes
-    /// one (its store still holds the keys in the clear, which opening lets through).
-    async fn manager_kek(&self, st: &NodeFile) -> Result<Option<Kek>, DaemonError> {
-        let dir = self.paths().4;
-        let bad = |e: manager::keys::KeyError| DaemonError::State {
-            path: manager::keys::key_file_path(&dir),
-            reason: e.to_string(),
-        };
-        match KeyFile::load(&dir).map_err(bad)? {
-            Some(KeyFile::Clear(k)) => Ok(Some(k)),
-            Some(KeyFile::Locked { .. }) => Ok(None),
-            None => {
-                let others = st.managers.iter().any(|m| *m != st.advertise_addr);
-                let kek = match others {
-                    true => match self.fetch_kek(st, Duration::from_secs(10)).await {
-                        Ok((k, _)) => k,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "no cluster key from the other managers: making one");
-                            Kek::generate().map_err(bad)?
-                        }
-                    },
-                    false => Kek::generate().map_err(bad)?,
-                };
-                KeyFile::Clear(kek.clone()).save(&dir).map_err(bad)?;
-                Ok(Some(kek))
-            }
-        }
-    }
-
-    /// Ask the other managers for the cluster's KEK with this node's (manager) certificate,
-    /// retrying until `within` has passed (a manager's store may not know of the
-    /// promotion yet).
-    async fn fetch_kek(&self, st: &NodeFile, within: Duration) -> Result<(Kek, String), String> {
-        let deadline = tokio::time::Instant::now() + within;
-        let mut last = String::from("no other manager is known");
-        loop {
-            for addr in st.managers.iter().filter(|m| **m != st.advertise_addr) {
-                let Some(id) = self.creds.get() else {
-                    return Err("this node has no certificate".into());
-                };
-                let ch = client_config(&id.ca_pem, Some(&id))
-                    .map_err(|e| e.to_string())
-                    .and_then(|cfg| tls_channel(addr, cfg).map_err(|e| e.to_string()));
-                let res = match ch {
-                    Ok(ch) => CaClient::new(ch)
-                        .keys(pb::Empty {})
-                        .await
-                        .map_err(|s| s.message().to_string())
-                        .and_then(|r| {
-                            let r = r.into_inner();
-                            let kek = Kek::from_hex(&r.kek).map_err(|e| e.to_string())?;
-                            Ok((kek, r.unlock_key))
-                        }),
-                    Err(e) => Err(e),
-                };
-                match res {
-                    Ok(k) => return Ok(k),
-                    Err(e) => last = format!("{addr}: {e}"),
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(format!("cannot get the cluster's key: {last}"));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        })
     }
 
     /// `swarm unlock`: open the key file with the unlock key, then start what a restart
@@ -1085,426 +1192,6 @@ impl Node {
         inner.locked = false;
         tracing::info!("unlocked: manager started");
         Ok(pb::Empty {})
-    }
-}
-
-fn already_in_swarm() -> Status {
-    Status::failed_precondition(
-        "This node is already part of a swarm. Use \"shoal swarm leave\" to leave this swarm and join another one.",
-    )
-}
-
-fn with_default_port(s: &str) -> Option<String> {
-    if let Ok(sa) = s.parse::<SocketAddr>() {
-        return Some(sa.to_string());
-    }
-    s.parse::<IpAddr>()
-        .ok()
-        .map(|ip| SocketAddr::new(ip, DEFAULT_PORT).to_string())
-}
-
-fn parse_listen(s: &str) -> Result<SocketAddr, Status> {
-    if s.is_empty() {
-        return Ok(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)));
-    }
-    with_default_port(s)
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| {
-            Status::invalid_argument(format!("invalid --listen-addr {s:?}: expected IP[:PORT]"))
-        })
-}
-
-/// The address other nodes reach this one at: given, or the listen address, or the machine's
-/// only non-loopback IPv4 address.
-fn resolve_advertise(s: &str, listen: SocketAddr) -> Result<String, Status> {
-    if !s.is_empty() {
-        let a: SocketAddr = with_default_port(s)
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "invalid --advertise-addr {s:?}: expected IP[:PORT]"
-                ))
-            })?;
-        if a.ip().is_unspecified() {
-            return Err(Status::invalid_argument(
-                "--advertise-addr must be a specific address, not 0.0.0.0",
-            ));
-        }
-        let port = if s.parse::<SocketAddr>().is_ok() {
-            a.port()
-        } else {
-            listen.port()
-        };
-        return Ok(SocketAddr::new(a.ip(), port).to_string());
-    }
-    if !listen.ip().is_unspecified() {
-        return Ok(listen.to_string());
-    }
-    let addrs = local_ipv4_addrs();
-    match addrs.as_slice() {
-        [one] => Ok(SocketAddr::new(IpAddr::V4(*one), listen.port()).to_string()),
-        [] => Err(Status::invalid_argument("could not find an address to advertise: use --advertise-addr")),
-        many => Err(Status::invalid_argument(format!(
-            "could not choose an IP address to advertise since this system has multiple addresses ({}): use --advertise-addr",
-            many.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
-        ))),
-    }
-}
-
-fn local_ipv4_addrs() -> Vec<std::net::Ipv4Addr> {
-    let mut out = Vec::new();
-    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills a linked list we only read and then free with freeifaddrs.
-    unsafe {
-        if libc::getifaddrs(&mut ifap) != 0 {
-            return out;
-        }
-        let mut cur = ifap;
-        while !cur.is_null() {
-            let ifa = &*cur;
-            if !ifa.ifa_addr.is_null() && (*ifa.ifa_addr).sa_family as i32 == libc::AF_INET {
-                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-                if !ip.is_loopback() && !out.contains(&ip) {
-                    out.push(ip);
-                }
-            }
-            cur = ifa.ifa_next;
-        }
-        libc::freeifaddrs(ifap);
-    }
-    out
-}
-
-fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        manager::keys::create_private_dir(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
-/// The control API as served on the local socket (`local`) or to other managers over TLS.
-#[derive(Clone)]
-pub struct ControlService {
-    node: Arc<Node>,
-    local: bool,
-}
-
-impl ControlService {
-    fn local_only<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let peer = req.extensions().get::<proto::transport::PeerInfo>();
-        if self.local && peer.is_some_and(|p| p.local) {
-            Ok(())
-        } else {
-            Err(Status::permission_denied(
-                "this call is only served on the node's local socket",
-            ))
-        }
-    }
-
-    async fn cluster<T>(&self, req: &Request<T>) -> Result<ControlApi, Status> {
-        let api = self.node.api().await?;
-        if !self.local {
-            api.mgr.auth.control(req)?;
-        }
-        Ok(api)
-    }
-}
-
-use manager::secrets::FileKind;
-
-#[tonic::async_trait]
-impl pb::control_server::Control for ControlService {
-    async fn swarm_init(
-        &self,
-        req: Request<pb::SwarmInitRequest>,
-    ) -> Result<Response<pb::SwarmInitResponse>, Status> {
-        self.local_only(&req)?;
-        self.node
-            .swarm_init(req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn swarm_join(
-        &self,
-        req: Request<pb::SwarmJoinRequest>,
-    ) -> Result<Response<pb::SwarmJoinResponse>, Status> {
-        self.local_only(&req)?;
-        self.node
-            .swarm_join(req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn swarm_leave(
-        &self,
-        req: Request<pb::SwarmLeaveRequest>,
-    ) -> Result<Response<pb::Empty>, Status> {
-        self.local_only(&req)?;
-        self.node
-            .swarm_leave(req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn info(&self, req: Request<pb::Empty>) -> Result<Response<pb::InfoResponse>, Status> {
-        self.local_only(&req)?;
-        Ok(Response::new(self.node.info().await))
-    }
-    async fn swarm_unlock(
-        &self,
-        req: Request<pb::SwarmUnlockRequest>,
-    ) -> Result<Response<pb::Empty>, Status> {
-        self.local_only(&req)?;
-        self.node
-            .swarm_unlock(req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn get_unlock_key(
-        &self,
-        req: Request<pb::GetUnlockKeyRequest>,
-    ) -> Result<Response<pb::UnlockKeyResponse>, Status> {
-        let api = self.cluster(&req).await?;
-        api.get_unlock_key(req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn get_cluster(
-        &self,
-        req: Request<pb::Empty>,
-    ) -> Result<Response<pb::ClusterInfo>, Status> {
-        self.cluster(&req)
-            .await?
-            .get_cluster()
-            .await
-            .map(Response::new)
-    }
-    async fn update_cluster(
-        &self,
-        req: Request<pb::UpdateClusterRequest>,
-    ) -> Result<Response<pb::ClusterInfo>, Status> {
-        let api = self.cluster(&req).await?;
-        api.update_cluster(req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn get_join_tokens(
-        &self,
-        req: Request<pb::GetJoinTokensRequest>,
-    ) -> Result<Response<pb::JoinTokens>, Status> {
-        let api = self.cluster(&req).await?;
-        api.get_join_tokens(req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn list_nodes(
-        &self,
-        req: Request<pb::Empty>,
-    ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        self.cluster(&req)
-            .await?
-            .list_nodes()
-            .await
-            .map(Response::new)
-    }
-    async fn get_node(
-        &self,
-        req: Request<pb::GetNodeRequest>,
-    ) -> Result<Response<pb::Node>, Status> {
-        let api = self.cluster(&req).await?;
-        api.get_node(req.into_inner()).await.map(Response::new)
-    }
-    async fn update_node(
-        &self,
-        req: Request<pb::UpdateNodeRequest>,
-    ) -> Result<Response<pb::Node>, Status> {
-        let api = self.cluster(&req).await?;
-        api.update_node(req.into_inner()).await.map(Response::new)
-    }
-    async fn remove_node(
-        &self,
-        req: Request<pb::RemoveNodeRequest>,
-    ) -> Result<Response<pb::Empty>, Status> {
-        let api = self.cluster(&req).await?;
-        api.remove_node(req.into_inner()).await.map(Response::new)
-    }
-    async fn create_service(
-        &self,
-        req: Request<pb::ServiceSpecRequest>,
-    ) -> Result<Response<pb::JsonDoc>, Status> {
-        let api = self.cluster(&req).await?;
-        api.create_service(req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn update_service(
-        &self,
-        req: Request<pb::UpdateServiceRequest>,
-    ) -> Result<Response<pb::JsonDoc>, Status> {
-        let api = self.cluster(&req).await?;
-        api.update_service(req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn remove_service(
-        &self,
-        req: Request<pb::GetServiceRequest>,
-    ) -> Result<Response<pb::Empty>, Status> {
-        let api = self.cluster(&req).await?;
-        api.remove_service(req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn get_service(
-        &self,
-        req: Request<pb::GetServiceRequest>,
-    ) -> Result<Response<pb::JsonDoc>, Status> {
-        let api = self.cluster(&req).await?;
-        api.get_service(req.into_inner()).await.map(Response::new)
-    }
-    async fn list_services(
-        &self,
-        req: Request<pb::Empty>,
-    ) -> Result<Response<pb::JsonDoc>, Status> {
-        self.cluster(&req)
-            .await?
-            .list_services()
-            .await
-            .map(Response::new)
-    }
-    async fn create_network(
-        &self,
-        req: Request<pb::NetworkSpecRequest>,
-    ) -> Result<Response<pb::JsonDoc>, Status> {
-        let api = self.cluster(&req).await?;
-        api.create_network(req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn list_networks(
-        &self,
-        req: Request<pb::Empty>,
-    ) -> Result<Response<pb::JsonDoc>, Status> {
-        self.cluster(&req)
-            .await?
-            .list_networks()
-            .await
-            .map(Response::new)
-    }
-    async fn get_network(
-        &self,
-        req: Request<pb::GetNetworkRequest>,
-    ) -> Result<Response<pb::JsonDoc>, Status> {
-        let api = self.cluster(&req).await?;
-        api.get_network(req.into_inner()).await.map(Response::new)
-    }
-    async fn remove_network(
-        &self,
-        req: Request<pb::GetNetworkRequest>,
-    ) -> Result<Response<pb::Empty>, Status> {
-        let api = self.cluster(&req).await?;
-        api.remove_network(req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn list_tasks(
-        &self,
-        req: Request<pb::ListTasksRequest>,
-    ) -> Result<Response<pb::JsonDoc>, Status> {
-        let api = self.cluster(&req).await?;
-        api.list_tasks(req.into_inner()).await.map(Response::new)
-    }
-
-    // ---- secrets, configs and service logs (branch `sec`): thin wrappers over ControlApi.
-    async fn create_secret(
-        &self,
-        req: Request<pb::CreateFileObjectRequest>,
-    ) -> Result<Response<pb::FileObject>, Status> {
-        let api = self.cluster(&req).await?;
-        api.create_file_object(FileKind::Secret, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn list_secrets(
-        &self,
-        req: Request<pb::Empty>,
-    ) -> Result<Response<pb::ListFileObjectsResponse>, Status> {
-        let api = self.cluster(&req).await?;
-        api.list_file_objects(FileKind::Secret)
-            .await
-            .map(Response::new)
-    }
-    async fn get_secret(
-        &self,
-        req: Request<pb::GetFileObjectRequest>,
-    ) -> Result<Response<pb::FileObject>, Status> {
-        let api = self.cluster(&req).await?;
-        api.get_file_object(FileKind::Secret, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn remove_secret(
-        &self,
-        req: Request<pb::GetFileObjectRequest>,
-    ) -> Result<Response<pb::Empty>, Status> {
-        let api = self.cluster(&req).await?;
-        api.remove_file_object(FileKind::Secret, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn create_config(
-        &self,
-        req: Request<pb::CreateFileObjectRequest>,
-    ) -> Result<Response<pb::FileObject>, Status> {
-        let api = self.cluster(&req).await?;
-        api.create_file_object(FileKind::Config, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn list_configs(
-        &self,
-        req: Request<pb::Empty>,
-    ) -> Result<Response<pb::ListFileObjectsResponse>, Status> {
-        let api = self.cluster(&req).await?;
-        api.list_file_objects(FileKind::Config)
-            .await
-            .map(Response::new)
-    }
-    async fn get_config(
-        &self,
-        req: Request<pb::GetFileObjectRequest>,
-    ) -> Result<Response<pb::FileObject>, Status> {
-        let api = self.cluster(&req).await?;
-        api.get_file_object(FileKind::Config, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn remove_config(
-        &self,
-        req: Request<pb::GetFileObjectRequest>,
-    ) -> Result<Response<pb::Empty>, Status> {
-        let api = self.cluster(&req).await?;
-        api.remove_file_object(FileKind::Config, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    type ServiceLogsStream = manager::controlapi_logs::LogStream;
-    async fn service_logs(
-        &self,
-        req: Request<pb::ServiceLogsRequest>,
-    ) -> Result<Response<Self::ServiceLogsStream>, Status> {
-        let api = self.cluster(&req).await?;
-        api.service_logs(req.into_inner()).await.map(Response::new)
     }
 }
 
@@ -1562,11 +1249,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
         let _ = std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o600));
     }
     tracing::info!(socket = %cfg.socket.display(), "listening");
-    let svc = pb::control_server::ControlServer::new(ControlService {
-        node: node.clone(),
-        local: true,
-    })
-    .max_decoding_message_size(proto::limits::MAX_CONTROL_REQUEST_BYTES);
+    let svc = manager::controlapi_server::server(node.clone(), true);
     let local =
         pb::node_local_server::NodeLocalServer::new(NodeLocalService { node: node.clone() })
             .max_decoding_message_size(proto::limits::MAX_CONTROL_REQUEST_BYTES);

@@ -1,14 +1,13 @@
 //! The control API's cluster calls: validation, then a transaction through raft.
 //!
-//! Runs on the leader; on a follower each call is forwarded to the leader over mutual TLS with
-//! this manager's certificate, so the CLI can talk to any manager.
+//! Runs on the leader: a follower hands every call to the leader before it gets here
+//! ([`crate::controlapi_server::Forwarding`]), so the CLI can talk to any manager. Reads are
+//! linearizable; a call that finds this manager no longer leading ends as "not the leader".
 
 use std::sync::Arc;
 
 use proto::pb;
-use proto::pb::control_client::ControlClient;
 use proto::security::{JoinToken, Role};
-use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::manager::{now_ms, pb_node, update_with_retry, Manager};
@@ -47,23 +46,7 @@ impl ControlApi {
         ControlApi { mgr }
     }
 
-    /// `Some(client)` when the call must go to the leader.
-    pub(crate) fn leader_client(&self) -> Result<Option<ControlClient<Channel>>, Status> {
-        self.leader()
-    }
-
-    fn leader(&self) -> Result<Option<ControlClient<Channel>>, Status> {
-        if self.mgr.is_leader() {
-            Ok(None)
-        } else {
-            Ok(Some(ControlClient::new(self.mgr.leader_channel()?)))
-        }
-    }
-
     pub async fn get_cluster(&self) -> Result<pb::ClusterInfo, Status> {
-        if let Some(mut c) = self.leader()? {
-            return Ok(c.get_cluster(pb::Empty {}).await?.into_inner());
-        }
         self.mgr.linearizable().await?;
         self.mgr
             .store
@@ -74,9 +57,6 @@ impl ControlApi {
         &self,
         req: pb::UpdateClusterRequest,
     ) -> Result<pb::ClusterInfo, Status> {
-        if let Some(mut c) = self.leader()? {
-            return Ok(c.update_cluster(req).await?.into_inner());
-        }
         validate_settings(req.heartbeat_period_ms, req.cert_expiry_ms)?;
         ControlApi::validate_autolock(req.autolock)?;
         let fresh_unlock_key = self.new_sealed_unlock_key()?;
@@ -107,9 +87,6 @@ impl ControlApi {
         &self,
         req: pb::GetJoinTokensRequest,
     ) -> Result<pb::JoinTokens, Status> {
-        if let Some(mut c) = self.leader()? {
-            return Ok(c.get_join_tokens(req).await?.into_inner());
-        }
         if req.rotate_worker || req.rotate_manager {
             update_with_retry(&self.mgr, |d| {
                 let mut c = cluster_of(d)?;
@@ -139,9 +116,6 @@ impl ControlApi {
     }
 
     pub async fn list_nodes(&self) -> Result<pb::ListNodesResponse, Status> {
-        if let Some(mut c) = self.leader()? {
-            return Ok(c.list_nodes(pb::Empty {}).await?.into_inner());
-        }
         self.mgr.linearizable().await?;
         let leader = self.mgr.leader_id();
         Ok(self.mgr.store.view(|d| pb::ListNodesResponse {
@@ -150,9 +124,6 @@ impl ControlApi {
     }
 
     pub async fn get_node(&self, req: pb::GetNodeRequest) -> Result<pb::Node, Status> {
-        if let Some(mut c) = self.leader()? {
-            return Ok(c.get_node(req).await?.into_inner());
-        }
         self.mgr.linearizable().await?;
         let leader = self.mgr.leader_id();
         self.mgr.store.view(|d| {
@@ -163,9 +134,6 @@ impl ControlApi {
     }
 
     pub async fn update_node(&self, req: pb::UpdateNodeRequest) -> Result<pb::Node, Status> {
-        if let Some(mut c) = self.leader()? {
-            return Ok(c.update_node(req).await?.into_inner());
-        }
         let availability = match req.availability.as_str() {
             "" => None,
             s => Some(Availability::parse(s).ok_or_else(|| {
@@ -249,9 +217,6 @@ impl ControlApi {
     }
 
     pub async fn remove_node(&self, req: pb::RemoveNodeRequest) -> Result<pb::Empty, Status> {
-        if let Some(mut c) = self.leader()? {
-            return Ok(c.remove_node(req).await?.into_inner());
-        }
         update_with_retry(&self.mgr, |d| {
             let n = d
                 .find_node(&req.id)

@@ -46,9 +46,6 @@ impl ControlApi {
         &self,
         req: pb::GetUnlockKeyRequest,
     ) -> Result<pb::UnlockKeyResponse, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(c.get_unlock_key(req).await?.into_inner());
-        }
         if req.rotate {
             let fresh = self.new_sealed_unlock_key()?;
             update_with_retry(&self.mgr, |d| {

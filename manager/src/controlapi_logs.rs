@@ -111,10 +111,6 @@ fn warning(node_id: &str, hostname: &str, what: &str) -> pb::LogMessage {
 
 impl ControlApi {
     pub async fn service_logs(&self, req: pb::ServiceLogsRequest) -> Result<LogStream, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            let s = c.service_logs(req).await?.into_inner();
-            return Ok(Box::pin(s));
-        }
         self.mgr.linearizable().await?;
         let (infos, nodes) = self.mgr.store.view(|d| resolve(d, &req.target))?;
         let mgr = self.mgr.clone();

@@ -161,9 +161,6 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<pb::JsonDoc, Status> {
 
 impl ControlApi {
     pub async fn create_network(&self, req: pb::NetworkSpecRequest) -> Result<pb::JsonDoc, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(c.create_network(req).await?.into_inner());
-        }
         let spec = parse_spec(&req.spec_json)?;
         validate_spec(&spec)?;
         let id = random_id(25);
@@ -183,9 +180,6 @@ impl ControlApi {
     }
 
     pub async fn list_networks(&self) -> Result<pb::JsonDoc, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(c.list_networks(pb::Empty {}).await?.into_inner());
-        }
         self.mgr.linearizable().await?;
         self.mgr.store.view(|d| {
             let v: Vec<NetworkView> = d.networks.values().map(|n| network_view(d, n)).collect();
@@ -194,9 +188,6 @@ impl ControlApi {
     }
 
     pub async fn get_network(&self, req: pb::GetNetworkRequest) -> Result<pb::JsonDoc, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(c.get_network(req).await?.into_inner());
-        }
         self.mgr.linearizable().await?;
         self.mgr
             .store
@@ -204,9 +195,6 @@ impl ControlApi {
     }
 
     pub async fn remove_network(&self, req: pb::GetNetworkRequest) -> Result<pb::Empty, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(c.remove_network(req).await?.into_inner());
-        }
         update_with_retry(&self.mgr, |d| {
             let n = find_network(d, &req.id)?;
             check_remove(d, n)?;

@@ -52,13 +52,6 @@ impl ControlApi {
         kind: FileKind,
         req: pb::CreateFileObjectRequest,
     ) -> Result<pb::FileObject, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(match kind {
-                FileKind::Secret => c.create_secret(req).await?,
-                FileKind::Config => c.create_config(req).await?,
-            }
-            .into_inner());
-        }
         secrets::validate_name(kind, &req.name).map_err(Status::invalid_argument)?;
         secrets::validate_data(kind, &req.data).map_err(Status::invalid_argument)?;
         proto::limits::check_labels(
@@ -139,13 +132,6 @@ impl ControlApi {
         &self,
         kind: FileKind,
     ) -> Result<pb::ListFileObjectsResponse, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(match kind {
-                FileKind::Secret => c.list_secrets(pb::Empty {}).await?,
-                FileKind::Config => c.list_configs(pb::Empty {}).await?,
-            }
-            .into_inner());
-        }
         self.mgr.linearizable().await?;
         Ok(self.mgr.store.view(|d| pb::ListFileObjectsResponse {
             objects: kind
@@ -161,13 +147,6 @@ impl ControlApi {
         kind: FileKind,
         req: pb::GetFileObjectRequest,
     ) -> Result<pb::FileObject, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(match kind {
-                FileKind::Secret => c.get_secret(req).await?,
-                FileKind::Config => c.get_config(req).await?,
-            }
-            .into_inner());
-        }
         self.mgr.linearizable().await?;
         self.mgr.store.view(|d| {
             let o = secrets::find(d, kind, &req.id).map_err(Status::not_found)?;
@@ -191,13 +170,6 @@ impl ControlApi {
         kind: FileKind,
         req: pb::GetFileObjectRequest,
     ) -> Result<pb::Empty, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(match kind {
-                FileKind::Secret => c.remove_secret(req).await?,
-                FileKind::Config => c.remove_config(req).await?,
-            }
-            .into_inner());
-        }
         update_with_retry(&self.mgr, |d| {
             let o = secrets::find(d, kind, &req.id).map_err(Status::not_found)?;
             let users = secrets::users(d, kind, &o.name);

@@ -252,9 +252,6 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<pb::JsonDoc, Status> {
 
 impl ControlApi {
     pub async fn create_service(&self, req: pb::ServiceSpecRequest) -> Result<pb::JsonDoc, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(c.create_service(req).await?.into_inner());
-        }
         let spec = parse_spec(&req.spec_json)?;
         validate_spec(&spec)?;
         let id = random_id(25);
@@ -297,9 +294,6 @@ impl ControlApi {
         &self,
         req: pb::UpdateServiceRequest,
     ) -> Result<pb::JsonDoc, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(c.update_service(req).await?.into_inner());
-        }
         let new_spec = if req.rollback {
             None
         } else {
@@ -382,9 +376,6 @@ impl ControlApi {
     }
 
     pub async fn remove_service(&self, req: pb::GetServiceRequest) -> Result<pb::Empty, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(c.remove_service(req).await?.into_inner());
-        }
         update_with_retry(&self.mgr, |d| {
             let s = find_service(d, &req.id)?;
             let mut ops = vec![Op::Delete {
@@ -410,9 +401,6 @@ impl ControlApi {
     }
 
     pub async fn get_service(&self, req: pb::GetServiceRequest) -> Result<pb::JsonDoc, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(c.get_service(req).await?.into_inner());
-        }
         self.mgr.linearizable().await?;
         self.mgr
             .store
@@ -420,9 +408,6 @@ impl ControlApi {
     }
 
     pub async fn list_services(&self) -> Result<pb::JsonDoc, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(c.list_services(pb::Empty {}).await?.into_inner());
-        }
         self.mgr.linearizable().await?;
         self.mgr.store.view(|d| {
             let v: Vec<ServiceView> = d.services.values().map(|s| service_view(d, s)).collect();
@@ -431,9 +416,6 @@ impl ControlApi {
     }
 
     pub async fn list_tasks(&self, req: pb::ListTasksRequest) -> Result<pb::JsonDoc, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(c.list_tasks(req).await?.into_inner());
-        }
         self.mgr.linearizable().await?;
         let desired = match req.desired_state.as_str() {
             "" => None,

@@ -15,6 +15,7 @@ pub mod controlapi_keys;
 pub mod controlapi_logs;
 pub mod controlapi_networks;
 pub mod controlapi_secrets;
+pub mod controlapi_server;
 pub mod controlapi_services;
 pub mod dispatcher;
 pub mod keys;
