@@ -560,7 +560,6 @@ impl Node {
             unlock_key: String::new(),
         })
     }
-
 }
 
 /// A manager's raft term and state, read from one metrics snapshot so that they agree.
@@ -662,7 +661,6 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-
 }
 
 fn already_in_swarm() -> Status {

@@ -10,6 +10,7 @@ use proto::pb;
 use proto::security::{JoinToken, Role};
 use tonic::Status;
 
+use crate::error::ApiError;
 use crate::manager::{now_ms, pb_node, update_with_retry, Manager};
 use crate::store::{Availability, Kind, NodeState, Object, Op, StoreData, Txn};
 
@@ -38,7 +39,7 @@ fn pb_cluster(c: &crate::store::Cluster) -> pb::ClusterInfo {
 fn cluster_of(d: &StoreData) -> Result<crate::store::Cluster, Status> {
     d.cluster
         .clone()
-        .ok_or_else(|| Status::failed_precondition("the swarm is not initialised yet"))
+        .ok_or_else(|| ApiError::NotInitialised.into())
 }
 
 impl ControlApi {
@@ -93,7 +94,7 @@ impl ControlApi {
                 let digest = c
                     .root_ca
                     .digest()
-                    .map_err(|e| Status::internal(e.to_string()))?;
+                    .map_err(|e| ApiError::internal("reading the root CA", e))?;
                 if req.rotate_worker {
                     c.worker_token = JoinToken::generate(&digest).to_string();
                 }
@@ -129,7 +130,7 @@ impl ControlApi {
         self.mgr.store.view(|d| {
             d.find_node(&req.id)
                 .map(|n| pb_node(n, leader))
-                .map_err(|e| Status::not_found(e.to_string()))
+                .map_err(|e| ApiError::from(e).into())
         })
     }
 
@@ -137,22 +138,23 @@ impl ControlApi {
         let availability = match req.availability.as_str() {
             "" => None,
             s => Some(Availability::parse(s).ok_or_else(|| {
-                Status::invalid_argument(format!(
+                ApiError::InvalidArgument(format!(
                     "invalid availability {s:?}: expected active, pause or drain"
                 ))
             })?),
         };
         let role = match req.desired_role.as_str() {
             "" => None,
-            s => Some(s.parse::<Role>().map_err(Status::invalid_argument)?),
+            s => Some(s.parse::<Role>().map_err(ApiError::InvalidArgument)?),
         };
         let mut adds = Vec::new();
         for l in &req.label_add {
             let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
             if k.is_empty() {
-                return Err(Status::invalid_argument(format!(
+                return Err(ApiError::InvalidArgument(format!(
                     "invalid label {l:?}: expected key=value"
-                )));
+                ))
+                .into());
             }
             adds.push((k.to_string(), v.to_string()));
         }
@@ -160,13 +162,10 @@ impl ControlApi {
             "node label",
             adds.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         )
-        .map_err(Status::invalid_argument)?;
+        .map_err(ApiError::InvalidArgument)?;
         let mut id = String::new();
         update_with_retry(&self.mgr, |d| {
-            let mut n = d
-                .find_node(&req.id)
-                .map_err(|e| Status::not_found(e.to_string()))?
-                .clone();
+            let mut n = d.find_node(&req.id).map_err(ApiError::from)?.clone();
             id = n.id.clone();
             if let Some(a) = availability {
                 n.availability = a;
@@ -179,20 +178,22 @@ impl ControlApi {
                         .filter(|m| m.desired_role == Role::Manager)
                         .count();
                     if managers <= 1 {
-                        return Err(Status::failed_precondition(format!(
+                        return Err(ApiError::FailedPrecondition(format!(
                             "node {} is the last manager of the swarm and cannot be demoted",
                             n.id
-                        )));
+                        ))
+                        .into());
                     }
                 }
                 n.desired_role = r;
             }
             for k in &req.label_rm {
                 if n.labels.remove(k).is_none() {
-                    return Err(Status::invalid_argument(format!(
+                    return Err(ApiError::InvalidArgument(format!(
                         "label {k:?} does not exist on node {}",
                         n.id
-                    )));
+                    ))
+                    .into());
                 }
             }
             for (k, v) in &adds {
@@ -202,17 +203,20 @@ impl ControlApi {
                 "node label",
                 n.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
             )
-            .map_err(Status::invalid_argument)?;
+            .map_err(ApiError::InvalidArgument)?;
             n.updated_at_ms = now_ms();
             Ok(Txn::new(vec![Op::Update(Object::Node(n))]))
         })
         .await?;
         let leader = self.mgr.leader_id();
         self.mgr.store.view(|d| {
-            d.nodes
-                .get(&id)
-                .map(|n| pb_node(n, leader))
-                .ok_or_else(|| Status::not_found(format!("node {id} not found")))
+            d.nodes.get(&id).map(|n| pb_node(n, leader)).ok_or_else(|| {
+                ApiError::NotFound {
+                    kind: "node",
+                    name: id.clone(),
+                }
+                .into()
+            })
         })
     }
 
@@ -220,18 +224,18 @@ impl ControlApi {
         update_with_retry(&self.mgr, |d| {
             let n = d
                 .find_node(&req.id)
-                .map_err(|e| Status::not_found(e.to_string()))?;
+                .map_err(ApiError::from)?;
             if n.role == Role::Manager || n.desired_role == Role::Manager {
-                return Err(Status::failed_precondition(format!(
+                return Err(ApiError::FailedPrecondition(format!(
                     "node {} is a cluster manager and a member of the raft cluster; demote it to worker before removal",
                     n.id
-                )));
+                )).into());
             }
             if n.state != NodeState::Down && !req.force {
-                return Err(Status::failed_precondition(format!(
+                return Err(ApiError::FailedPrecondition(format!(
                     "node {} is not down and can't be removed; stop it first or use --force",
                     n.id
-                )));
+                )).into());
             }
             let mut c = cluster_of(d)?;
             c.removed_nodes.insert(n.id.clone());

@@ -21,6 +21,7 @@ use tonic::Status;
 use crate::controlapi::ControlApi;
 use crate::controlapi_services::find_service;
 use crate::dispatcher::LOG_QUEUE;
+use crate::error::ApiError;
 use crate::store::{NodeState, StoreData, Task};
 
 pub type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogMessage, Status>> + Send>>;
@@ -62,9 +63,9 @@ fn resolve(d: &StoreData, target: &str) -> Result<Resolved, Status> {
                 }
                 1 => by_prefix,
                 _ => {
-                    return Err(Status::invalid_argument(format!(
-                        "task {target} is ambiguous"
-                    )))
+                    return Err(
+                        ApiError::InvalidArgument(format!("task {target} is ambiguous")).into(),
+                    )
                 }
             }
         }

@@ -42,7 +42,13 @@ pub trait NodeCalls: Send + Sync + 'static {
 }
 
 /// The node's calls: served here and never forwarded.
-const NODE_CALLS: &[&str] = &["SwarmInit", "SwarmJoin", "SwarmLeave", "SwarmUnlock", "Info"];
+const NODE_CALLS: &[&str] = &[
+    "SwarmInit",
+    "SwarmJoin",
+    "SwarmLeave",
+    "SwarmUnlock",
+    "Info",
+];
 
 /// Request header that counts how often a call has been forwarded: a manager whose view of the
 /// leader is stale forwards to a manager that forwards again; a few hops settle an election,

@@ -8,6 +8,7 @@ use proto::spec::{EndpointMode, ServiceMode, ServiceSpec, TaskState};
 use tonic::Status;
 
 use crate::controlapi::ControlApi;
+use crate::error::ApiError;
 use crate::manager::{now_ms, update_with_retry};
 use crate::store::Availability;
 use crate::store::{
@@ -19,18 +20,19 @@ const MAX_SPEC_BYTES: usize = 256 * 1024;
 
 fn parse_spec(json: &str) -> Result<ServiceSpec, Status> {
     if json.len() > MAX_SPEC_BYTES {
-        return Err(Status::invalid_argument(format!(
+        return Err(ApiError::InvalidArgument(format!(
             "service spec is {} bytes; the limit is {MAX_SPEC_BYTES}",
             json.len()
-        )));
+        ))
+        .into());
     }
-    serde_json::from_str(json)
-        .map_err(|e| Status::invalid_argument(format!("malformed service spec: {e}")))
+    Ok(serde_json::from_str(json)
+        .map_err(|e| ApiError::InvalidArgument(format!("malformed service spec: {e}")))?)
 }
 
 /// Reject what Swarm rejects, with the field named.
 pub fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
-    let bad = |m: String| Err(Status::invalid_argument(m));
+    let bad = |m: String| Err(ApiError::InvalidArgument(m.into()).into());
     let name = &spec.name;
     let name_ok = !name.is_empty()
         && name.len() <= 63
@@ -50,9 +52,9 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
         return bad("an image is required".into());
     }
     proto::reference::parse_normalized(&spec.task.image)
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    proto::limits::check_service_spec(spec).map_err(Status::invalid_argument)?;
-    proto::limits::check_user(&spec.task.user).map_err(Status::invalid_argument)?;
+        .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+    proto::limits::check_service_spec(spec).map_err(ApiError::InvalidArgument)?;
+    proto::limits::check_user(&spec.task.user).map_err(ApiError::InvalidArgument)?;
     if let ServiceMode::ReplicatedJob {
         max_concurrent,
         total_completions,
@@ -64,7 +66,7 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
     }
     for c in &spec.task.placement.constraints {
         crate::scheduler::constraint::Constraint::parse(c)
-            .map_err(|e| Status::invalid_argument(format!("invalid constraint {c:?}: {e}")))?;
+            .map_err(|e| ApiError::InvalidArgument(format!("invalid constraint {c:?}: {e}")))?;
     }
     for p in &spec.task.placement.preferences {
         if p.strip_prefix("spread=node.labels.")
@@ -95,7 +97,7 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
 
 /// Published ports and network attachments, as far as they can be checked without the store.
 fn validate_endpoint(spec: &ServiceSpec) -> Result<(), Status> {
-    let bad = |m: String| Err(Status::invalid_argument(m));
+    let bad = |m: String| Err(ApiError::InvalidArgument(m.into()).into());
     for (i, p) in spec.endpoint.ports.iter().enumerate() {
         if p.target_port == 0 {
             return bad("--publish: the target port must be between 1 and 65535".into());
@@ -132,19 +134,24 @@ fn validate_endpoint(spec: &ServiceSpec) -> Result<(), Status> {
 pub fn resolve_networks(d: &StoreData, spec: &mut ServiceSpec) -> Result<(), Status> {
     let mut seen = std::collections::BTreeSet::new();
     for a in &mut spec.task.networks {
-        let n = crate::controlapi_networks::find_network(d, &a.target)
-            .map_err(|_| Status::not_found(format!("network {} not found", a.target)))?;
+        let n = crate::controlapi_networks::find_network(d, &a.target).map_err(|_| {
+            ApiError::NotFound {
+                kind: "network",
+                name: a.target.clone(),
+            }
+        })?;
         if n.spec.ingress {
-            return Err(Status::invalid_argument(format!(
+            return Err(ApiError::InvalidArgument(format!(
                 "network {} is the routing mesh and cannot be joined with --network; publish a port instead",
                 a.target
-            )));
+            )).into());
         }
         if !seen.insert(n.id.clone()) {
-            return Err(Status::invalid_argument(format!(
+            return Err(ApiError::InvalidArgument(format!(
                 "--network: network {} is given more than once",
                 a.target
-            )));
+            ))
+            .into());
         }
         a.target = n.id.clone();
     }
@@ -155,8 +162,8 @@ fn alloc_status(e: crate::allocator::AllocError) -> Status {
     use crate::allocator::AllocError;
     match e {
         AllocError::PortInUse { .. } => Status::already_exists(e.to_string()),
-        AllocError::PortReserved { .. } => Status::invalid_argument(e.to_string()),
-        _ => Status::failed_precondition(e.to_string()),
+        AllocError::PortReserved { .. } => ApiError::InvalidArgument(e.to_string()).into(),
+        _ => ApiError::FailedPrecondition(e.to_string()).into(),
     }
 }
 
@@ -171,10 +178,17 @@ fn with_spec(d: &StoreData, s: &mut Service, mut spec: ServiceSpec) -> Result<()
 
 pub(crate) fn find_service<'a>(d: &'a StoreData, key: &str) -> Result<&'a Service, Status> {
     crate::store::find_by_key(&d.services, key, |s| &s.spec.name).map_err(|miss| match miss {
-        crate::store::Miss::NotFound => Status::not_found(format!("service {key} not found")),
-        crate::store::Miss::Ambiguous => {
-            Status::invalid_argument(format!("service {key} is ambiguous"))
+        crate::store::Miss::NotFound => ApiError::NotFound {
+            kind: "service",
+            name: key.into(),
         }
+        .into(),
+        crate::store::Miss::Ambiguous => ApiError::Ambiguous {
+            kind: "service",
+            name: key.into(),
+            hint: "",
+        }
+        .into(),
     })
 }
 
@@ -246,7 +260,7 @@ pub fn service_view(d: &StoreData, s: &Service) -> ServiceView {
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<pb::JsonDoc, Status> {
     Ok(pb::JsonDoc {
-        json: serde_json::to_string(v).map_err(|e| Status::internal(e.to_string()))?,
+        json: serde_json::to_string(v).map_err(|e| ApiError::internal("encoding the answer", e))?,
     })
 }
 
@@ -269,11 +283,14 @@ impl ControlApi {
         };
         let name = spec.name.clone();
         update_with_retry(&self.mgr, |d| {
-            crate::secrets::check_refs(d, &spec.task).map_err(Status::invalid_argument)?;
+            crate::secrets::check_refs(d, &spec.task).map_err(ApiError::InvalidArgument)?;
             if d.services.values().any(|s| s.spec.name == name) {
-                return Err(Status::already_exists(format!(
-                    "service {name} already exists"
-                )));
+                return Err(ApiError::AlreadyExists {
+                    kind: "service",
+                    name: name.clone(),
+                    hint: "",
+                }
+                .into());
             }
             crate::limits::check_task_limits(d, &spec, None)?;
             let mut service = service.clone();
@@ -285,7 +302,7 @@ impl ControlApi {
             let s = d
                 .services
                 .get(&id)
-                .ok_or_else(|| Status::internal("service vanished"))?;
+                .ok_or_else(|| ApiError::internal("reading the new service", "service vanished"))?;
             to_json(&service_view(d, s))
         })
     }
@@ -307,16 +324,17 @@ impl ControlApi {
             let mut s = find_service(d, &req.id)?.clone();
             id = s.id.clone();
             if req.version != 0 && req.version != s.version {
-                return Err(Status::aborted(format!(
+                return Err(ApiError::Conflict(format!(
                     "service {} changed since it was read (version {} now {}); retry",
                     s.spec.name, req.version, s.version
-                )));
+                ))
+                .into());
             }
             let now = now_ms();
             let (spec, state) = match &new_spec {
                 None => {
                     let prev = s.previous_spec.clone().ok_or_else(|| {
-                        Status::failed_precondition(format!(
+                        ApiError::FailedPrecondition(format!(
                             "service {} has no previous spec to roll back to",
                             s.spec.name
                         ))
@@ -324,21 +342,24 @@ impl ControlApi {
                     (prev, UpdateState::RollbackStarted)
                 }
                 Some(n) => {
-                    crate::secrets::check_refs(d, &n.task).map_err(Status::invalid_argument)?;
+                    crate::secrets::check_refs(d, &n.task).map_err(ApiError::InvalidArgument)?;
                     if n.name != s.spec.name
                         && d.services
                             .values()
                             .any(|o| o.spec.name == n.name && o.id != s.id)
                     {
-                        return Err(Status::already_exists(format!(
-                            "service {} already exists",
-                            n.name
-                        )));
+                        return Err(ApiError::AlreadyExists {
+                            kind: "service",
+                            name: n.name.clone(),
+                            hint: "",
+                        }
+                        .into());
                     }
                     if std::mem::discriminant(&n.mode) != std::mem::discriminant(&s.spec.mode) {
-                        return Err(Status::invalid_argument(
-                            "the service mode cannot be changed",
-                        ));
+                        return Err(ApiError::InvalidArgument(
+                            "the service mode cannot be changed".into(),
+                        )
+                        .into());
                     }
                     (n.clone(), UpdateState::Updating)
                 }
@@ -423,9 +444,10 @@ impl ControlApi {
             "shutdown" => Some(TaskState::Shutdown),
             "accepted" => Some(TaskState::Accepted),
             other => {
-                return Err(Status::invalid_argument(format!(
+                return Err(ApiError::InvalidArgument(format!(
                     "invalid desired-state filter {other:?}: use running, shutdown or accepted"
-                )))
+                ))
+                .into())
             }
         };
         self.mgr.store.view(|d| {
@@ -435,12 +457,7 @@ impl ControlApi {
             };
             let node = match req.node.as_str() {
                 "" => None,
-                key => Some(
-                    d.find_node(key)
-                        .map_err(|e| Status::not_found(e.to_string()))?
-                        .id
-                        .clone(),
-                ),
+                key => Some(d.find_node(key).map_err(ApiError::from)?.id.clone()),
             };
             let tasks: Box<dyn Iterator<Item = &crate::store::Task>> = match &service {
                 Some(sid) => Box::new(d.service_tasks(sid)),

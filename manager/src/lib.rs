@@ -18,6 +18,7 @@ pub mod controlapi_secrets;
 pub mod controlapi_server;
 pub mod controlapi_services;
 pub mod dispatcher;
+pub mod error;
 pub mod keys;
 pub mod limits;
 pub mod manager;
