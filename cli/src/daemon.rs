@@ -14,16 +14,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use manager::controlapi::validate_settings;
 use manager::controlapi_server::NodeCalls;
 use manager::keys::{Kek, KeyFile, UnlockKey};
 use manager::manager::{now_ms, ExtraRoutes};
 use manager::raft::RaftTuning;
-use manager::store::{Cluster, Node as StoreNode, NodeDescription, NodeState, Object, Op, Txn};
 use manager::{Manager, ManagerConfig};
 use proto::pb;
 use proto::pb::ca_client::CaClient;
-use proto::security::{digest_pem, new_key_and_csr, random_id, JoinToken, Role, RootCa};
+use proto::security::{digest_pem, new_key_and_csr, JoinToken, Role};
 use proto::transport::{client_config, tls_channel, Credentials, Identity};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Mutex};
@@ -32,7 +30,7 @@ use tonic::{Request, Response, Status};
 use worker::agent::{Agent, AgentConfig, AgentEvent};
 
 pub const DEFAULT_PORT: u16 = 2377;
-pub const DEFAULT_CERT_EXPIRY: Duration = Duration::from_secs(90 * 24 * 3600);
+pub use manager::bootstrap::DEFAULT_CERT_EXPIRY;
 
 #[derive(Clone, Debug)]
 pub struct DaemonConfig {
@@ -798,83 +796,40 @@ impl NodeCalls for Node {
             }
             return Err(already_in_swarm());
         }
-        validate_settings(r.heartbeat_period_ms, r.cert_expiry_ms)?;
-        let (addr_pool, addr_pool_mask) =
-            manager::allocator::validate_pool(&r.default_addr_pool, r.default_addr_pool_mask_len)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let listen = parse_listen(&r.listen_addr)?;
         let advertise = resolve_advertise(&r.advertise_addr, listen)?;
-        let cluster_id = random_id(25);
-        let node_id = random_id(25);
-        let raft_id = (rand::random::<u64>() >> 1).max(1);
-        let ca = RootCa::generate(&cluster_id).map_err(status_internal)?;
-        let digest = ca.digest().map_err(status_internal)?;
-        let kek = Kek::generate().map_err(status_internal)?;
-        let unlock_key = if r.autolock {
-            Some(UnlockKey::generate().map_err(status_internal)?)
-        } else {
-            None
-        };
-        let now = now_ms();
-        let mut cluster = Cluster {
-            id: cluster_id.clone(),
-            version: 0,
-            created_at_ms: now,
-            root_ca: ca,
-            worker_token: JoinToken::generate(&digest).to_string(),
-            manager_token: JoinToken::generate(&digest).to_string(),
-            heartbeat_period_ms: if r.heartbeat_period_ms == 0 {
-                manager::dispatcher::DEFAULT_HEARTBEAT.as_millis() as u64
-            } else {
-                r.heartbeat_period_ms
+        let first = manager::bootstrap::first_objects(
+            &manager::bootstrap::Settings {
+                heartbeat_period_ms: r.heartbeat_period_ms,
+                cert_expiry_ms: r.cert_expiry_ms,
+                default_addr_pool: r.default_addr_pool.clone(),
+                default_addr_pool_mask_len: r.default_addr_pool_mask_len,
+                autolock: r.autolock,
             },
-            cert_expiry_ms: if r.cert_expiry_ms == 0 {
-                DEFAULT_CERT_EXPIRY.as_millis() as u64
-            } else {
-                r.cert_expiry_ms
+            &manager::bootstrap::FirstNode {
+                hostname: self.cfg.hostname.clone(),
+                advertise_addr: advertise.clone(),
+                local_addrs: local_ipv4_addrs(),
+                nano_cpus: self.cfg.nano_cpus,
+                memory_bytes: self.cfg.memory_bytes,
             },
-            removed_nodes: Default::default(),
-            rebalance_on_join: false,
-            default_addr_pool: addr_pool,
-            default_addr_pool_mask_len: addr_pool_mask,
-            unlock_key: unlock_key
-                .as_ref()
-                .map(|u| kek.seal_unlock_key(u))
-                .transpose()
-                .map_err(status_internal)?,
-            limits: Default::default(),
-        };
-        let ingress = manager::allocator::ingress_network(
-            &cluster.default_addr_pool,
-            cluster.default_addr_pool_mask_len,
-            random_id(25),
-            now,
-        )
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let (key_pem, csr) = new_key_and_csr().map_err(status_internal)?;
-        let (cert_pem, not_after) = manager::ca::issue(&cluster, &csr, &node_id, Role::Manager)?;
-        let identity = Identity::new(&cert_pem, &key_pem, &cluster.root_ca.cert_pem)
+            now_ms(),
+        )?;
+        let (node_id, cluster_id) = (first.node.id.clone(), first.cluster.id.clone());
+        first
+            .key_file
+            .save(&self.paths().4)
             .map_err(status_internal)?;
-        // From here on the CA key exists only sealed; the KEK goes to this manager's key
-        // file (wrapped with the unlock key under autolock).
-        cluster.root_ca = kek
-            .seal_root_ca(&cluster.root_ca)
-            .map_err(status_internal)?;
-        let key_file = match &unlock_key {
-            Some(u) => KeyFile::locked(&kek, u).map_err(status_internal)?,
-            None => KeyFile::Clear(kek.clone()),
-        };
-        key_file.save(&self.paths().4).map_err(status_internal)?;
-        self.set_kek(Some(kek));
+        self.set_kek(Some(first.kek.clone()));
         let st = NodeFile {
             node_id: node_id.clone(),
-            raft_id,
+            raft_id: first.node.raft_id,
             cluster_id: cluster_id.clone(),
             listen_addr: listen,
             advertise_addr: advertise.clone(),
             managers: vec![advertise.clone()],
         };
-        self.creds.set(Some(identity.clone()));
+        self.creds.set(Some(first.identity.clone()));
         let mgr = match self.start_manager(&st).await {
             Ok(m) => m,
             Err(e) => {
@@ -882,69 +837,29 @@ impl NodeCalls for Node {
                 return Err(Status::failed_precondition(e.to_string()));
             }
         };
-        let fail = |e: String| Status::internal(format!("swarm init failed: {e}"));
-        let res: Result<(), Status> = async {
-            mgr.initialize().await.map_err(|e| fail(e.to_string()))?;
-            mgr.wait_for_leader(Duration::from_secs(10))
-                .await
-                .ok_or_else(|| fail("no leader elected".into()))?;
-            let node = StoreNode {
-                id: node_id.clone(),
-                version: 0,
-                raft_id,
-                role: Role::Manager,
-                desired_role: Role::Manager,
-                availability: Default::default(),
-                labels: Default::default(),
-                description: NodeDescription {
-                    hostname: self.cfg.hostname.clone(),
-                    addr: advertise.clone(),
-                    platform: format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
-                    engine_version: env!("CARGO_PKG_VERSION").into(),
-                    nano_cpus: self.cfg.nano_cpus,
-                    memory_bytes: self.cfg.memory_bytes,
-                },
-                state: NodeState::Ready,
-                status_message: String::new(),
-                created_at_ms: now,
-                updated_at_ms: now,
-                cert_not_after_ms: not_after,
-                // Given by the leader's allocator pass once the node exists.
-                ingress_addr: None,
-            };
-            cluster.version = 0;
-            mgr.propose(Txn::new(vec![
-                Op::Create(Object::Cluster(cluster.clone())),
-                Op::Create(Object::Network(ingress.clone())),
-                Op::Create(Object::Node(node)),
-            ]))
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-            Ok(())
-        }
-        .await;
-        if let Err(e) = res {
+        if let Err(e) = manager::bootstrap::commit(&mgr, &first).await {
             mgr.shutdown().await;
             self.creds.set(None);
             let _ = std::fs::remove_dir_all(self.paths().4);
             return Err(e);
         }
-        self.save_identity(&identity).map_err(status_internal)?;
+        self.save_identity(&first.identity)
+            .map_err(status_internal)?;
         self.save_state(&st).map_err(status_internal)?;
         inner.manager = Some(mgr);
         self.start_agent(
             &mut inner,
             &st,
-            Duration::from_millis(cluster.heartbeat_period_ms),
+            Duration::from_millis(first.cluster.heartbeat_period_ms),
         );
         inner.state = Some(st);
         tracing::info!(node = %node_id, cluster = %cluster_id, "swarm initialised");
         let join = |t: &str| format!("shoal swarm join --token {t} {advertise}");
         Ok(pb::SwarmInitResponse {
             node_id,
-            worker_join_command: join(&cluster.worker_token),
-            manager_join_command: join(&cluster.manager_token),
-            unlock_key: unlock_key.map(|u| u.to_string()).unwrap_or_default(),
+            worker_join_command: join(&first.cluster.worker_token),
+            manager_join_command: join(&first.cluster.manager_token),
+            unlock_key: first.unlock_key.map(|u| u.to_string()).unwrap_or_default(),
         })
     }
 

@@ -4,7 +4,7 @@
 use proto::api::{EndpointView, ServiceView, TaskView, UpdateStatusView, VirtualIpView};
 use proto::pb;
 use proto::security::random_id;
-use proto::spec::{EndpointMode, ServiceMode, ServiceSpec, TaskState};
+use proto::spec::{EndpointMode, Mount, MountKind, ServiceMode, ServiceSpec, TaskState};
 use tonic::Status;
 
 use crate::controlapi::ControlApi;
@@ -92,7 +92,86 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
         return bad(format!("invalid --stop-signal {:?}", spec.task.stop_signal));
     }
     crate::limits::validate_spec_durations(spec)?;
+    validate_mounts(&spec.task.mounts)?;
     validate_endpoint(spec)
+}
+
+/// What a node would refuse of a mount, refused here: an API client that is not the CLI gets
+/// a one-line error at create or update instead of tasks that are REJECTED on every node.
+/// (Whether a bind source exists is the node's to say.)
+pub fn validate_mounts(mounts: &[Mount]) -> Result<(), ApiError> {
+    let mut targets = std::collections::BTreeSet::new();
+    for (i, m) in mounts.iter().enumerate() {
+        let field = |f: &str| format!("spec.task.mounts[{i}].{f}");
+        let t = &m.target;
+        if t.is_empty() {
+            return Err(ApiError::invalid(field("target"), "a target is required"));
+        }
+        if !t.starts_with('/') || t.contains('\0') {
+            return Err(ApiError::invalid(
+                field("target"),
+                format!("invalid mount target {t:?}: must be an absolute path"),
+            ));
+        }
+        if t.split('/').any(|c| c == "..") {
+            return Err(ApiError::invalid(
+                field("target"),
+                format!("invalid mount target {t:?}: must not contain '..'"),
+            ));
+        }
+        let normal = format!(
+            "/{}",
+            t.split('/')
+                .filter(|c| !c.is_empty() && *c != ".")
+                .collect::<Vec<_>>()
+                .join("/")
+        );
+        if normal == "/" {
+            return Err(ApiError::invalid(
+                field("target"),
+                "invalid mount target \"/\": the container's root cannot be a mount",
+            ));
+        }
+        if !targets.insert(normal) {
+            return Err(ApiError::invalid(
+                field("target"),
+                format!("duplicate mount point {t:?}: mount each target once"),
+            ));
+        }
+        let src = &m.source;
+        match m.kind {
+            MountKind::Bind if !src.starts_with('/') || src.contains('\0') => {
+                return Err(ApiError::invalid(
+                    field("source"),
+                    format!("invalid mount config for type \"bind\": source {src:?} must be an absolute host path"),
+                ))
+            }
+            MountKind::Volume if !src.is_empty() && !volume_name_ok(src) => {
+                return Err(ApiError::invalid(
+                    field("source"),
+                    format!("invalid volume name {src:?}: use letters, digits, '_', '.' or '-', starting with a letter or digit"),
+                ))
+            }
+            MountKind::Tmpfs if !src.is_empty() => {
+                return Err(ApiError::invalid(
+                    field("source"),
+                    "invalid mount config for type \"tmpfs\": source must not be specified",
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Docker's volume names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+fn volume_name_ok(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 /// Published ports and network attachments, as far as they can be checked without the store.
@@ -545,6 +624,68 @@ mod tests {
             with_image(&"a".repeat(256)).unwrap_err(),
             "invalid reference format: repository name must not be more than 255 characters"
         );
+    }
+
+    #[test]
+    fn mounts_are_checked_before_any_task_exists() {
+        let with = |mounts: Vec<Mount>| {
+            let mut s = spec("web");
+            s.task.mounts = mounts;
+            validate_spec(&s).map_err(|e| e.message().to_string())
+        };
+        let m = |kind, source: &str, target: &str| Mount {
+            kind,
+            source: source.into(),
+            target: target.into(),
+            readonly: false,
+        };
+        assert!(with(vec![
+            m(MountKind::Bind, "/srv", "/data"),
+            m(MountKind::Volume, "db-1.x", "/var/lib/db"),
+            m(MountKind::Volume, "", "/cache"),
+            m(MountKind::Tmpfs, "", "/tmp"),
+        ])
+        .is_ok());
+        for (mounts, want) in [
+            (
+                vec![m(MountKind::Bind, "/srv", "data")],
+                "spec.task.mounts[0].target: invalid mount target \"data\": must be an absolute path",
+            ),
+            (
+                vec![m(MountKind::Tmpfs, "", "")],
+                "spec.task.mounts[0].target: a target is required",
+            ),
+            (
+                vec![m(MountKind::Tmpfs, "", "/a/../b")],
+                "spec.task.mounts[0].target: invalid mount target \"/a/../b\": must not contain '..'",
+            ),
+            (
+                vec![m(MountKind::Tmpfs, "", "//")],
+                "spec.task.mounts[0].target: invalid mount target \"/\": the container's root cannot be a mount",
+            ),
+            (
+                vec![m(MountKind::Tmpfs, "", "/x"), m(MountKind::Volume, "", "/x/")],
+                "spec.task.mounts[1].target: duplicate mount point \"/x/\": mount each target once",
+            ),
+            (
+                vec![m(MountKind::Bind, "srv", "/data")],
+                "spec.task.mounts[0].source: invalid mount config for type \"bind\": source \"srv\" must be an absolute host path",
+            ),
+            (
+                vec![m(MountKind::Volume, "../etc", "/data")],
+                "spec.task.mounts[0].source: invalid volume name \"../etc\": use letters, digits, '_', '.' or '-', starting with a letter or digit",
+            ),
+            (
+                vec![m(MountKind::Volume, ".hidden", "/data")],
+                "spec.task.mounts[0].source: invalid volume name \".hidden\": use letters, digits, '_', '.' or '-', starting with a letter or digit",
+            ),
+            (
+                vec![m(MountKind::Tmpfs, "/x", "/data")],
+                "spec.task.mounts[0].source: invalid mount config for type \"tmpfs\": source must not be specified",
+            ),
+        ] {
+            assert_eq!(with(mounts).unwrap_err(), want);
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod allocator;
 pub mod auth;
+pub mod bootstrap;
 pub mod ca;
 pub mod controlapi;
 pub mod controlapi_keys;
