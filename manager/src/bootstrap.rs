@@ -201,7 +201,11 @@ pub fn ingress_network(
     let taken: Vec<Cidr> = avoid.iter().filter_map(|a| Cidr::new(*a, 32)).collect();
     let Some(subnet) = allocator::ipam::next_subnet(&pools, mask_len, &taken) else {
         let free_of_nodes = allocator::ipam::next_subnet(&pools, mask_len, &[]).is_some();
-        let addrs: Vec<String> = avoid.iter().map(Ipv4Addr::to_string).collect();
+        let addrs: Vec<String> = avoid
+            .iter()
+            .filter(|a| pools.iter().any(|p| p.contains(**a)))
+            .map(Ipv4Addr::to_string)
+            .collect();
         return Err(ApiError::invalid(
             "default_addr_pool",
             if free_of_nodes {
