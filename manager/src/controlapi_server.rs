@@ -117,9 +117,16 @@ impl tonic::codegen::Service<http::Request<Body>> for Forwarding {
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let method = req.uri().path().rsplit('/').next().unwrap_or_default();
+        let method = req
+            .uri()
+            .path()
+            .strip_prefix('/')
+            .and_then(|p| p.strip_prefix(<Self as NamedService>::NAME))
+            .and_then(|p| p.strip_prefix('/'));
         let mut inner = self.inner.clone();
-        if NODE_CALLS.contains(&method) {
+        // The node's calls, and paths outside the control service (it answers
+        // "unimplemented").
+        if method.is_none_or(|m| NODE_CALLS.contains(&m)) {
             return Box::pin(async move { inner.call(req).await });
         }
         let node = self.node.clone();
@@ -247,5 +254,102 @@ control_service! {
         get_config(pb::GetFileObjectRequest) -> pb::FileObject: |api, r| api.get_file_object(FileKind::Config, r);
         remove_config(pb::GetFileObjectRequest) -> pb::Empty: |api, r| api.remove_file_object(FileKind::Config, r);
         service_logs(pb::ServiceLogsRequest) -> LogStream: |api, r| api.service_logs(r);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::codegen::Service;
+
+    /// A node that is in no swarm: it answers `info` and has no manager.
+    struct Outside;
+
+    #[tonic::async_trait]
+    impl NodeCalls for Outside {
+        async fn swarm_init(
+            &self,
+            _: pb::SwarmInitRequest,
+        ) -> Result<pb::SwarmInitResponse, Status> {
+            Err(Status::unimplemented("init"))
+        }
+        async fn swarm_join(
+            &self,
+            _: pb::SwarmJoinRequest,
+        ) -> Result<pb::SwarmJoinResponse, Status> {
+            Err(Status::unimplemented("join"))
+        }
+        async fn swarm_leave(&self, _: pb::SwarmLeaveRequest) -> Result<pb::Empty, Status> {
+            Err(Status::unimplemented("leave"))
+        }
+        async fn swarm_unlock(&self, _: pb::SwarmUnlockRequest) -> Result<pb::Empty, Status> {
+            Err(Status::unimplemented("unlock"))
+        }
+        async fn info(&self, _: pb::Empty) -> Result<pb::InfoResponse, Status> {
+            Ok(pb::InfoResponse {
+                local_node_state: "inactive".into(),
+                ..Default::default()
+            })
+        }
+        async fn manager(&self) -> Result<Arc<Manager>, Status> {
+            Err(Status::failed_precondition(
+                "This node is not a swarm manager.",
+            ))
+        }
+    }
+
+    /// `method` with an empty request message (`pb::Empty` and the like), from a caller on
+    /// the local socket (`local`) or a peer over TLS; how it ends.
+    async fn call(svc: &mut Forwarding, method: &str, local: bool) -> Status {
+        use tonic::codegen::Body as _;
+        let mut req = http::Request::builder()
+            .method("POST")
+            .uri(format!("/{}/{method}", Forwarding::NAME))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            // One gRPC frame: not compressed, 0 bytes long.
+            .body(Body::new(String::from("\0\0\0\0\0")))
+            .expect("a request");
+        req.extensions_mut().insert(proto::transport::PeerInfo {
+            remote_addr: None,
+            cert: None,
+            local,
+        });
+        let resp = svc.call(req).await.expect("infallible");
+        if let Some(s) = Status::from_header_map(resp.headers()) {
+            return s;
+        }
+        let mut body = resp.into_body();
+        loop {
+            let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx))
+                .await
+                .expect("trailers before the end")
+                .expect("a frame");
+            if let Ok(trailers) = frame.into_trailers() {
+                return Status::from_header_map(&trailers).expect("a status in the trailers");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn node_calls_stay_on_the_node_and_cluster_calls_need_its_manager() {
+        let mut local = server(Arc::new(Outside), true);
+        let mut remote = server(Arc::new(Outside), false);
+        // The node's own call, answered without a manager.
+        let s = call(&mut local, "Info", true).await;
+        assert_eq!(s.code(), tonic::Code::Ok, "{s:?}");
+        // ... and only on its local socket.
+        let s = call(&mut remote, "Info", false).await;
+        assert_eq!(s.code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            s.message(),
+            "this call is only served on the node's local socket"
+        );
+        // A cluster call on a node without a manager: the node's reason, on either side.
+        for (svc, local) in [(&mut local, true), (&mut remote, false)] {
+            let s = call(svc, "ListNodes", local).await;
+            assert_eq!(s.code(), tonic::Code::FailedPrecondition);
+            assert_eq!(s.message(), "This node is not a swarm manager.");
+        }
     }
 }
