@@ -50,10 +50,13 @@ pub fn validate_spec(spec: &NetworkSpec) -> Result<(), Status> {
     )
     .map_err(ApiError::InvalidArgument)?;
     if !(spec.driver.is_empty() || spec.driver == "overlay") {
-        return Err(ApiError::InvalidArgument(format!(
-            "unsupported --driver {:?}: only overlay networks are supported",
-            spec.driver
-        ))
+        return Err(ApiError::invalid(
+            "spec.driver",
+            format!(
+                "unsupported driver {:?}: only overlay networks are supported (--driver)",
+                spec.driver
+            ),
+        )
         .into());
     }
     Ok(())
@@ -162,7 +165,8 @@ pub fn check_remove(d: &StoreData, n: &Network) -> Result<(), Status> {
             n.spec.name,
             users.join(", ")
         )
-    }.into()).into())
+    })
+    .into())
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<pb::JsonDoc, Status> {

@@ -180,10 +180,9 @@ impl ControlApi {
             let o = secrets::find(d, kind, &req.id).map_err(Status::not_found)?;
             let users = secrets::users(d, kind, &o.name);
             if !users.is_empty() {
-                return Err(ApiError::FailedPrecondition(
-                    in_use_message(kind, &o.name, &users).into(),
-                )
-                .into());
+                return Err(
+                    ApiError::FailedPrecondition(in_use_message(kind, &o.name, &users)).into(),
+                );
             }
             Ok(Txn::new(vec![Op::Delete {
                 kind: store_kind(kind),

@@ -32,7 +32,7 @@ fn parse_spec(json: &str) -> Result<ServiceSpec, Status> {
 
 /// Reject what Swarm rejects, with the field named.
 pub fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
-    let bad = |m: String| Err(ApiError::InvalidArgument(m.into()).into());
+    let bad = |m: String| Err(ApiError::InvalidArgument(m).into());
     let name = &spec.name;
     let name_ok = !name.is_empty()
         && name.len() <= 63
@@ -61,7 +61,11 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
     } = spec.mode
     {
         if max_concurrent == 0 || total_completions == 0 {
-            return bad("--max-concurrent and the number of completions must be at least 1".into());
+            return Err(ApiError::invalid(
+                "spec.mode.replicated-job",
+                "max_concurrent and total_completions must be at least 1 (--max-concurrent, --replicas)",
+            )
+            .into());
         }
     }
     for c in &spec.task.placement.constraints {
@@ -77,9 +81,16 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
             ));
         }
     }
-    for u in [&spec.update, &spec.rollback] {
+    for (u, which) in [(&spec.update, "update"), (&spec.rollback, "rollback")] {
         if !(0.0..=1.0).contains(&u.max_failure_ratio) {
-            return bad("--update-max-failure-ratio must be between 0 and 1".into());
+            return Err(ApiError::invalid(
+                format!("spec.{which}.max_failure_ratio"),
+                format!(
+                    "{} must be between 0 and 1 (--{which}-max-failure-ratio)",
+                    u.max_failure_ratio
+                ),
+            )
+            .into());
         }
     }
     if !spec.task.stop_signal.is_empty()
@@ -89,7 +100,11 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '+')
     {
-        return bad(format!("invalid --stop-signal {:?}", spec.task.stop_signal));
+        return Err(ApiError::invalid(
+            "spec.task.stop_signal",
+            format!("invalid signal {:?} (--stop-signal)", spec.task.stop_signal),
+        )
+        .into());
     }
     crate::limits::validate_spec_durations(spec)?;
     validate_mounts(&spec.task.mounts)?;
@@ -176,34 +191,46 @@ fn volume_name_ok(name: &str) -> bool {
 
 /// Published ports and network attachments, as far as they can be checked without the store.
 fn validate_endpoint(spec: &ServiceSpec) -> Result<(), Status> {
-    let bad = |m: String| Err(ApiError::InvalidArgument(m.into()).into());
     for (i, p) in spec.endpoint.ports.iter().enumerate() {
         if p.target_port == 0 {
-            return bad("--publish: the target port must be between 1 and 65535".into());
+            return Err(ApiError::invalid(
+                format!("spec.endpoint.ports[{i}].target_port"),
+                "the target port must be between 1 and 65535 (--publish)",
+            )
+            .into());
         }
         if p.published_port != 0
             && spec.endpoint.ports[..i]
                 .iter()
                 .any(|q| q.published_port == p.published_port && q.protocol == p.protocol)
         {
-            return bad(format!(
-                "--publish: port {}/{} is published twice; publish each port once",
-                p.published_port,
-                p.protocol.as_str()
-            ));
+            return Err(ApiError::invalid(
+                format!("spec.endpoint.ports[{i}].published_port"),
+                format!(
+                    "port {}/{} is published twice; publish each port once (--publish)",
+                    p.published_port,
+                    p.protocol.as_str()
+                ),
+            )
+            .into());
         }
     }
     if spec.endpoint.mode == EndpointMode::Dnsrr
         && crate::allocator::uses_ingress(&spec.endpoint.ports)
     {
-        return bad(
-            "--endpoint-mode dnsrr cannot publish ports in ingress mode; use --publish mode=host or --endpoint-mode vip"
-                .into(),
-        );
+        return Err(ApiError::invalid(
+            "spec.endpoint.mode",
+            "dnsrr cannot publish ports in ingress mode; publish in host mode or use vip (--publish mode=host, --endpoint-mode vip)",
+        )
+        .into());
     }
-    for a in &spec.task.networks {
+    for (i, a) in spec.task.networks.iter().enumerate() {
         if a.target.trim().is_empty() {
-            return bad("--network: a network name is required".into());
+            return Err(ApiError::invalid(
+                format!("spec.task.networks[{i}].target"),
+                "a network name is required (--network)",
+            )
+            .into());
         }
     }
     Ok(())
@@ -212,7 +239,7 @@ fn validate_endpoint(spec: &ServiceSpec) -> Result<(), Status> {
 /// Resolve `--network` targets (name, id or id prefix) to network ids, as stored.
 pub fn resolve_networks(d: &StoreData, spec: &mut ServiceSpec) -> Result<(), Status> {
     let mut seen = std::collections::BTreeSet::new();
-    for a in &mut spec.task.networks {
+    for (i, a) in spec.task.networks.iter_mut().enumerate() {
         let n = crate::controlapi_networks::find_network(d, &a.target).map_err(|_| {
             ApiError::NotFound {
                 kind: "network",
@@ -220,16 +247,20 @@ pub fn resolve_networks(d: &StoreData, spec: &mut ServiceSpec) -> Result<(), Sta
             }
         })?;
         if n.spec.ingress {
-            return Err(ApiError::InvalidArgument(format!(
-                "network {} is the routing mesh and cannot be joined with --network; publish a port instead",
-                a.target
-            )).into());
+            return Err(ApiError::invalid(
+                format!("spec.task.networks[{i}].target"),
+                format!(
+                    "network {} is the routing mesh and cannot be joined; publish a port instead",
+                    a.target
+                ),
+            )
+            .into());
         }
         if !seen.insert(n.id.clone()) {
-            return Err(ApiError::InvalidArgument(format!(
-                "--network: network {} is given more than once",
-                a.target
-            ))
+            return Err(ApiError::invalid(
+                format!("spec.task.networks[{i}].target"),
+                format!("network {} is given more than once", a.target),
+            )
             .into());
         }
         a.target = n.id.clone();
