@@ -3,9 +3,9 @@
 //! between the two roles when the cluster asks (promotion, demotion).
 //!
 //! ```text
-//!  unix socket ─▶ ControlService(local) ─┬─ swarm init/join/leave/info: here
-//!                                        └─ cluster calls ─▶ ControlApi (forwards to leader)
-//!  tcp :2377 (managers) ─▶ ControlService(remote, managers only), Raft, Ca, Dispatcher
+//!  unix socket ─▶ control service (local) ─┬─ swarm init/join/leave/unlock, info: NodeCalls here
+//!                                         └─ cluster calls ─▶ the manager (forwarded to the leader)
+//!  tcp :2377 (managers) ─▶ control service (remote, managers only), Raft, Ca, Dispatcher
 //!  Agent ──events──▶ persist managers / new certificate ─▶ start or stop the Manager
 //! ```
 
@@ -14,15 +14,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use manager::controlapi::{validate_settings, ControlApi};
+use manager::controlapi_server::NodeCalls;
 use manager::keys::{Kek, KeyFile, UnlockKey};
 use manager::manager::{now_ms, ExtraRoutes};
 use manager::raft::RaftTuning;
-use manager::store::{Cluster, Node as StoreNode, NodeDescription, NodeState, Object, Op, Txn};
 use manager::{Manager, ManagerConfig};
 use proto::pb;
 use proto::pb::ca_client::CaClient;
-use proto::security::{digest_pem, new_key_and_csr, random_id, JoinToken, Role, RootCa};
+use proto::security::{digest_pem, new_key_and_csr, JoinToken, Role};
 use proto::transport::{client_config, tls_channel, Credentials, Identity};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Mutex};
@@ -31,7 +30,7 @@ use tonic::{Request, Response, Status};
 use worker::agent::{Agent, AgentConfig, AgentEvent};
 
 pub const DEFAULT_PORT: u16 = 2377;
-pub const DEFAULT_CERT_EXPIRY: Duration = Duration::from_secs(90 * 24 * 3600);
+pub use manager::bootstrap::DEFAULT_CERT_EXPIRY;
 
 #[derive(Clone, Debug)]
 pub struct DaemonConfig {
@@ -292,10 +291,7 @@ impl Node {
         let weak = self.this.clone();
         let extra: ExtraRoutes = Box::new(move |_mgr| {
             let node = weak.upgrade().expect("node outlives its manager");
-            tonic::service::Routes::new(
-                pb::control_server::ControlServer::new(ControlService { node, local: false })
-                    .max_decoding_message_size(proto::limits::MAX_CONTROL_REQUEST_BYTES),
-            )
+            tonic::service::Routes::new(manager::controlapi_server::server(node, false))
         });
         let mgr = Manager::start(self.manager_config(st), self.creds.clone(), extra).await?;
         // Fail fast: a manager whose raft died must not linger half-alive; the supervisor
@@ -459,185 +455,6 @@ impl Node {
         }
     }
 
-    async fn manager(&self) -> Result<Arc<Manager>, Status> {
-        let inner = self.inner.lock().await;
-        if inner.locked {
-            return Err(Status::failed_precondition(LOCKED));
-        }
-        match (&inner.state, &inner.manager) {
-            (_, Some(m)) => Ok(m.clone()),
-            (None, _) => Err(Status::failed_precondition(
-                "This node is not a swarm manager. Use \"shoal swarm init\" or \"shoal swarm join\" to connect this node to a swarm and try again.",
-            )),
-            (Some(_), None) => Err(Status::failed_precondition(
-                "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.",
-            )),
-        }
-    }
-
-    async fn api(&self) -> Result<ControlApi, Status> {
-        Ok(ControlApi::new(self.manager().await?))
-    }
-
-    async fn swarm_init(&self, r: pb::SwarmInitRequest) -> Result<pb::SwarmInitResponse, Status> {
-        let mut inner = self.inner.lock().await;
-        if inner.state.is_some() {
-            if r.force_new_cluster {
-                drop(inner);
-                return self.force_new_cluster(r).await;
-            }
-            return Err(already_in_swarm());
-        }
-        validate_settings(r.heartbeat_period_ms, r.cert_expiry_ms)?;
-        let (addr_pool, addr_pool_mask) =
-            manager::allocator::validate_pool(&r.default_addr_pool, r.default_addr_pool_mask_len)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let listen = parse_listen(&r.listen_addr)?;
-        let advertise = resolve_advertise(&r.advertise_addr, listen)?;
-        let cluster_id = random_id(25);
-        let node_id = random_id(25);
-        let raft_id = (rand::random::<u64>() >> 1).max(1);
-        let ca = RootCa::generate(&cluster_id).map_err(status_internal)?;
-        let digest = ca.digest().map_err(status_internal)?;
-        let kek = Kek::generate().map_err(status_internal)?;
-        let unlock_key = if r.autolock {
-            Some(UnlockKey::generate().map_err(status_internal)?)
-        } else {
-            None
-        };
-        let now = now_ms();
-        let mut cluster = Cluster {
-            id: cluster_id.clone(),
-            version: 0,
-            created_at_ms: now,
-            root_ca: ca,
-            worker_token: JoinToken::generate(&digest).to_string(),
-            manager_token: JoinToken::generate(&digest).to_string(),
-            heartbeat_period_ms: if r.heartbeat_period_ms == 0 {
-                manager::dispatcher::DEFAULT_HEARTBEAT.as_millis() as u64
-            } else {
-                r.heartbeat_period_ms
-            },
-            cert_expiry_ms: if r.cert_expiry_ms == 0 {
-                DEFAULT_CERT_EXPIRY.as_millis() as u64
-            } else {
-                r.cert_expiry_ms
-            },
-            removed_nodes: Default::default(),
-            rebalance_on_join: false,
-            default_addr_pool: addr_pool,
-            default_addr_pool_mask_len: addr_pool_mask,
-            unlock_key: unlock_key
-                .as_ref()
-                .map(|u| kek.seal_unlock_key(u))
-                .transpose()
-                .map_err(status_internal)?,
-            limits: Default::default(),
-        };
-        let ingress = manager::allocator::ingress_network(
-            &cluster.default_addr_pool,
-            cluster.default_addr_pool_mask_len,
-            random_id(25),
-            now,
-        )
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let (key_pem, csr) = new_key_and_csr().map_err(status_internal)?;
-        let (cert_pem, not_after) = manager::ca::issue(&cluster, &csr, &node_id, Role::Manager)?;
-        let identity = Identity::new(&cert_pem, &key_pem, &cluster.root_ca.cert_pem)
-            .map_err(status_internal)?;
-        // From here on the CA key exists only sealed; the KEK goes to this manager's key
-        // file (wrapped with the unlock key under autolock).
-        cluster.root_ca = kek
-            .seal_root_ca(&cluster.root_ca)
-            .map_err(status_internal)?;
-        let key_file = match &unlock_key {
-            Some(u) => KeyFile::locked(&kek, u).map_err(status_internal)?,
-            None => KeyFile::Clear(kek.clone()),
-        };
-        key_file.save(&self.paths().4).map_err(status_internal)?;
-        self.set_kek(Some(kek));
-        let st = NodeFile {
-            node_id: node_id.clone(),
-            raft_id,
-            cluster_id: cluster_id.clone(),
-            listen_addr: listen,
-            advertise_addr: advertise.clone(),
-            managers: vec![advertise.clone()],
-        };
-        self.creds.set(Some(identity.clone()));
-        let mgr = match self.start_manager(&st).await {
-            Ok(m) => m,
-            Err(e) => {
-                self.creds.set(None);
-                return Err(Status::failed_precondition(e.to_string()));
-            }
-        };
-        let fail = |e: String| Status::internal(format!("swarm init failed: {e}"));
-        let res: Result<(), Status> = async {
-            mgr.initialize().await.map_err(|e| fail(e.to_string()))?;
-            mgr.wait_for_leader(Duration::from_secs(10))
-                .await
-                .ok_or_else(|| fail("no leader elected".into()))?;
-            let node = StoreNode {
-                id: node_id.clone(),
-                version: 0,
-                raft_id,
-                role: Role::Manager,
-                desired_role: Role::Manager,
-                availability: Default::default(),
-                labels: Default::default(),
-                description: NodeDescription {
-                    hostname: self.cfg.hostname.clone(),
-                    addr: advertise.clone(),
-                    platform: format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
-                    engine_version: env!("CARGO_PKG_VERSION").into(),
-                    nano_cpus: self.cfg.nano_cpus,
-                    memory_bytes: self.cfg.memory_bytes,
-                },
-                state: NodeState::Ready,
-                status_message: String::new(),
-                created_at_ms: now,
-                updated_at_ms: now,
-                cert_not_after_ms: not_after,
-                // Given by the leader's allocator pass once the node exists.
-                ingress_addr: None,
-            };
-            cluster.version = 0;
-            mgr.propose(Txn::new(vec![
-                Op::Create(Object::Cluster(cluster.clone())),
-                Op::Create(Object::Network(ingress.clone())),
-                Op::Create(Object::Node(node)),
-            ]))
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-            Ok(())
-        }
-        .await;
-        if let Err(e) = res {
-            mgr.shutdown().await;
-            self.creds.set(None);
-            let _ = std::fs::remove_dir_all(self.paths().4);
-            return Err(e);
-        }
-        self.save_identity(&identity).map_err(status_internal)?;
-        self.save_state(&st).map_err(status_internal)?;
-        inner.manager = Some(mgr);
-        self.start_agent(
-            &mut inner,
-            &st,
-            Duration::from_millis(cluster.heartbeat_period_ms),
-        );
-        inner.state = Some(st);
-        tracing::info!(node = %node_id, cluster = %cluster_id, "swarm initialised");
-        let join = |t: &str| format!("shoal swarm join --token {t} {advertise}");
-        Ok(pb::SwarmInitResponse {
-            node_id,
-            worker_join_command: join(&cluster.worker_token),
-            manager_join_command: join(&cluster.manager_token),
-            unlock_key: unlock_key.map(|u| u.to_string()).unwrap_or_default(),
-        })
-    }
-
     /// `swarm init --force-new-cluster` on a manager of this swarm: rebuild a one-manager raft
     /// group from this node's committed state (see `manager::recovery`), keeping every object,
     /// the CA and the join tokens, so workers reconnect and other managers can join again.
@@ -749,6 +566,310 @@ impl Node {
             worker_join_command: join(&cluster.worker_token),
             manager_join_command: join(&cluster.manager_token),
             unlock_key: String::new(),
+        })
+    }
+}
+
+/// A manager's raft term and state, read from one metrics snapshot so that they agree.
+fn raft_term_state(m: &Manager) -> (u64, String) {
+    let metrics = m.raft.metrics();
+    let metrics = metrics.borrow();
+    (metrics.current_term, format!("{:?}", metrics.state))
+}
+
+/// The key file a manager that receives the KEK writes: locked at once when the cluster has
+/// autolock on (`unlock_key` not empty), so the KEK never touches its disk in the clear.
+fn key_file(kek: &Kek, unlock_key: &str) -> Result<KeyFile, manager::keys::KeyError> {
+    if unlock_key.is_empty() {
+        Ok(KeyFile::Clear(kek.clone()))
+    } else {
+        KeyFile::locked(kek, &unlock_key.parse()?)
+    }
+}
+
+/// How long `swarm leave` waits for the node's tasks to stop and be removed.
+const LEAVE_DRAIN: Duration = Duration::from_secs(30);
+
+/// What a locked manager says (autolock).
+const LOCKED: &str = "this node is locked: run `shoal swarm unlock`";
+/// What a node the swarm removed says.
+const REMOVED: &str =
+    "this node was removed from the swarm; run `shoal swarm leave` and join again";
+
+impl Node {
+    fn set_kek(&self, kek: Option<Kek>) {
+        *self.kek.lock().unwrap_or_else(|e| e.into_inner()) = kek;
+    }
+
+    /// The KEK for this manager after a restart: from its key file; `None` if the file is
+    /// locked (autolock). A manager without a file (one promoted just before a crash) asks
+    /// the other managers; the only manager of a swarm made before keys were sealed makes
+    /// one (its store still holds the keys in the clear, which opening lets through).
+    async fn manager_kek(&self, st: &NodeFile) -> Result<Option<Kek>, DaemonError> {
+        let dir = self.paths().4;
+        let bad = |e: manager::keys::KeyError| DaemonError::State {
+            path: manager::keys::key_file_path(&dir),
+            reason: e.to_string(),
+        };
+        match KeyFile::load(&dir).map_err(bad)? {
+            Some(KeyFile::Clear(k)) => Ok(Some(k)),
+            Some(KeyFile::Locked { .. }) => Ok(None),
+            None => {
+                let others = st.managers.iter().any(|m| *m != st.advertise_addr);
+                let kek = match others {
+                    true => match self.fetch_kek(st, Duration::from_secs(10)).await {
+                        Ok((k, _)) => k,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "no cluster key from the other managers: making one");
+                            Kek::generate().map_err(bad)?
+                        }
+                    },
+                    false => Kek::generate().map_err(bad)?,
+                };
+                KeyFile::Clear(kek.clone()).save(&dir).map_err(bad)?;
+                Ok(Some(kek))
+            }
+        }
+    }
+
+    /// Ask the other managers for the cluster's KEK with this node's (manager) certificate,
+    /// retrying until `within` has passed (a manager's store may not know of the
+    /// promotion yet).
+    async fn fetch_kek(&self, st: &NodeFile, within: Duration) -> Result<(Kek, String), String> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut last = String::from("no other manager is known");
+        loop {
+            for addr in st.managers.iter().filter(|m| **m != st.advertise_addr) {
+                let Some(id) = self.creds.get() else {
+                    return Err("this node has no certificate".into());
+                };
+                let ch = client_config(&id.ca_pem, Some(&id))
+                    .map_err(|e| e.to_string())
+                    .and_then(|cfg| tls_channel(addr, cfg).map_err(|e| e.to_string()));
+                let res = match ch {
+                    Ok(ch) => CaClient::new(ch)
+                        .keys(pb::Empty {})
+                        .await
+                        .map_err(|s| s.message().to_string())
+                        .and_then(|r| {
+                            let r = r.into_inner();
+                            let kek = Kek::from_hex(&r.kek).map_err(|e| e.to_string())?;
+                            Ok((kek, r.unlock_key))
+                        }),
+                    Err(e) => Err(e),
+                };
+                match res {
+                    Ok(k) => return Ok(k),
+                    Err(e) => last = format!("{addr}: {e}"),
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("cannot get the cluster's key: {last}"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn already_in_swarm() -> Status {
+    Status::failed_precondition(
+        "This node is already part of a swarm. Use \"shoal swarm leave\" to leave this swarm and join another one.",
+    )
+}
+
+fn with_default_port(s: &str) -> Option<String> {
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Some(sa.to_string());
+    }
+    s.parse::<IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, DEFAULT_PORT).to_string())
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, Status> {
+    if s.is_empty() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)));
+    }
+    with_default_port(s)
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| {
+            Status::invalid_argument(format!("invalid --listen-addr {s:?}: expected IP[:PORT]"))
+        })
+}
+
+/// The address other nodes reach this one at: given, or the listen address, or the machine's
+/// only non-loopback IPv4 address.
+fn resolve_advertise(s: &str, listen: SocketAddr) -> Result<String, Status> {
+    if !s.is_empty() {
+        let a: SocketAddr = with_default_port(s)
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "invalid --advertise-addr {s:?}: expected IP[:PORT]"
+                ))
+            })?;
+        if a.ip().is_unspecified() {
+            return Err(Status::invalid_argument(
+                "--advertise-addr must be a specific address, not 0.0.0.0",
+            ));
+        }
+        let port = if s.parse::<SocketAddr>().is_ok() {
+            a.port()
+        } else {
+            listen.port()
+        };
+        return Ok(SocketAddr::new(a.ip(), port).to_string());
+    }
+    if !listen.ip().is_unspecified() {
+        return Ok(listen.to_string());
+    }
+    let addrs = local_ipv4_addrs();
+    match addrs.as_slice() {
+        [one] => Ok(SocketAddr::new(IpAddr::V4(*one), listen.port()).to_string()),
+        [] => Err(Status::invalid_argument("could not find an address to advertise: use --advertise-addr")),
+        many => Err(Status::invalid_argument(format!(
+            "could not choose an IP address to advertise since this system has multiple addresses ({}): use --advertise-addr",
+            many.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+fn local_ipv4_addrs() -> Vec<std::net::Ipv4Addr> {
+    let mut out = Vec::new();
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a linked list we only read and then free with freeifaddrs.
+    unsafe {
+        if libc::getifaddrs(&mut ifap) != 0 {
+            return out;
+        }
+        let mut cur = ifap;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            if !ifa.ifa_addr.is_null() && (*ifa.ifa_addr).sa_family as i32 == libc::AF_INET {
+                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                if !ip.is_loopback() && !out.contains(&ip) {
+                    out.push(ip);
+                }
+            }
+            cur = ifa.ifa_next;
+        }
+        libc::freeifaddrs(ifap);
+    }
+    out
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        manager::keys::create_private_dir(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The node's own control calls; the control service itself (and forwarding to the leader)
+/// is the manager's ([`manager::controlapi_server`]).
+#[tonic::async_trait]
+impl NodeCalls for Node {
+    async fn manager(&self) -> Result<Arc<Manager>, Status> {
+        let inner = self.inner.lock().await;
+        if inner.locked {
+            return Err(Status::failed_precondition(LOCKED));
+        }
+        match (&inner.state, &inner.manager) {
+            (_, Some(m)) => Ok(m.clone()),
+            (None, _) => Err(Status::failed_precondition(
+                "This node is not a swarm manager. Use \"shoal swarm init\" or \"shoal swarm join\" to connect this node to a swarm and try again.",
+            )),
+            (Some(_), None) => Err(Status::failed_precondition(
+                "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.",
+            )),
+        }
+    }
+
+    async fn swarm_init(&self, r: pb::SwarmInitRequest) -> Result<pb::SwarmInitResponse, Status> {
+        let mut inner = self.inner.lock().await;
+        if inner.state.is_some() {
+            if r.force_new_cluster {
+                drop(inner);
+                return self.force_new_cluster(r).await;
+            }
+            return Err(already_in_swarm());
+        }
+        let listen = parse_listen(&r.listen_addr)?;
+        let advertise = resolve_advertise(&r.advertise_addr, listen)?;
+        let first = manager::bootstrap::first_objects(
+            &manager::bootstrap::Settings {
+                heartbeat_period_ms: r.heartbeat_period_ms,
+                cert_expiry_ms: r.cert_expiry_ms,
+                default_addr_pool: r.default_addr_pool.clone(),
+                default_addr_pool_mask_len: r.default_addr_pool_mask_len,
+                autolock: r.autolock,
+            },
+            &manager::bootstrap::FirstNode {
+                hostname: self.cfg.hostname.clone(),
+                advertise_addr: advertise.clone(),
+                local_addrs: local_ipv4_addrs(),
+                nano_cpus: self.cfg.nano_cpus,
+                memory_bytes: self.cfg.memory_bytes,
+            },
+            now_ms(),
+        )?;
+        let (node_id, cluster_id) = (first.node.id.clone(), first.cluster.id.clone());
+        first
+            .key_file
+            .save(&self.paths().4)
+            .map_err(status_internal)?;
+        self.set_kek(Some(first.kek.clone()));
+        let st = NodeFile {
+            node_id: node_id.clone(),
+            raft_id: first.node.raft_id,
+            cluster_id: cluster_id.clone(),
+            listen_addr: listen,
+            advertise_addr: advertise.clone(),
+            managers: vec![advertise.clone()],
+        };
+        self.creds.set(Some(first.identity.clone()));
+        let mgr = match self.start_manager(&st).await {
+            Ok(m) => m,
+            Err(e) => {
+                self.creds.set(None);
+                return Err(Status::failed_precondition(e.to_string()));
+            }
+        };
+        if let Err(e) = manager::bootstrap::commit(&mgr, &first).await {
+            mgr.shutdown().await;
+            self.creds.set(None);
+            let _ = std::fs::remove_dir_all(self.paths().4);
+            return Err(e);
+        }
+        self.save_identity(&first.identity)
+            .map_err(status_internal)?;
+        self.save_state(&st).map_err(status_internal)?;
+        inner.manager = Some(mgr);
+        self.start_agent(
+            &mut inner,
+            &st,
+            Duration::from_millis(first.cluster.heartbeat_period_ms),
+        );
+        inner.state = Some(st);
+        tracing::info!(node = %node_id, cluster = %cluster_id, "swarm initialised");
+        let join = |t: &str| format!("shoal swarm join --token {t} {advertise}");
+        Ok(pb::SwarmInitResponse {
+            node_id,
+            worker_join_command: join(&first.cluster.worker_token),
+            manager_join_command: join(&first.cluster.manager_token),
+            unlock_key: first.unlock_key.map(|u| u.to_string()).unwrap_or_default(),
         })
     }
 
@@ -904,13 +1025,13 @@ impl Node {
         Ok(pb::Empty {})
     }
 
-    async fn info(&self) -> pb::InfoResponse {
+    async fn info(&self, _r: pb::Empty) -> Result<pb::InfoResponse, Status> {
         let inner = self.inner.lock().await;
         let Some(st) = &inner.state else {
-            return pb::InfoResponse {
+            return Ok(pb::InfoResponse {
                 local_node_state: "inactive".into(),
                 ..Default::default()
-            };
+            });
         };
         let id = self.creds.get();
         let (local_node_state, error) = if inner.locked {
@@ -934,7 +1055,7 @@ impl Node {
             .as_deref()
             .map(raft_term_state)
             .unwrap_or_default();
-        pb::InfoResponse {
+        Ok(pb::InfoResponse {
             local_node_state: local_node_state.into(),
             error: error.into(),
             node_id: st.node_id.clone(),
@@ -959,108 +1080,7 @@ impl Node {
                         .unwrap_or(0)
                 })
                 .unwrap_or(0),
-        }
-    }
-}
-
-/// A manager's raft term and state, read from one metrics snapshot so that they agree.
-fn raft_term_state(m: &Manager) -> (u64, String) {
-    let metrics = m.raft.metrics();
-    let metrics = metrics.borrow();
-    (metrics.current_term, format!("{:?}", metrics.state))
-}
-
-/// The key file a manager that receives the KEK writes: locked at once when the cluster has
-/// autolock on (`unlock_key` not empty), so the KEK never touches its disk in the clear.
-fn key_file(kek: &Kek, unlock_key: &str) -> Result<KeyFile, manager::keys::KeyError> {
-    if unlock_key.is_empty() {
-        Ok(KeyFile::Clear(kek.clone()))
-    } else {
-        KeyFile::locked(kek, &unlock_key.parse()?)
-    }
-}
-
-/// How long `swarm leave` waits for the node's tasks to stop and be removed.
-const LEAVE_DRAIN: Duration = Duration::from_secs(30);
-
-/// What a locked manager says (autolock).
-const LOCKED: &str = "this node is locked: run `shoal swarm unlock`";
-/// What a node the swarm removed says.
-const REMOVED: &str =
-    "this node was removed from the swarm; run `shoal swarm leave` and join again";
-
-impl Node {
-    fn set_kek(&self, kek: Option<Kek>) {
-        *self.kek.lock().unwrap_or_else(|e| e.into_inner()) = kek;
-    }
-
-    /// The KEK for this manager after a restart: from its key file; `None` if the file is
-    /// locked (autolock). A manager without a file (one promoted just before a crash) asks
-    /// the other managers; the only manager of a swarm made before keys were sealed makes
-    /// one (its store still holds the keys in the clear, which opening lets through).
-    async fn manager_kek(&self, st: &NodeFile) -> Result<Option<Kek>, DaemonError> {
-        let dir = self.paths().4;
-        let bad = |e: manager::keys::KeyError| DaemonError::State {
-            path: manager::keys::key_file_path(&dir),
-            reason: e.to_string(),
-        };
-        match KeyFile::load(&dir).map_err(bad)? {
-            Some(KeyFile::Clear(k)) => Ok(Some(k)),
-            Some(KeyFile::Locked { .. }) => Ok(None),
-            None => {
-                let others = st.managers.iter().any(|m| *m != st.advertise_addr);
-                let kek = match others {
-                    true => match self.fetch_kek(st, Duration::from_secs(10)).await {
-                        Ok((k, _)) => k,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "no cluster key from the other managers: making one");
-                            Kek::generate().map_err(bad)?
-                        }
-                    },
-                    false => Kek::generate().map_err(bad)?,
-                };
-                KeyFile::Clear(kek.clone()).save(&dir).map_err(bad)?;
-                Ok(Some(kek))
-            }
-        }
-    }
-
-    /// Ask the other managers for the cluster's KEK with this node's (manager) certificate,
-    /// retrying until `within` has passed (a manager's store may not know of the
-    /// promotion yet).
-    async fn fetch_kek(&self, st: &NodeFile, within: Duration) -> Result<(Kek, String), String> {
-        let deadline = tokio::time::Instant::now() + within;
-        let mut last = String::from("no other manager is known");
-        loop {
-            for addr in st.managers.iter().filter(|m| **m != st.advertise_addr) {
-                let Some(id) = self.creds.get() else {
-                    return Err("this node has no certificate".into());
-                };
-                let ch = client_config(&id.ca_pem, Some(&id))
-                    .map_err(|e| e.to_string())
-                    .and_then(|cfg| tls_channel(addr, cfg).map_err(|e| e.to_string()));
-                let res = match ch {
-                    Ok(ch) => CaClient::new(ch)
-                        .keys(pb::Empty {})
-                        .await
-                        .map_err(|s| s.message().to_string())
-                        .and_then(|r| {
-                            let r = r.into_inner();
-                            let kek = Kek::from_hex(&r.kek).map_err(|e| e.to_string())?;
-                            Ok((kek, r.unlock_key))
-                        }),
-                    Err(e) => Err(e),
-                };
-                match res {
-                    Ok(k) => return Ok(k),
-                    Err(e) => last = format!("{addr}: {e}"),
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(format!("cannot get the cluster's key: {last}"));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        })
     }
 
     /// `swarm unlock`: open the key file with the unlock key, then start what a restart
@@ -1095,426 +1115,6 @@ impl Node {
         inner.locked = false;
         tracing::info!("unlocked: manager started");
         Ok(pb::Empty {})
-    }
-}
-
-fn already_in_swarm() -> Status {
-    Status::failed_precondition(
-        "This node is already part of a swarm. Use \"shoal swarm leave\" to leave this swarm and join another one.",
-    )
-}
-
-fn with_default_port(s: &str) -> Option<String> {
-    if let Ok(sa) = s.parse::<SocketAddr>() {
-        return Some(sa.to_string());
-    }
-    s.parse::<IpAddr>()
-        .ok()
-        .map(|ip| SocketAddr::new(ip, DEFAULT_PORT).to_string())
-}
-
-fn parse_listen(s: &str) -> Result<SocketAddr, Status> {
-    if s.is_empty() {
-        return Ok(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)));
-    }
-    with_default_port(s)
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| {
-            Status::invalid_argument(format!("invalid --listen-addr {s:?}: expected IP[:PORT]"))
-        })
-}
-
-/// The address other nodes reach this one at: given, or the listen address, or the machine's
-/// only non-loopback IPv4 address.
-fn resolve_advertise(s: &str, listen: SocketAddr) -> Result<String, Status> {
-    if !s.is_empty() {
-        let a: SocketAddr = with_default_port(s)
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "invalid --advertise-addr {s:?}: expected IP[:PORT]"
-                ))
-            })?;
-        if a.ip().is_unspecified() {
-            return Err(Status::invalid_argument(
-                "--advertise-addr must be a specific address, not 0.0.0.0",
-            ));
-        }
-        let port = if s.parse::<SocketAddr>().is_ok() {
-            a.port()
-        } else {
-            listen.port()
-        };
-        return Ok(SocketAddr::new(a.ip(), port).to_string());
-    }
-    if !listen.ip().is_unspecified() {
-        return Ok(listen.to_string());
-    }
-    let addrs = local_ipv4_addrs();
-    match addrs.as_slice() {
-        [one] => Ok(SocketAddr::new(IpAddr::V4(*one), listen.port()).to_string()),
-        [] => Err(Status::invalid_argument("could not find an address to advertise: use --advertise-addr")),
-        many => Err(Status::invalid_argument(format!(
-            "could not choose an IP address to advertise since this system has multiple addresses ({}): use --advertise-addr",
-            many.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
-        ))),
-    }
-}
-
-fn local_ipv4_addrs() -> Vec<std::net::Ipv4Addr> {
-    let mut out = Vec::new();
-    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills a linked list we only read and then free with freeifaddrs.
-    unsafe {
-        if libc::getifaddrs(&mut ifap) != 0 {
-            return out;
-        }
-        let mut cur = ifap;
-        while !cur.is_null() {
-            let ifa = &*cur;
-            if !ifa.ifa_addr.is_null() && (*ifa.ifa_addr).sa_family as i32 == libc::AF_INET {
-                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-                if !ip.is_loopback() && !out.contains(&ip) {
-                    out.push(ip);
-                }
-            }
-            cur = ifa.ifa_next;
-        }
-        libc::freeifaddrs(ifap);
-    }
-    out
-}
-
-fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        manager::keys::create_private_dir(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
-/// The control API as served on the local socket (`local`) or to other managers over TLS.
-#[derive(Clone)]
-pub struct ControlService {
-    node: Arc<Node>,
-    local: bool,
-}
-
-impl ControlService {
-    fn local_only<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let peer = req.extensions().get::<proto::transport::PeerInfo>();
-        if self.local && peer.is_some_and(|p| p.local) {
-            Ok(())
-        } else {
-            Err(Status::permission_denied(
-                "this call is only served on the node's local socket",
-            ))
-        }
-    }
-
-    async fn cluster<T>(&self, req: &Request<T>) -> Result<ControlApi, Status> {
-        let api = self.node.api().await?;
-        if !self.local {
-            api.mgr.auth.control(req)?;
-        }
-        Ok(api)
-    }
-}
-
-use manager::secrets::FileKind;
-
-#[tonic::async_trait]
-impl pb::control_server::Control for ControlService {
-    async fn swarm_init(
-        &self,
-        req: Request<pb::SwarmInitRequest>,
-    ) -> Result<Response<pb::SwarmInitResponse>, Status> {
-        self.local_only(&req)?;
-        self.node
-            .swarm_init(req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn swarm_join(
-        &self,
-        req: Request<pb::SwarmJoinRequest>,
-    ) -> Result<Response<pb::SwarmJoinResponse>, Status> {
-        self.local_only(&req)?;
-        self.node
-            .swarm_join(req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn swarm_leave(
-        &self,
-        req: Request<pb::SwarmLeaveRequest>,
-    ) -> Result<Response<pb::Empty>, Status> {
-        self.local_only(&req)?;
-        self.node
-            .swarm_leave(req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn info(&self, req: Request<pb::Empty>) -> Result<Response<pb::InfoResponse>, Status> {
-        self.local_only(&req)?;
-        Ok(Response::new(self.node.info().await))
-    }
-    async fn swarm_unlock(
-        &self,
-        req: Request<pb::SwarmUnlockRequest>,
-    ) -> Result<Response<pb::Empty>, Status> {
-        self.local_only(&req)?;
-        self.node
-            .swarm_unlock(req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn get_unlock_key(
-        &self,
-        req: Request<pb::GetUnlockKeyRequest>,
-    ) -> Result<Response<pb::UnlockKeyResponse>, Status> {
-        let api = self.cluster(&req).await?;
-        api.get_unlock_key(req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn get_cluster(
-        &self,
-        req: Request<pb::Empty>,
-    ) -> Result<Response<pb::ClusterInfo>, Status> {
-        self.cluster(&req)
-            .await?
-            .get_cluster()
-            .await
-            .map(Response::new)
-    }
-    async fn update_cluster(
-        &self,
-        req: Request<pb::UpdateClusterRequest>,
-    ) -> Result<Response<pb::ClusterInfo>, Status> {
-        let api = self.cluster(&req).await?;
-        api.update_cluster(req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn get_join_tokens(
-        &self,
-        req: Request<pb::GetJoinTokensRequest>,
-    ) -> Result<Response<pb::JoinTokens>, Status> {
-        let api = self.cluster(&req).await?;
-        api.get_join_tokens(req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn list_nodes(
-        &self,
-        req: Request<pb::Empty>,
-    ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        self.cluster(&req)
-            .await?
-            .list_nodes()
-            .await
-            .map(Response::new)
-    }
-    async fn get_node(
-        &self,
-        req: Request<pb::GetNodeRequest>,
-    ) -> Result<Response<pb::Node>, Status> {
-        let api = self.cluster(&req).await?;
-        api.get_node(req.into_inner()).await.map(Response::new)
-    }
-    async fn update_node(
-        &self,
-        req: Request<pb::UpdateNodeRequest>,
-    ) -> Result<Response<pb::Node>, Status> {
-        let api = self.cluster(&req).await?;
-        api.update_node(req.into_inner()).await.map(Response::new)
-    }
-    async fn remove_node(
-        &self,
-        req: Request<pb::RemoveNodeRequest>,
-    ) -> Result<Response<pb::Empty>, Status> {
-        let api = self.cluster(&req).await?;
-        api.remove_node(req.into_inner()).await.map(Response::new)
-    }
-    async fn create_service(
-        &self,
-        req: Request<pb::ServiceSpecRequest>,
-    ) -> Result<Response<pb::JsonDoc>, Status> {
-        let api = self.cluster(&req).await?;
-        api.create_service(req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn update_service(
-        &self,
-        req: Request<pb::UpdateServiceRequest>,
-    ) -> Result<Response<pb::JsonDoc>, Status> {
-        let api = self.cluster(&req).await?;
-        api.update_service(req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn remove_service(
-        &self,
-        req: Request<pb::GetServiceRequest>,
-    ) -> Result<Response<pb::Empty>, Status> {
-        let api = self.cluster(&req).await?;
-        api.remove_service(req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn get_service(
-        &self,
-        req: Request<pb::GetServiceRequest>,
-    ) -> Result<Response<pb::JsonDoc>, Status> {
-        let api = self.cluster(&req).await?;
-        api.get_service(req.into_inner()).await.map(Response::new)
-    }
-    async fn list_services(
-        &self,
-        req: Request<pb::Empty>,
-    ) -> Result<Response<pb::JsonDoc>, Status> {
-        self.cluster(&req)
-            .await?
-            .list_services()
-            .await
-            .map(Response::new)
-    }
-    async fn create_network(
-        &self,
-        req: Request<pb::NetworkSpecRequest>,
-    ) -> Result<Response<pb::JsonDoc>, Status> {
-        let api = self.cluster(&req).await?;
-        api.create_network(req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn list_networks(
-        &self,
-        req: Request<pb::Empty>,
-    ) -> Result<Response<pb::JsonDoc>, Status> {
-        self.cluster(&req)
-            .await?
-            .list_networks()
-            .await
-            .map(Response::new)
-    }
-    async fn get_network(
-        &self,
-        req: Request<pb::GetNetworkRequest>,
-    ) -> Result<Response<pb::JsonDoc>, Status> {
-        let api = self.cluster(&req).await?;
-        api.get_network(req.into_inner()).await.map(Response::new)
-    }
-    async fn remove_network(
-        &self,
-        req: Request<pb::GetNetworkRequest>,
-    ) -> Result<Response<pb::Empty>, Status> {
-        let api = self.cluster(&req).await?;
-        api.remove_network(req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn list_tasks(
-        &self,
-        req: Request<pb::ListTasksRequest>,
-    ) -> Result<Response<pb::JsonDoc>, Status> {
-        let api = self.cluster(&req).await?;
-        api.list_tasks(req.into_inner()).await.map(Response::new)
-    }
-
-    // ---- secrets, configs and service logs (branch `sec`): thin wrappers over ControlApi.
-    async fn create_secret(
-        &self,
-        req: Request<pb::CreateFileObjectRequest>,
-    ) -> Result<Response<pb::FileObject>, Status> {
-        let api = self.cluster(&req).await?;
-        api.create_file_object(FileKind::Secret, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn list_secrets(
-        &self,
-        req: Request<pb::Empty>,
-    ) -> Result<Response<pb::ListFileObjectsResponse>, Status> {
-        let api = self.cluster(&req).await?;
-        api.list_file_objects(FileKind::Secret)
-            .await
-            .map(Response::new)
-    }
-    async fn get_secret(
-        &self,
-        req: Request<pb::GetFileObjectRequest>,
-    ) -> Result<Response<pb::FileObject>, Status> {
-        let api = self.cluster(&req).await?;
-        api.get_file_object(FileKind::Secret, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn remove_secret(
-        &self,
-        req: Request<pb::GetFileObjectRequest>,
-    ) -> Result<Response<pb::Empty>, Status> {
-        let api = self.cluster(&req).await?;
-        api.remove_file_object(FileKind::Secret, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn create_config(
-        &self,
-        req: Request<pb::CreateFileObjectRequest>,
-    ) -> Result<Response<pb::FileObject>, Status> {
-        let api = self.cluster(&req).await?;
-        api.create_file_object(FileKind::Config, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn list_configs(
-        &self,
-        req: Request<pb::Empty>,
-    ) -> Result<Response<pb::ListFileObjectsResponse>, Status> {
-        let api = self.cluster(&req).await?;
-        api.list_file_objects(FileKind::Config)
-            .await
-            .map(Response::new)
-    }
-    async fn get_config(
-        &self,
-        req: Request<pb::GetFileObjectRequest>,
-    ) -> Result<Response<pb::FileObject>, Status> {
-        let api = self.cluster(&req).await?;
-        api.get_file_object(FileKind::Config, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn remove_config(
-        &self,
-        req: Request<pb::GetFileObjectRequest>,
-    ) -> Result<Response<pb::Empty>, Status> {
-        let api = self.cluster(&req).await?;
-        api.remove_file_object(FileKind::Config, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    type ServiceLogsStream = manager::controlapi_logs::LogStream;
-    async fn service_logs(
-        &self,
-        req: Request<pb::ServiceLogsRequest>,
-    ) -> Result<Response<Self::ServiceLogsStream>, Status> {
-        let api = self.cluster(&req).await?;
-        api.service_logs(req.into_inner()).await.map(Response::new)
     }
 }
 
@@ -1572,11 +1172,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
         let _ = std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o600));
     }
     tracing::info!(socket = %cfg.socket.display(), "listening");
-    let svc = pb::control_server::ControlServer::new(ControlService {
-        node: node.clone(),
-        local: true,
-    })
-    .max_decoding_message_size(proto::limits::MAX_CONTROL_REQUEST_BYTES);
+    let svc = manager::controlapi_server::server(node.clone(), true);
     let local =
         pb::node_local_server::NodeLocalServer::new(NodeLocalService { node: node.clone() })
             .max_decoding_message_size(proto::limits::MAX_CONTROL_REQUEST_BYTES);

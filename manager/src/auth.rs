@@ -8,7 +8,7 @@
 
 use proto::security::{CertInfo, Role};
 use proto::transport::PeerInfo;
-use tonic::{Request, Status};
+use tonic::{Extensions, Request, Status};
 
 use crate::store::Store;
 
@@ -32,8 +32,13 @@ impl Authorizer {
 
     /// Any node of this cluster that has not been removed.
     pub fn node<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
-        let peer = req
-            .extensions()
+        self.node_of(req.extensions())
+    }
+
+    /// [`Authorizer::node`] from a request's extensions (an HTTP-level layer has no
+    /// decoded request).
+    pub fn node_of(&self, ext: &Extensions) -> Result<Caller, Status> {
+        let peer = ext
             .get::<PeerInfo>()
             .ok_or_else(|| Status::unauthenticated("no peer information on this connection"))?;
         if peer.local {
@@ -88,7 +93,12 @@ impl Authorizer {
     /// the certificate names a manager and the store holds the node as a manager now, both
     /// as its role and as its desired role (a demotion in progress already refuses).
     pub fn control<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
-        let caller = self.node(req)?;
+        self.control_of(req.extensions())
+    }
+
+    /// [`Authorizer::control`] from a request's extensions.
+    pub fn control_of(&self, ext: &Extensions) -> Result<Caller, Status> {
+        let caller = self.node_of(ext)?;
         if let Caller::Node(c) = &caller {
             if c.role != Role::Manager {
                 return Err(worker_refused(&c.node_id));

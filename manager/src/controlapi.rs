@@ -1,16 +1,16 @@
 //! The control API's cluster calls: validation, then a transaction through raft.
 //!
-//! Runs on the leader; on a follower each call is forwarded to the leader over mutual TLS with
-//! this manager's certificate, so the CLI can talk to any manager.
+//! Runs on the leader: a follower hands every call to the leader before it gets here
+//! ([`crate::controlapi_server::Forwarding`]), so the CLI can talk to any manager. Reads are
+//! linearizable; a call that finds this manager no longer leading ends as "not the leader".
 
 use std::sync::Arc;
 
 use proto::pb;
-use proto::pb::control_client::ControlClient;
 use proto::security::{JoinToken, Role};
-use tonic::transport::Channel;
 use tonic::Status;
 
+use crate::error::ApiError;
 use crate::manager::{now_ms, pb_node, update_with_retry, Manager};
 use crate::store::{Availability, Kind, NodeState, Object, Op, StoreData, Txn};
 
@@ -39,7 +39,7 @@ fn pb_cluster(c: &crate::store::Cluster) -> pb::ClusterInfo {
 fn cluster_of(d: &StoreData) -> Result<crate::store::Cluster, Status> {
     d.cluster
         .clone()
-        .ok_or_else(|| Status::failed_precondition("the swarm is not initialised yet"))
+        .ok_or_else(|| ApiError::NotInitialised.into())
 }
 
 impl ControlApi {
@@ -47,23 +47,7 @@ impl ControlApi {
         ControlApi { mgr }
     }
 
-    /// `Some(client)` when the call must go to the leader.
-    pub(crate) fn leader_client(&self) -> Result<Option<ControlClient<Channel>>, Status> {
-        self.leader()
-    }
-
-    fn leader(&self) -> Result<Option<ControlClient<Channel>>, Status> {
-        if self.mgr.is_leader() {
-            Ok(None)
-        } else {
-            Ok(Some(ControlClient::new(self.mgr.leader_channel()?)))
-        }
-    }
-
     pub async fn get_cluster(&self) -> Result<pb::ClusterInfo, Status> {
-        if let Some(mut c) = self.leader()? {
-            return Ok(c.get_cluster(pb::Empty {}).await?.into_inner());
-        }
         self.mgr.linearizable().await?;
         self.mgr
             .store
@@ -74,9 +58,6 @@ impl ControlApi {
         &self,
         req: pb::UpdateClusterRequest,
     ) -> Result<pb::ClusterInfo, Status> {
-        if let Some(mut c) = self.leader()? {
-            return Ok(c.update_cluster(req).await?.into_inner());
-        }
         validate_settings(req.heartbeat_period_ms, req.cert_expiry_ms)?;
         ControlApi::validate_autolock(req.autolock)?;
         let fresh_unlock_key = self.new_sealed_unlock_key()?;
@@ -107,16 +88,13 @@ impl ControlApi {
         &self,
         req: pb::GetJoinTokensRequest,
     ) -> Result<pb::JoinTokens, Status> {
-        if let Some(mut c) = self.leader()? {
-            return Ok(c.get_join_tokens(req).await?.into_inner());
-        }
         if req.rotate_worker || req.rotate_manager {
             update_with_retry(&self.mgr, |d| {
                 let mut c = cluster_of(d)?;
                 let digest = c
                     .root_ca
                     .digest()
-                    .map_err(|e| Status::internal(e.to_string()))?;
+                    .map_err(|e| ApiError::internal("reading the root CA", e))?;
                 if req.rotate_worker {
                     c.worker_token = JoinToken::generate(&digest).to_string();
                 }
@@ -139,9 +117,6 @@ impl ControlApi {
     }
 
     pub async fn list_nodes(&self) -> Result<pb::ListNodesResponse, Status> {
-        if let Some(mut c) = self.leader()? {
-            return Ok(c.list_nodes(pb::Empty {}).await?.into_inner());
-        }
         self.mgr.linearizable().await?;
         let leader = self.mgr.leader_id();
         Ok(self.mgr.store.view(|d| pb::ListNodesResponse {
@@ -150,41 +125,36 @@ impl ControlApi {
     }
 
     pub async fn get_node(&self, req: pb::GetNodeRequest) -> Result<pb::Node, Status> {
-        if let Some(mut c) = self.leader()? {
-            return Ok(c.get_node(req).await?.into_inner());
-        }
         self.mgr.linearizable().await?;
         let leader = self.mgr.leader_id();
         self.mgr.store.view(|d| {
             d.find_node(&req.id)
                 .map(|n| pb_node(n, leader))
-                .map_err(|e| Status::not_found(e.to_string()))
+                .map_err(|e| ApiError::from(e).into())
         })
     }
 
     pub async fn update_node(&self, req: pb::UpdateNodeRequest) -> Result<pb::Node, Status> {
-        if let Some(mut c) = self.leader()? {
-            return Ok(c.update_node(req).await?.into_inner());
-        }
         let availability = match req.availability.as_str() {
             "" => None,
             s => Some(Availability::parse(s).ok_or_else(|| {
-                Status::invalid_argument(format!(
+                ApiError::InvalidArgument(format!(
                     "invalid availability {s:?}: expected active, pause or drain"
                 ))
             })?),
         };
         let role = match req.desired_role.as_str() {
             "" => None,
-            s => Some(s.parse::<Role>().map_err(Status::invalid_argument)?),
+            s => Some(s.parse::<Role>().map_err(ApiError::InvalidArgument)?),
         };
         let mut adds = Vec::new();
         for l in &req.label_add {
             let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
             if k.is_empty() {
-                return Err(Status::invalid_argument(format!(
+                return Err(ApiError::InvalidArgument(format!(
                     "invalid label {l:?}: expected key=value"
-                )));
+                ))
+                .into());
             }
             adds.push((k.to_string(), v.to_string()));
         }
@@ -192,13 +162,10 @@ impl ControlApi {
             "node label",
             adds.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         )
-        .map_err(Status::invalid_argument)?;
+        .map_err(ApiError::InvalidArgument)?;
         let mut id = String::new();
         update_with_retry(&self.mgr, |d| {
-            let mut n = d
-                .find_node(&req.id)
-                .map_err(|e| Status::not_found(e.to_string()))?
-                .clone();
+            let mut n = d.find_node(&req.id).map_err(ApiError::from)?.clone();
             id = n.id.clone();
             if let Some(a) = availability {
                 n.availability = a;
@@ -211,20 +178,22 @@ impl ControlApi {
                         .filter(|m| m.desired_role == Role::Manager)
                         .count();
                     if managers <= 1 {
-                        return Err(Status::failed_precondition(format!(
+                        return Err(ApiError::FailedPrecondition(format!(
                             "node {} is the last manager of the swarm and cannot be demoted",
                             n.id
-                        )));
+                        ))
+                        .into());
                     }
                 }
                 n.desired_role = r;
             }
             for k in &req.label_rm {
                 if n.labels.remove(k).is_none() {
-                    return Err(Status::invalid_argument(format!(
+                    return Err(ApiError::InvalidArgument(format!(
                         "label {k:?} does not exist on node {}",
                         n.id
-                    )));
+                    ))
+                    .into());
                 }
             }
             for (k, v) in &adds {
@@ -234,39 +203,39 @@ impl ControlApi {
                 "node label",
                 n.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
             )
-            .map_err(Status::invalid_argument)?;
+            .map_err(ApiError::InvalidArgument)?;
             n.updated_at_ms = now_ms();
             Ok(Txn::new(vec![Op::Update(Object::Node(n))]))
         })
         .await?;
         let leader = self.mgr.leader_id();
         self.mgr.store.view(|d| {
-            d.nodes
-                .get(&id)
-                .map(|n| pb_node(n, leader))
-                .ok_or_else(|| Status::not_found(format!("node {id} not found")))
+            d.nodes.get(&id).map(|n| pb_node(n, leader)).ok_or_else(|| {
+                ApiError::NotFound {
+                    kind: "node",
+                    name: id.clone(),
+                }
+                .into()
+            })
         })
     }
 
     pub async fn remove_node(&self, req: pb::RemoveNodeRequest) -> Result<pb::Empty, Status> {
-        if let Some(mut c) = self.leader()? {
-            return Ok(c.remove_node(req).await?.into_inner());
-        }
         update_with_retry(&self.mgr, |d| {
             let n = d
                 .find_node(&req.id)
-                .map_err(|e| Status::not_found(e.to_string()))?;
+                .map_err(ApiError::from)?;
             if n.role == Role::Manager || n.desired_role == Role::Manager {
-                return Err(Status::failed_precondition(format!(
+                return Err(ApiError::FailedPrecondition(format!(
                     "node {} is a cluster manager and a member of the raft cluster; demote it to worker before removal",
                     n.id
-                )));
+                )).into());
             }
             if n.state != NodeState::Down && !req.force {
-                return Err(Status::failed_precondition(format!(
+                return Err(ApiError::FailedPrecondition(format!(
                     "node {} is not down and can't be removed; stop it first or use --force",
                     n.id
-                )));
+                )).into());
             }
             let mut c = cluster_of(d)?;
             c.removed_nodes.insert(n.id.clone());

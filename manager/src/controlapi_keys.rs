@@ -5,6 +5,7 @@ use proto::pb;
 use tonic::Status;
 
 use crate::controlapi::ControlApi;
+use crate::error::ApiError;
 use crate::keys::UnlockKey;
 use crate::manager::update_with_retry;
 use crate::store::{Cluster, Object, Op, Txn};
@@ -15,11 +16,8 @@ pub const NO_UNLOCK_KEY: &str = "no unlock key is set";
 impl ControlApi {
     /// A new unlock key, sealed as the cluster object stores it.
     pub(crate) fn new_sealed_unlock_key(&self) -> Result<String, Status> {
-        let key = UnlockKey::generate().map_err(|e| Status::internal(e.to_string()))?;
-        self.mgr
-            .kek
-            .seal_unlock_key(&key)
-            .map_err(|e| Status::internal(e.to_string()))
+        let key = UnlockKey::generate().map_err(ApiError::from)?;
+        Ok(self.mgr.kek.seal_unlock_key(&key).map_err(ApiError::from)?)
     }
 
     /// Apply `swarm update --autolock` (`setting`: 0 unchanged, 1 on, 2 off) to `c`; turning
@@ -34,9 +32,10 @@ impl ControlApi {
 
     pub fn validate_autolock(setting: u32) -> Result<(), Status> {
         if setting > 2 {
-            return Err(Status::invalid_argument(format!(
+            return Err(ApiError::InvalidArgument(format!(
                 "invalid autolock setting {setting}: 0 (unchanged), 1 (on) or 2 (off)"
-            )));
+            ))
+            .into());
         }
         Ok(())
     }
@@ -46,15 +45,12 @@ impl ControlApi {
         &self,
         req: pb::GetUnlockKeyRequest,
     ) -> Result<pb::UnlockKeyResponse, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(c.get_unlock_key(req).await?.into_inner());
-        }
         if req.rotate {
             let fresh = self.new_sealed_unlock_key()?;
             update_with_retry(&self.mgr, |d| {
                 let mut c = d.cluster.clone().ok_or_else(not_initialised)?;
                 if c.unlock_key.is_none() {
-                    return Err(Status::failed_precondition(NO_UNLOCK_KEY));
+                    return Err(ApiError::FailedPrecondition(NO_UNLOCK_KEY.into()).into());
                 }
                 c.unlock_key = Some(fresh.clone());
                 Ok(Txn::new(vec![Op::Update(Object::Cluster(c))]))
@@ -69,12 +65,12 @@ impl ControlApi {
             .store
             .view(|d| d.cluster.as_ref().map(|c| c.unlock_key.clone()))
             .ok_or_else(not_initialised)?
-            .ok_or_else(|| Status::failed_precondition(NO_UNLOCK_KEY))?;
+            .ok_or_else(|| ApiError::FailedPrecondition(NO_UNLOCK_KEY.into()))?;
         let key = self
             .mgr
             .kek
             .open_unlock_key(&sealed)
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(ApiError::from)?;
         Ok(pb::UnlockKeyResponse {
             unlock_key: key.to_string(),
         })
@@ -82,5 +78,5 @@ impl ControlApi {
 }
 
 fn not_initialised() -> Status {
-    Status::failed_precondition("the swarm is not initialised yet")
+    ApiError::NotInitialised.into()
 }

@@ -21,6 +21,7 @@ use tonic::Status;
 use crate::controlapi::ControlApi;
 use crate::controlapi_services::find_service;
 use crate::dispatcher::LOG_QUEUE;
+use crate::error::ApiError;
 use crate::store::{NodeState, StoreData, Task};
 
 pub type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogMessage, Status>> + Send>>;
@@ -62,9 +63,9 @@ fn resolve(d: &StoreData, target: &str) -> Result<Resolved, Status> {
                 }
                 1 => by_prefix,
                 _ => {
-                    return Err(Status::invalid_argument(format!(
-                        "task {target} is ambiguous"
-                    )))
+                    return Err(
+                        ApiError::InvalidArgument(format!("task {target} is ambiguous")).into(),
+                    )
                 }
             }
         }
@@ -111,10 +112,6 @@ fn warning(node_id: &str, hostname: &str, what: &str) -> pb::LogMessage {
 
 impl ControlApi {
     pub async fn service_logs(&self, req: pb::ServiceLogsRequest) -> Result<LogStream, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            let s = c.service_logs(req).await?.into_inner();
-            return Ok(Box::pin(s));
-        }
         self.mgr.linearizable().await?;
         let (infos, nodes) = self.mgr.store.view(|d| resolve(d, &req.target))?;
         let mgr = self.mgr.clone();

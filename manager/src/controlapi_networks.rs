@@ -8,6 +8,7 @@ use tonic::Status;
 
 use crate::allocator;
 use crate::controlapi::ControlApi;
+use crate::error::ApiError;
 use crate::manager::{now_ms, update_with_retry};
 use crate::store::{Kind, Network, Object, Op, StoreData, Txn};
 
@@ -16,13 +17,14 @@ const MAX_SPEC_BYTES: usize = 64 * 1024;
 
 fn parse_spec(json: &str) -> Result<NetworkSpec, Status> {
     if json.len() > MAX_SPEC_BYTES {
-        return Err(Status::invalid_argument(format!(
+        return Err(ApiError::InvalidArgument(format!(
             "network spec is {} bytes; the limit is {MAX_SPEC_BYTES}",
             json.len()
-        )));
+        ))
+        .into());
     }
-    serde_json::from_str(json)
-        .map_err(|e| Status::invalid_argument(format!("malformed network spec: {e}")))
+    Ok(serde_json::from_str(json)
+        .map_err(|e| ApiError::InvalidArgument(format!("malformed network spec: {e}")))?)
 }
 
 /// What can be checked without the store: name and driver.
@@ -38,20 +40,24 @@ pub fn validate_spec(spec: &NetworkSpec) -> Result<(), Status> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
     if !name_ok {
-        return Err(Status::invalid_argument(format!(
+        return Err(ApiError::InvalidArgument(format!(
             "invalid network name {name:?}: use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit"
-        )));
+        )).into());
     }
     proto::limits::check_labels(
         "network label",
         spec.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
     )
-    .map_err(Status::invalid_argument)?;
+    .map_err(ApiError::InvalidArgument)?;
     if !(spec.driver.is_empty() || spec.driver == "overlay") {
-        return Err(Status::invalid_argument(format!(
-            "unsupported --driver {:?}: only overlay networks are supported",
-            spec.driver
-        )));
+        return Err(ApiError::invalid(
+            "spec.driver",
+            format!(
+                "unsupported driver {:?}: only overlay networks are supported (--driver)",
+                spec.driver
+            ),
+        )
+        .into());
     }
     Ok(())
 }
@@ -66,10 +72,12 @@ pub fn plan_create(
 ) -> Result<Network, Status> {
     validate_spec(spec)?;
     if d.networks.values().any(|n| n.spec.name == spec.name) {
-        return Err(Status::already_exists(format!(
-            "network {} already exists; choose another name",
-            spec.name
-        )));
+        return Err(ApiError::AlreadyExists {
+            kind: "network",
+            name: spec.name.clone(),
+            hint: "; choose another name",
+        }
+        .into());
     }
     if spec.ingress {
         if let Some(n) = d.ingress_network() {
@@ -89,17 +97,24 @@ pub fn plan_create(
                 crate::store::default_addr_pool_mask_len(),
             )
         });
-    allocator::new_network(d, spec, &pool, mask, id, now_ms)
-        .map_err(|e| Status::invalid_argument(e.to_string()))
+    Ok(allocator::new_network(d, spec, &pool, mask, id, now_ms)
+        .map_err(|e| ApiError::InvalidArgument(e.to_string()))?)
 }
 
 /// A network by id, name or unique id prefix.
 pub fn find_network<'a>(d: &'a StoreData, key: &str) -> Result<&'a Network, Status> {
     crate::store::find_by_key(&d.networks, key, |n| &n.spec.name).map_err(|miss| match miss {
-        crate::store::Miss::NotFound => Status::not_found(format!("network {key} not found")),
-        crate::store::Miss::Ambiguous => {
-            Status::invalid_argument(format!("network {key} is ambiguous: use more of its id"))
+        crate::store::Miss::NotFound => ApiError::NotFound {
+            kind: "network",
+            name: key.into(),
         }
+        .into(),
+        crate::store::Miss::Ambiguous => ApiError::Ambiguous {
+            kind: "network",
+            name: key.into(),
+            hint: ": use more of its id",
+        }
+        .into(),
     })
 }
 
@@ -138,7 +153,7 @@ pub fn check_remove(d: &StoreData, n: &Network) -> Result<(), Status> {
     if users.is_empty() {
         return Ok(());
     }
-    Err(Status::failed_precondition(if n.spec.ingress {
+    Err(ApiError::FailedPrecondition(if n.spec.ingress {
         format!(
             "network {} is the routing mesh and services publish ports on it: {}; remove their published ports first",
             n.spec.name,
@@ -150,20 +165,18 @@ pub fn check_remove(d: &StoreData, n: &Network) -> Result<(), Status> {
             n.spec.name,
             users.join(", ")
         )
-    }))
+    })
+    .into())
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<pb::JsonDoc, Status> {
     Ok(pb::JsonDoc {
-        json: serde_json::to_string(v).map_err(|e| Status::internal(e.to_string()))?,
+        json: serde_json::to_string(v).map_err(|e| ApiError::internal("encoding the answer", e))?,
     })
 }
 
 impl ControlApi {
     pub async fn create_network(&self, req: pb::NetworkSpecRequest) -> Result<pb::JsonDoc, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(c.create_network(req).await?.into_inner());
-        }
         let spec = parse_spec(&req.spec_json)?;
         validate_spec(&spec)?;
         let id = random_id(25);
@@ -177,15 +190,12 @@ impl ControlApi {
             let n = d
                 .networks
                 .get(&id)
-                .ok_or_else(|| Status::internal("network vanished"))?;
+                .ok_or_else(|| ApiError::internal("reading the new network", "network vanished"))?;
             to_json(&network_view(d, n))
         })
     }
 
     pub async fn list_networks(&self) -> Result<pb::JsonDoc, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(c.list_networks(pb::Empty {}).await?.into_inner());
-        }
         self.mgr.linearizable().await?;
         self.mgr.store.view(|d| {
             let v: Vec<NetworkView> = d.networks.values().map(|n| network_view(d, n)).collect();
@@ -194,9 +204,6 @@ impl ControlApi {
     }
 
     pub async fn get_network(&self, req: pb::GetNetworkRequest) -> Result<pb::JsonDoc, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(c.get_network(req).await?.into_inner());
-        }
         self.mgr.linearizable().await?;
         self.mgr
             .store
@@ -204,9 +211,6 @@ impl ControlApi {
     }
 
     pub async fn remove_network(&self, req: pb::GetNetworkRequest) -> Result<pb::Empty, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(c.remove_network(req).await?.into_inner());
-        }
         update_with_retry(&self.mgr, |d| {
             let n = find_network(d, &req.id)?;
             check_remove(d, n)?;

@@ -6,6 +6,7 @@ use proto::security::random_id;
 use tonic::Status;
 
 use crate::controlapi::ControlApi;
+use crate::error::ApiError;
 use crate::manager::{now_ms, update_with_retry, ProposeError};
 use crate::secrets::{self, FileKind};
 use crate::store::{DataKey, FileObject, Kind, Object, Op, Txn, TxnError};
@@ -52,25 +53,18 @@ impl ControlApi {
         kind: FileKind,
         req: pb::CreateFileObjectRequest,
     ) -> Result<pb::FileObject, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(match kind {
-                FileKind::Secret => c.create_secret(req).await?,
-                FileKind::Config => c.create_config(req).await?,
-            }
-            .into_inner());
-        }
-        secrets::validate_name(kind, &req.name).map_err(Status::invalid_argument)?;
-        secrets::validate_data(kind, &req.data).map_err(Status::invalid_argument)?;
+        secrets::validate_name(kind, &req.name).map_err(ApiError::InvalidArgument)?;
+        secrets::validate_data(kind, &req.data).map_err(ApiError::InvalidArgument)?;
         proto::limits::check_labels(
             &format!("{} label", kind.noun()),
             req.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         )
-        .map_err(Status::invalid_argument)?;
+        .map_err(ApiError::InvalidArgument)?;
         let id = random_id(25);
         let now = now_ms();
         let key = self.data_key().await?;
         let sealed =
-            secrets::seal(&key, &id, &req.data).map_err(|e| Status::internal(e.to_string()))?;
+            secrets::seal(&key, &id, &req.data).map_err(|e| ApiError::internal("sealing", e))?;
         update_with_retry(&self.mgr, |d| {
             if kind.table(d).values().any(|o| o.name == req.name) {
                 return Err(Status::already_exists(format!(
@@ -105,7 +99,13 @@ impl ControlApi {
             kind.table(d)
                 .get(&id)
                 .map(|o| pb_object(kind, o, None))
-                .ok_or_else(|| Status::internal(format!("{} vanished", kind.noun())))
+                .ok_or_else(|| {
+                    ApiError::internal(
+                        "reading the new object",
+                        format!("{} vanished", kind.noun()),
+                    )
+                    .into()
+                })
         })
     }
 
@@ -113,12 +113,13 @@ impl ControlApi {
     /// of its own: concurrent first creates race to make it, and a loser (refused because the
     /// key exists) uses the winner's, which its node has applied by then.
     async fn data_key(&self) -> Result<DataKey, Status> {
-        let internal = |e: crate::keys::KeyError| Status::internal(e.to_string());
+        let internal = |e: crate::keys::KeyError| Status::from(ApiError::from(e));
         for _ in 0..5 {
             if let Some(k) = self.mgr.store.view(|d| d.data_key.clone()) {
                 return self.mgr.kek.open_data_key(&k).map_err(internal);
             }
-            let fresh = secrets::new_data_key().map_err(|e| Status::internal(e.to_string()))?;
+            let fresh = secrets::new_data_key()
+                .map_err(|e| ApiError::internal("making the data key", e))?;
             let stored = self.mgr.kek.seal_data_key(&fresh).map_err(internal)?;
             match self
                 .mgr
@@ -130,22 +131,13 @@ impl ControlApi {
                 Err(e) => return Err(e.into_status(&self.mgr)),
             }
         }
-        Err(Status::unavailable(
-            "the cluster's data key is being created; retry",
-        ))
+        Err(ApiError::Busy("the cluster's data key is being created; retry".into()).into())
     }
 
     pub async fn list_file_objects(
         &self,
         kind: FileKind,
     ) -> Result<pb::ListFileObjectsResponse, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(match kind {
-                FileKind::Secret => c.list_secrets(pb::Empty {}).await?,
-                FileKind::Config => c.list_configs(pb::Empty {}).await?,
-            }
-            .into_inner());
-        }
         self.mgr.linearizable().await?;
         Ok(self.mgr.store.view(|d| pb::ListFileObjectsResponse {
             objects: kind
@@ -161,13 +153,6 @@ impl ControlApi {
         kind: FileKind,
         req: pb::GetFileObjectRequest,
     ) -> Result<pb::FileObject, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(match kind {
-                FileKind::Secret => c.get_secret(req).await?,
-                FileKind::Config => c.get_config(req).await?,
-            }
-            .into_inner());
-        }
         self.mgr.linearizable().await?;
         self.mgr.store.view(|d| {
             let o = secrets::find(d, kind, &req.id).map_err(Status::not_found)?;
@@ -178,7 +163,7 @@ impl ControlApi {
             let data = match (kind, &key) {
                 (FileKind::Config, Some(k)) => Some(
                     secrets::open(k, &o.id, &o.sealed)
-                        .map_err(|e| Status::internal(e.to_string()))?,
+                        .map_err(|e| ApiError::internal("opening the config", e))?,
                 ),
                 _ => None,
             };
@@ -191,20 +176,13 @@ impl ControlApi {
         kind: FileKind,
         req: pb::GetFileObjectRequest,
     ) -> Result<pb::Empty, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(match kind {
-                FileKind::Secret => c.remove_secret(req).await?,
-                FileKind::Config => c.remove_config(req).await?,
-            }
-            .into_inner());
-        }
         update_with_retry(&self.mgr, |d| {
             let o = secrets::find(d, kind, &req.id).map_err(Status::not_found)?;
             let users = secrets::users(d, kind, &o.name);
             if !users.is_empty() {
-                return Err(Status::failed_precondition(in_use_message(
-                    kind, &o.name, &users,
-                )));
+                return Err(
+                    ApiError::FailedPrecondition(in_use_message(kind, &o.name, &users)).into(),
+                );
             }
             Ok(Txn::new(vec![Op::Delete {
                 kind: store_kind(kind),

@@ -4,10 +4,11 @@
 use proto::api::{EndpointView, ServiceView, TaskView, UpdateStatusView, VirtualIpView};
 use proto::pb;
 use proto::security::random_id;
-use proto::spec::{EndpointMode, ServiceMode, ServiceSpec, TaskState};
+use proto::spec::{EndpointMode, Mount, MountKind, ServiceMode, ServiceSpec, TaskState};
 use tonic::Status;
 
 use crate::controlapi::ControlApi;
+use crate::error::ApiError;
 use crate::manager::{now_ms, update_with_retry};
 use crate::store::Availability;
 use crate::store::{
@@ -19,18 +20,19 @@ const MAX_SPEC_BYTES: usize = 256 * 1024;
 
 fn parse_spec(json: &str) -> Result<ServiceSpec, Status> {
     if json.len() > MAX_SPEC_BYTES {
-        return Err(Status::invalid_argument(format!(
+        return Err(ApiError::InvalidArgument(format!(
             "service spec is {} bytes; the limit is {MAX_SPEC_BYTES}",
             json.len()
-        )));
+        ))
+        .into());
     }
-    serde_json::from_str(json)
-        .map_err(|e| Status::invalid_argument(format!("malformed service spec: {e}")))
+    Ok(serde_json::from_str(json)
+        .map_err(|e| ApiError::InvalidArgument(format!("malformed service spec: {e}")))?)
 }
 
 /// Reject what Swarm rejects, with the field named.
 pub fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
-    let bad = |m: String| Err(Status::invalid_argument(m));
+    let bad = |m: String| Err(ApiError::InvalidArgument(m).into());
     let name = &spec.name;
     let name_ok = !name.is_empty()
         && name.len() <= 63
@@ -50,21 +52,25 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
         return bad("an image is required".into());
     }
     proto::reference::parse_normalized(&spec.task.image)
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    proto::limits::check_service_spec(spec).map_err(Status::invalid_argument)?;
-    proto::limits::check_user(&spec.task.user).map_err(Status::invalid_argument)?;
+        .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+    proto::limits::check_service_spec(spec).map_err(ApiError::InvalidArgument)?;
+    proto::limits::check_user(&spec.task.user).map_err(ApiError::InvalidArgument)?;
     if let ServiceMode::ReplicatedJob {
         max_concurrent,
         total_completions,
     } = spec.mode
     {
         if max_concurrent == 0 || total_completions == 0 {
-            return bad("--max-concurrent and the number of completions must be at least 1".into());
+            return Err(ApiError::invalid(
+                "spec.mode.replicated-job",
+                "max_concurrent and total_completions must be at least 1 (--max-concurrent, --replicas)",
+            )
+            .into());
         }
     }
     for c in &spec.task.placement.constraints {
         crate::scheduler::constraint::Constraint::parse(c)
-            .map_err(|e| Status::invalid_argument(format!("invalid constraint {c:?}: {e}")))?;
+            .map_err(|e| ApiError::InvalidArgument(format!("invalid constraint {c:?}: {e}")))?;
     }
     for p in &spec.task.placement.preferences {
         if p.strip_prefix("spread=node.labels.")
@@ -75,9 +81,16 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
             ));
         }
     }
-    for u in [&spec.update, &spec.rollback] {
+    for (u, which) in [(&spec.update, "update"), (&spec.rollback, "rollback")] {
         if !(0.0..=1.0).contains(&u.max_failure_ratio) {
-            return bad("--update-max-failure-ratio must be between 0 and 1".into());
+            return Err(ApiError::invalid(
+                format!("spec.{which}.max_failure_ratio"),
+                format!(
+                    "{} must be between 0 and 1 (--{which}-max-failure-ratio)",
+                    u.max_failure_ratio
+                ),
+            )
+            .into());
         }
     }
     if !spec.task.stop_signal.is_empty()
@@ -87,42 +100,137 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '+')
     {
-        return bad(format!("invalid --stop-signal {:?}", spec.task.stop_signal));
+        return Err(ApiError::invalid(
+            "spec.task.stop_signal",
+            format!("invalid signal {:?} (--stop-signal)", spec.task.stop_signal),
+        )
+        .into());
     }
     crate::limits::validate_spec_durations(spec)?;
+    validate_mounts(&spec.task.mounts)?;
     validate_endpoint(spec)
+}
+
+/// What a node would refuse of a mount, refused here: an API client that is not the CLI gets
+/// a one-line error at create or update instead of tasks that are REJECTED on every node.
+/// (Whether a bind source exists is the node's to say.)
+pub fn validate_mounts(mounts: &[Mount]) -> Result<(), ApiError> {
+    let mut targets = std::collections::BTreeSet::new();
+    for (i, m) in mounts.iter().enumerate() {
+        let field = |f: &str| format!("spec.task.mounts[{i}].{f}");
+        let t = &m.target;
+        if t.is_empty() {
+            return Err(ApiError::invalid(field("target"), "a target is required"));
+        }
+        if !t.starts_with('/') || t.contains('\0') {
+            return Err(ApiError::invalid(
+                field("target"),
+                format!("invalid mount target {t:?}: must be an absolute path"),
+            ));
+        }
+        if t.split('/').any(|c| c == "..") {
+            return Err(ApiError::invalid(
+                field("target"),
+                format!("invalid mount target {t:?}: must not contain '..'"),
+            ));
+        }
+        let normal = format!(
+            "/{}",
+            t.split('/')
+                .filter(|c| !c.is_empty() && *c != ".")
+                .collect::<Vec<_>>()
+                .join("/")
+        );
+        if normal == "/" {
+            return Err(ApiError::invalid(
+                field("target"),
+                "invalid mount target \"/\": the container's root cannot be a mount",
+            ));
+        }
+        if !targets.insert(normal) {
+            return Err(ApiError::invalid(
+                field("target"),
+                format!("duplicate mount point {t:?}: mount each target once"),
+            ));
+        }
+        let src = &m.source;
+        match m.kind {
+            MountKind::Bind if !src.starts_with('/') || src.contains('\0') => {
+                return Err(ApiError::invalid(
+                    field("source"),
+                    format!("invalid mount config for type \"bind\": source {src:?} must be an absolute host path"),
+                ))
+            }
+            MountKind::Volume if !src.is_empty() && !volume_name_ok(src) => {
+                return Err(ApiError::invalid(
+                    field("source"),
+                    format!("invalid volume name {src:?}: use letters, digits, '_', '.' or '-', starting with a letter or digit"),
+                ))
+            }
+            MountKind::Tmpfs if !src.is_empty() => {
+                return Err(ApiError::invalid(
+                    field("source"),
+                    "invalid mount config for type \"tmpfs\": source must not be specified",
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Docker's volume names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+fn volume_name_ok(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 /// Published ports and network attachments, as far as they can be checked without the store.
 fn validate_endpoint(spec: &ServiceSpec) -> Result<(), Status> {
-    let bad = |m: String| Err(Status::invalid_argument(m));
     for (i, p) in spec.endpoint.ports.iter().enumerate() {
         if p.target_port == 0 {
-            return bad("--publish: the target port must be between 1 and 65535".into());
+            return Err(ApiError::invalid(
+                format!("spec.endpoint.ports[{i}].target_port"),
+                "the target port must be between 1 and 65535 (--publish)",
+            )
+            .into());
         }
         if p.published_port != 0
             && spec.endpoint.ports[..i]
                 .iter()
                 .any(|q| q.published_port == p.published_port && q.protocol == p.protocol)
         {
-            return bad(format!(
-                "--publish: port {}/{} is published twice; publish each port once",
-                p.published_port,
-                p.protocol.as_str()
-            ));
+            return Err(ApiError::invalid(
+                format!("spec.endpoint.ports[{i}].published_port"),
+                format!(
+                    "port {}/{} is published twice; publish each port once (--publish)",
+                    p.published_port,
+                    p.protocol.as_str()
+                ),
+            )
+            .into());
         }
     }
     if spec.endpoint.mode == EndpointMode::Dnsrr
         && crate::allocator::uses_ingress(&spec.endpoint.ports)
     {
-        return bad(
-            "--endpoint-mode dnsrr cannot publish ports in ingress mode; use --publish mode=host or --endpoint-mode vip"
-                .into(),
-        );
+        return Err(ApiError::invalid(
+            "spec.endpoint.mode",
+            "dnsrr cannot publish ports in ingress mode; publish in host mode or use vip (--publish mode=host, --endpoint-mode vip)",
+        )
+        .into());
     }
-    for a in &spec.task.networks {
+    for (i, a) in spec.task.networks.iter().enumerate() {
         if a.target.trim().is_empty() {
-            return bad("--network: a network name is required".into());
+            return Err(ApiError::invalid(
+                format!("spec.task.networks[{i}].target"),
+                "a network name is required (--network)",
+            )
+            .into());
         }
     }
     Ok(())
@@ -131,20 +239,29 @@ fn validate_endpoint(spec: &ServiceSpec) -> Result<(), Status> {
 /// Resolve `--network` targets (name, id or id prefix) to network ids, as stored.
 pub fn resolve_networks(d: &StoreData, spec: &mut ServiceSpec) -> Result<(), Status> {
     let mut seen = std::collections::BTreeSet::new();
-    for a in &mut spec.task.networks {
-        let n = crate::controlapi_networks::find_network(d, &a.target)
-            .map_err(|_| Status::not_found(format!("network {} not found", a.target)))?;
+    for (i, a) in spec.task.networks.iter_mut().enumerate() {
+        let n = crate::controlapi_networks::find_network(d, &a.target).map_err(|_| {
+            ApiError::NotFound {
+                kind: "network",
+                name: a.target.clone(),
+            }
+        })?;
         if n.spec.ingress {
-            return Err(Status::invalid_argument(format!(
-                "network {} is the routing mesh and cannot be joined with --network; publish a port instead",
-                a.target
-            )));
+            return Err(ApiError::invalid(
+                format!("spec.task.networks[{i}].target"),
+                format!(
+                    "network {} is the routing mesh and cannot be joined; publish a port instead",
+                    a.target
+                ),
+            )
+            .into());
         }
         if !seen.insert(n.id.clone()) {
-            return Err(Status::invalid_argument(format!(
-                "--network: network {} is given more than once",
-                a.target
-            )));
+            return Err(ApiError::invalid(
+                format!("spec.task.networks[{i}].target"),
+                format!("network {} is given more than once", a.target),
+            )
+            .into());
         }
         a.target = n.id.clone();
     }
@@ -155,8 +272,8 @@ fn alloc_status(e: crate::allocator::AllocError) -> Status {
     use crate::allocator::AllocError;
     match e {
         AllocError::PortInUse { .. } => Status::already_exists(e.to_string()),
-        AllocError::PortReserved { .. } => Status::invalid_argument(e.to_string()),
-        _ => Status::failed_precondition(e.to_string()),
+        AllocError::PortReserved { .. } => ApiError::InvalidArgument(e.to_string()).into(),
+        _ => ApiError::FailedPrecondition(e.to_string()).into(),
     }
 }
 
@@ -171,10 +288,17 @@ fn with_spec(d: &StoreData, s: &mut Service, mut spec: ServiceSpec) -> Result<()
 
 pub(crate) fn find_service<'a>(d: &'a StoreData, key: &str) -> Result<&'a Service, Status> {
     crate::store::find_by_key(&d.services, key, |s| &s.spec.name).map_err(|miss| match miss {
-        crate::store::Miss::NotFound => Status::not_found(format!("service {key} not found")),
-        crate::store::Miss::Ambiguous => {
-            Status::invalid_argument(format!("service {key} is ambiguous"))
+        crate::store::Miss::NotFound => ApiError::NotFound {
+            kind: "service",
+            name: key.into(),
         }
+        .into(),
+        crate::store::Miss::Ambiguous => ApiError::Ambiguous {
+            kind: "service",
+            name: key.into(),
+            hint: "",
+        }
+        .into(),
     })
 }
 
@@ -246,15 +370,12 @@ pub fn service_view(d: &StoreData, s: &Service) -> ServiceView {
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<pb::JsonDoc, Status> {
     Ok(pb::JsonDoc {
-        json: serde_json::to_string(v).map_err(|e| Status::internal(e.to_string()))?,
+        json: serde_json::to_string(v).map_err(|e| ApiError::internal("encoding the answer", e))?,
     })
 }
 
 impl ControlApi {
     pub async fn create_service(&self, req: pb::ServiceSpecRequest) -> Result<pb::JsonDoc, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(c.create_service(req).await?.into_inner());
-        }
         let spec = parse_spec(&req.spec_json)?;
         validate_spec(&spec)?;
         let id = random_id(25);
@@ -272,11 +393,14 @@ impl ControlApi {
         };
         let name = spec.name.clone();
         update_with_retry(&self.mgr, |d| {
-            crate::secrets::check_refs(d, &spec.task).map_err(Status::invalid_argument)?;
+            crate::secrets::check_refs(d, &spec.task).map_err(ApiError::InvalidArgument)?;
             if d.services.values().any(|s| s.spec.name == name) {
-                return Err(Status::already_exists(format!(
-                    "service {name} already exists"
-                )));
+                return Err(ApiError::AlreadyExists {
+                    kind: "service",
+                    name: name.clone(),
+                    hint: "",
+                }
+                .into());
             }
             crate::limits::check_task_limits(d, &spec, None)?;
             let mut service = service.clone();
@@ -288,7 +412,7 @@ impl ControlApi {
             let s = d
                 .services
                 .get(&id)
-                .ok_or_else(|| Status::internal("service vanished"))?;
+                .ok_or_else(|| ApiError::internal("reading the new service", "service vanished"))?;
             to_json(&service_view(d, s))
         })
     }
@@ -297,9 +421,6 @@ impl ControlApi {
         &self,
         req: pb::UpdateServiceRequest,
     ) -> Result<pb::JsonDoc, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(c.update_service(req).await?.into_inner());
-        }
         let new_spec = if req.rollback {
             None
         } else {
@@ -313,16 +434,17 @@ impl ControlApi {
             let mut s = find_service(d, &req.id)?.clone();
             id = s.id.clone();
             if req.version != 0 && req.version != s.version {
-                return Err(Status::aborted(format!(
+                return Err(ApiError::Conflict(format!(
                     "service {} changed since it was read (version {} now {}); retry",
                     s.spec.name, req.version, s.version
-                )));
+                ))
+                .into());
             }
             let now = now_ms();
             let (spec, state) = match &new_spec {
                 None => {
                     let prev = s.previous_spec.clone().ok_or_else(|| {
-                        Status::failed_precondition(format!(
+                        ApiError::FailedPrecondition(format!(
                             "service {} has no previous spec to roll back to",
                             s.spec.name
                         ))
@@ -330,21 +452,24 @@ impl ControlApi {
                     (prev, UpdateState::RollbackStarted)
                 }
                 Some(n) => {
-                    crate::secrets::check_refs(d, &n.task).map_err(Status::invalid_argument)?;
+                    crate::secrets::check_refs(d, &n.task).map_err(ApiError::InvalidArgument)?;
                     if n.name != s.spec.name
                         && d.services
                             .values()
                             .any(|o| o.spec.name == n.name && o.id != s.id)
                     {
-                        return Err(Status::already_exists(format!(
-                            "service {} already exists",
-                            n.name
-                        )));
+                        return Err(ApiError::AlreadyExists {
+                            kind: "service",
+                            name: n.name.clone(),
+                            hint: "",
+                        }
+                        .into());
                     }
                     if std::mem::discriminant(&n.mode) != std::mem::discriminant(&s.spec.mode) {
-                        return Err(Status::invalid_argument(
-                            "the service mode cannot be changed",
-                        ));
+                        return Err(ApiError::InvalidArgument(
+                            "the service mode cannot be changed".into(),
+                        )
+                        .into());
                     }
                     (n.clone(), UpdateState::Updating)
                 }
@@ -382,9 +507,6 @@ impl ControlApi {
     }
 
     pub async fn remove_service(&self, req: pb::GetServiceRequest) -> Result<pb::Empty, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(c.remove_service(req).await?.into_inner());
-        }
         update_with_retry(&self.mgr, |d| {
             let s = find_service(d, &req.id)?;
             let mut ops = vec![Op::Delete {
@@ -410,9 +532,6 @@ impl ControlApi {
     }
 
     pub async fn get_service(&self, req: pb::GetServiceRequest) -> Result<pb::JsonDoc, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(c.get_service(req).await?.into_inner());
-        }
         self.mgr.linearizable().await?;
         self.mgr
             .store
@@ -420,9 +539,6 @@ impl ControlApi {
     }
 
     pub async fn list_services(&self) -> Result<pb::JsonDoc, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(c.list_services(pb::Empty {}).await?.into_inner());
-        }
         self.mgr.linearizable().await?;
         self.mgr.store.view(|d| {
             let v: Vec<ServiceView> = d.services.values().map(|s| service_view(d, s)).collect();
@@ -431,9 +547,6 @@ impl ControlApi {
     }
 
     pub async fn list_tasks(&self, req: pb::ListTasksRequest) -> Result<pb::JsonDoc, Status> {
-        if let Some(mut c) = self.leader_client()? {
-            return Ok(c.list_tasks(req).await?.into_inner());
-        }
         self.mgr.linearizable().await?;
         let desired = match req.desired_state.as_str() {
             "" => None,
@@ -441,9 +554,10 @@ impl ControlApi {
             "shutdown" => Some(TaskState::Shutdown),
             "accepted" => Some(TaskState::Accepted),
             other => {
-                return Err(Status::invalid_argument(format!(
+                return Err(ApiError::InvalidArgument(format!(
                     "invalid desired-state filter {other:?}: use running, shutdown or accepted"
-                )))
+                ))
+                .into())
             }
         };
         self.mgr.store.view(|d| {
@@ -453,12 +567,7 @@ impl ControlApi {
             };
             let node = match req.node.as_str() {
                 "" => None,
-                key => Some(
-                    d.find_node(key)
-                        .map_err(|e| Status::not_found(e.to_string()))?
-                        .id
-                        .clone(),
-                ),
+                key => Some(d.find_node(key).map_err(ApiError::from)?.id.clone()),
             };
             let tasks: Box<dyn Iterator<Item = &crate::store::Task>> = match &service {
                 Some(sid) => Box::new(d.service_tasks(sid)),
@@ -546,6 +655,68 @@ mod tests {
             with_image(&"a".repeat(256)).unwrap_err(),
             "invalid reference format: repository name must not be more than 255 characters"
         );
+    }
+
+    #[test]
+    fn mounts_are_checked_before_any_task_exists() {
+        let with = |mounts: Vec<Mount>| {
+            let mut s = spec("web");
+            s.task.mounts = mounts;
+            validate_spec(&s).map_err(|e| e.message().to_string())
+        };
+        let m = |kind, source: &str, target: &str| Mount {
+            kind,
+            source: source.into(),
+            target: target.into(),
+            readonly: false,
+        };
+        assert!(with(vec![
+            m(MountKind::Bind, "/srv", "/data"),
+            m(MountKind::Volume, "db-1.x", "/var/lib/db"),
+            m(MountKind::Volume, "", "/cache"),
+            m(MountKind::Tmpfs, "", "/tmp"),
+        ])
+        .is_ok());
+        for (mounts, want) in [
+            (
+                vec![m(MountKind::Bind, "/srv", "data")],
+                "spec.task.mounts[0].target: invalid mount target \"data\": must be an absolute path",
+            ),
+            (
+                vec![m(MountKind::Tmpfs, "", "")],
+                "spec.task.mounts[0].target: a target is required",
+            ),
+            (
+                vec![m(MountKind::Tmpfs, "", "/a/../b")],
+                "spec.task.mounts[0].target: invalid mount target \"/a/../b\": must not contain '..'",
+            ),
+            (
+                vec![m(MountKind::Tmpfs, "", "//")],
+                "spec.task.mounts[0].target: invalid mount target \"/\": the container's root cannot be a mount",
+            ),
+            (
+                vec![m(MountKind::Tmpfs, "", "/x"), m(MountKind::Volume, "", "/x/")],
+                "spec.task.mounts[1].target: duplicate mount point \"/x/\": mount each target once",
+            ),
+            (
+                vec![m(MountKind::Bind, "srv", "/data")],
+                "spec.task.mounts[0].source: invalid mount config for type \"bind\": source \"srv\" must be an absolute host path",
+            ),
+            (
+                vec![m(MountKind::Volume, "../etc", "/data")],
+                "spec.task.mounts[0].source: invalid volume name \"../etc\": use letters, digits, '_', '.' or '-', starting with a letter or digit",
+            ),
+            (
+                vec![m(MountKind::Volume, ".hidden", "/data")],
+                "spec.task.mounts[0].source: invalid volume name \".hidden\": use letters, digits, '_', '.' or '-', starting with a letter or digit",
+            ),
+            (
+                vec![m(MountKind::Tmpfs, "/x", "/data")],
+                "spec.task.mounts[0].source: invalid mount config for type \"tmpfs\": source must not be specified",
+            ),
+        ] {
+            assert_eq!(with(mounts).unwrap_err(), want);
+        }
     }
 
     #[test]

@@ -2,13 +2,16 @@
 //!
 //! Cut as swarmkit cuts it: [`store`] (typed tables changed only through Raft), [`raft`]
 //! (openraft, on disk, over gRPC), [`ca`] (certificates and join tokens), [`controlapi`]
-//! (validated CRUD for the CLI), [`dispatcher`] (the session every node holds with the
+//! (validated CRUD for the CLI, served through [`controlapi_server`], where a follower forwards
+//! every call to the leader, and refusing with [`error::ApiError`]), [`bootstrap`] (a new
+//! cluster's first objects), [`dispatcher`] (the session every node holds with the
 //! leader), [`membership`] (raft voters follow the nodes' roles). Components talk only through
 //! the store. Leader-only loops start when this node gains leadership and stop when it loses
 //! it ([`manager::Manager`]).
 
 pub mod allocator;
 pub mod auth;
+pub mod bootstrap;
 pub mod ca;
 pub mod clock;
 pub mod controlapi;
@@ -16,8 +19,10 @@ pub mod controlapi_keys;
 pub mod controlapi_logs;
 pub mod controlapi_networks;
 pub mod controlapi_secrets;
+pub mod controlapi_server;
 pub mod controlapi_services;
 pub mod dispatcher;
+pub mod error;
 pub mod keys;
 pub mod limits;
 pub mod manager;

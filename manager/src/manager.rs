@@ -24,6 +24,7 @@ use tonic::Status;
 
 use crate::auth::Authorizer;
 use crate::dispatcher::Dispatcher;
+use crate::error::ApiError;
 use crate::raft::lease::{Liveness, Tracked};
 use crate::raft::{self, NodeId, Raft, RaftTuning};
 use crate::store::{Store, Txn, TxnError, TxnOutcome};
@@ -414,15 +415,15 @@ impl Manager {
             Leadership::Follower { leader } => self.addr_of(leader),
             _ => None,
         };
-        let mut s = Status::unavailable(match (&leadership, &addr) {
-            (_, Some(a)) => format!("this manager is not the leader; the leader is {a}"),
+        let mut s = Status::from(match (&leadership, &addr) {
+            (_, Some(a)) => ApiError::NotLeader { addr: a.clone() },
             (Leadership::Unknown { reachable, voters }, _) if *reachable < voters / 2 + 1 => {
-                format!(
+                ApiError::NoQuorum(format!(
                     "{}; the swarm accepts no change until a majority of its managers is back (if they are lost for good: `shoal swarm init --force-new-cluster` on this manager)",
                     no_quorum(*reachable, *voters)
-                )
+                ))
             }
-            _ => "no leader is elected yet; retry shortly".to_string(),
+            _ => ApiError::NoLeaderYet,
         });
         if let Some(addr) = addr {
             if let Ok(v) = addr.parse() {

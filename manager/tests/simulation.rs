@@ -1191,6 +1191,62 @@ fn failover_median_under_two_seconds() {
     });
 }
 
+/// The node side of the control service for a bare manager.
+struct OnlyManager(Arc<Manager>);
+
+#[tonic::async_trait]
+impl manager::controlapi_server::NodeCalls for OnlyManager {
+    async fn swarm_init(
+        &self,
+        _: proto::pb::SwarmInitRequest,
+    ) -> Result<proto::pb::SwarmInitResponse, tonic::Status> {
+        Err(tonic::Status::unimplemented("not a node"))
+    }
+    async fn swarm_join(
+        &self,
+        _: proto::pb::SwarmJoinRequest,
+    ) -> Result<proto::pb::SwarmJoinResponse, tonic::Status> {
+        Err(tonic::Status::unimplemented("not a node"))
+    }
+    async fn swarm_leave(
+        &self,
+        _: proto::pb::SwarmLeaveRequest,
+    ) -> Result<proto::pb::Empty, tonic::Status> {
+        Err(tonic::Status::unimplemented("not a node"))
+    }
+    async fn swarm_unlock(
+        &self,
+        _: proto::pb::SwarmUnlockRequest,
+    ) -> Result<proto::pb::Empty, tonic::Status> {
+        Err(tonic::Status::unimplemented("not a node"))
+    }
+    async fn info(&self, _: proto::pb::Empty) -> Result<proto::pb::InfoResponse, tonic::Status> {
+        Err(tonic::Status::unimplemented("not a node"))
+    }
+    async fn manager(&self) -> Result<Arc<Manager>, tonic::Status> {
+        Ok(self.0.clone())
+    }
+}
+
+/// How control call `method` (one that fails before reading its request) ends on `m`'s
+/// control service, as the local socket serves it.
+async fn control_call(m: &Arc<Manager>, method: &str) -> tonic::Status {
+    use tonic::codegen::{http, Service};
+    use tonic::server::NamedService;
+    let mut svc = manager::controlapi_server::server(Arc::new(OnlyManager(m.clone())), true);
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "/{}/{method}",
+            manager::controlapi_server::Forwarding::NAME
+        ))
+        .header("content-type", "application/grpc")
+        .body(tonic::body::Body::empty())
+        .expect("a request");
+    let resp = svc.call(req).await.expect("infallible");
+    tonic::Status::from_header_map(resp.headers()).expect("a grpc status in the headers")
+}
+
 /// Without a quorum: the leader cut off from the others stops acting as leader within its
 /// lease, says why, and refuses writes at once instead of hanging; a leader killed and
 /// restarted in its old term does not act as leader before a quorum answers it.
@@ -1237,6 +1293,16 @@ fn without_quorum_no_manager_acts_as_leader_and_writes_fail_fast() {
             status.message()
         );
         assert_eq!(l.raft_status(), "no quorum: 1 of 3 managers reachable");
+        // A control call it gets says so too: its forwarding layer has no leader to go to.
+        let status = control_call(&l, "ListNodes").await;
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(
+            status
+                .message()
+                .starts_with("no quorum: 1 of 3 managers reachable"),
+            "{}",
+            status.message()
+        );
         // The other two elected a leader meanwhile and accept writes.
         let other = sim
             .managers

@@ -386,6 +386,45 @@ fn lab_membership_tokens_and_roles() -> Result<()> {
     if hosts != ["m1", "m2", "m3", "w1", w3.as_str()] {
         bail!("unexpected final node set {hosts:?}");
     }
+
+    // A manager that does not lead forwards the calls it gets to the leader: a write (only
+    // the leader commits) and a list larger than gRPC's default 4 MiB message (the follower
+    // passes the leader's answer through without decoding it).
+    let leader = lab.leader("m1")?;
+    let follower = ["m1", "m2", "m3"]
+        .into_iter()
+        .find(|m| *m != leader)
+        .expect("a follower");
+    lab.shoal(
+        follower,
+        &["node", "update", "--label-add", "via=follower", "w1"],
+    )?;
+    let w1 = lab.shoal(&leader, &["node", "inspect", "w1"])?;
+    ensure!(w1.contains("\"via\": \"follower\""), "{w1}");
+    let env: Vec<String> = (0..8)
+        .map(|i| format!("E{i}={}", "x".repeat(30_000)))
+        .collect();
+    const BIG: usize = 24;
+    for n in 0..BIG {
+        let name = format!("big{n}");
+        let mut args = vec!["service", "create", "--detach", "--replicas", "0"];
+        args.extend(["--name", &name]);
+        for e in &env {
+            args.extend(["--env", e.as_str()]);
+        }
+        args.push("busybox:1.36");
+        lab.shoal(follower, &args)?;
+    }
+    // The leader's answer to ListServices holds every spec: about 5.8 MB.
+    let listed = lab.shoal(follower, &["service", "ls"])?;
+    ensure!(
+        (0..BIG).all(|n| listed.contains(&format!("big{n} "))),
+        "{listed}"
+    );
+    ensure!(
+        lab.leader(follower)? == leader,
+        "leadership moved during the check"
+    );
     Ok(())
 }
 
