@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
+use manager::clock::{Clock, SystemClock};
 use manager::controlapi::ControlApi;
-use manager::manager::now_ms;
 use manager::raft::RaftTuning;
 use manager::store::{Change, Cluster, Node, NodeDescription, NodeState, Object, Op, Txn};
 use manager::{Manager, ManagerConfig};
@@ -58,7 +58,7 @@ fn free_port() -> Result<u16> {
 }
 
 fn node(id: &str, raft_id: u64, role: Role, hostname: String, addr: String) -> Node {
-    let now = now_ms();
+    let now = SystemClock.now_ms();
     Node {
         id: id.into(),
         version: 0,
@@ -109,7 +109,7 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<()> {
     let cluster = Cluster {
         id: cluster_id.clone(),
         version: 0,
-        created_at_ms: now_ms(),
+        created_at_ms: SystemClock.now_ms(),
         root_ca,
         worker_token: JoinToken::generate(&digest).to_string(),
         manager_token: JoinToken::generate(&digest).to_string(),
@@ -277,7 +277,7 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<()> {
     loop {
         let ev = tokio::time::timeout(Duration::from_millis(100), events.recv()).await;
         if let Ok(Ok(ev)) = ev {
-            let t_ms = now_ms();
+            let t_ms = SystemClock.now_ms();
             for c in ev.changes.iter() {
                 if let Change::Put(Object::Task(t)) = c {
                     if t.status.state >= TaskState::Assigned && !assigned_at.contains_key(&t.id) {

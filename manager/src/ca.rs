@@ -14,7 +14,7 @@ use proto::security::{random_id, CertInfo, JoinToken, NodeCertRequest, Role};
 use tonic::{Request, Response, Status};
 
 use crate::auth::Caller;
-use crate::manager::{now_ms, update_with_retry, Manager};
+use crate::manager::{update_with_retry, Manager};
 use crate::store::{Cluster, Node, NodeDescription, NodeState, Object, Op, Txn};
 
 pub struct CaService {
@@ -135,7 +135,7 @@ impl pb::ca_server::Ca for CaService {
                 break id;
             }
         };
-        let now = now_ms();
+        let now = mgr.now_ms();
         let node = Node {
             id: node_id.clone(),
             version: 0,
@@ -244,7 +244,7 @@ impl pb::ca_server::Ca for CaService {
             }
             n.role = role;
             n.cert_not_after_ms = not_after;
-            n.updated_at_ms = now_ms();
+            n.updated_at_ms = mgr.now_ms();
             Ok(Txn::new(vec![Op::Update(Object::Node(n))]))
         })
         .await?;

@@ -11,7 +11,7 @@ use proto::security::{JoinToken, Role};
 use tonic::Status;
 
 use crate::error::ApiError;
-use crate::manager::{now_ms, pb_node, update_with_retry, Manager};
+use crate::manager::{pb_node, update_with_retry, Manager};
 use crate::store::{Availability, Kind, NodeState, Object, Op, StoreData, Txn};
 
 pub use crate::limits::{validate_settings, MIN_CERT_EXPIRY, MIN_HEARTBEAT};
@@ -204,7 +204,7 @@ impl ControlApi {
                 n.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
             )
             .map_err(ApiError::InvalidArgument)?;
-            n.updated_at_ms = now_ms();
+            n.updated_at_ms = self.mgr.now_ms();
             Ok(Txn::new(vec![Op::Update(Object::Node(n))]))
         })
         .await?;

@@ -9,7 +9,7 @@ use tonic::Status;
 use crate::allocator;
 use crate::controlapi::ControlApi;
 use crate::error::ApiError;
-use crate::manager::{now_ms, update_with_retry};
+use crate::manager::update_with_retry;
 use crate::store::{Kind, Network, Object, Op, StoreData, Txn};
 
 /// Largest spec accepted.
@@ -180,7 +180,7 @@ impl ControlApi {
         let spec = parse_spec(&req.spec_json)?;
         validate_spec(&spec)?;
         let id = random_id(25);
-        let now = now_ms();
+        let now = self.mgr.now_ms();
         update_with_retry(&self.mgr, |d| {
             let n = plan_create(d, &spec, id.clone(), now)?;
             Ok(Txn::new(vec![Op::Create(Object::Network(n))]))

@@ -7,7 +7,7 @@ use tonic::Status;
 
 use crate::controlapi::ControlApi;
 use crate::error::ApiError;
-use crate::manager::{now_ms, update_with_retry, ProposeError};
+use crate::manager::{update_with_retry, ProposeError};
 use crate::secrets::{self, FileKind};
 use crate::store::{DataKey, FileObject, Kind, Object, Op, Txn, TxnError};
 
@@ -61,7 +61,7 @@ impl ControlApi {
         )
         .map_err(ApiError::InvalidArgument)?;
         let id = random_id(25);
-        let now = now_ms();
+        let now = self.mgr.now_ms();
         let key = self.data_key().await?;
         let sealed =
             secrets::seal(&key, &id, &req.data).map_err(|e| ApiError::internal("sealing", e))?;

@@ -9,7 +9,7 @@ use tonic::Status;
 
 use crate::controlapi::ControlApi;
 use crate::error::ApiError;
-use crate::manager::{now_ms, update_with_retry};
+use crate::manager::update_with_retry;
 use crate::store::Availability;
 use crate::store::{
     Kind, NodeState, Object, Op, Service, StoreData, Txn, UpdateState, UpdateStatus,
@@ -379,7 +379,7 @@ impl ControlApi {
         let spec = parse_spec(&req.spec_json)?;
         validate_spec(&spec)?;
         let id = random_id(25);
-        let now = now_ms();
+        let now = self.mgr.now_ms();
         let service = Service {
             id: id.clone(),
             version: 0,
@@ -440,7 +440,7 @@ impl ControlApi {
                 ))
                 .into());
             }
-            let now = now_ms();
+            let now = self.mgr.now_ms();
             let (spec, state) = match &new_spec {
                 None => {
                     let prev = s.previous_spec.clone().ok_or_else(|| {

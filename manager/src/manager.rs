@@ -261,6 +261,11 @@ impl Manager {
         Ok(mgr)
     }
 
+    /// The time of this manager's decisions ([`ManagerConfig::clock`]).
+    pub fn now_ms(&self) -> i64 {
+        self.config.clock.now_ms()
+    }
+
     /// Bootstrap a new single-manager cluster.
     pub async fn initialize(&self) -> Result<(), ManagerError> {
         let mut members = BTreeMap::new();

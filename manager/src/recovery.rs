@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use crate::manager::{now_ms, Manager, ManagerConfig};
+use crate::manager::{Manager, ManagerConfig};
 use crate::raft::recover::{self, RecoverError, Recovered};
 use crate::store::{NodeState, Object, Op};
 use proto::security::Role;
@@ -33,8 +33,9 @@ pub async fn rebuild_raft(config: &ManagerConfig) -> Result<Recovered, RecoverEr
         let id = config.raft_id;
         let addr = config.advertise_addr.clone();
         let me = config.node_id.clone();
+        let now = config.clock.now_ms();
         let res = tokio::task::spawn_blocking(move || {
-            recover::force_new_cluster(&dir, id, &addr, |d| plan_retirement(d, &me, &addr))
+            recover::force_new_cluster(&dir, id, &addr, |d| plan_retirement(d, &me, &addr, now))
         })
         .await
         .unwrap_or_else(|e| {
@@ -80,8 +81,12 @@ pub async fn has_quorum(mgr: &Manager) -> bool {
 
 /// What the store should say about the nodes after a forced new cluster: this node is the
 /// one manager (at its possibly new address), every other manager a Down worker. Pure.
-pub fn plan_retirement(data: &crate::store::StoreData, me: &str, my_addr: &str) -> Vec<Op> {
-    let now = now_ms();
+pub fn plan_retirement(
+    data: &crate::store::StoreData,
+    me: &str,
+    my_addr: &str,
+    now: i64,
+) -> Vec<Op> {
     let mut ops = Vec::new();
     for n in data.nodes.values() {
         if n.id == me {
@@ -148,7 +153,7 @@ mod tests {
         let mut demoting = node("m3", Role::Manager, "10.0.0.3:2377");
         demoting.desired_role = Role::Worker;
         d.nodes.insert("m3".into(), demoting);
-        let ops = plan_retirement(&d, "me", "10.0.0.9:2377");
+        let ops = plan_retirement(&d, "me", "10.0.0.9:2377", 1);
         let mut by_id = std::collections::BTreeMap::new();
         for op in ops {
             let Op::Update(Object::Node(n)) = op else {
@@ -172,6 +177,6 @@ mod tests {
         for n in by_id.into_values() {
             d.nodes.insert(n.id.clone(), n);
         }
-        assert!(plan_retirement(&d, "me", "10.0.0.9:2377").is_empty());
+        assert!(plan_retirement(&d, "me", "10.0.0.9:2377", 1).is_empty());
     }
 }

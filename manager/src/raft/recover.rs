@@ -175,7 +175,7 @@ pub fn force_new_cluster(
     let backup = dir.join(format!(
         "{}.before-force-new-cluster-{}",
         super::DB_FILE,
-        crate::manager::now_ms()
+        crate::clock::Clock::now_ms(&crate::clock::SystemClock)
     ));
     let werr = |p: &Path, e: &dyn std::fmt::Display| RecoverError::Write {
         path: p.to_path_buf(),
