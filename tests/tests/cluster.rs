@@ -425,6 +425,24 @@ fn lab_membership_tokens_and_roles() -> Result<()> {
         lab.leader(follower)? == leader,
         "leadership moved during the check"
     );
+
+    // A manager that joins raft again after those large writes catches up through them:
+    // appends are cut to what fits the message timeout (before, hundreds of 240 KB entries
+    // went in one message that timed out every time, and the manager never caught up).
+    lab.shoal(&leader, &["node", "demote", follower])?;
+    eventually("the follower demoted", WAIT, || {
+        let n = lab.node(&leader, follower)?;
+        ensure!(n["ManagerStatus"] == "", "{n}");
+        Ok(())
+    })?;
+    lab.shoal(&leader, &["node", "promote", follower])?;
+    eventually("the promoted manager caught up", WAIT, || {
+        let n = lab.node(follower, follower)?;
+        ensure!(n["ManagerStatus"] == "Reachable", "{n}");
+        let listed = lab.shoal(follower, &["service", "ls"])?;
+        ensure!(listed.contains(&format!("big{} ", BIG - 1)), "{listed}");
+        Ok(())
+    })?;
     Ok(())
 }
 

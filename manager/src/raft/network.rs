@@ -7,7 +7,8 @@
 use std::sync::Arc;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -84,6 +85,26 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        let data = serde_json::to_vec(req).map_err(|e| {
+            RPCError::Network(NetworkError::new(&PeerError {
+                addr: self.addr.clone(),
+                msg: e.to_string(),
+            }))
+        })?;
+        self.send(which, data, option).await
+    }
+
+    /// Send an encoded request.
+    async fn send<Resp, E>(
+        &mut self,
+        which: &'static str,
+        data: Vec<u8>,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let err = |msg: String| PeerError {
             addr: self.addr.clone(),
             msg,
@@ -93,8 +114,6 @@ impl PeerClient {
                 "no credentials to dial with".into(),
             ))));
         };
-        let data = serde_json::to_vec(req)
-            .map_err(|e| RPCError::Network(NetworkError::new(&err(e.to_string()))))?;
         let mut request = Request::new(pb::RaftPayload { data });
         request.set_timeout(option.hard_ttl());
         let fut = match which {
@@ -123,7 +142,18 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call("append", &rpc, &option).await
+        let data = serde_json::to_vec(&rpc).map_err(|e| {
+            RPCError::Network(NetworkError::new(&PeerError {
+                addr: self.addr.clone(),
+                msg: e.to_string(),
+            }))
+        })?;
+        if let Some(hint) = entries_hint(rpc.entries.len(), data.len()) {
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint),
+            ));
+        }
+        self.send("append", data, &option).await
     }
 
     async fn install_snapshot(
@@ -213,5 +243,35 @@ impl pb::raft_server::Raft for RaftService {
         self.auth.manager(&req)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(req)?;
         encode(&self.raft.install_snapshot(rpc).await)
+    }
+}
+
+/// Bytes an AppendEntries carries at most, unless it holds a single entry. openraft gives
+/// every AppendEntries the heartbeat's timeout whatever its size: a follower catching up on
+/// hundreds of large entries in one message would time out every time and never catch up.
+pub const MAX_APPEND_BYTES: usize = 1 << 20;
+
+/// How many entries to send at once instead, when `entries` encoded as `bytes` are too many.
+pub fn entries_hint(entries: usize, bytes: usize) -> Option<u64> {
+    if entries <= 1 || bytes <= MAX_APPEND_BYTES {
+        return None;
+    }
+    let fit = (entries as u128 * MAX_APPEND_BYTES as u128 / bytes as u128) as u64;
+    Some(fit.clamp(1, entries as u64 - 1))
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[test]
+    fn large_appends_are_split_by_the_entries_that_fit() {
+        assert_eq!(entries_hint(1, 50 << 20), None, "one entry goes as it is");
+        assert_eq!(entries_hint(300, 100 << 10), None);
+        // 300 entries of 240 KB: 4 fit in 1 MiB.
+        assert_eq!(entries_hint(300, 300 * 240 * 1024), Some(4));
+        // Never 0, never all of them.
+        assert_eq!(entries_hint(2, 100 << 20), Some(1));
+        assert_eq!(entries_hint(3, MAX_APPEND_BYTES + 1), Some(2));
     }
 }
