@@ -656,6 +656,18 @@ impl TryFrom<pb::NetworkState> for spec::NetworkState {
     }
 }
 
+fn backend(b: pb::Backend) -> Result<spec::Backend> {
+    Ok(spec::Backend {
+        addrs: b
+            .addrs
+            .into_iter()
+            .map(|a| Ok((a.network_id, addr("BackendAddr.addr", &a.addr)?)))
+            .collect::<Result<_>>()?,
+        task_id: b.task_id,
+        node_id: b.node_id,
+    })
+}
+
 impl From<&spec::ServiceNet> for pb::ServiceNet {
     fn from(s: &spec::ServiceNet) -> Self {
         pb::ServiceNet {
@@ -719,17 +731,7 @@ impl TryFrom<pb::ServiceNet> for spec::ServiceNet {
             backends: s
                 .backends
                 .into_iter()
-                .map(|b| {
-                    Ok(spec::Backend {
-                        addrs: b
-                            .addrs
-                            .into_iter()
-                            .map(|a| Ok((a.network_id, addr("BackendAddr.addr", &a.addr)?)))
-                            .collect::<Result<_>>()?,
-                        task_id: b.task_id,
-                        node_id: b.node_id,
-                    })
-                })
+                .map(backend)
                 .collect::<Result<_>>()?,
             id: s.id,
             name: s.name,
@@ -750,6 +752,8 @@ impl From<&spec::NodeNetState> for pb::NetworkUpdate {
             removed_networks: Vec::new(),
             services: s.services.iter().map(Into::into).collect(),
             removed_services: Vec::new(),
+            peer_changes: Vec::new(),
+            backend_changes: Vec::new(),
         }
     }
 }
@@ -815,7 +819,65 @@ impl NetAssembler {
                 }
             }
         }
+        for c in u.peer_changes {
+            self.peer_changes(c);
+        }
+        for c in u.backend_changes {
+            self.backend_changes(c);
+        }
         self.state()
+    }
+
+    /// Peers in address order, as the dispatcher lists them.
+    fn peer_changes(&mut self, c: pb::PeerChanges) {
+        let Some(n) = self.networks.get_mut(&c.network_id) else {
+            tracing::warn!(network = %c.network_id, "peer changes of a network not held: skipped");
+            return;
+        };
+        let peer = |p: pb::NetPeer| match spec::NetPeer::try_from(p) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(network = %c.network_id, error = %e, "peer skipped");
+                None
+            }
+        };
+        for p in c.removed.into_iter().filter_map(peer) {
+            if let Ok(i) = n.peers.binary_search(&p) {
+                n.peers.remove(i);
+            }
+        }
+        let own = |p: &pb::NetPeer| !p.node_id.is_empty() && p.node_id == self.node_id;
+        for p in c.added.into_iter().filter(|p| !own(p)).filter_map(peer) {
+            if let Err(i) = n.peers.binary_search(&p) {
+                n.peers.insert(i, p);
+            }
+        }
+    }
+
+    /// Backends in task id order, as the dispatcher lists them.
+    fn backend_changes(&mut self, c: pb::BackendChanges) {
+        let Some(s) = self.services.get_mut(&c.service_id) else {
+            tracing::warn!(service = %c.service_id, "backend changes of a service not held: skipped");
+            return;
+        };
+        for id in &c.removed {
+            if let Ok(i) = s.backends.binary_search_by(|b| b.task_id.cmp(id)) {
+                s.backends.remove(i);
+            }
+        }
+        for b in c.upsert {
+            let b = match backend(b) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(service = %c.service_id, error = %e, "backend skipped");
+                    continue;
+                }
+            };
+            match s.backends.binary_search_by(|x| x.task_id.cmp(&b.task_id)) {
+                Ok(i) => s.backends[i] = b,
+                Err(i) => s.backends.insert(i, b),
+            }
+        }
     }
 
     pub fn state(&self) -> spec::NodeNetState {

@@ -157,60 +157,164 @@ fn wants_service(s: &Service, nets: &BTreeSet<&str>) -> bool {
         || s.endpoint.vips.keys().any(|k| nets.contains(k.as_str()))
 }
 
-type Cached<M> = Option<Arc<(M, u64)>>;
+/// A network's or service's state as built at one committed change, with its fingerprint,
+/// and the change from the state built before it when only that part changed (the endpoints
+/// of a network, the backends of a service).
+pub struct Entry<M, D> {
+    computed_at: u64,
+    msg: M,
+    fp: u64,
+    /// (fingerprint of the previous state, the change from it).
+    delta: Option<(u64, D)>,
+}
+
+type NetEntry = Arc<Entry<pb::NetworkState, pb::PeerChanges>>;
+type SvcEntry = Arc<Entry<pb::ServiceNet, pb::BackendChanges>>;
+
+fn peer_changes(old: &pb::NetworkState, new: &pb::NetworkState) -> Option<pb::PeerChanges> {
+    let head = |n: &pb::NetworkState| pb::NetworkState {
+        peers: Vec::new(),
+        ..n.clone()
+    };
+    if head(old) != head(new) {
+        return None;
+    }
+    let key = |p: &pb::NetPeer| (p.addr.clone(), p.node_ip.clone(), p.node_id.clone());
+    let before: std::collections::HashSet<_> = old.peers.iter().map(key).collect();
+    let after: std::collections::HashSet<_> = new.peers.iter().map(key).collect();
+    Some(pb::PeerChanges {
+        network_id: new.id.clone(),
+        added: new
+            .peers
+            .iter()
+            .filter(|p| !before.contains(&key(p)))
+            .cloned()
+            .collect(),
+        removed: old
+            .peers
+            .iter()
+            .filter(|p| !after.contains(&key(p)))
+            .cloned()
+            .collect(),
+    })
+}
+
+fn backend_changes(old: &pb::ServiceNet, new: &pb::ServiceNet) -> Option<pb::BackendChanges> {
+    let head = |s: &pb::ServiceNet| pb::ServiceNet {
+        backends: Vec::new(),
+        ..s.clone()
+    };
+    if head(old) != head(new) {
+        return None;
+    }
+    let before: HashMap<&str, &pb::Backend> =
+        old.backends.iter().map(|b| (b.task_id.as_str(), b)).collect();
+    let after: BTreeSet<&str> = new.backends.iter().map(|b| b.task_id.as_str()).collect();
+    Some(pb::BackendChanges {
+        service_id: new.id.clone(),
+        upsert: new
+            .backends
+            .iter()
+            .filter(|b| before.get(b.task_id.as_str()) != Some(b))
+            .cloned()
+            .collect(),
+        removed: old
+            .backends
+            .iter()
+            .filter(|b| !after.contains(b.task_id.as_str()))
+            .map(|b| b.task_id.clone())
+            .collect(),
+    })
+}
+
+/// The entry for `msg` built at `index`, following `old` (None if it did not change).
+/// An unchanged state keeps the change that led to it (sessions still behind need it).
+fn next_entry<M: Message, D: Clone>(
+    old: Option<&Arc<Entry<M, D>>>,
+    index: u64,
+    msg: M,
+    delta: impl FnOnce(&M, &M) -> Option<D>,
+) -> Arc<Entry<M, D>> {
+    let fp = hash(&msg);
+    match old {
+        Some(o) if o.fp == fp => Arc::new(Entry {
+            computed_at: index,
+            msg,
+            fp,
+            delta: o.delta.clone(),
+        }),
+        Some(o) => {
+            let d = delta(&o.msg, &msg).map(|d| (o.fp, d));
+            Arc::new(Entry {
+                computed_at: index,
+                msg,
+                fp,
+                delta: d,
+            })
+        }
+        None => Arc::new(Entry {
+            computed_at: index,
+            msg,
+            fp,
+            delta: None,
+        }),
+    }
+}
 
 /// Network and service states built at most once per committed change, shared by every
-/// session. Entries are valid for the store as of `index` or later: a session that handles
-/// the event of `index` may use them; the first session at a later event starts afresh.
+/// session, each with the change from the state before it. An entry built at `index` is
+/// valid for a session that handles the event of `index` or an earlier one (the store is
+/// only ever newer); the first session at a later event builds it again.
 #[derive(Default)]
 pub struct NetCache {
-    index: u64,
-    networks: HashMap<String, Cached<pb::NetworkState>>,
-    services: HashMap<String, Cached<pb::ServiceNet>>,
+    networks: HashMap<String, NetEntry>,
+    services: HashMap<String, SvcEntry>,
 }
 
 impl NetCache {
-    fn at(&mut self, index: Option<u64>) -> bool {
-        match index {
-            Some(i) if i <= self.index => true,
-            Some(i) => {
-                self.index = i;
-                self.networks.clear();
-                self.services.clear();
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn network(&mut self, d: &StoreData, index: Option<u64>, id: &str) -> Cached<pb::NetworkState> {
-        let build = || network_state(d, id).map(|m| Arc::new((m.clone(), hash(&m))));
-        if !self.at(index) {
-            return build();
-        }
-        self.networks
-            .entry(id.to_string())
-            .or_insert_with(build)
-            .clone()
-    }
-
-    fn service(&mut self, d: &StoreData, index: Option<u64>, s: &Service) -> Cached<pb::ServiceNet> {
-        let build = || {
-            let m = service_state(d, s);
-            let f = hash(&m);
-            Some(Arc::new((m, f)))
+    fn network(&mut self, d: &StoreData, index: Option<u64>, id: &str) -> Option<NetEntry> {
+        let Some(index) = index else {
+            return network_state(d, id).map(|m| next_entry(None, 0, m, peer_changes));
         };
-        if !self.at(index) {
-            return build();
+        match self.networks.get(id) {
+            Some(e) if e.computed_at >= index => return Some(e.clone()),
+            _ => {}
         }
-        self.services
-            .entry(s.id.clone())
-            .or_insert_with(build)
-            .clone()
+        let Some(msg) = network_state(d, id) else {
+            self.networks.remove(id);
+            return None;
+        };
+        let e = next_entry(self.networks.get(id), index, msg, peer_changes);
+        self.networks.insert(id.to_string(), e.clone());
+        Some(e)
+    }
+
+    fn service(&mut self, d: &StoreData, index: Option<u64>, s: &Service) -> SvcEntry {
+        let Some(index) = index else {
+            return next_entry(None, 0, service_state(d, s), backend_changes);
+        };
+        match self.services.get(&s.id) {
+            Some(e) if e.computed_at >= index => return e.clone(),
+            _ => {}
+        }
+        let e = next_entry(
+            self.services.get(&s.id),
+            index,
+            service_state(d, s),
+            backend_changes,
+        );
+        self.services.insert(s.id.clone(), e.clone());
+        e
+    }
+
+    /// Forget services and networks that no longer exist.
+    fn prune(&mut self, d: &StoreData) {
+        self.networks.retain(|id, _| d.networks.contains_key(id));
+        self.services.retain(|id, _| d.services.contains_key(id));
     }
 }
 
-/// What a session last sent its node: a fingerprint per network and per service.
+/// What a session last sent its node: the fingerprint of each network's and service's state.
 #[derive(Debug, Default)]
 pub struct NodeNet {
     started: bool,
@@ -257,16 +361,24 @@ impl NodeNet {
         u.ingress_addr = ingress_addr.clone();
         self.node_ip = node_ip;
         self.ingress_addr = ingress_addr;
+        if index.is_some_and(|i| i % 64 == 0) {
+            cache.prune(d);
+        }
 
         let nets = node_networks(d, node_id);
         let mut seen_nets = HashMap::with_capacity(nets.len());
         for id in &nets {
-            if let Some(c) = cache.network(d, index, id) {
-                if self.networks.get(*id) != Some(&c.1) {
-                    u.networks.push(c.0.clone());
+            let Some(e) = cache.network(d, index, id) else {
+                continue;
+            };
+            match (self.networks.get(*id), &e.delta) {
+                (Some(held), _) if *held == e.fp => {}
+                (Some(held), Some((from, delta))) if *held == *from => {
+                    u.peer_changes.push(delta.clone())
                 }
-                seen_nets.insert(id.to_string(), c.1);
+                _ => u.networks.push(e.msg.clone()),
             }
+            seen_nets.insert(id.to_string(), e.fp);
         }
         u.removed_networks = self
             .networks
@@ -278,12 +390,15 @@ impl NodeNet {
 
         let mut seen_svcs = HashMap::new();
         for s in d.services.values().filter(|s| wants_service(s, &nets)) {
-            if let Some(c) = cache.service(d, index, s) {
-                if self.services.get(&s.id) != Some(&c.1) {
-                    u.services.push(c.0.clone());
+            let e = cache.service(d, index, s);
+            match (self.services.get(&s.id), &e.delta) {
+                (Some(held), _) if *held == e.fp => {}
+                (Some(held), Some((from, delta))) if *held == *from => {
+                    u.backend_changes.push(delta.clone())
                 }
-                seen_svcs.insert(s.id.clone(), c.1);
+                _ => u.services.push(e.msg.clone()),
             }
+            seen_svcs.insert(s.id.clone(), e.fp);
         }
         u.removed_services = self
             .services
@@ -296,7 +411,9 @@ impl NodeNet {
         changed |= !u.networks.is_empty()
             || !u.removed_networks.is_empty()
             || !u.services.is_empty()
-            || !u.removed_services.is_empty();
+            || !u.removed_services.is_empty()
+            || !u.peer_changes.is_empty()
+            || !u.backend_changes.is_empty();
         if full {
             u.removed_networks.clear();
             u.removed_services.clear();

@@ -430,11 +430,27 @@ fn network_deltas_go_to_the_nodes_that_need_them() {
         let u = s.update(&d, &mut cache, Some(index), n);
         let ids: Vec<String> = u
             .as_ref()
-            .map(|u| u.networks.iter().map(|x| x.id.clone()).collect())
+            .map(|u| {
+                u.networks
+                    .iter()
+                    .map(|x| x.id.clone())
+                    .chain(u.peer_changes.iter().map(|x| x.network_id.clone()))
+                    .collect()
+            })
             .unwrap_or_default();
         match n {
             "n3" => assert!(!ids.contains(&"net1".to_string()), "{n}: {ids:?}"),
             _ => assert!(ids.contains(&"net1".to_string()), "{n}: {ids:?}"),
+        }
+        // Only what changed: the new endpoint, and the service's new backend.
+        if let Some(u) = &u {
+            assert!(u.networks.is_empty() && u.services.is_empty(), "{n}: {u:?}");
+            for c in &u.peer_changes {
+                assert_eq!((c.added.len(), c.removed.len()), (1, 0), "{n}: {c:?}");
+            }
+            for c in &u.backend_changes {
+                assert_eq!((c.upsert.len(), c.removed.len()), (1, 0), "{n}: {c:?}");
+            }
         }
         if let Some(u) = u {
             assert!(!u.full);
