@@ -188,10 +188,7 @@ impl Sim {
     }
 
     /// Run a control API call on the manager's runtime.
-    pub fn api<T>(
-        &self,
-        f: impl AsyncFnOnce(ControlApi) -> Result<T, tonic::Status>,
-    ) -> Result<T> {
+    pub fn api<T>(&self, f: impl AsyncFnOnce(ControlApi) -> Result<T, tonic::Status>) -> Result<T> {
         let api = ControlApi::new(self.mgr.clone());
         self.mgr_rt
             .block_on(f(api))
@@ -414,10 +411,7 @@ pub fn run(args: OverlayChurnArgs) -> Result<()> {
     let after = measure(args.nodes, args.changes, args.timeout)?;
     match args.format {
         Format::Json => match &before {
-            Some(b) => println!(
-                "{}",
-                serde_json::json!({ "before": b, "after": after })
-            ),
+            Some(b) => println!("{}", serde_json::json!({ "before": b, "after": after })),
             None => println!("{}", serde_json::to_string(&after)?),
         },
         Format::Table => {
@@ -437,11 +431,23 @@ pub fn run(args: OverlayChurnArgs) -> Result<()> {
             if let Some(b) = &before {
                 rows.push(row("before", b));
             }
-            rows.push(row(if before.is_some() { "after" } else { "this build" }, &after));
+            rows.push(row(
+                if before.is_some() {
+                    "after"
+                } else {
+                    "this build"
+                },
+                &after,
+            ));
             print!(
                 "{}",
                 crate::output::table(
-                    &["", "MANAGER CPU MS/CHANGE", "BYTES/CHANGE", "MESSAGES/CHANGE"],
+                    &[
+                        "",
+                        "MANAGER CPU MS/CHANGE",
+                        "BYTES/CHANGE",
+                        "MESSAGES/CHANGE"
+                    ],
                     &rows
                 )
             );
@@ -512,7 +518,13 @@ mod tests {
         }
         let sent = sim.mgr.dispatcher.stats.bytes.load(Ordering::Relaxed) - bytes0;
         sim.shutdown();
-        assert!(sent < 1024 * 1024, "{sent} bytes sent: the secret went more than once");
-        assert!(sent > 500 * 1024, "{sent} bytes sent: the secret did not go");
+        assert!(
+            sent < 1024 * 1024,
+            "{sent} bytes sent: the secret went more than once"
+        );
+        assert!(
+            sent > 500 * 1024,
+            "{sent} bytes sent: the secret did not go"
+        );
     }
 }

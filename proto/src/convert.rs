@@ -590,8 +590,10 @@ impl TryFrom<pb::PortConfig> for spec::PortConfig {
             },
             target_port: port("PortConfig.target_port", p.target_port)?,
             published_port: port("PortConfig.published_port", p.published_port)?,
-            publish_mode: match strict::<pb::PublishMode>("PortConfig.publish_mode", p.publish_mode)?
-            {
+            publish_mode: match strict::<pb::PublishMode>(
+                "PortConfig.publish_mode",
+                p.publish_mode,
+            )? {
                 pb::PublishMode::Ingress => spec::PublishMode::Ingress,
                 pb::PublishMode::Host => spec::PublishMode::Host,
             },
@@ -728,11 +730,7 @@ impl TryFrom<pb::ServiceNet> for spec::ServiceNet {
                     })
                 })
                 .collect::<Result<_>>()?,
-            backends: s
-                .backends
-                .into_iter()
-                .map(backend)
-                .collect::<Result<_>>()?,
+            backends: s.backends.into_iter().map(backend).collect::<Result<_>>()?,
             id: s.id,
             name: s.name,
         })
@@ -796,7 +794,8 @@ impl NetAssembler {
         }
         for mut n in u.networks {
             let id = n.id.clone();
-            n.peers.retain(|p| p.node_id.is_empty() || p.node_id != self.node_id);
+            n.peers
+                .retain(|p| p.node_id.is_empty() || p.node_id != self.node_id);
             match spec::NetworkState::try_from(n) {
                 Ok(n) => {
                     self.networks.insert(id, n);

@@ -16,10 +16,10 @@ use std::time::{Duration, SystemTime};
 
 use proto::convert::{fill_files, FileKey, NetAssembler};
 use proto::pb;
-use proto::spec::{Assignment, StatusReport};
 use proto::pb::ca_client::CaClient;
 use proto::pb::dispatcher_client::DispatcherClient;
 use proto::security::{new_key_and_csr, Role};
+use proto::spec::{Assignment, StatusReport};
 use proto::transport::{client_config, tls_channel, Credentials, Identity};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -608,7 +608,10 @@ mod tests {
         let s = c.step(full.clone());
         assert_eq!(ids(&s), vec!["t1"]);
         // The secret's data comes from the node's files, once.
-        let Step::Apply { upsert, full: f, .. } = s else {
+        let Step::Apply {
+            upsert, full: f, ..
+        } = s
+        else {
             panic!("not applied")
         };
         assert!(f);
@@ -620,7 +623,10 @@ mod tests {
         let full = pb::Assignments {
             full: true,
             version: 6,
-            upsert: ["t1", "t2", "t3", "t4", "t5"].iter().map(|id| wire(id)).collect(),
+            upsert: ["t1", "t2", "t3", "t4", "t5"]
+                .iter()
+                .map(|id| wire(id))
+                .collect(),
             files: full.files,
             ..Default::default()
         };

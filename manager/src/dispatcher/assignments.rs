@@ -4,10 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use prost::Message;
 use proto::convert::{FileKey, FileKind};
 use proto::pb;
 use proto::spec::{Assignment, TaskState};
-use prost::Message;
 
 use crate::keys::Kek;
 use crate::store::{DataKey, StoreData, Task};
@@ -130,7 +130,9 @@ fn encode(a: &Assignment) -> (pb::Assignment, u64) {
 
 /// The fingerprints of a full set of assignments.
 pub fn fingerprints(all: &BTreeMap<String, Assignment>) -> Sent {
-    all.iter().map(|(id, a)| (id.clone(), encode(a).1)).collect()
+    all.iter()
+        .map(|(id, a)| (id.clone(), encode(a).1))
+        .collect()
 }
 
 /// One node's assignments as its session sent them: the version of the chain, a fingerprint
@@ -182,7 +184,12 @@ impl NodeAssignments {
     }
 
     /// The increment that brings the node to the full set (after missed store events).
-    pub fn diff_full(&mut self, d: &StoreData, node_id: &str, kek: &Kek) -> Option<pb::Assignments> {
+    pub fn diff_full(
+        &mut self,
+        d: &StoreData,
+        node_id: &str,
+        kek: &Kek,
+    ) -> Option<pb::Assignments> {
         let ids: BTreeSet<String> = self
             .sent
             .keys()
@@ -231,8 +238,7 @@ impl NodeAssignments {
             } else {
                 (Vec::new(), Vec::new())
             };
-        if upsert.is_empty() && removed.is_empty() && files.is_empty() && removed_files.is_empty()
-        {
+        if upsert.is_empty() && removed.is_empty() && files.is_empty() && removed_files.is_empty() {
             return None;
         }
         let base_version = self.version;

@@ -101,13 +101,17 @@ impl Dispatcher {
             Some(false) => Ok(()),
         }
     }
-
 }
 
 /// The heartbeat period changed from `old` to `new`. Nodes learn a new period only with
 /// their next heartbeat, which may come up to `old` from now: a shorter period applies to a
 /// node after that grace (lowering it from 30 s to 1 s must not mark every node down at once).
-pub(super) fn period_changed(seen: &mut HashMap<String, Instant>, old: Duration, new: Duration, now: Instant) {
+pub(super) fn period_changed(
+    seen: &mut HashMap<String, Instant>,
+    old: Duration,
+    new: Duration,
+    now: Instant,
+) {
     if new >= old {
         return;
     }
@@ -166,7 +170,6 @@ pub(super) async fn set_state(
     .await
     .map(|_| ())
 }
-
 
 #[cfg(test)]
 mod tests {

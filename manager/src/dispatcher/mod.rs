@@ -26,9 +26,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use prost::Message;
 use proto::pb;
 use proto::spec::TaskStatus;
-use prost::Message;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::Status;

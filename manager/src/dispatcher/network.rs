@@ -12,9 +12,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+use prost::Message;
 use proto::pb;
 use proto::spec::{EndpointMode, NodeNetState, TaskState};
-use prost::Message;
 
 use crate::store::{Change, Holder, Kind, NodeState, Object, Service, StoreData, Task};
 
@@ -207,8 +207,11 @@ fn backend_changes(old: &pb::ServiceNet, new: &pb::ServiceNet) -> Option<pb::Bac
     if head(old) != head(new) {
         return None;
     }
-    let before: HashMap<&str, &pb::Backend> =
-        old.backends.iter().map(|b| (b.task_id.as_str(), b)).collect();
+    let before: HashMap<&str, &pb::Backend> = old
+        .backends
+        .iter()
+        .map(|b| (b.task_id.as_str(), b))
+        .collect();
     let after: BTreeSet<&str> = new.backends.iter().map(|b| b.task_id.as_str()).collect();
     Some(pb::BackendChanges {
         service_id: new.id.clone(),

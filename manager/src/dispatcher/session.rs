@@ -7,8 +7,8 @@ use std::sync::Arc;
 use proto::pb;
 use proto::security::Role;
 use proto::spec::StatusReport;
-use tokio::sync::mpsc;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -46,7 +46,12 @@ impl Dispatcher {
     }
 
     /// The network update of a session, built with the shared cache.
-    fn net_update(&self, net: &mut NodeNet, index: Option<u64>, node_id: &str) -> Option<pb::NetworkUpdate> {
+    fn net_update(
+        &self,
+        net: &mut NodeNet,
+        index: Option<u64>,
+        node_id: &str,
+    ) -> Option<pb::NetworkUpdate> {
         self.store.view(|d| {
             let mut cache = self.net_cache.lock().expect("dispatcher lock");
             net.update(d, &mut cache, index, node_id)

@@ -164,7 +164,6 @@ fn assignments_carry_task_networks() {
     assert_eq!(a["t1"].networks.len(), 1);
 }
 
-
 fn put(d: &mut StoreData, index: &mut u64, t: Task) {
     *index += 1;
     let op = if d.tasks.contains_key(&t.id) {
@@ -206,7 +205,8 @@ impl Node {
                 .insert(f.key.unwrap().try_into().unwrap(), f.data);
         }
         for k in a.removed_files {
-            self.files.remove(&proto::convert::FileKey::try_from(k).unwrap());
+            self.files
+                .remove(&proto::convert::FileKey::try_from(k).unwrap());
         }
         for id in a.removed {
             self.tasks.remove(&id);
@@ -252,7 +252,9 @@ fn touched_tasks_diff_as_the_full_recomputation_does() {
     assert!(n1.apply(asg.full(&d, "n1", &kek)));
     assert_eq!(asg.sent(), &fingerprints(&assignments_for(&d, "n1", &kek)));
     assert_eq!(n1.assignments(), assignments_for(&d, "n1", &kek));
-    assert!(asg.touched(&d, "n1", &kek, ["t1", "t2", "t3"], false).is_none());
+    assert!(asg
+        .touched(&d, "n1", &kek, ["t1", "t2", "t3"], false)
+        .is_none());
     // t1 told to stop, t2 ended and no longer wanted: one upsert, one removal.
     let mut t1s = d.tasks["t1"].clone();
     t1s.desired_state = TaskState::Shutdown;
@@ -263,7 +265,9 @@ fn touched_tasks_diff_as_the_full_recomputation_does() {
     put(&mut d, &mut index, t2s);
     let mut other = NodeAssignments::default();
     other.full(&d, "n1", &kek);
-    let inc = asg.touched(&d, "n1", &kek, ["t1", "t2", "t3"], false).unwrap();
+    let inc = asg
+        .touched(&d, "n1", &kek, ["t1", "t2", "t3"], false)
+        .unwrap();
     assert_eq!((inc.base_version, inc.version), (1, 2));
     assert_eq!(inc.removed, vec!["t2".to_string()]);
     assert_eq!(inc.upsert.len(), 1);
@@ -278,8 +282,11 @@ fn touched_tasks_diff_as_the_full_recomputation_does() {
 #[test]
 fn a_dropped_increment_leads_to_a_resync_and_the_node_converges() {
     let mut d = data_with_networks();
-    d.apply_txn(3, &Txn::new(vec![Op::Create(Object::Node(node("n1", "h")))]))
-        .unwrap();
+    d.apply_txn(
+        3,
+        &Txn::new(vec![Op::Create(Object::Node(node("n1", "h")))]),
+    )
+    .unwrap();
     let web = service("web", &[], vec![]);
     let kek = crate::keys::Kek::generate().unwrap();
     let mut index = 10;
@@ -314,7 +321,9 @@ fn with_secret(d: &mut StoreData, kek: &crate::keys::Kek, name: &str, data: &[u8
             let k = crate::secrets::new_data_key().unwrap();
             d.apply_txn(
                 1,
-                &Txn::new(vec![Op::Create(Object::DataKey(kek.seal_data_key(&k).unwrap()))]),
+                &Txn::new(vec![Op::Create(Object::DataKey(
+                    kek.seal_data_key(&k).unwrap(),
+                ))]),
             )
             .unwrap();
             k
@@ -343,8 +352,11 @@ fn a_secret_goes_to_a_node_once_whatever_the_tasks_that_use_it() {
     let kek = crate::keys::Kek::generate().unwrap();
     let big: Vec<u8> = (0..500 * 1024).map(|i| (i % 251) as u8).collect();
     with_secret(&mut d, &kek, "big", &big);
-    d.apply_txn(3, &Txn::new(vec![Op::Create(Object::Node(node("n1", "h")))]))
-        .unwrap();
+    d.apply_txn(
+        3,
+        &Txn::new(vec![Op::Create(Object::Node(node("n1", "h")))]),
+    )
+    .unwrap();
     let mut web = service("web", &[], vec![]);
     web.spec.task.secrets = vec![proto::spec::FileRef {
         name: "big".into(),
@@ -358,7 +370,7 @@ fn a_secret_goes_to_a_node_once_whatever_the_tasks_that_use_it() {
     for i in 0..10 {
         let id = format!("t{i}");
         let t = task(&d, &id, &web, "n1", TaskState::Assigned);
-    put(&mut d, &mut index, t);
+        put(&mut d, &mut index, t);
         let inc = asg.touched(&d, "n1", &kek, [id.as_str()], false).unwrap();
         sizes.push(inc.encoded_len());
         assert!(n1.apply(inc));

@@ -39,7 +39,10 @@ fn status() -> impl Strategy<Value = TaskStatus> {
 }
 
 fn file_refs() -> impl Strategy<Value = Vec<FileRef>> {
-    prop::collection::vec((s(), s()).prop_map(|(name, target)| FileRef { name, target }), 0..3)
+    prop::collection::vec(
+        (s(), s()).prop_map(|(name, target)| FileRef { name, target }),
+        0..3,
+    )
 }
 
 fn task_spec() -> impl Strategy<Value = TaskSpec> {
@@ -52,12 +55,14 @@ fn task_spec() -> impl Strategy<Value = TaskSpec> {
         ]),
         any::<[u64; 3]>(),
     )
-        .prop_map(|(condition, [delay_ms, max_attempts, window_ms])| RestartPolicy {
-            condition,
-            delay_ms,
-            max_attempts,
-            window_ms,
-        });
+        .prop_map(
+            |(condition, [delay_ms, max_attempts, window_ms])| RestartPolicy {
+                condition,
+                delay_ms,
+                max_attempts,
+                window_ms,
+            },
+        );
     let placement = (strings(), strings(), any::<u64>()).prop_map(
         |(constraints, preferences, max_replicas)| Placement {
             constraints,
@@ -93,13 +98,12 @@ fn task_spec() -> impl Strategy<Value = TaskSpec> {
         (s(), strings()).prop_map(|(target, aliases)| NetworkAttachmentConfig { target, aliases }),
         0..3,
     );
-    let dns = (strings(), strings(), strings()).prop_map(|(nameservers, search, options)| {
-        DnsConfig {
+    let dns =
+        (strings(), strings(), strings()).prop_map(|(nameservers, search, options)| DnsConfig {
             nameservers,
             search,
             options,
-        }
-    });
+        });
     let tail = (
         any::<(u64, u64)>(),
         (s(), s(), s(), s()),
@@ -156,21 +160,40 @@ fn task_spec() -> impl Strategy<Value = TaskSpec> {
 }
 
 fn task_network() -> impl Strategy<Value = TaskNetwork> {
-    (s(), s(), any::<u32>(), s(), ip(), ip(), any::<(bool, bool)>(), strings()).prop_map(
-        |(network_id, network_name, vni, subnet, gateway, addr, (internal, ingress), aliases)| {
-            TaskNetwork {
+    (
+        s(),
+        s(),
+        any::<u32>(),
+        s(),
+        ip(),
+        ip(),
+        any::<(bool, bool)>(),
+        strings(),
+    )
+        .prop_map(
+            |(
                 network_id,
                 network_name,
                 vni,
                 subnet,
                 gateway,
                 addr,
-                internal,
-                ingress,
+                (internal, ingress),
                 aliases,
-            }
-        },
-    )
+            )| {
+                TaskNetwork {
+                    network_id,
+                    network_name,
+                    vni,
+                    subnet,
+                    gateway,
+                    addr,
+                    internal,
+                    ingress,
+                    aliases,
+                }
+            },
+        )
 }
 
 fn assignment() -> impl Strategy<Value = Assignment> {
@@ -182,7 +205,13 @@ fn assignment() -> impl Strategy<Value = Assignment> {
         prop::collection::vec(task_network(), 0..3),
     )
         .prop_map(
-            |((task_id, service_id, service_name, slot), spec, desired_state, node_hostname, networks)| {
+            |(
+                (task_id, service_id, service_name, slot),
+                spec,
+                desired_state,
+                node_hostname,
+                networks,
+            )| {
                 Assignment {
                     task_id,
                     service_id,
@@ -205,12 +234,14 @@ fn port_config() -> impl Strategy<Value = PortConfig> {
         any::<(u16, u16)>(),
         prop::sample::select(vec![PublishMode::Ingress, PublishMode::Host]),
     )
-        .prop_map(|(protocol, (target_port, published_port), publish_mode)| PortConfig {
-            protocol,
-            target_port,
-            published_port,
-            publish_mode,
-        })
+        .prop_map(
+            |(protocol, (target_port, published_port), publish_mode)| PortConfig {
+                protocol,
+                target_port,
+                published_port,
+                publish_mode,
+            },
+        )
 }
 
 fn network_state() -> impl Strategy<Value = NetworkState> {
@@ -218,18 +249,23 @@ fn network_state() -> impl Strategy<Value = NetworkState> {
         (s(), s(), any::<u32>(), s()),
         prop::option::of(ip()),
         any::<(bool, bool)>(),
-        prop::collection::vec((ip(), ip()).prop_map(|(addr, node_ip)| NetPeer { addr, node_ip }), 0..4),
+        prop::collection::vec(
+            (ip(), ip()).prop_map(|(addr, node_ip)| NetPeer { addr, node_ip }),
+            0..4,
+        ),
     )
-        .prop_map(|((id, name, vni, subnet), gateway, (internal, ingress), peers)| NetworkState {
-            id,
-            name,
-            vni,
-            subnet,
-            gateway,
-            internal,
-            ingress,
-            peers,
-        })
+        .prop_map(
+            |((id, name, vni, subnet), gateway, (internal, ingress), peers)| NetworkState {
+                id,
+                name,
+                vni,
+                subnet,
+                gateway,
+                internal,
+                ingress,
+                peers,
+            },
+        )
 }
 
 fn service_net() -> impl Strategy<Value = ServiceNet> {
@@ -273,20 +309,22 @@ fn node_net_state() -> impl Strategy<Value = NodeNetState> {
         prop::collection::btree_map(s(), network_state(), 0..3),
         prop::collection::btree_map(s(), service_net(), 0..3),
     )
-        .prop_map(|(node_id, node_ip, ingress_addr, nets, svcs)| NodeNetState {
-            node_id,
-            node_ip,
-            ingress_addr,
-            // The assembler keys them by id: ids unique, in id order.
-            networks: nets
-                .into_iter()
-                .map(|(id, n)| NetworkState { id, ..n })
-                .collect(),
-            services: svcs
-                .into_iter()
-                .map(|(id, sv)| ServiceNet { id, ..sv })
-                .collect(),
-        })
+        .prop_map(
+            |(node_id, node_ip, ingress_addr, nets, svcs)| NodeNetState {
+                node_id,
+                node_ip,
+                ingress_addr,
+                // The assembler keys them by id: ids unique, in id order.
+                networks: nets
+                    .into_iter()
+                    .map(|(id, n)| NetworkState { id, ..n })
+                    .collect(),
+                services: svcs
+                    .into_iter()
+                    .map(|(id, sv)| ServiceNet { id, ..sv })
+                    .collect(),
+            },
+        )
 }
 
 /// Through the protobuf encoding too: what the peer decodes is what was sent.
@@ -518,6 +556,9 @@ fn files_fill_assignments_with_default_targets() {
     files.insert((FileKind::Config, "site".to_string()), b"conf".to_vec());
     fill_files(&mut a, &files);
     assert_eq!(a.secrets.len(), 1);
-    assert_eq!((a.secrets[0].target.as_str(), &a.secrets[0].data[..]), ("db", &b"pw"[..]));
+    assert_eq!(
+        (a.secrets[0].target.as_str(), &a.secrets[0].data[..]),
+        ("db", &b"pw"[..])
+    );
     assert_eq!(a.configs[0].target, "/site");
 }
