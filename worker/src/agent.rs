@@ -4,6 +4,9 @@
 //!   loop: pick a manager (the leader if known) ─▶ Dispatcher.Session
 //!           send Register, then Heartbeat every period
 //!           on each SessionMessage: period, managers, leader, desired role
+//!             assignments: full, or an increment on top of the version held ─▶ executor
+//!               (an increment that does not follow ─▶ Resync: the manager sends them all)
+//!             network update ─▶ NetAssembler ─▶ AgentEvent::Network
 //!             role differs from certificate, or certificate past half-life ─▶ Ca.Renew
 //!         on error: follow the leader hint, back off (100 ms … 1 s), try the next manager
 //! ```
