@@ -105,7 +105,8 @@ pub struct Sim {
 }
 
 impl Sim {
-    pub fn start(nodes: usize) -> Result<Sim> {
+    /// `limit`: how long the nodes may take to hold their sessions.
+    pub fn start(nodes: usize, limit: Duration) -> Result<Sim> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mgr_rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -160,7 +161,7 @@ impl Sim {
             cancel,
             dir,
         };
-        sim.wait("every node ready", Duration::from_secs(300), |d| {
+        sim.wait("every node ready", limit, |d| {
             d.nodes
                 .values()
                 .filter(|n| n.state == NodeState::Ready)
@@ -336,7 +337,7 @@ fn scale(sim: &Sim, spec: &mut ServiceSpec, replicas: u64, limit: Duration) -> R
 /// The run itself: set up, churn, figures.
 pub fn measure(nodes: usize, changes: usize, timeout: Duration) -> Result<Figures> {
     let setup = Instant::now();
-    let sim = Sim::start(nodes)?;
+    let sim = Sim::start(nodes, timeout)?;
     let res = churn(&sim, nodes, changes, timeout, setup);
     sim.shutdown();
     res
@@ -482,7 +483,7 @@ mod tests {
     /// limit and the node never got them).
     #[test]
     fn a_500k_secret_used_by_ten_tasks_on_one_node_runs() {
-        let sim = Sim::start(1).expect("cluster");
+        let sim = Sim::start(1, Duration::from_secs(60)).expect("cluster");
         let data: Vec<u8> = (0..500 * 1024).map(|i| (i * 7 % 256) as u8).collect();
         let req = pb::CreateFileObjectRequest {
             name: "big".into(),
