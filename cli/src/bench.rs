@@ -45,19 +45,19 @@ fn status_mb(key: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn identity(cluster: &Cluster, node_id: &str, role: Role) -> Result<Identity> {
+pub(crate) fn identity(cluster: &Cluster, node_id: &str, role: Role) -> Result<Identity> {
     let (key, csr) = new_key_and_csr()?;
     let (cert, _) =
         manager::ca::issue(cluster, &csr, node_id, role).map_err(|s| anyhow!("{}", s.message()))?;
     Ok(Identity::new(&cert, &key, &cluster.root_ca.cert_pem)?)
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
 
-fn node(id: &str, raft_id: u64, role: Role, hostname: String, addr: String) -> Node {
+pub(crate) fn node(id: &str, raft_id: u64, role: Role, hostname: String, addr: String) -> Node {
     let now = SystemClock.now_ms();
     Node {
         id: id.into(),
@@ -84,7 +84,7 @@ fn node(id: &str, raft_id: u64, role: Role, hostname: String, addr: String) -> N
     }
 }
 
-async fn propose_all(mgr: &Manager, ops: Vec<Op>) -> Result<()> {
+pub(crate) async fn propose_all(mgr: &Manager, ops: Vec<Op>) -> Result<()> {
     for chunk in ops.chunks(manager::orchestrator::MAX_OPS_PER_TXN) {
         mgr.propose(Txn::new(chunk.to_vec()))
             .await

@@ -390,6 +390,9 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 32)]
         connections: u32,
     },
+    /// Manager CPU and session bytes per task change with many nodes on one overlay (in
+    /// process, fake runtime); `--before` prints an older build's figures beside.
+    OverlayChurn(crate::bench_wire::OverlayChurnArgs),
 }
 
 /// Flags shared by the network benchmarks.
@@ -626,6 +629,11 @@ pub fn run(cli: Cli) -> i32 {
                 ))),
                 Err(e) => Err(CliError(format!("Error: bench chaos: {e:#}"))),
             }
+        }
+        Cmd::Bench(BenchCmd::OverlayChurn(a)) => {
+            init_tracing("error");
+            crate::bench_wire::run(a)
+                .map_err(|e| CliError(format!("Error: bench overlay-churn: {e:#}")))
         }
         Cmd::Bench(BenchCmd::Overlay { net }) => {
             init_tracing("error");

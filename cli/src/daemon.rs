@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use manager::controlapi_server::NodeCalls;
 use manager::keys::{Kek, KeyFile, UnlockKey};
-use manager::manager::{now_ms, ExtraRoutes};
+use manager::manager::ExtraRoutes;
 use manager::raft::RaftTuning;
 use manager::{Manager, ManagerConfig};
 use proto::pb;
@@ -823,7 +823,7 @@ impl NodeCalls for Node {
                 nano_cpus: self.cfg.nano_cpus,
                 memory_bytes: self.cfg.memory_bytes,
             },
-            now_ms(),
+            manager::clock::Clock::now_ms(&manager::clock::SystemClock),
         )?;
         let (node_id, cluster_id) = (first.node.id.clone(), first.cluster.id.clone());
         first

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod bench_chaos;
 pub mod bench_containers;
 pub mod bench_net;
+pub mod bench_wire;
 pub mod client;
 pub mod commands;
 pub mod daemon;

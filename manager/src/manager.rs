@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::BasicNode;
@@ -131,30 +131,6 @@ const REACHABLE_WINDOW: Duration = Duration::from_secs(2);
 const LEASE_CHECK: Duration = Duration::from_millis(20);
 /// The longest a proposal waits for its commit while this node keeps its lease.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(30);
-
-thread_local! {
-    /// Set by [`use_virtual_clock`]: (tokio instant, ms since epoch) at the anchor.
-    static VIRTUAL_CLOCK: std::cell::Cell<Option<(tokio::time::Instant, i64)>> = const { std::cell::Cell::new(None) };
-}
-
-/// The time every manager decision is made at, in ms since the epoch: the system clock, or,
-/// after [`use_virtual_clock`] on this thread, tokio's (possibly paused) clock, so that a
-/// simulation's restart delays and update deadlines follow its virtual time.
-pub fn now_ms() -> i64 {
-    if let Some((at, ms)) = VIRTUAL_CLOCK.with(|c| c.get()) {
-        return ms + tokio::time::Instant::now().duration_since(at).as_millis() as i64;
-    }
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// Make [`now_ms`] on this thread follow tokio's clock from `epoch_ms` on (`None`: the system
-/// clock again). For single-threaded simulations.
-pub fn use_virtual_clock(epoch_ms: Option<i64>) {
-    VIRTUAL_CLOCK.with(|c| c.set(epoch_ms.map(|ms| (tokio::time::Instant::now(), ms))));
-}
 
 impl Manager {
     /// Opens raft from the data dir, binds the manager port and starts serving.

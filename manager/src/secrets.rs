@@ -162,7 +162,7 @@ pub fn find<'a>(d: &'a StoreData, kind: FileKind, key: &str) -> Result<&'a FileO
     })
 }
 
-fn by_name<'a>(d: &'a StoreData, kind: FileKind, name: &str) -> Option<&'a FileObject> {
+pub(crate) fn by_name<'a>(d: &'a StoreData, kind: FileKind, name: &str) -> Option<&'a FileObject> {
     kind.table(d).values().find(|o| o.name == name)
 }
 

@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use manager::dispatcher::assignments_for;
-use manager::manager::now_ms;
 use manager::raft::{NodeId, Raft, RaftTuning, TypeConfig};
 use manager::store::{
     Availability, Change, Cluster, Node, NodeDescription, NodeState, Object, Op, Service, Txn,
@@ -535,6 +534,7 @@ fn spawn_worker(
     seed: u64,
     managers: Arc<Mutex<Vec<Arc<Manager>>>>,
     paused: Arc<Mutex<BTreeSet<String>>>,
+    clock: manager::clock::SharedClock,
 ) {
     tokio::spawn(async move {
         let mut rng = StdRng::seed_from_u64(seed);
@@ -566,7 +566,7 @@ fn spawn_worker(
                         task_id: tid.clone(),
                         status: TaskStatus {
                             state: *st,
-                            timestamp_ms: now_ms(),
+                            timestamp_ms: clock.now_ms(),
                             ..Default::default()
                         },
                     });
@@ -601,7 +601,7 @@ fn spawn_worker(
                                 String::new()
                             },
                             exit_code: (n == TaskState::Failed).then_some(1),
-                            timestamp_ms: now_ms(),
+                            timestamp_ms: clock.now_ms(),
                         },
                     });
                 }
@@ -616,7 +616,6 @@ fn spawn_worker(
 
 async fn run_seed(seed: u64) -> Vec<String> {
     proto::security::seed_ids(Some(seed));
-    manager::manager::use_virtual_clock(Some(1_700_000_000_000));
     let mut sim = Sim {
         tuning: None,
         net: Arc::new(SimNet {
@@ -706,10 +705,12 @@ async fn run_seed(seed: u64) -> Vec<String> {
             seed.wrapping_add(i as u64),
             live.clone(),
             sim.paused_workers.clone(),
+            sim.clock.clone(),
         );
     }
     let refresh =
         |sim: &Sim| *live.lock().unwrap() = sim.managers.values().flatten().cloned().collect();
+    let clock = sim.clock.clone();
     refresh(&sim);
 
     // Faults.
@@ -794,7 +795,7 @@ async fn run_seed(seed: u64) -> Vec<String> {
                     s.spec_version += 1;
                     s.update_status = Some(manager::store::UpdateStatus {
                         state: manager::store::UpdateState::Updating,
-                        started_ms: now_ms(),
+                        started_ms: clock.now_ms(),
                         completed_ms: 0,
                         message: String::new(),
                     });
@@ -937,7 +938,6 @@ async fn run_seed(seed: u64) -> Vec<String> {
     }
     sim.shutdown().await;
     proto::security::seed_ids(None);
-    manager::manager::use_virtual_clock(None);
     violations
 }
 

@@ -10,6 +10,7 @@
 //! - [`reference`]: image references in Docker's grammar, with Docker's messages.
 
 pub mod api;
+pub mod convert;
 pub mod limits;
 pub mod reference;
 pub mod security;

@@ -1,5 +1,6 @@
 //! Service and task specifications: what users write (through the CLI) and what the managers
-//! store and send to workers. Shared by every crate, carried as JSON inside the gRPC messages.
+//! store and send to workers. Shared by every crate. The control API carries them as JSON;
+//! the dispatcher session as protobuf messages ([`crate::convert`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -161,7 +162,7 @@ pub struct TaskSpec {
     pub workdir: String,
     #[serde(default)]
     pub mounts: Vec<Mount>,
-    /// Secrets by name; the dispatcher sends their data with the assignment.
+    /// Secrets by name; the dispatcher sends their data once to each node that needs it.
     #[serde(default)]
     pub secrets: Vec<FileRef>,
     /// Configs by name, as secrets.
@@ -372,8 +373,9 @@ pub fn overlay_mac(addr: Ipv4Addr) -> [u8; 6] {
     [0x02, 0x42, o[0], o[1], o[2], o[3]]
 }
 
-/// What one node needs to program its overlay datapath, DNS and load balancers; sent by the
-/// dispatcher whenever it changes (in full: it is small next to the assignments).
+/// What one node needs to program its overlay datapath, DNS and load balancers; the node puts
+/// it together from the per-network and per-service updates of its session
+/// ([`crate::convert::NetAssembler`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeNetState {
     pub node_id: String,
@@ -437,8 +439,9 @@ pub struct Backend {
     pub addrs: Vec<(String, Ipv4Addr)>,
 }
 
-/// The data of a secret or config, sent with the assignment to the node that runs the task,
-/// and only there. Never written to a worker's disk (mounted from tmpfs).
+/// The data of a secret or config, sent once to each node that runs a task naming it, and
+/// only there; the node puts it into those tasks' assignments. Never written to a worker's
+/// disk (mounted from tmpfs).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileData {
     pub name: String,
@@ -535,7 +538,8 @@ pub struct Assignment {
     /// The hostname of the node the task is assigned to (for `{{.Node.Hostname}}`).
     #[serde(default)]
     pub node_hostname: String,
-    /// The data of the secrets and configs the spec names, filled in by the dispatcher.
+    /// The data of the secrets and configs the spec names, filled in on the node
+    /// ([`crate::convert::fill_files`]); not part of the wire assignment.
     #[serde(default)]
     pub secrets: Vec<FileData>,
     #[serde(default)]

@@ -4,6 +4,9 @@
 //!   loop: pick a manager (the leader if known) ─▶ Dispatcher.Session
 //!           send Register, then Heartbeat every period
 //!           on each SessionMessage: period, managers, leader, desired role
+//!             assignments: full, or an increment on top of the version held ─▶ executor
+//!               (an increment that does not follow ─▶ Resync: the manager sends them all)
+//!             network update ─▶ NetAssembler ─▶ AgentEvent::Network
 //!             role differs from certificate, or certificate past half-life ─▶ Ca.Renew
 //!         on error: follow the leader hint, back off (100 ms … 1 s), try the next manager
 //! ```
@@ -14,10 +17,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use proto::convert::{fill_files, FileKey, NetAssembler};
 use proto::pb;
 use proto::pb::ca_client::CaClient;
 use proto::pb::dispatcher_client::DispatcherClient;
 use proto::security::{new_key_and_csr, Role};
+use proto::spec::{Assignment, StatusReport};
 use proto::transport::{client_config, tls_channel, Credentials, Identity};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -92,7 +97,7 @@ impl Drop for AbortOnDrop {
 pub struct Agent {
     config: AgentConfig,
     executor: Arc<crate::executor::Executor>,
-    reports: mpsc::Receiver<proto::spec::StatusReport>,
+    reports: mpsc::Receiver<StatusReport>,
     creds: Arc<Credentials>,
     events: mpsc::Sender<AgentEvent>,
     /// Manager addresses and when a manager last listed them.
@@ -101,6 +106,100 @@ pub struct Agent {
     next: usize,
     /// The heartbeat period; the heartbeat task follows changes at once.
     period: watch::Sender<Duration>,
+    /// Where the assignments of this session stand.
+    chain: Chain,
+}
+
+fn statuses_message(reports: &[StatusReport]) -> pb::SessionRequest {
+    pb::SessionRequest {
+        msg: Some(pb::session_request::Msg::Statuses(pb::TaskStatuses {
+            reports: reports.iter().map(Into::into).collect(),
+        })),
+    }
+}
+
+/// What to do with an assignments message.
+#[derive(Debug, PartialEq)]
+enum Step {
+    /// Hand these to the executor (`full`: they replace everything).
+    Apply {
+        full: bool,
+        upsert: Vec<Assignment>,
+        removed: Vec<String>,
+    },
+    /// The increment does not follow on the version held (one was missed): ask for the full
+    /// set, saying what is held.
+    Resync(u64),
+    /// A full set was asked for: ignore increments until it comes.
+    Wait,
+}
+
+/// The assignments chain as the node holds it: the version it applied last, and the data of
+/// the secrets and configs its tasks name (sent once per node, kept in memory only).
+#[derive(Debug, Default)]
+struct Chain {
+    /// None: nothing yet, or a resync was asked for.
+    version: Option<u64>,
+    asked: bool,
+    files: BTreeMap<FileKey, Vec<u8>>,
+}
+
+impl Chain {
+    fn step(&mut self, a: pb::Assignments) -> Step {
+        if a.full {
+            self.files.clear();
+            self.asked = false;
+        } else if self.version != Some(a.base_version) {
+            let have = self.version.take().unwrap_or(0);
+            if self.asked {
+                return Step::Wait;
+            }
+            tracing::info!(
+                have,
+                base = a.base_version,
+                "assignments increment does not follow on the version held: asking for all"
+            );
+            self.asked = true;
+            return Step::Resync(have);
+        }
+        self.version = Some(a.version);
+        for f in a.files {
+            match f.key.map(FileKey::try_from) {
+                Some(Ok(k)) => {
+                    self.files.insert(k, f.data);
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "secret or config skipped"),
+                None => tracing::warn!("secret or config without a key skipped"),
+            }
+        }
+        let upsert = a
+            .upsert
+            .into_iter()
+            .filter_map(|w| {
+                let id = w.task_id.clone();
+                match Assignment::try_from(w) {
+                    Ok(mut a) => {
+                        fill_files(&mut a, &self.files);
+                        Some(a)
+                    }
+                    Err(e) => {
+                        tracing::warn!(task = %id, error = %e, "assignment skipped");
+                        None
+                    }
+                }
+            })
+            .collect();
+        for k in a.removed_files {
+            if let Ok(k) = FileKey::try_from(k) {
+                self.files.remove(&k);
+            }
+        }
+        Step::Apply {
+            full: a.full,
+            upsert,
+            removed: a.removed,
+        }
+    }
 }
 
 impl Agent {
@@ -126,6 +225,7 @@ impl Agent {
             events,
             leader_hint: None,
             next: 0,
+            chain: Chain::default(),
         }
     }
 
@@ -241,15 +341,7 @@ impl Agent {
         // After a reconnect the (possibly new) leader hears every task's state again.
         let known = self.executor.statuses();
         if !known.is_empty() {
-            if let Ok(json) = serde_json::to_string(&known) {
-                tx.send(pb::SessionRequest {
-                    msg: Some(pb::session_request::Msg::Statuses(pb::TaskStatuses {
-                        reports_json: json,
-                    })),
-                })
-                .await
-                .ok();
-            }
+            tx.send(statuses_message(&known)).await.ok();
         }
         let statuses_tx = tx.clone();
         let mut period = self.period.subscribe();
@@ -303,6 +395,9 @@ impl Agent {
         let logs_cancel = CancellationToken::new();
         let _stop_logs = logs_cancel.clone().drop_guard();
         let mut log_subs: std::collections::HashMap<u64, CancellationToken> = Default::default();
+        // The session's first message holds the full sets.
+        let mut net = NetAssembler::default();
+        self.chain = Chain::default();
         loop {
             let p = *self.period.borrow();
             let limit = p * 3 + Duration::from_secs(1);
@@ -320,18 +415,13 @@ impl Agent {
                             Err(_) => break,
                         }
                     }
-                    if let Ok(json) = serde_json::to_string(&batch) {
-                        let m = pb::SessionRequest {
-                            msg: Some(pb::session_request::Msg::Statuses(pb::TaskStatuses { reports_json: json })),
-                        };
-                        if statuses.send(m).await.is_err() {
-                            return Ok(());
-                        }
+                    if statuses.send(statuses_message(&batch)).await.is_err() {
+                        return Ok(());
                     }
                     continue;
                 }
             };
-            let Some(msg) = msg else { return Ok(()) };
+            let Some(mut msg) = msg else { return Ok(()) };
             if established.is_none() {
                 *established = Some(tokio::time::Instant::now());
                 tracing::info!(
@@ -359,19 +449,29 @@ impl Agent {
                     });
                 }
             }
-            if let Some(a) = &msg.assignments {
-                match serde_json::from_str::<Vec<proto::spec::Assignment>>(&a.upsert_json) {
-                    Ok(upsert) => self.executor.apply(a.full, upsert, a.removed.clone()),
-                    Err(e) => tracing::warn!(error = %e, "malformed assignments"),
+            if let Some(a) = msg.assignments.take() {
+                match self.chain.step(a) {
+                    Step::Apply {
+                        full,
+                        upsert,
+                        removed,
+                    } => self.executor.apply(full, upsert, removed),
+                    Step::Resync(have) => {
+                        let m = pb::SessionRequest {
+                            msg: Some(pb::session_request::Msg::Resync(pb::Resync {
+                                have_version: have,
+                            })),
+                        };
+                        if statuses.send(m).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Step::Wait => {}
                 }
             }
-            if !msg.net_json.is_empty() {
-                match serde_json::from_str::<proto::spec::NodeNetState>(&msg.net_json) {
-                    Ok(net) => {
-                        let _ = self.events.send(AgentEvent::Network(Box::new(net))).await;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "malformed network state"),
-                }
+            if let Some(u) = msg.network.take() {
+                let net = net.apply(u);
+                let _ = self.events.send(AgentEvent::Network(Box::new(net))).await;
             }
             self.on_message(&msg).await;
             self.maybe_renew(&channel, &msg).await?;
@@ -447,5 +547,115 @@ impl Agent {
             .send(AgentEvent::Certificate { identity, role })
             .await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::spec::{FileRef, TaskSpec, TaskState};
+
+    fn wire(id: &str) -> pb::Assignment {
+        pb::Assignment::from(&Assignment {
+            task_id: id.into(),
+            service_id: "s".into(),
+            service_name: "web".into(),
+            slot: 1,
+            spec: TaskSpec {
+                image: "busybox".into(),
+                secrets: vec![FileRef {
+                    name: "db".into(),
+                    target: String::new(),
+                }],
+                ..Default::default()
+            },
+            desired_state: TaskState::Running,
+            node_hostname: "h".into(),
+            secrets: Vec::new(),
+            configs: Vec::new(),
+            networks: Vec::new(),
+        })
+    }
+
+    fn inc(base: u64, ids: &[&str]) -> pb::Assignments {
+        pb::Assignments {
+            base_version: base,
+            version: base + 1,
+            upsert: ids.iter().map(|id| wire(id)).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn ids(step: &Step) -> Vec<&str> {
+        match step {
+            Step::Apply { upsert, .. } => upsert.iter().map(|a| a.task_id.as_str()).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Increments apply only on top of the version held; one that does not (an increment was
+    /// missed) asks for the full set once, later ones wait for it, and the full set applies.
+    #[test]
+    fn a_missed_increment_asks_for_a_resync_once() {
+        let mut c = Chain::default();
+        let full = pb::Assignments {
+            full: true,
+            version: 1,
+            upsert: vec![wire("t1")],
+            files: vec![pb::FileData {
+                key: Some((&(proto::convert::FileKind::Secret, "db".to_string())).into()),
+                data: b"pw".to_vec(),
+            }],
+            ..Default::default()
+        };
+        let s = c.step(full.clone());
+        assert_eq!(ids(&s), vec!["t1"]);
+        // The secret's data comes from the node's files, once.
+        let Step::Apply {
+            upsert, full: f, ..
+        } = s
+        else {
+            panic!("not applied")
+        };
+        assert!(f);
+        assert_eq!(upsert[0].secrets[0].data, b"pw");
+        assert_eq!(ids(&c.step(inc(1, &["t2"]))), vec!["t2"]);
+        // 2 → 3 is lost.
+        assert_eq!(c.step(inc(3, &["t4"])), Step::Resync(2));
+        assert_eq!(c.step(inc(4, &["t5"])), Step::Wait);
+        let full = pb::Assignments {
+            full: true,
+            version: 6,
+            upsert: ["t1", "t2", "t3", "t4", "t5"]
+                .iter()
+                .map(|id| wire(id))
+                .collect(),
+            files: full.files,
+            ..Default::default()
+        };
+        assert_eq!(ids(&c.step(full)).len(), 5);
+        assert_eq!(ids(&c.step(inc(6, &["t6"]))), vec!["t6"]);
+        assert_eq!(c.version, Some(7));
+    }
+
+    /// An assignment with a field this version cannot read is skipped; the rest of the
+    /// increment applies and the chain moves on.
+    #[test]
+    fn an_unreadable_assignment_is_skipped_not_the_increment() {
+        let mut c = Chain::default();
+        c.step(pb::Assignments {
+            full: true,
+            version: 1,
+            ..Default::default()
+        });
+        let mut bad = wire("bad");
+        bad.spec.as_mut().unwrap().mounts.push(pb::Mount {
+            kind: 42,
+            ..Default::default()
+        });
+        let mut m = inc(1, &["t1"]);
+        m.upsert.push(bad);
+        assert_eq!(ids(&c.step(m)), vec!["t1"]);
+        assert_eq!(c.version, Some(2));
     }
 }

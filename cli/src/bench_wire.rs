@@ -1,0 +1,532 @@
+//! `shoal bench overlay-churn`: what a task change costs the leader on the dispatcher
+//! sessions when many nodes share one overlay network.
+//!
+//! One manager (raft on disk, mTLS gRPC on loopback) and N simulated nodes (the real agent
+//! and executor over the fake runtime) in one process, as `bench cluster`; one overlay
+//! network and one service on it with a task per node. Then the service is scaled up by one
+//! and back, again and again: each task started or stopped is one change. Printed: the
+//! manager's CPU time per change (the threads of the manager's runtime only; the simulated
+//! nodes run on another) and the bytes and messages the sessions sent per change.
+//!
+//! `--before FILE` takes the `--format json` output of a run of an older build and prints
+//! both figures side by side.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use manager::clock::{Clock, SystemClock};
+use manager::controlapi::ControlApi;
+use manager::raft::RaftTuning;
+use manager::store::{Cluster, NodeState, Object, Op};
+use manager::{Manager, ManagerConfig};
+use proto::pb;
+use proto::security::{random_id, JoinToken, Role, RootCa};
+use proto::spec::{
+    NetworkAttachmentConfig, NetworkSpec, ServiceMode, ServiceSpec, TaskSpec, TaskState,
+};
+use proto::transport::Credentials;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use worker::agent::{Agent, AgentConfig};
+
+use crate::bench::{free_port, identity, node, propose_all};
+use crate::output::Format;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct OverlayChurnArgs {
+    /// Simulated nodes, each with a session and one task on the overlay.
+    #[arg(long, default_value_t = 1000)]
+    pub nodes: usize,
+    /// Task changes to measure (one task started or stopped each).
+    #[arg(long, default_value_t = 40)]
+    pub changes: usize,
+    /// Give up after this long.
+    #[arg(long, default_value = "10m", value_parser = crate::units::parse_duration)]
+    pub timeout: Duration,
+    /// The `--format json` output of a run of another build, printed as "before".
+    #[arg(long)]
+    pub before: Option<PathBuf>,
+    #[arg(long, default_value = "table")]
+    pub format: Format,
+}
+
+/// The figures of one run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Figures {
+    pub nodes: usize,
+    pub changes: usize,
+    /// Manager CPU (user + system) per task change, in milliseconds.
+    pub cpu_ms_per_change: f64,
+    /// Encoded bytes the dispatcher sessions sent per task change.
+    pub bytes_per_change: f64,
+    pub messages_per_change: f64,
+    /// Seconds until every node held a session and its task ran (not a per-change figure).
+    pub setup_s: f64,
+}
+
+/// CPU time (user + system) of this process's threads whose name starts with `prefix`.
+fn threads_cpu(prefix: &str) -> Duration {
+    let ticks = 100.0; // USER_HZ on Linux
+    let mut total = 0u64;
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    for e in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ...: comm may hold spaces, so split after the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if !stat[open + 1..close].starts_with(prefix) {
+            continue;
+        }
+        let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        // utime and stime are fields 14 and 15 of stat; 12 and 13 after the state.
+        total += field(11) + field(12);
+    }
+    Duration::from_secs_f64(total as f64 / ticks)
+}
+
+const MGR_THREADS: &str = "shoal-mgr";
+
+/// One manager and `nodes` simulated nodes in this process.
+pub struct Sim {
+    pub mgr: Arc<Manager>,
+    mgr_rt: tokio::runtime::Runtime,
+    node_rt: tokio::runtime::Runtime,
+    cancel: CancellationToken,
+    dir: PathBuf,
+}
+
+impl Sim {
+    /// `limit`: how long the nodes may take to hold their sessions.
+    pub fn start(nodes: usize, limit: Duration) -> Result<Sim> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mgr_rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(MGR_THREADS)
+            .enable_all()
+            .build()?;
+        let node_rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("shoal-node")
+            .enable_all()
+            .build()?;
+        let dir = std::env::temp_dir().join(format!(
+            "shoal-bench-wire-{}-{}",
+            std::process::id(),
+            random_id(6)
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let cancel = CancellationToken::new();
+        let (mgr, cluster, ids) = mgr_rt.block_on(start_manager(&dir, nodes))?;
+        let leader_addr = mgr.config.advertise_addr.clone();
+        for (i, id) in ids.iter().enumerate() {
+            let creds = Credentials::new(Some(identity(&cluster, id, Role::Worker)?));
+            let c = cancel.clone();
+            let addr = leader_addr.clone();
+            node_rt.spawn(async move {
+                let (tx, rx) = tokio::sync::mpsc::channel(4096);
+                let runtime = Arc::new(worker::runtime::FakeRuntime::new(Duration::ZERO));
+                let executor = Arc::new(worker::executor::Executor::new(runtime, tx));
+                let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(16);
+                tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
+                let agent = Agent::new(
+                    AgentConfig {
+                        hostname: format!("w{i}"),
+                        platform: "linux/bench".into(),
+                        managers: vec![addr],
+                        initial_period: Duration::from_secs(30),
+                        nano_cpus: 0,
+                        memory_bytes: 0,
+                    },
+                    creds,
+                    events_tx,
+                    executor,
+                    rx,
+                );
+                agent.run(c).await
+            });
+        }
+        let sim = Sim {
+            mgr,
+            mgr_rt,
+            node_rt,
+            cancel,
+            dir,
+        };
+        sim.wait("every node ready", limit, |d| {
+            d.nodes
+                .values()
+                .filter(|n| n.state == NodeState::Ready)
+                .count()
+                > nodes
+        })?;
+        Ok(sim)
+    }
+
+    /// Poll the leader's store until `done` holds.
+    pub fn wait(
+        &self,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&manager::store::StoreData) -> bool,
+    ) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        while !self.mgr.store.view(&done) {
+            if Instant::now() > deadline {
+                return Err(anyhow!("{what}: not within {limit:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    /// Run a control API call on the manager's runtime.
+    pub fn api<T>(&self, f: impl AsyncFnOnce(ControlApi) -> Result<T, tonic::Status>) -> Result<T> {
+        let api = ControlApi::new(self.mgr.clone());
+        self.mgr_rt
+            .block_on(f(api))
+            .map_err(|s| anyhow!("{}", s.message()))
+    }
+
+    /// Tasks of service `name` that run.
+    pub fn running(&self, name: &str) -> usize {
+        self.mgr.store.view(|d| {
+            d.tasks
+                .values()
+                .filter(|t| t.service_name == name && t.status.state == TaskState::Running)
+                .count()
+        })
+    }
+
+    pub fn shutdown(self) {
+        self.cancel.cancel();
+        let mgr = self.mgr.clone();
+        self.mgr_rt.block_on(async move { mgr.shutdown().await });
+        self.node_rt.shutdown_timeout(Duration::from_secs(5));
+        self.mgr_rt.shutdown_timeout(Duration::from_secs(5));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A one-manager cluster with `nodes` worker nodes in its store (they hold no session yet).
+async fn start_manager(
+    dir: &std::path::Path,
+    nodes: usize,
+) -> Result<(Arc<Manager>, Cluster, Vec<String>)> {
+    let cluster_id = random_id(25);
+    let root_ca = RootCa::generate(&cluster_id)?;
+    let digest = root_ca.digest()?;
+    let cluster = Cluster {
+        id: cluster_id.clone(),
+        version: 0,
+        created_at_ms: SystemClock.now_ms(),
+        root_ca,
+        worker_token: JoinToken::generate(&digest).to_string(),
+        manager_token: JoinToken::generate(&digest).to_string(),
+        // Heartbeats are not what is measured: few of them.
+        heartbeat_period_ms: 30_000,
+        cert_expiry_ms: 90 * 24 * 3600 * 1000,
+        removed_nodes: Default::default(),
+        rebalance_on_join: false,
+        default_addr_pool: manager::store::default_addr_pool(),
+        default_addr_pool_mask_len: manager::store::default_addr_pool_mask_len(),
+        unlock_key: None,
+        limits: Default::default(),
+    };
+    let node_id = random_id(25);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let creds = Credentials::new(Some(identity(&cluster, &node_id, Role::Manager)?));
+    let mgr = Manager::start(
+        ManagerConfig {
+            node_id: node_id.clone(),
+            raft_id: 1,
+            data_dir: dir.join("m0"),
+            listen_addr: addr,
+            advertise_addr: addr.to_string(),
+            tuning: RaftTuning::default(),
+            kek: None,
+            clock: manager::clock::system(),
+        },
+        creds,
+        Box::new(|_| tonic::service::Routes::default()),
+    )
+    .await
+    .context("manager")?;
+    mgr.initialize().await.map_err(|e| anyhow!("{e}"))?;
+    mgr.wait_for_leader(Duration::from_secs(10))
+        .await
+        .ok_or_else(|| anyhow!("no leader"))?;
+    let mut m = node(&node_id, 1, Role::Manager, "m0".into(), addr.to_string());
+    m.state = NodeState::Ready;
+    m.availability = manager::store::Availability::Drain;
+    let mut ops = vec![
+        Op::Create(Object::Cluster(cluster.clone())),
+        Op::Create(Object::Node(m)),
+    ];
+    let mut ids = Vec::new();
+    for i in 0..nodes {
+        let id = random_id(25);
+        // Distinct underlay addresses, as real nodes have (the overlay peers name them).
+        let ip = std::net::Ipv4Addr::from(0x0a64_0000u32 + i as u32 + 1);
+        ops.push(Op::Create(Object::Node(node(
+            &id,
+            0,
+            Role::Worker,
+            format!("w{i}"),
+            format!("{ip}:2377"),
+        ))));
+        ids.push(id);
+    }
+    propose_all(&mgr, ops).await?;
+    Ok((mgr, cluster, ids))
+}
+
+fn service_spec(name: &str, network: &str, replicas: u64) -> ServiceSpec {
+    ServiceSpec {
+        name: name.into(),
+        labels: Default::default(),
+        mode: ServiceMode::Replicated { replicas },
+        task: TaskSpec {
+            image: "bench".into(),
+            networks: vec![NetworkAttachmentConfig {
+                target: network.into(),
+                aliases: Vec::new(),
+            }],
+            ..Default::default()
+        },
+        update: Default::default(),
+        rollback: Default::default(),
+        endpoint: Default::default(),
+    }
+}
+
+/// Set the replicas of the bench's service and wait until that many tasks run.
+fn scale(sim: &Sim, spec: &mut ServiceSpec, replicas: u64, limit: Duration) -> Result<()> {
+    spec.mode = ServiceMode::Replicated { replicas };
+    let json = serde_json::to_string(spec)?;
+    let name = spec.name.clone();
+    sim.api(async move |api| {
+        api.update_service(pb::UpdateServiceRequest {
+            id: name,
+            spec_json: json,
+            rollback: false,
+            version: 0,
+        })
+        .await
+    })?;
+    let deadline = Instant::now() + limit;
+    while sim.running(&spec.name) != replicas as usize {
+        if Instant::now() > deadline {
+            return Err(anyhow!(
+                "{} of {replicas} tasks running after {limit:?}",
+                sim.running(&spec.name)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+/// The run itself: set up, churn, figures.
+pub fn measure(nodes: usize, changes: usize, timeout: Duration) -> Result<Figures> {
+    let setup = Instant::now();
+    let sim = Sim::start(nodes, timeout)?;
+    let res = churn(&sim, nodes, changes, timeout, setup);
+    sim.shutdown();
+    res
+}
+
+fn churn(
+    sim: &Sim,
+    nodes: usize,
+    changes: usize,
+    timeout: Duration,
+    setup: Instant,
+) -> Result<Figures> {
+    let net = serde_json::to_string(&NetworkSpec {
+        name: "churn-net".into(),
+        driver: "overlay".into(),
+        ..Default::default()
+    })?;
+    sim.api(async move |api| {
+        api.create_network(pb::NetworkSpecRequest { spec_json: net })
+            .await
+    })?;
+    let mut spec = service_spec("churn", "churn-net", nodes as u64);
+    let json = serde_json::to_string(&spec)?;
+    sim.api(async move |api| {
+        api.create_service(pb::ServiceSpecRequest { spec_json: json })
+            .await
+    })?;
+    let deadline = Instant::now() + timeout;
+    while sim.running("churn") < nodes {
+        if Instant::now() > deadline {
+            return Err(anyhow!(
+                "setup: {} of {nodes} tasks running after {timeout:?}",
+                sim.running("churn")
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let setup_s = setup.elapsed().as_secs_f64();
+    // Let the last status writes and network updates go out before measuring.
+    std::thread::sleep(Duration::from_millis(500));
+    let stats = &sim.mgr.dispatcher.stats;
+    let cpu0 = threads_cpu(MGR_THREADS);
+    let bytes0 = stats.bytes.load(Ordering::Relaxed);
+    let msgs0 = stats.messages.load(Ordering::Relaxed);
+    let per = timeout / (changes.max(1) as u32);
+    for i in 0..changes {
+        let replicas = if i % 2 == 0 { nodes + 1 } else { nodes };
+        scale(sim, &mut spec, replicas as u64, per)?;
+    }
+    let cpu = threads_cpu(MGR_THREADS).saturating_sub(cpu0);
+    let bytes = stats.bytes.load(Ordering::Relaxed) - bytes0;
+    let msgs = stats.messages.load(Ordering::Relaxed) - msgs0;
+    let n = changes.max(1) as f64;
+    Ok(Figures {
+        nodes,
+        changes,
+        cpu_ms_per_change: cpu.as_secs_f64() * 1000.0 / n,
+        bytes_per_change: bytes as f64 / n,
+        messages_per_change: msgs as f64 / n,
+        setup_s,
+    })
+}
+
+pub fn run(args: OverlayChurnArgs) -> Result<()> {
+    let before: Option<Figures> = match &args.before {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
+            Some(serde_json::from_str(text.trim()).with_context(|| format!("{}", p.display()))?)
+        }
+        None => None,
+    };
+    let after = measure(args.nodes, args.changes, args.timeout)?;
+    match args.format {
+        Format::Json => match &before {
+            Some(b) => println!("{}", serde_json::json!({ "before": b, "after": after })),
+            None => println!("{}", serde_json::to_string(&after)?),
+        },
+        Format::Table => {
+            println!(
+                "overlay churn: {} nodes on one overlay, {} task changes (setup {:.1}s)",
+                after.nodes, after.changes, after.setup_s
+            );
+            let row = |label: &str, f: &Figures| {
+                vec![
+                    label.to_string(),
+                    format!("{:.2}", f.cpu_ms_per_change),
+                    format!("{:.0}", f.bytes_per_change),
+                    format!("{:.0}", f.messages_per_change),
+                ]
+            };
+            let mut rows = Vec::new();
+            if let Some(b) = &before {
+                rows.push(row("before", b));
+            }
+            rows.push(row(
+                if before.is_some() {
+                    "after"
+                } else {
+                    "this build"
+                },
+                &after,
+            ));
+            print!(
+                "{}",
+                crate::output::table(
+                    &[
+                        "",
+                        "MANAGER CPU MS/CHANGE",
+                        "BYTES/CHANGE",
+                        "MESSAGES/CHANGE"
+                    ],
+                    &rows
+                )
+            );
+            if let Some(b) = &before {
+                let ratio = |x: f64, y: f64| if y > 0.0 { x / y } else { f64::NAN };
+                println!(
+                    "after/before: CPU {:.3}x, bytes {:.3}x",
+                    ratio(after.cpu_ms_per_change, b.cpu_ms_per_change),
+                    ratio(after.bytes_per_change, b.bytes_per_change)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bench with tiny sizes: it runs and its figures are figures.
+    #[test]
+    fn overlay_churn_smoke() {
+        let f = measure(3, 2, Duration::from_secs(60)).expect("bench runs");
+        assert_eq!((f.nodes, f.changes), (3, 2));
+        assert!(f.bytes_per_change > 0.0, "{f:?}");
+        assert!(f.messages_per_change > 0.0, "{f:?}");
+    }
+
+    /// A 500 KiB secret used by 10 tasks on one node: the node gets its data once, and the
+    /// tasks run (with the data inside every task the assignments passed the 4 MiB message
+    /// limit and the node never got them).
+    #[test]
+    fn a_500k_secret_used_by_ten_tasks_on_one_node_runs() {
+        let sim = Sim::start(1, Duration::from_secs(60)).expect("cluster");
+        let data: Vec<u8> = (0..500 * 1024).map(|i| (i * 7 % 256) as u8).collect();
+        let req = pb::CreateFileObjectRequest {
+            name: "big".into(),
+            data,
+            labels: Default::default(),
+        };
+        sim.api(async move |api| {
+            api.create_file_object(manager::secrets::FileKind::Secret, req)
+                .await
+        })
+        .expect("secret");
+        let bytes0 = sim.mgr.dispatcher.stats.bytes.load(Ordering::Relaxed);
+        let mut spec = service_spec("big", "", 10);
+        spec.task.networks.clear();
+        spec.task.secrets = vec![proto::spec::FileRef {
+            name: "big".into(),
+            target: String::new(),
+        }];
+        let json = serde_json::to_string(&spec).unwrap();
+        sim.api(async move |api| {
+            api.create_service(pb::ServiceSpecRequest { spec_json: json })
+                .await
+        })
+        .expect("service");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while sim.running("big") < 10 {
+            assert!(
+                Instant::now() < deadline,
+                "{} of 10 tasks running",
+                sim.running("big")
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let sent = sim.mgr.dispatcher.stats.bytes.load(Ordering::Relaxed) - bytes0;
+        sim.shutdown();
+        assert!(
+            sent < 1024 * 1024,
+            "{sent} bytes sent: the secret went more than once"
+        );
+        assert!(
+            sent > 500 * 1024,
+            "{sent} bytes sent: the secret did not go"
+        );
+    }
+}

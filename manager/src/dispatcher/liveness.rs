@@ -1,0 +1,214 @@
+//! Liveness: heartbeats, and nodes marked Down after missed ones.
+//!
+//! Liveness is tracked in memory on the leader and only transitions are written to the
+//! store: a node is Ready when it registers and Down once it has missed three periods. A new
+//! leader gives every node a full grace period before judging it, so a failover does not
+//! mark the cluster down.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::security::Role;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use super::{Dispatcher, DEFAULT_HEARTBEAT, MISSED_PERIODS, NEW_LEADER_GRACE};
+use crate::manager::{update_with_retry, Manager};
+use crate::store::{NodeDescription, NodeState, Object, Op, Txn};
+
+impl Dispatcher {
+    /// Record a heartbeat of `node`.
+    pub fn seen(&self, node: &str) {
+        self.last_seen
+            .lock()
+            .expect("dispatcher lock")
+            .insert(node.to_string(), Instant::now());
+    }
+
+    pub(super) fn period(&self) -> Duration {
+        self.store
+            .view(|d| d.cluster.as_ref().map(|c| c.heartbeat_period_ms))
+            .map(Duration::from_millis)
+            .unwrap_or(DEFAULT_HEARTBEAT)
+    }
+
+    /// Leader-only: marks nodes Down after missed heartbeats.
+    pub async fn monitor(self: Arc<Self>, mgr: Arc<Manager>, cancel: CancellationToken) {
+        // Grace: everyone counts as seen a little after this leader starts. Agents learn of
+        // a new leader only when their session fails, and may be backing off then: without
+        // the extra time a short heartbeat period marks the whole cluster Down at failover.
+        {
+            let now = Instant::now() + NEW_LEADER_GRACE;
+            let mut seen = self.last_seen.lock().expect("dispatcher lock");
+            seen.clear();
+            for id in self
+                .store
+                .view(|d| d.nodes.keys().cloned().collect::<Vec<_>>())
+            {
+                seen.insert(id, now);
+            }
+        }
+        let mut period = self.period();
+        loop {
+            let now_period = self.period();
+            let tick =
+                (now_period / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(tick) => {}
+            }
+            let now = Instant::now();
+            let expired: Vec<String> = {
+                let mut seen = self.last_seen.lock().expect("dispatcher lock");
+                if now_period != period {
+                    period_changed(&mut seen, period, now_period, now);
+                    period = now_period;
+                }
+                self.store.view(|d| {
+                    let up = d
+                        .nodes
+                        .values()
+                        .filter(|n| n.state != NodeState::Down)
+                        .map(|n| n.id.as_str());
+                    expired_nodes(&mut seen, up, period, now)
+                })
+            };
+            for id in expired {
+                tracing::info!(node = %id, "heartbeat expired: node down");
+                let res =
+                    set_state(&mgr, &id, NodeState::Down, "heartbeat failure", None, None).await;
+                if let Err(e) = res {
+                    tracing::debug!(node = %id, error = %e, "could not mark node down");
+                }
+            }
+        }
+    }
+
+    /// A heartbeat of `node_id`: it is alive; a node marked Down comes back Ready.
+    /// Err(NotFound) if the node was removed.
+    pub async fn heartbeat(&self, mgr: &Manager, node_id: &str) -> Result<(), Status> {
+        self.seen(node_id);
+        let down = self
+            .store
+            .view(|d| d.nodes.get(node_id).map(|n| n.state != NodeState::Ready));
+        match down {
+            None => Err(Status::not_found(format!(
+                "node {node_id} has been removed from the swarm"
+            ))),
+            Some(true) => set_state(mgr, node_id, NodeState::Ready, "", None, None).await,
+            Some(false) => Ok(()),
+        }
+    }
+}
+
+/// The heartbeat period changed from `old` to `new`. Nodes learn a new period only with
+/// their next heartbeat, which may come up to `old` from now: a shorter period applies to a
+/// node after that grace (lowering it from 30 s to 1 s must not mark every node down at once).
+pub(super) fn period_changed(
+    seen: &mut HashMap<String, Instant>,
+    old: Duration,
+    new: Duration,
+    now: Instant,
+) {
+    if new >= old {
+        return;
+    }
+    let graced = now + old;
+    for t in seen.values_mut() {
+        if *t < graced {
+            *t = graced;
+        }
+    }
+}
+
+/// Nodes among `up` whose last heartbeat is more than `MISSED_PERIODS` periods old; a node
+/// not seen yet counts as seen now.
+pub(super) fn expired_nodes<'a>(
+    seen: &mut HashMap<String, Instant>,
+    up: impl Iterator<Item = &'a str>,
+    period: Duration,
+    now: Instant,
+) -> Vec<String> {
+    let limit = period.saturating_mul(MISSED_PERIODS);
+    up.filter(|id| {
+        let t = *seen.entry(id.to_string()).or_insert(now);
+        now.saturating_duration_since(t) > limit
+    })
+    .map(str::to_string)
+    .collect()
+}
+
+pub(super) async fn set_state(
+    mgr: &Manager,
+    id: &str,
+    state: NodeState,
+    message: &str,
+    description: Option<&NodeDescription>,
+    role: Option<Role>,
+) -> Result<(), Status> {
+    update_with_retry(mgr, |d| {
+        let mut n = d
+            .nodes
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("node {id} is not part of the swarm")))?;
+        n.state = state;
+        n.status_message = message.to_string();
+        if let Some(desc) = description {
+            let mut desc = desc.clone();
+            desc.engine_version = env!("CARGO_PKG_VERSION").into();
+            n.description = desc;
+        }
+        if let Some(r) = role {
+            n.role = r;
+        }
+        n.updated_at_ms = mgr.now_ms();
+        Ok(Txn::new(vec![Op::Update(Object::Node(n))]))
+    })
+    .await
+    .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lowering the heartbeat period from 30 s to 1 s, with nodes that heartbeat on the old
+    /// period: none is down until the old period (plus the new limit) has passed.
+    #[test]
+    fn a_lowered_heartbeat_period_applies_after_a_grace_of_the_old_one() {
+        let t0 = Instant::now();
+        let old = Duration::from_secs(30);
+        let new = Duration::from_secs(1);
+        let mut seen: HashMap<String, Instant> = HashMap::new();
+        // Seen 20 s before the change, well within the old limit (90 s).
+        seen.insert("a".into(), t0);
+        seen.insert("b".into(), t0 + Duration::from_secs(15));
+        let change = t0 + Duration::from_secs(20);
+        let ids = ["a", "b"];
+        assert!(expired_nodes(&mut seen, ids.into_iter(), old, change).is_empty());
+        period_changed(&mut seen, old, new, change);
+        for after in [0u64, 1, 10, 29, 32] {
+            let now = change + Duration::from_secs(after);
+            assert!(
+                expired_nodes(&mut seen, ids.into_iter(), new, now).is_empty(),
+                "{after}s after the change"
+            );
+        }
+        // A node that heartbeats on the new period stays up; one that stopped is down once
+        // the grace and the new limit have passed.
+        seen.insert("b".into(), change + Duration::from_secs(33));
+        let now = change + Duration::from_secs(34);
+        assert_eq!(
+            expired_nodes(&mut seen, ids.into_iter(), new, now),
+            vec!["a"]
+        );
+        // Raising the period needs no grace: the limit only grows.
+        let mut seen2: HashMap<String, Instant> = HashMap::new();
+        seen2.insert("a".into(), t0);
+        period_changed(&mut seen2, new, old, t0);
+        assert_eq!(seen2["a"], t0);
+    }
+}

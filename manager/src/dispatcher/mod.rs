@@ -1,0 +1,136 @@
+//! The dispatcher: one session stream per node, held with the leader.
+//!
+//! A node registers (its description), then heartbeats every period; each heartbeat is
+//! answered with the session state the node needs (heartbeat period, manager addresses, the
+//! leader, its desired role). On the same stream the node is sent its assignments (chained
+//! increments after a full set, [`assignments`]), the secrets and configs its tasks name
+//! (once per node), and its network state as per-network deltas ([`network`]); it sends back
+//! status reports ([`status`]) and log chunks ([`logs`]). Liveness: [`liveness`].
+//!
+//! ```text
+//!   session ──▶ register ─▶ full assignments + files + full network state
+//!     store event ─▶ increment (base_version → version), network deltas
+//!     node: Resync ─▶ full assignments      heartbeat ─▶ liveness
+//!     node: statuses ─▶ status batching ─▶ store
+//! ```
+
+pub mod assignments;
+pub mod liveness;
+pub mod logs;
+pub mod network;
+mod session;
+pub mod status;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prost::Message;
+use proto::pb;
+use proto::spec::TaskStatus;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tonic::Status;
+
+pub use assignments::{assignments_for, fingerprints, node_assignments, NodeAssignments, Sent};
+pub use network::{net_relevant, node_net_state, NetCache, NodeNet};
+pub use session::{service, DispatcherService};
+
+/// Missed heartbeat periods after which a node is Down.
+pub const MISSED_PERIODS: u32 = 3;
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// Added to the missed-heartbeat limit for every node when a leader takes office: the time
+/// agents need to find it (their reconnect back-off is at most 1 s, and they may first try
+/// managers that are not the leader).
+pub const NEW_LEADER_GRACE: Duration = Duration::from_secs(3);
+
+type SessionTx = mpsc::Sender<Result<pb::SessionMessage, Status>>;
+
+/// Where the chunks of a log subscription go: (subscription id, chunk).
+pub type LogSink = mpsc::Sender<(u64, pb::LogChunk)>;
+
+/// Log chunks a subscriber may have queued before more are dropped (a slow client must not
+/// hold up the session loop, which also carries heartbeats).
+pub const LOG_QUEUE: usize = 4096;
+
+/// What the sessions sent, for benchmarks: messages and their encoded bytes.
+#[derive(Debug, Default)]
+pub struct SessionStats {
+    pub messages: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+impl SessionStats {
+    fn count(&self, m: &pb::SessionMessage) {
+        self.messages.fetch_add(1, Ordering::Relaxed);
+        self.bytes
+            .fetch_add(m.encoded_len() as u64, Ordering::Relaxed);
+    }
+}
+
+pub struct Dispatcher {
+    store: crate::store::Store,
+    /// The open session of each node: (serial, outbound stream).
+    sessions: Mutex<HashMap<String, (u64, SessionTx)>>,
+    next_serial: AtomicU64,
+    /// Log subscriptions: id → (node, sink).
+    log_subs: Mutex<HashMap<u64, (String, LogSink)>>,
+    last_seen: Mutex<HashMap<String, Instant>>,
+    /// Status reports waiting to be written, newest per task.
+    pending: Mutex<HashMap<String, TaskStatus>>,
+    pending_notify: tokio::sync::Notify,
+    /// Network and service states shared by the sessions.
+    net_cache: Mutex<NetCache>,
+    pub stats: SessionStats,
+}
+
+impl Dispatcher {
+    pub fn new(store: crate::store::Store) -> Dispatcher {
+        Dispatcher {
+            store,
+            sessions: Mutex::new(HashMap::new()),
+            next_serial: AtomicU64::new(1),
+            log_subs: Mutex::new(HashMap::new()),
+            last_seen: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            pending_notify: tokio::sync::Notify::new(),
+            net_cache: Mutex::new(NetCache::default()),
+            stats: SessionStats::default(),
+        }
+    }
+
+    /// The serial of the session `node` holds with this manager, if any.
+    pub fn session_serial(&self, node: &str) -> Option<u64> {
+        self.sessions
+            .lock()
+            .expect("dispatcher lock")
+            .get(node)
+            .map(|(s, _)| *s)
+    }
+
+    fn register_session(&self, node: &str, tx: SessionTx) -> u64 {
+        let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
+        self.sessions
+            .lock()
+            .expect("dispatcher lock")
+            .insert(node.to_string(), (serial, tx));
+        serial
+    }
+
+    fn end_session(&self, node: &str, serial: u64) {
+        let mut s = self.sessions.lock().expect("dispatcher lock");
+        if s.get(node).is_some_and(|(x, _)| *x == serial) {
+            s.remove(node);
+        }
+    }
+
+    /// Send `m` on a session (counted in [`SessionStats`]); false if the session is gone.
+    async fn send(&self, tx: &SessionTx, m: pb::SessionMessage) -> bool {
+        self.stats.count(&m);
+        tx.send(Ok(m)).await.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,277 @@
+//! The session stream of one node: registration, then what the node is sent on store
+//! changes and heartbeats, and what it sends back.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use proto::pb;
+use proto::security::Role;
+use proto::spec::StatusReport;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::liveness::set_state;
+use super::{Dispatcher, NodeAssignments, NodeNet};
+use crate::auth::Caller;
+use crate::manager::Manager;
+use crate::store::{Change, Kind, NodeDescription, NodeState, Object};
+
+impl Dispatcher {
+    pub(super) fn session_message(&self, mgr: &Manager, node_id: &str) -> pb::SessionMessage {
+        let (desired_role, raft_id, cert_expiry_ms) = self.store.view(|d| {
+            let (role, raft_id) = d
+                .nodes
+                .get(node_id)
+                .map(|n| (n.desired_role, n.raft_id))
+                .unwrap_or((Role::Worker, 0));
+            (
+                role,
+                raft_id,
+                d.cluster.as_ref().map(|c| c.cert_expiry_ms).unwrap_or(0),
+            )
+        });
+        pb::SessionMessage {
+            heartbeat_period_ms: self.period().as_millis() as u64,
+            managers: mgr.manager_addrs(),
+            leader_addr: mgr.leader_addr().unwrap_or_default(),
+            desired_role: desired_role.as_str().into(),
+            raft_id,
+            cert_expiry_ms,
+            assignments: None,
+            log_request: None,
+            network: None,
+        }
+    }
+
+    /// The network update of a session, built with the shared cache.
+    fn net_update(
+        &self,
+        net: &mut NodeNet,
+        index: Option<u64>,
+        node_id: &str,
+    ) -> Option<pb::NetworkUpdate> {
+        self.store.view(|d| {
+            let mut cache = self.net_cache.lock().expect("dispatcher lock");
+            net.update(d, &mut cache, index, node_id)
+        })
+    }
+}
+
+/// The status reports of a message; a report that cannot be read is left out (logged), the
+/// others are kept.
+fn reports(node_id: &str, s: pb::TaskStatuses) -> Vec<StatusReport> {
+    s.reports
+        .into_iter()
+        .filter_map(|r| match StatusReport::try_from(r) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::debug!(node = %node_id, error = %e, "status report skipped");
+                None
+            }
+        })
+        .collect()
+}
+
+pub struct DispatcherService {
+    mgr: Arc<Manager>,
+}
+
+pub fn service(mgr: Arc<Manager>) -> pb::dispatcher_server::DispatcherServer<DispatcherService> {
+    pb::dispatcher_server::DispatcherServer::new(DispatcherService { mgr })
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::dispatcher_server::Dispatcher for DispatcherService {
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<pb::SessionRequest>>,
+    ) -> Result<Response<SessionStream>, Status> {
+        let mgr = self.mgr.clone();
+        let Caller::Node(cert) = mgr.auth.node(&req)? else {
+            return Err(Status::unauthenticated(
+                "a session needs a node certificate",
+            ));
+        };
+        // The session lives as long as this term of leadership: a leader whose lease lapses
+        // (cut off from the other managers) ends every session, so that its nodes go to the
+        // manager that leads now instead of being marked down there.
+        let Some(term) = mgr.leader_token() else {
+            return Err(mgr.not_leader());
+        };
+        let mut inbound = req.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("session closed before registering"))?;
+        let Some(pb::session_request::Msg::Register(reg)) = first.msg else {
+            return Err(Status::invalid_argument(
+                "the first session message must be Register",
+            ));
+        };
+        let d = reg.description.unwrap_or_default();
+        let (registered_addr, recorded_role) = mgr
+            .store
+            .view(|s| {
+                s.nodes
+                    .get(&cert.node_id)
+                    .map(|n| (n.description.addr.clone(), n.role))
+            })
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "node {} is not part of the swarm (was it removed?)",
+                    cert.node_id
+                ))
+            })?;
+        let desc = NodeDescription {
+            hostname: d.hostname,
+            // The address is fixed at join: raft and peers rely on it.
+            addr: registered_addr,
+            platform: d.platform,
+            engine_version: d.engine_version,
+            nano_cpus: d.nano_cpus,
+            memory_bytes: d.memory_bytes,
+        };
+        // The certificate the node presents is the role it holds. The store can say otherwise
+        // when a renewal was committed but its answer never reached the node (the leader
+        // that issued it was deposed mid-call): correct the record, or membership would
+        // never take a node that still runs a manager back into raft (nor tell it to renew).
+        let role = (recorded_role != cert.role).then_some(cert.role);
+        if let Some(r) = role {
+            tracing::info!(node = %cert.node_id, recorded = %recorded_role, holds = %r, "node holds another role than recorded");
+        }
+        set_state(&mgr, &cert.node_id, NodeState::Ready, "", Some(&desc), role).await?;
+        let dispatcher = mgr.dispatcher.clone();
+        dispatcher.seen(&cert.node_id);
+        tracing::debug!(node = %cert.node_id, "session registered");
+
+        let (tx, rx) = mpsc::channel(16);
+        let node_id = cert.node_id.clone();
+        let mut events = mgr.store.watch();
+        let mut asg = NodeAssignments::default();
+        let mut net = NodeNet::default();
+        let mut first = dispatcher.session_message(&mgr, &node_id);
+        first.assignments = Some(mgr.store.view(|d| asg.full(d, &node_id, &mgr.kek)));
+        first.network = dispatcher.net_update(&mut net, None, &node_id);
+        dispatcher.send(&tx, first).await;
+        let serial = dispatcher.register_session(&node_id, tx.clone());
+        tokio::spawn(async move {
+            struct EndSession(Arc<Dispatcher>, String, u64);
+            impl Drop for EndSession {
+                fn drop(&mut self) {
+                    self.0.end_session(&self.1, self.2);
+                }
+            }
+            let _end = EndSession(dispatcher.clone(), node_id.clone(), serial);
+            loop {
+                let msg = tokio::select! {
+                    m = inbound.message() => m,
+                    ev = events.recv() => {
+                        let net_active = net.busy() || mgr.store.view(|d| !d.networks.is_empty());
+                        let (tasks, files, net_changed) = match &ev {
+                            Ok(e) => (
+                                e.changes.iter().any(|c| match c {
+                                    Change::Put(Object::Task(t)) => t.node_id == node_id || asg.has(&t.id),
+                                    Change::Deleted { kind: Kind::Task, id } => asg.has(id),
+                                    _ => false,
+                                }),
+                                e.changes.iter().any(|c| matches!(
+                                    c,
+                                    Change::Put(Object::Secret(_) | Object::Config(_))
+                                        | Change::Deleted { kind: Kind::Secret | Kind::Config, .. }
+                                )),
+                                e.changes.iter().any(|c| super::net_relevant(c, net_active)),
+                            ),
+                            Err(RecvError::Lagged(_)) => (true, true, true),
+                            Err(RecvError::Closed) => return,
+                        };
+                        let mut m = dispatcher.session_message(&mgr, &node_id);
+                        if tasks || files {
+                            m.assignments = match &ev {
+                                // Only the tasks the event touched can have changed.
+                                Ok(e) => mgr.store.view(|d| {
+                                    let ids = e.changes.iter().filter_map(|c| match c {
+                                        Change::Put(Object::Task(t)) => Some(t.id.as_str()),
+                                        Change::Deleted { kind: Kind::Task, id } => Some(id.as_str()),
+                                        _ => None,
+                                    });
+                                    asg.touched(d, &node_id, &mgr.kek, ids, files)
+                                }),
+                                Err(_) => mgr.store.view(|d| asg.diff_full(d, &node_id, &mgr.kek)),
+                            };
+                        }
+                        if net_changed {
+                            let index = ev.as_ref().ok().map(|e| e.index);
+                            m.network = dispatcher.net_update(&mut net, index, &node_id);
+                        }
+                        if (m.assignments.is_some() || m.network.is_some())
+                            && !dispatcher.send(&tx, m).await
+                        {
+                            return;
+                        }
+                        continue;
+                    }
+                    _ = tx.closed() => return,
+                    _ = term.cancelled() => {
+                        let _ = tx.send(Err(mgr.not_leader())).await;
+                        return;
+                    }
+                };
+                match msg {
+                    Ok(Some(pb::SessionRequest {
+                        msg: Some(pb::session_request::Msg::Statuses(s)),
+                    })) => {
+                        dispatcher.seen(&node_id);
+                        dispatcher.queue_reports(&node_id, reports(&node_id, s));
+                    }
+                    Ok(Some(pb::SessionRequest {
+                        msg: Some(pb::session_request::Msg::Resync(r)),
+                    })) => {
+                        tracing::debug!(
+                            node = %node_id,
+                            have = r.have_version,
+                            sent = asg.version(),
+                            "node asks for its full assignments"
+                        );
+                        let mut m = dispatcher.session_message(&mgr, &node_id);
+                        m.assignments = Some(mgr.store.view(|d| asg.full(d, &node_id, &mgr.kek)));
+                        if !dispatcher.send(&tx, m).await {
+                            return;
+                        }
+                    }
+                    Ok(Some(pb::SessionRequest {
+                        msg: Some(pb::session_request::Msg::Heartbeat(_)),
+                    })) => {
+                        if !mgr.is_leader() {
+                            let _ = tx.send(Err(mgr.not_leader())).await;
+                            return;
+                        }
+                        if let Err(e) = dispatcher.heartbeat(&mgr, &node_id).await {
+                            if e.code() == tonic::Code::NotFound {
+                                let _ = tx.send(Err(e)).await;
+                                return;
+                            }
+                        }
+                        let m = dispatcher.session_message(&mgr, &node_id);
+                        if !dispatcher.send(&tx, m).await {
+                            return;
+                        }
+                    }
+                    Ok(Some(pb::SessionRequest {
+                        msg: Some(pb::session_request::Msg::Logs(chunk)),
+                    })) => dispatcher.deliver_logs(&node_id, chunk),
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
