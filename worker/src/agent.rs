@@ -386,7 +386,8 @@ impl Agent {
         statuses: mpsc::Sender<pb::SessionRequest>,
         established: &mut Option<tokio::time::Instant>,
     ) -> Result<(), SessionError> {
-        let mut client = DispatcherClient::new(channel.clone());
+        // Assignments come in messages of about 1 MiB; files (secrets, configs) go whole.
+        let mut client = DispatcherClient::new(channel.clone()).max_decoding_message_size(64 << 20);
         let mut inbound = client
             .session(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await?

@@ -117,6 +117,10 @@ fn hash(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
+/// The size an assignments message is cut to ([`NodeAssignments::chunks`]); gRPC refuses
+/// messages over 4 MiB by default.
+pub const MESSAGE_BYTES: usize = 1 << 20;
+
 /// What a session last sent a node, per task: a fingerprint of the assignment rather than
 /// the assignment itself (a node with 50,000 tasks held ~100 MB of copies per session).
 pub type Sent = BTreeMap<String, u64>;
@@ -157,6 +161,52 @@ impl NodeAssignments {
     /// Whether task `id` was sent.
     pub fn has(&self, id: &str) -> bool {
         self.sent.contains_key(id)
+    }
+
+    /// `m` cut into messages of about [`MESSAGE_BYTES`] each, chained: the first keeps `m`'s
+    /// base (and `full`), each next one applies to the version the previous one results in.
+    /// A node with thousands of tasks would otherwise get a full set larger than a gRPC
+    /// message may be, and could never resynchronise. Files and removals go first.
+    pub fn chunks(&mut self, m: pb::Assignments) -> Vec<pb::Assignments> {
+        if m.encoded_len() <= MESSAGE_BYTES {
+            return vec![m];
+        }
+        let mut out: Vec<pb::Assignments> = Vec::new();
+        let mut part = pb::Assignments {
+            full: m.full,
+            removed: m.removed,
+            upsert: Vec::new(),
+            base_version: m.base_version,
+            version: m.version,
+            files: m.files,
+            removed_files: m.removed_files,
+        };
+        let mut size = part.encoded_len();
+        for a in m.upsert {
+            let len = a.encoded_len() + 8;
+            let holds_something = !part.upsert.is_empty()
+                || !part.files.is_empty()
+                || !part.removed.is_empty()
+                || !part.removed_files.is_empty();
+            if size + len > MESSAGE_BYTES && holds_something {
+                let base = part.version;
+                out.push(std::mem::replace(
+                    &mut part,
+                    pb::Assignments {
+                        full: false,
+                        base_version: base,
+                        version: base + 1,
+                        ..Default::default()
+                    },
+                ));
+                size = part.encoded_len();
+            }
+            size += len;
+            part.upsert.push(a);
+        }
+        out.push(part);
+        self.version = out.last().map(|p| p.version).unwrap_or(self.version);
+        out
     }
 
     /// The full set: replaces whatever the node holds (a new session, or a resync).

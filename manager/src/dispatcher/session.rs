@@ -156,9 +156,16 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         let mut asg = NodeAssignments::default();
         let mut net = NodeNet::default();
         let mut first = dispatcher.session_message(&mgr, &node_id);
-        first.assignments = Some(mgr.store.view(|d| asg.full(d, &node_id, &mgr.kek)));
+        let full = mgr.store.view(|d| asg.full(d, &node_id, &mgr.kek));
+        let mut rest = asg.chunks(full).into_iter();
+        first.assignments = rest.next();
         first.network = dispatcher.net_update(&mut net, None, &node_id);
         dispatcher.send(&tx, first).await;
+        for part in rest {
+            let mut m = dispatcher.session_message(&mgr, &node_id);
+            m.assignments = Some(part);
+            dispatcher.send(&tx, m).await;
+        }
         let serial = dispatcher.register_session(&node_id, tx.clone());
         tokio::spawn(async move {
             struct EndSession(Arc<Dispatcher>, String, u64);
@@ -191,8 +198,9 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                             Err(RecvError::Closed) => return,
                         };
                         let mut m = dispatcher.session_message(&mgr, &node_id);
+                        let mut more = Vec::new();
                         if tasks || files {
-                            m.assignments = match &ev {
+                            let update = match &ev {
                                 // Only the tasks the event touched can have changed.
                                 Ok(e) => mgr.store.view(|d| {
                                     let ids = e.changes.iter().filter_map(|c| match c {
@@ -204,6 +212,11 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                                 }),
                                 Err(_) => mgr.store.view(|d| asg.diff_full(d, &node_id, &mgr.kek)),
                             };
+                            if let Some(update) = update {
+                                let mut parts = asg.chunks(update).into_iter();
+                                m.assignments = parts.next();
+                                more.extend(parts);
+                            }
                         }
                         if net_changed {
                             let index = ev.as_ref().ok().map(|e| e.index);
@@ -213,6 +226,13 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                             && !dispatcher.send(&tx, m).await
                         {
                             return;
+                        }
+                        for part in more {
+                            let mut m = dispatcher.session_message(&mgr, &node_id);
+                            m.assignments = Some(part);
+                            if !dispatcher.send(&tx, m).await {
+                                return;
+                            }
                         }
                         continue;
                     }
@@ -238,10 +258,13 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                             sent = asg.version(),
                             "node asks for its full assignments"
                         );
-                        let mut m = dispatcher.session_message(&mgr, &node_id);
-                        m.assignments = Some(mgr.store.view(|d| asg.full(d, &node_id, &mgr.kek)));
-                        if !dispatcher.send(&tx, m).await {
-                            return;
+                        let full = mgr.store.view(|d| asg.full(d, &node_id, &mgr.kek));
+                        for part in asg.chunks(full) {
+                            let mut m = dispatcher.session_message(&mgr, &node_id);
+                            m.assignments = Some(part);
+                            if !dispatcher.send(&tx, m).await {
+                                return;
+                            }
                         }
                     }
                     Ok(Some(pb::SessionRequest {

@@ -485,3 +485,52 @@ fn network_deltas_go_to_the_nodes_that_need_them() {
     asm.apply(u);
     assert_eq!(asm.state(), node_net_state(&d, "n1"));
 }
+
+/// A node with thousands of tasks gets its full set in chained messages of about 1 MiB
+/// (gRPC refuses messages over 4 MiB), and applying them in turn gives it the full set.
+#[test]
+fn a_large_full_set_goes_in_chained_messages() {
+    let mut d = data_with_networks();
+    d.apply_txn(
+        3,
+        &Txn::new(vec![Op::Create(Object::Node(node("n1", "h")))]),
+    )
+    .unwrap();
+    let mut web = service("web", &[], vec![]);
+    web.spec.task.env = (0..20)
+        .map(|i| format!("VAR{i}={}", "v".repeat(100)))
+        .collect();
+    let kek = crate::keys::Kek::generate().unwrap();
+    let mut index = 10;
+    for i in 0..3_000 {
+        let t = task(&d, &format!("t{i:05}"), &web, "n1", TaskState::Assigned);
+        put(&mut d, &mut index, t);
+    }
+    let mut asg = NodeAssignments::default();
+    let full = asg.full(&d, "n1", &kek);
+    assert!(full.encoded_len() > 4 << 20, "{} bytes", full.encoded_len());
+    let parts = asg.chunks(full);
+    assert!(parts.len() >= 5, "{} parts", parts.len());
+    assert!(parts[0].full && parts[1..].iter().all(|p| !p.full));
+    for w in parts.windows(2) {
+        assert_eq!(w[1].base_version, w[0].version);
+    }
+    assert_eq!(asg.version(), parts.last().unwrap().version);
+    let mut n1 = Node::default();
+    for p in parts {
+        assert!(
+            p.encoded_len() <= assignments::MESSAGE_BYTES + 4096,
+            "{}",
+            p.encoded_len()
+        );
+        assert!(n1.apply(p));
+    }
+    assert_eq!(n1.assignments(), assignments_for(&d, "n1", &kek));
+    // The next increment follows on the last part.
+    let mut t = d.tasks["t00000"].clone();
+    t.desired_state = TaskState::Shutdown;
+    put(&mut d, &mut index, t);
+    let inc = asg.touched(&d, "n1", &kek, ["t00000"], false).unwrap();
+    assert!(n1.apply(inc));
+    assert_eq!(n1.assignments(), assignments_for(&d, "n1", &kek));
+}
