@@ -242,6 +242,12 @@ impl Agent {
 
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
+        // Attempts that failed in a row since the last session: the next manager is tried at
+        // once until every known one has failed, and only then after the backoff. A node that
+        // a partition cut off from the leader finds it again as soon as the partition heals,
+        // rather than a backoff later (meanwhile its old tasks may run beside their
+        // replacements).
+        let mut failed_in_row = 0usize;
         loop {
             if cancel.is_cancelled() {
                 return;
@@ -294,14 +300,20 @@ impl Agent {
             }
             if established.is_some() {
                 backoff = Duration::from_millis(100);
+                failed_in_row = 0;
+            } else {
+                failed_in_row += 1;
             }
-            // A hint to the leader is worth following at once.
-            let wait = if self.leader_hint.is_some() {
+            // A hint to the leader is worth following at once, and so is a manager not tried
+            // since the last session.
+            let untried = !failed_in_row.is_multiple_of(self.managers.len().max(1));
+            let wait = if self.leader_hint.is_some() || untried {
                 Duration::from_millis(20)
             } else {
-                backoff
+                let b = backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                b
             };
-            backoff = (backoff * 2).min(MAX_BACKOFF);
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
