@@ -1,8 +1,13 @@
-//! The worker side of a node: the agent that keeps a session with the managers.
+//! The worker side of a node: what runs the tasks the managers assign to it.
 //!
-//! Issue-by-issue this grows into the task executor; today it registers the node, heartbeats,
-//! follows the manager set and the leader, and keeps the node's certificate current (renewal
-//! before expiry, and the role change that promotion or demotion asks for).
+//! [`agent::Agent`] keeps the node's session with the leader's dispatcher (registration,
+//! heartbeats, chained assignment increments, secrets and configs once per node, the node's
+//! network state, status reports, log subscriptions) and keeps the node's certificate
+//! current. [`executor::Executor`] drives each assigned task through its states with the pure
+//! `next_step`, records them in its versioned task table, and restores after a restart.
+//! [`runtime::Runtime`] is the container runtime it drives: [`oci`] (runc or crun, images
+//! from [`image`] on overlayfs, limits in cgroups) or the in-memory fake of tests and
+//! benchmarks. [`logs`] keeps the tasks' output.
 
 pub mod agent;
 pub mod executor;
