@@ -312,18 +312,12 @@ impl Node {
         let cancel = CancellationToken::new();
         // One executor per swarm membership; its report channel goes to this agent.
         let (reports_tx, reports_rx) = mpsc::channel(4096);
-        // The executor's task table lives beside the node's state, apart from the runtime's
-        // directories, so a restarted daemon restores from what this one recorded.
-        let table_path = self.cfg.data_dir.join(worker::executor::table::FILE);
-        let table = worker::executor::table::TaskTable::open(&table_path).unwrap_or_else(|e| {
-            tracing::error!(path = %table_path.display(), error = %e,
-                "cannot read the task table: restoring from the runtime alone");
-            worker::executor::table::TaskTable::in_memory()
-        });
-        let executor = Arc::new(worker::executor::Executor::with_table(
+        // The executor's task table stays in memory: it is written whole on every state
+        // change, which a node with tens of thousands of tasks cannot afford (it must be
+        // written behind, in batches, before it goes to disk).
+        let executor = Arc::new(worker::executor::Executor::new(
             self.runtime.clone(),
             reports_tx,
-            table,
         ));
         inner.executor = Some(executor.clone());
         let agent = Agent::new(
