@@ -142,6 +142,16 @@ struct Chain {
     version: Option<u64>,
     asked: bool,
     files: BTreeMap<FileKey, Vec<u8>>,
+    /// The parts received so far of a change sent in several (`more`): applied together
+    /// with the last one.
+    pending: Option<Pending>,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    full: bool,
+    upsert: Vec<Assignment>,
+    removed: Vec<String>,
 }
 
 impl Chain {
@@ -149,7 +159,9 @@ impl Chain {
         if a.full {
             self.files.clear();
             self.asked = false;
+            self.pending = None;
         } else if self.version != Some(a.base_version) {
+            self.pending = None;
             let have = self.version.take().unwrap_or(0);
             if self.asked {
                 return Step::Wait;
@@ -194,10 +206,28 @@ impl Chain {
                 self.files.remove(&k);
             }
         }
+        let mut removed = a.removed;
+        if a.more || self.pending.is_some() {
+            let p = self.pending.get_or_insert_with(|| Pending {
+                full: a.full,
+                ..Pending::default()
+            });
+            p.upsert.extend(upsert);
+            p.removed.append(&mut removed);
+            if a.more {
+                return Step::Wait;
+            }
+            let p = self.pending.take().unwrap_or_default();
+            return Step::Apply {
+                full: p.full,
+                upsert: p.upsert,
+                removed: p.removed,
+            };
+        }
         Step::Apply {
             full: a.full,
             upsert,
-            removed: a.removed,
+            removed,
         }
     }
 }
@@ -649,6 +679,40 @@ mod tests {
         assert_eq!(ids(&c.step(full)).len(), 5);
         assert_eq!(ids(&c.step(inc(6, &["t6"]))), vec!["t6"]);
         assert_eq!(c.version, Some(7));
+    }
+
+    /// A full set cut in parts is applied whole, once its last part has come: its first part
+    /// alone would stop the tasks of the others.
+    #[test]
+    fn a_full_set_in_parts_is_applied_once_complete() {
+        let mut c = Chain::default();
+        let first = pb::Assignments {
+            full: true,
+            version: 1,
+            upsert: vec![wire("t1"), wire("t2")],
+            more: true,
+            ..Default::default()
+        };
+        assert_eq!(c.step(first), Step::Wait);
+        let mut second = inc(1, &["t3"]);
+        second.more = true;
+        assert_eq!(c.step(second), Step::Wait);
+        let last = c.step(inc(2, &["t4"]));
+        assert_eq!(ids(&last), vec!["t1", "t2", "t3", "t4"]);
+        assert!(matches!(last, Step::Apply { full: true, .. }));
+        assert_eq!(ids(&c.step(inc(3, &["t5"]))), vec!["t5"]);
+        // A part that does not follow drops what was gathered and asks for everything.
+        let mut part = pb::Assignments {
+            full: true,
+            version: 9,
+            upsert: vec![wire("t1")],
+            more: true,
+            ..Default::default()
+        };
+        assert_eq!(c.step(part.clone()), Step::Wait);
+        part = inc(11, &["t2"]);
+        assert_eq!(c.step(part), Step::Resync(9));
+        assert!(c.pending.is_none());
     }
 
     /// An assignment with a field this version cannot read is skipped; the rest of the

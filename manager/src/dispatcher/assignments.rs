@@ -180,6 +180,7 @@ impl NodeAssignments {
             version: m.version,
             files: m.files,
             removed_files: m.removed_files,
+            more: false,
         };
         let mut size = part.encoded_len();
         for a in m.upsert {
@@ -205,7 +206,11 @@ impl NodeAssignments {
             part.upsert.push(a);
         }
         out.push(part);
-        self.version = out.last().map(|p| p.version).unwrap_or(self.version);
+        let last = out.len() - 1;
+        for p in &mut out[..last] {
+            p.more = true;
+        }
+        self.version = out[last].version;
         out
     }
 
@@ -230,6 +235,7 @@ impl NodeAssignments {
             version: self.version,
             files,
             removed_files: Vec::new(),
+            more: false,
         }
     }
 
@@ -301,6 +307,7 @@ impl NodeAssignments {
             version: self.version,
             files,
             removed_files,
+            more: false,
         })
     }
 

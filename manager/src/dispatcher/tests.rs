@@ -512,6 +512,9 @@ fn a_large_full_set_goes_in_chained_messages() {
     let parts = asg.chunks(full);
     assert!(parts.len() >= 5, "{} parts", parts.len());
     assert!(parts[0].full && parts[1..].iter().all(|p| !p.full));
+    // Every part but the last says more follow: the node applies them together.
+    let (last, rest) = parts.split_last().unwrap();
+    assert!(rest.iter().all(|p| p.more) && !last.more);
     for w in parts.windows(2) {
         assert_eq!(w[1].base_version, w[0].version);
     }
