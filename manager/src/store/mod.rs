@@ -793,6 +793,18 @@ impl StoreData {
     /// Operations are checked and applied one after another (a transaction may create an
     /// object and then update it); if one fails, the objects touched so far are restored from
     /// an undo log. Cost is proportional to the transaction, not to the store.
+    /// Apply a raft entry's transaction as the state machine does: a batch applies each of
+    /// its transactions on its own (a refused one changes nothing). For replays of the log.
+    pub fn apply_entry(&mut self, index: u64, txn: &Txn) {
+        if txn.batch.is_empty() {
+            let _ = self.apply_txn(index, txn);
+        } else {
+            for t in &txn.batch {
+                let _ = self.apply_txn(index, t);
+            }
+        }
+    }
+
     pub fn apply_txn(&mut self, index: u64, txn: &Txn) -> Result<Vec<Change>, TxnError> {
         let mut undo: Vec<(Kind, String, Option<Object>)> = Vec::with_capacity(txn.ops.len());
         let mut changes = Vec::with_capacity(txn.ops.len());
