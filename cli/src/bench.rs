@@ -101,19 +101,19 @@ pub async fn run_cluster(cfg: BenchConfig) -> Result<()> {
     result
 }
 
-async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<()> {
-    let setup = Instant::now();
+/// The cluster object of a bench's swarm (a new CA and tokens), with `heartbeat_period_ms`.
+pub(crate) fn bench_cluster(heartbeat_period_ms: u64) -> Result<Cluster> {
     let cluster_id = random_id(25);
     let root_ca = RootCa::generate(&cluster_id)?;
     let digest = root_ca.digest()?;
-    let cluster = Cluster {
-        id: cluster_id.clone(),
+    Ok(Cluster {
+        id: cluster_id,
         version: 0,
         created_at_ms: SystemClock.now_ms(),
         root_ca,
         worker_token: JoinToken::generate(&digest).to_string(),
         manager_token: JoinToken::generate(&digest).to_string(),
-        heartbeat_period_ms: 5000,
+        heartbeat_period_ms,
         cert_expiry_ms: 90 * 24 * 3600 * 1000,
         removed_nodes: Default::default(),
         rebalance_on_join: false,
@@ -121,29 +121,44 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<()> {
         default_addr_pool_mask_len: manager::store::default_addr_pool_mask_len(),
         unlock_key: None,
         limits: Default::default(),
+    })
+}
+
+/// Manager `i` of a bench's swarm (raft id `i + 1`, data in `dir/m{i}`, on a free loopback
+/// port): the manager, its node id and its address.
+pub(crate) async fn bench_manager(
+    cluster: &Cluster,
+    dir: &std::path::Path,
+    i: usize,
+) -> Result<(Arc<Manager>, String, SocketAddr)> {
+    let node_id = random_id(25);
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let creds = Credentials::new(Some(identity(cluster, &node_id, Role::Manager)?));
+    let mcfg = ManagerConfig {
+        node_id: node_id.clone(),
+        raft_id: i as u64 + 1,
+        data_dir: dir.join(format!("m{i}")),
+        listen_addr: addr,
+        advertise_addr: addr.to_string(),
+        tuning: RaftTuning::default(),
+        kek: None,
+        clock: manager::clock::system(),
     };
+    let m = Manager::start(mcfg, creds, Box::new(|_| tonic::service::Routes::default()))
+        .await
+        .with_context(|| format!("manager {i}"))?;
+    Ok((m, node_id, addr))
+}
+
+async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<()> {
+    let setup = Instant::now();
+    let cluster = bench_cluster(5000)?;
 
     // Managers.
     let mut managers: Vec<Arc<Manager>> = Vec::new();
     let mut manager_nodes = Vec::new();
     for i in 0..cfg.managers {
-        let node_id = random_id(25);
-        let port = free_port()?;
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        let creds = Credentials::new(Some(identity(&cluster, &node_id, Role::Manager)?));
-        let mcfg = ManagerConfig {
-            node_id: node_id.clone(),
-            raft_id: i as u64 + 1,
-            data_dir: dir.join(format!("m{i}")),
-            listen_addr: addr,
-            advertise_addr: addr.to_string(),
-            tuning: RaftTuning::default(),
-            kek: None,
-            clock: manager::clock::system(),
-        };
-        let m = Manager::start(mcfg, creds, Box::new(|_| tonic::service::Routes::default()))
-            .await
-            .with_context(|| format!("manager {i}"))?;
+        let (m, node_id, addr) = bench_manager(&cluster, dir, i).await?;
         manager_nodes.push(node(
             &node_id,
             i as u64 + 1,

@@ -17,13 +17,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use manager::clock::{Clock, SystemClock};
 use manager::controlapi::ControlApi;
-use manager::raft::RaftTuning;
 use manager::store::{Cluster, NodeState, Object, Op};
-use manager::{Manager, ManagerConfig};
+use manager::Manager;
 use proto::pb;
-use proto::security::{random_id, JoinToken, Role, RootCa};
+use proto::security::{random_id, Role};
 use proto::spec::{
     NetworkAttachmentConfig, NetworkSpec, ServiceMode, ServiceSpec, TaskSpec, TaskState,
 };
@@ -32,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use worker::agent::{Agent, AgentConfig};
 
-use crate::bench::{free_port, identity, node, propose_all};
+use crate::bench::{identity, node, propose_all};
 use crate::output::Format;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -221,45 +219,9 @@ async fn start_manager(
     dir: &std::path::Path,
     nodes: usize,
 ) -> Result<(Arc<Manager>, Cluster, Vec<String>)> {
-    let cluster_id = random_id(25);
-    let root_ca = RootCa::generate(&cluster_id)?;
-    let digest = root_ca.digest()?;
-    let cluster = Cluster {
-        id: cluster_id.clone(),
-        version: 0,
-        created_at_ms: SystemClock.now_ms(),
-        root_ca,
-        worker_token: JoinToken::generate(&digest).to_string(),
-        manager_token: JoinToken::generate(&digest).to_string(),
-        // Heartbeats are not what is measured: few of them.
-        heartbeat_period_ms: 30_000,
-        cert_expiry_ms: 90 * 24 * 3600 * 1000,
-        removed_nodes: Default::default(),
-        rebalance_on_join: false,
-        default_addr_pool: manager::store::default_addr_pool(),
-        default_addr_pool_mask_len: manager::store::default_addr_pool_mask_len(),
-        unlock_key: None,
-        limits: Default::default(),
-    };
-    let node_id = random_id(25);
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let creds = Credentials::new(Some(identity(&cluster, &node_id, Role::Manager)?));
-    let mgr = Manager::start(
-        ManagerConfig {
-            node_id: node_id.clone(),
-            raft_id: 1,
-            data_dir: dir.join("m0"),
-            listen_addr: addr,
-            advertise_addr: addr.to_string(),
-            tuning: RaftTuning::default(),
-            kek: None,
-            clock: manager::clock::system(),
-        },
-        creds,
-        Box::new(|_| tonic::service::Routes::default()),
-    )
-    .await
-    .context("manager")?;
+    // Heartbeats are not what is measured: few of them.
+    let cluster = crate::bench::bench_cluster(30_000)?;
+    let (mgr, node_id, addr) = crate::bench::bench_manager(&cluster, dir, 0).await?;
     mgr.initialize().await.map_err(|e| anyhow!("{e}"))?;
     mgr.wait_for_leader(Duration::from_secs(10))
         .await
