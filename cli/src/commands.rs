@@ -518,7 +518,10 @@ pub struct CliError(pub String);
 
 impl From<Status> for CliError {
     fn from(s: Status) -> Self {
-        CliError(format!("Error response from daemon: {}", s.message()))
+        CliError(format!(
+            "Error response from daemon: {}",
+            crate::api_fields::message(&s)
+        ))
     }
 }
 

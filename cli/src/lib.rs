@@ -2,6 +2,7 @@
 //!
 //! `main` parses flags and calls [`commands::run`]; `shoal daemon` runs [`daemon::run`].
 
+pub mod api_fields;
 pub mod bench;
 pub mod bench_chaos;
 pub mod bench_containers;

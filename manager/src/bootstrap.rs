@@ -210,7 +210,7 @@ pub fn ingress_network(
             "default_addr_pool",
             if free_of_nodes {
                 format!(
-                    "every /{mask_len} subnet of {} holds an address of this node ({}), and the ingress network must not; choose another pool (--default-addr-pool)",
+                    "every /{mask_len} subnet of {} holds an address of this node ({}), and the ingress network must not; choose another pool",
                     pool.join(", "),
                     addrs.join(", ")
                 )
@@ -304,7 +304,7 @@ mod tests {
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert_eq!(
             e.message(),
-            "default_addr_pool: every /24 subnet of 172.20.0.0/24 holds an address of this node (172.20.0.9), and the ingress network must not; choose another pool (--default-addr-pool)"
+            "default_addr_pool: every /24 subnet of 172.20.0.0/24 holds an address of this node (172.20.0.9), and the ingress network must not; choose another pool"
         );
     }
 

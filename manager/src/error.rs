@@ -82,6 +82,14 @@ impl ApiError {
         }
     }
 
+    /// The request field an [`ApiError::InvalidField`] names.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ApiError::InvalidField { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
     pub fn code(&self) -> tonic::Code {
         use tonic::Code;
         match self {
@@ -121,10 +129,21 @@ impl From<crate::keys::KeyError> for ApiError {
     }
 }
 
+/// The metadata key that carries the request field an invalid-argument status names, so that
+/// a client can point at its own input (the CLI names its flag) without parsing the message.
+pub const FIELD_METADATA: &str = "shoal-field";
+
 /// The one place an [`ApiError`] becomes a gRPC status.
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
-        Status::new(e.code(), e.to_string())
+        let mut s = Status::new(e.code(), e.to_string());
+        if let Some(v) = e
+            .field()
+            .and_then(|f| tonic::metadata::MetadataValue::try_from(f).ok())
+        {
+            s.metadata_mut().insert(FIELD_METADATA, v);
+        }
+        s
     }
 }
 
@@ -231,8 +250,11 @@ mod tests {
             )
         );
         for (e, code, message) in cases {
+            let field = e.field().map(str::to_string);
             let s = Status::from(e);
             assert_eq!((s.code(), s.message()), (code, message));
+            let meta = s.metadata().get(FIELD_METADATA).map(|v| v.to_str().ok());
+            assert_eq!(meta, field.as_deref().map(Some), "{message}");
         }
     }
 }

@@ -7,29 +7,25 @@
 
 use std::time::Duration;
 
-use proto::spec::{ServiceMode, ServiceSpec, UpdateConfig};
-use tonic::Status;
+use proto::spec::{ServiceMode, ServiceSpec};
 
+use crate::error::ApiError;
 use crate::store::{ClusterLimits, StoreData};
 
-/// `--dispatcher-heartbeat`: 100ms to 24h.
+/// `heartbeat_period_ms` (`swarm init/update --dispatcher-heartbeat`): 100ms to 24h.
 pub const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 pub const MAX_HEARTBEAT: Duration = Duration::from_secs(24 * 3600);
-/// `--cert-expiry`: 30s (tests renew quickly; Docker says 1h) to 10 years.
+/// `cert_expiry_ms`: 30s (tests renew quickly; Docker says 1h) to 10 years.
 pub const MIN_CERT_EXPIRY: Duration = Duration::from_secs(30);
 pub const MAX_CERT_EXPIRY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-/// The largest value `--max-replicas` and `--max-tasks` may be set to: beyond it a manager
+/// The largest value `max_replicas` and `max_tasks` may be set to: beyond it a manager
 /// could not hold the tasks in memory whatever the limits say.
 pub const MAX_TASKS_CEILING: u64 = 10_000_000;
 /// The longest duration a service spec may carry (restart delay and window, update and
 /// rollback delay, monitor and deadline, stop grace period, healthcheck timings): one year.
 pub const MAX_SPEC_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
-fn bad(m: String) -> Status {
-    Status::invalid_argument(m)
-}
-
-/// A duration as the flags take it, in one unit: `100ms`, `30s`, `24h`, `87600h`.
+/// A duration in one unit, as people write it: `100ms`, `30s`, `24h`, `87600h`.
 pub fn human(d: Duration) -> String {
     let ms = d.as_millis();
     match ms {
@@ -40,57 +36,66 @@ pub fn human(d: Duration) -> String {
     }
 }
 
-/// One duration setting of `swarm init`/`swarm update` (0 means unchanged or default).
-fn check_range(flag: &str, ms: u64, min: Duration, max: Duration) -> Result<(), Status> {
+/// One duration setting of a cluster request (0 means unchanged or default). The error
+/// names the request field; its reason starts with the value.
+fn check_range(field: &str, ms: u64, min: Duration, max: Duration) -> Result<(), ApiError> {
     if ms == 0 {
         return Ok(());
     }
     let d = Duration::from_millis(ms);
     if d < min {
-        return Err(bad(format!(
-            "{flag} {} is too short: it must be at least {}",
-            human(d),
-            human(min)
-        )));
+        return Err(ApiError::invalid(
+            field,
+            format!(
+                "{} is too short: it must be at least {}",
+                human(d),
+                human(min)
+            ),
+        ));
     }
     if d > max {
-        return Err(bad(format!(
-            "{flag} {} is too long: it must be at most {}",
-            human(d),
-            human(max)
-        )));
+        return Err(ApiError::invalid(
+            field,
+            format!(
+                "{} is too long: it must be at most {}",
+                human(d),
+                human(max)
+            ),
+        ));
     }
     Ok(())
 }
 
-/// Validate cluster settings a user typed (0: unchanged or the default).
-pub fn validate_settings(heartbeat_ms: u64, cert_expiry_ms: u64) -> Result<(), Status> {
+/// Validate the cluster settings of a `SwarmInit` or `UpdateCluster` request (0: unchanged
+/// or the default).
+pub fn validate_settings(heartbeat_ms: u64, cert_expiry_ms: u64) -> Result<(), ApiError> {
     check_range(
-        "--dispatcher-heartbeat",
+        "heartbeat_period_ms",
         heartbeat_ms,
         MIN_HEARTBEAT,
         MAX_HEARTBEAT,
     )?;
     check_range(
-        "--cert-expiry",
+        "cert_expiry_ms",
         cert_expiry_ms,
         MIN_CERT_EXPIRY,
         MAX_CERT_EXPIRY,
     )
 }
 
-/// The task limits after a `swarm update` (0: unchanged).
+/// The task limits after an `UpdateCluster` request (0: unchanged).
 pub fn updated_limits(
     current: ClusterLimits,
     max_replicas: u64,
     max_tasks: u64,
-) -> Result<ClusterLimits, Status> {
+) -> Result<ClusterLimits, ApiError> {
     let mut l = current;
-    for (flag, v) in [("--max-replicas", max_replicas), ("--max-tasks", max_tasks)] {
+    for (field, v) in [("max_replicas", max_replicas), ("max_tasks", max_tasks)] {
         if v > MAX_TASKS_CEILING {
-            return Err(bad(format!(
-                "{flag} {v} is out of range: use a value from 1 to {MAX_TASKS_CEILING}"
-            )));
+            return Err(ApiError::invalid(
+                field,
+                format!("{v} is out of range: use a value from 1 to {MAX_TASKS_CEILING}"),
+            ));
         }
     }
     if max_replicas != 0 {
@@ -100,52 +105,52 @@ pub fn updated_limits(
         l.max_tasks = max_tasks;
     }
     if l.max_replicas > l.max_tasks {
-        return Err(bad(format!(
-            "--max-replicas {} is above --max-tasks {}: a service could never reach it",
-            l.max_replicas, l.max_tasks
-        )));
+        return Err(ApiError::invalid(
+            "max_replicas",
+            format!(
+                "{} is above the cluster's task limit ({}): a service could never reach it",
+                l.max_replicas, l.max_tasks
+            ),
+        ));
     }
     Ok(l)
 }
 
 /// Every duration in a service spec, within `[0, MAX_SPEC_DURATION]` (0 keeps its meaning of
-/// "default" or "none" where the field has one).
-pub fn validate_spec_durations(spec: &ServiceSpec) -> Result<(), Status> {
+/// "default" or "none" where the field has one). The error names the spec field.
+pub fn validate_spec_durations(spec: &ServiceSpec) -> Result<(), ApiError> {
     let t = &spec.task;
-    let mut fields: Vec<(&str, u64)> = vec![
-        ("--restart-delay", t.restart.delay_ms),
-        ("--restart-window", t.restart.window_ms),
-        ("--stop-grace-period", t.stop_grace_period_ms),
+    let mut fields: Vec<(String, u64)> = vec![
+        ("spec.task.restart.delay_ms".into(), t.restart.delay_ms),
+        ("spec.task.restart.window_ms".into(), t.restart.window_ms),
+        (
+            "spec.task.stop_grace_period_ms".into(),
+            t.stop_grace_period_ms,
+        ),
     ];
-    let mut push_update = |prefix: &'static str, u: &UpdateConfig| {
-        let name = |f: &str| -> &'static str {
-            match (prefix, f) {
-                ("update", "delay") => "--update-delay",
-                ("update", "monitor") => "--update-monitor",
-                ("update", _) => "--update-deadline",
-                ("rollback", "delay") => "--rollback-delay",
-                ("rollback", "monitor") => "--rollback-monitor",
-                _ => "--rollback-deadline",
-            }
-        };
-        fields.push((name("delay"), u.delay_ms));
-        fields.push((name("monitor"), u.monitor_ms));
-        fields.push((name("deadline"), u.task_deadline_ms));
-    };
-    push_update("update", &spec.update);
-    push_update("rollback", &spec.rollback);
-    if let Some(h) = &t.healthcheck {
-        fields.push(("--health-interval", h.interval_ms));
-        fields.push(("--health-timeout", h.timeout_ms));
-        fields.push(("--health-start-period", h.start_period_ms));
+    for (which, u) in [("update", &spec.update), ("rollback", &spec.rollback)] {
+        fields.push((format!("spec.{which}.delay_ms"), u.delay_ms));
+        fields.push((format!("spec.{which}.monitor_ms"), u.monitor_ms));
+        fields.push((format!("spec.{which}.task_deadline_ms"), u.task_deadline_ms));
     }
-    for (flag, ms) in fields {
+    if let Some(h) = &t.healthcheck {
+        fields.push(("spec.task.healthcheck.interval_ms".into(), h.interval_ms));
+        fields.push(("spec.task.healthcheck.timeout_ms".into(), h.timeout_ms));
+        fields.push((
+            "spec.task.healthcheck.start_period_ms".into(),
+            h.start_period_ms,
+        ));
+    }
+    for (field, ms) in fields {
         if Duration::from_millis(ms) > MAX_SPEC_DURATION {
-            return Err(bad(format!(
-                "{flag} {} is too long: the limit is {}",
-                human(Duration::from_millis(ms)),
-                human(MAX_SPEC_DURATION)
-            )));
+            return Err(ApiError::invalid(
+                field,
+                format!(
+                    "{} is too long: the limit is {}",
+                    human(Duration::from_millis(ms)),
+                    human(MAX_SPEC_DURATION)
+                ),
+            ));
         }
     }
     Ok(())
@@ -176,7 +181,7 @@ pub fn check_task_limits(
     d: &StoreData,
     spec: &ServiceSpec,
     replacing: Option<&str>,
-) -> Result<(), Status> {
+) -> Result<(), ApiError> {
     let limits = d.cluster.as_ref().map(|c| c.limits).unwrap_or_default();
     let nodes = d.nodes.len() as u64;
     // An update that asks for no more tasks than the service had passes, so that lowering a
@@ -189,7 +194,7 @@ pub fn check_task_limits(
         }
     }
     let too_many = |what: &str, n: u64| {
-        Err(Status::invalid_argument(format!(
+        Err(ApiError::InvalidArgument(format!(
             "{what} {n} exceeds the cluster limit of {} (swarm update --max-replicas)",
             limits.max_replicas
         )))
@@ -203,11 +208,11 @@ pub fn check_task_limits(
             total_completions,
         } => {
             if max_concurrent > limits.max_replicas {
-                return too_many("--max-concurrent", max_concurrent);
+                return too_many("max_concurrent", max_concurrent);
             }
             // Completed tasks of a job stay in the store: they count as tasks.
             if total_completions > limits.max_tasks {
-                return Err(Status::invalid_argument(format!(
+                return Err(ApiError::InvalidArgument(format!(
                     "replicas {total_completions} exceeds the cluster limit of {} (swarm update --max-tasks)",
                     limits.max_tasks
                 )));
@@ -222,7 +227,7 @@ pub fn check_task_limits(
         .fold(0u64, |n, s| n.saturating_add(wanted_tasks(&s.spec, nodes)));
     let total = others.saturating_add(wanted_tasks(spec, nodes));
     if total > limits.max_tasks {
-        return Err(Status::invalid_argument(format!(
+        return Err(ApiError::InvalidArgument(format!(
             "the cluster would run {total} tasks, which exceeds the cluster limit of {} (swarm update --max-tasks)",
             limits.max_tasks
         )));
@@ -234,7 +239,7 @@ pub fn check_task_limits(
 mod tests {
     use super::*;
     use crate::store::{Cluster, Service};
-    use proto::spec::{HealthCheck, TaskSpec};
+    use proto::spec::{HealthCheck, TaskSpec, UpdateConfig};
 
     fn spec(mode: ServiceMode) -> ServiceSpec {
         ServiceSpec {
@@ -280,16 +285,16 @@ mod tests {
         assert!(validate_settings(5000, 90 * 24 * 3_600_000).is_ok());
         // 2562047788015h: overflowed the certificate code.
         let e = validate_settings(0, 2_562_047_788_015 * 3_600_000).unwrap_err();
-        assert!(e.message().contains("--cert-expiry"), "{}", e.message());
-        assert!(e.message().contains("at most 87600h"), "{}", e.message());
+        assert!(e.to_string().starts_with("cert_expiry_ms: "), "{e}");
+        assert!(e.to_string().contains("at most 87600h"), "{e}");
         let e = validate_settings(1_000_000 * 3_600_000, 0).unwrap_err();
-        assert!(e.message().contains("--dispatcher-heartbeat"));
+        assert!(e.to_string().starts_with("heartbeat_period_ms: "), "{e}");
         assert!(validate_settings(50, 0).is_err());
         assert!(validate_settings(0, 1000).is_err());
         assert!(validate_settings(24 * 3_600_000, 10 * 365 * 24 * 3_600_000).is_ok());
         assert_eq!(
-            e.message(),
-            "--dispatcher-heartbeat 1000000h is too long: it must be at most 24h"
+            e.to_string(),
+            "heartbeat_period_ms: 1000000h is too long: it must be at most 24h"
         );
     }
 
@@ -301,7 +306,10 @@ mod tests {
         assert_eq!((l.max_replicas, l.max_tasks), (10, 20));
         assert!(updated_limits(d, 0, MAX_TASKS_CEILING + 1).is_err());
         let e = updated_limits(d, 0, 10).unwrap_err();
-        assert!(e.message().contains("--max-replicas"), "{}", e.message());
+        assert!(
+            e.to_string().starts_with("max_replicas: 100000 is above"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -312,40 +320,43 @@ mod tests {
         type Set = Box<dyn Fn(&mut ServiceSpec)>;
         let cases: Vec<(&str, Set)> = vec![
             (
-                "--restart-delay",
+                "spec.task.restart.delay_ms",
                 Box::new(|s| s.task.restart.delay_ms = NEAR_MAX),
             ),
             (
-                "--restart-window",
+                "spec.task.restart.window_ms",
                 Box::new(|s| s.task.restart.window_ms = NEAR_MAX),
             ),
             (
-                "--stop-grace-period",
+                "spec.task.stop_grace_period_ms",
                 Box::new(|s| s.task.stop_grace_period_ms = NEAR_MAX),
             ),
-            ("--update-delay", Box::new(|s| s.update.delay_ms = NEAR_MAX)),
             (
-                "--update-monitor",
+                "spec.update.delay_ms",
+                Box::new(|s| s.update.delay_ms = NEAR_MAX),
+            ),
+            (
+                "spec.update.monitor_ms",
                 Box::new(|s| s.update.monitor_ms = NEAR_MAX),
             ),
             (
-                "--update-deadline",
+                "spec.update.task_deadline_ms",
                 Box::new(|s| s.update.task_deadline_ms = NEAR_MAX),
             ),
             (
-                "--rollback-delay",
+                "spec.rollback.delay_ms",
                 Box::new(|s| s.rollback.delay_ms = NEAR_MAX),
             ),
             (
-                "--rollback-monitor",
+                "spec.rollback.monitor_ms",
                 Box::new(|s| s.rollback.monitor_ms = NEAR_MAX),
             ),
             (
-                "--rollback-deadline",
+                "spec.rollback.task_deadline_ms",
                 Box::new(|s| s.rollback.task_deadline_ms = NEAR_MAX),
             ),
             (
-                "--health-interval",
+                "spec.task.healthcheck.interval_ms",
                 Box::new(|s| {
                     s.task.healthcheck = Some(HealthCheck {
                         interval_ms: NEAR_MAX,
@@ -354,7 +365,7 @@ mod tests {
                 }),
             ),
             (
-                "--health-timeout",
+                "spec.task.healthcheck.timeout_ms",
                 Box::new(|s| {
                     s.task.healthcheck = Some(HealthCheck {
                         timeout_ms: NEAR_MAX,
@@ -363,7 +374,7 @@ mod tests {
                 }),
             ),
             (
-                "--health-start-period",
+                "spec.task.healthcheck.start_period_ms",
                 Box::new(|s| {
                     s.task.healthcheck = Some(HealthCheck {
                         start_period_ms: NEAR_MAX,
@@ -372,11 +383,15 @@ mod tests {
                 }),
             ),
         ];
-        for (flag, set) in cases {
+        for (field, set) in cases {
             let mut s = ok.clone();
             set(&mut s);
             let e = validate_spec_durations(&s).unwrap_err();
-            assert!(e.message().starts_with(flag), "{flag}: {}", e.message());
+            assert_eq!(e.field(), Some(field), "{e}");
+            assert!(
+                e.to_string().ends_with("is too long: the limit is 8760h"),
+                "{e}"
+            );
         }
         let mut s = ok.clone();
         s.task.restart.delay_ms = MAX_SPEC_DURATION.as_millis() as u64;
@@ -395,7 +410,7 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(
-            e.message(),
+            e.to_string(),
             "replicas 1000000000 exceeds the cluster limit of 100000 (swarm update --max-replicas)"
         );
         assert!(check_task_limits(
@@ -437,7 +452,7 @@ mod tests {
         let six = spec(ServiceMode::Replicated { replicas: 6 });
         assert!(check_task_limits(&d, &five, None).is_ok());
         let e = check_task_limits(&d, &six, None).unwrap_err();
-        assert!(e.message().contains("--max-tasks"), "{}", e.message());
+        assert!(e.to_string().contains("--max-tasks"), "{}", e.to_string());
         // Updating s0 replaces its 10: 10 + 6 + ... fits.
         assert!(check_task_limits(&d, &six, Some("s0")).is_ok());
         // Limits lowered below what runs: an update that asks for no more passes, more not.

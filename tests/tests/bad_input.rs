@@ -272,7 +272,7 @@ fn the_ingress_network_does_not_hold_the_nodes_address() -> Result<()> {
         .context("an ingress network over the node's own address was accepted")?;
     ensure!(
         e.to_string().ends_with(
-            "default_addr_pool: every /24 subnet of 127.0.0.0/24 holds an address of this node (127.0.0.1), and the ingress network must not; choose another pool (--default-addr-pool)"
+            ": every /24 subnet of 127.0.0.0/24 holds an address of this node (127.0.0.1), and the ingress network must not; choose another pool (--default-addr-pool)"
         ),
         "{e}"
     );

@@ -74,7 +74,7 @@ fn lab_requests_beyond_the_cluster_limits_are_refused() -> Result<()> {
     refused(
         lab.shoal("m1", &["swarm", "update", "--max-replicas", "6"]),
         "max-replicas above max-tasks",
-        "--max-tasks",
+        "--max-replicas 6 is above the cluster's task limit (5)",
     )?;
 
     // Out-of-range durations: the first panicked the leader at the next join.
