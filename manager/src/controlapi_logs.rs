@@ -57,15 +57,20 @@ fn resolve(d: &StoreData, target: &str) -> Result<Resolved, Status> {
                 .collect();
             match by_prefix.len() {
                 0 => {
-                    return Err(Status::not_found(format!(
-                        "no such service or task: {target}"
-                    )))
+                    return Err(ApiError::NotFound {
+                        kind: "service or task",
+                        name: target.to_string(),
+                    }
+                    .into())
                 }
                 1 => by_prefix,
                 _ => {
-                    return Err(
-                        ApiError::InvalidArgument(format!("task {target} is ambiguous")).into(),
-                    )
+                    return Err(ApiError::Ambiguous {
+                        kind: "task",
+                        name: target.to_string(),
+                        hint: ": use more of its id",
+                    }
+                    .into())
                 }
             }
         }

@@ -67,11 +67,12 @@ impl ControlApi {
             secrets::seal(&key, &id, &req.data).map_err(|e| ApiError::internal("sealing", e))?;
         update_with_retry(&self.mgr, |d| {
             if kind.table(d).values().any(|o| o.name == req.name) {
-                return Err(Status::already_exists(format!(
-                    "{} {} already exists",
-                    kind.noun(),
-                    req.name
-                )));
+                return Err(ApiError::AlreadyExists {
+                    kind: kind.noun(),
+                    name: req.name.clone(),
+                    hint: "",
+                }
+                .into());
             }
             let mut ops = Vec::new();
             let sealed = sealed.clone();
