@@ -6,42 +6,69 @@
 //! mark the cluster down.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proto::security::Role;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 
-use super::{Dispatcher, DEFAULT_HEARTBEAT, MISSED_PERIODS, NEW_LEADER_GRACE};
-use crate::manager::{update_with_retry, Manager};
-use crate::store::{NodeDescription, NodeState, Object, Op, Txn};
+use super::{DEFAULT_HEARTBEAT, MISSED_PERIODS, NEW_LEADER_GRACE};
+use crate::clock::SharedClock;
+use crate::store::{NodeDescription, NodeState, Object, Op, Store, Txn, UpdateError};
 
-impl Dispatcher {
+/// A node state write found no such node: it was removed from the swarm.
+#[derive(Debug, thiserror::Error)]
+#[error("node {0} has been removed from the swarm")]
+pub struct NodeRemoved(pub String);
+
+/// Why a node's state was not written.
+pub type StateError = UpdateError<NodeRemoved>;
+
+/// The nodes' heartbeats and the leader loop that judges them ([`Liveness::run`]). Expiry is
+/// measured on tokio's monotonic time (paused in tests); the state written carries the
+/// injected clock's time.
+pub struct Liveness {
+    store: Store,
+    clock: SharedClock,
+    /// When each node was last heard from.
+    last_seen: Mutex<HashMap<String, Instant>>,
+}
+
+impl Liveness {
+    pub fn new(store: Store, clock: SharedClock) -> Liveness {
+        Liveness {
+            store,
+            clock,
+            last_seen: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Record a heartbeat of `node`.
     pub fn seen(&self, node: &str) {
         self.last_seen
             .lock()
-            .expect("dispatcher lock")
+            .expect("liveness lock")
             .insert(node.to_string(), Instant::now());
     }
 
-    pub(super) fn period(&self) -> Duration {
+    /// The cluster's heartbeat period.
+    pub fn period(&self) -> Duration {
         self.store
             .view(|d| d.cluster.as_ref().map(|c| c.heartbeat_period_ms))
             .map(Duration::from_millis)
             .unwrap_or(DEFAULT_HEARTBEAT)
     }
 
-    /// Leader-only: marks nodes Down after missed heartbeats.
-    pub async fn monitor(self: Arc<Self>, mgr: Arc<Manager>, cancel: CancellationToken) {
+    /// Leader-only: marks nodes Down after missed heartbeats. A write that fails is tried
+    /// again on the next tick (the node is still up in the store, and still expired).
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         // Grace: everyone counts as seen a little after this leader starts. Agents learn of
         // a new leader only when their session fails, and may be backing off then: without
         // the extra time a short heartbeat period marks the whole cluster Down at failover.
         {
             let now = Instant::now() + NEW_LEADER_GRACE;
-            let mut seen = self.last_seen.lock().expect("dispatcher lock");
+            let mut seen = self.last_seen.lock().expect("liveness lock");
             seen.clear();
             for id in self
                 .store
@@ -61,7 +88,7 @@ impl Dispatcher {
             }
             let now = Instant::now();
             let expired: Vec<String> = {
-                let mut seen = self.last_seen.lock().expect("dispatcher lock");
+                let mut seen = self.last_seen.lock().expect("liveness lock");
                 if now_period != period {
                     period_changed(&mut seen, period, now_period, now);
                     period = now_period;
@@ -77,8 +104,9 @@ impl Dispatcher {
             };
             for id in expired {
                 tracing::info!(node = %id, "heartbeat expired: node down");
-                let res =
-                    set_state(&mgr, &id, NodeState::Down, "heartbeat failure", None, None).await;
+                let res = self
+                    .set_state(&id, NodeState::Down, "heartbeat failure", None, None)
+                    .await;
                 if let Err(e) = res {
                     tracing::debug!(node = %id, error = %e, "could not mark node down");
                 }
@@ -87,19 +115,54 @@ impl Dispatcher {
     }
 
     /// A heartbeat of `node_id`: it is alive; a node marked Down comes back Ready.
-    /// Err(NotFound) if the node was removed.
-    pub async fn heartbeat(&self, mgr: &Manager, node_id: &str) -> Result<(), Status> {
+    /// `UpdateError::Build` if the node was removed.
+    pub async fn heartbeat(&self, node_id: &str) -> Result<(), StateError> {
         self.seen(node_id);
         let down = self
             .store
             .view(|d| d.nodes.get(node_id).map(|n| n.state != NodeState::Ready));
         match down {
-            None => Err(Status::not_found(format!(
-                "node {node_id} has been removed from the swarm"
-            ))),
-            Some(true) => set_state(mgr, node_id, NodeState::Ready, "", None, None).await,
+            None => Err(UpdateError::Build(NodeRemoved(node_id.to_string()))),
+            Some(true) => {
+                self.set_state(node_id, NodeState::Ready, "", None, None)
+                    .await
+            }
             Some(false) => Ok(()),
         }
+    }
+
+    /// Writes a node's state (and, at registration, its description and the role it holds).
+    pub async fn set_state(
+        &self,
+        id: &str,
+        state: NodeState,
+        message: &str,
+        description: Option<&NodeDescription>,
+        role: Option<Role>,
+    ) -> Result<(), StateError> {
+        let now = self.clock.now_ms();
+        self.store
+            .update_with_retry(|d| {
+                let mut n = d
+                    .nodes
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| NodeRemoved(id.to_string()))?;
+                n.state = state;
+                n.status_message = message.to_string();
+                if let Some(desc) = description {
+                    let mut desc = desc.clone();
+                    desc.engine_version = env!("CARGO_PKG_VERSION").into();
+                    n.description = desc;
+                }
+                if let Some(r) = role {
+                    n.role = r;
+                }
+                n.updated_at_ms = now;
+                Ok(Txn::new(vec![Op::Update(Object::Node(n))]))
+            })
+            .await
+            .map(|_| ())
     }
 }
 
@@ -138,37 +201,6 @@ pub(super) fn expired_nodes<'a>(
     })
     .map(str::to_string)
     .collect()
-}
-
-pub(super) async fn set_state(
-    mgr: &Manager,
-    id: &str,
-    state: NodeState,
-    message: &str,
-    description: Option<&NodeDescription>,
-    role: Option<Role>,
-) -> Result<(), Status> {
-    update_with_retry(mgr, |d| {
-        let mut n = d
-            .nodes
-            .get(id)
-            .cloned()
-            .ok_or_else(|| Status::not_found(format!("node {id} is not part of the swarm")))?;
-        n.state = state;
-        n.status_message = message.to_string();
-        if let Some(desc) = description {
-            let mut desc = desc.clone();
-            desc.engine_version = env!("CARGO_PKG_VERSION").into();
-            n.description = desc;
-        }
-        if let Some(r) = role {
-            n.role = r;
-        }
-        n.updated_at_ms = mgr.now_ms();
-        Ok(Txn::new(vec![Op::Update(Object::Node(n))]))
-    })
-    .await
-    .map(|_| ())
 }
 
 #[cfg(test)]
