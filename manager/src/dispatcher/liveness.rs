@@ -206,6 +206,195 @@ pub(super) fn expired_nodes<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use crate::clock::TokioClock;
+    use crate::store::{DirectProposer, Kind, Proposal, ProposeError, Proposer, TxnError};
+
+    const EPOCH_MS: i64 = 1_700_000_000_000;
+
+    /// How long a silent node stays up after the monitor starts: the new leader's grace,
+    /// then the missed periods (no cluster object: the default period).
+    fn limit() -> Duration {
+        NEW_LEADER_GRACE + DEFAULT_HEARTBEAT * MISSED_PERIODS
+    }
+
+    /// A bare store (writes applied at once) holding one Ready node "n1", and the monitor
+    /// running on it with tokio's (paused) clock.
+    async fn monitored() -> (Store, Arc<Liveness>, CancellationToken) {
+        let store = Store::new();
+        DirectProposer::install(&store);
+        let mut n = crate::store::tests::node("n1", "host1");
+        n.state = NodeState::Ready;
+        store
+            .propose(Txn::new(vec![Op::Create(Object::Node(n))]))
+            .await
+            .expect("node created");
+        let liveness = Arc::new(Liveness::new(store.clone(), TokioClock::shared(EPOCH_MS)));
+        let cancel = CancellationToken::new();
+        tokio::spawn(liveness.clone().run(cancel.clone()));
+        // Let the monitor take its start (the grace counts from here).
+        tokio::task::yield_now().await;
+        (store, liveness, cancel)
+    }
+
+    fn state(store: &Store) -> (NodeState, i64) {
+        store.view(|d| {
+            let n = &d.nodes["n1"];
+            (n.state, n.updated_at_ms)
+        })
+    }
+
+    /// Polls (in virtual time) until "n1" is in `want`; the time it was seen so.
+    async fn until_state(store: &Store, want: NodeState, deadline: Instant) -> Instant {
+        loop {
+            if state(store).0 == want {
+                return Instant::now();
+            }
+            assert!(Instant::now() < deadline, "n1 not {want:?} by the deadline");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_node_is_down_after_the_grace_period_and_not_before() {
+        let t0 = Instant::now();
+        let (store, _liveness, cancel) = monitored().await;
+        tokio::time::sleep_until(t0 + limit()).await;
+        assert_eq!(
+            state(&store),
+            (NodeState::Ready, 0),
+            "down before the limit"
+        );
+        // The monitor looks every 500 ms (a quarter of the period, at most 500 ms).
+        let down = until_state(
+            &store,
+            NodeState::Down,
+            t0 + limit() + Duration::from_secs(1),
+        )
+        .await;
+        let (_, updated) = state(&store);
+        let at = EPOCH_MS + i64::try_from((down - t0).as_millis()).expect("ms");
+        assert!(
+            updated > EPOCH_MS + limit().as_millis() as i64 && updated <= at,
+            "written at the clock's time: {updated} (down seen at {at})"
+        );
+        assert_eq!(
+            store.view(|d| d.nodes["n1"].status_message.clone()),
+            "heartbeat failure"
+        );
+        cancel.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_in_time_keep_a_node_ready() {
+        let t0 = Instant::now();
+        let (store, liveness, cancel) = monitored().await;
+        // Heartbeats every period, for many limits: the node stays Ready, and nothing is
+        // written (only transitions are).
+        let mut tick = tokio::time::interval(DEFAULT_HEARTBEAT);
+        while Instant::now() < t0 + limit() * 5 {
+            tick.tick().await;
+            liveness.heartbeat("n1").await.expect("heartbeat");
+            assert_eq!(state(&store), (NodeState::Ready, 0));
+        }
+        // Silent from now: Down once the missed periods have passed, not earlier.
+        let last = Instant::now();
+        let missed = DEFAULT_HEARTBEAT * MISSED_PERIODS;
+        tokio::time::sleep_until(last + missed).await;
+        assert_eq!(state(&store).0, NodeState::Ready);
+        until_state(
+            &store,
+            NodeState::Down,
+            last + missed + Duration::from_secs(1),
+        )
+        .await;
+        // Its next heartbeat brings it back.
+        liveness.heartbeat("n1").await.expect("heartbeat");
+        assert_eq!(state(&store).0, NodeState::Ready);
+        // A removed node's heartbeat says so.
+        assert!(matches!(
+            liveness.heartbeat("gone").await,
+            Err(UpdateError::Build(NodeRemoved(_)))
+        ));
+        cancel.cancel();
+    }
+
+    /// Refuses the writes it was given refusals for, in order, then applies writes at once.
+    #[derive(Default)]
+    struct Refusing {
+        refusals: Mutex<VecDeque<ProposeError>>,
+        proposed: AtomicUsize,
+        inner: DirectProposer,
+    }
+
+    impl Refusing {
+        fn install(store: &Store, refusals: Vec<ProposeError>) -> Arc<Refusing> {
+            let p = Arc::new(Refusing {
+                refusals: Mutex::new(refusals.into()),
+                ..Default::default()
+            });
+            store.set_proposer(p.clone());
+            p
+        }
+
+        fn left(&self) -> usize {
+            self.refusals.lock().expect("refusals").len()
+        }
+    }
+
+    impl Proposer for Refusing {
+        fn propose<'a>(&'a self, store: &'a Store, txn: Txn) -> Proposal<'a> {
+            self.proposed.fetch_add(1, Ordering::SeqCst);
+            match self.refusals.lock().expect("refusals").pop_front() {
+                Some(e) => Box::pin(std::future::ready(Err(e))),
+                None => self.inner.propose(store, txn),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_write_is_retried_not_lost() {
+        let t0 = Instant::now();
+        let (store, liveness, cancel) = monitored().await;
+        // The mark-down write meets a concurrent change (retried at once), then raft does
+        // not commit it twice (retried on the monitor's next looks).
+        let conflict = ProposeError::Refused(TxnError::Conflict {
+            kind: Kind::Node,
+            id: "n1".into(),
+            expected: 1,
+            actual: 2,
+        });
+        let unavailable = || ProposeError::Raft("no quorum".into());
+        let p = Refusing::install(&store, vec![conflict, unavailable(), unavailable()]);
+        tokio::time::sleep_until(t0 + limit()).await;
+        assert_eq!(p.proposed.load(Ordering::SeqCst), 0);
+        until_state(
+            &store,
+            NodeState::Down,
+            t0 + limit() + Duration::from_secs(3),
+        )
+        .await;
+        assert_eq!(p.left(), 0);
+        assert_eq!(
+            p.proposed.load(Ordering::SeqCst),
+            4,
+            "3 refused, then written"
+        );
+        // Down, then a heartbeat whose Ready write is refused: the node is still Down, and
+        // its next heartbeat writes Ready.
+        let p = Refusing::install(&store, vec![unavailable()]);
+        assert!(matches!(
+            liveness.heartbeat("n1").await,
+            Err(UpdateError::Propose(ProposeError::Raft(_)))
+        ));
+        assert_eq!(state(&store).0, NodeState::Down);
+        liveness.heartbeat("n1").await.expect("second heartbeat");
+        assert_eq!(state(&store).0, NodeState::Ready);
+        assert_eq!(p.proposed.load(Ordering::SeqCst), 2);
+        cancel.cancel();
+    }
 
     /// Lowering the heartbeat period from 30 s to 1 s, with nodes that heartbeat on the old
     /// period: none is down until the old period (plus the new limit) has passed.
