@@ -206,11 +206,11 @@ pub(super) fn expired_nodes<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::VecDeque;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
 
     use crate::clock::TokioClock;
-    use crate::store::{DirectProposer, Kind, Proposal, ProposeError, Proposer, TxnError};
+    use crate::dispatcher::tests::Refusing;
+    use crate::store::{DirectProposer, Kind, ProposeError, TxnError};
 
     const EPOCH_MS: i64 = 1_700_000_000_000;
 
@@ -319,39 +319,6 @@ mod tests {
             Err(UpdateError::Build(NodeRemoved(_)))
         ));
         cancel.cancel();
-    }
-
-    /// Refuses the writes it was given refusals for, in order, then applies writes at once.
-    #[derive(Default)]
-    struct Refusing {
-        refusals: Mutex<VecDeque<ProposeError>>,
-        proposed: AtomicUsize,
-        inner: DirectProposer,
-    }
-
-    impl Refusing {
-        fn install(store: &Store, refusals: Vec<ProposeError>) -> Arc<Refusing> {
-            let p = Arc::new(Refusing {
-                refusals: Mutex::new(refusals.into()),
-                ..Default::default()
-            });
-            store.set_proposer(p.clone());
-            p
-        }
-
-        fn left(&self) -> usize {
-            self.refusals.lock().expect("refusals").len()
-        }
-    }
-
-    impl Proposer for Refusing {
-        fn propose<'a>(&'a self, store: &'a Store, txn: Txn) -> Proposal<'a> {
-            self.proposed.fetch_add(1, Ordering::SeqCst);
-            match self.refusals.lock().expect("refusals").pop_front() {
-                Some(e) => Box::pin(std::future::ready(Err(e))),
-                None => self.inner.propose(store, txn),
-            }
-        }
     }
 
     #[tokio::test(start_paused = true)]
