@@ -3,9 +3,14 @@
 //! ```text
 //!   Manager::start ── raft::start ── tcp server (Raft, Ca, Control, Dispatcher services)
 //!        │
-//!        └─ leadership watch ──gain──▶ spawn: membership reconciler, dispatcher monitor
+//!        └─ leadership watch ──gain──▶ spawn: membership, orchestrator, scheduler,
+//!                             │            dispatcher liveness and status writer
 //!                             ──lose──▶ cancel them
 //! ```
+//!
+//! The leader loops see the store (reads, watch, writes through its proposer: this manager's
+//! raft write queue) and the clock; the dispatcher's sessions also see a
+//! [`crate::dispatcher::LeaderView`], which `Manager` implements.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
