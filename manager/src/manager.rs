@@ -3,9 +3,14 @@
 //! ```text
 //!   Manager::start ── raft::start ── tcp server (Raft, Ca, Control, Dispatcher services)
 //!        │
-//!        └─ leadership watch ──gain──▶ spawn: membership reconciler, dispatcher monitor
+//!        └─ leadership watch ──gain──▶ spawn: membership, orchestrator, scheduler,
+//!                             │            dispatcher liveness and status writer
 //!                             ──lose──▶ cancel them
 //! ```
+//!
+//! The leader loops see the store (reads, watch, writes through its proposer: this manager's
+//! raft write queue) and the clock; the dispatcher's sessions also see a
+//! [`crate::dispatcher::LeaderView`], which `Manager` implements.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -27,7 +32,7 @@ use crate::dispatcher::Dispatcher;
 use crate::error::ApiError;
 use crate::raft::lease::{Liveness, Tracked};
 use crate::raft::{self, NodeId, Raft, RaftTuning};
-use crate::store::{Store, Txn, TxnError, TxnOutcome};
+use crate::store::{Store, Txn, TxnError, TxnOutcome, UpdateError};
 
 pub use proto::transport::LEADER_METADATA;
 
@@ -183,7 +188,7 @@ impl Manager {
         let mgr = Arc::new(Manager {
             abdicated: std::sync::Mutex::new(None),
             writes,
-            dispatcher: Arc::new(Dispatcher::new(store.clone())),
+            dispatcher: Arc::new(Dispatcher::new(store.clone(), config.clock.clone())),
             kek,
             config,
             raft: raft.clone(),
@@ -208,7 +213,12 @@ impl Manager {
             routes = routes
                 .add_service(raft::serve_raft(raft.clone(), auth.clone()))
                 .add_service(crate::ca::service(mgr.clone()))
-                .add_service(crate::dispatcher::service(mgr.clone()));
+                .add_service(crate::dispatcher::service(
+                    mgr.dispatcher.clone(),
+                    auth.clone(),
+                    mgr.kek.clone(),
+                    mgr.clone(),
+                ));
             let incoming = serve_tls(listener, creds);
             let c = cancel.clone();
             mgr.tasks.spawn(async move {
@@ -625,9 +635,9 @@ impl Manager {
             crate::membership::Membership::new(m.store.clone(), m.raft.clone(), m.config.raft_id)
                 .run(t)
         });
-        let m = self.clone();
+        let liveness = self.dispatcher.liveness.clone();
         sup(tasks, "dispatcher monitor", token, &give_up, move |t| {
-            m.dispatcher.clone().monitor(m.clone(), t)
+            liveness.clone().run(t)
         });
         let m = self.clone();
         sup(tasks, "orchestrator", token, &give_up, move |t| {
@@ -637,9 +647,9 @@ impl Manager {
         sup(tasks, "scheduler", token, &give_up, move |t| {
             crate::scheduler::Scheduler::new(m.store.clone(), m.config.clock.clone()).run(t)
         });
-        let m = self.clone();
+        let statuses = self.dispatcher.statuses.clone();
         sup(tasks, "dispatcher statuses", token, &give_up, move |t| {
-            m.dispatcher.clone().write_statuses(m.clone(), t)
+            statuses.clone().run(t)
         });
         let t = token.clone();
         let m = self.clone();
@@ -744,6 +754,21 @@ impl crate::store::Proposer for LeaderWriter {
     }
 }
 
+impl crate::dispatcher::LeaderView for Manager {
+    fn leader_token(&self) -> Option<CancellationToken> {
+        Manager::leader_token(self)
+    }
+    fn leader_addr(&self) -> Option<String> {
+        Manager::leader_addr(self)
+    }
+    fn manager_addrs(&self) -> Vec<String> {
+        Manager::manager_addrs(self)
+    }
+    fn write_refused(&self, e: ProposeError) -> Status {
+        e.into_status(self)
+    }
+}
+
 impl ProposeError {
     pub fn into_status(self, mgr: &Manager) -> Status {
         match self {
@@ -770,24 +795,25 @@ impl ProposeError {
     }
 }
 
-/// Read-modify-write with retries on version conflicts.
-pub async fn update_with_retry<F>(mgr: &Manager, mut build: F) -> Result<u64, Status>
+/// Read-modify-write with retries on version conflicts ([`Store::update_with_retry`]), its
+/// refusal as the answer to a client.
+pub async fn update_with_retry<F>(mgr: &Manager, build: F) -> Result<u64, Status>
 where
     F: FnMut(&crate::store::StoreData) -> Result<Txn, Status>,
 {
-    for _ in 0..10 {
-        let txn = mgr.store.view(&mut build)?;
-        match mgr.propose(txn).await {
-            Ok(i) => return Ok(i),
-            Err(ProposeError::Refused(
-                TxnError::Conflict { .. }
-                | TxnError::AddressInUse { .. }
-                | TxnError::NetworkClash { .. },
-            )) => continue,
-            Err(e) => return Err(e.into_status(mgr)),
-        }
+    mgr.store
+        .update_with_retry(build)
+        .await
+        .map_err(|e| update_status(mgr, e))
+}
+
+/// A read-modify-write's refusal as the answer to a client.
+fn update_status(mgr: &Manager, e: UpdateError<Status>) -> Status {
+    match e {
+        UpdateError::Build(s) => s,
+        UpdateError::Propose(e) => e.into_status(mgr),
+        UpdateError::Contended => Status::aborted(e.to_string()),
     }
-    Err(Status::aborted("too many concurrent updates; retry"))
 }
 
 /// Convert to the wire form.

@@ -554,7 +554,7 @@ fn spawn_worker(
                 .find(|m| m.is_leader())
                 .cloned();
             let Some(leader) = leader else { continue };
-            if leader.dispatcher.heartbeat(&leader, &id).await.is_err() {
+            if leader.dispatcher.liveness.heartbeat(&id).await.is_err() {
                 continue;
             }
             let assigned = leader.store.view(|d| assignments_for(d, &id, &leader.kek));
@@ -608,7 +608,7 @@ fn spawn_worker(
             }
             local.retain(|t, _| assigned.contains_key(t));
             if !reports.is_empty() {
-                leader.dispatcher.queue_reports(&id, reports);
+                leader.dispatcher.statuses.queue(&id, reports);
             }
         }
     });

@@ -3,8 +3,7 @@
 
 use proto::pb;
 
-use super::{Dispatcher, LogSink};
-use crate::manager::Manager;
+use super::{Dispatcher, LeaderView, LogSink};
 
 impl Dispatcher {
     /// Open a log subscription on `node`: its chunks go to `sink`. Returns the subscription
@@ -12,7 +11,7 @@ impl Dispatcher {
     /// session with this manager.
     pub async fn subscribe_logs(
         &self,
-        mgr: &Manager,
+        leader: &dyn LeaderView,
         node: &str,
         mut req: pb::LogRequest,
         sink: LogSink,
@@ -32,7 +31,7 @@ impl Dispatcher {
             .lock()
             .expect("dispatcher lock")
             .insert(id, (node.to_string(), sink));
-        let mut m = self.session_message(mgr, node);
+        let mut m = self.session_message(leader, node);
         m.log_request = Some(req);
         if tx.send(Ok(m)).await.is_err() {
             self.log_subs.lock().expect("dispatcher lock").remove(&id);
@@ -42,7 +41,7 @@ impl Dispatcher {
     }
 
     /// Close a subscription; with `tell_node`, the node stops following.
-    pub async fn unsubscribe_logs(&self, mgr: &Manager, id: u64, tell_node: bool) {
+    pub async fn unsubscribe_logs(&self, leader: &dyn LeaderView, id: u64, tell_node: bool) {
         let Some((node, _)) = self.log_subs.lock().expect("dispatcher lock").remove(&id) else {
             return;
         };
@@ -56,7 +55,7 @@ impl Dispatcher {
             .get(&node)
             .map(|(_, tx)| tx.clone());
         if let Some(tx) = tx {
-            let mut m = self.session_message(mgr, &node);
+            let mut m = self.session_message(leader, &node);
             m.log_request = Some(pb::LogRequest {
                 subscription: id,
                 cancel: true,

@@ -7,6 +7,11 @@
 //! (once per node), and its network state as per-network deltas ([`network`]); it sends back
 //! status reports ([`status`]) and log chunks ([`logs`]). Liveness: [`liveness`].
 //!
+//! The dispatcher sees the store, a clock and, for what only the manager it runs in knows
+//! (who leads, which managers there are), a [`LeaderView`]. Its two leader loops, the
+//! heartbeat monitor ([`Liveness::run`]) and the status writer ([`StatusWriter::run`]), write
+//! through the store.
+//!
 //! ```text
 //!   session ──▶ register ─▶ full assignments + files + full network state
 //!     store event ─▶ increment (base_version → version), network deltas
@@ -23,19 +28,23 @@ pub mod status;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prost::Message;
 use proto::pb;
-use proto::spec::TaskStatus;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 pub use assignments::{assignments_for, fingerprints, node_assignments, NodeAssignments, Sent};
+pub use liveness::Liveness;
 pub use network::{net_relevant, node_net_state, NetCache, NodeNet};
 pub use session::{service, DispatcherService};
+pub use status::StatusWriter;
+
+use crate::clock::SharedClock;
+use crate::store::{ProposeError, Store};
 
 /// Missed heartbeat periods after which a node is Down.
 pub const MISSED_PERIODS: u32 = 3;
@@ -69,32 +78,61 @@ impl SessionStats {
     }
 }
 
+/// What the dispatcher needs of the manager it runs in: leadership and the raft members.
+pub trait LeaderView: Send + Sync {
+    /// Cancelled when this manager's current term of leadership ends; `None` unless it acts
+    /// as leader now.
+    fn leader_token(&self) -> Option<CancellationToken>;
+    /// The advertise address of the current leader, if one is known.
+    fn leader_addr(&self) -> Option<String>;
+    /// Addresses of every raft member.
+    fn manager_addrs(&self) -> Vec<String>;
+    /// The answer to a node whose write did not commit (a refusal by a manager that does not
+    /// lead names the leader).
+    fn write_refused(&self, e: ProposeError) -> Status;
+}
+
+/// As it is held (callers keep the manager in an `Arc`).
+impl<T: LeaderView + ?Sized> LeaderView for Arc<T> {
+    fn leader_token(&self) -> Option<CancellationToken> {
+        (**self).leader_token()
+    }
+    fn leader_addr(&self) -> Option<String> {
+        (**self).leader_addr()
+    }
+    fn manager_addrs(&self) -> Vec<String> {
+        (**self).manager_addrs()
+    }
+    fn write_refused(&self, e: ProposeError) -> Status {
+        (**self).write_refused(e)
+    }
+}
+
 pub struct Dispatcher {
-    store: crate::store::Store,
+    store: Store,
     /// The open session of each node: (serial, outbound stream).
     sessions: Mutex<HashMap<String, (u64, SessionTx)>>,
     next_serial: AtomicU64,
     /// Log subscriptions: id → (node, sink).
     log_subs: Mutex<HashMap<u64, (String, LogSink)>>,
-    last_seen: Mutex<HashMap<String, Instant>>,
-    /// Status reports waiting to be written, newest per task.
-    pending: Mutex<HashMap<String, TaskStatus>>,
-    pending_notify: tokio::sync::Notify,
+    /// Heartbeats, and the leader loop that marks nodes Down.
+    pub liveness: Arc<Liveness>,
+    /// Status reports, and the leader loop that writes them.
+    pub statuses: Arc<StatusWriter>,
     /// Network and service states shared by the sessions.
     net_cache: Mutex<NetCache>,
     pub stats: SessionStats,
 }
 
 impl Dispatcher {
-    pub fn new(store: crate::store::Store) -> Dispatcher {
+    pub fn new(store: Store, clock: SharedClock) -> Dispatcher {
         Dispatcher {
+            liveness: Arc::new(Liveness::new(store.clone(), clock)),
+            statuses: Arc::new(StatusWriter::new(store.clone())),
             store,
             sessions: Mutex::new(HashMap::new()),
             next_serial: AtomicU64::new(1),
             log_subs: Mutex::new(HashMap::new()),
-            last_seen: Mutex::new(HashMap::new()),
-            pending: Mutex::new(HashMap::new()),
-            pending_notify: tokio::sync::Notify::new(),
             net_cache: Mutex::new(NetCache::default()),
             stats: SessionStats::default(),
         }

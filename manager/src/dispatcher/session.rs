@@ -12,14 +12,20 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::liveness::set_state;
-use super::{Dispatcher, NodeAssignments, NodeNet};
-use crate::auth::Caller;
-use crate::manager::Manager;
-use crate::store::{Change, Kind, NodeDescription, NodeState, Object};
+use super::liveness::StateError;
+use super::{Dispatcher, LeaderView, NodeAssignments, NodeNet};
+use crate::auth::{Authorizer, Caller};
+use crate::keys::Kek;
+use crate::store::{
+    Change, Kind, NodeDescription, NodeState, Object, ProposeError, TxnError, UpdateError,
+};
 
 impl Dispatcher {
-    pub(super) fn session_message(&self, mgr: &Manager, node_id: &str) -> pb::SessionMessage {
+    pub(super) fn session_message(
+        &self,
+        leader: &dyn LeaderView,
+        node_id: &str,
+    ) -> pb::SessionMessage {
         let (desired_role, raft_id, cert_expiry_ms) = self.store.view(|d| {
             let (role, raft_id) = d
                 .nodes
@@ -33,9 +39,9 @@ impl Dispatcher {
             )
         });
         pb::SessionMessage {
-            heartbeat_period_ms: self.period().as_millis() as u64,
-            managers: mgr.manager_addrs(),
-            leader_addr: mgr.leader_addr().unwrap_or_default(),
+            heartbeat_period_ms: self.liveness.period().as_millis() as u64,
+            managers: leader.manager_addrs(),
+            leader_addr: leader.leader_addr().unwrap_or_default(),
             desired_role: desired_role.as_str().into(),
             raft_id,
             cert_expiry_ms,
@@ -74,12 +80,43 @@ fn reports(node_id: &str, s: pb::TaskStatuses) -> Vec<StatusReport> {
         .collect()
 }
 
-pub struct DispatcherService {
-    mgr: Arc<Manager>,
+/// A node state write that failed, as the answer to the node.
+fn state_refused(leader: &dyn LeaderView, e: StateError) -> Status {
+    match e {
+        UpdateError::Build(removed) => Status::not_found(removed.to_string()),
+        UpdateError::Propose(e) => leader.write_refused(e),
+        UpdateError::Contended => Status::aborted(e.to_string()),
+    }
 }
 
-pub fn service(mgr: Arc<Manager>) -> pb::dispatcher_server::DispatcherServer<DispatcherService> {
-    pb::dispatcher_server::DispatcherServer::new(DispatcherService { mgr })
+/// The node is gone from the store: its session ends.
+fn removed(e: &StateError) -> bool {
+    matches!(
+        e,
+        UpdateError::Build(_)
+            | UpdateError::Propose(ProposeError::Refused(TxnError::NotFound { .. }))
+    )
+}
+
+pub struct DispatcherService {
+    dispatcher: Arc<Dispatcher>,
+    auth: Authorizer,
+    kek: Kek,
+    leader: Arc<dyn LeaderView>,
+}
+
+pub fn service(
+    dispatcher: Arc<Dispatcher>,
+    auth: Authorizer,
+    kek: Kek,
+    leader: Arc<dyn LeaderView>,
+) -> pb::dispatcher_server::DispatcherServer<DispatcherService> {
+    pb::dispatcher_server::DispatcherServer::new(DispatcherService {
+        dispatcher,
+        auth,
+        kek,
+        leader,
+    })
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionMessage, Status>> + Send>>;
@@ -92,8 +129,11 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         &self,
         req: Request<Streaming<pb::SessionRequest>>,
     ) -> Result<Response<SessionStream>, Status> {
-        let mgr = self.mgr.clone();
-        let Caller::Node(cert) = mgr.auth.node(&req)? else {
+        let leader = self.leader.clone();
+        let dispatcher = self.dispatcher.clone();
+        let kek = self.kek.clone();
+        let store = dispatcher.store.clone();
+        let Caller::Node(cert) = self.auth.node(&req)? else {
             return Err(Status::unauthenticated(
                 "a session needs a node certificate",
             ));
@@ -101,8 +141,8 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         // The session lives as long as this term of leadership: a leader whose lease lapses
         // (cut off from the other managers) ends every session, so that its nodes go to the
         // manager that leads now instead of being marked down there.
-        let Some(term) = mgr.leader_token() else {
-            return Err(mgr.not_leader());
+        let Some(term) = leader.leader_token() else {
+            return Err(leader.write_refused(ProposeError::NotLeader));
         };
         let mut inbound = req.into_inner();
         let first = inbound
@@ -115,8 +155,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
             ));
         };
         let d = reg.description.unwrap_or_default();
-        let (registered_addr, recorded_role) = mgr
-            .store
+        let (registered_addr, recorded_role) = store
             .view(|s| {
                 s.nodes
                     .get(&cert.node_id)
@@ -145,24 +184,27 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         if let Some(r) = role {
             tracing::info!(node = %cert.node_id, recorded = %recorded_role, holds = %r, "node holds another role than recorded");
         }
-        set_state(&mgr, &cert.node_id, NodeState::Ready, "", Some(&desc), role).await?;
-        let dispatcher = mgr.dispatcher.clone();
-        dispatcher.seen(&cert.node_id);
+        dispatcher
+            .liveness
+            .set_state(&cert.node_id, NodeState::Ready, "", Some(&desc), role)
+            .await
+            .map_err(|e| state_refused(&*leader, e))?;
+        dispatcher.liveness.seen(&cert.node_id);
         tracing::debug!(node = %cert.node_id, "session registered");
 
         let (tx, rx) = mpsc::channel(16);
         let node_id = cert.node_id.clone();
-        let mut events = mgr.store.watch();
+        let mut events = store.watch();
         let mut asg = NodeAssignments::default();
         let mut net = NodeNet::default();
-        let mut first = dispatcher.session_message(&mgr, &node_id);
-        let full = mgr.store.view(|d| asg.full(d, &node_id, &mgr.kek));
+        let mut first = dispatcher.session_message(&*leader, &node_id);
+        let full = store.view(|d| asg.full(d, &node_id, &kek));
         let mut rest = asg.chunks(full).into_iter();
         first.assignments = rest.next();
         first.network = dispatcher.net_update(&mut net, None, &node_id);
         dispatcher.send(&tx, first).await;
         for part in rest {
-            let mut m = dispatcher.session_message(&mgr, &node_id);
+            let mut m = dispatcher.session_message(&*leader, &node_id);
             m.assignments = Some(part);
             dispatcher.send(&tx, m).await;
         }
@@ -179,7 +221,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                 let msg = tokio::select! {
                     m = inbound.message() => m,
                     ev = events.recv() => {
-                        let net_active = net.busy() || mgr.store.view(|d| !d.networks.is_empty());
+                        let net_active = net.busy() || store.view(|d| !d.networks.is_empty());
                         let (tasks, files, net_changed) = match &ev {
                             Ok(e) => (
                                 e.changes.iter().any(|c| match c {
@@ -197,20 +239,20 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                             Err(RecvError::Lagged(_)) => (true, true, true),
                             Err(RecvError::Closed) => return,
                         };
-                        let mut m = dispatcher.session_message(&mgr, &node_id);
+                        let mut m = dispatcher.session_message(&*leader, &node_id);
                         let mut more = Vec::new();
                         if tasks || files {
                             let update = match &ev {
                                 // Only the tasks the event touched can have changed.
-                                Ok(e) => mgr.store.view(|d| {
+                                Ok(e) => store.view(|d| {
                                     let ids = e.changes.iter().filter_map(|c| match c {
                                         Change::Put(Object::Task(t)) => Some(t.id.as_str()),
                                         Change::Deleted { kind: Kind::Task, id } => Some(id.as_str()),
                                         _ => None,
                                     });
-                                    asg.touched(d, &node_id, &mgr.kek, ids, files)
+                                    asg.touched(d, &node_id, &kek, ids, files)
                                 }),
-                                Err(_) => mgr.store.view(|d| asg.diff_full(d, &node_id, &mgr.kek)),
+                                Err(_) => store.view(|d| asg.diff_full(d, &node_id, &kek)),
                             };
                             if let Some(update) = update {
                                 let mut parts = asg.chunks(update).into_iter();
@@ -228,7 +270,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                             return;
                         }
                         for part in more {
-                            let mut m = dispatcher.session_message(&mgr, &node_id);
+                            let mut m = dispatcher.session_message(&*leader, &node_id);
                             m.assignments = Some(part);
                             if !dispatcher.send(&tx, m).await {
                                 return;
@@ -238,7 +280,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                     }
                     _ = tx.closed() => return,
                     _ = term.cancelled() => {
-                        let _ = tx.send(Err(mgr.not_leader())).await;
+                        let _ = tx.send(Err(leader.write_refused(ProposeError::NotLeader))).await;
                         return;
                     }
                 };
@@ -246,8 +288,8 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                     Ok(Some(pb::SessionRequest {
                         msg: Some(pb::session_request::Msg::Statuses(s)),
                     })) => {
-                        dispatcher.seen(&node_id);
-                        dispatcher.queue_reports(&node_id, reports(&node_id, s));
+                        dispatcher.liveness.seen(&node_id);
+                        dispatcher.statuses.queue(&node_id, reports(&node_id, s));
                     }
                     Ok(Some(pb::SessionRequest {
                         msg: Some(pb::session_request::Msg::Resync(r)),
@@ -258,9 +300,9 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                             sent = asg.version(),
                             "node asks for its full assignments"
                         );
-                        let full = mgr.store.view(|d| asg.full(d, &node_id, &mgr.kek));
+                        let full = store.view(|d| asg.full(d, &node_id, &kek));
                         for part in asg.chunks(full) {
-                            let mut m = dispatcher.session_message(&mgr, &node_id);
+                            let mut m = dispatcher.session_message(&*leader, &node_id);
                             m.assignments = Some(part);
                             if !dispatcher.send(&tx, m).await {
                                 return;
@@ -270,17 +312,19 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                     Ok(Some(pb::SessionRequest {
                         msg: Some(pb::session_request::Msg::Heartbeat(_)),
                     })) => {
-                        if !mgr.is_leader() {
-                            let _ = tx.send(Err(mgr.not_leader())).await;
+                        if leader.leader_token().is_none() {
+                            let _ = tx
+                                .send(Err(leader.write_refused(ProposeError::NotLeader)))
+                                .await;
                             return;
                         }
-                        if let Err(e) = dispatcher.heartbeat(&mgr, &node_id).await {
-                            if e.code() == tonic::Code::NotFound {
-                                let _ = tx.send(Err(e)).await;
+                        if let Err(e) = dispatcher.liveness.heartbeat(&node_id).await {
+                            if removed(&e) {
+                                let _ = tx.send(Err(state_refused(&*leader, e))).await;
                                 return;
                             }
                         }
-                        let m = dispatcher.session_message(&mgr, &node_id);
+                        let m = dispatcher.session_message(&*leader, &node_id);
                         if !dispatcher.send(&tx, m).await {
                             return;
                         }

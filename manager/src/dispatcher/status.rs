@@ -1,20 +1,35 @@
 //! Status batching: the reports nodes send are queued (newest per task) and written in
 //! batches, forward moves only.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proto::spec::{StatusReport, TaskStatus};
 use tokio_util::sync::CancellationToken;
 
-use super::Dispatcher;
-use crate::manager::Manager;
-use crate::store::{Object, Op, Txn};
+use crate::store::{Object, Op, ProposeError, Store, Txn};
 
-impl Dispatcher {
+/// The queue of status reports and the leader loop that writes it ([`StatusWriter::run`]).
+pub struct StatusWriter {
+    store: Store,
+    /// Reports waiting to be written, newest per task.
+    pending: Mutex<HashMap<String, TaskStatus>>,
+    notify: tokio::sync::Notify,
+}
+
+impl StatusWriter {
+    pub fn new(store: Store) -> StatusWriter {
+        StatusWriter {
+            store,
+            pending: Mutex::new(HashMap::new()),
+            notify: tokio::sync::Notify::new(),
+        }
+    }
+
     /// Queue a node's reports; only tasks placed on that node are accepted.
-    pub fn queue_reports(&self, node_id: &str, reports: Vec<StatusReport>) {
-        let accepted: Vec<StatusReport> = self.store.view(|d| {
+    pub fn queue(&self, node_id: &str, reports: Vec<StatusReport>) {
+        let accepted: Vec<(String, TaskStatus)> = self.store.view(|d| {
             reports
                 .into_iter()
                 .filter(|r| {
@@ -22,41 +37,40 @@ impl Dispatcher {
                         .get(&r.task_id)
                         .is_some_and(|t| t.node_id == node_id)
                 })
+                .map(|r| (r.task_id, r.status))
                 .collect()
         });
-        if accepted.is_empty() {
-            return;
+        if !accepted.is_empty() {
+            self.requeue(accepted);
         }
-        let mut pending = self.pending.lock().expect("dispatcher lock");
-        for r in accepted {
-            let newer = pending
-                .get(&r.task_id)
-                .is_none_or(|s| s.state <= r.status.state);
-            if newer {
-                pending.insert(r.task_id, r.status);
+    }
+
+    /// Keeps the newest of each task's statuses (a report never replaces a later one).
+    fn requeue(&self, statuses: impl IntoIterator<Item = (String, TaskStatus)>) {
+        let mut pending = self.pending.lock().expect("status lock");
+        for (id, st) in statuses {
+            if pending.get(&id).is_none_or(|s| s.state <= st.state) {
+                pending.insert(id, st);
             }
         }
         drop(pending);
-        self.pending_notify.notify_one();
+        self.notify.notify_one();
     }
 
     /// Leader-only: writes queued status reports in batches (forward moves only).
-    pub async fn write_statuses(self: Arc<Self>, mgr: Arc<Manager>, cancel: CancellationToken) {
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = self.pending_notify.notified() => {}
+                _ = self.notify.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
             // Gather what arrives within a few milliseconds into one write.
             tokio::time::sleep(Duration::from_millis(5)).await;
             let batch: Vec<(String, TaskStatus)> = {
-                let mut p = self.pending.lock().expect("dispatcher lock");
+                let mut p = self.pending.lock().expect("status lock");
                 p.drain().collect()
             };
-            if batch.is_empty() {
-                continue;
-            }
             for chunk in batch.chunks(crate::orchestrator::MAX_OPS_PER_TXN) {
                 let ops: Vec<Op> = self.store.view(|d| {
                     chunk
@@ -77,21 +91,13 @@ impl Dispatcher {
                 if ops.is_empty() {
                     continue;
                 }
-                match mgr.propose(Txn::new(ops)).await {
+                match self.store.propose(Txn::new(ops)).await {
                     Ok(_) => {}
-                    Err(crate::manager::ProposeError::NotLeader) => return,
+                    Err(ProposeError::NotLeader) => return,
                     Err(e) => {
                         // A task changed meanwhile: put the reports back for the next round.
                         tracing::debug!(error = %e, "status batch refused; retrying");
-                        let mut p = self.pending.lock().expect("dispatcher lock");
-                        for (id, st) in chunk {
-                            let newer = p.get(id).is_none_or(|s| s.state <= st.state);
-                            if newer {
-                                p.insert(id.clone(), st.clone());
-                            }
-                        }
-                        drop(p);
-                        self.pending_notify.notify_one();
+                        self.requeue(chunk.iter().cloned());
                     }
                 }
             }

@@ -1,5 +1,6 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use proto::spec::{NetPeer, TaskState, TaskStatus};
 
@@ -7,6 +8,7 @@ use super::*;
 use crate::allocator::tests::{data_with_networks, port, service};
 use crate::allocator::{allocate_endpoint, node_ingress_ops, task_networks};
 use crate::store::tests::node;
+use crate::store::Store;
 
 fn task(
     d: &StoreData,
@@ -536,4 +538,109 @@ fn a_large_full_set_goes_in_chained_messages() {
     let inc = asg.touched(&d, "n1", &kek, ["t00000"], false).unwrap();
     assert!(n1.apply(inc));
     assert_eq!(n1.assignments(), assignments_for(&d, "n1", &kek));
+}
+
+/// Refuses the writes it was given refusals for, in order, then applies writes at once.
+#[derive(Default)]
+pub(super) struct Refusing {
+    refusals: Mutex<std::collections::VecDeque<crate::store::ProposeError>>,
+    pub proposed: AtomicU64,
+    inner: crate::store::DirectProposer,
+}
+
+impl Refusing {
+    /// Makes `store` write through a new refusing proposer.
+    pub fn install(store: &Store, refusals: Vec<crate::store::ProposeError>) -> Arc<Refusing> {
+        let p = Arc::new(Refusing {
+            refusals: Mutex::new(refusals.into()),
+            ..Default::default()
+        });
+        store.set_proposer(p.clone());
+        p
+    }
+
+    /// Refusals not yet given.
+    pub fn left(&self) -> usize {
+        self.refusals.lock().expect("refusals").len()
+    }
+}
+
+impl crate::store::Proposer for Refusing {
+    fn propose<'a>(&'a self, store: &'a Store, txn: Txn) -> crate::store::Proposal<'a> {
+        self.proposed.fetch_add(1, Ordering::SeqCst);
+        match self.refusals.lock().expect("refusals").pop_front() {
+            Some(e) => Box::pin(std::future::ready(Err(e))),
+            None => self.inner.propose(store, txn),
+        }
+    }
+}
+
+/// The status writer on a bare store: a node's reports for its own tasks are written, the
+/// newest of each task's; reports for another node's task and backward moves are not; a
+/// refused batch is written again.
+#[tokio::test(start_paused = true)]
+async fn the_status_writer_writes_forward_reports_of_a_nodes_own_tasks() {
+    let store = Store::new();
+    crate::store::DirectProposer::install(&store);
+    let svc = service("web", &[], vec![]);
+    let mut ops = vec![Op::Create(Object::Service(svc.clone()))];
+    for id in ["n1", "n2"] {
+        let mut n = node(id, id);
+        n.state = NodeState::Ready;
+        ops.push(Op::Create(Object::Node(n)));
+    }
+    store.propose(Txn::new(ops)).await.expect("nodes");
+    let tasks: Vec<Op> = store.view(|d| {
+        [("t1", "n1"), ("t2", "n2"), ("t3", "n1")]
+            .into_iter()
+            .map(|(id, n)| Op::Create(Object::Task(task(d, id, &svc, n, TaskState::Assigned))))
+            .collect()
+    });
+    store.propose(Txn::new(tasks)).await.expect("tasks");
+    let report = |id: &str, state| proto::spec::StatusReport {
+        task_id: id.into(),
+        status: TaskStatus {
+            state,
+            ..Default::default()
+        },
+    };
+    let state = |id: &str| store.view(|d| d.tasks[id].status.state);
+    let p = Refusing::install(
+        &store,
+        vec![crate::store::ProposeError::Raft("no quorum".into())],
+    );
+    let writer = Arc::new(StatusWriter::new(store.clone()));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(writer.clone().run(cancel.clone()));
+    writer.queue(
+        "n1",
+        vec![
+            report("t1", TaskState::Running),
+            report("t2", TaskState::Running),
+            report("t3", TaskState::Starting),
+        ],
+    );
+    // An older report of t1 that arrives later does not replace its newest.
+    writer.queue("n1", vec![report("t1", TaskState::Preparing)]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while state("t1") != TaskState::Running || state("t3") != TaskState::Starting {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reports not written"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(p.left(), 0, "the first batch was refused");
+    assert_eq!(p.proposed.load(Ordering::SeqCst), 2, "then written again");
+    assert_eq!(
+        state("t2"),
+        TaskState::Assigned,
+        "n2's task, reported by n1"
+    );
+    // A backward report is not written (the writer's filter, not the store's refusal).
+    writer.queue("n1", vec![report("t1", TaskState::Starting)]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(state("t1"), TaskState::Running);
+    assert_eq!(p.proposed.load(Ordering::SeqCst), 2);
+    cancel.cancel();
 }

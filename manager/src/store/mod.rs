@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 mod proposer;
-pub use proposer::{DirectProposer, Proposal, ProposeError, Proposer};
+pub use proposer::{DirectProposer, Proposal, ProposeError, Proposer, UpdateError};
 
 /// Cluster-wide settings and secrets; exactly one exists once the swarm is initialised.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,13 +2,17 @@
 //! on a manager the proposer is the raft leader's write queue ([`crate::manager::Manager`]
 //! batches the transactions into log entries); in unit tests it is [`DirectProposer`], which
 //! applies each transaction at once, so a component runs on a bare store.
+//! [`Store::update_with_retry`] is the read-modify-write every writer of a shared object uses.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::{Store, Txn, TxnError, TxnOutcome};
+use super::{Store, StoreData, Txn, TxnError, TxnOutcome};
+
+/// Attempts of a read-modify-write before it gives up to a busier writer.
+const UPDATE_ATTEMPTS: usize = 10;
 
 /// Why a write did not commit.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -19,6 +23,53 @@ pub enum ProposeError {
     Refused(TxnError),
     #[error("raft: {0}")]
     Raft(String),
+}
+
+/// Why a read-modify-write ([`Store::update_with_retry`]) did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError<E> {
+    /// The transaction could not be built: the builder's own error.
+    #[error(transparent)]
+    Build(E),
+    /// The write was refused for a reason a retry does not cure, or was not committed.
+    #[error(transparent)]
+    Propose(ProposeError),
+    /// Every attempt met a concurrent change.
+    #[error("too many concurrent updates; retry")]
+    Contended,
+}
+
+impl ProposeError {
+    /// A refusal that a fresh read may cure: what was read changed meanwhile.
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            ProposeError::Refused(
+                TxnError::Conflict { .. }
+                    | TxnError::AddressInUse { .. }
+                    | TxnError::NetworkClash { .. }
+            )
+        )
+    }
+}
+
+impl Store {
+    /// Read-modify-write: builds the transaction from a fresh read and proposes it, again
+    /// (a few times) while it is refused for a concurrent change.
+    pub async fn update_with_retry<E, F>(&self, mut build: F) -> Result<u64, UpdateError<E>>
+    where
+        F: FnMut(&StoreData) -> Result<Txn, E>,
+    {
+        for _ in 0..UPDATE_ATTEMPTS {
+            let txn = self.view(&mut build).map_err(UpdateError::Build)?;
+            match self.propose(txn).await {
+                Ok(i) => return Ok(i),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(UpdateError::Propose(e)),
+            }
+        }
+        Err(UpdateError::Contended)
+    }
 }
 
 /// A write's future: the log index it committed at.
