@@ -46,6 +46,9 @@ pub enum ApiError {
     /// The swarm has no cluster object yet.
     #[error("the swarm is not initialised yet")]
     NotInitialised,
+    /// The write could not be committed now (raft failed or timed out): retry.
+    #[error("{0}")]
+    Unavailable(String),
     /// No leader is known and none can be elected: too few managers reachable.
     #[error("{0}")]
     NoQuorum(String),
@@ -101,6 +104,7 @@ impl ApiError {
             ApiError::Conflict(_) => Code::Aborted,
             ApiError::FailedPrecondition(_) | ApiError::NotInitialised => Code::FailedPrecondition,
             ApiError::Busy(_)
+            | ApiError::Unavailable(_)
             | ApiError::NoQuorum(_)
             | ApiError::NoLeaderYet
             | ApiError::NotLeader { .. } => Code::Unavailable,
@@ -119,6 +123,30 @@ impl From<crate::store::FindError> for ApiError {
                 name,
                 hint: ": it matches more than one node",
             },
+        }
+    }
+}
+
+/// A write the store refused, in the caller's terms.
+impl From<crate::store::TxnError> for ApiError {
+    fn from(e: crate::store::TxnError) -> ApiError {
+        use crate::store::TxnError;
+        match e {
+            TxnError::NotFound { kind, id } => ApiError::NotFound {
+                kind: kind.noun(),
+                name: id,
+            },
+            TxnError::Exists { kind, id } => ApiError::AlreadyExists {
+                kind: kind.noun(),
+                name: id,
+                hint: "",
+            },
+            TxnError::Conflict { .. }
+            | TxnError::AddressInUse { .. }
+            | TxnError::NetworkClash { .. } => ApiError::Conflict(e.to_string()),
+            TxnError::PortInUse { .. }
+            | TxnError::Backwards { .. }
+            | TxnError::NodeUnavailable { .. } => ApiError::FailedPrecondition(e.to_string()),
         }
     }
 }
@@ -248,6 +276,34 @@ mod tests {
                 Code::InvalidArgument,
                 "node w is ambiguous: it matches more than one node"
             )
+        );
+        let refused = |e: crate::store::TxnError| {
+            let s = Status::from(ApiError::from(e));
+            (s.code(), s.message().to_string())
+        };
+        use crate::store::{Kind, TxnError};
+        assert_eq!(
+            refused(TxnError::NotFound {
+                kind: Kind::Service,
+                id: "web".into()
+            }),
+            (Code::NotFound, "service web not found".into())
+        );
+        assert_eq!(
+            refused(TxnError::Exists {
+                kind: Kind::Secret,
+                id: "pw".into()
+            }),
+            (Code::AlreadyExists, "secret pw already exists".into())
+        );
+        assert_eq!(
+            refused(TxnError::PortInUse {
+                port: 80,
+                protocol: "tcp".into(),
+                service: "web".into()
+            })
+            .0,
+            Code::FailedPrecondition
         );
         for (e, code, message) in cases {
             let field = e.field().map(str::to_string);

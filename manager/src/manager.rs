@@ -32,7 +32,7 @@ use crate::dispatcher::Dispatcher;
 use crate::error::ApiError;
 use crate::raft::lease::{Liveness, Tracked};
 use crate::raft::{self, NodeId, Raft, RaftTuning};
-use crate::store::{Store, Txn, TxnError, TxnOutcome, UpdateError};
+use crate::store::{Store, Txn, TxnOutcome, UpdateError};
 
 pub use proto::transport::LEADER_METADATA;
 
@@ -770,27 +770,12 @@ impl crate::dispatcher::LeaderView for Manager {
 }
 
 impl ProposeError {
+    /// The refusal as the answer to a client: where the leader is, or the store's reason.
     pub fn into_status(self, mgr: &Manager) -> Status {
         match self {
             ProposeError::NotLeader => mgr.not_leader(),
-            ProposeError::Refused(
-                e @ (TxnError::Conflict { .. }
-                | TxnError::AddressInUse { .. }
-                | TxnError::NetworkClash { .. }),
-            ) => Status::aborted(e.to_string()),
-            ProposeError::Refused(e @ TxnError::PortInUse { .. }) => {
-                Status::failed_precondition(e.to_string())
-            }
-            ProposeError::Refused(e @ TxnError::NotFound { .. }) => {
-                Status::not_found(e.to_string())
-            }
-            ProposeError::Refused(e @ TxnError::Exists { .. }) => {
-                Status::already_exists(e.to_string())
-            }
-            ProposeError::Refused(
-                e @ (TxnError::Backwards { .. } | TxnError::NodeUnavailable { .. }),
-            ) => Status::failed_precondition(e.to_string()),
-            ProposeError::Raft(e) => Status::unavailable(e),
+            ProposeError::Refused(e) => ApiError::from(e).into(),
+            ProposeError::Raft(e) => ApiError::Unavailable(e).into(),
         }
     }
 }
@@ -812,7 +797,7 @@ fn update_status(mgr: &Manager, e: UpdateError<Status>) -> Status {
     match e {
         UpdateError::Build(s) => s,
         UpdateError::Propose(e) => e.into_status(mgr),
-        UpdateError::Contended => Status::aborted(e.to_string()),
+        UpdateError::Contended => ApiError::Conflict(e.to_string()).into(),
     }
 }
 

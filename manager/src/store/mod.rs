@@ -389,6 +389,22 @@ pub enum Kind {
     Network,
 }
 
+impl Kind {
+    /// The kind as messages name it.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Kind::Cluster => "cluster",
+            Kind::Node => "node",
+            Kind::Service => "service",
+            Kind::Task => "task",
+            Kind::Secret => "secret",
+            Kind::Config => "config",
+            Kind::DataKey => "data key",
+            Kind::Network => "network",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Op {
     /// Fails if an object of that kind and id exists.
