@@ -132,8 +132,8 @@ where
 fn state_named(name: &str) -> Option<TaskState> {
     use TaskState::*;
     [
-        New, Pending, Assigned, Accepted, Preparing, Ready, Starting, Running, Complete,
-        Shutdown, Failed, Rejected, Remove, Orphaned,
+        New, Pending, Assigned, Accepted, Preparing, Ready, Starting, Running, Complete, Shutdown,
+        Failed, Rejected, Remove, Orphaned,
     ]
     .into_iter()
     .find(|s| s.as_str() == name)
@@ -329,7 +329,10 @@ impl Client {
     /// The service as a JSON document of every field (for `inspect`) and as a value.
     pub async fn get_service_raw(&self, id: &str) -> Result<(Value, ServiceView)> {
         let view = self.get_service(id).await?;
-        Ok((serde_json::to_value(&view).map_err(ClientError::Show)?, view))
+        Ok((
+            serde_json::to_value(&view).map_err(ClientError::Show)?,
+            view,
+        ))
     }
 
     pub async fn list_services(&self) -> Result<Vec<ServiceView>> {

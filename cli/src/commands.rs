@@ -926,10 +926,7 @@ async fn swarm(c: Client, cmd: SwarmCmd) -> CliResult {
                     listen_addr,
                 })
                 .await?;
-            println!(
-                "This node joined a swarm as a {}.",
-                r.node_role().label()
-            );
+            println!("This node joined a swarm as a {}.", r.node_role().label());
         }
         SwarmCmd::JoinToken {
             quiet,

@@ -206,10 +206,7 @@ impl ControlApi {
         }))
     }
 
-    pub async fn get_network(
-        &self,
-        req: pb::GetNetworkRequest,
-    ) -> Result<pb::NetworkView, Status> {
+    pub async fn get_network(&self, req: pb::GetNetworkRequest) -> Result<pb::NetworkView, Status> {
         self.mgr.linearizable().await?;
         self.mgr.store.view(|d| {
             Ok(pb::NetworkView::from(&network_view(

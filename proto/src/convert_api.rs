@@ -163,7 +163,11 @@ impl TryFrom<pb::ServiceSpec> for spec::ServiceSpec {
             task: required("ServiceSpec.task", s.task)?.try_into()?,
             update: s.update.map(Into::into).unwrap_or_default(),
             rollback: s.rollback.map(Into::into).unwrap_or_default(),
-            endpoint: s.endpoint.map(TryInto::try_into).transpose()?.unwrap_or_default(),
+            endpoint: s
+                .endpoint
+                .map(TryInto::try_into)
+                .transpose()?
+                .unwrap_or_default(),
             name: s.name,
             labels: s.labels.into_iter().collect(),
         })
@@ -252,7 +256,11 @@ impl TryFrom<pb::ServiceView> for api::ServiceView {
         Ok(api::ServiceView {
             spec: required("ServiceView.spec", v.spec)?.try_into()?,
             previous_spec: v.previous_spec.map(TryInto::try_into).transpose()?,
-            endpoint: v.endpoint.map(TryInto::try_into).transpose()?.unwrap_or_default(),
+            endpoint: v
+                .endpoint
+                .map(TryInto::try_into)
+                .transpose()?
+                .unwrap_or_default(),
             update_status: v.update_status.map(Into::into),
             id: v.id,
             version: v.version,

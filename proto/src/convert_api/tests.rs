@@ -39,7 +39,12 @@ fn update_config() -> impl Strategy<Value = UpdateConfig> {
         prop::sample::select(vec![UpdateOrder::StopFirst, UpdateOrder::StartFirst]),
     )
         .prop_map(
-            |([parallelism, delay_ms, monitor_ms, task_deadline_ms], failure_action, ratio, order)| {
+            |(
+                [parallelism, delay_ms, monitor_ms, task_deadline_ms],
+                failure_action,
+                ratio,
+                order,
+            )| {
                 UpdateConfig {
                     parallelism,
                     delay_ms,
@@ -85,14 +90,15 @@ fn service_spec() -> impl Strategy<Value = ServiceSpec> {
 }
 
 fn service_view() -> impl Strategy<Value = ServiceView> {
-    let update_status = (s(), any::<(i64, i64)>(), s()).prop_map(
-        |(state, (started_ms, completed_ms), message)| UpdateStatusView {
-            state,
-            started_ms,
-            completed_ms,
-            message,
-        },
-    );
+    let update_status =
+        (s(), any::<(i64, i64)>(), s()).prop_map(|(state, (started_ms, completed_ms), message)| {
+            UpdateStatusView {
+                state,
+                started_ms,
+                completed_ms,
+                message,
+            }
+        });
     let endpoint = (
         prop::collection::vec(
             (s(), s()).prop_map(|(network_id, addr)| VirtualIpView { network_id, addr }),
@@ -368,8 +374,14 @@ fn unknown_enum_values_in_a_node_keep_the_rest() {
 /// The words shown are the ones the JSON documents carried before the wire was typed.
 #[test]
 fn node_enum_labels_are_the_old_words() {
-    assert_eq!(pb::NodeRole::from(Role::Manager).label(), Role::Manager.as_str());
-    assert_eq!(pb::NodeRole::from(Role::Worker).label(), Role::Worker.as_str());
+    assert_eq!(
+        pb::NodeRole::from(Role::Manager).label(),
+        Role::Manager.as_str()
+    );
+    assert_eq!(
+        pb::NodeRole::from(Role::Worker).label(),
+        Role::Worker.as_str()
+    );
     assert_eq!(pb::NodeAvailability::Drain.label(), "drain");
     assert_eq!(pb::NodeState::Disconnected.label(), "disconnected");
     assert_eq!(pb::ManagerReachability::Unreachable.label(), "unreachable");
