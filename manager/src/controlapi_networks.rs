@@ -17,16 +17,12 @@ const MAX_SPEC_BYTES: usize = 64 * 1024;
 
 /// The domain spec of a request's `spec`: absent or too large is refused with the field named.
 fn parse_spec(spec: Option<pb::NetworkSpec>) -> Result<NetworkSpec, Status> {
-    const FIELD: &str = "NetworkSpecRequest.spec";
-    let spec = spec.ok_or_else(|| ApiError::invalid(FIELD, "a network spec is required"))?;
-    let len = prost::Message::encoded_len(&spec);
-    if len > MAX_SPEC_BYTES {
-        return Err(ApiError::invalid(
-            FIELD,
-            format!("the network spec is {len} bytes; the limit is {MAX_SPEC_BYTES}"),
-        )
-        .into());
-    }
+    let spec = crate::controlapi_services::bounded_spec(
+        "NetworkSpecRequest.spec",
+        "network",
+        spec,
+        MAX_SPEC_BYTES,
+    )?;
     Ok(spec.into())
 }
 

@@ -18,18 +18,30 @@ use crate::store::{
 /// Largest spec accepted (a spec is small; this bounds a malicious or mistaken request).
 const MAX_SPEC_BYTES: usize = 256 * 1024;
 
+/// A request's spec (`field`, a `what` spec): absent or larger than `max` bytes is refused
+/// with the field named.
+pub(crate) fn bounded_spec<W: prost::Message>(
+    field: &'static str,
+    what: &str,
+    spec: Option<W>,
+    max: usize,
+) -> Result<W, ApiError> {
+    let spec =
+        spec.ok_or_else(|| ApiError::invalid(field, format!("a {what} spec is required")))?;
+    let len = spec.encoded_len();
+    if len > max {
+        return Err(ApiError::invalid(
+            field,
+            format!("the {what} spec is {len} bytes; the limit is {max}"),
+        ));
+    }
+    Ok(spec)
+}
+
 /// The domain spec of a request's `spec`: absent, too large or not convertible is refused
 /// with the field named.
 fn parse_spec(field: &'static str, spec: Option<pb::ServiceSpec>) -> Result<ServiceSpec, Status> {
-    let spec = spec.ok_or_else(|| ApiError::invalid(field, "a service spec is required"))?;
-    let len = prost::Message::encoded_len(&spec);
-    if len > MAX_SPEC_BYTES {
-        return Err(ApiError::invalid(
-            field,
-            format!("the service spec is {len} bytes; the limit is {MAX_SPEC_BYTES}"),
-        )
-        .into());
-    }
+    let spec = bounded_spec(field, "service", spec, MAX_SPEC_BYTES)?;
     Ok(ServiceSpec::try_from(spec).map_err(|e| ApiError::invalid(field, e.to_string()))?)
 }
 
