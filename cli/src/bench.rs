@@ -280,7 +280,7 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<()> {
     let start = Instant::now();
     ControlApi::new(leader.clone())
         .create_service(proto::pb::ServiceSpecRequest {
-            spec_json: serde_json::to_string(&spec)?,
+            spec: Some((&spec).into()),
         })
         .await
         .map_err(|s| anyhow!("create service: {}", s.message()))?;

@@ -33,7 +33,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 /// A leader cut off from the other managers must stop claiming leadership within this (an
@@ -688,39 +688,31 @@ impl Drop for LabTeardown {
     }
 }
 
-async fn local_state(socket: &Path, configs: bool) -> Result<Value> {
+async fn local_state(socket: &Path, configs: bool) -> Result<pb::LocalStateResponse> {
     let call = async {
         let ch = proto::transport::unix_channel(socket.to_path_buf()).await?;
-        let doc = pb::node_local_client::NodeLocalClient::new(ch)
+        let reply = pb::node_local_client::NodeLocalClient::new(ch)
             .max_decoding_message_size(64 << 20)
             .local_state(pb::LocalStateRequest { configs })
             .await?
             .into_inner();
-        Ok::<_, anyhow::Error>(serde_json::from_str(&doc.json)?)
+        Ok::<_, anyhow::Error>(reply)
     };
     tokio::time::timeout(CALL_TIMEOUT * if configs { 10 } else { 1 }, call)
         .await
         .map_err(|_| anyhow!("timed out"))?
 }
 
-fn host_state(v: &Value) -> HostState {
+fn host_state(v: &pb::LocalStateResponse) -> HostState {
     HostState {
-        term: v["RaftTerm"].as_u64().unwrap_or(0),
-        raft_leader: v["RaftState"] == "Leader",
-        claims_leader: v["IsLeader"] == true,
-        running: v["Running"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|t| {
-                        (
-                            t["ID"].as_str().unwrap_or_default().to_string(),
-                            t["Name"].as_str().unwrap_or_default().to_string(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
+        term: v.raft_term,
+        raft_leader: v.raft_state == "Leader",
+        claims_leader: v.is_leader,
+        running: v
+            .running
+            .iter()
+            .map(|t| (t.id.clone(), t.name.clone()))
+            .collect(),
     }
 }
 
@@ -1015,14 +1007,7 @@ async fn catch_up(managers: &[(String, PathBuf)], acks: &[Ack]) -> BTreeMap<Stri
         let mut missing = BTreeMap::new();
         for (m, sock) in managers {
             let have: BTreeSet<String> = match local_state(sock, true).await {
-                Ok(v) => v["Configs"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|n| n.as_str().map(str::to_string))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                Ok(v) => v.configs.into_iter().collect(),
                 Err(_) => BTreeSet::new(),
             };
             let lacks: Vec<String> = acks

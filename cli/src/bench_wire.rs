@@ -273,12 +273,12 @@ fn service_spec(name: &str, network: &str, replicas: u64) -> ServiceSpec {
 /// Set the replicas of the bench's service and wait until that many tasks run.
 fn scale(sim: &Sim, spec: &mut ServiceSpec, replicas: u64, limit: Duration) -> Result<()> {
     spec.mode = ServiceMode::Replicated { replicas };
-    let json = serde_json::to_string(spec)?;
+    let wire = pb::ServiceSpec::from(&*spec);
     let name = spec.name.clone();
     sim.api(async move |api| {
         api.update_service(pb::UpdateServiceRequest {
             id: name,
-            spec_json: json,
+            spec: Some(wire),
             rollback: false,
             version: 0,
         })
@@ -313,19 +313,19 @@ fn churn(
     timeout: Duration,
     setup: Instant,
 ) -> Result<Figures> {
-    let net = serde_json::to_string(&NetworkSpec {
+    let net = pb::NetworkSpec::from(&NetworkSpec {
         name: "churn-net".into(),
         driver: "overlay".into(),
         ..Default::default()
-    })?;
+    });
     sim.api(async move |api| {
-        api.create_network(pb::NetworkSpecRequest { spec_json: net })
+        api.create_network(pb::NetworkSpecRequest { spec: Some(net) })
             .await
     })?;
     let mut spec = service_spec("churn", "churn-net", nodes as u64);
-    let json = serde_json::to_string(&spec)?;
+    let wire = pb::ServiceSpec::from(&spec);
     sim.api(async move |api| {
-        api.create_service(pb::ServiceSpecRequest { spec_json: json })
+        api.create_service(pb::ServiceSpecRequest { spec: Some(wire) })
             .await
     })?;
     let deadline = Instant::now() + timeout;
@@ -465,9 +465,9 @@ mod tests {
             name: "big".into(),
             target: String::new(),
         }];
-        let json = serde_json::to_string(&spec).unwrap();
+        let wire = pb::ServiceSpec::from(&spec);
         sim.api(async move |api| {
-            api.create_service(pb::ServiceSpecRequest { spec_json: json })
+            api.create_service(pb::ServiceSpecRequest { spec: Some(wire) })
                 .await
         })
         .expect("service");

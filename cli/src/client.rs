@@ -1,10 +1,10 @@
 //! The CLI's client of the daemon's control API: one connection, one method per call, the
-//! retry while the cluster has no leader built in, and the decoding of the JSON documents
-//! some calls still return (so that typing those calls changes only this file).
+//! retry while the cluster has no leader built in, and the conversion of the wire messages to
+//! the domain types the commands show ([`proto::convert_api`]).
 //!
 //! ```text
 //!   command ──► Client::list_tasks(..) ──► retry (Unavailable: no leader yet) ──► daemon
-//!                        ◄── Vec<TaskView> (decoded here) ◄────────────────────────┘
+//!                        ◄── Vec<TaskView> (converted here) ◄──────────────────────┘
 //! ```
 
 use std::future::Future;
@@ -12,26 +12,25 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use proto::api::{NetworkView, ServiceView, TaskView};
+use proto::convert::ConvertError;
 use proto::pb;
 use proto::pb::control_client::ControlClient;
-use proto::spec::{NetworkSpec, ServiceSpec};
-use serde::de::DeserializeOwned;
+use proto::spec::{NetworkSpec, ServiceSpec, TaskState};
 use serde_json::Value;
 use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 
 use crate::commands::CliError;
 
-/// Why a call failed: the daemon said no, or its answer (or our request) could not be
-/// (de)serialised.
+/// Why a call failed: the daemon said no, or its answer could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("{}", .0.message())]
     Status(#[from] Status),
     #[error("malformed reply from the daemon: {0}")]
-    Malformed(serde_json::Error),
-    #[error("cannot encode the spec: {0}")]
-    Encode(serde_json::Error),
+    Malformed(#[from] ConvertError),
+    #[error("cannot show the reply: {0}")]
+    Show(serde_json::Error),
 }
 
 impl ClientError {
@@ -118,8 +117,26 @@ where
     }
 }
 
-fn decode<T: DeserializeOwned>(doc: pb::JsonDoc) -> Result<T> {
-    serde_json::from_str(&doc.json).map_err(ClientError::Malformed)
+/// Each item of a list reply as a domain value.
+fn convert_all<W, D>(items: Vec<W>) -> Result<Vec<D>>
+where
+    D: TryFrom<W, Error = ConvertError>,
+{
+    items
+        .into_iter()
+        .map(|w| D::try_from(w).map_err(ClientError::from))
+        .collect()
+}
+
+/// The task state a `--filter desired-state=` value names (the CLI has checked it).
+fn state_named(name: &str) -> Option<TaskState> {
+    use TaskState::*;
+    [
+        New, Pending, Assigned, Accepted, Preparing, Ready, Starting, Running, Complete, Shutdown,
+        Failed, Rejected, Remove, Orphaned,
+    ]
+    .into_iter()
+    .find(|s| s.as_str() == name)
 }
 
 impl Client {
@@ -257,14 +274,14 @@ impl Client {
     // ------------------------------------------------------------ services and tasks
 
     pub async fn create_service(&self, spec: &ServiceSpec) -> Result<ServiceView> {
-        let spec_json = serde_json::to_string(spec).map_err(ClientError::Encode)?;
-        let doc = self
+        let spec = pb::ServiceSpec::from(spec);
+        let view = self
             .call(Retry::WhileNoLeader, |mut c| {
-                let spec_json = spec_json.clone();
-                async move { c.create_service(pb::ServiceSpecRequest { spec_json }).await }
+                let spec = Some(spec.clone());
+                async move { c.create_service(pb::ServiceSpecRequest { spec }).await }
             })
             .await?;
-        decode(doc)
+        Ok(view.try_into()?)
     }
 
     /// Replace the spec of the service at `version` (`None`: roll it back to its previous
@@ -277,20 +294,17 @@ impl Client {
     ) -> Result<ServiceView> {
         let req = pb::UpdateServiceRequest {
             id: id.to_string(),
-            spec_json: match spec {
-                Some(s) => serde_json::to_string(s).map_err(ClientError::Encode)?,
-                None => String::new(),
-            },
+            spec: spec.map(Into::into),
             rollback: spec.is_none(),
             version,
         };
-        let doc = self
+        let view = self
             .call(Retry::WhileNoLeader, |mut c| {
                 let req = req.clone();
                 async move { c.update_service(req).await }
             })
             .await?;
-        decode(doc)
+        Ok(view.try_into()?)
     }
 
     pub async fn remove_service(&self, id: &str) -> Result<()> {
@@ -302,53 +316,62 @@ impl Client {
         .map(|_| ())
     }
 
-    async fn get_service_doc(&self, id: &str) -> Result<pb::JsonDoc> {
-        self.call(Retry::WhileNoLeader, |mut c| {
-            let id = id.to_string();
-            async move { c.get_service(pb::GetServiceRequest { id }).await }
-        })
-        .await
-    }
-
     pub async fn get_service(&self, id: &str) -> Result<ServiceView> {
-        decode(self.get_service_doc(id).await?)
+        let view = self
+            .call(Retry::WhileNoLeader, |mut c| {
+                let id = id.to_string();
+                async move { c.get_service(pb::GetServiceRequest { id }).await }
+            })
+            .await?;
+        Ok(view.try_into()?)
     }
 
-    /// The service as the daemon returned it (every field, for `inspect`) and as this CLI
-    /// reads it.
+    /// The service as a JSON document of every field (for `inspect`) and as a value.
     pub async fn get_service_raw(&self, id: &str) -> Result<(Value, ServiceView)> {
-        let doc = self.get_service_doc(id).await?;
-        Ok((decode(doc.clone())?, decode(doc)?))
+        let view = self.get_service(id).await?;
+        Ok((
+            serde_json::to_value(&view).map_err(ClientError::Show)?,
+            view,
+        ))
     }
 
     pub async fn list_services(&self) -> Result<Vec<ServiceView>> {
-        let doc = self
+        let r = self
             .call(Retry::WhileNoLeader, |mut c| async move {
                 c.list_services(pb::Empty {}).await
             })
             .await?;
-        decode(doc)
+        convert_all(r.services)
     }
 
-    /// The tasks of `service`, of one node and desired state when not empty.
+    /// The tasks of `service`, of one node and desired state (a state's name) when not
+    /// empty.
     pub async fn list_tasks(
         &self,
         service: &str,
         node: &str,
         desired_state: &str,
     ) -> Result<Vec<TaskView>> {
+        let desired = match desired_state {
+            "" => None,
+            name => Some(state_named(name).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "invalid desired-state filter {name:?}: use running, shutdown or accepted"
+                ))
+            })?),
+        };
         let req = pb::ListTasksRequest {
             service: service.to_string(),
             node: node.to_string(),
-            desired_state: desired_state.to_string(),
+            desired: desired.map(|s| pb::TaskState::from(s) as i32),
         };
-        let doc = self
+        let r = self
             .call(Retry::WhileNoLeader, |mut c| {
                 let req = req.clone();
                 async move { c.list_tasks(req).await }
             })
             .await?;
-        decode(doc)
+        convert_all(r.tasks)
     }
 
     pub async fn service_logs(
@@ -365,33 +388,33 @@ impl Client {
     // ------------------------------------------------------------ networks
 
     pub async fn create_network(&self, spec: &NetworkSpec) -> Result<NetworkView> {
-        let spec_json = serde_json::to_string(spec).map_err(ClientError::Encode)?;
-        let doc = self
+        let spec = pb::NetworkSpec::from(spec);
+        let view = self
             .call(Retry::WhileNoLeader, |mut c| {
-                let spec_json = spec_json.clone();
-                async move { c.create_network(pb::NetworkSpecRequest { spec_json }).await }
+                let spec = Some(spec.clone());
+                async move { c.create_network(pb::NetworkSpecRequest { spec }).await }
             })
             .await?;
-        decode(doc)
+        Ok(view.try_into()?)
     }
 
     pub async fn list_networks(&self) -> Result<Vec<NetworkView>> {
-        let doc = self
+        let r = self
             .call(Retry::WhileNoLeader, |mut c| async move {
                 c.list_networks(pb::Empty {}).await
             })
             .await?;
-        decode(doc)
+        convert_all(r.networks)
     }
 
     pub async fn get_network(&self, id: &str) -> Result<NetworkView> {
-        let doc = self
+        let view = self
             .call(Retry::WhileNoLeader, |mut c| {
                 let id = id.to_string();
                 async move { c.get_network(pb::GetNetworkRequest { id }).await }
             })
             .await?;
-        decode(doc)
+        Ok(view.try_into()?)
     }
 
     pub async fn remove_network(&self, id: &str) -> Result<()> {
@@ -543,12 +566,21 @@ mod tests {
     fn errors_read_as_before() {
         let e: CliError = ClientError::Status(Status::not_found("no such service: web")).into();
         assert_eq!(e.0, "Error response from daemon: no such service: web");
-        let bad = serde_json::from_str::<Value>("{").expect_err("malformed");
+        let bad = ConvertError::Missing {
+            field: "ServiceView.spec",
+        };
         let e: CliError = ClientError::Malformed(bad).into();
-        assert!(
-            e.0.starts_with("Error: malformed reply from the daemon: "),
-            "{}",
-            e.0
+        assert_eq!(
+            e.0,
+            "Error: malformed reply from the daemon: ServiceView.spec: missing"
         );
+    }
+
+    #[test]
+    fn desired_state_filters_name_task_states() {
+        for s in ["running", "shutdown", "accepted"] {
+            assert_eq!(state_named(s).map(TaskState::as_str), Some(s));
+        }
+        assert_eq!(state_named("sleeping"), None);
     }
 }

@@ -929,7 +929,7 @@ async fn swarm(c: Client, cmd: SwarmCmd) -> CliResult {
                     listen_addr,
                 })
                 .await?;
-            println!("This node joined a swarm as a {}.", r.role);
+            println!("This node joined a swarm as a {}.", r.node_role().label());
         }
         SwarmCmd::JoinToken {
             quiet,
@@ -1037,13 +1037,13 @@ fn node_row(n: &pb::Node, self_id: &str) -> (Vec<String>, String) {
         .unwrap_or_default();
     let is_self = n.id == self_id;
     let json = json_line(vec![
-        ("Availability", json!(title(&n.availability))),
+        ("Availability", json!(title(n.spec_availability().label()))),
         ("EngineVersion", json!(engine)),
         ("Hostname", json!(host)),
         ("ID", json!(n.id)),
-        ("ManagerStatus", json!(title(&n.manager_status))),
+        ("ManagerStatus", json!(title(n.reachability().label()))),
         ("Self", json!(is_self)),
-        ("Status", json!(title(&n.status))),
+        ("Status", json!(title(n.state().label()))),
         ("TLSStatus", json!("Ready")),
     ]);
     let id = if is_self {
@@ -1055,9 +1055,9 @@ fn node_row(n: &pb::Node, self_id: &str) -> (Vec<String>, String) {
         vec![
             id,
             host,
-            title(&n.status),
-            title(&n.availability),
-            title(&n.manager_status),
+            title(n.state().label()),
+            title(n.spec_availability().label()),
+            title(n.reachability().label()),
             engine,
         ],
         json,
@@ -1097,8 +1097,8 @@ fn inspect_json(n: &pb::Node) -> Value {
         "UpdatedAt": ts(n.updated_at_ms),
         "Spec": {
             "Labels": n.labels,
-            "Role": n.desired_role,
-            "Availability": n.availability,
+            "Role": n.spec_role().label(),
+            "Availability": n.spec_availability().label(),
         },
         "Description": {
             "Hostname": d.hostname,
@@ -1106,13 +1106,13 @@ fn inspect_json(n: &pb::Node) -> Value {
             "Engine": {"EngineVersion": d.engine_version},
             "TLSInfo": {"CertNotAfter": ts(n.cert_not_after_ms)},
         },
-        "Status": {"State": n.status, "Message": n.status_message, "Addr": d.addr.split(':').next().unwrap_or_default()},
+        "Status": {"State": n.state().label(), "Message": n.status_message, "Addr": d.addr.split(':').next().unwrap_or_default()},
         "RaftID": n.raft_id,
     });
-    if n.role == "manager" {
+    if n.cert_role() == pb::NodeRole::Manager {
         v["ManagerStatus"] = json!({
             "Leader": n.leader,
-            "Reachability": n.manager_status,
+            "Reachability": n.reachability().label(),
             "Addr": d.addr,
         });
     }
@@ -1158,15 +1158,15 @@ async fn node(c: Client, cmd: NodeCmd) -> CliResult {
                     println!("Joined at:\t\t{}", ts(n.created_at_ms));
                     println!(
                         "Status:\n State:\t\t\t{}\n Availability:\t\t{}\n Address:\t\t{}",
-                        title(&n.status),
-                        title(&n.availability),
+                        title(n.state().label()),
+                        title(n.spec_availability().label()),
                         d.addr
                     );
-                    if n.role == "manager" {
+                    if n.cert_role() == pb::NodeRole::Manager {
                         println!(
                             "Manager Status:\n Address:\t\t{}\n Raft Status:\t\t{}\n Leader:\t\t{}",
                             d.addr,
-                            title(&n.manager_status),
+                            title(n.reachability().label()),
                             if n.leader { "Yes" } else { "No" }
                         );
                     }
@@ -1204,11 +1204,30 @@ async fn node(c: Client, cmd: NodeCmd) -> CliResult {
             {
                 return Err(CliError("Error: nothing to update: give --availability, --role, --label-add or --label-rm".into()));
             }
+            let set_availability = match availability.as_deref() {
+                None => pb::NodeAvailability::Unspecified,
+                Some("active") => pb::NodeAvailability::Active,
+                Some("pause") => pb::NodeAvailability::Pause,
+                Some("drain") => pb::NodeAvailability::Drain,
+                Some(other) => {
+                    return Err(Status::invalid_argument(format!(
+                        "invalid availability {other:?}: expected active, pause or drain"
+                    ))
+                    .into())
+                }
+            };
+            let set_role = match role.as_deref() {
+                None => pb::NodeRole::Unspecified,
+                Some(r) => r
+                    .parse::<proto::security::Role>()
+                    .map_err(Status::invalid_argument)?
+                    .into(),
+            };
             let n = c
                 .update_node(pb::UpdateNodeRequest {
                     id: node,
-                    availability: availability.unwrap_or_default(),
-                    desired_role: role.unwrap_or_default(),
+                    set_availability: set_availability as i32,
+                    set_role: set_role as i32,
                     label_add,
                     label_rm,
                 })
@@ -1220,7 +1239,7 @@ async fn node(c: Client, cmd: NodeCmd) -> CliResult {
                 let n = c
                     .update_node(pb::UpdateNodeRequest {
                         id: id.clone(),
-                        desired_role: "manager".into(),
+                        set_role: pb::NodeRole::Manager as i32,
                         ..Default::default()
                     })
                     .await?;
@@ -1232,7 +1251,7 @@ async fn node(c: Client, cmd: NodeCmd) -> CliResult {
                 let n = c
                     .update_node(pb::UpdateNodeRequest {
                         id: id.clone(),
-                        desired_role: "worker".into(),
+                        set_role: pb::NodeRole::Worker as i32,
                         ..Default::default()
                     })
                     .await?;

@@ -970,7 +970,7 @@ impl NodeCalls for Node {
         }
         Ok(pb::SwarmJoinResponse {
             node_id: resp.node_id,
-            role: role.as_str().into(),
+            node_role: pb::NodeRole::from(role) as i32,
         })
     }
 
@@ -1233,55 +1233,56 @@ impl pb::node_local_server::NodeLocal for NodeLocalService {
     async fn image_load(
         &self,
         req: Request<pb::ImageLoadRequest>,
-    ) -> Result<Response<pb::JsonDoc>, Status> {
+    ) -> Result<Response<pb::ImageLoadResponse>, Status> {
         let images = self.images()?;
         let path = PathBuf::from(req.into_inner().path);
-        let refs = tokio::task::spawn_blocking(move || images.load(&path))
+        let references = tokio::task::spawn_blocking(move || images.load(&path))
             .await
             .map_err(status_internal)?
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        Ok(Response::new(pb::JsonDoc {
-            json: serde_json::to_string(&refs).map_err(status_internal)?,
-        }))
+        Ok(Response::new(pb::ImageLoadResponse { references }))
     }
 
-    async fn image_list(&self, _req: Request<pb::Empty>) -> Result<Response<pb::JsonDoc>, Status> {
+    async fn image_list(
+        &self,
+        _req: Request<pb::Empty>,
+    ) -> Result<Response<pb::ImageListResponse>, Status> {
         let images = self.images()?;
         let list = tokio::task::spawn_blocking(move || images.list())
             .await
             .map_err(status_internal)?
             .map_err(status_internal)?;
-        Ok(Response::new(pb::JsonDoc {
-            json: serde_json::to_string(&list).map_err(status_internal)?,
+        Ok(Response::new(pb::ImageListResponse {
+            images: list.iter().map(crate::image::summary_to_wire).collect(),
         }))
     }
 
     async fn local_state(
         &self,
         req: Request<pb::LocalStateRequest>,
-    ) -> Result<Response<pb::JsonDoc>, Status> {
+    ) -> Result<Response<pb::LocalStateResponse>, Status> {
         let want_configs = req.into_inner().configs;
         let (manager, executor) = {
             let inner = self.node.inner.lock().await;
             (inner.manager.clone(), inner.executor.clone())
         };
-        let mut doc = serde_json::Map::new();
+        let mut reply = pb::LocalStateResponse::default();
         if let Some(m) = &manager {
             let (term, state) = raft_term_state(m);
             let applied = m.raft.metrics().borrow().last_applied.map(|l| l.index);
-            doc.insert("RaftTerm".into(), term.into());
-            doc.insert("RaftState".into(), state.into());
-            doc.insert("IsLeader".into(), m.is_leader().into());
-            doc.insert("LastApplied".into(), applied.unwrap_or(0).into());
+            reply.manager = true;
+            reply.raft_term = term;
+            reply.raft_state = state;
+            reply.is_leader = m.is_leader();
+            reply.last_applied = applied.unwrap_or(0);
             if want_configs {
-                let names: Vec<String> = m
+                reply.configs = m
                     .store
                     .view(|d| d.configs.values().map(|c| c.name.clone()).collect());
-                doc.insert("Configs".into(), names.into());
             }
         }
         // The tasks this node's executor has seen RUNNING and still means to run.
-        let running: Vec<serde_json::Value> = executor
+        reply.running = executor
             .map(|e| {
                 let running: std::collections::HashSet<String> = e
                     .statuses()
@@ -1292,14 +1293,11 @@ impl pb::node_local_server::NodeLocal for NodeLocalService {
                 e.running_names()
                     .into_iter()
                     .filter(|(id, _)| running.contains(id))
-                    .map(|(id, name)| serde_json::json!({"ID": id, "Name": name}))
+                    .map(|(id, name)| pb::LocalTask { id, name })
                     .collect()
             })
             .unwrap_or_default();
-        doc.insert("Running".into(), running.into());
-        Ok(Response::new(pb::JsonDoc {
-            json: serde_json::Value::Object(doc).to_string(),
-        }))
+        Ok(Response::new(reply))
     }
 
     async fn exec_argv(

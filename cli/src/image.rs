@@ -85,23 +85,22 @@ pub async fn run(cmd: ImageCmd, mut c: NodeLocalClient<Channel>) -> Result<(), C
                     path.display()
                 )));
             }
-            let doc = c
+            let loaded = c
                 .image_load(pb::ImageLoadRequest {
                     path: path.to_string_lossy().into_owned(),
                 })
                 .await?
                 .into_inner();
-            let refs: Vec<String> = decode(&doc)?;
             if !quiet {
-                for r in refs {
+                for r in loaded.references {
                     println!("{}", loaded_line(&r));
                 }
             }
             Ok(())
         }
         ImageCmd::Ls { format, quiet } => {
-            let doc = c.image_list(pb::Empty {}).await?.into_inner();
-            let images: Vec<ImageSummary> = decode(&doc)?;
+            let reply = c.image_list(pb::Empty {}).await?.into_inner();
+            let images: Vec<ImageSummary> = reply.images.into_iter().map(summary).collect();
             let now = SystemTime::now();
             if quiet {
                 let mut seen = std::collections::HashSet::new();
@@ -126,9 +125,24 @@ pub async fn run(cmd: ImageCmd, mut c: NodeLocalClient<Channel>) -> Result<(), C
     }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(doc: &pb::JsonDoc) -> Result<T, CliError> {
-    serde_json::from_str(&doc.json)
-        .map_err(|e| CliError(format!("Error: unexpected answer from the daemon: {e}")))
+/// An image summary in its wire form (the daemon's `image_list`).
+pub fn summary_to_wire(i: &ImageSummary) -> pb::ImageSummary {
+    pb::ImageSummary {
+        reference: i.reference.clone(),
+        id: i.id.clone(),
+        size: i.size,
+        created: i.created.clone(),
+    }
+}
+
+/// The image summary a wire message carries.
+fn summary(i: pb::ImageSummary) -> ImageSummary {
+    ImageSummary {
+        reference: i.reference,
+        id: i.id,
+        size: i.size,
+        created: i.created,
+    }
 }
 
 /// `Loaded image: busybox:latest`, or `Loaded image ID: sha256:…` for an untagged image.
@@ -334,5 +348,18 @@ mod tests {
         );
         let text = table(&LS_HEADERS, &rows);
         assert!(text.starts_with("REPOSITORY   TAG   IMAGE ID"), "{text}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn summaries_round_trip(
+            reference in "[a-z0-9/:._-]{0,12}",
+            id in "[a-z0-9:]{0,12}",
+            size in proptest::prelude::any::<u64>(),
+            created in "[0-9TZ:.-]{0,12}",
+        ) {
+            let i = ImageSummary { reference, id, size, created };
+            proptest::prop_assert_eq!(summary(summary_to_wire(&i)), i);
+        }
     }
 }

@@ -11,7 +11,8 @@ use proto::security::{JoinToken, Role};
 use tonic::Status;
 
 use crate::error::ApiError;
-use crate::manager::{pb_node, update_with_retry, Manager};
+use crate::manager::{update_with_retry, Manager};
+use crate::raft::NodeId;
 use crate::store::{Availability, Kind, NodeState, Object, Op, StoreData, Txn};
 
 pub use crate::limits::{validate_settings, MIN_CERT_EXPIRY, MIN_HEARTBEAT};
@@ -33,6 +34,84 @@ fn pb_cluster(c: &crate::store::Cluster) -> pb::ClusterInfo {
         autolock: c.unlock_key.is_some(),
         max_replicas: c.limits.max_replicas,
         max_tasks: c.limits.max_tasks,
+    }
+}
+
+impl From<Availability> for pb::NodeAvailability {
+    fn from(a: Availability) -> Self {
+        match a {
+            Availability::Active => pb::NodeAvailability::Active,
+            Availability::Pause => pb::NodeAvailability::Pause,
+            Availability::Drain => pb::NodeAvailability::Drain,
+        }
+    }
+}
+
+/// The availability a request asks for: UNSPECIFIED is `None` ("unchanged"); a value this
+/// version does not know is refused with the field named.
+fn requested_availability(v: i32) -> Result<Option<Availability>, ApiError> {
+    match pb::NodeAvailability::try_from(v) {
+        Ok(pb::NodeAvailability::Unspecified) => Ok(None),
+        Ok(pb::NodeAvailability::Active) => Ok(Some(Availability::Active)),
+        Ok(pb::NodeAvailability::Pause) => Ok(Some(Availability::Pause)),
+        Ok(pb::NodeAvailability::Drain) => Ok(Some(Availability::Drain)),
+        Err(_) => Err(ApiError::invalid(
+            "UpdateNodeRequest.set_availability",
+            format!("unknown value {v}: expected active, pause or drain"),
+        )),
+    }
+}
+
+impl From<NodeState> for pb::NodeState {
+    fn from(s: NodeState) -> Self {
+        match s {
+            NodeState::Unknown => pb::NodeState::Unknown,
+            NodeState::Ready => pb::NodeState::Ready,
+            NodeState::Down => pb::NodeState::Down,
+            NodeState::Disconnected => pb::NodeState::Disconnected,
+        }
+    }
+}
+
+/// A node in its wire form; `leader` is the raft id of the current leader.
+pub fn pb_node(n: &crate::store::Node, leader: Option<NodeId>) -> pb::Node {
+    let is_leader = n.role == Role::Manager && leader == Some(n.raft_id);
+    let reachability = if n.role != Role::Manager {
+        pb::ManagerReachability::None
+    } else if is_leader {
+        pb::ManagerReachability::Leader
+    } else if n.state == NodeState::Ready {
+        pb::ManagerReachability::Reachable
+    } else {
+        pb::ManagerReachability::Unreachable
+    };
+    pb::Node {
+        id: n.id.clone(),
+        version: n.version,
+        cert_role: pb::NodeRole::from(n.role) as i32,
+        spec_role: pb::NodeRole::from(n.desired_role) as i32,
+        spec_availability: pb::NodeAvailability::from(n.availability) as i32,
+        labels: n
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        description: Some(pb::NodeDescription {
+            hostname: n.description.hostname.clone(),
+            addr: n.description.addr.clone(),
+            platform: n.description.platform.clone(),
+            engine_version: n.description.engine_version.clone(),
+            nano_cpus: n.description.nano_cpus,
+            memory_bytes: n.description.memory_bytes,
+        }),
+        state: pb::NodeState::from(n.state) as i32,
+        status_message: n.status_message.clone(),
+        reachability: reachability as i32,
+        raft_id: n.raft_id,
+        created_at_ms: n.created_at_ms,
+        updated_at_ms: n.updated_at_ms,
+        cert_not_after_ms: n.cert_not_after_ms,
+        leader: is_leader,
     }
 }
 
@@ -135,18 +214,9 @@ impl ControlApi {
     }
 
     pub async fn update_node(&self, req: pb::UpdateNodeRequest) -> Result<pb::Node, Status> {
-        let availability = match req.availability.as_str() {
-            "" => None,
-            s => Some(Availability::parse(s).ok_or_else(|| {
-                ApiError::InvalidArgument(format!(
-                    "invalid availability {s:?}: expected active, pause or drain"
-                ))
-            })?),
-        };
-        let role = match req.desired_role.as_str() {
-            "" => None,
-            s => Some(s.parse::<Role>().map_err(ApiError::InvalidArgument)?),
-        };
+        let availability = requested_availability(req.set_availability)?;
+        let role = proto::convert_api::requested_role("UpdateNodeRequest.set_role", req.set_role)
+            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
         let mut adds = Vec::new();
         for l in &req.label_add {
             let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
@@ -249,5 +319,47 @@ impl ControlApi {
         })
         .await?;
         Ok(pb::Empty {})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// What a node's availability is on the wire is what an update asking for it sets.
+        #[test]
+        fn availabilities_round_trip(a in prop::sample::select(vec![
+            Availability::Active,
+            Availability::Pause,
+            Availability::Drain,
+        ])) {
+            let v = pb::NodeAvailability::from(a) as i32;
+            prop_assert_eq!(requested_availability(v).ok(), Some(Some(a)));
+            prop_assert_eq!(pb::NodeAvailability::from(a).label(), a.as_str());
+        }
+
+        #[test]
+        fn node_states_read_as_before(s in prop::sample::select(vec![
+            NodeState::Unknown,
+            NodeState::Ready,
+            NodeState::Down,
+            NodeState::Disconnected,
+        ])) {
+            let wire = pb::NodeState::try_from(pb::NodeState::from(s) as i32);
+            prop_assert_eq!(wire.map(|w| w.label()), Ok(s.as_str()));
+        }
+    }
+
+    #[test]
+    fn an_unknown_availability_is_refused_naming_the_field() {
+        assert!(matches!(requested_availability(0), Ok(None)));
+        let e = Status::from(requested_availability(9).unwrap_err());
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            e.message(),
+            "UpdateNodeRequest.set_availability: unknown value 9: expected active, pause or drain"
+        );
     }
 }

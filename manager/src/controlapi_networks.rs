@@ -15,16 +15,15 @@ use crate::store::{Kind, Network, Object, Op, StoreData, Txn};
 /// Largest spec accepted.
 const MAX_SPEC_BYTES: usize = 64 * 1024;
 
-fn parse_spec(json: &str) -> Result<NetworkSpec, Status> {
-    if json.len() > MAX_SPEC_BYTES {
-        return Err(ApiError::InvalidArgument(format!(
-            "network spec is {} bytes; the limit is {MAX_SPEC_BYTES}",
-            json.len()
-        ))
-        .into());
-    }
-    Ok(serde_json::from_str(json)
-        .map_err(|e| ApiError::InvalidArgument(format!("malformed network spec: {e}")))?)
+/// The domain spec of a request's `spec`: absent or too large is refused with the field named.
+fn parse_spec(spec: Option<pb::NetworkSpec>) -> Result<NetworkSpec, Status> {
+    let spec = crate::controlapi_services::bounded_spec(
+        "NetworkSpecRequest.spec",
+        "network",
+        spec,
+        MAX_SPEC_BYTES,
+    )?;
+    Ok(spec.into())
 }
 
 /// What can be checked without the store: name and driver.
@@ -169,15 +168,12 @@ pub fn check_remove(d: &StoreData, n: &Network) -> Result<(), Status> {
     .into())
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> Result<pb::JsonDoc, Status> {
-    Ok(pb::JsonDoc {
-        json: serde_json::to_string(v).map_err(|e| ApiError::internal("encoding the answer", e))?,
-    })
-}
-
 impl ControlApi {
-    pub async fn create_network(&self, req: pb::NetworkSpecRequest) -> Result<pb::JsonDoc, Status> {
-        let spec = parse_spec(&req.spec_json)?;
+    pub async fn create_network(
+        &self,
+        req: pb::NetworkSpecRequest,
+    ) -> Result<pb::NetworkView, Status> {
+        let spec = parse_spec(req.spec)?;
         validate_spec(&spec)?;
         let id = random_id(25);
         let now = self.mgr.now_ms();
@@ -191,23 +187,29 @@ impl ControlApi {
                 .networks
                 .get(&id)
                 .ok_or_else(|| ApiError::internal("reading the new network", "network vanished"))?;
-            to_json(&network_view(d, n))
+            Ok(pb::NetworkView::from(&network_view(d, n)))
         })
     }
 
-    pub async fn list_networks(&self) -> Result<pb::JsonDoc, Status> {
+    pub async fn list_networks(&self) -> Result<pb::ListNetworksResponse, Status> {
+        self.mgr.linearizable().await?;
+        Ok(self.mgr.store.view(|d| pb::ListNetworksResponse {
+            networks: d
+                .networks
+                .values()
+                .map(|n| pb::NetworkView::from(&network_view(d, n)))
+                .collect(),
+        }))
+    }
+
+    pub async fn get_network(&self, req: pb::GetNetworkRequest) -> Result<pb::NetworkView, Status> {
         self.mgr.linearizable().await?;
         self.mgr.store.view(|d| {
-            let v: Vec<NetworkView> = d.networks.values().map(|n| network_view(d, n)).collect();
-            to_json(&v)
+            Ok(pb::NetworkView::from(&network_view(
+                d,
+                find_network(d, &req.id)?,
+            )))
         })
-    }
-
-    pub async fn get_network(&self, req: pb::GetNetworkRequest) -> Result<pb::JsonDoc, Status> {
-        self.mgr.linearizable().await?;
-        self.mgr
-            .store
-            .view(|d| to_json(&network_view(d, find_network(d, &req.id)?)))
     }
 
     pub async fn remove_network(&self, req: pb::GetNetworkRequest) -> Result<pb::Empty, Status> {

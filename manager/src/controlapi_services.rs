@@ -18,16 +18,31 @@ use crate::store::{
 /// Largest spec accepted (a spec is small; this bounds a malicious or mistaken request).
 const MAX_SPEC_BYTES: usize = 256 * 1024;
 
-fn parse_spec(json: &str) -> Result<ServiceSpec, Status> {
-    if json.len() > MAX_SPEC_BYTES {
-        return Err(ApiError::InvalidArgument(format!(
-            "service spec is {} bytes; the limit is {MAX_SPEC_BYTES}",
-            json.len()
-        ))
-        .into());
+/// A request's spec (`field`, a `what` spec): absent or larger than `max` bytes is refused
+/// with the field named.
+pub(crate) fn bounded_spec<W: prost::Message>(
+    field: &'static str,
+    what: &str,
+    spec: Option<W>,
+    max: usize,
+) -> Result<W, ApiError> {
+    let spec =
+        spec.ok_or_else(|| ApiError::invalid(field, format!("a {what} spec is required")))?;
+    let len = spec.encoded_len();
+    if len > max {
+        return Err(ApiError::invalid(
+            field,
+            format!("the {what} spec is {len} bytes; the limit is {max}"),
+        ));
     }
-    Ok(serde_json::from_str(json)
-        .map_err(|e| ApiError::InvalidArgument(format!("malformed service spec: {e}")))?)
+    Ok(spec)
+}
+
+/// The domain spec of a request's `spec`: absent, too large or not convertible is refused
+/// with the field named.
+fn parse_spec(field: &'static str, spec: Option<pb::ServiceSpec>) -> Result<ServiceSpec, Status> {
+    let spec = bounded_spec(field, "service", spec, MAX_SPEC_BYTES)?;
+    Ok(ServiceSpec::try_from(spec).map_err(|e| ApiError::invalid(field, e.to_string()))?)
 }
 
 /// Reject what Swarm rejects, with the field named.
@@ -368,15 +383,12 @@ pub fn service_view(d: &StoreData, s: &Service) -> ServiceView {
     }
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> Result<pb::JsonDoc, Status> {
-    Ok(pb::JsonDoc {
-        json: serde_json::to_string(v).map_err(|e| ApiError::internal("encoding the answer", e))?,
-    })
-}
-
 impl ControlApi {
-    pub async fn create_service(&self, req: pb::ServiceSpecRequest) -> Result<pb::JsonDoc, Status> {
-        let spec = parse_spec(&req.spec_json)?;
+    pub async fn create_service(
+        &self,
+        req: pb::ServiceSpecRequest,
+    ) -> Result<pb::ServiceView, Status> {
+        let spec = parse_spec("ServiceSpecRequest.spec", req.spec)?;
         validate_spec(&spec)?;
         let id = random_id(25);
         let now = self.mgr.now_ms();
@@ -413,18 +425,18 @@ impl ControlApi {
                 .services
                 .get(&id)
                 .ok_or_else(|| ApiError::internal("reading the new service", "service vanished"))?;
-            to_json(&service_view(d, s))
+            Ok(pb::ServiceView::from(&service_view(d, s)))
         })
     }
 
     pub async fn update_service(
         &self,
         req: pb::UpdateServiceRequest,
-    ) -> Result<pb::JsonDoc, Status> {
+    ) -> Result<pb::ServiceView, Status> {
         let new_spec = if req.rollback {
             None
         } else {
-            Some(parse_spec(&req.spec_json)?)
+            Some(parse_spec("UpdateServiceRequest.spec", req.spec)?)
         };
         if let Some(s) = &new_spec {
             validate_spec(s)?;
@@ -502,7 +514,7 @@ impl ControlApi {
                 .services
                 .get(&id)
                 .ok_or_else(|| Status::not_found("service removed meanwhile"))?;
-            to_json(&service_view(d, s))
+            Ok(pb::ServiceView::from(&service_view(d, s)))
         })
     }
 
@@ -531,34 +543,44 @@ impl ControlApi {
         Ok(pb::Empty {})
     }
 
-    pub async fn get_service(&self, req: pb::GetServiceRequest) -> Result<pb::JsonDoc, Status> {
-        self.mgr.linearizable().await?;
-        self.mgr
-            .store
-            .view(|d| to_json(&service_view(d, find_service(d, &req.id)?)))
-    }
-
-    pub async fn list_services(&self) -> Result<pb::JsonDoc, Status> {
+    pub async fn get_service(&self, req: pb::GetServiceRequest) -> Result<pb::ServiceView, Status> {
         self.mgr.linearizable().await?;
         self.mgr.store.view(|d| {
-            let v: Vec<ServiceView> = d.services.values().map(|s| service_view(d, s)).collect();
-            to_json(&v)
+            Ok(pb::ServiceView::from(&service_view(
+                d,
+                find_service(d, &req.id)?,
+            )))
         })
     }
 
-    pub async fn list_tasks(&self, req: pb::ListTasksRequest) -> Result<pb::JsonDoc, Status> {
+    pub async fn list_services(&self) -> Result<pb::ListServicesResponse, Status> {
         self.mgr.linearizable().await?;
-        let desired = match req.desired_state.as_str() {
-            "" => None,
-            "running" => Some(TaskState::Running),
-            "shutdown" => Some(TaskState::Shutdown),
-            "accepted" => Some(TaskState::Accepted),
-            other => {
-                return Err(ApiError::InvalidArgument(format!(
-                    "invalid desired-state filter {other:?}: use running, shutdown or accepted"
-                ))
-                .into())
-            }
+        Ok(self.mgr.store.view(|d| pb::ListServicesResponse {
+            services: d
+                .services
+                .values()
+                .map(|s| pb::ServiceView::from(&service_view(d, s)))
+                .collect(),
+        }))
+    }
+
+    pub async fn list_tasks(
+        &self,
+        req: pb::ListTasksRequest,
+    ) -> Result<pb::ListTasksResponse, Status> {
+        self.mgr.linearizable().await?;
+        let desired = match req.desired {
+            None => None,
+            Some(v) => match pb::TaskState::try_from(v) {
+                Ok(s) => Some(TaskState::from(s)),
+                Err(_) => {
+                    return Err(ApiError::invalid(
+                        "ListTasksRequest.desired",
+                        format!("unknown task state {v}"),
+                    )
+                    .into())
+                }
+            },
         };
         self.mgr.store.view(|d| {
             let service = match req.service.as_str() {
@@ -609,7 +631,9 @@ impl ControlApi {
                         std::cmp::Reverse(b.created_at_ms),
                     ))
             });
-            to_json(&out)
+            Ok(pb::ListTasksResponse {
+                tasks: out.iter().map(Into::into).collect(),
+            })
         })
     }
 }
@@ -751,9 +775,27 @@ mod tests {
         assert!(validate_spec(&s).is_ok());
         s.task.env = vec!["X=1".into(); proto::limits::MAX_ENV_ENTRIES + 1];
         assert!(validate_spec(&s).unwrap_err().message().contains("--env"));
-        assert!(parse_spec(&"x".repeat(MAX_SPEC_BYTES + 1))
+        let mut big = pb::ServiceSpec::from(&spec("web"));
+        big.name = "x".repeat(MAX_SPEC_BYTES + 1);
+        assert!(parse_spec("ServiceSpecRequest.spec", Some(big))
             .unwrap_err()
             .message()
-            .contains("limit"));
+            .starts_with("ServiceSpecRequest.spec: the service spec is"));
+        let e = parse_spec("ServiceSpecRequest.spec", None).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            e.message(),
+            "ServiceSpecRequest.spec: a service spec is required"
+        );
+        let mut no_task = pb::ServiceSpec::from(&spec("web"));
+        no_task.task = None;
+        let e = parse_spec("UpdateServiceRequest.spec", Some(no_task)).unwrap_err();
+        assert_eq!(
+            (e.code(), e.message()),
+            (
+                tonic::Code::InvalidArgument,
+                "UpdateServiceRequest.spec: ServiceSpec.task: missing"
+            )
+        );
     }
 }

@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::BasicNode;
-use proto::pb;
 use proto::transport::{client_config, serve_tls, tls_channel, Credentials};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -798,49 +797,5 @@ fn update_status(mgr: &Manager, e: UpdateError<Status>) -> Status {
         UpdateError::Build(s) => s,
         UpdateError::Propose(e) => e.into_status(mgr),
         UpdateError::Contended => ApiError::Conflict(e.to_string()).into(),
-    }
-}
-
-/// Convert to the wire form.
-pub fn pb_node(n: &crate::store::Node, leader: Option<NodeId>) -> pb::Node {
-    use crate::store::NodeState;
-    use proto::security::Role;
-    let is_leader = n.role == Role::Manager && leader == Some(n.raft_id);
-    let manager_status = if n.role != Role::Manager {
-        ""
-    } else if is_leader {
-        "leader"
-    } else if n.state == NodeState::Ready {
-        "reachable"
-    } else {
-        "unreachable"
-    };
-    pb::Node {
-        id: n.id.clone(),
-        version: n.version,
-        role: n.role.as_str().into(),
-        desired_role: n.desired_role.as_str().into(),
-        availability: n.availability.as_str().into(),
-        labels: n
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        description: Some(pb::NodeDescription {
-            hostname: n.description.hostname.clone(),
-            addr: n.description.addr.clone(),
-            platform: n.description.platform.clone(),
-            engine_version: n.description.engine_version.clone(),
-            nano_cpus: n.description.nano_cpus,
-            memory_bytes: n.description.memory_bytes,
-        }),
-        status: n.state.as_str().into(),
-        status_message: n.status_message.clone(),
-        manager_status: manager_status.into(),
-        raft_id: n.raft_id,
-        created_at_ms: n.created_at_ms,
-        updated_at_ms: n.updated_at_ms,
-        cert_not_after_ms: n.cert_not_after_ms,
-        leader: is_leader,
     }
 }

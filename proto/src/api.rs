@@ -1,4 +1,6 @@
-//! The objects the control API returns for services and tasks (JSON inside gRPC messages).
+//! The objects the control API returns for services, tasks and networks. On the wire they are
+//! protobuf messages ([`crate::convert_api`]); serde gives the JSON that `inspect` and
+//! `--format json` print, so their field names are user-visible.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,5 +1,6 @@
 //! Conversions between the domain types ([`crate::spec`]) and their protobuf messages
-//! ([`crate::pb`]) for what the dispatcher session carries.
+//! ([`crate::pb`]) for what the dispatcher session carries; [`crate::convert_api`] does the
+//! same for the control API and the node-local API.
 //!
 //! Domain to wire is `From` (it cannot fail); wire to domain is `TryFrom` with a
 //! [`ConvertError`] naming the field, since the wire comes from another process. Enum values
@@ -31,7 +32,7 @@ pub enum ConvertError {
     OutOfRange { field: &'static str, value: u64 },
 }
 
-type Result<T> = std::result::Result<T, ConvertError>;
+pub(crate) type Result<T> = std::result::Result<T, ConvertError>;
 
 fn addr(field: &'static str, s: &str) -> Result<Ipv4Addr> {
     s.parse().map_err(|_| ConvertError::BadAddr {
@@ -59,11 +60,11 @@ fn port(field: &'static str, v: u32) -> Result<u16> {
     })
 }
 
-fn strict<T: TryFrom<i32>>(field: &'static str, v: i32) -> Result<T> {
+pub(crate) fn strict<T: TryFrom<i32>>(field: &'static str, v: i32) -> Result<T> {
     T::try_from(v).map_err(|_| ConvertError::UnknownEnum { field, value: v })
 }
 
-fn lenient<T: TryFrom<i32>>(field: &'static str, v: i32, fallback: T) -> T {
+pub(crate) fn lenient<T: TryFrom<i32>>(field: &'static str, v: i32, fallback: T) -> T {
     T::try_from(v).unwrap_or_else(|_| {
         tracing::debug!(field, value = v, "unknown enum value: using the default");
         fallback
@@ -891,4 +892,4 @@ impl NetAssembler {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod convert;
+pub mod convert_api;
 pub mod limits;
 pub mod reference;
 pub mod security;

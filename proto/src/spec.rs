@@ -1,6 +1,7 @@
 //! Service and task specifications: what users write (through the CLI) and what the managers
-//! store and send to workers. Shared by every crate. The control API carries them as JSON;
-//! the dispatcher session as protobuf messages ([`crate::convert`]).
+//! store and send to workers. Shared by every crate. On the wire they travel as protobuf
+//! messages ([`crate::convert`] for the dispatcher session, [`crate::convert_api`] for the
+//! control API).
 
 use std::collections::BTreeMap;
 use std::fmt;

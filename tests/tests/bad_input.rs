@@ -158,7 +158,7 @@ fn bad_mounts_from_an_api_client_are_refused_and_nothing_is_created() -> Result<
     let (d, _) = swarm()?;
     use proto::spec::{Mount, MountKind, ServiceMode, ServiceSpec, TaskSpec};
     let spec = |name: &str, mounts: Vec<Mount>| {
-        serde_json::to_string(&ServiceSpec {
+        Some(pb::ServiceSpec::from(&ServiceSpec {
             name: name.into(),
             labels: Default::default(),
             mode: ServiceMode::Replicated { replicas: 1 },
@@ -170,8 +170,7 @@ fn bad_mounts_from_an_api_client_are_refused_and_nothing_is_created() -> Result<
             update: Default::default(),
             rollback: Default::default(),
             endpoint: Default::default(),
-        })
-        .expect("a spec serialises")
+        }))
     };
     let m = |kind, source: &str, target: &str| Mount {
         kind,
@@ -206,7 +205,7 @@ fn bad_mounts_from_an_api_client_are_refused_and_nothing_is_created() -> Result<
         for (mounts, want) in &bad {
             let e = c
                 .create_service(pb::ServiceSpecRequest {
-                    spec_json: spec("bad", mounts.clone()),
+                    spec: spec("bad", mounts.clone()),
                 })
                 .await
                 .err()
@@ -216,13 +215,13 @@ fn bad_mounts_from_an_api_client_are_refused_and_nothing_is_created() -> Result<
         }
         // A good service, then a bad update of it: refused, the spec unchanged.
         c.create_service(pb::ServiceSpecRequest {
-            spec_json: spec("good", vec![m(MountKind::Tmpfs, "", "/x")]),
+            spec: spec("good", vec![m(MountKind::Tmpfs, "", "/x")]),
         })
         .await?;
         let e = c
             .update_service(pb::UpdateServiceRequest {
                 id: "good".into(),
-                spec_json: spec("good", bad[0].0.clone()),
+                spec: spec("good", bad[0].0.clone()),
                 ..Default::default()
             })
             .await

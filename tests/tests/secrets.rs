@@ -31,7 +31,7 @@ async fn client(lab: &LabGuard, host: &str) -> Result<ControlClient<Channel>> {
     Ok(ControlClient::new(ch))
 }
 
-fn spec(name: &str, secrets: &[&str], mode: ServiceMode) -> String {
+fn spec(name: &str, secrets: &[&str], mode: ServiceMode) -> Option<pb::ServiceSpec> {
     let s = ServiceSpec {
         name: name.into(),
         labels: Default::default(),
@@ -51,7 +51,7 @@ fn spec(name: &str, secrets: &[&str], mode: ServiceMode) -> String {
         rollback: Default::default(),
         endpoint: Default::default(),
     };
-    serde_json::to_string(&s).expect("spec json")
+    Some(pb::ServiceSpec::from(&s))
 }
 
 fn create_req(name: &str, data: &[u8]) -> pb::CreateFileObjectRequest {
@@ -191,13 +191,13 @@ fn lab_secrets_configs_and_logs() -> Result<()> {
         // ---- services naming secrets.
         let unknown = m2
             .create_service(pb::ServiceSpecRequest {
-                spec_json: spec("api", &["nope"], ServiceMode::Replicated { replicas: 1 }),
+                spec: spec("api", &["nope"], ServiceMode::Replicated { replicas: 1 }),
             })
             .await
             .unwrap_err();
         ensure!(unknown.message() == "secret not found: nope", "{unknown:?}");
         m2.create_service(pb::ServiceSpecRequest {
-            spec_json: spec("web", &["db-password"], ServiceMode::Global),
+            spec: spec("web", &["db-password"], ServiceMode::Global),
         })
         .await?;
         let in_use = m3

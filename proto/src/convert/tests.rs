@@ -5,19 +5,19 @@ use proptest::prelude::*;
 use super::*;
 use crate::spec::*;
 
-fn s() -> impl Strategy<Value = String> {
+pub(crate) fn s() -> impl Strategy<Value = String> {
     "[a-z0-9/=._-]{0,8}"
 }
 
-fn strings() -> impl Strategy<Value = Vec<String>> {
+pub(crate) fn strings() -> impl Strategy<Value = Vec<String>> {
     prop::collection::vec(s(), 0..3)
 }
 
-fn ip() -> impl Strategy<Value = Ipv4Addr> {
+pub(crate) fn ip() -> impl Strategy<Value = Ipv4Addr> {
     any::<u32>().prop_map(Ipv4Addr::from)
 }
 
-fn state() -> impl Strategy<Value = TaskState> {
+pub(crate) fn state() -> impl Strategy<Value = TaskState> {
     prop::sample::select(
         ALL_STATES
             .iter()
@@ -26,7 +26,7 @@ fn state() -> impl Strategy<Value = TaskState> {
     )
 }
 
-fn status() -> impl Strategy<Value = TaskStatus> {
+pub(crate) fn status() -> impl Strategy<Value = TaskStatus> {
     (state(), s(), s(), any::<Option<i32>>(), any::<i64>()).prop_map(
         |(state, message, err, exit_code, timestamp_ms)| TaskStatus {
             state,
@@ -38,14 +38,14 @@ fn status() -> impl Strategy<Value = TaskStatus> {
     )
 }
 
-fn file_refs() -> impl Strategy<Value = Vec<FileRef>> {
+pub(crate) fn file_refs() -> impl Strategy<Value = Vec<FileRef>> {
     prop::collection::vec(
         (s(), s()).prop_map(|(name, target)| FileRef { name, target }),
         0..3,
     )
 }
 
-fn task_spec() -> impl Strategy<Value = TaskSpec> {
+pub(crate) fn task_spec() -> impl Strategy<Value = TaskSpec> {
     let head = (s(), strings(), strings(), strings(), any::<[u64; 5]>());
     let restart = (
         prop::sample::select(vec![
@@ -159,7 +159,7 @@ fn task_spec() -> impl Strategy<Value = TaskSpec> {
     )
 }
 
-fn task_network() -> impl Strategy<Value = TaskNetwork> {
+pub(crate) fn task_network() -> impl Strategy<Value = TaskNetwork> {
     (
         s(),
         s(),
@@ -228,7 +228,7 @@ fn assignment() -> impl Strategy<Value = Assignment> {
         )
 }
 
-fn port_config() -> impl Strategy<Value = PortConfig> {
+pub(crate) fn port_config() -> impl Strategy<Value = PortConfig> {
     (
         prop::sample::select(vec![PortProtocol::Tcp, PortProtocol::Udp]),
         any::<(u16, u16)>(),
@@ -328,7 +328,7 @@ fn node_net_state() -> impl Strategy<Value = NodeNetState> {
 }
 
 /// Through the protobuf encoding too: what the peer decodes is what was sent.
-fn wire<M: prost::Message + Default>(m: M) -> M {
+pub(crate) fn wire<M: prost::Message + Default>(m: M) -> M {
     M::decode(m.encode_to_vec().as_slice()).expect("decode what was encoded")
 }
 

@@ -182,19 +182,6 @@ impl ImageStore {
     pub fn list(&self) -> Result<Vec<ImageSummary>, ImageError> {
         store::list(&self.root)
     }
-
-    /// The daemon's `NodeLocal.ImageLoad`: the JSON document (an array of references) the
-    /// CLI prints as `Loaded image: REF` lines.
-    pub fn load_json(&self, tarball: &Path) -> Result<String, ImageError> {
-        let refs = self.load(tarball)?;
-        serde_json::to_string(&refs).map_err(|e| ImageError::Format(e.to_string()))
-    }
-
-    /// The daemon's `NodeLocal.ImageList`: a JSON array of [`ImageSummary`].
-    pub fn list_json(&self) -> Result<String, ImageError> {
-        let list = self.list()?;
-        serde_json::to_string(&list).map_err(|e| ImageError::Format(e.to_string()))
-    }
 }
 
 /// Runs file-system work off the async threads.
