@@ -533,8 +533,8 @@ fn lab_real_containers() -> Result<()> {
     // RUNNING, and ender either FAILED (7) or, once the managers no longer assign the ended
     // task, forgotten.
     ensure!(recorded(&keep_id)?.0 == TaskState::Running, "keep: {:?}", recorded(&keep_id));
-    let (tasks, _) = worker::executor::table::read(&table)?;
-    let ender_now = tasks.get(&ender_id).map(|r| (r.state, r.exit_code));
+    let (recorded_now, _) = worker::executor::table::read(&table)?;
+    let ender_now = recorded_now.get(&ender_id).map(|r| (r.state, r.exit_code));
     ensure!(
         matches!(ender_now, None | Some((TaskState::Failed, Some(7)))),
         "ender: {ender_now:?}"
