@@ -503,8 +503,16 @@ fn lab_real_containers() -> Result<()> {
         })?;
         Ok((rec.state, rec.exit_code))
     };
-    ensure!(recorded(&keep_id)?.0 == TaskState::Running, "keep: {:?}", recorded(&keep_id));
-    ensure!(recorded(&ender_id)?.0 == TaskState::Running, "ender: {:?}", recorded(&ender_id));
+    ensure!(
+        recorded(&keep_id)?.0 == TaskState::Running,
+        "keep: {:?}",
+        recorded(&keep_id)
+    );
+    ensure!(
+        recorded(&ender_id)?.0 == TaskState::Running,
+        "ender: {:?}",
+        recorded(&ender_id)
+    );
     let mut lab = lab;
     lab.lab.kill_daemon("w1").map_err(|e| anyhow!("{e}"))?;
     let exit_file = lab
@@ -532,7 +540,11 @@ fn lab_real_containers() -> Result<()> {
     // The restarted daemon went on with the table it had written: keep is still recorded
     // RUNNING, and ender either FAILED (7) or, once the managers no longer assign the ended
     // task, forgotten.
-    ensure!(recorded(&keep_id)?.0 == TaskState::Running, "keep: {:?}", recorded(&keep_id));
+    ensure!(
+        recorded(&keep_id)?.0 == TaskState::Running,
+        "keep: {:?}",
+        recorded(&keep_id)
+    );
     let (recorded_now, _) = worker::executor::table::read(&table)?;
     let ender_now = recorded_now.get(&ender_id).map(|r| (r.state, r.exit_code));
     ensure!(

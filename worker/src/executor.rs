@@ -1273,7 +1273,11 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(seed);
         let runtime = Arc::new(FakeRuntime::new(Duration::from_millis(20)));
         let (tx, mut rx) = mpsc::channel(64);
-        let executor = Executor::new(runtime.clone(), tx);
+        // On disk, and read while it changes: thousands of changes, so it compacts too.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(table::FILE);
+        let table = TaskTable::open(&path).unwrap();
+        let executor = Executor::with_table(runtime.clone(), tx, table);
         let collector = tokio::spawn(async move {
             let mut reports = vec![];
             while let Some(report) = rx.recv().await {
@@ -1342,12 +1346,31 @@ mod tests {
                 executor.apply(false, upsert, removed);
             }
             tokio::time::sleep(Duration::from_millis(rng.gen_range(0..100))).await;
+            if round % 10 == 5 {
+                let (recorded, recovery) = table::read(&path).unwrap();
+                assert_eq!(recovery.journal_dropped_bytes, 0, "seed {seed}");
+                assert!(recorded.len() <= TASKS, "seed {seed}");
+            }
         }
+        let mid = executor.inner.table.io_stats();
+        println!("seed {seed}: task table {mid:?}");
+        // Fewer tasks than COMPACT_MIN: one compaction per COMPACT_MIN records, after the
+        // one on open (the runs here write about 5,000).
+        assert_eq!(
+            mid.snapshots,
+            1 + mid.journal_records / table::COMPACT_MIN,
+            "seed {seed}: {mid:?}"
+        );
         executor.apply(true, vec![], vec![]);
         tokio::time::sleep(Duration::from_secs(3600)).await;
 
         assert!(executor.statuses().is_empty(), "seed {seed}: all forgotten");
         assert_eq!(runtime.task_count(), 0, "seed {seed}: all removed");
+        let (recorded, _) = table::read(&path).unwrap();
+        assert!(
+            recorded.is_empty(),
+            "seed {seed}: the table forgot them all"
+        );
         executor.shutdown().await;
         drop(executor);
         let reports = collector.await.unwrap();

@@ -477,6 +477,9 @@ fn parse_header(
 struct Loaded {
     tasks: BTreeMap<String, TaskRecord>,
     generation: u64,
+    /// The journal read was newer than the snapshot read: a compaction happened in between
+    /// (only a reader beside an open table sees this).
+    raced: bool,
     recovery: Recovery,
 }
 
@@ -546,6 +549,7 @@ fn load(path: &Path) -> Result<Loaded, TableError> {
         },
     };
     let mut generation = snapshot_gen.unwrap_or(0);
+    let mut raced = false;
     let journal = journal_path(path);
     if let Some(bytes) = read_file(&journal)? {
         let (lines, torn) = split(&bytes);
@@ -565,6 +569,7 @@ fn load(path: &Path) -> Result<Loaded, TableError> {
                     ));
                 }
                 Ok(h) => {
+                    raced = snapshot_gen.is_some_and(|g| h.generation > g);
                     generation = generation.max(h.generation);
                     let mut applied = 0usize;
                     for line in records {
@@ -589,6 +594,7 @@ fn load(path: &Path) -> Result<Loaded, TableError> {
     Ok(Loaded {
         tasks,
         generation,
+        raced,
         recovery,
     })
 }
@@ -596,7 +602,14 @@ fn load(path: &Path) -> Result<Loaded, TableError> {
 /// The records the table at `path` holds, read without writing anything (a table may be open
 /// on these files meanwhile), and what damage was passed over.
 pub fn read(path: &Path) -> Result<(BTreeMap<String, TaskRecord>, Recovery), TableError> {
-    let loaded = load(path)?;
+    let mut loaded = load(path)?;
+    // The table compacted between the snapshot and the journal: read the new pair.
+    for _ in 0..10 {
+        if !loaded.raced {
+            break;
+        }
+        loaded = load(path)?;
+    }
     Ok((loaded.tasks, loaded.recovery))
 }
 
