@@ -57,6 +57,9 @@ pub const COMPACT_MIN: u64 = 4096;
 /// What the header line names itself, so a stray file is not read as a table.
 const MAGIC: &str = "shoal-task-table";
 
+/// The records, by task id.
+pub type Tasks = BTreeMap<String, TaskRecord>;
+
 /// One task as the executor last saw it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskRecord {
@@ -193,7 +196,7 @@ pub struct TaskTable {
 }
 
 struct State {
-    tasks: BTreeMap<String, TaskRecord>,
+    tasks: Tasks,
     disk: Option<Disk>,
     stats: IoStats,
 }
@@ -274,7 +277,7 @@ impl TaskTable {
     }
 
     /// Every record, by task id.
-    pub fn records(&self) -> BTreeMap<String, TaskRecord> {
+    pub fn records(&self) -> Tasks {
         self.lock().tasks.clone()
     }
 
@@ -439,8 +442,8 @@ fn split(bytes: &[u8]) -> (Vec<&[u8]>, &[u8]) {
     (lines, rest)
 }
 
-/// Reads a header line: `Ok(None)` when it is not one (torn, garbage: a crash's leftovers),
-/// an error only for a newer version.
+/// Reads a header line: `Ok(Err(why))` when it is not one (torn, garbage: a crash's
+/// leftovers, passed over), an error only for a version this shoal does not read.
 fn parse_header(
     path: &Path,
     line: &[u8],
@@ -475,7 +478,7 @@ fn parse_header(
 }
 
 struct Loaded {
-    tasks: BTreeMap<String, TaskRecord>,
+    tasks: Tasks,
     generation: u64,
     /// The journal read was newer than the snapshot read: a compaction happened in between
     /// (only a reader beside an open table sees this).
@@ -495,10 +498,7 @@ fn read_file(path: &Path) -> Result<Option<Vec<u8>>, TableError> {
 }
 
 /// The snapshot's records and generation, or why it is ignored.
-fn load_snapshot(
-    path: &Path,
-    bytes: &[u8],
-) -> Result<Result<(BTreeMap<String, TaskRecord>, u64), String>, TableError> {
+fn load_snapshot(path: &Path, bytes: &[u8]) -> Result<Result<(Tasks, u64), String>, TableError> {
     let (lines, torn) = split(bytes);
     let Some((first, records)) = lines.split_first() else {
         return Ok(Err("empty (half-written?)".into()));
@@ -601,7 +601,7 @@ fn load(path: &Path) -> Result<Loaded, TableError> {
 
 /// The records the table at `path` holds, read without writing anything (a table may be open
 /// on these files meanwhile), and what damage was passed over.
-pub fn read(path: &Path) -> Result<(BTreeMap<String, TaskRecord>, Recovery), TableError> {
+pub fn read(path: &Path) -> Result<(Tasks, Recovery), TableError> {
     let mut loaded = load(path)?;
     // The table compacted between the snapshot and the journal: read the new pair.
     for _ in 0..10 {
@@ -619,7 +619,7 @@ pub fn read(path: &Path) -> Result<(BTreeMap<String, TaskRecord>, Recovery), Tab
 /// generation tells the reader to skip it.
 fn compact(
     path: &Path,
-    tasks: &BTreeMap<String, TaskRecord>,
+    tasks: &Tasks,
     generation: u64,
     stats: &mut IoStats,
 ) -> Result<File, TableError> {
