@@ -392,8 +392,8 @@ impl Executor {
     }
 
     /// Stop driving: every driver ends at its next await, leaving processes as they are (a
-    /// restarted agent adopts them), and this returns once all have ended.
-    /// The task table is synced to disk last (every change is already written to it).
+    /// restarted agent adopts them), and this returns once all have ended. The task table is
+    /// synced to disk last (every change is already written to it).
     pub async fn shutdown(&self) {
         self.inner.cancel.cancel();
         self.inner.tracker.close();

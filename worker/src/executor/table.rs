@@ -651,7 +651,7 @@ fn compact(
 }
 
 /// Replaces `path` with `bytes` atomically and durably: a temporary file, fsync, rename, fsync
-/// of the directory.
+/// of the directory. The file is the node's alone (mode 0600), like the rest of its state.
 fn replace(path: &Path, bytes: &[u8]) -> Result<(), TableError> {
     let io = |source| TableError::Io {
         path: path.to_path_buf(),
@@ -661,7 +661,16 @@ fn replace(path: &Path, bytes: &[u8]) -> Result<(), TableError> {
     tmp_name.push(".tmp");
     let tmp = PathBuf::from(tmp_name);
     {
-        let mut f = File::create(&tmp).map_err(io)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        // A leftover from a crash would keep its own mode.
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io)?;
         f.write_all(bytes).map_err(io)?;
         f.sync_all().map_err(io)?;
     }
@@ -757,6 +766,11 @@ mod tests {
         assert_eq!(read(&path).unwrap().1.journal_records, 0);
         let snapshot = std::fs::read_to_string(&path).unwrap();
         let first = snapshot.lines().next().unwrap();
+        for file in [path.clone(), journal_path(&path)] {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+        }
         assert!(
             first.contains(&format!("\"version\":{SCHEMA_VERSION}")) && first.contains(MAGIC),
             "{first}"
