@@ -312,12 +312,18 @@ impl Node {
         let cancel = CancellationToken::new();
         // One executor per swarm membership; its report channel goes to this agent.
         let (reports_tx, reports_rx) = mpsc::channel(4096);
-        // The executor's task table stays in memory: it is written whole on every state
-        // change, which a node with tens of thousands of tasks cannot afford (it must be
-        // written behind, in batches, before it goes to disk).
-        let executor = Arc::new(worker::executor::Executor::new(
+        // The executor's task table lives beside the node's state, apart from the runtime's
+        // directories, so a restarted daemon restores from what this one recorded.
+        let table_path = self.cfg.data_dir.join(worker::executor::table::FILE);
+        let table = worker::executor::table::TaskTable::open(&table_path).unwrap_or_else(|e| {
+            tracing::error!(path = %table_path.display(), error = %e,
+                "cannot read the task table: restoring from the runtime alone");
+            worker::executor::table::TaskTable::in_memory()
+        });
+        let executor = Arc::new(worker::executor::Executor::with_table(
             self.runtime.clone(),
             reports_tx,
+            table,
         ));
         inner.executor = Some(executor.clone());
         let agent = Agent::new(
@@ -1175,10 +1181,14 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
         .add_service(local)
         .serve_with_incoming_shutdown(proto::transport::serve_unix(listener), shutdown.cancelled())
         .await?;
-    // Orderly stop: agent first, then the manager (raft flushes on shutdown).
+    // Orderly stop: agent first (its executor leaves the tasks running for the next start
+    // to adopt, and syncs its task table), then the manager (raft flushes on shutdown).
     let mut inner = node.inner.lock().await;
     if let Some(c) = inner.agent.take() {
         c.cancel();
+    }
+    if let Some(e) = inner.executor.take() {
+        e.shutdown().await;
     }
     if let Some(m) = inner.manager.take() {
         m.shutdown().await;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use harness::{eventually, in_netns, LabGuard};
+use proto::spec::TaskState;
 use serde_json::Value;
 
 const HEARTBEAT: Duration = Duration::from_millis(500);
@@ -492,6 +493,26 @@ fn lab_real_containers() -> Result<()> {
     let keep_id = keep["ID"].as_str().unwrap_or_default().to_string();
     let ender_id = ender["ID"].as_str().unwrap_or_default().to_string();
     let pid_before = container_pid(&lab, "w1", &keep_id)?;
+    // The worker's task table (beside its state, read as the daemon reads it) records both.
+    let table = lab.host_data_dir("w1")?.join(worker::executor::table::FILE);
+    let recorded = |id: &str| -> Result<(TaskState, Option<i32>)> {
+        let (tasks, _) = worker::executor::table::read(&table)?;
+        let rec = tasks.get(id).with_context(|| {
+            let ids: Vec<_> = tasks.keys().collect();
+            format!("{id} not in the task table {} ({ids:?})", table.display())
+        })?;
+        Ok((rec.state, rec.exit_code))
+    };
+    ensure!(
+        recorded(&keep_id)?.0 == TaskState::Running,
+        "keep: {:?}",
+        recorded(&keep_id)
+    );
+    ensure!(
+        recorded(&ender_id)?.0 == TaskState::Running,
+        "ender: {:?}",
+        recorded(&ender_id)
+    );
     let mut lab = lab;
     lab.lab.kill_daemon("w1").map_err(|e| anyhow!("{e}"))?;
     let exit_file = lab
@@ -516,6 +537,20 @@ fn lab_real_containers() -> Result<()> {
         "container restarted: {pid_before} → {pid_after}"
     );
     ensure!(tasks(&lab, "keep", false)?.len() == 1, "keep was replaced");
+    // The restarted daemon went on with the table it had written: keep is still recorded
+    // RUNNING, and ender either FAILED (7) or, once the managers no longer assign the ended
+    // task, forgotten.
+    ensure!(
+        recorded(&keep_id)?.0 == TaskState::Running,
+        "keep: {:?}",
+        recorded(&keep_id)
+    );
+    let (recorded_now, _) = worker::executor::table::read(&table)?;
+    let ender_now = recorded_now.get(&ender_id).map(|r| (r.state, r.exit_code));
+    ensure!(
+        matches!(ender_now, None | Some((TaskState::Failed, Some(7)))),
+        "ender: {ender_now:?}"
+    );
 
     // on-failure counts attempts: one task and two restarts, then no more.
     create(

@@ -103,9 +103,16 @@ struct Inner {
     spawner: tokio::runtime::Handle,
     /// Tasks the runtime restored, not adopted by a driver yet; `None` once the first full
     /// assignment set has been applied (leftovers are then stopped and removed).
-    restored: Mutex<Option<HashMap<String, RestoredState>>>,
+    restored: Mutex<Option<HashMap<String, Adopt>>>,
     /// The facts live restore needs, kept by the executor (see [`table`]).
     table: TaskTable,
+}
+
+/// A task that outlived the daemon: what the runtime found of it, and what the task table
+/// recorded about it (none when the table does not list it, e.g. a table-less earlier run).
+struct Adopt {
+    found: RestoredState,
+    record: Option<TaskRecord>,
 }
 
 struct TaskHandle {
@@ -169,13 +176,17 @@ impl Executor {
     /// started again; restored tasks missing from the first full assignment set are stopped
     /// and removed. Returns how many tasks were restored.
     ///
-    /// The task table says what this executor ran; the runtime says what still exists. A task
-    /// the table lists and the runtime no longer has is gone (its container was removed while
-    /// the daemon was down) and is forgotten.
+    /// The task table says what this executor ran and how far each task got; the runtime says
+    /// what still exists and whether its process runs. A task the table lists and the runtime
+    /// no longer has is gone (its container was removed while the daemon was down) and is
+    /// forgotten. A task that both know and that the table says had ended (stopped, failed,
+    /// rejected) is adopted at that end, unless its process runs: it is neither started again
+    /// nor reported RUNNING first. A task the runtime has and the table does not list (an
+    /// earlier run without the table, a lost record) is adopted from the runtime's word alone.
     pub async fn restore(&self) -> usize {
         let restored = self.inner.runtime.restore().await;
         let count = restored.len();
-        let recorded = self.inner.table.records();
+        let mut recorded = self.inner.table.records();
         for task in &restored {
             match recorded.get(&task.task_id) {
                 Some(rec) if rec.spec_fingerprint != table::fingerprint(&task.assignment.spec) => {
@@ -198,8 +209,15 @@ impl Executor {
                 }
             }
         }
-        *lock(&self.inner.restored) =
-            Some(restored.into_iter().map(|r| (r.task_id, r.state)).collect());
+        let adopt = restored.into_iter().map(|r| {
+            let record = recorded.remove(&r.task_id);
+            let adopt = Adopt {
+                found: r.state,
+                record,
+            };
+            (r.task_id, adopt)
+        });
+        *lock(&self.inner.restored) = Some(adopt.collect());
         count
     }
 
@@ -280,12 +298,12 @@ impl Executor {
         }
         if full {
             // Whatever was restored and is not assigned any more goes away.
-            for (task_id, state) in restored.take().unwrap_or_default() {
+            for (task_id, Adopt { found, .. }) in restored.take().unwrap_or_default() {
                 let runtime = self.inner.runtime.clone();
                 let cancel = self.inner.cancel.clone();
                 let inner = self.inner.clone();
                 let cleanup = async move {
-                    if matches!(state, RestoredState::Running { .. }) {
+                    if matches!(found, RestoredState::Running { .. }) {
                         if let Err(e) = runtime.stop(&task_id, DEFAULT_STOP_GRACE).await {
                             tracing::warn!(task = %task_id, error = %e, "stopping a restored task");
                         }
@@ -374,11 +392,15 @@ impl Executor {
     }
 
     /// Stop driving: every driver ends at its next await, leaving processes as they are (a
-    /// restarted agent adopts them), and this returns once all have ended.
+    /// restarted agent adopts them), and this returns once all have ended. The task table is
+    /// synced to disk last (every change is already written to it).
     pub async fn shutdown(&self) {
         self.inner.cancel.cancel();
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
+        if let Err(e) = self.inner.table.sync() {
+            tracing::warn!(error = %e, "syncing the task table");
+        }
     }
 }
 
@@ -409,13 +431,28 @@ struct Driver {
     observed: TaskState,
     status: Arc<Mutex<Option<TaskStatus>>>,
     /// Restored by the runtime: continue from there instead of preparing again.
-    adopt: Option<RestoredState>,
+    adopt: Option<Adopt>,
 }
 
 impl Driver {
     async fn run(mut self) {
-        match self.adopt {
-            Some(RestoredState::Running { .. } | RestoredState::Exited(_)) => {
+        match self.adopt.take() {
+            Some(Adopt {
+                found: RestoredState::Created | RestoredState::Exited(_),
+                record: Some(rec),
+            }) if rec.state.is_terminal() => {
+                // It had ended before the restart (the table says how) and its container is
+                // still there: that end again (its report may have been lost with the daemon),
+                // rather than starting it again or reporting RUNNING first.
+                let message = "ended before the restart";
+                if let Flow::Exit = self.enter(rec.state, message, None, rec.exit_code).await {
+                    return;
+                }
+            }
+            Some(Adopt {
+                found: RestoredState::Running { .. } | RestoredState::Exited(_),
+                ..
+            }) => {
                 // Running (or ran while the daemon was down): report RUNNING, then the wait
                 // step finds the exit or waits for it.
                 self.observed = TaskState::Starting;
@@ -426,7 +463,10 @@ impl Driver {
                     return;
                 }
             }
-            Some(RestoredState::Created) => self.observed = TaskState::Ready,
+            Some(Adopt {
+                found: RestoredState::Created,
+                ..
+            }) => self.observed = TaskState::Ready,
             None => {}
         }
         loop {
@@ -1057,14 +1097,19 @@ mod tests {
         let t1 = assignment("t1", &[], Running);
         h.executor.apply(true, vec![t1.clone()], vec![]);
         h.states_until("t1", Running).await;
-        let rec = TaskTable::open(&path).unwrap().get("t1").expect("recorded");
+        // Read while the executor writes: the table's own reader, which writes nothing.
+        let rec = table::read(&path)
+            .unwrap()
+            .0
+            .remove("t1")
+            .expect("recorded");
         assert_eq!(rec.state, Running);
         assert_eq!(rec.spec_fingerprint, table::fingerprint(&t1.spec));
         // Unassigned: stopped, removed, and gone from the table.
         h.executor.apply(true, vec![], vec![]);
         h.states_until("t1", Shutdown).await;
         h.settle().await;
-        assert!(TaskTable::open(&path).unwrap().records().is_empty());
+        assert!(table::read(&path).unwrap().0.is_empty());
         h.executor.shutdown().await;
 
         // A restart: the table lists t2 and t9; the runtime still has t2 only.
@@ -1083,8 +1128,83 @@ mod tests {
         let (tx, _reports) = mpsc::channel(16);
         let executor = Executor::with_table(runtime, tx, TaskTable::open(&path).unwrap());
         assert_eq!(executor.restore().await, 1);
-        let left = TaskTable::open(&path).unwrap().records();
+        let left = table::read(&path).unwrap().0;
         assert_eq!(left.keys().collect::<Vec<_>>(), ["t2"]);
+    }
+
+    /// After a restart the table says how far each task got, the runtime what is left of it:
+    /// a task that had ended is adopted at its end, not started again nor reported RUNNING.
+    #[tokio::test(start_paused = true)]
+    async fn restored_tasks_resume_where_the_table_says() {
+        use crate::runtime::{Restored, RestoredState};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(table::FILE);
+        let table = TaskTable::open(&path).unwrap();
+        for (id, state, code) in [
+            // Stopped by this executor (its container still there, exited by the signal).
+            ("t1", Shutdown, Some(137)),
+            // Created, then its start failed.
+            ("t2", Rejected, None),
+            // Running when the daemon went down, exited meanwhile.
+            ("t3", Running, None),
+            // Said FAILED (stop failed), but its process runs: the runtime knows better.
+            ("t4", Failed, None),
+        ] {
+            let rec = TaskRecord::new(&assignment(id, &[], Running), state, code);
+            table.upsert(rec).unwrap();
+        }
+        drop(table);
+        let runtime = Arc::new(FakeRuntime::new(Duration::from_millis(50)));
+        let restored = |id: &str, state| Restored {
+            task_id: id.into(),
+            assignment: assignment(id, &[], Running),
+            state,
+        };
+        runtime.preload(vec![
+            restored("t1", RestoredState::Exited(137)),
+            restored("t2", RestoredState::Created),
+            restored("t3", RestoredState::Exited(1)),
+            restored("t4", RestoredState::Running { pid: 9 }),
+        ]);
+        let (tx, reports) = mpsc::channel(16);
+        let executor = Executor::with_table(runtime.clone(), tx, TaskTable::open(&path).unwrap());
+        let mut h = Harness {
+            runtime,
+            executor,
+            reports,
+        };
+        assert_eq!(h.executor.restore().await, 4);
+        let ids = ["t1", "t2", "t3", "t4"];
+        let all = ids.iter().map(|id| assignment(id, &[], Running)).collect();
+        h.executor.apply(true, all, vec![]);
+        h.settle().await;
+        let mut by_task: HashMap<String, Vec<TaskStatus>> = HashMap::new();
+        while let Ok(report) = h.reports.try_recv() {
+            by_task
+                .entry(report.task_id)
+                .or_default()
+                .push(report.status);
+        }
+        let states = |id: &str| -> Vec<TaskState> { by_task[id].iter().map(|s| s.state).collect() };
+        assert_eq!(states("t1"), [Shutdown]);
+        assert_eq!(by_task["t1"][0].exit_code, Some(137));
+        assert_eq!(by_task["t1"][0].message, "ended before the restart");
+        assert_eq!(states("t2"), [Rejected]);
+        assert_eq!(states("t3"), [Running, Failed]);
+        assert_eq!(states("t4"), [Running]);
+        let calls = h.runtime.calls();
+        for id in ids {
+            for never in ["prepare", "start"] {
+                let call = format!("{never} {id}");
+                assert!(!calls.contains(&call), "{call}: {calls:?}");
+            }
+        }
+        // The ended ones, unassigned, are removed and forgotten, in the table too.
+        h.executor.apply(true, vec![], vec![]);
+        h.settle().await;
+        let left = table::read(&path).unwrap().0;
+        assert!(left.is_empty(), "{left:?}");
+        assert_eq!(h.runtime.task_count(), 0, "{calls:?}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -1153,7 +1273,11 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(seed);
         let runtime = Arc::new(FakeRuntime::new(Duration::from_millis(20)));
         let (tx, mut rx) = mpsc::channel(64);
-        let executor = Executor::new(runtime.clone(), tx);
+        // On disk, and read while it changes: thousands of changes, so it compacts too.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(table::FILE);
+        let table = TaskTable::open(&path).unwrap();
+        let executor = Executor::with_table(runtime.clone(), tx, table);
         let collector = tokio::spawn(async move {
             let mut reports = vec![];
             while let Some(report) = rx.recv().await {
@@ -1222,12 +1346,31 @@ mod tests {
                 executor.apply(false, upsert, removed);
             }
             tokio::time::sleep(Duration::from_millis(rng.gen_range(0..100))).await;
+            if round % 10 == 5 {
+                let (recorded, recovery) = table::read(&path).unwrap();
+                assert_eq!(recovery.journal_dropped_bytes, 0, "seed {seed}");
+                assert!(recorded.len() <= TASKS, "seed {seed}");
+            }
         }
+        let mid = executor.inner.table.io_stats();
+        println!("seed {seed}: task table {mid:?}");
+        // Fewer tasks than COMPACT_MIN: one compaction per COMPACT_MIN records, after the
+        // one on open (the runs here write about 5,000).
+        assert_eq!(
+            mid.snapshots,
+            1 + mid.journal_records / table::COMPACT_MIN,
+            "seed {seed}: {mid:?}"
+        );
         executor.apply(true, vec![], vec![]);
         tokio::time::sleep(Duration::from_secs(3600)).await;
 
         assert!(executor.statuses().is_empty(), "seed {seed}: all forgotten");
         assert_eq!(runtime.task_count(), 0, "seed {seed}: all removed");
+        let (recorded, _) = table::read(&path).unwrap();
+        assert!(
+            recorded.is_empty(),
+            "seed {seed}: the table forgot them all"
+        );
         executor.shutdown().await;
         drop(executor);
         let reports = collector.await.unwrap();
