@@ -52,7 +52,7 @@ pub fn validate_spec(spec: &NetworkSpec) -> Result<(), Status> {
         return Err(ApiError::invalid(
             "spec.driver",
             format!(
-                "unsupported driver {:?}: only overlay networks are supported (--driver)",
+                "unsupported driver {:?}: only overlay networks are supported",
                 spec.driver
             ),
         )

@@ -78,7 +78,7 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
         if max_concurrent == 0 || total_completions == 0 {
             return Err(ApiError::invalid(
                 "spec.mode.replicated-job",
-                "max_concurrent and total_completions must be at least 1 (--max-concurrent, --replicas)",
+                "max_concurrent and total_completions must be at least 1",
             )
             .into());
         }
@@ -100,10 +100,7 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
         if !(0.0..=1.0).contains(&u.max_failure_ratio) {
             return Err(ApiError::invalid(
                 format!("spec.{which}.max_failure_ratio"),
-                format!(
-                    "{} must be between 0 and 1 (--{which}-max-failure-ratio)",
-                    u.max_failure_ratio
-                ),
+                format!("{} must be between 0 and 1", u.max_failure_ratio),
             )
             .into());
         }
@@ -117,7 +114,7 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), Status> {
     {
         return Err(ApiError::invalid(
             "spec.task.stop_signal",
-            format!("invalid signal {:?} (--stop-signal)", spec.task.stop_signal),
+            format!("invalid signal {:?}", spec.task.stop_signal),
         )
         .into());
     }
@@ -210,7 +207,7 @@ fn validate_endpoint(spec: &ServiceSpec) -> Result<(), Status> {
         if p.target_port == 0 {
             return Err(ApiError::invalid(
                 format!("spec.endpoint.ports[{i}].target_port"),
-                "the target port must be between 1 and 65535 (--publish)",
+                "the target port must be between 1 and 65535",
             )
             .into());
         }
@@ -222,7 +219,7 @@ fn validate_endpoint(spec: &ServiceSpec) -> Result<(), Status> {
             return Err(ApiError::invalid(
                 format!("spec.endpoint.ports[{i}].published_port"),
                 format!(
-                    "port {}/{} is published twice; publish each port once (--publish)",
+                    "port {}/{} is published twice; publish each port once",
                     p.published_port,
                     p.protocol.as_str()
                 ),
@@ -235,7 +232,7 @@ fn validate_endpoint(spec: &ServiceSpec) -> Result<(), Status> {
     {
         return Err(ApiError::invalid(
             "spec.endpoint.mode",
-            "dnsrr cannot publish ports in ingress mode; publish in host mode or use vip (--publish mode=host, --endpoint-mode vip)",
+            "dnsrr cannot publish ports in ingress mode; publish in host mode or use vip",
         )
         .into());
     }
@@ -243,7 +240,7 @@ fn validate_endpoint(spec: &ServiceSpec) -> Result<(), Status> {
         if a.target.trim().is_empty() {
             return Err(ApiError::invalid(
                 format!("spec.task.networks[{i}].target"),
-                "a network name is required (--network)",
+                "a network name is required",
             )
             .into());
         }
