@@ -1270,9 +1270,11 @@ async fn node(c: Client, cmd: NodeCmd) -> CliResult {
 
 async fn info(c: Client, a: InfoArgs) -> CliResult {
     let i = c.info().await?;
+    let state = i.local_state().label();
+    let role = i.node_role().label();
     // The cluster's settings, as Docker's info shows them on managers (left out when no
     // leader can answer: info must work without one).
-    let settings = if i.local_node_state == "active" && i.role == "manager" {
+    let settings = if state == "active" && role == "manager" {
         c.get_cluster().await.ok()
     } else {
         None
@@ -1285,14 +1287,14 @@ async fn info(c: Client, a: InfoArgs) -> CliResult {
                 ("Error", json!(i.error)),
                 ("IsLeader", json!(i.is_leader)),
                 ("LeaderAddr", json!(i.leader_addr)),
-                ("LocalNodeState", json!(i.local_node_state)),
+                ("LocalNodeState", json!(state)),
                 ("Managers", json!(i.managers)),
                 ("NodeAddr", json!(i.node_addr)),
                 ("NodeID", json!(i.node_id)),
                 ("RaftStatus", json!(i.raft_status)),
                 ("RaftState", json!(i.raft_state)),
                 ("RaftTerm", json!(i.raft_term)),
-                ("Role", json!(i.role)),
+                ("Role", json!(role)),
                 (
                     "Spec",
                     settings.as_ref().map(settings_json).unwrap_or(Value::Null)
@@ -1300,15 +1302,15 @@ async fn info(c: Client, a: InfoArgs) -> CliResult {
             ])
         ),
         Format::Table => {
-            println!("Swarm: {}", i.local_node_state);
+            println!("Swarm: {state}");
             if !i.error.is_empty() {
                 println!(" NodeID: {}\n Error: {}", i.node_id, i.error);
             }
-            if i.local_node_state == "active" {
+            if state == "active" {
                 println!(
                     " NodeID: {}\n Is Manager: {}\n ClusterID: {}\n Node Address: {}",
                     i.node_id,
-                    i.role == "manager",
+                    role == "manager",
                     i.cluster_id,
                     i.node_addr
                 );
@@ -1316,7 +1318,7 @@ async fn info(c: Client, a: InfoArgs) -> CliResult {
                 for m in &i.managers {
                     println!("  {m}");
                 }
-                if i.role == "manager" {
+                if role == "manager" {
                     println!(
                         " Leader: {}",
                         if i.is_leader {

@@ -1029,17 +1029,17 @@ impl NodeCalls for Node {
         let inner = self.inner.lock().await;
         let Some(st) = &inner.state else {
             return Ok(pb::InfoResponse {
-                local_node_state: "inactive".into(),
+                local_state: pb::LocalNodeState::Inactive as i32,
                 ..Default::default()
             });
         };
         let id = self.creds.get();
-        let (local_node_state, error) = if inner.locked {
-            ("locked", LOCKED)
+        let (local_state, error) = if inner.locked {
+            (pb::LocalNodeState::Locked, LOCKED)
         } else if inner.removed {
-            ("error", REMOVED)
+            (pb::LocalNodeState::Error, REMOVED)
         } else {
-            ("active", "")
+            (pb::LocalNodeState::Active, "")
         };
         let (is_leader, leader_addr, managers, raft_status) = match &inner.manager {
             Some(m) => (
@@ -1056,13 +1056,13 @@ impl NodeCalls for Node {
             .map(raft_term_state)
             .unwrap_or_default();
         Ok(pb::InfoResponse {
-            local_node_state: local_node_state.into(),
+            local_state: local_state as i32,
             error: error.into(),
             node_id: st.node_id.clone(),
-            role: id
+            node_role: id
                 .as_ref()
-                .map(|i| i.info.role.as_str().to_string())
-                .unwrap_or_default(),
+                .map(|i| pb::NodeRole::from(i.info.role))
+                .unwrap_or(pb::NodeRole::Unspecified) as i32,
             cluster_id: st.cluster_id.clone(),
             node_addr: st.advertise_addr.clone(),
             managers,

@@ -287,7 +287,7 @@ mod tests {
         }
         async fn info(&self, _: pb::Empty) -> Result<pb::InfoResponse, Status> {
             Ok(pb::InfoResponse {
-                local_node_state: "inactive".into(),
+                local_state: pb::LocalNodeState::Inactive as i32,
                 ..Default::default()
             })
         }

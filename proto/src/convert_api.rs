@@ -410,6 +410,19 @@ pub fn requested_role(field: &'static str, v: i32) -> Result<Option<Role>> {
 
 /// The words the CLI shows for the node enums (Docker's, lower case). A value this version
 /// does not know reads as UNSPECIFIED (prost's getters), which shows empty or "unknown".
+impl pb::LocalNodeState {
+    /// The word `info` shows (Docker's).
+    pub fn label(self) -> &'static str {
+        match self {
+            pb::LocalNodeState::Inactive => "inactive",
+            pb::LocalNodeState::Pending => "pending",
+            pb::LocalNodeState::Active => "active",
+            pb::LocalNodeState::Locked => "locked",
+            pb::LocalNodeState::Error => "error",
+        }
+    }
+}
+
 impl pb::NodeRole {
     pub fn label(self) -> &'static str {
         match self {
