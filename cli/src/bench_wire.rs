@@ -306,6 +306,17 @@ pub fn measure(nodes: usize, changes: usize, timeout: Duration) -> Result<Figure
     res
 }
 
+/// The overlay's subnet: room for a task on every node, the churned one and the gateway
+/// (the cluster's default, a /24, holds 253 tasks: with more nodes the rest never got an
+/// address and the setup waited for them until its timeout).
+fn churn_subnet(nodes: usize) -> String {
+    let mut prefix = 24u32;
+    while prefix > 8 && (1usize << (32 - prefix)) < nodes + 8 {
+        prefix -= 1;
+    }
+    format!("10.128.0.0/{prefix}")
+}
+
 fn churn(
     sim: &Sim,
     nodes: usize,
@@ -316,6 +327,7 @@ fn churn(
     let net = serde_json::to_string(&NetworkSpec {
         name: "churn-net".into(),
         driver: "overlay".into(),
+        subnet: churn_subnet(nodes),
         ..Default::default()
     })?;
     sim.api(async move |api| {
@@ -431,6 +443,23 @@ pub fn run(args: OverlayChurnArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The overlay holds a task on every node and the churned one, whatever the node count.
+    #[test]
+    fn the_churn_subnet_holds_every_task() {
+        for nodes in [1, 3, 200, 253, 254, 1000, 5000] {
+            let s = churn_subnet(nodes);
+            let prefix: u32 = s
+                .rsplit('/')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .expect("prefix");
+            // Usable hosts: all but network, broadcast and gateway.
+            let hosts = (1usize << (32 - prefix)) - 3;
+            assert!(hosts >= nodes + 1, "{nodes} nodes: {s}");
+        }
+        assert_eq!(churn_subnet(200), "10.128.0.0/24");
+    }
 
     /// The bench with tiny sizes: it runs and its figures are figures.
     #[test]
