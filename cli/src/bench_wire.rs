@@ -11,6 +11,7 @@
 //! `--before FILE` takes the `--format json` output of a run of an older build and prints
 //! both figures side by side.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -65,14 +66,17 @@ pub struct Figures {
     pub setup_s: f64,
 }
 
-/// CPU time (user + system) of this process's threads whose name starts with `prefix`.
-fn threads_cpu(prefix: &str) -> Duration {
-    let ticks = 100.0; // USER_HZ on Linux
-    let mut total = 0u64;
+/// CPU time (user + system) of each of this process's threads whose name starts with
+/// `prefix`, by thread id, in clock ticks.
+fn threads_cpu(prefix: &str) -> HashMap<u64, u64> {
+    let mut out = HashMap::new();
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return Duration::ZERO;
+        return out;
     };
     for e in dir.flatten() {
+        let Some(tid) = e.file_name().to_str().and_then(|t| t.parse::<u64>().ok()) else {
+            continue;
+        };
         let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
             continue;
         };
@@ -86,9 +90,21 @@ fn threads_cpu(prefix: &str) -> Duration {
         let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
         let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         // utime and stime are fields 14 and 15 of stat; 12 and 13 after the state.
-        total += field(11) + field(12);
+        out.insert(tid, field(11) + field(12));
     }
-    Duration::from_secs_f64(total as f64 / ticks)
+    out
+}
+
+/// The CPU time the threads of `now` used since `before` (a thread not in `before` started
+/// since). Per thread, not as sums: a thread of the runtime that ended in between (a blocking
+/// thread, or a worker handed over by `block_in_place`) took its whole CPU time out of a
+/// later sum, so the difference of two sums could be far too small or nothing.
+fn cpu_since(before: &HashMap<u64, u64>, now: &HashMap<u64, u64>) -> Duration {
+    let ticks: u64 = now
+        .iter()
+        .map(|(tid, t)| t.saturating_sub(before.get(tid).copied().unwrap_or(0)))
+        .sum();
+    Duration::from_secs_f64(ticks as f64 / 100.0) // USER_HZ on Linux
 }
 
 const MGR_THREADS: &str = "shoal-mgr";
@@ -109,6 +125,10 @@ impl Sim {
         let mgr_rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name(MGR_THREADS)
+            // Idle blocking threads stay: one that ended during the churn would take its CPU
+            // time with it (planning rounds run in `block_in_place`, which hands a worker's
+            // thread over to the blocking pool).
+            .thread_keep_alive(Duration::from_secs(24 * 3600))
             .enable_all()
             .build()?;
         let node_rt = tokio::runtime::Builder::new_multi_thread()
@@ -306,6 +326,17 @@ pub fn measure(nodes: usize, changes: usize, timeout: Duration) -> Result<Figure
     res
 }
 
+/// The overlay's subnet: room for a task on every node, the churned one and the gateway
+/// (the cluster's default, a /24, holds 253 tasks: with more nodes the rest never got an
+/// address and the setup waited for them until its timeout).
+fn churn_subnet(nodes: usize) -> String {
+    let mut prefix = 24u32;
+    while prefix > 8 && (1usize << (32 - prefix)) < nodes + 8 {
+        prefix -= 1;
+    }
+    format!("10.128.0.0/{prefix}")
+}
+
 fn churn(
     sim: &Sim,
     nodes: usize,
@@ -316,6 +347,7 @@ fn churn(
     let net = pb::NetworkSpec::from(&NetworkSpec {
         name: "churn-net".into(),
         driver: "overlay".into(),
+        subnet: churn_subnet(nodes),
         ..Default::default()
     });
     sim.api(async move |api| {
@@ -350,7 +382,7 @@ fn churn(
         let replicas = if i % 2 == 0 { nodes + 1 } else { nodes };
         scale(sim, &mut spec, replicas as u64, per)?;
     }
-    let cpu = threads_cpu(MGR_THREADS).saturating_sub(cpu0);
+    let cpu = cpu_since(&cpu0, &threads_cpu(MGR_THREADS));
     let bytes = stats.bytes.load(Ordering::Relaxed) - bytes0;
     let msgs = stats.messages.load(Ordering::Relaxed) - msgs0;
     let n = changes.max(1) as f64;
@@ -431,6 +463,61 @@ pub fn run(args: OverlayChurnArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The overlay holds a task on every node and the churned one, whatever the node count.
+    #[test]
+    fn the_churn_subnet_holds_every_task() {
+        for nodes in [1, 3, 200, 253, 254, 1000, 5000] {
+            let s = churn_subnet(nodes);
+            let prefix: u32 = s
+                .rsplit('/')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .expect("prefix");
+            // Usable hosts: all but network, broadcast and gateway.
+            let hosts = (1usize << (32 - prefix)) - 3;
+            assert!(hosts > nodes, "{nodes} nodes: {s}");
+        }
+        assert_eq!(churn_subnet(200), "10.128.0.0/24");
+    }
+
+    /// CPU time is counted per thread: a thread gone since the first reading takes nothing
+    /// away, a new one counts whole.
+    #[test]
+    fn cpu_is_counted_per_thread() {
+        let before = HashMap::from([(1, 500), (2, 300), (3, 9000)]);
+        // Thread 3 ended, thread 4 is new.
+        let now = HashMap::from([(1, 600), (2, 300), (4, 50)]);
+        assert_eq!(cpu_since(&before, &now), Duration::from_millis(1500));
+    }
+
+    /// The manager's threads of this process are found and their CPU time read.
+    #[test]
+    fn the_threads_of_a_named_runtime_are_read() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("bench-cpu-test")
+            .build()
+            .expect("runtime");
+        let busy = rt.block_on(async {
+            tokio::spawn(async {
+                let t = Instant::now();
+                let mut x = 0u64;
+                while t.elapsed() < Duration::from_millis(300) {
+                    x = x.wrapping_add(std::hint::black_box(1));
+                }
+                x
+            })
+            .await
+        });
+        assert!(busy.is_ok());
+        let cpu = threads_cpu("bench-cpu-test");
+        assert!(!cpu.is_empty(), "no thread named bench-cpu-test");
+        assert!(
+            cpu_since(&HashMap::new(), &cpu) > Duration::ZERO,
+            "{cpu:?}: 300 ms of spinning not counted"
+        );
+    }
 
     /// The bench with tiny sizes: it runs and its figures are figures.
     #[test]
