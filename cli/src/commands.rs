@@ -381,6 +381,32 @@ pub enum BenchCmd {
         #[arg(long, default_value = "table")]
         format: Format,
     },
+    /// Failover with default settings on a lab (fake runtime): the leader killed `--kills`
+    /// times (→ a write accepted again), workers cut off `--cutoffs` times (→ Down, → their
+    /// tasks running elsewhere), the cutoffs again with the baseline heartbeat; p50 and max.
+    Failover {
+        #[arg(long, default_value_t = 20)]
+        kills: usize,
+        #[arg(long, default_value_t = 5)]
+        cutoffs: usize,
+        /// Heartbeat period of the baseline cutoffs (0s: none).
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        baseline_heartbeat: Duration,
+        #[arg(long, default_value_t = 3)]
+        managers: usize,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        #[arg(long, default_value_t = 10)]
+        replicas: u32,
+        /// Prefix of the lab the run creates and removes.
+        #[arg(long, default_value = "failover")]
+        prefix: String,
+        /// Keep the daemons' logs in this directory.
+        #[arg(long)]
+        logs: Option<PathBuf>,
+        #[arg(long, default_value = "table")]
+        format: Format,
+    },
     /// Requests/s (wrk, from outside the workers) through shoal's ingress routing mesh vs one
     /// container straight vs haproxy vs a hand-built nft DNAT over a hand-built VXLAN.
     Mesh {
@@ -632,6 +658,33 @@ pub fn run(cli: Cli) -> i32 {
                 ))),
                 Err(e) => Err(CliError(format!("Error: bench chaos: {e:#}"))),
             }
+        }
+        Cmd::Bench(BenchCmd::Failover {
+            kills,
+            cutoffs,
+            baseline_heartbeat,
+            managers,
+            workers,
+            replicas,
+            prefix,
+            logs,
+            format,
+        }) => {
+            init_tracing("error");
+            let args = crate::bench_failover::FailoverArgs {
+                kills,
+                cutoffs,
+                baseline_heartbeat: Some(baseline_heartbeat).filter(|d| !d.is_zero()),
+                managers,
+                workers,
+                replicas,
+                prefix,
+                logs,
+                json: matches!(format, Format::Json),
+            };
+            rt.block_on(crate::bench_failover::run_failover(args))
+                .map(|_| ())
+                .map_err(|e| CliError(format!("Error: bench failover: {e:#}")))
         }
         Cmd::Bench(BenchCmd::OverlayChurn(a)) => {
             init_tracing("error");
