@@ -44,8 +44,10 @@ const SERVICE: &str = "failover";
 pub struct FailoverArgs {
     pub kills: usize,
     pub cutoffs: usize,
-    /// The heartbeat period of the baseline cutoffs (none: no baseline).
+    /// The heartbeat period of the baseline cutoffs (none: no baseline cutoffs).
     pub baseline_heartbeat: Option<Duration>,
+    /// Leader kills again with openraft's election timer alone (the former behaviour).
+    pub baseline_kills: usize,
     pub managers: usize,
     pub workers: usize,
     pub replicas: u32,
@@ -108,6 +110,9 @@ pub struct Report {
     /// Elections seen during the kills (one per kill is the least possible).
     #[serde(rename = "Elections")]
     pub elections: u64,
+    /// The same with elections on openraft's timer alone (the former code path).
+    #[serde(rename = "BaselineWriteAgain")]
+    pub baseline_write_again: Option<Series>,
     #[serde(rename = "Cutoffs")]
     pub cutoffs: Cutoffs,
     #[serde(rename = "Baseline")]
@@ -189,7 +194,7 @@ pub fn render(r: &Report, args: &FailoverArgs) -> String {
     out.push_str(&row(
         "leader killed → writes again",
         &r.write_again,
-        None,
+        r.baseline_write_again.as_ref(),
     ));
     let hb = humantime::format_duration(Duration::from_millis(r.cutoffs.heartbeat_ms));
     let base = r.baseline.as_ref();
@@ -203,9 +208,12 @@ pub fn render(r: &Report, args: &FailoverArgs) -> String {
         &r.cutoffs.replaced,
         base.map(|b| &b.replaced),
     ));
+    if r.baseline_write_again.is_some() {
+        out.push_str("(baseline of kills: elections on openraft's timer alone)\n");
+    }
     if let Some(b) = base {
         let hb = humantime::format_duration(Duration::from_millis(b.heartbeat_ms));
-        out.push_str(&format!("(baseline: the same cutoffs with heartbeat {hb})\n"));
+        out.push_str(&format!("(baseline of cutoffs: heartbeat {hb})\n"));
     }
     out.push_str(&format!(
         "elections during {} kills: {}\n",
@@ -313,6 +321,10 @@ async fn replaced(
     (down, moved)
 }
 
+fn names(hosts: &[(String, PathBuf)]) -> Vec<String> {
+    hosts.iter().map(|(h, _)| h.clone()).collect()
+}
+
 /// What the fault series share: the lab's hosts, the samples, the runtime to wait on.
 struct Run<'a> {
     shared: &'a Shared,
@@ -327,7 +339,7 @@ struct Run<'a> {
 /// Kills the settled leader `n` times (restarting it after each measure).
 fn run_kills(lab: &mut Lab, n: usize, run: &Run) -> Result<(Vec<Option<u64>>, u64)> {
     let (shared, managers, rt, log) = (run.shared, &run.managers, &run.rt, run.log);
-    let names: Vec<String> = managers.iter().map(|(m, _)| m.clone()).collect();
+    let names = names(managers);
     let mut out = Vec::new();
     let mut seq = 0u64;
     let mut elections = 0;
@@ -480,6 +492,7 @@ pub async fn run_failover(args: FailoverArgs) -> Result<Report> {
         args.replicas,
         args.baseline_heartbeat,
     );
+    let baseline_kills = args.baseline_kills;
     let res = tokio::task::spawn_blocking(move || {
         let run = Run {
             shared: &sh,
@@ -512,7 +525,21 @@ pub async fn run_failover(args: FailoverArgs) -> Result<Report> {
                     })
                 }
             };
-            Ok::<_, anyhow::Error>((write_again, elections, downs, moves, base))
+            let base_kills = if baseline_kills > 0 {
+                // Every manager restarted, one at a time, with elections on the timer alone.
+                lab.daemon_args.push("--raft-prompt-election=false".into());
+                for (m, _) in &run.managers {
+                    wait_settled(run.shared, &names(&run.managers), RECOVER_TIMEOUT)
+                        .ok_or_else(|| anyhow!("baseline: no settled leader"))?;
+                    lab.stop_daemon(m, Duration::from_secs(10))?;
+                    lab.start_daemon(m)?;
+                }
+                log("baseline: elections on openraft's timer alone".into());
+                Some(Series::of(run_kills(&mut lab, baseline_kills, &run)?.0))
+            } else {
+                None
+            };
+            Ok::<_, anyhow::Error>((write_again, elections, downs, moves, base, base_kills))
         })();
         // Whatever happened, nothing stays cut off or down.
         let _ = lab.heal(None);
@@ -526,10 +553,11 @@ pub async fn run_failover(args: FailoverArgs) -> Result<Report> {
     .await?;
     stop.cancel();
     let _ = sampling.await;
-    let (write_again, elections, downs, moves, baseline) = res?;
+    let (write_again, elections, downs, moves, baseline, baseline_write_again) = res?;
     let mut report = Report {
         write_again: Series::of(write_again),
         elections,
+        baseline_write_again,
         cutoffs: Cutoffs {
             heartbeat_ms: ms(manager::dispatcher::DEFAULT_HEARTBEAT),
             down: Series::of(downs),
@@ -562,6 +590,7 @@ mod tests {
         let mut r = Report {
             write_again: s,
             elections: 3,
+            baseline_write_again: None,
             cutoffs: Cutoffs::default(),
             baseline: None,
             targets: Vec::new(),

@@ -136,6 +136,10 @@ pub struct DaemonArgs {
     /// equals it and a raft message may take 5/9 of it).
     #[arg(long, default_value = "450ms", value_parser = parse_duration)]
     pub election_timeout: Duration,
+    /// Start an election as soon as a silent leader's lease has run out (false: only on
+    /// openraft's timer, the former behaviour; for `bench failover`'s baseline).
+    #[arg(long, hide = true, default_value_t = true, action = clap::ArgAction::Set)]
+    pub raft_prompt_election: bool,
     /// Log format on stderr: text (coloured only on a terminal) or json (one object a line).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -392,6 +396,10 @@ pub enum BenchCmd {
         /// Heartbeat period of the baseline cutoffs (0s: none).
         #[arg(long, default_value = "5s", value_parser = parse_duration)]
         baseline_heartbeat: Duration,
+        /// Leader kills with elections on openraft's timer alone, the former behaviour
+        /// (default: as many as --kills).
+        #[arg(long)]
+        baseline_kills: Option<usize>,
         #[arg(long, default_value_t = 3)]
         managers: usize,
         #[arg(long, default_value_t = 2)]
@@ -663,6 +671,7 @@ pub fn run(cli: Cli) -> i32 {
             kills,
             cutoffs,
             baseline_heartbeat,
+            baseline_kills,
             managers,
             workers,
             replicas,
@@ -675,6 +684,7 @@ pub fn run(cli: Cli) -> i32 {
                 kills,
                 cutoffs,
                 baseline_heartbeat: Some(baseline_heartbeat).filter(|d| !d.is_zero()),
+                baseline_kills: baseline_kills.unwrap_or(kills),
                 managers,
                 workers,
                 replicas,
@@ -791,10 +801,10 @@ async fn run_daemon(args: DaemonArgs, level: &str) -> i32 {
         data_dir: args.data_dir,
         socket: args.socket,
         hostname,
-        tuning: manager::raft::RaftTuning::with_election(
-            args.raft_heartbeat,
-            args.election_timeout,
-        ),
+        tuning: manager::raft::RaftTuning {
+            prompt_election: args.raft_prompt_election,
+            ..manager::raft::RaftTuning::with_election(args.raft_heartbeat, args.election_timeout)
+        },
         runtime: match args.runtime.as_str() {
             "none" => crate::daemon::RuntimeChoice::Unavailable,
             "fake" => crate::daemon::RuntimeChoice::Fake {

@@ -66,6 +66,9 @@ pub struct RaftTuning {
     /// Below every manager's `election_max`, so it ends before anyone else can be elected.
     pub lease: Duration,
     pub snapshot_every: u64,
+    /// Stand as soon as a silent leader's lease has run out ([`prompt_elections`]); off,
+    /// only openraft's timer elects (the former behaviour, for benchmarks' baselines).
+    pub prompt_election: bool,
 }
 
 impl Default for RaftTuning {
@@ -77,6 +80,7 @@ impl Default for RaftTuning {
             election_max: Duration::from_millis(650),
             lease: Duration::from_millis(450),
             snapshot_every: 5000,
+            prompt_election: true,
         }
     }
 }
@@ -198,7 +202,9 @@ pub async fn start<N: openraft::RaftNetworkFactory<TypeConfig>>(
     }
     .validate()?;
     let raft = Raft::new(raft_id, Arc::new(config), network, log, sm).await?;
-    tokio::spawn(prompt_elections(raft.clone(), tuning.clone()));
+    if tuning.prompt_election {
+        tokio::spawn(prompt_elections(raft.clone(), tuning.clone()));
+    }
     Ok(raft)
 }
 
