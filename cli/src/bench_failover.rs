@@ -382,14 +382,21 @@ fn run_cutoffs(
     for i in 0..n {
         rt.block_on(converged(hosts, replicas))
             .map_err(|e| anyhow!("cutoff {}: the service is not whole: {e}", i + 1))?;
-        let target = &workers[i % workers.len()];
-        let (_, tsock) = hosts
-            .iter()
-            .find(|(h, _)| h == target)
-            .context("the worker's socket")?;
-        let slots = rt.block_on(slots_on(tsock));
+        // The worker that runs most of the service (one cut off earlier may run none now:
+        // nothing moves tasks back to it).
+        let mut most: Option<(String, BTreeSet<String>)> = None;
+        for w in workers {
+            if let Some((_, sock)) = hosts.iter().find(|(h, _)| h == w) {
+                let slots = rt.block_on(slots_on(sock));
+                if most.as_ref().is_none_or(|(_, m)| slots.len() > m.len()) {
+                    most = Some((w.clone(), slots));
+                }
+            }
+        }
+        let (target, slots) = most.context("a worker")?;
+        let target = &target;
         if slots.is_empty() {
-            bail!("cutoff {}: {target} runs no task of the service", i + 1);
+            bail!("cutoff {}: no worker runs a task of the service", i + 1);
         }
         let others: Vec<(String, PathBuf)> =
             hosts.iter().filter(|(h, _)| h != target).cloned().collect();
