@@ -796,7 +796,11 @@ async fn writer(client: usize, socket: PathBuf, shared: Arc<Shared>, stop: Cance
     }
 }
 
-pub(crate) async fn sampler(hosts: Vec<(String, PathBuf)>, shared: Arc<Shared>, stop: CancellationToken) {
+pub(crate) async fn sampler(
+    hosts: Vec<(String, PathBuf)>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -854,7 +858,11 @@ fn settled_leader(s: &Sample, managers: &[String]) -> Option<String> {
 
 /// Wait (bounded) until every manager answers and one of them, in the newest term, has
 /// claimed to lead without a break for [`QUIET`].
-pub(crate) fn wait_settled(shared: &Shared, managers: &[String], timeout: Duration) -> Option<String> {
+pub(crate) fn wait_settled(
+    shared: &Shared,
+    managers: &[String],
+    timeout: Duration,
+) -> Option<String> {
     let deadline = Instant::now() + timeout;
     let mut since: Option<(String, Instant)> = None;
     loop {

@@ -41,6 +41,9 @@ const GIVE_UP: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(25);
 const SERVICE: &str = "failover";
 
+/// One figure per fault, in ms (None: not recovered within [`GIVE_UP`]).
+type Figures = Vec<Option<u64>>;
+
 pub struct FailoverArgs {
     pub kills: usize,
     pub cutoffs: usize,
@@ -137,12 +140,18 @@ fn targets(r: &Report) -> Vec<Target> {
     let mut t = Vec::new();
     if !r.write_again.ms.is_empty() {
         t.push(target(
-            format!("leader killed → writes again: p50 < {}", secs(WRITE_P50_TARGET)),
+            format!(
+                "leader killed → writes again: p50 < {}",
+                secs(WRITE_P50_TARGET)
+            ),
             r.write_again.p50_ms,
             WRITE_P50_TARGET,
         ));
         t.push(target(
-            format!("leader killed → writes again: max < {}", secs(WRITE_MAX_TARGET)),
+            format!(
+                "leader killed → writes again: max < {}",
+                secs(WRITE_MAX_TARGET)
+            ),
             r.write_again.max_ms,
             WRITE_MAX_TARGET,
         ));
@@ -182,7 +191,8 @@ pub fn render(r: &Report, args: &FailoverArgs) -> String {
             s.ms.len(),
             secs_ms(s.p50_ms),
             secs_ms(s.max_ms),
-            base.map(|b| secs_ms(b.p50_ms)).unwrap_or_else(|| "-".into()),
+            base.map(|b| secs_ms(b.p50_ms))
+                .unwrap_or_else(|| "-".into()),
             base.map(|b| ratio(s.p50_ms, b.p50_ms))
                 .unwrap_or_else(|| "-".into()),
         )
@@ -204,7 +214,7 @@ pub fn render(r: &Report, args: &FailoverArgs) -> String {
         base.map(|b| &b.down),
     ));
     out.push_str(&row(
-        &format!("worker cut off → tasks running elsewhere"),
+        "worker cut off → tasks running elsewhere",
         &r.cutoffs.replaced,
         base.map(|b| &b.replaced),
     ));
@@ -240,7 +250,14 @@ fn load_avg() -> String {
 fn newest_term(shared: &Shared) -> u64 {
     shared
         .last_sample()
-        .map(|s| s.hosts.values().flatten().map(|h| h.term).max().unwrap_or(0))
+        .map(|s| {
+            s.hosts
+                .values()
+                .flatten()
+                .map(|h| h.term)
+                .max()
+                .unwrap_or(0)
+        })
         .unwrap_or(0)
 }
 
@@ -295,8 +312,7 @@ async fn replaced(
     while t0.elapsed() < GIVE_UP && (down.is_none() || moved.is_none()) {
         if down.is_none() {
             if let Ok(c) = crate::client::Client::connect(&host).await {
-                if let Ok(Ok(nodes)) = tokio::time::timeout(ATTEMPT_TIMEOUT, c.list_nodes()).await
-                {
+                if let Ok(Ok(nodes)) = tokio::time::timeout(ATTEMPT_TIMEOUT, c.list_nodes()).await {
                     let is_down = nodes.iter().any(|n| {
                         n.description.as_ref().is_some_and(|d| d.hostname == target)
                             && n.state == pb::NodeState::Down as i32
@@ -337,7 +353,7 @@ struct Run<'a> {
 }
 
 /// Kills the settled leader `n` times (restarting it after each measure).
-fn run_kills(lab: &mut Lab, n: usize, run: &Run) -> Result<(Vec<Option<u64>>, u64)> {
+fn run_kills(lab: &mut Lab, n: usize, run: &Run) -> Result<(Figures, u64)> {
     let (shared, managers, rt, log) = (run.shared, &run.managers, &run.rt, run.log);
     let names = names(managers);
     let mut out = Vec::new();
@@ -375,7 +391,7 @@ fn run_cutoffs(
     n: usize,
     manager: &std::path::Path,
     run: &Run,
-) -> Result<(Vec<Option<u64>>, Vec<Option<u64>>)> {
+) -> Result<(Figures, Figures)> {
     let (shared, hosts, workers, replicas) = (run.shared, &run.hosts, &run.workers, run.replicas);
     let (rt, log) = (&run.rt, run.log);
     let (mut downs, mut moves) = (Vec::new(), Vec::new());
@@ -477,7 +493,13 @@ pub async fn run_failover(args: FailoverArgs) -> Result<Report> {
         lab.shoal(
             &first,
             &[
-                "service", "create", "--detach", "--name", SERVICE, "--replicas", &replicas,
+                "service",
+                "create",
+                "--detach",
+                "--name",
+                SERVICE,
+                "--replicas",
+                &replicas,
                 "failover",
             ],
         )

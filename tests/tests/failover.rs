@@ -15,7 +15,14 @@ fn failover_bench_smoke_run_recovers_from_every_fault() -> Result<()> {
     let bin = shoal_bin();
     let out = Command::new(&bin)
         .args(["bench", "failover", "--kills", "2", "--cutoffs", "1"])
-        .args(["--baseline-heartbeat", "0s", "--baseline-kills", "1", "--replicas", "4"])
+        .args([
+            "--baseline-heartbeat",
+            "0s",
+            "--baseline-kills",
+            "1",
+            "--replicas",
+            "4",
+        ])
         .args(["--format", "json", "--prefix", &prefix])
         .stdin(Stdio::null())
         .output()
@@ -67,6 +74,9 @@ fn failover_bench_smoke_run_recovers_from_every_fault() -> Result<()> {
         recovered(&report["BaselineWriteAgain"]["Ms"], 1),
         "a write after the baseline kill: {report}"
     );
-    ensure!(report["Baseline"].is_null(), "no baseline cutoffs asked: {report}");
+    ensure!(
+        report["Baseline"].is_null(),
+        "no baseline cutoffs asked: {report}"
+    );
     Ok(())
 }
