@@ -164,7 +164,7 @@ pub enum SwarmCmd {
         /// Enable manager autolocking (requiring an unlock key to start a stopped manager).
         #[arg(long)]
         autolock: bool,
-        /// Dispatcher heartbeat period.
+        /// Dispatcher heartbeat period (default 1s; a node is Down after 3 missed).
         #[arg(long, value_parser = parse_duration)]
         dispatcher_heartbeat: Option<Duration>,
         /// Validity period for node certificates.
