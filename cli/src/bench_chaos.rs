@@ -50,7 +50,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITE_PAUSE: Duration = Duration::from_millis(50);
 /// How long the cluster gets to look healthy again between faults, and to converge at the end.
-const RECOVER_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const RECOVER_TIMEOUT: Duration = Duration::from_secs(30);
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 const QUIET: Duration = Duration::from_secs(2);
 /// A partition lasts this, plus 3 heartbeats, plus up to 2 s: the election, the new leader's
@@ -212,21 +212,21 @@ impl Report {
     }
 }
 
-fn ms(d: Duration) -> u64 {
+pub(crate) fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
-fn secs(d: Duration) -> String {
+pub(crate) fn secs(d: Duration) -> String {
     format!("{:.2}s", d.as_secs_f64())
 }
 
-fn secs_ms(v: Option<u64>) -> String {
+pub(crate) fn secs_ms(v: Option<u64>) -> String {
     v.map(|m| secs(Duration::from_millis(m)))
         .unwrap_or_else(|| "never".into())
 }
 
 /// The median of `v` (the lower one of an even count), with None (never) sorting last.
-fn p50(v: &[Option<u64>]) -> Option<u64> {
+pub(crate) fn p50(v: &[Option<u64>]) -> Option<u64> {
     let mut s: Vec<u64> = v.iter().map(|x| x.unwrap_or(u64::MAX)).collect();
     s.sort_unstable();
     let m = *s.get(s.len().saturating_sub(1) / 2)?;
@@ -667,10 +667,10 @@ pub fn render(rep: &Report, args: &ChaosArgs, took: Duration) -> String {
 // The run.
 
 /// Removes the lab (after keeping its logs) however the run ends.
-struct LabTeardown {
-    prefix: String,
-    logs: Option<PathBuf>,
-    hosts: Vec<(String, PathBuf)>,
+pub(crate) struct LabTeardown {
+    pub(crate) prefix: String,
+    pub(crate) logs: Option<PathBuf>,
+    pub(crate) hosts: Vec<(String, PathBuf)>,
 }
 
 impl Drop for LabTeardown {
@@ -688,7 +688,7 @@ impl Drop for LabTeardown {
     }
 }
 
-async fn local_state(socket: &Path, configs: bool) -> Result<pb::LocalStateResponse> {
+pub(crate) async fn local_state(socket: &Path, configs: bool) -> Result<pb::LocalStateResponse> {
     let call = async {
         let ch = proto::transport::unix_channel(socket.to_path_buf()).await?;
         let reply = pb::node_local_client::NodeLocalClient::new(ch)
@@ -703,7 +703,7 @@ async fn local_state(socket: &Path, configs: bool) -> Result<pb::LocalStateRespo
         .map_err(|_| anyhow!("timed out"))?
 }
 
-fn host_state(v: &pb::LocalStateResponse) -> HostState {
+pub(crate) fn host_state(v: &pb::LocalStateResponse) -> HostState {
     HostState {
         term: v.raft_term,
         raft_leader: v.raft_state == "Leader",
@@ -716,25 +716,34 @@ fn host_state(v: &pb::LocalStateResponse) -> HostState {
     }
 }
 
-struct Shared {
+pub(crate) struct Shared {
     start: Instant,
     acks: Mutex<Vec<Ack>>,
     /// Unacknowledged writes by what the client was told.
     failed: Mutex<BTreeMap<String, u64>>,
     samples: Mutex<Vec<Sample>>,
-    cut: Mutex<Option<String>>,
+    pub(crate) cut: Mutex<Option<String>>,
 }
 
 impl Shared {
+    pub(crate) fn new() -> Shared {
+        Shared {
+            start: Instant::now(),
+            acks: Mutex::default(),
+            failed: Mutex::default(),
+            samples: Mutex::default(),
+            cut: Mutex::default(),
+        }
+    }
     fn now(&self) -> Duration {
         self.start.elapsed()
     }
-    fn last_sample(&self) -> Option<Sample> {
+    pub(crate) fn last_sample(&self) -> Option<Sample> {
         self.samples.lock().expect("samples").last().cloned()
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -787,7 +796,11 @@ async fn writer(client: usize, socket: PathBuf, shared: Arc<Shared>, stop: Cance
     }
 }
 
-async fn sampler(hosts: Vec<(String, PathBuf)>, shared: Arc<Shared>, stop: CancellationToken) {
+pub(crate) async fn sampler(
+    hosts: Vec<(String, PathBuf)>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -845,7 +858,11 @@ fn settled_leader(s: &Sample, managers: &[String]) -> Option<String> {
 
 /// Wait (bounded) until every manager answers and one of them, in the newest term, has
 /// claimed to lead without a break for [`QUIET`].
-fn wait_settled(shared: &Shared, managers: &[String], timeout: Duration) -> Option<String> {
+pub(crate) fn wait_settled(
+    shared: &Shared,
+    managers: &[String],
+    timeout: Duration,
+) -> Option<String> {
     let deadline = Instant::now() + timeout;
     let mut since: Option<(String, Instant)> = None;
     loop {
@@ -1025,7 +1042,7 @@ async fn catch_up(managers: &[(String, PathBuf)], acks: &[Ack]) -> BTreeMap<Stri
 }
 
 /// Wait until the service's replicas each run exactly once across the hosts.
-async fn converged(hosts: &[(String, PathBuf)], replicas: u32) -> Result<(), String> {
+pub(crate) async fn converged(hosts: &[(String, PathBuf)], replicas: u32) -> Result<(), String> {
     let deadline = Instant::now() + RECOVER_TIMEOUT * 2;
     loop {
         let mut slots: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -1132,13 +1149,7 @@ pub async fn run_chaos(args: ChaosArgs) -> Result<Report> {
         args.replicas
     ));
 
-    let shared = Arc::new(Shared {
-        start: Instant::now(),
-        acks: Mutex::default(),
-        failed: Mutex::default(),
-        samples: Mutex::default(),
-        cut: Mutex::default(),
-    });
+    let shared = Arc::new(Shared::new());
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(sampler(hosts.clone(), shared.clone(), stop.clone()));

@@ -136,6 +136,10 @@ pub struct DaemonArgs {
     /// equals it and a raft message may take 5/9 of it).
     #[arg(long, default_value = "450ms", value_parser = parse_duration)]
     pub election_timeout: Duration,
+    /// Start an election as soon as a silent leader's lease has run out (false: only on
+    /// openraft's timer, the former behaviour; for `bench failover`'s baseline).
+    #[arg(long, hide = true, default_value_t = true, action = clap::ArgAction::Set)]
+    pub raft_prompt_election: bool,
     /// Log format on stderr: text (coloured only on a terminal) or json (one object a line).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -160,7 +164,7 @@ pub enum SwarmCmd {
         /// Enable manager autolocking (requiring an unlock key to start a stopped manager).
         #[arg(long)]
         autolock: bool,
-        /// Dispatcher heartbeat period.
+        /// Dispatcher heartbeat period (default 1s; a node is Down after 3 missed).
         #[arg(long, value_parser = parse_duration)]
         dispatcher_heartbeat: Option<Duration>,
         /// Validity period for node certificates.
@@ -374,6 +378,36 @@ pub enum BenchCmd {
         dispatcher_heartbeat: Duration,
         /// Prefix of the lab the run creates and removes.
         #[arg(long, default_value = "chaos")]
+        prefix: String,
+        /// Keep the daemons' logs in this directory.
+        #[arg(long)]
+        logs: Option<PathBuf>,
+        #[arg(long, default_value = "table")]
+        format: Format,
+    },
+    /// Failover with default settings on a lab (fake runtime): the leader killed `--kills`
+    /// times (→ a write accepted again), workers cut off `--cutoffs` times (→ Down, → their
+    /// tasks running elsewhere), the cutoffs again with the baseline heartbeat; p50 and max.
+    Failover {
+        #[arg(long, default_value_t = 20)]
+        kills: usize,
+        #[arg(long, default_value_t = 5)]
+        cutoffs: usize,
+        /// Heartbeat period of the baseline cutoffs (0s: none).
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        baseline_heartbeat: Duration,
+        /// Leader kills with elections on openraft's timer alone, the former behaviour
+        /// (default: as many as --kills).
+        #[arg(long)]
+        baseline_kills: Option<usize>,
+        #[arg(long, default_value_t = 3)]
+        managers: usize,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        #[arg(long, default_value_t = 10)]
+        replicas: u32,
+        /// Prefix of the lab the run creates and removes.
+        #[arg(long, default_value = "failover")]
         prefix: String,
         /// Keep the daemons' logs in this directory.
         #[arg(long)]
@@ -633,6 +667,35 @@ pub fn run(cli: Cli) -> i32 {
                 Err(e) => Err(CliError(format!("Error: bench chaos: {e:#}"))),
             }
         }
+        Cmd::Bench(BenchCmd::Failover {
+            kills,
+            cutoffs,
+            baseline_heartbeat,
+            baseline_kills,
+            managers,
+            workers,
+            replicas,
+            prefix,
+            logs,
+            format,
+        }) => {
+            init_tracing("error");
+            let args = crate::bench_failover::FailoverArgs {
+                kills,
+                cutoffs,
+                baseline_heartbeat: Some(baseline_heartbeat).filter(|d| !d.is_zero()),
+                baseline_kills: baseline_kills.unwrap_or(kills),
+                managers,
+                workers,
+                replicas,
+                prefix,
+                logs,
+                json: matches!(format, Format::Json),
+            };
+            rt.block_on(crate::bench_failover::run_failover(args))
+                .map(|_| ())
+                .map_err(|e| CliError(format!("Error: bench failover: {e:#}")))
+        }
         Cmd::Bench(BenchCmd::OverlayChurn(a)) => {
             init_tracing("error");
             crate::bench_wire::run(a)
@@ -738,10 +801,10 @@ async fn run_daemon(args: DaemonArgs, level: &str) -> i32 {
         data_dir: args.data_dir,
         socket: args.socket,
         hostname,
-        tuning: manager::raft::RaftTuning::with_election(
-            args.raft_heartbeat,
-            args.election_timeout,
-        ),
+        tuning: manager::raft::RaftTuning {
+            prompt_election: args.raft_prompt_election,
+            ..manager::raft::RaftTuning::with_election(args.raft_heartbeat, args.election_timeout)
+        },
         runtime: match args.runtime.as_str() {
             "none" => crate::daemon::RuntimeChoice::Unavailable,
             "fake" => crate::daemon::RuntimeChoice::Fake {

@@ -6,6 +6,7 @@ pub mod api_fields;
 pub mod bench;
 pub mod bench_chaos;
 pub mod bench_containers;
+pub mod bench_failover;
 pub mod bench_net;
 pub mod bench_wire;
 pub mod client;

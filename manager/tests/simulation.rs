@@ -280,6 +280,7 @@ fn tuning(id: NodeId) -> RaftTuning {
         election_max: Duration::from_millis(min + 1),
         lease: LEASE,
         snapshot_every: 200,
+        prompt_election: true,
     }
 }
 
@@ -539,9 +540,10 @@ fn spawn_worker(
     tokio::spawn(async move {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut local: BTreeMap<String, TaskState> = BTreeMap::new();
-        // As the real agent does on every new session: a new leader hears every state again
-        // (reports queued on a leader that lost leadership are gone).
-        let mut reported_to: Option<NodeId> = None;
+        // As the real agent does on every new session: a new leader, or a term of the same
+        // one, hears every state again (reports queued on a leader that lost leadership are
+        // gone, also when it leads again later).
+        let mut reported_to: Option<(NodeId, u64)> = None;
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
             if paused.lock().unwrap().contains(&id) {
@@ -554,13 +556,16 @@ fn spawn_worker(
                 .find(|m| m.is_leader())
                 .cloned();
             let Some(leader) = leader else { continue };
+            let manager::manager::Leadership::Leader { term } = leader.leadership() else {
+                continue;
+            };
             if leader.dispatcher.liveness.heartbeat(&id).await.is_err() {
                 continue;
             }
             let assigned = leader.store.view(|d| assignments_for(d, &id, &leader.kek));
             let mut reports = Vec::new();
-            if reported_to != Some(leader.config.raft_id) {
-                reported_to = Some(leader.config.raft_id);
+            if reported_to != Some((leader.config.raft_id, term)) {
+                reported_to = Some((leader.config.raft_id, term));
                 for (tid, st) in &local {
                     reports.push(StatusReport {
                         task_id: tid.clone(),

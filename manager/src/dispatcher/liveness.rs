@@ -267,7 +267,7 @@ mod tests {
             (NodeState::Ready, 0),
             "down before the limit"
         );
-        // The monitor looks every 500 ms (a quarter of the period, at most 500 ms).
+        // The monitor looks every quarter of the period (50–500 ms).
         let down = until_state(
             &store,
             NodeState::Down,
