@@ -12,8 +12,9 @@
 //!   secrets/        a tmpfs holding the secrets and configs (nothing on disk)
 //!   volumes/        anonymous volumes (removed with the task)
 //!   shim.pid pid    the monitor's pid, the container init's pid
-//!   created         written by the shim once `create` succeeded (or create-error)
-//!   started         written by the daemon once `start` succeeded
+//!   started created written by the monitor once `run --detach` succeeded (or create-error);
+//!                   a monitor of an older version wrote `created` after `create`, and the
+//!                   daemon `started` after `start`
 //!   container.log   `<RFC 3339 nanos> <stdout|stderr> <text>` lines
 //!   exit            JSON exit status (code, signal, oom_killed, finished_at), by the shim
 //!   unhealthy       the last healthcheck output, when the healthcheck killed the container
@@ -166,6 +167,31 @@ pub(crate) struct State {
     mask: bool,
     pinned: Mutex<HashMap<String, Image>>,
     live: Mutex<HashMap<String, Arc<Live>>>,
+    /// The monitor server (`shim serve`), started with the first container.
+    server: tokio::sync::Mutex<Option<MonitorServer>>,
+}
+
+/// The process that forks the monitors, and the daemon's end of its request pipe. Dropping
+/// it closes the pipe, which ends the server (not the monitors).
+struct MonitorServer {
+    pipe: tokio::net::UnixStream,
+    /// Held, not waited for: tokio reaps it once it ends.
+    _process: tokio::process::Child,
+}
+
+impl MonitorServer {
+    /// Ask for a monitor with `args` (those of `shim run`); returns its pid.
+    async fn request(&mut self, args: &[String]) -> std::io::Result<i32> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.pipe.write_all(&shim::serve_request(args)).await?;
+        let mut reply = [0u8; 4];
+        self.pipe.read_exact(&mut reply).await?;
+        let pid = i32::from_le_bytes(reply);
+        if pid <= 0 {
+            return Err(std::io::Error::from_raw_os_error(-pid));
+        }
+        Ok(pid)
+    }
 }
 
 impl State {
@@ -196,6 +222,7 @@ impl State {
             mask,
             pinned: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
+            server: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -472,33 +499,103 @@ impl State {
         Ok(())
     }
 
+    /// The arguments of `shim run` for `task_id`.
+    fn monitor_args(&self, task_id: &str) -> Vec<String> {
+        let mut args = vec![
+            "--task-dir".to_string(),
+            self.task_dir(task_id).to_string_lossy().into_owned(),
+            "--runtime".to_string(),
+            self.binary.clone(),
+            "--root".to_string(),
+            self.root.to_string_lossy().into_owned(),
+            "--id".to_string(),
+            task_id.to_string(),
+        ];
+        if self.mask {
+            args.push("--mask-cgroup2".into());
+        }
+        args
+    }
+
+    /// Start the monitor of `task_id`: forked by the monitor server (started here if there is
+    /// none yet, or again if it went away), or on its own if the server cannot be had.
     async fn spawn_shim(&self, task_id: &str) -> Result<(), String> {
-        let dir = self.task_dir(task_id);
-        let (program, lead) = self
-            .config
+        let args = self.monitor_args(task_id);
+        {
+            let mut server = self.server.lock().await;
+            for _attempt in 0..2 {
+                if server.is_none() {
+                    match self.start_server() {
+                        Ok(started) => *server = Some(started),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "monitor server not started; starting monitors on their own");
+                            break;
+                        }
+                    }
+                }
+                if let Some(live) = server.as_mut() {
+                    match live.request(&args).await {
+                        Ok(_pid) => return Ok(()),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "monitor server failed; starting another");
+                            *server = None;
+                        }
+                    }
+                }
+            }
+        }
+        self.spawn_shim_alone(&args).await
+    }
+
+    fn shim_program(&self) -> Result<(&String, &[String]), String> {
+        self.config
             .shim_command
             .split_first()
-            .ok_or("no shim command configured")?;
+            .ok_or_else(|| "no shim command configured".to_string())
+    }
+
+    fn start_server(&self) -> Result<MonitorServer, String> {
+        let (program, lead) = self.shim_program()?;
+        let (ours, theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+        ours.set_nonblocking(true)
+            .map_err(|e| format!("socketpair: {e}"))?;
+        let pipe =
+            tokio::net::UnixStream::from_std(ours).map_err(|e| format!("socketpair: {e}"))?;
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(lead)
+            .arg("serve")
+            .envs(self.config.shim_env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                theirs.try_clone().map_err(|e| format!("socketpair: {e}"))?,
+            )))
+            .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                theirs,
+            )))
+            // Not a pipe: the monitors keep their stdio, and a pipe would never close.
+            .stderr(std::process::Stdio::null());
+        let process = cmd
+            .spawn()
+            .map_err(|e| format!("starting the monitor server {program}: {e}"))?;
+        Ok(MonitorServer {
+            pipe,
+            _process: process,
+        })
+    }
+
+    /// A monitor executed on its own (`shim run`): the first process forks and exits at once;
+    /// its child is the monitor.
+    async fn spawn_shim_alone(&self, args: &[String]) -> Result<(), String> {
+        let (program, lead) = self.shim_program()?;
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(lead)
             .arg("run")
-            .arg("--task-dir")
-            .arg(&dir)
-            .arg("--runtime")
-            .arg(&self.binary)
-            .arg("--root")
-            .arg(&self.root)
-            .arg("--id")
-            .arg(task_id)
+            .args(args)
             .envs(self.config.shim_env.iter().map(|(k, v)| (k, v)))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             // Not a pipe: the monitor keeps its stdio, and a pipe would never close.
             .stderr(std::process::Stdio::null());
-        if self.mask {
-            cmd.arg("--mask-cgroup2");
-        }
-        // The first shim process forks and exits at once; its child is the monitor.
         let status = cmd
             .status()
             .await
@@ -511,7 +608,7 @@ impl State {
 
     async fn start_inner(&self, task_id: &str) -> Result<(), String> {
         let dir = self.task_dir(task_id);
-        if dir.join("started").exists() || dir.join(files::EXIT).exists() {
+        if dir.join(files::STARTED).exists() || dir.join(files::EXIT).exists() {
             return Ok(());
         }
         let created = dir.join(files::CREATED);
@@ -543,10 +640,15 @@ impl State {
                 wait_for_file(&dir, &[files::CREATED, files::CREATE_ERROR], POLL * 4).await;
             }
         }
+        // The monitor ran the container (`run --detach`) and said so before `created`; only
+        // one of an older version left it created for us to start.
+        if dir.join(files::STARTED).exists() {
+            return Ok(());
+        }
         self.runtime_cmd(&["start", task_id])
             .await
             .map_err(|e| format!("starting container: {e}"))?;
-        let _ = std::fs::write(dir.join("started"), b"");
+        let _ = std::fs::write(dir.join(files::STARTED), b"");
         Ok(())
     }
 
@@ -812,7 +914,7 @@ impl Runtime for OciRuntime {
             let dir = entry.path();
             let state = if let Some(exit) = self.inner.exit_status(&task_id) {
                 RestoredState::Exited(exit.code)
-            } else if dir.join("started").exists() {
+            } else if dir.join(files::STARTED).exists() {
                 let pid = read_pid(&dir.join(files::INIT_PID)).unwrap_or(0);
                 if self.inner.shim_alive(&task_id) {
                     self.inner.watch_health(&task_id, &record);
