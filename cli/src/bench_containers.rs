@@ -65,6 +65,13 @@ pub async fn run_runtime(rounds: usize, runtimes: &[String], json: bool) -> Resu
                     "StartMs": f.phases[0].as_secs_f64() * 1e3,
                     "WaitMs": f.phases[1].as_secs_f64() * 1e3,
                     "RemoveMs": f.phases[2].as_secs_f64() * 1e3,
+                    "BareRunMs": f.bare_phases[0].as_secs_f64() * 1e3,
+                    "BareDeleteMs": f.bare_phases[1].as_secs_f64() * 1e3,
+                    "StepsMs": f
+                        .steps
+                        .iter()
+                        .map(|(step, took)| (step.to_string(), serde_json::json!(took.as_secs_f64() * 1e3)))
+                        .collect::<serde_json::Map<_, _>>(),
                 })
             );
         }

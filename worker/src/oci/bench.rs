@@ -2,8 +2,8 @@
 //! runtime CLI running the same bundle.
 //!
 //! Per round, both sides run `true` in a container built from the same prepared bundle:
-//! - shoal: `start` (monitor + `create` + `start`) → `wait` (exit file) → `remove` (`delete`,
-//!   unmounts, directory removal);
+//! - shoal: `start` (monitor + `run --detach`) → `wait` (exit file) → `remove` (`delete`,
+//!   unmounts, directory removal), with the median of each step of `start` and `remove`;
 //! - bare: `<runtime> run --bundle B ID` in the foreground, then `<runtime> delete`.
 //!
 //! Bundle preparation (overlay mount, config) is outside the timed region on both sides.
@@ -28,6 +28,10 @@ pub struct BenchFigures {
     /// Medians of shoal's phases: start (monitor, create, start), wait (until the exit status
     /// is recorded), remove (delete, unmount, directory).
     pub phases: [Duration; 3],
+    /// Medians of the steps of shoal's `start` and `remove`, in their order.
+    pub steps: Vec<(&'static str, Duration)>,
+    /// Medians of the bare side's two commands: `run`, `delete`.
+    pub bare_phases: [Duration; 2],
 }
 
 impl std::fmt::Display for BenchFigures {
@@ -44,7 +48,17 @@ impl std::fmt::Display for BenchFigures {
             self.runtime,
             self.bare_median.as_secs_f64() * 1e3,
             self.ratio
-        )
+        )?;
+        write!(
+            f,
+            "\n  bare: run {:.1} ms, delete {:.1} ms",
+            self.bare_phases[0].as_secs_f64() * 1e3,
+            self.bare_phases[1].as_secs_f64() * 1e3
+        )?;
+        for (step, took) in &self.steps {
+            write!(f, "\n  {step}: {:.1} ms", took.as_secs_f64() * 1e3)?;
+        }
+        Ok(())
     }
 }
 
@@ -64,6 +78,7 @@ pub async fn bench_lifecycle(
     config.runtime = runtime.to_string();
     let oci = OciRuntime::new(config).map_err(|e| e.to_string())?;
     oci.pin_image("bench", image);
+    oci.record_steps();
     let task = |id: String| Assignment {
         task_id: id,
         service_id: "bench".into(),
@@ -84,11 +99,14 @@ pub async fn bench_lifecycle(
     let mut ours = Vec::with_capacity(n);
     let mut bare = Vec::with_capacity(n);
     let mut phases: [Vec<Duration>; 3] = Default::default();
+    let mut bare_phases: [Vec<Duration>; 2] = Default::default();
+    let mut steps: Vec<(&'static str, Vec<Duration>)> = Vec::new();
     for round in 0..n {
         let id = format!("{prefix}o{round}");
         oci.prepare(&task(id.clone()))
             .await
             .map_err(|e| e.to_string())?;
+        oci.take_steps();
         let t0 = Instant::now();
         let mut marks = [Duration::ZERO; 3];
         let result = async {
@@ -104,6 +122,12 @@ pub async fn bench_lifecycle(
         phases[0].push(marks[0]);
         phases[1].push(marks[1].saturating_sub(marks[0]));
         phases[2].push(total.saturating_sub(marks[1]));
+        for (step, took) in oci.take_steps() {
+            match steps.iter_mut().find(|(s, _)| *s == step) {
+                Some((_, v)) => v.push(took),
+                None => steps.push((step, vec![took])),
+            }
+        }
         if let Err(e) = result {
             let _ = oci.remove(&id).await;
             return Err(e.to_string());
@@ -133,12 +157,17 @@ pub async fn bench_lifecycle(
             };
             let dir = dir.to_string_lossy().into_owned();
             let status = run(&["run", "--bundle", &dir, &id]);
+            let ran = t0.elapsed();
             let _ = run(&["delete", "--force", &id]);
-            status
+            (status, ran)
         })
         .await
         .map_err(|e| e.to_string())?;
-        bare.push(t0.elapsed());
+        let (status, ran) = status;
+        let total = t0.elapsed();
+        bare.push(total);
+        bare_phases[0].push(ran);
+        bare_phases[1].push(total - ran);
         let _ = oci.remove(&format!("{prefix}b{round}")).await;
         match status {
             Ok(s) if s.success() => {}
@@ -155,5 +184,7 @@ pub async fn bench_lifecycle(
         bare_median,
         ratio: shoal_median.as_secs_f64() / bare_median.as_secs_f64().max(1e-9),
         phases: phases.map(median),
+        steps: steps.into_iter().map(|(s, v)| (s, median(v))).collect(),
+        bare_phases: bare_phases.map(median),
     })
 }
