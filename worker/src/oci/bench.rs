@@ -188,3 +188,106 @@ pub async fn bench_lifecycle(
         bare_phases: bare_phases.map(median),
     })
 }
+
+/// The bare figure of `shoal bench replicas`: `n` containers started with
+/// `<runtime> run --detach` (each `sleep` in a bundle of its own, all prepared alike before
+/// the clock starts), `parallel` at a time; returns the wall time until all had started. The
+/// containers are deleted afterwards.
+pub async fn bench_bare_starts(
+    runtime: &str,
+    n: usize,
+    parallel: usize,
+    mut config: OciConfig,
+    image: Image,
+) -> Result<Duration, String> {
+    config.runtime = runtime.to_string();
+    let oci = OciRuntime::new(config).map_err(|e| e.to_string())?;
+    oci.pin_image("bench", image);
+    let prefix = format!("bare{}x", std::process::id());
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    for id in &ids {
+        let task = Assignment {
+            task_id: id.clone(),
+            service_id: "bench".into(),
+            service_name: "bench".into(),
+            slot: 1,
+            spec: TaskSpec {
+                image: "bench".into(),
+                command: vec!["sleep".into(), "3600".into()],
+                ..Default::default()
+            },
+            desired_state: TaskState::Running,
+            node_hostname: String::new(),
+            secrets: vec![],
+            configs: vec![],
+            networks: vec![],
+        };
+        oci.prepare(&task).await.map_err(|e| e.to_string())?;
+    }
+    let base = oci.runtime_base();
+    let mask = oci.masks_cgroup2();
+    let dirs: Vec<String> = ids
+        .iter()
+        .map(|id| oci.task_dir(id).to_string_lossy().into_owned())
+        .collect();
+    let run = move |args: &[&str]| {
+        let mut cmd = std::process::Command::new(&base[0]);
+        cmd.args(&base[1..]).args(args);
+        cmd.stdin(std::process::Stdio::null());
+        cmd.stdout(std::process::Stdio::null());
+        cmd.stderr(std::process::Stdio::null());
+        if mask {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: mask_cgroup2 only makes system calls.
+            unsafe { cmd.pre_exec(shim::mask_cgroup2) };
+        }
+        cmd.status()
+    };
+    let ids2 = ids.clone();
+    let run2 = run.clone();
+    let (elapsed, failures) = tokio::task::spawn_blocking(move || {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let failures = std::sync::Mutex::new(Vec::new());
+        let t0 = Instant::now();
+        std::thread::scope(|scope| {
+            for _ in 0..parallel.max(1) {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(id) = ids2.get(i) else { break };
+                    match run2(&["run", "--detach", "--bundle", &dirs[i], id]) {
+                        Ok(s) if s.success() => {}
+                        other => failures
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(format!("{id}: {other:?}")),
+                    }
+                });
+            }
+        });
+        (
+            t0.elapsed(),
+            failures
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let ids3 = ids.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        for id in &ids3 {
+            let _ = run(&["delete", "--force", id]);
+        }
+    })
+    .await;
+    for id in &ids {
+        let _ = oci.remove(id).await;
+    }
+    match failures.first() {
+        Some(first) => Err(format!(
+            "bare {runtime} run --detach failed for {} of {n} containers, e.g. {first}",
+            failures.len()
+        )),
+        None => Ok(elapsed),
+    }
+}

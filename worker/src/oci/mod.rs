@@ -595,6 +595,8 @@ impl State {
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(lead)
             .arg("serve")
+            .arg("--tasks")
+            .arg(self.config.data_dir.join("tasks"))
             .envs(self.config.shim_env.iter().map(|(k, v)| (k, v)))
             .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
                 theirs.try_clone().map_err(|e| format!("socketpair: {e}"))?,
