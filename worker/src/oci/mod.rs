@@ -248,12 +248,25 @@ impl State {
         lock(&self.pinned).insert(reference.to_string(), image);
     }
 
-    /// Record that `step` took since `since` (if steps are being recorded); returns now.
-    fn step(&self, step: &'static str, since: std::time::Instant) -> std::time::Instant {
+    /// `step` of `task_id` took since `since`: recorded if steps are being recorded, and
+    /// logged at debug level (`ms` field); returns now.
+    fn step(
+        &self,
+        task_id: &str,
+        step: &'static str,
+        since: std::time::Instant,
+    ) -> std::time::Instant {
         let now = std::time::Instant::now();
+        let took = now - since;
         if let Some(steps) = lock(&self.steps).as_mut() {
-            steps.push((step, now - since));
+            steps.push((step, took));
         }
+        tracing::debug!(
+            task = task_id,
+            step,
+            ms = took.as_secs_f64() * 1e3,
+            "runtime step"
+        );
         now
     }
 
@@ -333,8 +346,11 @@ impl State {
 
     async fn prepare_inner(&self, task: &Assignment) -> Result<(), String> {
         let dir = self.task_dir(&task.task_id);
+        let task_id = task.task_id.as_str();
         let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
+        let t = std::time::Instant::now();
         let image = self.image_for(&task.spec.image).await?;
+        let t = self.step(task_id, "prepare: image", t);
         if image.layers.is_empty() {
             return Err(format!("image {} has no layers", image.reference));
         }
@@ -358,6 +374,7 @@ impl State {
         if !is_mountpoint(&rootfs) {
             mount_layers(&rootfs, &options, &dir.join("work"))?;
         }
+        let t = self.step(task_id, "prepare: rootfs", t);
 
         let hostname = spec::hostname(task);
         let etc = dir.join("etc");
@@ -500,6 +517,7 @@ impl State {
             .as_ref()
             .map(|d| d.join(&task.task_id))
             .filter(|p| p.exists());
+        let t = self.step(task_id, "prepare: files and mounts", t);
         let config = spec::build(&spec::BundleInput {
             task,
             image: &image.config,
@@ -526,6 +544,7 @@ impl State {
         };
         let json = serde_json::to_vec_pretty(&record).map_err(|e| e.to_string())?;
         shim::write_atomic(&dir.join("task.json"), &json).map_err(|e| io("task.json", e))?;
+        self.step(task_id, "prepare: config.json and task.json", t);
         Ok(())
     }
 
@@ -651,7 +670,7 @@ impl State {
                 let _ = std::fs::remove_file(&create_error);
                 let _ = std::fs::remove_file(dir.join(files::SHIM_PID));
                 self.spawn_shim(task_id).await?;
-                t = self.step("start: monitor forked", t);
+                t = self.step(task_id, "start: monitor forked", t);
             }
             let deadline = tokio::time::Instant::now() + CREATE_TIMEOUT;
             loop {
@@ -674,7 +693,7 @@ impl State {
                 wait_for_file(&dir, &[files::CREATED, files::CREATE_ERROR], POLL * 4).await;
             }
         }
-        t = self.step("start: runtime run --detach, until `created`", t);
+        t = self.step(task_id, "start: runtime run --detach, until `created`", t);
         // The monitor ran the container (`run --detach`) and said so before `created`; only
         // one of an older version left it created for us to start.
         if dir.join(files::STARTED).exists() {
@@ -684,7 +703,7 @@ impl State {
             .await
             .map_err(|e| format!("starting container: {e}"))?;
         let _ = std::fs::write(dir.join(files::STARTED), b"");
-        self.step("start: runtime start (older monitor)", t);
+        self.step(task_id, "start: runtime start (older monitor)", t);
         Ok(())
     }
 
@@ -923,7 +942,7 @@ impl Runtime for OciRuntime {
             .inner
             .runtime_cmd(&["delete", "--force", task_id])
             .await;
-        let t = self.inner.step("remove: runtime delete", t);
+        let t = self.inner.step(task_id, "remove: runtime delete", t);
         // Let the monitor record the end before the directory goes.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
         let mut pause = Duration::from_millis(1);
@@ -931,7 +950,7 @@ impl Runtime for OciRuntime {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(POLL);
         }
-        let t = self.inner.step("remove: monitor gone", t);
+        let t = self.inner.step(task_id, "remove: monitor gone", t);
         for sub in ["rootfs", "secrets"] {
             let path = dir.join(sub);
             while is_mountpoint(&path) {
@@ -940,9 +959,9 @@ impl Runtime for OciRuntime {
                 }
             }
         }
-        let t = self.inner.step("remove: unmount", t);
+        let t = self.inner.step(task_id, "remove: unmount", t);
         remove_cgroups(task_id);
-        let t = self.inner.step("remove: cgroups", t);
+        let t = self.inner.step(task_id, "remove: cgroups", t);
         // Out of the way in one rename, deleted in the background: a few dozen unlinks wait
         // on the file system's journal, tens of milliseconds on a busy disk.
         let trash = self.inner.trash_name(task_id);
@@ -959,7 +978,7 @@ impl Runtime for OciRuntime {
             context: format!("removing {}", dir.display()),
             source,
         });
-        self.inner.step("remove: task directory", t);
+        self.inner.step(task_id, "remove: task directory", t);
         removed
     }
 
