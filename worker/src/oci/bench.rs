@@ -62,6 +62,47 @@ impl std::fmt::Display for BenchFigures {
     }
 }
 
+/// A task of the bench service running `command` in the image pinned as `bench`.
+fn bench_task(id: String, command: &[&str]) -> Assignment {
+    Assignment {
+        task_id: id,
+        service_id: "bench".into(),
+        service_name: "bench".into(),
+        slot: 1,
+        spec: TaskSpec {
+            image: "bench".into(),
+            command: command.iter().map(|c| c.to_string()).collect(),
+            ..Default::default()
+        },
+        desired_state: TaskState::Running,
+        node_hostname: String::new(),
+        secrets: vec![],
+        configs: vec![],
+        networks: vec![],
+    }
+}
+
+/// Run the bare runtime of `oci` with `args`, stdio on /dev/null; blocks.
+fn bare_runtime(
+    oci: &OciRuntime,
+) -> impl Fn(&[&str]) -> std::io::Result<std::process::ExitStatus> + Clone + Send + 'static {
+    let base = oci.runtime_base();
+    let mask = oci.masks_cgroup2();
+    move |args: &[&str]| {
+        let mut cmd = std::process::Command::new(&base[0]);
+        cmd.args(&base[1..]).args(args);
+        cmd.stdin(std::process::Stdio::null());
+        cmd.stdout(std::process::Stdio::null());
+        cmd.stderr(std::process::Stdio::null());
+        if mask {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: mask_cgroup2 only makes system calls.
+            unsafe { cmd.pre_exec(shim::mask_cgroup2) };
+        }
+        cmd.status()
+    }
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v.get(v.len() / 2).copied().unwrap_or_default()
@@ -79,22 +120,7 @@ pub async fn bench_lifecycle(
     let oci = OciRuntime::new(config).map_err(|e| e.to_string())?;
     oci.pin_image("bench", image);
     oci.record_steps();
-    let task = |id: String| Assignment {
-        task_id: id,
-        service_id: "bench".into(),
-        service_name: "bench".into(),
-        slot: 1,
-        spec: TaskSpec {
-            image: "bench".into(),
-            command: vec!["/bin/true".into()],
-            ..Default::default()
-        },
-        desired_state: TaskState::Running,
-        node_hostname: String::new(),
-        secrets: vec![],
-        configs: vec![],
-        networks: vec![],
-    };
+    let task = |id: String| bench_task(id, &["/bin/true"]);
     let prefix = format!("bench{}x", std::process::id());
     let mut ours = Vec::with_capacity(n);
     let mut bare = Vec::with_capacity(n);
@@ -138,23 +164,9 @@ pub async fn bench_lifecycle(
             .await
             .map_err(|e| e.to_string())?;
         let dir = oci.task_dir(&id);
-        let base = oci.runtime_base();
-        let mask = oci.masks_cgroup2();
+        let run = bare_runtime(&oci);
         let t0 = Instant::now();
         let status = tokio::task::spawn_blocking(move || {
-            let run = |args: &[&str]| {
-                let mut cmd = std::process::Command::new(&base[0]);
-                cmd.args(&base[1..]).args(args);
-                cmd.stdin(std::process::Stdio::null());
-                cmd.stdout(std::process::Stdio::null());
-                cmd.stderr(std::process::Stdio::null());
-                if mask {
-                    use std::os::unix::process::CommandExt;
-                    // SAFETY: mask_cgroup2 only makes system calls.
-                    unsafe { cmd.pre_exec(shim::mask_cgroup2) };
-                }
-                cmd.status()
-            };
             let dir = dir.to_string_lossy().into_owned();
             let status = run(&["run", "--bundle", &dir, &id]);
             let ran = t0.elapsed();
@@ -206,43 +218,15 @@ pub async fn bench_bare_starts(
     let prefix = format!("bare{}x", std::process::id());
     let ids: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
     for id in &ids {
-        let task = Assignment {
-            task_id: id.clone(),
-            service_id: "bench".into(),
-            service_name: "bench".into(),
-            slot: 1,
-            spec: TaskSpec {
-                image: "bench".into(),
-                command: vec!["sleep".into(), "3600".into()],
-                ..Default::default()
-            },
-            desired_state: TaskState::Running,
-            node_hostname: String::new(),
-            secrets: vec![],
-            configs: vec![],
-            networks: vec![],
-        };
-        oci.prepare(&task).await.map_err(|e| e.to_string())?;
+        oci.prepare(&bench_task(id.clone(), &["sleep", "3600"]))
+            .await
+            .map_err(|e| e.to_string())?;
     }
-    let base = oci.runtime_base();
-    let mask = oci.masks_cgroup2();
+    let run = bare_runtime(&oci);
     let dirs: Vec<String> = ids
         .iter()
         .map(|id| oci.task_dir(id).to_string_lossy().into_owned())
         .collect();
-    let run = move |args: &[&str]| {
-        let mut cmd = std::process::Command::new(&base[0]);
-        cmd.args(&base[1..]).args(args);
-        cmd.stdin(std::process::Stdio::null());
-        cmd.stdout(std::process::Stdio::null());
-        cmd.stderr(std::process::Stdio::null());
-        if mask {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: mask_cgroup2 only makes system calls.
-            unsafe { cmd.pre_exec(shim::mask_cgroup2) };
-        }
-        cmd.status()
-    };
     let ids2 = ids.clone();
     let run2 = run.clone();
     let (elapsed, failures) = tokio::task::spawn_blocking(move || {
