@@ -12,12 +12,16 @@
 //!   secrets/        a tmpfs holding the secrets and configs (nothing on disk)
 //!   volumes/        anonymous volumes (removed with the task)
 //!   shim.pid pid    the monitor's pid, the container init's pid
-//!   created         written by the shim once `create` succeeded (or create-error)
-//!   started         written by the daemon once `start` succeeded
+//!   started created written by the monitor once `run --detach` succeeded (or create-error);
+//!                   a monitor of an older version wrote `created` after `create`, and the
+//!                   daemon `started` after `start`
 //!   container.log   `<RFC 3339 nanos> <stdout|stderr> <text>` lines
 //!   exit            JSON exit status (code, signal, oom_killed, finished_at), by the shim
 //!   unhealthy       the last healthcheck output, when the healthcheck killed the container
 //! ```
+//!
+//! A removed task's directory is renamed into `<data>/trash/` and deleted there in the
+//! background.
 //!
 //! Named volumes live in `<data>/volumes/<name>/_data` and outlive tasks. The runtime's own
 //! state is under `<data>/oci/<runtime name>` (its `--root`).
@@ -166,6 +170,33 @@ pub(crate) struct State {
     mask: bool,
     pinned: Mutex<HashMap<String, Image>>,
     live: Mutex<HashMap<String, Arc<Live>>>,
+    /// The monitor server (`shim serve`), started with the first container.
+    server: tokio::sync::Mutex<Option<MonitorServer>>,
+    /// Durations of the steps of `start` and `remove`, when asked for (benchmarks).
+    steps: Mutex<Option<Vec<(&'static str, Duration)>>>,
+}
+
+/// The process that forks the monitors, and the daemon's end of its request pipe. Dropping
+/// it closes the pipe, which ends the server (not the monitors).
+struct MonitorServer {
+    pipe: tokio::net::UnixStream,
+    /// Held, not waited for: tokio reaps it once it ends.
+    _process: tokio::process::Child,
+}
+
+impl MonitorServer {
+    /// Ask for a monitor with `args` (those of `shim run`); returns its pid.
+    async fn request(&mut self, args: &[String]) -> std::io::Result<i32> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.pipe.write_all(&shim::serve_request(args)).await?;
+        let mut reply = [0u8; 4];
+        self.pipe.read_exact(&mut reply).await?;
+        let pid = i32::from_le_bytes(reply);
+        if pid <= 0 {
+            return Err(std::io::Error::from_raw_os_error(-pid));
+        }
+        Ok(pid)
+    }
 }
 
 impl State {
@@ -180,7 +211,17 @@ impl State {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| binary.clone());
         let root = config.data_dir.join("oci").join(&name);
-        for dir in [&root, &config.data_dir.join("tasks")] {
+        let trash = config.data_dir.join("trash");
+        // What a daemon stopped before it finished deleting.
+        if std::fs::read_dir(&trash).is_ok_and(|mut d| d.next().is_some()) {
+            let old = trash.clone();
+            std::thread::spawn(move || {
+                for entry in std::fs::read_dir(&old).into_iter().flatten().flatten() {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            });
+        }
+        for dir in [&root, &config.data_dir.join("tasks"), &trash] {
             std::fs::create_dir_all(dir).map_err(|source| RuntimeError::Io {
                 task_id: String::new(),
                 op: RuntimeOp::Prepare,
@@ -196,6 +237,8 @@ impl State {
             mask,
             pinned: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
+            server: tokio::sync::Mutex::new(None),
+            steps: Mutex::new(None),
         })
     }
 
@@ -205,8 +248,42 @@ impl State {
         lock(&self.pinned).insert(reference.to_string(), image);
     }
 
+    /// `step` of `task_id` took since `since`: recorded if steps are being recorded, and
+    /// logged at debug level (`ms` field); returns now.
+    fn step(
+        &self,
+        task_id: &str,
+        step: &'static str,
+        since: std::time::Instant,
+    ) -> std::time::Instant {
+        let now = std::time::Instant::now();
+        let took = now - since;
+        if let Some(steps) = lock(&self.steps).as_mut() {
+            steps.push((step, took));
+        }
+        tracing::debug!(
+            task = task_id,
+            step,
+            ms = took.as_secs_f64() * 1e3,
+            "runtime step"
+        );
+        now
+    }
+
     pub fn task_dir(&self, task_id: &str) -> PathBuf {
         self.config.data_dir.join("tasks").join(task_id)
+    }
+
+    /// A new name under `<data>/trash/` for the directory of a removed task.
+    fn trash_name(&self, task_id: &str) -> PathBuf {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        self.config
+            .data_dir
+            .join("trash")
+            .join(format!("{task_id}.{nanos}"))
     }
 
     /// The runtime binary and its `--root`, as the runtime CLI takes them.
@@ -269,8 +346,11 @@ impl State {
 
     async fn prepare_inner(&self, task: &Assignment) -> Result<(), String> {
         let dir = self.task_dir(&task.task_id);
+        let task_id = task.task_id.as_str();
         let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
+        let t = std::time::Instant::now();
         let image = self.image_for(&task.spec.image).await?;
+        let t = self.step(task_id, "prepare: image", t);
         if image.layers.is_empty() {
             return Err(format!("image {} has no layers", image.reference));
         }
@@ -292,15 +372,9 @@ impl State {
         );
         let rootfs = dir.join("rootfs");
         if !is_mountpoint(&rootfs) {
-            nix::mount::mount(
-                Some("overlay"),
-                &rootfs,
-                Some("overlay"),
-                nix::mount::MsFlags::empty(),
-                Some(options.as_str()),
-            )
-            .map_err(|e| format!("mounting the image layers (overlay): {e}"))?;
+            mount_layers(&rootfs, &options, &dir.join("work"))?;
         }
+        let t = self.step(task_id, "prepare: rootfs", t);
 
         let hostname = spec::hostname(task);
         let etc = dir.join("etc");
@@ -443,6 +517,7 @@ impl State {
             .as_ref()
             .map(|d| d.join(&task.task_id))
             .filter(|p| p.exists());
+        let t = self.step(task_id, "prepare: files and mounts", t);
         let config = spec::build(&spec::BundleInput {
             task,
             image: &image.config,
@@ -469,36 +544,109 @@ impl State {
         };
         let json = serde_json::to_vec_pretty(&record).map_err(|e| e.to_string())?;
         shim::write_atomic(&dir.join("task.json"), &json).map_err(|e| io("task.json", e))?;
+        self.step(task_id, "prepare: config.json and task.json", t);
         Ok(())
     }
 
+    /// The arguments of `shim run` for `task_id`.
+    fn monitor_args(&self, task_id: &str) -> Vec<String> {
+        let mut args = vec![
+            "--task-dir".to_string(),
+            self.task_dir(task_id).to_string_lossy().into_owned(),
+            "--runtime".to_string(),
+            self.binary.clone(),
+            "--root".to_string(),
+            self.root.to_string_lossy().into_owned(),
+            "--id".to_string(),
+            task_id.to_string(),
+        ];
+        if self.mask {
+            args.push("--mask-cgroup2".into());
+        }
+        args
+    }
+
+    /// Start the monitor of `task_id`: forked by the monitor server (started here if there is
+    /// none yet, or again if it went away), or on its own if the server cannot be had.
     async fn spawn_shim(&self, task_id: &str) -> Result<(), String> {
-        let dir = self.task_dir(task_id);
-        let (program, lead) = self
-            .config
+        let args = self.monitor_args(task_id);
+        {
+            let mut server = self.server.lock().await;
+            for _attempt in 0..2 {
+                if server.is_none() {
+                    match self.start_server() {
+                        Ok(started) => *server = Some(started),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "monitor server not started; starting monitors on their own");
+                            break;
+                        }
+                    }
+                }
+                if let Some(live) = server.as_mut() {
+                    match live.request(&args).await {
+                        Ok(_pid) => return Ok(()),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "monitor server failed; starting another");
+                            *server = None;
+                        }
+                    }
+                }
+            }
+        }
+        self.spawn_shim_alone(&args).await
+    }
+
+    fn shim_program(&self) -> Result<(&String, &[String]), String> {
+        self.config
             .shim_command
             .split_first()
-            .ok_or("no shim command configured")?;
+            .ok_or_else(|| "no shim command configured".to_string())
+    }
+
+    fn start_server(&self) -> Result<MonitorServer, String> {
+        let (program, lead) = self.shim_program()?;
+        let (ours, theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+        ours.set_nonblocking(true)
+            .map_err(|e| format!("socketpair: {e}"))?;
+        let pipe =
+            tokio::net::UnixStream::from_std(ours).map_err(|e| format!("socketpair: {e}"))?;
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(lead)
+            .arg("serve")
+            .arg("--tasks")
+            .arg(self.config.data_dir.join("tasks"))
+            .envs(self.config.shim_env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                theirs.try_clone().map_err(|e| format!("socketpair: {e}"))?,
+            )))
+            .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                theirs,
+            )))
+            // Not a pipe: the monitors keep their stdio, and a pipe would never close.
+            .stderr(std::process::Stdio::null());
+        let process = cmd
+            .spawn()
+            .map_err(|e| format!("starting the monitor server {program}: {e}"))?;
+        Ok(MonitorServer {
+            pipe,
+            _process: process,
+        })
+    }
+
+    /// A monitor executed on its own (`shim run`): the first process forks and exits at once;
+    /// its child is the monitor.
+    async fn spawn_shim_alone(&self, args: &[String]) -> Result<(), String> {
+        let (program, lead) = self.shim_program()?;
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(lead)
             .arg("run")
-            .arg("--task-dir")
-            .arg(&dir)
-            .arg("--runtime")
-            .arg(&self.binary)
-            .arg("--root")
-            .arg(&self.root)
-            .arg("--id")
-            .arg(task_id)
+            .args(args)
             .envs(self.config.shim_env.iter().map(|(k, v)| (k, v)))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             // Not a pipe: the monitor keeps its stdio, and a pipe would never close.
             .stderr(std::process::Stdio::null());
-        if self.mask {
-            cmd.arg("--mask-cgroup2");
-        }
-        // The first shim process forks and exits at once; its child is the monitor.
         let status = cmd
             .status()
             .await
@@ -511,16 +659,18 @@ impl State {
 
     async fn start_inner(&self, task_id: &str) -> Result<(), String> {
         let dir = self.task_dir(task_id);
-        if dir.join("started").exists() || dir.join(files::EXIT).exists() {
+        if dir.join(files::STARTED).exists() || dir.join(files::EXIT).exists() {
             return Ok(());
         }
         let created = dir.join(files::CREATED);
         let create_error = dir.join(files::CREATE_ERROR);
+        let mut t = std::time::Instant::now();
         if !created.exists() {
             if !self.shim_alive(task_id) {
                 let _ = std::fs::remove_file(&create_error);
                 let _ = std::fs::remove_file(dir.join(files::SHIM_PID));
                 self.spawn_shim(task_id).await?;
+                t = self.step(task_id, "start: monitor forked", t);
             }
             let deadline = tokio::time::Instant::now() + CREATE_TIMEOUT;
             loop {
@@ -543,10 +693,17 @@ impl State {
                 wait_for_file(&dir, &[files::CREATED, files::CREATE_ERROR], POLL * 4).await;
             }
         }
+        t = self.step(task_id, "start: runtime run --detach, until `created`", t);
+        // The monitor ran the container (`run --detach`) and said so before `created`; only
+        // one of an older version left it created for us to start.
+        if dir.join(files::STARTED).exists() {
+            return Ok(());
+        }
         self.runtime_cmd(&["start", task_id])
             .await
             .map_err(|e| format!("starting container: {e}"))?;
-        let _ = std::fs::write(dir.join("started"), b"");
+        let _ = std::fs::write(dir.join(files::STARTED), b"");
+        self.step(task_id, "start: runtime start (older monitor)", t);
         Ok(())
     }
 
@@ -650,6 +807,19 @@ impl OciRuntime {
     /// The runtime binary and its `--root`, as the runtime CLI takes them.
     pub fn runtime_base(&self) -> Vec<String> {
         self.inner.runtime_base()
+    }
+
+    /// Record the duration of each step of `start` and `remove` from now on (benchmarks).
+    pub fn record_steps(&self) {
+        *lock(&self.inner.steps) = Some(Vec::new());
+    }
+
+    /// The steps recorded since the last call, in order.
+    pub fn take_steps(&self) -> Vec<(&'static str, Duration)> {
+        lock(&self.inner.steps)
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Whether runtime commands run in a masked mount namespace (crun on a hybrid host).
@@ -767,10 +937,12 @@ impl Runtime for OciRuntime {
         if !dir.exists() {
             return Ok(());
         }
+        let t = std::time::Instant::now();
         let _ = self
             .inner
             .runtime_cmd(&["delete", "--force", task_id])
             .await;
+        let t = self.inner.step(task_id, "remove: runtime delete", t);
         // Let the monitor record the end before the directory goes.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
         let mut pause = Duration::from_millis(1);
@@ -778,6 +950,7 @@ impl Runtime for OciRuntime {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(POLL);
         }
+        let t = self.inner.step(task_id, "remove: monitor gone", t);
         for sub in ["rootfs", "secrets"] {
             let path = dir.join(sub);
             while is_mountpoint(&path) {
@@ -786,13 +959,27 @@ impl Runtime for OciRuntime {
                 }
             }
         }
+        let t = self.inner.step(task_id, "remove: unmount", t);
         remove_cgroups(task_id);
-        std::fs::remove_dir_all(&dir).map_err(|source| RuntimeError::Io {
+        let t = self.inner.step(task_id, "remove: cgroups", t);
+        // Out of the way in one rename, deleted in the background: a few dozen unlinks wait
+        // on the file system's journal, tens of milliseconds on a busy disk.
+        let trash = self.inner.trash_name(task_id);
+        let removed = match std::fs::rename(&dir, &trash) {
+            Ok(()) => {
+                tokio::task::spawn_blocking(move || std::fs::remove_dir_all(trash));
+                Ok(())
+            }
+            Err(_) => std::fs::remove_dir_all(&dir),
+        }
+        .map_err(|source| RuntimeError::Io {
             task_id: task_id.to_string(),
             op: RuntimeOp::Remove,
             context: format!("removing {}", dir.display()),
             source,
-        })
+        });
+        self.inner.step(task_id, "remove: task directory", t);
+        removed
     }
 
     fn log_path(&self, task_id: &str) -> Option<PathBuf> {
@@ -812,7 +999,7 @@ impl Runtime for OciRuntime {
             let dir = entry.path();
             let state = if let Some(exit) = self.inner.exit_status(&task_id) {
                 RestoredState::Exited(exit.code)
-            } else if dir.join("started").exists() {
+            } else if dir.join(files::STARTED).exists() {
                 let pid = read_pid(&dir.join(files::INIT_PID)).unwrap_or(0);
                 if self.inner.shim_alive(&task_id) {
                     self.inner.watch_health(&task_id, &record);
@@ -1027,6 +1214,27 @@ fn remove_cgroups(task_id: &str) {
             let _ = std::fs::remove_dir(&dir);
         }
     }
+}
+
+/// Mount the image layers at `rootfs`: overlayfs, `volatile` where the kernel has it (5.10
+/// and later). A container's writable layer does not outlive the machine: unmounting a
+/// volatile overlay does not sync the whole upper file system, which took tens of
+/// milliseconds per container removal. After a crash the kernel refuses a volatile work
+/// directory it finds again until its marker is removed, which this does.
+fn mount_layers(rootfs: &Path, options: &str, work: &Path) -> Result<(), String> {
+    let mount = |options: &str| {
+        nix::mount::mount(
+            Some("overlay"),
+            rootfs,
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(options),
+        )
+    };
+    let _ = std::fs::remove_dir_all(work.join("work").join("incompat"));
+    mount(&format!("{options},volatile"))
+        .or_else(|_| mount(options))
+        .map_err(|e| format!("mounting the image layers (overlay): {e}"))
 }
 
 fn is_mountpoint(path: &Path) -> bool {

@@ -1,18 +1,25 @@
-//! The per-container monitor ("shim"): the node's own binary re-executed as
-//! `shoal shim run …`, one per container.
+//! The per-container monitor ("shim"), one per container, forked from a monitor server
+//! (`shoal shim serve`: the node's own binary, executed once per daemon).
 //!
 //! ```text
-//!  daemon ──spawn──▶ shim ──fork──▶ shim (setsid, child subreaper; the first one exits at once)
-//!                                     ├─ runtime create (stdout/stderr: pipes the shim holds)
-//!                                     │    writes <task>/created (init pid) or <task>/create-error
-//!  daemon: runtime start ────────────▶│  (the daemon starts the container itself)
-//!                                     ├─ copies the pipes, line by line, into <task>/container.log
-//!                                     └─ reaps the init (re-parented to it), writes <task>/exit
+//!  daemon ──spawn once──▶ shim serve (single-threaded; reads requests on its stdin)
+//!  daemon ──request──────▶  │ fork (no exec: the pages of the binary stay shared)
+//!                           └─▶ monitor (own process group, child subreaper)
+//!                                ├─ runtime run --detach (stdout/stderr: pipes the monitor holds)
+//!                                │    writes <task>/started and <task>/created (init pid),
+//!                                │    or <task>/create-error
+//!                                ├─ copies the pipes, line by line, into <task>/container.log
+//!                                └─ reaps the init (re-parented to it), writes <task>/exit
 //! ```
 //!
-//! The shim outlives the daemon, so a killed and restarted daemon finds the container running
-//! and its log still written, or the exit status waiting in the task directory. It is plain std
-//! and libc — no async runtime — so that it costs about a megabyte per container.
+//! The monitors outlive the daemon (and the server, which ends when the daemon's end of its
+//! stdin closes), so a killed and restarted daemon finds the container running and its log
+//! still written, or the exit status waiting in the task directory. They are plain std and
+//! libc — no async runtime — and, forked rather than executed, each costs only the pages it
+//! writes itself (a few dozen KiB).
+//!
+//! `shoal shim run …` is the same monitor started on its own (the fallback when the server
+//! cannot be reached): it forks once, the first process exits at once.
 //!
 //! `shoal shim exec-ns -- PROGRAM ARGS…` runs a program in a private mount namespace with the
 //! cgroup2 mount of a hybrid host hidden (what crun needs there; see [`mask_cgroup2`]).
@@ -47,6 +54,7 @@ pub struct ExitStatus {
 /// Task-directory file names shared by the shim and the daemon.
 pub mod files {
     pub const CREATED: &str = "created";
+    pub const STARTED: &str = "started";
     pub const CREATE_ERROR: &str = "create-error";
     pub const EXIT: &str = "exit";
     pub const SHIM_PID: &str = "shim.pid";
@@ -61,6 +69,13 @@ pub fn shim_main(args: Vec<String>) -> i32 {
             Ok(run) => run_shim(run),
             Err(e) => {
                 eprintln!("shoal shim: {e}");
+                2
+            }
+        },
+        Some("serve") => match args.get(1..) {
+            Some([flag, tasks]) if flag == "--tasks" => serve(Path::new(tasks)),
+            _ => {
+                eprintln!("usage: shoal shim serve --tasks DIR");
                 2
             }
         },
@@ -79,7 +94,7 @@ pub fn shim_main(args: Vec<String>) -> i32 {
             127
         }
         _ => {
-            eprintln!("usage: shoal shim run --task-dir DIR --runtime BIN --root DIR --id ID [--mask-cgroup2] | shoal shim exec-ns -- PROGRAM ARGS...");
+            eprintln!("usage: shoal shim run --task-dir DIR --runtime BIN --root DIR --id ID [--mask-cgroup2] | shoal shim serve --tasks DIR | shoal shim exec-ns -- PROGRAM ARGS...");
             2
         }
     }
@@ -141,39 +156,126 @@ impl RunArgs {
 
 fn run_shim(run: RunArgs) -> i32 {
     // Detach: the process the daemon spawned exits at once (the daemon reaps it), the child
-    // lives on in its own session, re-parented to init.
+    // lives on, re-parented to init.
     // SAFETY: the shim is entered before any thread is started.
     match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Parent { .. }) => return 0,
-        Ok(nix::unistd::ForkResult::Child) => {}
+        Ok(nix::unistd::ForkResult::Parent { .. }) => 0,
+        Ok(nix::unistd::ForkResult::Child) => become_monitor(&run),
         Err(e) => {
             eprintln!("shoal shim: fork: {e}");
-            return 1;
-        }
-    }
-    let _ = nix::unistd::setsid();
-    // SAFETY: plain prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    let dir = run.task_dir.clone();
-    let _ = write_atomic(
-        &dir.join(files::SHIM_PID),
-        std::process::id().to_string().as_bytes(),
-    );
-    match monitor(&run) {
-        Ok(()) => 0,
-        Err(e) => {
-            let _ = write_atomic(&dir.join(files::CREATE_ERROR), e.as_bytes());
             1
         }
     }
+}
+
+/// The monitor proper, in a freshly forked single-threaded process: its own process group,
+/// the subreaper of the container, until the container's exit is recorded.
+fn become_monitor(run: &RunArgs) -> i32 {
+    // A process group of its own (signals to the daemon's group do not reach it), in the
+    // daemon's session: `setsid` would put it in a scheduler autogroup of its own, where the
+    // runtime's `run` took 15-20 ms longer on a loaded machine.
+    let _ = nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0));
+    // SAFETY: plain prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let dir = &run.task_dir;
+    let _ = write_quick(
+        &dir.join(files::SHIM_PID),
+        std::process::id().to_string().as_bytes(),
+    );
+    match monitor(run) {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = write_quick(&dir.join(files::CREATE_ERROR), e.as_bytes());
+            1
+        }
+    }
+}
+
+/// Longest request the monitor server reads (a task directory, a runtime path, an id).
+const MAX_REQUEST: usize = 64 * 1024;
+
+/// `shoal shim serve --tasks DIR`: the monitor server. Reads requests on stdin — a
+/// little-endian `u32` length, then the arguments of `shim run` separated by NUL bytes — forks
+/// a monitor for each task directory under `DIR` and answers with its pid (`i32`,
+/// little-endian; negative: the request was refused). Ends when stdin reaches end of file
+/// (the daemon went away); the monitors live on. `DIR` also names the node in the command
+/// line the monitors inherit (labs recognise their processes by it).
+fn serve(tasks: &Path) -> i32 {
+    // Monitors end on their own; nobody waits for them but the kernel.
+    // SAFETY: setting a signal disposition in a single-threaded process.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    let mut input = std::io::stdin().lock();
+    let mut output = std::io::stdout().lock();
+    loop {
+        let mut len = [0u8; 4];
+        if input.read_exact(&mut len).is_err() {
+            return 0;
+        }
+        let len = u32::from_le_bytes(len) as usize;
+        if len > MAX_REQUEST {
+            return 2;
+        }
+        let mut body = vec![0u8; len];
+        if input.read_exact(&mut body).is_err() {
+            return 0;
+        }
+        let args: Vec<String> = body
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let reply = match RunArgs::parse(&args) {
+            Err(_) => -libc::EINVAL,
+            Ok(run) if run.task_dir.parent() != Some(tasks) => -libc::EPERM,
+            // SAFETY: the server is single-threaded.
+            Ok(run) => match unsafe { nix::unistd::fork() } {
+                Ok(nix::unistd::ForkResult::Parent { child }) => child.as_raw(),
+                Ok(nix::unistd::ForkResult::Child) => {
+                    // SAFETY: back to the default disposition (the monitor waits for its
+                    // children), and the request pipe closed: only system calls.
+                    unsafe {
+                        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+                        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                        if null >= 0 {
+                            libc::dup2(null, 0);
+                            libc::dup2(null, 1);
+                            if null > 2 {
+                                libc::close(null);
+                            }
+                        }
+                    }
+                    let code = become_monitor(&run);
+                    // SAFETY: ends the forked process without running the server's exit path.
+                    unsafe { libc::_exit(code) }
+                }
+                Err(e) => -(e as i32),
+            },
+        };
+        if output
+            .write_all(&reply.to_le_bytes())
+            .and_then(|_| output.flush())
+            .is_err()
+        {
+            return 0;
+        }
+    }
+}
+
+/// A request of [`serve`] for `args` (the arguments of `shim run`).
+pub fn serve_request(args: &[String]) -> Vec<u8> {
+    let body = args.join("\0");
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(body.as_bytes());
+    out
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))
 }
 
-/// Create the container, copy its output and wait for it. An `Err` is a create failure, in the
-/// runtime's words.
+/// Create and start the container in one call of the runtime (`run --detach`), copy its
+/// output and wait for it. An `Err` is a create failure, in the runtime's words.
 fn monitor(run: &RunArgs) -> Result<(), String> {
     let dir = &run.task_dir;
     let (out_r, out_w) = pipe()?;
@@ -183,7 +285,8 @@ fn monitor(run: &RunArgs) -> Result<(), String> {
         create.arg("--root").arg(&run.root);
     }
     create
-        .arg("create")
+        .arg("run")
+        .arg("--detach")
         .arg("--bundle")
         .arg(dir)
         .arg("--pid-file")
@@ -210,7 +313,7 @@ fn monitor(run: &RunArgs) -> Result<(), String> {
         let _ = File::from(out_r).read_to_string(&mut out_text);
         text.push_str(&out_text);
         return Err(if text.trim().is_empty() {
-            format!("{} create: {status}", run.runtime)
+            format!("{} run: {status}", run.runtime)
         } else {
             text
         });
@@ -218,8 +321,10 @@ fn monitor(run: &RunArgs) -> Result<(), String> {
     let pid: i32 = std::fs::read_to_string(dir.join(files::INIT_PID))
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| format!("{} create: no pid file", run.runtime))?;
-    let _ = write_atomic(&dir.join(files::CREATED), pid.to_string().as_bytes());
+        .ok_or_else(|| format!("{} run: no pid file", run.runtime))?;
+    // Started as well as created: `run` did both (the daemon waits for `created`).
+    let _ = write_quick(&dir.join(files::STARTED), b"");
+    let _ = write_quick(&dir.join(files::CREATED), pid.to_string().as_bytes());
 
     let (wake_r, wake_w) = pipe()?;
     let waiter = std::thread::Builder::new()
@@ -246,7 +351,7 @@ fn monitor(run: &RunArgs) -> Result<(), String> {
         finished_at: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
     };
     let json = serde_json::to_vec(&exit).unwrap_or_default();
-    let _ = write_atomic(&dir.join(files::EXIT), &json);
+    let _ = write_quick(&dir.join(files::EXIT), &json);
     Ok(())
 }
 
@@ -406,8 +511,19 @@ pub fn oom_killed(id: &str) -> bool {
     })
 }
 
-/// Write through a temporary file and a rename, so readers see all or nothing.
+/// Write through a temporary file and a rename, so readers see all or nothing, and the data
+/// on disk before the name (the node's records, which must survive a power loss).
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_renamed(path, data, true)
+}
+
+/// [`write_atomic`] without the sync: the monitor's files (pids, created, exit) describe
+/// processes that a power loss ends anyway; other processes see them whole all the same.
+pub fn write_quick(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_renamed(path, data, false)
+}
+
+fn write_renamed(path: &Path, data: &[u8], sync: bool) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(OsStr::new(".tmp"));
     let tmp = PathBuf::from(tmp);
@@ -421,7 +537,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
             .mode(0o600)
             .open(&tmp)?;
         file.write_all(data)?;
-        file.sync_all()?;
+        if sync {
+            file.sync_all()?;
+        }
     }
     std::fs::rename(&tmp, path)
 }
