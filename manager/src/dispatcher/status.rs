@@ -8,7 +8,7 @@ use std::time::Duration;
 use proto::spec::{StatusReport, TaskStatus};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{Object, Op, ProposeError, Store, Txn};
+use crate::store::{Object, Op, ProposeError, Store, StoreData, Txn};
 
 /// The queue of status reports and the leader loop that writes it ([`StatusWriter::run`]).
 pub struct StatusWriter {
@@ -71,27 +71,21 @@ impl StatusWriter {
                 let mut p = self.pending.lock().expect("status lock");
                 p.drain().collect()
             };
-            for chunk in batch.chunks(crate::orchestrator::MAX_OPS_PER_TXN) {
-                let ops: Vec<Op> = self.store.view(|d| {
-                    chunk
-                        .iter()
-                        .filter_map(|(id, st)| {
-                            let t = d.tasks.get(id)?;
-                            if st.state < t.status.state
-                                || (st.state == t.status.state && st == &t.status)
-                            {
-                                return None;
-                            }
-                            let mut t = t.clone();
-                            t.status = st.clone();
-                            Some(Op::Update(Object::Task(t)))
-                        })
-                        .collect()
-                });
-                if ops.is_empty() {
-                    continue;
-                }
-                match self.store.propose(Txn::new(ops)).await {
+            // The batch's transactions are proposed together (queued in order), sharing raft
+            // entries; one view builds them all, a lookup per report.
+            let (chunks, txns): (Vec<&[(String, TaskStatus)]>, Vec<Txn>) = self.store.view(|d| {
+                batch
+                    .chunks(crate::orchestrator::MAX_OPS_PER_TXN)
+                    .map(|chunk| (chunk, status_ops(d, chunk)))
+                    .filter(|(_, ops)| !ops.is_empty())
+                    .map(|(chunk, ops)| (chunk, Txn::new(ops)))
+                    .unzip()
+            });
+            let results =
+                futures::future::join_all(txns.into_iter().map(|txn| self.store.propose(txn)))
+                    .await;
+            for (chunk, result) in chunks.into_iter().zip(results) {
+                match result {
                     Ok(_) => {}
                     Err(ProposeError::NotLeader) => return,
                     Err(e) => {
@@ -103,4 +97,20 @@ impl StatusWriter {
             }
         }
     }
+}
+
+/// The writes that carry `statuses` into the store: forward moves of tasks that exist.
+fn status_ops(d: &StoreData, statuses: &[(String, TaskStatus)]) -> Vec<Op> {
+    statuses
+        .iter()
+        .filter_map(|(id, st)| {
+            let t = d.tasks.get(id)?;
+            if st.state < t.status.state || (st.state == t.status.state && st == &t.status) {
+                return None;
+            }
+            let mut t = t.clone();
+            t.status = st.clone();
+            Some(Op::Update(Object::Task(t)))
+        })
+        .collect()
 }

@@ -512,6 +512,92 @@ pub enum Change {
 pub struct Event {
     pub index: u64,
     pub changes: Arc<Vec<Change>>,
+    /// What the changes touch, worked out once for every watcher.
+    pub touched: Arc<Touched>,
+}
+
+/// An index of an event's changes: a thousand node sessions watching an event of 2,000
+/// changes each look up their own node instead of each scanning every change.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Per node: the positions in the event's changes of the tasks placed on that node,
+    /// before the change or after it (a task deleted or moved away counts for its old node).
+    tasks_by_node: BTreeMap<String, Vec<usize>>,
+    /// The kinds of the objects put or deleted, one bit per [`Kind`].
+    kinds: u16,
+    /// A task put in the event is attached to networks.
+    task_networks: bool,
+}
+
+impl Touched {
+    /// Index `changes` (committed by `txn`); `old_nodes[i]` is the node the task of op `i`
+    /// was placed on before the transaction, if any.
+    fn add(&mut self, offset: usize, changes: &[Change], old_nodes: &[Option<String>]) {
+        for (i, c) in changes.iter().enumerate() {
+            let (kind, new_node) = match c {
+                Change::Put(o) => (
+                    o.kind(),
+                    match o {
+                        Object::Task(t) => {
+                            self.task_networks |= !t.networks.is_empty();
+                            Some(t.node_id.as_str())
+                        }
+                        _ => None,
+                    },
+                ),
+                Change::Deleted { kind, .. } => (*kind, None),
+            };
+            self.kinds |= 1 << kind as u16;
+            if kind != Kind::Task {
+                continue;
+            }
+            let old = old_nodes.get(i).and_then(|n| n.as_deref());
+            for node in [new_node, old.filter(|o| Some(*o) != new_node)]
+                .into_iter()
+                .flatten()
+                .filter(|n| !n.is_empty())
+            {
+                self.tasks_by_node
+                    .entry(node.to_string())
+                    .or_default()
+                    .push(offset + i);
+            }
+        }
+    }
+
+    /// The positions in the event's changes of the tasks placed on `node_id` before or
+    /// after the change.
+    pub fn node_tasks(&self, node_id: &str) -> &[usize] {
+        self.tasks_by_node.get(node_id).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether an object of `kind` was put or deleted.
+    pub fn has(&self, kind: Kind) -> bool {
+        self.kinds & (1 << kind as u16) != 0
+    }
+
+    /// Whether a task put in the event is attached to networks.
+    pub fn task_networks(&self) -> bool {
+        self.task_networks
+    }
+}
+
+/// The node each task op of `txn` finds its task placed on (before the transaction).
+fn old_task_nodes(data: &StoreData, txn: &Txn) -> Vec<Option<String>> {
+    txn.ops
+        .iter()
+        .map(|op| {
+            let id = match op {
+                Op::Create(Object::Task(t)) | Op::Update(Object::Task(t)) => &t.id,
+                Op::Delete {
+                    kind: Kind::Task,
+                    id,
+                } => id,
+                _ => return None,
+            };
+            data.tasks.get(id).map(|t| t.node_id.clone())
+        })
+        .collect()
 }
 
 /// The tables. Cloneable so that snapshots and tests can hold a copy.
@@ -1284,13 +1370,19 @@ impl Store {
     }
 
     pub(crate) fn apply(&self, index: u64, txn: &Txn) -> TxnOutcome {
+        let mut touched = Touched::default();
         if txn.batch.is_empty() {
-            let res = self.data.write().expect("store lock").apply_txn(index, txn);
+            let res = {
+                let mut data = self.data.write().expect("store lock");
+                let old = old_task_nodes(&data, txn);
+                data.apply_txn(index, txn).inspect(|c| touched.add(0, c, &old))
+            };
             return match res {
                 Ok(changes) => {
                     let _ = self.events.send(Event {
                         index,
                         changes: Arc::new(changes),
+                        touched: Arc::new(touched),
                     });
                     TxnOutcome::Applied { index }
                 }
@@ -1303,8 +1395,10 @@ impl Store {
         {
             let mut data = self.data.write().expect("store lock");
             for t in &txn.batch {
+                let old = old_task_nodes(&data, t);
                 match data.apply_txn(index, t) {
                     Ok(changes) => {
+                        touched.add(all.len(), &changes, &old);
                         all.extend(changes);
                         outcomes.push(TxnOutcome::Applied { index });
                     }
@@ -1316,6 +1410,7 @@ impl Store {
             let _ = self.events.send(Event {
                 index,
                 changes: Arc::new(all),
+                touched: Arc::new(touched),
             });
         }
         TxnOutcome::Batch(outcomes)
