@@ -10,6 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::{Object, Op, ProposeError, Store, StoreData, Txn};
 
+/// How long reports are gathered before a batch is written.
+const GATHER: Duration = Duration::from_millis(20);
+
 /// The queue of status reports and the leader loop that writes it ([`StatusWriter::run`]).
 pub struct StatusWriter {
     store: Store,
@@ -65,8 +68,9 @@ impl StatusWriter {
                 _ = self.notify.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
-            // Gather what arrives within a few milliseconds into one write.
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            // Gather what arrives meanwhile into one write: a task that moves through
+            // several states within the window is written once, at its newest.
+            tokio::time::sleep(GATHER).await;
             let batch: Vec<(String, TaskStatus)> = {
                 let mut p = self.pending.lock().expect("status lock");
                 p.drain().collect()

@@ -39,8 +39,10 @@ use tokio::sync::broadcast;
 pub const MAX_OPS_PER_TXN: usize = 200;
 
 /// Most tasks one orchestration round creates: a large service is brought up over several
-/// rounds, so a round's memory and transactions stay bounded whatever the spec asks.
-pub const MAX_CREATES_PER_ROUND: usize = 1000;
+/// rounds, so a round's memory and transactions stay bounded whatever the spec asks. Each
+/// round reads the whole service, so the bound also sets how many times a new service of N
+/// tasks is read (N / this): 1,000 made 100,000 tasks cost 100 reads of up to 100,000.
+pub const MAX_CREATES_PER_ROUND: usize = 5000;
 
 /// Decisions of one orchestration round, over a working copy of the tasks it touched.
 pub struct Plan<'a> {

@@ -542,10 +542,11 @@ fn cluster_with(limits: crate::store::ClusterLimits) -> crate::store::Cluster {
 
 #[test]
 fn a_large_service_is_created_in_bounded_rounds() {
-    let mut d = setup(2_500);
+    let total = super::MAX_CREATES_PER_ROUND * 5 / 2;
+    let mut d = setup(total as u64);
     let mut now = 1_000;
     let mut rounds = 0;
-    while d.tasks.len() < 2_500 {
+    while d.tasks.len() < total {
         let ops = plan(&d, now);
         let creates = ops
             .iter()
@@ -562,7 +563,7 @@ fn a_large_service_is_created_in_bounded_rounds() {
         assert!(rounds <= 3, "not converging");
     }
     assert_eq!(rounds, 3);
-    assert_eq!(running(&d).len(), 2_500);
+    assert_eq!(running(&d).len(), total);
 }
 
 #[test]
