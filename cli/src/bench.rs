@@ -22,6 +22,9 @@ use proto::transport::{Credentials, Identity};
 use tokio_util::sync::CancellationToken;
 use worker::agent::{Agent, AgentConfig};
 
+/// Workers started together while the bench sets up.
+const REGISTRATION_WAVE: usize = 100;
+
 pub struct BenchConfig {
     pub managers: usize,
     pub workers: usize,
@@ -211,7 +214,23 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<Figures> {
     }
     let leader_addr = leader.config.advertise_addr.clone();
     let cancel = CancellationToken::new();
+    let registered = || {
+        leader.store.view(|d| {
+            d.nodes
+                .values()
+                .filter(|n| n.state == NodeState::Ready)
+                .count()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
     for (i, id) in worker_ids.iter().enumerate() {
+        // Workers come in waves: a thousand TLS handshakes and registrations at once on two
+        // cores starve the managers' raft into elections before the measured part starts.
+        if i > 0 && i % REGISTRATION_WAVE == 0 {
+            while registered() < cfg.managers + i && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         let creds = Credentials::new(Some(identity(&cluster, id, Role::Worker)?));
         let (tx, rx) = tokio::sync::mpsc::channel(4096);
         let runtime = Arc::new(worker::runtime::FakeRuntime::new(Duration::ZERO));
@@ -235,14 +254,8 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<Figures> {
         let c = cancel.clone();
         tokio::spawn(async move { agent.run(c).await });
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
     let ready = loop {
-        let ready = leader.store.view(|d| {
-            d.nodes
-                .values()
-                .filter(|n| n.state == NodeState::Ready)
-                .count()
-        });
+        let ready = registered();
         if ready >= cfg.workers + cfg.managers {
             break ready;
         }
