@@ -420,7 +420,8 @@ async fn measure(cfg: &BenchConfig, leader: &Arc<Manager>, fig: &mut Figures) ->
                 Ok(Ok(ev)) => {
                     for c in ev.changes.iter() {
                         if let Change::Put(Object::Task(t)) = c {
-                            if t.status.state >= TaskState::Assigned && assigned.insert(t.id.clone())
+                            if t.status.state >= TaskState::Assigned
+                                && assigned.insert(t.id.clone())
                             {
                                 latencies.push(t_ms - t.created_at_ms);
                             }

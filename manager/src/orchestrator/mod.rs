@@ -560,7 +560,11 @@ pub fn plan_dirty(data: &StoreData, now_ms: i64, dirty: &Dirty) -> Round {
     // Nodes' ingress addresses go in the same transaction as new tasks' ones: not the same.
     let nodes = crate::allocator::node_ingress_ops(data, &mut p.taken);
     let wakes = std::mem::take(&mut p.wakes);
-    let more = if p.creates_left == 0 { ids } else { BTreeSet::new() };
+    let more = if p.creates_left == 0 {
+        ids
+    } else {
+        BTreeSet::new()
+    };
     let mut ops = p.into_ops();
     ops.extend(nodes);
     Round { ops, wakes, more }

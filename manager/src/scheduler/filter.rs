@@ -66,11 +66,7 @@ impl<'a> NodeLoad<'a> {
             reserved_nano_cpus: u.reserved_nano_cpus,
             reserved_memory: u.reserved_memory,
             tasks: u.tasks,
-            by_service: u
-                .by_service
-                .iter()
-                .map(|(s, n)| (s.as_str(), *n))
-                .collect(),
+            by_service: u.by_service.iter().map(|(s, n)| (s.as_str(), *n)).collect(),
         }
     }
 

@@ -1443,7 +1443,8 @@ impl Store {
             let res = {
                 let mut data = self.data.write().expect("store lock");
                 let old = old_task_nodes(&data, txn);
-                data.apply_txn(index, txn).inspect(|c| touched.add(0, c, &old))
+                data.apply_txn(index, txn)
+                    .inspect(|c| touched.add(0, c, &old))
             };
             return match res {
                 Ok(changes) => {
@@ -1745,7 +1746,10 @@ pub(crate) mod tests {
             assert_eq!(d.unplaced.len(), 2);
             let n1 = &d.usage["n1"];
             assert_eq!((n1.tasks, n1.reserved_memory), (2, 200));
-            assert_eq!(n1.by_service, BTreeMap::from([("a".into(), 1), ("b".into(), 1)]));
+            assert_eq!(
+                n1.by_service,
+                BTreeMap::from([("a".into(), 1), ("b".into(), 1)])
+            );
         });
         step(&store, &|t| t.status.state = TaskState::Running, &["t0"]);
         step(&store, &|t| t.status.state = TaskState::Failed, &["t1"]);
@@ -1776,7 +1780,12 @@ pub(crate) mod tests {
             1,
             &Txn::new(vec![
                 Op::Create(Object::Task(plain_task("t1", "s", "", TaskState::New))),
-                Op::Create(Object::Task(plain_task("t2", "s", "n1", TaskState::Assigned))),
+                Op::Create(Object::Task(plain_task(
+                    "t2",
+                    "s",
+                    "n1",
+                    TaskState::Assigned,
+                ))),
                 Op::Create(Object::Node(ready_node("n1"))),
                 Op::Create(Object::Node(ready_node("n2"))),
             ]),
