@@ -10,6 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::{Object, Op, ProposeError, Store, StoreData, Txn};
 
+/// A queued report: the task's id and its status.
+type Report = (String, TaskStatus);
+
 /// How long reports are gathered before a batch is written.
 const GATHER: Duration = Duration::from_millis(20);
 
@@ -77,7 +80,7 @@ impl StatusWriter {
             };
             // The batch's transactions are proposed together (queued in order), sharing raft
             // entries; one view builds them all, a lookup per report.
-            let (chunks, txns): (Vec<&[(String, TaskStatus)]>, Vec<Txn>) = self.store.view(|d| {
+            let (chunks, txns): (Vec<&[Report]>, Vec<Txn>) = self.store.view(|d| {
                 batch
                     .chunks(crate::orchestrator::MAX_OPS_PER_TXN)
                     .map(|chunk| (chunk, status_ops(d, chunk)))
@@ -104,7 +107,7 @@ impl StatusWriter {
 }
 
 /// The writes that carry `statuses` into the store: forward moves of tasks that exist.
-fn status_ops(d: &StoreData, statuses: &[(String, TaskStatus)]) -> Vec<Op> {
+fn status_ops(d: &StoreData, statuses: &[Report]) -> Vec<Op> {
     statuses
         .iter()
         .filter_map(|(id, st)| {

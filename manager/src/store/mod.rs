@@ -1736,7 +1736,7 @@ pub(crate) mod tests {
         step(
             &store,
             &|t| {
-                t.node_id = if t.id < "t2".to_string() { "n1" } else { "n2" }.into();
+                t.node_id = if t.id.as_str() < "t2" { "n1" } else { "n2" }.into();
                 t.status.state = TaskState::Assigned;
             },
             &["t0", "t1", "t2", "t3"],
