@@ -90,9 +90,7 @@ impl StatusWriter {
                     .map(|(chunk, ops)| (chunk, Txn::new(ops)))
                     .unzip()
             });
-            let results =
-                futures::future::join_all(txns.into_iter().map(|txn| self.store.propose(txn)))
-                    .await;
+            let results = self.store.propose_each(txns).await;
             for (chunk, result) in chunks.into_iter().zip(results) {
                 match result {
                     Ok(_) => {}

@@ -704,18 +704,16 @@ impl Orchestrator {
         }
     }
 
-    /// Write a round's operations, [`MAX_OPS_PER_TXN`] at a time, the transactions proposed
-    /// together (queued in order) so that they share raft entries rather than waiting for
-    /// one commit each.
+    /// Write a round's operations, [`MAX_OPS_PER_TXN`] at a time, a few transactions in
+    /// flight together ([`Store::propose_each`]) rather than one commit each in turn.
     async fn write(&self, ops: &[Op], cancel: &CancellationToken) -> Written {
         if cancel.is_cancelled() {
             return Written::Stop;
         }
-        let results = futures::future::join_all(
-            ops.chunks(MAX_OPS_PER_TXN)
-                .map(|chunk| self.store.propose(Txn::new(chunk.to_vec()))),
-        )
-        .await;
+        let results = self
+            .store
+            .propose_each(ops.chunks(MAX_OPS_PER_TXN).map(|c| Txn::new(c.to_vec())))
+            .await;
         let mut written = Written::All;
         for r in results {
             match r {

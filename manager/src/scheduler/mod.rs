@@ -140,8 +140,7 @@ impl Scheduler {
     async fn schedule_once(&self) -> Result<Pass, ProposeError> {
         let decisions = self.store.view_long(plan);
         let now = self.clock.now_ms();
-        // Every chunk is proposed at once (queued in order): the transactions share raft
-        // entries instead of waiting for one commit each.
+        // A few chunks in flight at once (queued in order) rather than one commit each.
         let chunks: Vec<(Vec<Op>, Vec<&Decision>)> = self.store.view(|data| {
             decisions
                 .chunks(MAX_OPS_PER_TXN)
@@ -158,8 +157,7 @@ impl Scheduler {
             .into_iter()
             .map(|(ops, done)| (Txn::new(ops), done))
             .unzip();
-        let results =
-            futures::future::join_all(txns.into_iter().map(|txn| self.store.propose(txn))).await;
+        let results = self.store.propose_each(txns).await;
         let mut pass = Pass::Done;
         for (result, done) in results.into_iter().zip(done) {
             match result {
