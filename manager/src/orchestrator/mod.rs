@@ -712,7 +712,11 @@ impl Orchestrator {
         }
         let results = self
             .store
-            .propose_each(ops.chunks(MAX_OPS_PER_TXN).map(|c| Txn::new(c.to_vec())))
+            .propose_each(
+                ops.chunks(MAX_OPS_PER_TXN)
+                    .map(|c| Txn::new(c.to_vec()))
+                    .collect::<Vec<_>>(),
+            )
             .await;
         let mut written = Written::All;
         for r in results {
