@@ -5,7 +5,7 @@
 //! Workers are given certificates directly by the cluster CA and written to the store in bulk
 //! rather than joining one by one: the figure is about scheduling and dispatch, not joins.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +22,9 @@ use proto::transport::{Credentials, Identity};
 use tokio_util::sync::CancellationToken;
 use worker::agent::{Agent, AgentConfig};
 
+/// Workers started together while the bench sets up.
+const REGISTRATION_WAVE: usize = 100;
+
 pub struct BenchConfig {
     pub managers: usize,
     pub workers: usize,
@@ -29,6 +32,8 @@ pub struct BenchConfig {
     pub timeout: Duration,
     /// Stop (and print what was reached) when the process's resident memory passes this.
     pub max_rss_mb: f64,
+    /// Print the figures as one JSON object.
+    pub json: bool,
 }
 
 /// A memory figure of this process from /proc/self/status (`VmRSS`, `VmHWM`), in MiB.
@@ -94,11 +99,13 @@ pub(crate) async fn propose_all(mgr: &Manager, ops: Vec<Op>) -> Result<()> {
 }
 
 pub async fn run_cluster(cfg: BenchConfig) -> Result<()> {
-    let dir = std::env::temp_dir().join(format!("shoal-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let result = bench(&cfg, &dir).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    run_cluster_figures(cfg).await.map(|_| ())
+}
+
+/// As [`run_cluster`], handing back the figures it printed.
+pub async fn run_cluster_figures(cfg: BenchConfig) -> Result<Figures> {
+    let dir = tempfile::Builder::new().prefix("shoal-bench-").tempdir()?;
+    bench(&cfg, dir.path()).await
 }
 
 /// The cluster object of a bench's swarm (a new CA and tokens), with `heartbeat_period_ms`.
@@ -150,7 +157,7 @@ pub(crate) async fn bench_manager(
     Ok((m, node_id, addr))
 }
 
-async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<()> {
+async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<Figures> {
     let setup = Instant::now();
     let cluster = bench_cluster(5000)?;
 
@@ -207,7 +214,23 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<()> {
     }
     let leader_addr = leader.config.advertise_addr.clone();
     let cancel = CancellationToken::new();
+    let registered = || {
+        leader.store.view(|d| {
+            d.nodes
+                .values()
+                .filter(|n| n.state == NodeState::Ready)
+                .count()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
     for (i, id) in worker_ids.iter().enumerate() {
+        // Workers come in waves: a thousand TLS handshakes and registrations at once on two
+        // cores starve the managers' raft into elections before the measured part starts.
+        if i > 0 && i % REGISTRATION_WAVE == 0 {
+            while registered() < cfg.managers + i && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         let creds = Credentials::new(Some(identity(&cluster, id, Role::Worker)?));
         let (tx, rx) = tokio::sync::mpsc::channel(4096);
         let runtime = Arc::new(worker::runtime::FakeRuntime::new(Duration::ZERO));
@@ -231,37 +254,135 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<()> {
         let c = cancel.clone();
         tokio::spawn(async move { agent.run(c).await });
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
     let ready = loop {
-        let ready = leader.store.view(|d| {
-            d.nodes
-                .values()
-                .filter(|n| n.state == NodeState::Ready)
-                .count()
-        });
+        let ready = registered();
         if ready >= cfg.workers + cfg.managers {
             break ready;
         }
         if Instant::now() > deadline {
             // Go on with the nodes that made it: the figure says how many.
-            println!(
-                "setup: only {} of {} workers registered within 120 s; going on with them",
-                ready.saturating_sub(cfg.managers),
-                cfg.workers
+            note(
+                cfg.json,
+                &format!(
+                    "setup: only {} of {} workers registered within 120 s; going on with them",
+                    ready.saturating_sub(cfg.managers),
+                    cfg.workers
+                ),
             );
             break ready;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let _ = ready;
-    println!(
-        "setup: {} managers, {} workers ready in {:.1}s",
-        cfg.managers,
-        cfg.workers,
-        setup.elapsed().as_secs_f64()
+    note(
+        cfg.json,
+        &format!(
+            "setup: {} managers, {} workers ready in {:.1}s",
+            cfg.managers,
+            cfg.workers,
+            setup.elapsed().as_secs_f64()
+        ),
     );
 
-    // The measured part.
+    // The measured part. Whatever stops it (all running, the timeout, the memory limit, an
+    // error), the figures reached are printed.
+    let mut fig = Figures {
+        managers: cfg.managers,
+        workers: cfg.workers,
+        workers_ready: ready.saturating_sub(cfg.managers),
+        tasks: cfg.tasks,
+        setup_s: setup.elapsed().as_secs_f64(),
+        ..Figures::default()
+    };
+    let outcome = measure(cfg, &leader, &mut fig).await;
+    fig.outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => format!("error: {e:#}"),
+    };
+    fig.peak_rss_mib = status_mb("VmHWM:");
+    fig.print(cfg.json);
+    cancel.cancel();
+    // Bounded: a manager that cannot stop in time is left to the process's exit.
+    for m in &managers {
+        if tokio::time::timeout(Duration::from_secs(10), m.shutdown())
+            .await
+            .is_err()
+        {
+            eprintln!("a manager did not stop within 10 s");
+        }
+    }
+    Ok(fig)
+}
+
+/// What a run reached, printed also when it missed.
+#[derive(Debug, Default, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Figures {
+    pub managers: usize,
+    pub workers: usize,
+    pub workers_ready: usize,
+    pub tasks: u64,
+    pub setup_s: f64,
+    /// Tasks RUNNING when the run stopped.
+    pub running: u64,
+    /// Seconds from `service create` to all RUNNING, or to the stop.
+    pub seconds: f64,
+    pub all_running: bool,
+    pub tasks_per_s: f64,
+    /// Created → ASSIGNED, over the tasks seen assigned.
+    pub latency_p50_ms: i64,
+    pub latency_p99_ms: i64,
+    pub latency_samples: usize,
+    pub peak_rss_mib: f64,
+    /// `all running`, `timeout`, `memory limit` or the error that stopped the run.
+    pub outcome: String,
+}
+
+impl Figures {
+    fn print(&self, json: bool) {
+        if json {
+            println!("{}", serde_json::to_string(self).unwrap_or_default());
+            return;
+        }
+        if self.all_running {
+            println!("all {} tasks RUNNING in {:.2}s", self.tasks, self.seconds);
+        } else {
+            println!(
+                "not all tasks reached RUNNING ({}): {} of {} running after {:.1}s",
+                self.outcome, self.running, self.tasks, self.seconds
+            );
+        }
+        println!("throughput: {:.0} tasks/s", self.tasks_per_s);
+        println!(
+            "scheduling latency (created -> assigned): p50 {} ms, p99 {} ms ({} tasks)",
+            self.latency_p50_ms, self.latency_p99_ms, self.latency_samples
+        );
+        println!(
+            "peak RSS of the process (managers + simulated workers): {:.0} MiB",
+            self.peak_rss_mib
+        );
+    }
+}
+
+/// A line about the run's progress: on stdout, or on stderr when stdout carries JSON.
+fn note(json: bool, line: &str) {
+    if json {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
+}
+
+/// The `p` quantile of sorted `v` (0 when empty).
+fn quantile(v: &[i64], p: f64) -> i64 {
+    if v.is_empty() {
+        return 0;
+    }
+    v[((v.len() as f64 - 1.0) * p) as usize]
+}
+
+/// Create the service and follow it until every task runs, the timeout or the memory limit;
+/// `fig` holds what was reached whatever the outcome.
+async fn measure(cfg: &BenchConfig, leader: &Arc<Manager>, fig: &mut Figures) -> Result<String> {
     let mut events = leader.store.watch();
     let spec = ServiceSpec {
         name: "bench".into(),
@@ -278,92 +399,123 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<()> {
         endpoint: Default::default(),
     };
     let start = Instant::now();
-    ControlApi::new(leader.clone())
-        .create_service(proto::pb::ServiceSpecRequest {
-            spec: Some((&spec).into()),
-        })
-        .await
-        .map_err(|s| anyhow!("create service: {}", s.message()))?;
-    let mut assigned_at: HashMap<String, i64> = HashMap::new();
-    let mut latencies: Vec<i64> = Vec::new();
-    let mut running_at = None;
     let deadline = start + cfg.timeout;
-    let mut last_check = Instant::now();
-    loop {
-        let ev = tokio::time::timeout(Duration::from_millis(100), events.recv()).await;
-        if let Ok(Ok(ev)) = ev {
+    let mut assigned: HashSet<String> = HashSet::new();
+    let mut latencies: Vec<i64> = Vec::new();
+    let result = async {
+        tokio::time::timeout(
+            cfg.timeout,
+            ControlApi::new(leader.clone()).create_service(proto::pb::ServiceSpecRequest {
+                spec: Some((&spec).into()),
+            }),
+        )
+        .await
+        .map_err(|_| anyhow!("create service: no answer within the timeout"))?
+        .map_err(|s| anyhow!("create service: {}", s.message()))?;
+        let mut last_check = Instant::now();
+        loop {
+            let ev = tokio::time::timeout(Duration::from_millis(100), events.recv()).await;
             let t_ms = SystemClock.now_ms();
-            for c in ev.changes.iter() {
-                if let Change::Put(Object::Task(t)) = c {
-                    if t.status.state >= TaskState::Assigned && !assigned_at.contains_key(&t.id) {
-                        assigned_at.insert(t.id.clone(), t_ms);
-                        latencies.push(t_ms - t.created_at_ms);
+            match ev {
+                Ok(Ok(ev)) => {
+                    for c in ev.changes.iter() {
+                        if let Change::Put(Object::Task(t)) = c {
+                            if t.status.state >= TaskState::Assigned
+                                && assigned.insert(t.id.clone())
+                            {
+                                latencies.push(t_ms - t.created_at_ms);
+                            }
+                        }
                     }
+                }
+                // Missed events: the tasks assigned meanwhile count as assigned now (an
+                // upper bound of their latency).
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+                    leader.store.view(|d| {
+                        for t in d.tasks.values() {
+                            if t.status.state >= TaskState::Assigned && !assigned.contains(&t.id) {
+                                assigned.insert(t.id.clone());
+                                latencies.push(t_ms - t.created_at_ms);
+                            }
+                        }
+                    });
+                }
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
+                    return Err(anyhow!("the store closed"));
+                }
+                Err(_) => {}
+            }
+            if last_check.elapsed() >= Duration::from_millis(100) {
+                last_check = Instant::now();
+                let running = leader.store.view(|d| {
+                    d.tasks
+                        .values()
+                        .filter(|t| t.status.state == TaskState::Running)
+                        .count()
+                }) as u64;
+                fig.running = running;
+                fig.seconds = start.elapsed().as_secs_f64();
+                if running >= cfg.tasks {
+                    fig.all_running = true;
+                    return Ok("all running".to_string());
+                }
+                if Instant::now() > deadline {
+                    return Ok("timeout".to_string());
+                }
+                let rss = status_mb("VmRSS:");
+                if rss > cfg.max_rss_mb {
+                    return Ok(format!(
+                        "memory limit ({rss:.0} MiB > {:.0} MiB)",
+                        cfg.max_rss_mb
+                    ));
                 }
             }
         }
-        if last_check.elapsed() >= Duration::from_millis(100) {
-            last_check = Instant::now();
-            let running = leader.store.view(|d| {
-                d.tasks
-                    .values()
-                    .filter(|t| t.status.state == TaskState::Running)
-                    .count()
-            }) as u64;
-            if running >= cfg.tasks {
-                running_at = Some(start.elapsed());
-                break;
-            }
-            if Instant::now() > deadline {
-                println!(
-                    "timeout: {running} of {} tasks running after {:?}",
-                    cfg.tasks, cfg.timeout
-                );
-                break;
-            }
-            let rss = status_mb("VmRSS:");
-            if rss > cfg.max_rss_mb {
-                println!(
-                    "stopped at the memory limit ({rss:.0} MiB > {:.0} MiB): {running} of {} tasks running after {:.1}s",
-                    cfg.max_rss_mb,
-                    cfg.tasks,
-                    start.elapsed().as_secs_f64()
-                );
-                break;
-            }
-        }
+    }
+    .await;
+    if fig.seconds == 0.0 {
+        fig.seconds = start.elapsed().as_secs_f64();
+    }
+    if fig.seconds > 0.0 {
+        fig.tasks_per_s = fig.running as f64 / fig.seconds;
     }
     latencies.sort_unstable();
-    let pct = |p: f64| {
-        if latencies.is_empty() {
-            0
-        } else {
-            latencies[((latencies.len() as f64 - 1.0) * p) as usize]
-        }
-    };
-    match running_at {
-        Some(t) => {
-            println!("all {} tasks RUNNING in {:.2}s", cfg.tasks, t.as_secs_f64());
-            println!(
-                "throughput: {:.0} tasks/s",
-                cfg.tasks as f64 / t.as_secs_f64()
-            );
-        }
-        None => println!("not all tasks reached RUNNING"),
+    fig.latency_p50_ms = quantile(&latencies, 0.5);
+    fig.latency_p99_ms = quantile(&latencies, 0.99);
+    fig.latency_samples = latencies.len();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A smoke run with tiny sizes: the bench sets up, converges and reports.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tiny_cluster_bench_runs_to_the_end() {
+        let fig = run_cluster_figures(BenchConfig {
+            managers: 1,
+            workers: 3,
+            tasks: 12,
+            timeout: Duration::from_secs(60),
+            max_rss_mb: 16_384.0,
+            json: true,
+        })
+        .await
+        .expect("bench");
+        assert!(fig.all_running, "{fig:?}");
+        assert_eq!(fig.running, 12);
+        assert_eq!(fig.workers_ready, 3);
+        assert_eq!(fig.latency_samples, 12, "{fig:?}");
+        assert!(fig.peak_rss_mib > 0.0);
     }
-    println!(
-        "scheduling latency (created -> assigned): p50 {} ms, p99 {} ms ({} tasks)",
-        pct(0.5),
-        pct(0.99),
-        latencies.len()
-    );
-    println!(
-        "peak RSS of the process (managers + simulated workers): {:.0} MiB",
-        status_mb("VmHWM:")
-    );
-    cancel.cancel();
-    for m in &managers {
-        m.shutdown().await;
+
+    #[test]
+    fn quantiles_of_sorted_samples() {
+        assert_eq!(quantile(&[], 0.5), 0);
+        let v: Vec<i64> = (1..=100).collect();
+        assert_eq!(quantile(&v, 0.5), 50);
+        assert_eq!(quantile(&v, 0.99), 99);
+        assert_eq!(quantile(&v, 1.0), 100);
     }
-    Ok(())
 }

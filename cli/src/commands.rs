@@ -321,6 +321,8 @@ pub enum BenchCmd {
         /// Stop when the process's memory passes this (e.g. 16G): print what was reached.
         #[arg(long, default_value = "16G", value_parser = parse_size)]
         max_rss: u64,
+        #[arg(long, default_value = "table")]
+        format: Format,
     },
     /// One container life cycle (`true`) through shoal's OCI runtime vs bare `<runtime> run`
     /// of the same bundle: medians and their ratio, per runtime.
@@ -592,6 +594,7 @@ pub fn run(cli: Cli) -> i32 {
             tasks,
             timeout,
             max_rss,
+            format,
         }) => {
             init_tracing("error");
             let max_rss_mb = max_rss as f64 / (1024.0 * 1024.0);
@@ -601,6 +604,7 @@ pub fn run(cli: Cli) -> i32 {
                 tasks,
                 timeout,
                 max_rss_mb,
+                json: matches!(format, Format::Json),
             }))
             .map_err(|e| CliError(format!("Error: bench: {e:#}")))
         }

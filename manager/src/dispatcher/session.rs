@@ -221,34 +221,42 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                 let msg = tokio::select! {
                     m = inbound.message() => m,
                     ev = events.recv() => {
-                        let net_active = net.busy() || store.view(|d| !d.networks.is_empty());
+                        // The event's index says what concerns this node: a lookup, not a
+                        // scan of every change by every session.
                         let (tasks, files, net_changed) = match &ev {
-                            Ok(e) => (
-                                e.changes.iter().any(|c| match c {
-                                    Change::Put(Object::Task(t)) => t.node_id == node_id || asg.has(&t.id),
-                                    Change::Deleted { kind: Kind::Task, id } => asg.has(id),
-                                    _ => false,
-                                }),
-                                e.changes.iter().any(|c| matches!(
-                                    c,
-                                    Change::Put(Object::Secret(_) | Object::Config(_))
-                                        | Change::Deleted { kind: Kind::Secret | Kind::Config, .. }
-                                )),
-                                e.changes.iter().any(|c| super::net_relevant(c, net_active)),
-                            ),
+                            Ok(e) => {
+                                let t = &e.touched;
+                                let net_active = net.busy() || store.view(|d| !d.networks.is_empty());
+                                let net_kinds = t.has(Kind::Network)
+                                    || t.has(Kind::Service)
+                                    || t.has(Kind::Node)
+                                    || t.task_networks()
+                                    || (net_active && t.has(Kind::Task));
+                                (
+                                    !t.node_tasks(&node_id).is_empty(),
+                                    t.has(Kind::Secret) || t.has(Kind::Config),
+                                    net_kinds
+                                        && e.changes.iter().any(|c| super::net_relevant(c, net_active)),
+                                )
+                            }
                             Err(RecvError::Lagged(_)) => (true, true, true),
                             Err(RecvError::Closed) => return,
                         };
+                        if !(tasks || files || net_changed) {
+                            continue;
+                        }
                         let mut m = dispatcher.session_message(&*leader, &node_id);
                         let mut more = Vec::new();
                         if tasks || files {
                             let update = match &ev {
-                                // Only the tasks the event touched can have changed.
+                                // Only the tasks the event touched on this node can have changed.
                                 Ok(e) => store.view(|d| {
-                                    let ids = e.changes.iter().filter_map(|c| match c {
-                                        Change::Put(Object::Task(t)) => Some(t.id.as_str()),
-                                        Change::Deleted { kind: Kind::Task, id } => Some(id.as_str()),
-                                        _ => None,
+                                    let ids = e.touched.node_tasks(&node_id).iter().filter_map(|&i| {
+                                        match e.changes.get(i)? {
+                                            Change::Put(Object::Task(t)) => Some(t.id.as_str()),
+                                            Change::Deleted { kind: Kind::Task, id } => Some(id.as_str()),
+                                            _ => None,
+                                        }
                                     });
                                     asg.touched(d, &node_id, &kek, ids, files)
                                 }),

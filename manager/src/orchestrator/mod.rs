@@ -39,8 +39,10 @@ use tokio::sync::broadcast;
 pub const MAX_OPS_PER_TXN: usize = 200;
 
 /// Most tasks one orchestration round creates: a large service is brought up over several
-/// rounds, so a round's memory and transactions stay bounded whatever the spec asks.
-pub const MAX_CREATES_PER_ROUND: usize = 1000;
+/// rounds, so a round's memory and transactions stay bounded whatever the spec asks. Each
+/// round reads the whole service, so the bound also sets how many times a new service of N
+/// tasks is read (N / this): 1,000 made 100,000 tasks cost 100 reads of up to 100,000.
+pub const MAX_CREATES_PER_ROUND: usize = 5000;
 
 /// Decisions of one orchestration round, over a working copy of the tasks it touched.
 pub struct Plan<'a> {
@@ -392,6 +394,11 @@ pub enum Death {
 pub struct Dirty {
     all: bool,
     services: BTreeSet<String>,
+    /// Services whose tasks only made progress (a placement, a status short of an end):
+    /// planned only when that can matter to them (a rolling update watches its tasks come
+    /// up). Re-planning a service of 100,000 tasks on each of their status reports made
+    /// the rounds quadratic in the service's size.
+    progressed: BTreeSet<String>,
     /// Nodes that changed: the services with tasks on them, and every global service.
     nodes: BTreeSet<String>,
     /// Tasks were deleted: their addresses may go to tasks waiting for one.
@@ -407,7 +414,11 @@ impl Dirty {
     }
 
     pub fn is_empty(&self) -> bool {
-        !self.all && !self.tasks_gone && self.services.is_empty() && self.nodes.is_empty()
+        !self.all
+            && !self.tasks_gone
+            && self.services.is_empty()
+            && self.nodes.is_empty()
+            && self.progressed.is_empty()
     }
 
     pub fn service(&mut self, id: &str) {
@@ -422,6 +433,11 @@ impl Dirty {
             return;
         }
         match change {
+            Change::Put(Object::Task(t)) if progress_only(t) => {
+                if !self.services.contains(&t.service_id) {
+                    self.progressed.insert(t.service_id.clone());
+                }
+            }
             Change::Put(Object::Task(t)) => self.service(&t.service_id),
             Change::Put(Object::Service(s)) => self.service(&s.id),
             Change::Deleted {
@@ -460,6 +476,23 @@ impl Dirty {
                 .collect();
         }
         let mut ids = self.services.clone();
+        let rebalancing = data.cluster.as_ref().is_some_and(|c| c.rebalance_on_join);
+        ids.extend(
+            self.progressed
+                .iter()
+                .filter(|id| match data.services.get(*id) {
+                    // Rebalancing waits for every task to run; an update, for each batch.
+                    Some(s) => {
+                        rebalancing
+                            || s.update_status
+                                .as_ref()
+                                .is_some_and(|u| u.state.in_progress())
+                    }
+                    // A removed service's tasks are reaped as they go.
+                    None => true,
+                })
+                .cloned(),
+        );
         if !self.nodes.is_empty() {
             for n in &self.nodes {
                 ids.extend(data.node_tasks(n).map(|t| t.service_id.clone()));
@@ -480,12 +513,23 @@ impl Dirty {
     }
 }
 
+/// Whether a task change is only progress that a round of its service would not act on:
+/// it has not ended and is still meant to run. (A task that ended, or that the
+/// orchestrator told to stop, is a decision to take; a node going away is noted from the
+/// node's own change.)
+fn progress_only(t: &Task) -> bool {
+    !t.status.state.is_terminal() && t.desired_state <= TaskState::Running
+}
+
 /// What a round decided: the operations to write, and when services want planning again
 /// whatever happens (restart delays).
 #[derive(Debug, Default)]
 pub struct Round {
     pub ops: Vec<Op>,
     pub wakes: BTreeMap<String, i64>,
+    /// The round stopped at its budget of new tasks ([`MAX_CREATES_PER_ROUND`]): these
+    /// services want the next round at once (their new tasks are progress only).
+    pub more: BTreeSet<String>,
 }
 
 /// One orchestration round over every service: every part, in order.
@@ -516,9 +560,14 @@ pub fn plan_dirty(data: &StoreData, now_ms: i64, dirty: &Dirty) -> Round {
     // Nodes' ingress addresses go in the same transaction as new tasks' ones: not the same.
     let nodes = crate::allocator::node_ingress_ops(data, &mut p.taken);
     let wakes = std::mem::take(&mut p.wakes);
+    let more = if p.creates_left == 0 {
+        ids
+    } else {
+        BTreeSet::new()
+    };
     let mut ops = p.into_ops();
     ops.extend(nodes);
-    Round { ops, wakes }
+    Round { ops, wakes, more }
 }
 
 /// How often the time-driven work is looked at: restart delays that end, rolling updates'
@@ -567,6 +616,9 @@ impl Orchestrator {
                 match self.write(&round.ops, &cancel).await {
                     Written::All => {
                         dirty = Dirty::default();
+                        for id in &round.more {
+                            dirty.service(id);
+                        }
                         backoff = BACKOFF_MIN;
                     }
                     Written::Refused => {
@@ -652,27 +704,45 @@ impl Orchestrator {
         }
     }
 
-    /// Write a round's operations, [`MAX_OPS_PER_TXN`] at a time.
+    /// Write a round's operations, [`MAX_OPS_PER_TXN`] at a time, a few transactions in
+    /// flight together ([`Store::propose_each`]) rather than one commit each in turn.
     async fn write(&self, ops: &[Op], cancel: &CancellationToken) -> Written {
-        for chunk in ops.chunks(MAX_OPS_PER_TXN) {
-            if cancel.is_cancelled() {
-                return Written::Stop;
-            }
-            match self.store.propose(Txn::new(chunk.to_vec())).await {
+        if cancel.is_cancelled() {
+            return Written::Stop;
+        }
+        let results = self
+            .store
+            .propose_each(
+                ops.chunks(MAX_OPS_PER_TXN)
+                    .map(|c| Txn::new(c.to_vec()))
+                    .collect::<Vec<_>>(),
+            )
+            .await;
+        let mut written = Written::All;
+        for r in results {
+            match r {
                 Ok(_) => {}
-                Err(ProposeError::Refused(
-                    TxnError::Conflict { .. }
-                    | TxnError::NotFound { .. }
-                    | TxnError::AddressInUse { .. },
-                )) => return Written::Refused,
                 Err(ProposeError::NotLeader) => return Written::Stop,
+                Err(
+                    e @ ProposeError::Refused(
+                        TxnError::Conflict { .. }
+                        | TxnError::NotFound { .. }
+                        | TxnError::AddressInUse { .. },
+                    ),
+                ) => {
+                    tracing::debug!(error = %e, "orchestrator write refused");
+                    written = Written::Refused;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "orchestrator write failed");
-                    return Written::Refused;
+                    written = Written::Refused;
                 }
             }
         }
-        Written::All
+        if cancel.is_cancelled() {
+            return Written::Stop;
+        }
+        written
     }
 }
 

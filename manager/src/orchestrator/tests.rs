@@ -542,10 +542,11 @@ fn cluster_with(limits: crate::store::ClusterLimits) -> crate::store::Cluster {
 
 #[test]
 fn a_large_service_is_created_in_bounded_rounds() {
-    let mut d = setup(2_500);
+    let total = super::MAX_CREATES_PER_ROUND * 5 / 2;
+    let mut d = setup(total as u64);
     let mut now = 1_000;
     let mut rounds = 0;
-    while d.tasks.len() < 2_500 {
+    while d.tasks.len() < total {
         let ops = plan(&d, now);
         let creates = ops
             .iter()
@@ -562,7 +563,7 @@ fn a_large_service_is_created_in_bounded_rounds() {
         assert!(rounds <= 3, "not converging");
     }
     assert_eq!(rounds, 3);
-    assert_eq!(running(&d).len(), 2_500);
+    assert_eq!(running(&d).len(), total);
 }
 
 #[test]
@@ -757,4 +758,67 @@ async fn components_run_on_a_store_and_a_clock() {
     cancel.cancel();
     o.await.unwrap();
     s.await.unwrap();
+}
+
+/// Progress of a task (placed, starting, running) is not a decision for the orchestrator:
+/// a service of 100,000 tasks is not planned again on each of their status reports. An end,
+/// or a stop the orchestrator asked for, is.
+#[test]
+fn only_ends_and_stops_of_tasks_make_their_service_worth_planning() {
+    let mut d = setup(3);
+    let mut now = 1_000;
+    converge(&mut d, &mut now, 1, |_| TaskState::Running);
+    d.rebuild_indexes();
+    let mut t = d.tasks.values().next().unwrap().clone();
+    let put = |t: &Task| crate::store::Change::Put(Object::Task(t.clone()));
+
+    let mut dirty = super::Dirty::default();
+    for state in [TaskState::Assigned, TaskState::Starting, TaskState::Running] {
+        t.status.state = state;
+        dirty.note(&put(&t));
+    }
+    assert!(!dirty.is_empty(), "noted, to be planned when it matters");
+    assert!(
+        super::plan_dirty(&d, now, &dirty).ops.is_empty(),
+        "a running service planned for its tasks' progress"
+    );
+    // Nothing is planned for it: the round reads no task of the service.
+    assert!(dirty.resolve(&d).is_empty());
+
+    // The same progress during a rolling update matters: the update waits for it.
+    start_update(&mut d, now, |s| s.task.image = "img:2".into());
+    assert_eq!(dirty.resolve(&d), ["svc".to_string()].into());
+
+    let mut dirty = super::Dirty::default();
+    t.status.state = TaskState::Failed;
+    dirty.note(&put(&t));
+    assert_eq!(dirty.resolve(&d), ["svc".to_string()].into());
+    let mut dirty = super::Dirty::default();
+    t.status.state = TaskState::Running;
+    t.desired_state = TaskState::Shutdown;
+    dirty.note(&put(&t));
+    assert_eq!(dirty.resolve(&d), ["svc".to_string()].into());
+}
+
+/// A round that stops at its budget of new tasks asks for the next one itself (the tasks it
+/// created are only progress, which no longer wakes the orchestrator).
+#[test]
+fn a_round_cut_at_its_budget_asks_for_the_next() {
+    let replicas = super::MAX_CREATES_PER_ROUND as u64 + 10;
+    let d = setup(replicas);
+    let round = super::plan_dirty(&d, 1_000, &super::Dirty::all());
+    assert_eq!(round.more, ["svc".to_string()].into());
+    let mut d = d;
+    apply(&mut d, round.ops);
+    d.rebuild_indexes();
+    let round = super::plan_dirty(&d, 1_500, &super::Dirty::all());
+    assert_eq!(
+        round
+            .ops
+            .iter()
+            .filter(|o| matches!(o, Op::Create(Object::Task(_))))
+            .count(),
+        10
+    );
+    assert!(round.more.is_empty());
 }

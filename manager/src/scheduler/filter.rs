@@ -59,6 +59,17 @@ impl<'a> NodeLoad<'a> {
         }
     }
 
+    /// A node with what the store's index says occupies it.
+    pub fn with_usage(node: &'a Node, u: &'a crate::store::NodeUsage) -> NodeLoad<'a> {
+        NodeLoad {
+            node,
+            reserved_nano_cpus: u.reserved_nano_cpus,
+            reserved_memory: u.reserved_memory,
+            tasks: u.tasks,
+            by_service: u.by_service.iter().map(|(s, n)| (s.as_str(), *n)).collect(),
+        }
+    }
+
     pub fn service_tasks(&self, service_id: &str) -> usize {
         self.by_service.get(service_id).copied().unwrap_or(0)
     }

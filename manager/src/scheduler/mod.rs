@@ -139,18 +139,28 @@ impl Scheduler {
 
     async fn schedule_once(&self) -> Result<Pass, ProposeError> {
         let decisions = self.store.view_long(plan);
-        for chunk in decisions.chunks(MAX_OPS_PER_TXN) {
-            let now = self.clock.now_ms();
-            let (ops, done): (Vec<Op>, Vec<&Decision>) = self.store.view(|data| {
-                chunk
-                    .iter()
-                    .filter_map(|d| decision_op(data, d, now).map(|op| (op, d)))
-                    .unzip()
-            });
-            if ops.is_empty() {
-                continue;
-            }
-            match self.store.propose(Txn::new(ops)).await {
+        let now = self.clock.now_ms();
+        // A few chunks in flight at once (queued in order) rather than one commit each.
+        let chunks: Vec<(Vec<Op>, Vec<&Decision>)> = self.store.view(|data| {
+            decisions
+                .chunks(MAX_OPS_PER_TXN)
+                .map(|chunk| {
+                    chunk
+                        .iter()
+                        .filter_map(|d| decision_op(data, d, now).map(|op| (op, d)))
+                        .unzip()
+                })
+                .filter(|(ops, _): &(Vec<Op>, Vec<&Decision>)| !ops.is_empty())
+                .collect()
+        });
+        let (txns, done): (Vec<Txn>, Vec<Vec<&Decision>>) = chunks
+            .into_iter()
+            .map(|(ops, done)| (Txn::new(ops), done))
+            .unzip();
+        let results = self.store.propose_each(txns).await;
+        let mut pass = Pass::Done;
+        for (result, done) in results.into_iter().zip(done) {
+            match result {
                 Ok(_) => {
                     for decision in done {
                         match decision {
@@ -165,12 +175,12 @@ impl Scheduler {
                 }
                 Err(ProposeError::Refused(e)) => {
                     tracing::debug!(error = %e, "scheduler decisions refused; re-planning");
-                    return Ok(Pass::Stale);
+                    pass = Pass::Stale;
                 }
                 Err(e) => return Err(e),
             }
         }
-        Ok(Pass::Done)
+        Ok(pass)
     }
 }
 

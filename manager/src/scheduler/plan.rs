@@ -31,18 +31,8 @@ pub fn needs_scheduling(task: &Task) -> bool {
     meant_to_run(task) && task.status.state <= TaskState::Pending && !task.awaiting_addresses
 }
 
-/// Desired RUNNING, or READY: a stop-first update's new task, placed and prepared while the
-/// task it replaces stops.
 fn meant_to_run(task: &Task) -> bool {
-    matches!(task.desired_state, TaskState::Ready | TaskState::Running)
-}
-
-/// A task that occupies its node: placed, meant to run, not finished.
-fn occupies_node(task: &Task) -> bool {
-    !task.node_id.is_empty()
-        && meant_to_run(task)
-        && task.status.state > TaskState::Pending
-        && !task.status.state.is_terminal()
+    task.meant_to_run()
 }
 
 /// Decide, for every task that needs scheduling, a node or the reason it must wait.
@@ -71,19 +61,21 @@ struct Nodes<'a> {
 }
 
 impl<'a> Nodes<'a> {
+    /// From the store's index of what occupies each node: work in the nodes, not the tasks.
     fn load(data: &'a StoreData) -> Nodes<'a> {
-        let mut loads: Vec<NodeLoad> = data.nodes.values().map(NodeLoad::new).collect();
+        let loads: Vec<NodeLoad> = data
+            .nodes
+            .values()
+            .map(|n| match data.usage.get(&n.id) {
+                Some(u) => NodeLoad::with_usage(n, u),
+                None => NodeLoad::new(n),
+            })
+            .collect();
         let index: HashMap<&str, usize> = loads
             .iter()
             .enumerate()
             .map(|(i, l)| (l.node.id.as_str(), i))
             .collect();
-        for task in data.tasks.values().filter(|t| occupies_node(t)) {
-            if let Some(&i) = index.get(task.node_id.as_str()) {
-                let r = &task.spec.resources;
-                loads[i].add(&task.service_id, r.reserve_nano_cpus, r.reserve_memory);
-            }
-        }
         Nodes { loads, index }
     }
 
@@ -116,10 +108,16 @@ struct Group<'a> {
 /// Groups ordered by service id, then by their first task id; tasks by id.
 fn pending_groups(data: &StoreData) -> Vec<Group<'_>> {
     let mut by_service: BTreeMap<&str, Vec<Group>> = BTreeMap::new();
-    for task in data.tasks.values().filter(|t| needs_scheduling(t)) {
+    // The store's index of unplaced tasks, in id order as the tasks are.
+    let waiting = data.unplaced.iter().filter_map(|id| data.tasks.get(id));
+    for task in waiting.filter(|t| needs_scheduling(t)) {
         let groups = by_service.entry(&task.service_id).or_default();
-        // A service has one spec, or two during a rolling update: a linear search is cheap.
-        let group = match groups.iter().position(|g| *g.spec == *task.spec) {
+        // A service has one spec, or two during a rolling update: a linear search is cheap
+        // (the store shares one copy of a spec among its tasks, so mostly a pointer test).
+        let group = match groups
+            .iter()
+            .position(|g| std::ptr::eq(g.spec, &*task.spec) || *g.spec == *task.spec)
+        {
             Some(i) => &mut groups[i],
             None => {
                 groups.push(Group {

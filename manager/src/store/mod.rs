@@ -289,6 +289,57 @@ pub struct Task {
     pub awaiting_addresses: bool,
 }
 
+impl Task {
+    /// Meant to run: desired RUNNING, or READY (a stop-first update's new task, placed and
+    /// prepared while the task it replaces stops).
+    pub fn meant_to_run(&self) -> bool {
+        matches!(self.desired_state, TaskState::Ready | TaskState::Running)
+    }
+
+    /// Occupies its node: placed, meant to run, not finished.
+    pub fn occupies_node(&self) -> bool {
+        !self.node_id.is_empty()
+            && self.meant_to_run()
+            && self.status.state > TaskState::Pending
+            && !self.status.state.is_terminal()
+    }
+}
+
+/// What the tasks occupying a node ([`Task::occupies_node`]) hold of it; derived.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeUsage {
+    pub tasks: usize,
+    pub reserved_nano_cpus: u64,
+    pub reserved_memory: u64,
+    /// Tasks per service id.
+    pub by_service: BTreeMap<String, usize>,
+}
+
+impl NodeUsage {
+    fn add(&mut self, t: &Task) {
+        let r = &t.spec.resources;
+        self.tasks += 1;
+        self.reserved_nano_cpus = self.reserved_nano_cpus.saturating_add(r.reserve_nano_cpus);
+        self.reserved_memory = self.reserved_memory.saturating_add(r.reserve_memory);
+        *self.by_service.entry(t.service_id.clone()).or_default() += 1;
+    }
+
+    /// Undo [`NodeUsage::add`] of the same task. True once nothing is left.
+    fn remove(&mut self, t: &Task) -> bool {
+        let r = &t.spec.resources;
+        self.tasks = self.tasks.saturating_sub(1);
+        self.reserved_nano_cpus = self.reserved_nano_cpus.saturating_sub(r.reserve_nano_cpus);
+        self.reserved_memory = self.reserved_memory.saturating_sub(r.reserve_memory);
+        if let Some(n) = self.by_service.get_mut(&t.service_id) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_service.remove(&t.service_id);
+            }
+        }
+        self.tasks == 0
+    }
+}
+
 /// The key that seals secret and config data ([`crate::secrets`]); created with the first
 /// secret or config. At most one exists. It is stored sealed with the cluster's
 /// key-encrypting key, which lives outside the store ([`crate::keys`]).
@@ -512,6 +563,92 @@ pub enum Change {
 pub struct Event {
     pub index: u64,
     pub changes: Arc<Vec<Change>>,
+    /// What the changes touch, worked out once for every watcher.
+    pub touched: Arc<Touched>,
+}
+
+/// An index of an event's changes: a thousand node sessions watching an event of 2,000
+/// changes each look up their own node instead of each scanning every change.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Per node: the positions in the event's changes of the tasks placed on that node,
+    /// before the change or after it (a task deleted or moved away counts for its old node).
+    tasks_by_node: BTreeMap<String, Vec<usize>>,
+    /// The kinds of the objects put or deleted, one bit per [`Kind`].
+    kinds: u16,
+    /// A task put in the event is attached to networks.
+    task_networks: bool,
+}
+
+impl Touched {
+    /// Index `changes` (committed by `txn`); `old_nodes[i]` is the node the task of op `i`
+    /// was placed on before the transaction, if any.
+    fn add(&mut self, offset: usize, changes: &[Change], old_nodes: &[Option<String>]) {
+        for (i, c) in changes.iter().enumerate() {
+            let (kind, new_node) = match c {
+                Change::Put(o) => (
+                    o.kind(),
+                    match o {
+                        Object::Task(t) => {
+                            self.task_networks |= !t.networks.is_empty();
+                            Some(t.node_id.as_str())
+                        }
+                        _ => None,
+                    },
+                ),
+                Change::Deleted { kind, .. } => (*kind, None),
+            };
+            self.kinds |= 1 << kind as u16;
+            if kind != Kind::Task {
+                continue;
+            }
+            let old = old_nodes.get(i).and_then(|n| n.as_deref());
+            for node in [new_node, old.filter(|o| Some(*o) != new_node)]
+                .into_iter()
+                .flatten()
+                .filter(|n| !n.is_empty())
+            {
+                self.tasks_by_node
+                    .entry(node.to_string())
+                    .or_default()
+                    .push(offset + i);
+            }
+        }
+    }
+
+    /// The positions in the event's changes of the tasks placed on `node_id` before or
+    /// after the change.
+    pub fn node_tasks(&self, node_id: &str) -> &[usize] {
+        self.tasks_by_node.get(node_id).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether an object of `kind` was put or deleted.
+    pub fn has(&self, kind: Kind) -> bool {
+        self.kinds & (1 << kind as u16) != 0
+    }
+
+    /// Whether a task put in the event is attached to networks.
+    pub fn task_networks(&self) -> bool {
+        self.task_networks
+    }
+}
+
+/// The node each task op of `txn` finds its task placed on (before the transaction).
+fn old_task_nodes(data: &StoreData, txn: &Txn) -> Vec<Option<String>> {
+    txn.ops
+        .iter()
+        .map(|op| {
+            let id = match op {
+                Op::Create(Object::Task(t)) | Op::Update(Object::Task(t)) => &t.id,
+                Op::Delete {
+                    kind: Kind::Task,
+                    id,
+                } => id,
+                _ => return None,
+            };
+            data.tasks.get(id).map(|t| t.node_id.clone())
+        })
+        .collect()
 }
 
 /// The tables. Cloneable so that snapshots and tests can hold a copy.
@@ -540,6 +677,13 @@ pub struct StoreData {
     /// Ids of the tasks waiting for addresses (`awaiting_addresses`); derived.
     #[serde(skip)]
     pub awaiting: BTreeSet<String>,
+    /// Ids of the tasks not placed yet (PENDING or before): what the scheduler looks at,
+    /// without a scan of every task; derived.
+    #[serde(skip)]
+    pub unplaced: BTreeSet<String>,
+    /// What the tasks occupying each node hold of it, by node id; derived.
+    #[serde(skip)]
+    pub usage: BTreeMap<String, NodeUsage>,
     /// The task specs in use, by service: a task put into the store takes the shared copy
     /// of its spec instead of keeping the one its transaction carried.
     #[serde(skip)]
@@ -628,11 +772,10 @@ impl StoreData {
         self.addrs.clear();
         self.specs = SpecPool::default();
         self.awaiting.clear();
+        self.unplaced.clear();
+        self.usage.clear();
         for t in self.tasks.values_mut() {
             t.spec = self.specs.intern(&t.service_id, &t.spec);
-            if t.awaiting_addresses {
-                self.awaiting.insert(t.id.clone());
-            }
         }
         let holders: Vec<(Holder, Vec<(String, Ipv4Addr)>)> = self
             .tasks
@@ -647,31 +790,45 @@ impl StoreData {
                 self.addrs.entry(net).or_default().insert(a, h.clone());
             }
         }
-        let ids: Vec<(String, String, String)> = self
-            .tasks
-            .values()
-            .map(|t| (t.id.clone(), t.service_id.clone(), t.node_id.clone()))
-            .collect();
-        for (id, service, node) in ids {
-            self.index_task(&id, &service, &node);
+        let tasks = std::mem::take(&mut self.tasks);
+        for t in tasks.values() {
+            self.index_task(t);
         }
+        self.tasks = tasks;
     }
 
-    fn index_task(&mut self, id: &str, service: &str, node: &str) {
+    fn index_task(&mut self, t: &Task) {
         self.tasks_by_service
-            .entry(service.to_string())
+            .entry(t.service_id.clone())
             .or_default()
-            .insert(id.to_string());
-        if !node.is_empty() {
+            .insert(t.id.clone());
+        if !t.node_id.is_empty() {
             self.tasks_by_node
-                .entry(node.to_string())
+                .entry(t.node_id.clone())
                 .or_default()
-                .insert(id.to_string());
+                .insert(t.id.clone());
+        }
+        if t.awaiting_addresses {
+            self.awaiting.insert(t.id.clone());
+        }
+        if t.status.state <= TaskState::Pending {
+            self.unplaced.insert(t.id.clone());
+        }
+        if t.occupies_node() {
+            self.usage.entry(t.node_id.clone()).or_default().add(t);
         }
     }
 
     fn unindex_task(&mut self, t: &Task) {
         self.awaiting.remove(&t.id);
+        self.unplaced.remove(&t.id);
+        if t.occupies_node() {
+            if let Some(u) = self.usage.get_mut(&t.node_id) {
+                if u.remove(t) {
+                    self.usage.remove(&t.node_id);
+                }
+            }
+        }
         if let Some(set) = self.tasks_by_service.get_mut(&t.service_id) {
             set.remove(&t.id);
             if set.is_empty() {
@@ -748,10 +905,7 @@ impl StoreData {
                     self.unindex_task(&old);
                 }
                 t.spec = self.specs.intern(&t.service_id, &t.spec);
-                self.index_task(&t.id, &t.service_id, &t.node_id);
-                if t.awaiting_addresses {
-                    self.awaiting.insert(t.id.clone());
-                }
+                self.index_task(&t);
                 self.tasks.insert(t.id.clone(), t);
             }
             Object::Secret(f) => {
@@ -1284,13 +1438,20 @@ impl Store {
     }
 
     pub(crate) fn apply(&self, index: u64, txn: &Txn) -> TxnOutcome {
+        let mut touched = Touched::default();
         if txn.batch.is_empty() {
-            let res = self.data.write().expect("store lock").apply_txn(index, txn);
+            let res = {
+                let mut data = self.data.write().expect("store lock");
+                let old = old_task_nodes(&data, txn);
+                data.apply_txn(index, txn)
+                    .inspect(|c| touched.add(0, c, &old))
+            };
             return match res {
                 Ok(changes) => {
                     let _ = self.events.send(Event {
                         index,
                         changes: Arc::new(changes),
+                        touched: Arc::new(touched),
                     });
                     TxnOutcome::Applied { index }
                 }
@@ -1303,8 +1464,10 @@ impl Store {
         {
             let mut data = self.data.write().expect("store lock");
             for t in &txn.batch {
+                let old = old_task_nodes(&data, t);
                 match data.apply_txn(index, t) {
                     Ok(changes) => {
+                        touched.add(all.len(), &changes, &old);
                         all.extend(changes);
                         outcomes.push(TxnOutcome::Applied { index });
                     }
@@ -1316,6 +1479,7 @@ impl Store {
             let _ = self.events.send(Event {
                 index,
                 changes: Arc::new(all),
+                touched: Arc::new(touched),
             });
         }
         TxnOutcome::Batch(outcomes)
@@ -1509,6 +1673,150 @@ pub(crate) mod tests {
             assert!(matches!(d.find_node("ab"), Err(FindError::Ambiguous(_))));
             assert!(matches!(d.find_node("zzz"), Err(FindError::NotFound(_))));
         });
+    }
+
+    fn ready_node(id: &str) -> Node {
+        let mut n = node(id, id);
+        n.state = NodeState::Ready;
+        n
+    }
+
+    fn plain_task(id: &str, service: &str, node: &str, state: TaskState) -> Task {
+        let mut t = task_on(id, node, "net", Ipv4Addr::new(10, 0, 1, 2));
+        t.networks.clear();
+        t.service_id = service.into();
+        t.status.state = state;
+        t
+    }
+
+    /// The derived indexes kept up to date write by write are those a rebuild from the
+    /// tables gives: what the scheduler reads instead of scanning every task.
+    #[test]
+    fn incremental_indexes_match_a_rebuild() {
+        let store = Store::new();
+        let mut ops = vec![
+            Op::Create(Object::Node(ready_node("n1"))),
+            Op::Create(Object::Node(ready_node("n2"))),
+        ];
+        for i in 0..6 {
+            let mut t = plain_task(&format!("t{i}"), ["a", "b"][i % 2], "", TaskState::New);
+            Arc::make_mut(&mut t.spec).resources.reserve_memory = 100;
+            ops.push(Op::Create(Object::Task(t)));
+        }
+        store.apply(1, &Txn::new(ops));
+        let check = |why: &str| {
+            store.view(|d| {
+                let mut rebuilt = d.clone();
+                rebuilt.rebuild_indexes();
+                assert_eq!(d.unplaced, rebuilt.unplaced, "{why}");
+                assert_eq!(d.usage, rebuilt.usage, "{why}");
+                assert_eq!(d.tasks_by_node, rebuilt.tasks_by_node, "{why}");
+            })
+        };
+        check("created");
+        assert_eq!(store.view(|d| d.unplaced.len()), 6);
+        // Placed: t0..t3 on n1 and n2; then t0 runs, t1 fails, t2 is told to stop.
+        let mut index = 2;
+        let mut step = |store: &Store, f: &dyn Fn(&mut Task), ids: &[&str]| {
+            let ops = store.view(|d| {
+                ids.iter()
+                    .map(|id| {
+                        let mut t = d.tasks[*id].clone();
+                        f(&mut t);
+                        Op::Update(Object::Task(t))
+                    })
+                    .collect()
+            });
+            assert!(matches!(
+                store.apply(index, &Txn::new(ops)),
+                TxnOutcome::Applied { .. }
+            ));
+            index += 1;
+        };
+        step(
+            &store,
+            &|t| {
+                t.node_id = if t.id.as_str() < "t2" { "n1" } else { "n2" }.into();
+                t.status.state = TaskState::Assigned;
+            },
+            &["t0", "t1", "t2", "t3"],
+        );
+        check("assigned");
+        store.view(|d| {
+            assert_eq!(d.unplaced.len(), 2);
+            let n1 = &d.usage["n1"];
+            assert_eq!((n1.tasks, n1.reserved_memory), (2, 200));
+            assert_eq!(
+                n1.by_service,
+                BTreeMap::from([("a".into(), 1), ("b".into(), 1)])
+            );
+        });
+        step(&store, &|t| t.status.state = TaskState::Running, &["t0"]);
+        step(&store, &|t| t.status.state = TaskState::Failed, &["t1"]);
+        step(&store, &|t| t.desired_state = TaskState::Shutdown, &["t2"]);
+        check("ran, failed, stopped");
+        store.view(|d| {
+            assert_eq!(d.usage["n1"].tasks, 1);
+            assert_eq!(d.usage["n2"].tasks, 1);
+        });
+        store.apply(
+            index,
+            &Txn::new(vec![Op::Delete {
+                kind: Kind::Task,
+                id: "t3".into(),
+            }]),
+        );
+        check("deleted");
+        assert!(store.view(|d| !d.usage.contains_key("n2")));
+    }
+
+    /// An event says which nodes' tasks it touched (before or after the change) and the
+    /// kinds it holds, so that a node's session looks itself up instead of scanning.
+    #[test]
+    fn an_event_indexes_the_nodes_its_tasks_are_on() {
+        let store = Store::new();
+        let mut rx = store.watch();
+        store.apply(
+            1,
+            &Txn::new(vec![
+                Op::Create(Object::Task(plain_task("t1", "s", "", TaskState::New))),
+                Op::Create(Object::Task(plain_task(
+                    "t2",
+                    "s",
+                    "n1",
+                    TaskState::Assigned,
+                ))),
+                Op::Create(Object::Node(ready_node("n1"))),
+                Op::Create(Object::Node(ready_node("n2"))),
+            ]),
+        );
+        let ev = rx.try_recv().expect("event");
+        assert_eq!(ev.touched.node_tasks("n1"), &[1]);
+        assert!(ev.touched.node_tasks("").is_empty());
+        assert!(ev.touched.has(Kind::Task) && ev.touched.has(Kind::Node));
+        assert!(!ev.touched.has(Kind::Secret) && !ev.touched.task_networks());
+        // In a batch, positions count across its transactions; a deleted task counts for the
+        // node it was on.
+        let t1 = store.view(|d| {
+            let mut t = d.tasks["t1"].clone();
+            t.node_id = "n2".into();
+            t.status.state = TaskState::Assigned;
+            t
+        });
+        store.apply(
+            2,
+            &Txn::batch(vec![
+                Txn::new(vec![Op::Update(Object::Task(t1))]),
+                Txn::new(vec![Op::Delete {
+                    kind: Kind::Task,
+                    id: "t2".into(),
+                }]),
+            ]),
+        );
+        let ev = rx.try_recv().expect("event");
+        assert_eq!(ev.touched.node_tasks("n2"), &[0]);
+        assert_eq!(ev.touched.node_tasks("n1"), &[1]);
+        assert!(!ev.touched.has(Kind::Node));
     }
 
     fn task_on(id: &str, node: &str, net: &str, addr: Ipv4Addr) -> Task {

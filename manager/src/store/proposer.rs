@@ -72,6 +72,27 @@ impl Store {
     }
 }
 
+/// Transactions of one writer in flight at once ([`Store::propose_each`]): enough to share
+/// raft entries with the writes queued behind them, few enough that a burst of thousands of
+/// task writes does not turn into megabyte entries that miss the replication timeout.
+pub const PROPOSALS_IN_FLIGHT: usize = 4;
+
+impl Store {
+    /// Proposes `txns` in order, [`PROPOSALS_IN_FLIGHT`] at a time; the outcome of each,
+    /// in order.
+    pub async fn propose_each(
+        &self,
+        txns: impl IntoIterator<Item = Txn>,
+    ) -> Vec<Result<u64, ProposeError>> {
+        use futures::StreamExt;
+        futures::stream::iter(txns)
+            .map(|txn| self.propose(txn))
+            .buffered(PROPOSALS_IN_FLIGHT)
+            .collect()
+            .await
+    }
+}
+
 /// A write's future: the log index it committed at.
 pub type Proposal<'a> = Pin<Box<dyn Future<Output = Result<u64, ProposeError>> + Send + 'a>>;
 
