@@ -50,6 +50,37 @@ fn status_mb(key: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// One simulated node: the real agent and executor over the fake runtime, with a session to
+/// `manager`, until `cancel`.
+pub(crate) async fn simulated_node(
+    hostname: String,
+    creds: Arc<Credentials>,
+    manager: String,
+    initial_period: Duration,
+    cancel: CancellationToken,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4096);
+    let runtime = Arc::new(worker::runtime::FakeRuntime::new(Duration::ZERO));
+    let executor = Arc::new(worker::executor::Executor::new(runtime, tx));
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
+    let agent = Agent::new(
+        AgentConfig {
+            hostname,
+            platform: "linux/bench".into(),
+            managers: vec![manager],
+            initial_period,
+            nano_cpus: 0,
+            memory_bytes: 0,
+        },
+        creds,
+        events_tx,
+        executor,
+        rx,
+    );
+    agent.run(cancel).await
+}
+
 pub(crate) fn identity(cluster: &Cluster, node_id: &str, role: Role) -> Result<Identity> {
     let (key, csr) = new_key_and_csr()?;
     let (cert, _) =
@@ -232,27 +263,13 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<Figures> {
             }
         }
         let creds = Credentials::new(Some(identity(&cluster, id, Role::Worker)?));
-        let (tx, rx) = tokio::sync::mpsc::channel(4096);
-        let runtime = Arc::new(worker::runtime::FakeRuntime::new(Duration::ZERO));
-        let executor = Arc::new(worker::executor::Executor::new(runtime, tx));
-        let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
-        let agent = Agent::new(
-            AgentConfig {
-                hostname: format!("w{i}"),
-                platform: "linux/bench".into(),
-                managers: vec![leader_addr.clone()],
-                initial_period: Duration::from_secs(5),
-                nano_cpus: 0,
-                memory_bytes: 0,
-            },
+        tokio::spawn(simulated_node(
+            format!("w{i}"),
             creds,
-            events_tx,
-            executor,
-            rx,
-        );
-        let c = cancel.clone();
-        tokio::spawn(async move { agent.run(c).await });
+            leader_addr.clone(),
+            Duration::from_secs(5),
+            cancel.clone(),
+        ));
     }
     let ready = loop {
         let ready = registered();

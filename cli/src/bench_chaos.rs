@@ -667,6 +667,48 @@ pub fn render(rep: &Report, args: &ChaosArgs, took: Duration) -> String {
 // The run.
 
 /// Removes the lab (after keeping its logs) however the run ends.
+/// A lab of fake-runtime hosts for a bench, brought up from `cfg` (its hosts' logs copied into
+/// `logs` and the lab torn down when the returned guard drops), and the bench's progress log:
+/// plain lines, or prefixed with `tag` when the figures go to stdout as JSON.
+pub(crate) async fn bench_lab(
+    mut cfg: LabConfig,
+    logs: Option<PathBuf>,
+    tag: &'static str,
+    json: bool,
+) -> Result<(Lab, LabTeardown, impl Fn(String) + Copy)> {
+    cfg.ready_timeout = Duration::from_secs(90);
+    cfg.daemon_args = vec!["--runtime".into(), "fake".into()];
+    let log = move |line: String| {
+        if json {
+            eprintln!("{tag}: {line}");
+        } else {
+            eprintln!("{line}");
+        }
+    };
+    log(format!("bringing up lab {}", cfg.prefix));
+    let prefix = cfg.prefix.clone();
+    let lab = tokio::task::spawn_blocking(move || Lab::up(&cfg)).await??;
+    let teardown = LabTeardown {
+        prefix,
+        logs,
+        hosts: lab
+            .hosts
+            .iter()
+            .map(|h| (h.name.clone(), h.log.clone()))
+            .collect(),
+    };
+    Ok((lab, teardown, log))
+}
+
+/// The lab's hosts (or its managers only) with their daemon sockets.
+pub(crate) fn host_sockets(lab: &Lab, managers_only: bool) -> Vec<(String, PathBuf)> {
+    lab.hosts
+        .iter()
+        .filter(|h| h.manager || !managers_only)
+        .map(|h| (h.name.clone(), h.socket.clone()))
+        .collect()
+}
+
 pub(crate) struct LabTeardown {
     pub(crate) prefix: String,
     pub(crate) logs: Option<PathBuf>,
@@ -1088,38 +1130,9 @@ pub async fn run_chaos(args: ChaosArgs) -> Result<Report> {
     let bin = std::env::current_exe().context("the shoal binary")?;
     let mut cfg = LabConfig::new(&args.prefix, args.managers, args.workers, bin);
     cfg.heartbeat_ms = Some(ms(args.heartbeat));
-    cfg.ready_timeout = Duration::from_secs(90);
-    cfg.daemon_args = vec!["--runtime".into(), "fake".into()];
-    let quiet = args.json;
-    let log = move |line: String| {
-        if !quiet {
-            eprintln!("{line}");
-        } else {
-            eprintln!("chaos: {line}");
-        }
-    };
-    log(format!("bringing up lab {}", args.prefix));
-    let mut lab = tokio::task::spawn_blocking(move || Lab::up(&cfg)).await??;
-    let _teardown = LabTeardown {
-        prefix: args.prefix.clone(),
-        logs: args.logs.clone(),
-        hosts: lab
-            .hosts
-            .iter()
-            .map(|h| (h.name.clone(), h.log.clone()))
-            .collect(),
-    };
-    let hosts: Vec<(String, PathBuf)> = lab
-        .hosts
-        .iter()
-        .map(|h| (h.name.clone(), h.socket.clone()))
-        .collect();
-    let manager_socks: Vec<(String, PathBuf)> = lab
-        .hosts
-        .iter()
-        .filter(|h| h.manager)
-        .map(|h| (h.name.clone(), h.socket.clone()))
-        .collect();
+    let (mut lab, _teardown, log) = bench_lab(cfg, args.logs.clone(), "chaos", args.json).await?;
+    let hosts = host_sockets(&lab, false);
+    let manager_socks = host_sockets(&lab, true);
     let managers: Vec<String> = manager_socks.iter().map(|(m, _)| m.clone()).collect();
 
     let replicas = args.replicas.to_string();

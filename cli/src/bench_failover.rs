@@ -26,8 +26,8 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::bench_chaos::{
-    converged, host_state, local_state, lock, ms, p50, sampler, secs, secs_ms, wait_settled,
-    LabTeardown, Shared, RECOVER_TIMEOUT,
+    bench_lab, converged, host_sockets, host_state, local_state, lock, ms, p50, sampler, secs,
+    secs_ms, wait_settled, Shared, RECOVER_TIMEOUT,
 };
 
 /// Targets of the issue.
@@ -448,39 +448,11 @@ pub async fn run_failover(args: FailoverArgs) -> Result<Report> {
     }
     let bin = std::env::current_exe().context("the shoal binary")?;
     // Default settings: no --dispatcher-heartbeat, the daemons' default raft timing.
-    let mut cfg = LabConfig::new(&args.prefix, args.managers, args.workers, bin);
-    cfg.ready_timeout = Duration::from_secs(90);
-    cfg.daemon_args = vec!["--runtime".into(), "fake".into()];
-    let quiet = args.json;
-    let log = move |line: String| {
-        if quiet {
-            eprintln!("failover: {line}");
-        } else {
-            eprintln!("{line}");
-        }
-    };
-    log(format!("bringing up lab {}", args.prefix));
-    let mut lab = tokio::task::spawn_blocking(move || Lab::up(&cfg)).await??;
-    let _teardown = LabTeardown {
-        prefix: args.prefix.clone(),
-        logs: args.logs.clone(),
-        hosts: lab
-            .hosts
-            .iter()
-            .map(|h| (h.name.clone(), h.log.clone()))
-            .collect(),
-    };
-    let hosts: Vec<(String, PathBuf)> = lab
-        .hosts
-        .iter()
-        .map(|h| (h.name.clone(), h.socket.clone()))
-        .collect();
-    let managers: Vec<(String, PathBuf)> = lab
-        .hosts
-        .iter()
-        .filter(|h| h.manager)
-        .map(|h| (h.name.clone(), h.socket.clone()))
-        .collect();
+    let cfg = LabConfig::new(&args.prefix, args.managers, args.workers, bin);
+    let (mut lab, _teardown, log) =
+        bench_lab(cfg, args.logs.clone(), "failover", args.json).await?;
+    let hosts = host_sockets(&lab, false);
+    let managers = host_sockets(&lab, true);
     let workers: Vec<String> = lab
         .hosts
         .iter()

@@ -29,9 +29,8 @@ use proto::spec::{
 use proto::transport::Credentials;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use worker::agent::{Agent, AgentConfig};
 
-use crate::bench::{identity, node, propose_all};
+use crate::bench::{identity, node, propose_all, simulated_node};
 use crate::output::Format;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -149,28 +148,13 @@ impl Sim {
             let creds = Credentials::new(Some(identity(&cluster, id, Role::Worker)?));
             let c = cancel.clone();
             let addr = leader_addr.clone();
-            node_rt.spawn(async move {
-                let (tx, rx) = tokio::sync::mpsc::channel(4096);
-                let runtime = Arc::new(worker::runtime::FakeRuntime::new(Duration::ZERO));
-                let executor = Arc::new(worker::executor::Executor::new(runtime, tx));
-                let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(16);
-                tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
-                let agent = Agent::new(
-                    AgentConfig {
-                        hostname: format!("w{i}"),
-                        platform: "linux/bench".into(),
-                        managers: vec![addr],
-                        initial_period: Duration::from_secs(30),
-                        nano_cpus: 0,
-                        memory_bytes: 0,
-                    },
-                    creds,
-                    events_tx,
-                    executor,
-                    rx,
-                );
-                agent.run(c).await
-            });
+            node_rt.spawn(simulated_node(
+                format!("w{i}"),
+                creds,
+                addr,
+                Duration::from_secs(30),
+                c,
+            ));
         }
         let sim = Sim {
             mgr,
