@@ -49,6 +49,31 @@ pub struct Phase {
     /// The update status says completed (after the monitor period).
     #[serde(rename = "CompletedSeconds")]
     pub completed: f64,
+    /// Where shoal's time went (from the tasks' own timestamps); none for Swarm.
+    #[serde(rename = "Breakdown", skip_serializing_if = "Option::is_none")]
+    pub breakdown: Option<Breakdown>,
+}
+
+/// Medians over the slots one phase replaced, in ms, from the tasks' timestamps.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Breakdown {
+    /// Command → the first new task created.
+    #[serde(rename = "KickOffMs")]
+    pub kick_off: i64,
+    /// New task created → its slot's old task reported stopped.
+    #[serde(rename = "StopMs")]
+    pub stop: i64,
+    /// Old task stopped → new task reported running.
+    #[serde(rename = "StartMs")]
+    pub start: i64,
+    /// A slot's new task running → the next slot's new task created (the updater's wait
+    /// between batches), median over consecutive creations.
+    #[serde(rename = "NextBatchMs")]
+    pub next_batch: i64,
+    /// The last new task running → the update completed (the monitor period and the wait
+    /// to notice its end).
+    #[serde(rename = "TailMs")]
+    pub tail: i64,
 }
 
 /// Figures of one orchestrator.
@@ -122,6 +147,14 @@ pub fn run_update(args: &UpdateArgs) -> Result<()> {
         );
     };
     row("shoal", &shoal, &shoal_load);
+    for (name, phase) in [("update", &shoal.update), ("rollback", &shoal.rollback)] {
+        if let Some(b) = phase.breakdown {
+            println!(
+                "  shoal {name}, medians per slot: kick-off {} ms, old stopped {} ms after the new task's creation, new running {} ms after that, next creation {} ms after a run; last running → completed {} ms",
+                b.kick_off, b.stop, b.start, b.next_batch, b.tail
+            );
+        }
+    }
     match (swarm, swarm_load) {
         (Some(s), Some(l)) => {
             row("swarm", &s, &l);
@@ -242,9 +275,15 @@ fn shoal_phases(lab: &deploy::Lab, args: &UpdateArgs, fake: bool) -> Result<Figu
             let state = view.update_status.as_ref().map(|u| u.state.as_str());
             if let (Some(a), Some(s)) = (all_running, state) {
                 if s == done {
+                    let completed = t0.elapsed().as_secs_f64();
+                    let all = rt
+                        .block_on(client.list_tasks(&view.id, "", ""))
+                        .map_err(|e| anyhow!("{e}"))?;
+                    let status = view.update_status.as_ref();
                     return Ok(Phase {
                         all_running: a,
-                        completed: t0.elapsed().as_secs_f64(),
+                        completed,
+                        breakdown: status.and_then(|u| breakdown(&all, u.started_ms, u.completed_ms)),
                     });
                 }
             }
@@ -278,6 +317,55 @@ fn shoal_phases(lab: &deploy::Lab, args: &UpdateArgs, fake: bool) -> Result<Figu
         update,
         rollback,
         create,
+    })
+}
+
+fn median(mut v: Vec<i64>) -> i64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+/// Where a phase's time went: its new tasks (created since `started`) against the old task
+/// of each one's slot.
+fn breakdown(tasks: &[TaskView], started: i64, completed: i64) -> Option<Breakdown> {
+    let mut new: Vec<&TaskView> = tasks
+        .iter()
+        .filter(|t| t.created_at_ms >= started && t.desired_state == TaskState::Running)
+        .collect();
+    new.sort_by_key(|t| t.created_at_ms);
+    let first = new.first()?;
+    let running_at = |t: &TaskView| (t.status.state == TaskState::Running).then_some(t.status.timestamp_ms);
+    let (mut stop, mut start) = (Vec::new(), Vec::new());
+    for t in &new {
+        let old = tasks
+            .iter()
+            .filter(|o| o.slot == t.slot && o.created_at_ms < t.created_at_ms)
+            .filter(|o| o.status.state.is_terminal())
+            .max_by_key(|o| o.created_at_ms);
+        if let (Some(o), Some(r)) = (old, running_at(t)) {
+            stop.push(o.status.timestamp_ms - t.created_at_ms);
+            start.push(r - o.status.timestamp_ms);
+        }
+    }
+    // Each creation after the first waited for some earlier task to run: the latest
+    // running time before it.
+    let runs: Vec<i64> = new.iter().filter_map(|t| running_at(t)).collect();
+    let next_batch = new
+        .iter()
+        .skip(1)
+        .filter_map(|t| {
+            runs.iter()
+                .filter(|r| **r <= t.created_at_ms)
+                .max()
+                .map(|r| t.created_at_ms - r)
+        })
+        .collect();
+    Some(Breakdown {
+        kick_off: first.created_at_ms - started,
+        stop: median(stop),
+        start: median(start),
+        next_batch: median(next_batch),
+        tail: completed - runs.iter().max().copied().unwrap_or(completed),
     })
 }
 
@@ -350,6 +438,7 @@ impl Dockerd {
             .arg(format!("--exec-root={}", root.join("exec").display()))
             .arg(format!("--pidfile={}", root.join("dockerd.pid").display()))
             .arg(format!("--host=unix://{}", root.join("docker.sock").display()))
+            .arg(format!("--cgroup-parent=/{ns}"))
             .arg("--log-level=error")
             .env("DOCKER_SERVICE_PREFER_OFFLINE_IMAGE", "1")
             .stdin(Stdio::null())
@@ -433,6 +522,7 @@ impl Dockerd {
             }
         }
         unmount_under(self.dir.path());
+        remove_cgroups(&self.netns);
         let _ = ip(&["netns", "del", &self.netns]);
     }
 }
@@ -453,6 +543,29 @@ fn ip(a: &[&str]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Removes the (empty, once dockerd is gone) cgroup `name` of the containers' parent and
+/// what is under it, in every hierarchy.
+fn remove_cgroups(name: &str) {
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let mut roots: Vec<PathBuf> = vec![PathBuf::from("/sys/fs/cgroup").join(name)];
+    roots.extend(hierarchies.flatten().map(|h| h.path().join(name)));
+    for root in roots.iter().filter(|r| r.is_dir()) {
+        let mut dirs = vec![root.clone()];
+        let mut i = 0;
+        while let Some(d) = dirs.get(i).cloned() {
+            if let Ok(entries) = std::fs::read_dir(&d) {
+                dirs.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+            }
+            i += 1;
+        }
+        for d in dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
 }
 
 /// Lazily unmounts every mount point under `dir`, deepest first.
@@ -555,6 +668,7 @@ fn swarm_phases(d: &Dockerd, args: &UpdateArgs) -> Result<Figures> {
                 return Ok(Phase {
                     all_running: a,
                     completed: t0.elapsed().as_secs_f64(),
+                    breakdown: None,
                 });
             }
             if state.contains("paused") {
