@@ -283,7 +283,8 @@ fn shoal_phases(lab: &deploy::Lab, args: &UpdateArgs, fake: bool) -> Result<Figu
                     return Ok(Phase {
                         all_running: a,
                         completed,
-                        breakdown: status.and_then(|u| breakdown(&all, u.started_ms, u.completed_ms)),
+                        breakdown: status
+                            .and_then(|u| breakdown(&all, u.started_ms, u.completed_ms)),
                     });
                 }
             }
@@ -334,7 +335,8 @@ fn breakdown(tasks: &[TaskView], started: i64, completed: i64) -> Option<Breakdo
         .collect();
     new.sort_by_key(|t| t.created_at_ms);
     let first = new.first()?;
-    let running_at = |t: &TaskView| (t.status.state == TaskState::Running).then_some(t.status.timestamp_ms);
+    let running_at =
+        |t: &TaskView| (t.status.state == TaskState::Running).then_some(t.status.timestamp_ms);
     let (mut stop, mut start) = (Vec::new(), Vec::new());
     for t in &new {
         let old = tasks
@@ -437,7 +439,10 @@ impl Dockerd {
             .arg(format!("--data-root={}", root.join("data").display()))
             .arg(format!("--exec-root={}", root.join("exec").display()))
             .arg(format!("--pidfile={}", root.join("dockerd.pid").display()))
-            .arg(format!("--host=unix://{}", root.join("docker.sock").display()))
+            .arg(format!(
+                "--host=unix://{}",
+                root.join("docker.sock").display()
+            ))
             .arg(format!("--cgroup-parent=/{ns}"))
             .arg("--log-level=error")
             .env("DOCKER_SERVICE_PREFER_OFFLINE_IMAGE", "1")
@@ -721,7 +726,11 @@ fn swarm_tasks(d: &Dockerd) -> Result<(Vec<String>, usize)> {
         .collect();
     let running = lines
         .iter()
-        .filter(|l| l.split('|').nth(1).is_some_and(|s| s.starts_with("Running")))
+        .filter(|l| {
+            l.split('|')
+                .nth(1)
+                .is_some_and(|s| s.starts_with("Running"))
+        })
         .count();
     if running != lines.len() {
         return Ok((images, 0));

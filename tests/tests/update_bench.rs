@@ -28,7 +28,11 @@ fn update_bench_smoke_run_updates_and_rolls_back() -> Result<()> {
             .args(["lab", "down", "--prefix", &prefix])
             .status();
     }
-    ensure!(out.status.success(), "shoal bench update exited {}", out.status);
+    ensure!(
+        out.status.success(),
+        "shoal bench update exited {}",
+        out.status
+    );
     let report: Value = stdout
         .lines()
         .rev()
@@ -50,7 +54,9 @@ fn update_bench_smoke_run_updates_and_rolls_back() -> Result<()> {
             "{phase}: completed before the monitor period ended: {p}"
         );
         ensure!(
-            p["Breakdown"]["TailMs"].as_i64().is_some_and(|t| t >= 5_000),
+            p["Breakdown"]["TailMs"]
+                .as_i64()
+                .is_some_and(|t| t >= 5_000),
             "{phase}: the tail holds the monitor period: {p}"
         );
     }
