@@ -96,7 +96,13 @@ pub fn run_update(args: &UpdateArgs) -> Result<()> {
     };
     let shoal = run_shoal(args).context("shoal")?;
     let shoal_load = load();
-    let dockerd = if args.swarm { which("dockerd") } else { None };
+    // Swarm runs real containers: beside the fake runtime it would compare nothing.
+    let fake = args.runtime == "fake";
+    let dockerd = if args.swarm && !fake {
+        which("dockerd")
+    } else {
+        None
+    };
     let swarm = match &dockerd {
         Some(d) => Some(run_swarm(args, d).context("Docker Swarm")?),
         None => None,
@@ -170,10 +176,12 @@ pub fn run_update(args: &UpdateArgs) -> Result<()> {
         }
         _ => println!(
             "Docker Swarm not measured ({})",
-            if args.swarm {
-                "no dockerd on PATH"
-            } else {
+            if !args.swarm {
                 "--no-swarm"
+            } else if fake {
+                "shoal ran the fake runtime"
+            } else {
+                "no dockerd on PATH"
             }
         ),
     }
