@@ -352,6 +352,30 @@ pub enum BenchCmd {
         #[arg(long, default_value = "table")]
         format: Format,
     },
+    /// A rolling update of N replicas (web:v1 → v2, `--update-parallelism P --update-delay
+    /// 0s`, default monitor) and its rollback on a one-host lab, timed to every task running
+    /// the new image and to the update completed; Docker Swarm the same when `dockerd` is on
+    /// PATH (a private daemon in its own network namespace), and the ratios.
+    Update {
+        #[arg(long, default_value_t = 50)]
+        replicas: u32,
+        #[arg(long, default_value_t = 10)]
+        parallelism: u32,
+        /// runc, crun, or fake (orchestration only, no registry).
+        #[arg(long, default_value = "runc")]
+        runtime: String,
+        /// Prefix of the lab the benchmark creates and removes.
+        #[arg(long, default_value = "upd")]
+        prefix: String,
+        /// Do not measure Docker Swarm even when dockerd is installed.
+        #[arg(long)]
+        no_swarm: bool,
+        /// Give up on one phase after this long.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        timeout: Duration,
+        #[arg(long, default_value = "table")]
+        format: Format,
+    },
     /// TCP throughput (iperf3) between containers on two lab workers over shoal's overlay vs
     /// the workers' underlay vs a hand-built VXLAN; medians and ratios of one run.
     Overlay {
@@ -637,6 +661,27 @@ pub fn run(cli: Cli) -> i32 {
                 matches!(format, Format::Json),
             )
             .map_err(|e| CliError(format!("Error: bench: {e:#}")))
+        }
+        Cmd::Bench(BenchCmd::Update {
+            replicas,
+            parallelism,
+            runtime,
+            prefix,
+            no_swarm,
+            timeout,
+            format,
+        }) => {
+            init_tracing("error");
+            crate::bench_update::run_update(&crate::bench_update::UpdateArgs {
+                replicas,
+                parallelism,
+                runtime,
+                prefix,
+                timeout,
+                swarm: !no_swarm,
+                json: matches!(format, Format::Json),
+            })
+            .map_err(|e| CliError(format!("Error: bench update: {e:#}")))
         }
         Cmd::Bench(BenchCmd::Chaos {
             rounds,

@@ -634,6 +634,12 @@ impl Orchestrator {
                     Written::Stop => return,
                 }
             }
+            // A timer due before the tick (a monitor period's end) is served on time.
+            let wake_at = timers.values().min().map(|at| {
+                let ms = at.saturating_sub(self.clock.now_ms()).max(0);
+                tokio::time::Instant::now() + Duration::from_millis(ms as u64)
+            });
+            let sleep_to = wake_at.map_or(next_tick, |w| w.min(next_tick));
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 r = events.recv() => {
@@ -641,9 +647,20 @@ impl Orchestrator {
                         return;
                     }
                 }
-                _ = tokio::time::sleep_until(next_tick) => {
-                    next_tick = tokio::time::Instant::now() + TICK;
+                _ = tokio::time::sleep_until(sleep_to) => {
                     let now = self.clock.now_ms();
+                    if sleep_to < next_tick {
+                        timers.retain(|id, at| {
+                            if *at <= now {
+                                dirty.service(id);
+                                false
+                            } else {
+                                true
+                            }
+                        });
+                        continue;
+                    }
+                    next_tick = tokio::time::Instant::now() + TICK;
                     timers.retain(|id, at| {
                         if *at <= now {
                             dirty.service(id);

@@ -822,3 +822,35 @@ fn a_round_cut_at_its_budget_asks_for_the_next() {
     );
     assert!(round.more.is_empty());
 }
+
+/// A rolling update completes when its last new task has run for the monitor period: the
+/// round before asks for a round at that moment (not at the next tick), which completes it.
+#[test]
+fn an_update_asks_for_a_round_when_its_monitor_period_ends() {
+    let mut d = setup(2);
+    let mut now = 1_000;
+    converge(&mut d, &mut now, 2, |_| TaskState::Running);
+    start_update(&mut d, now, |spec| {
+        spec.task.image = "img:2".into();
+        spec.update.parallelism = 0;
+        spec.update.monitor_ms = 5_000;
+    });
+    converge(&mut d, &mut now, 6, |_| TaskState::Running);
+    let new: Vec<&Task> = running(&d)
+        .into_iter()
+        .filter(|t| t.spec.image == "img:2")
+        .collect();
+    assert_eq!(new.len(), 2, "every slot updated");
+    let last = new.iter().map(|t| t.status.timestamp_ms).max().unwrap();
+    assert!(now < last + 5_000, "still in the monitor period");
+    let round = super::plan_dirty(&d, now, &super::Dirty::all());
+    assert!(round.ops.is_empty(), "nothing to do yet: {:?}", round.ops);
+    assert_eq!(round.wakes.get("svc"), Some(&(last + 5_000)));
+    let round = super::plan_dirty(&d, last + 4_999, &super::Dirty::all());
+    assert!(round.ops.is_empty(), "not completed early: {:?}", round.ops);
+    let ops = super::plan_dirty(&d, last + 5_000, &super::Dirty::all()).ops;
+    apply(&mut d, ops);
+    let status = d.services["svc"].update_status.clone().unwrap();
+    assert_eq!(status.state, UpdateState::Completed);
+    assert_eq!(status.completed_ms, last + 5_000);
+}

@@ -162,8 +162,14 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
         .max();
 
     if dirty.is_empty() {
-        let monitored =
-            last_running.is_none_or(|at| now >= at.saturating_add(ms_i64(cfg.monitor_ms)));
+        let monitor_end = last_running.map(|at| at.saturating_add(ms_i64(cfg.monitor_ms)));
+        let monitored = monitor_end.is_none_or(|end| now >= end);
+        if in_flight == 0 && !monitored {
+            // Complete as the monitor period ends, not at the next tick.
+            if let Some(end) = monitor_end {
+                p.wake(service_id, end);
+            }
+        }
         if in_flight == 0 && monitored {
             status.state = if rollback {
                 UpdateState::RollbackCompleted
@@ -184,6 +190,7 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
     if in_flight == 0 && cfg.delay_ms > 0 {
         if let Some(at) = last_running {
             if now < at.saturating_add(ms_i64(cfg.delay_ms)) {
+                p.wake(service_id, at.saturating_add(ms_i64(cfg.delay_ms)));
                 return;
             }
         }
