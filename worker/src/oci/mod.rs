@@ -353,6 +353,16 @@ impl State {
         read_pid(&self.task_dir(task_id).join(files::SHIM_PID)).is_some_and(pid_alive)
     }
 
+    /// Until the monitor of `task_id` has ended, for at most 3 s.
+    async fn monitor_gone(&self, task_id: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        let mut pause = Duration::from_millis(1);
+        while self.shim_alive(task_id) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(POLL);
+        }
+    }
+
     fn exit_status(&self, task_id: &str) -> Option<ExitStatus> {
         let text = std::fs::read(self.task_dir(task_id).join(files::EXIT)).ok()?;
         serde_json::from_slice(&text).ok()
@@ -954,18 +964,33 @@ impl Runtime for OciRuntime {
             return Ok(());
         }
         let t = std::time::Instant::now();
-        let _ = self
-            .inner
-            .runtime_cmd(&["delete", "--force", task_id])
-            .await;
+        // A container whose init the monitor reaped has no process left (its PID namespace
+        // died with its init): what `<runtime> delete` would do is remove the cgroups (done
+        // below in any case) and the runtime's state directory, done here without starting
+        // the runtime once more. Anything else (still running, never started, no monitor)
+        // goes through the runtime.
+        let exited = self.inner.exit_status(task_id).is_some();
+        if exited {
+            // It writes the exit status last, then ends.
+            self.inner.monitor_gone(task_id).await;
+        }
+        if exited && !self.inner.shim_alive(task_id) {
+            let state = self.inner.root.join(task_id);
+            if let Err(e) = std::fs::remove_dir_all(&state) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::debug!(task = task_id, error = %e, "runtime state left; asking the runtime");
+                    let _ = self.inner.runtime_cmd(&["delete", "--force", task_id]).await;
+                }
+            }
+        } else {
+            let _ = self
+                .inner
+                .runtime_cmd(&["delete", "--force", task_id])
+                .await;
+        }
         let t = self.inner.step(task_id, "remove: runtime delete", t);
         // Let the monitor record the end before the directory goes.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        let mut pause = Duration::from_millis(1);
-        while self.inner.shim_alive(task_id) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(POLL);
-        }
+        self.inner.monitor_gone(task_id).await;
         let t = self.inner.step(task_id, "remove: monitor gone", t);
         for sub in ["rootfs", "secrets"] {
             let path = dir.join(sub);
