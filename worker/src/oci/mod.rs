@@ -67,9 +67,6 @@ pub struct OciConfig {
     /// Networking hook: if `<netns_dir>/<task id>` exists at prepare, the container joins
     /// that network namespace instead of getting a new empty one.
     pub netns_dir: Option<PathBuf>,
-    /// How many containers the runtime creates at a time (0: no limit). The runtime's own
-    /// work is CPU-bound: beyond the node's cores, more at once only adds contention.
-    pub parallel_starts: usize,
 }
 
 impl OciConfig {
@@ -84,10 +81,6 @@ impl OciConfig {
             shim_command: vec![exe, "shim".into()],
             shim_env: Vec::new(),
             netns_dir: None,
-            parallel_starts: std::env::var("SHOAL_EXP_PARALLEL_STARTS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
         }
     }
 }
@@ -181,8 +174,6 @@ pub(crate) struct State {
     server: tokio::sync::Mutex<Option<MonitorServer>>,
     /// Durations of the steps of `start` and `remove`, when asked for (benchmarks).
     steps: Mutex<Option<Vec<(&'static str, Duration)>>>,
-    /// Held from a monitor's start until its container is created.
-    starts: tokio::sync::Semaphore,
 }
 
 /// The process that forks the monitors, and the daemon's end of its request pipe. Dropping
@@ -239,12 +230,7 @@ impl State {
             })?;
         }
         let mask = name.contains("crun") && Path::new("/sys/fs/cgroup/unified").exists();
-        let starts = match config.parallel_starts {
-            0 => tokio::sync::Semaphore::MAX_PERMITS,
-            n => n,
-        };
         Ok(State {
-            starts: tokio::sync::Semaphore::new(starts),
             config,
             binary,
             root,
@@ -690,8 +676,6 @@ impl State {
         let create_error = dir.join(files::CREATE_ERROR);
         let mut t = std::time::Instant::now();
         if !created.exists() {
-            let _permit = self.starts.acquire().await;
-            t = self.step(task_id, "start: turn to create", t);
             if !self.shim_alive(task_id) {
                 let _ = std::fs::remove_file(&create_error);
                 let _ = std::fs::remove_file(dir.join(files::SHIM_PID));
