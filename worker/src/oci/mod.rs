@@ -963,7 +963,10 @@ impl Runtime for OciRuntime {
             if let Err(e) = std::fs::remove_dir_all(&state) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     tracing::debug!(task = task_id, error = %e, "runtime state left; asking the runtime");
-                    let _ = self.inner.runtime_cmd(&["delete", "--force", task_id]).await;
+                    let _ = self
+                        .inner
+                        .runtime_cmd(&["delete", "--force", task_id])
+                        .await;
                 }
             }
         } else {
