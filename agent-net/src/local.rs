@@ -243,8 +243,12 @@ pub(crate) fn create_netns(target: &Path) -> Result<(), NetError> {
 /// propagation, which / usually has on a systemd host. Serialised process-wide, since the
 /// local network and the overlays share the directory and it must be bound once.
 pub(crate) fn ensure_ns_dir(nsdir: &Path) -> Result<(), NetError> {
-    static ONE: Mutex<()> = Mutex::new(());
-    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    // Directories made private by this process: each attach needs no mount call.
+    static DONE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    if done.iter().any(|d| d == nsdir) && is_mountpoint(nsdir) {
+        return Ok(());
+    }
     fs::create_dir_all(nsdir).map_err(io(format!("creating {}", nsdir.display())))?;
     if !is_mountpoint(nsdir) {
         mount(
@@ -266,7 +270,9 @@ pub(crate) fn ensure_ns_dir(nsdir: &Path) -> Result<(), NetError> {
         MsFlags::MS_PRIVATE,
         None::<&str>,
     )
-    .map_err(sys(format!("making {} a private mount", nsdir.display())))
+    .map_err(sys(format!("making {} a private mount", nsdir.display())))?;
+    done.push(nsdir.to_path_buf());
+    Ok(())
 }
 
 /// Makes `path` a persistent network namespace unless it is one already (a file left
@@ -548,7 +554,13 @@ impl LocalNet {
     }
 }
 
+/// Whether `p` is the root of a mount, from `statx` (one system call; reading
+/// /proc/self/mountinfo costs time in proportion to the node's mounts, hundreds with many
+/// containers); the mount table where the kernel does not say.
 pub(crate) fn is_mountpoint(p: &Path) -> bool {
+    if let Some(root) = statx_mount_root(p) {
+        return root;
+    }
     let Ok(canon) = p.canonicalize() else {
         return false;
     };
@@ -559,9 +571,34 @@ pub(crate) fn is_mountpoint(p: &Path) -> bool {
         .any(|m| Path::new(m) == canon)
 }
 
+/// `Some(is a mount root)`, or None if `statx` cannot tell (absent path: `Some(false)`).
+fn statx_mount_root(p: &Path) -> Option<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(p.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statx is plain data; all zeroes is a valid value.
+    let mut stx: nix::libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: statx fills the struct it is given; the path is NUL-terminated.
+    let r = unsafe { nix::libc::statx(nix::libc::AT_FDCWD, path.as_ptr(), 0, 0, &mut stx) };
+    if r != 0 {
+        let missing = std::io::Error::last_os_error().raw_os_error() == Some(nix::libc::ENOENT);
+        return missing.then_some(false);
+    }
+    let attr = nix::libc::STATX_ATTR_MOUNT_ROOT as u64;
+    (stx.stx_attributes_mask & attr != 0).then_some(stx.stx_attributes & attr != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_roots_are_told_apart() {
+        assert!(is_mountpoint(Path::new("/")));
+        assert!(is_mountpoint(Path::new("/proc")));
+        let d = tempfile::tempdir().unwrap();
+        assert!(!is_mountpoint(d.path()));
+        assert!(!is_mountpoint(&d.path().join("absent")));
+    }
 
     #[test]
     fn interface_names_fit_the_kernel_limit() {

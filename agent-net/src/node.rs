@@ -14,9 +14,11 @@
 //! unit tests below), so the order of attach and detach and what a reconcile does are tested
 //! without root.
 //!
-//! Attach, detach and the overlay part of a reconcile hold one lock, so a reconcile never
-//! removes a network namespace a task is being attached to. Rules are rendered from the
-//! state and applied only when their text changed.
+//! Attaches and detaches of different tasks run side by side (each task has its own
+//! namespace, veth and lease; the overlays serialise their own changes). The overlay part of a
+//! reconcile excludes them all, and the networks of tasks still being attached count as in
+//! use, so a reconcile never removes a network a task is being attached to. Rules are
+//! rendered from the state and applied only when their text changed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -52,14 +54,21 @@ struct State {
     /// Rules as last applied: the node's, and each task's.
     node_rules: Option<String>,
     task_rules: BTreeMap<String, String>,
+    /// The networks of tasks being attached or restored, not yet in `tasks`.
+    attaching: BTreeMap<String, Vec<String>>,
+    /// The overlay state and networks in use as last applied.
+    overlays_applied: Option<(NodeNetState, BTreeSet<String>)>,
 }
 
 pub struct NodeNet {
     dp: Arc<dyn Dataplane>,
     dns: Dns,
     state: Mutex<State>,
-    /// Serialises attach, detach and the overlay reconcile.
-    datapath: tokio::sync::Mutex<()>,
+    /// Attach, detach and restore hold it shared; the overlay part of a reconcile alone.
+    datapath: tokio::sync::RwLock<()>,
+    /// Serialises the overlay applies of attaches (each task's networks must be among the
+    /// networks in use of every later apply).
+    overlays: tokio::sync::Mutex<()>,
     kick: tokio::sync::Notify,
     /// True once the dispatcher has said where this node's underlay is.
     known: tokio::sync::watch::Sender<bool>,
@@ -94,7 +103,8 @@ impl NodeNet {
             dp,
             dns: Dns::new(upstreams),
             state: Mutex::new(State::default()),
-            datapath: tokio::sync::Mutex::new(()),
+            datapath: tokio::sync::RwLock::new(()),
+            overlays: tokio::sync::Mutex::new(()),
             kick: tokio::sync::Notify::new(),
             known: tokio::sync::watch::Sender::new(false),
             reserved_ports: Mutex::new(BTreeSet::new()),
@@ -146,12 +156,14 @@ impl NodeNet {
                 });
             }
         }
-        let _dp = self.datapath.lock().await;
+        let t0 = std::time::Instant::now();
+        let _dp = self.datapath.read().await;
+        let t_lock = t0.elapsed();
+        let _attaching = self.attaching(task);
         if !nets.is_empty() {
             // The task's networks exist, with every peer's entries, before its interfaces.
-            let (net, mut in_use) = self.snapshot();
-            in_use.extend(nets.iter().map(|n| n.network_id.clone()));
-            self.dp.apply_overlays(&net, &in_use).await?;
+            let _one = self.overlays.lock().await;
+            self.apply_overlays(false).await?;
         }
         let internal_only = !nets.is_empty() && nets.iter().all(|n| n.internal);
         let gw_if = format!("eth{}", nets.len());
@@ -164,7 +176,15 @@ impl NodeNet {
         if !nets.is_empty() {
             self.dp.attach_overlays(&task.task_id, &netns, nets).await?;
         }
+        let t_links = t0.elapsed();
         self.register(task, &netns, gateway_addr).await?;
+        tracing::debug!(
+            task = %task.task_id,
+            lock_ms = t_lock.as_secs_f64() * 1e3,
+            links_ms = (t_links - t_lock).as_secs_f64() * 1e3,
+            register_ms = (t0.elapsed() - t_links).as_secs_f64() * 1e3,
+            "network attach"
+        );
         Ok(Attached {
             netns,
             gateway_addr,
@@ -226,7 +246,8 @@ impl NodeNet {
 
     /// Re-registers tasks that outlived a daemon restart (their namespaces persist).
     pub async fn restore(&self, task: &Assignment) -> Result<(), NetError> {
-        let _dp = self.datapath.lock().await;
+        let _dp = self.datapath.read().await;
+        let _attaching = self.attaching(task);
         let netns = self.dp.task_netns(&task.task_id);
         if !self.dp.netns_exists(&netns) {
             return Ok(());
@@ -295,7 +316,7 @@ impl NodeNet {
             st.tasks.remove(task_id);
             st.task_rules.remove(task_id);
         }
-        let _dp = self.datapath.lock().await;
+        let _dp = self.datapath.read().await;
         let overlay = self.dp.detach_overlays(task_id).await;
         let local = self.dp.detach_gateway(task_id).await;
         self.kick.notify_one();
@@ -311,12 +332,14 @@ impl NodeNet {
             } else {
                 std::time::Duration::from_secs(30)
             };
-            tokio::select! {
+            // A kick (a task attached or left, new state) re-applies what changed; the
+            // periodic pass, and one after a failure, re-applies everything.
+            let full = tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = self.kick.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
-            }
-            retry = match self.reconcile().await {
+                _ = self.kick.notified() => retry,
+                _ = tokio::time::sleep(wait) => true,
+            };
+            retry = match self.reconcile_pass(full).await {
                 Ok(()) => false,
                 Err(e) => {
                     tracing::warn!(error = %e, "programming the node's network failed; retrying");
@@ -326,24 +349,59 @@ impl NodeNet {
         }
     }
 
-    /// One pass: overlays, node rules, task rules.
-    /// The state and the networks of the tasks attached here.
+    /// The state, and the networks in use: those of the tasks attached here and of those
+    /// being attached.
     fn snapshot(&self) -> (NodeNetState, BTreeSet<String>) {
         let st = self.lock();
         let in_use: BTreeSet<String> = st
             .tasks
             .values()
             .flat_map(|t| t.networks.iter().map(|n| n.network_id.clone()))
+            .chain(st.attaching.values().flatten().cloned())
             .collect();
         (st.net.clone(), in_use)
     }
 
-    pub async fn reconcile(&self) -> Result<(), NetError> {
-        let (net, in_use) = self.snapshot();
-        if net.node_ip.is_some() {
-            let _dp = self.datapath.lock().await;
-            self.dp.apply_overlays(&net, &in_use).await?;
+    /// Counts `task`'s networks as in use until the returned guard is dropped (by then the
+    /// task is registered, or its attach failed).
+    fn attaching(&self, task: &Assignment) -> Attaching<'_> {
+        let ids = task.networks.iter().map(|n| n.network_id.clone()).collect();
+        self.lock().attaching.insert(task.task_id.clone(), ids);
+        Attaching {
+            net: self,
+            task_id: task.task_id.clone(),
         }
+    }
+
+    /// The overlays as the state and the networks in use want them; unless `full`, nothing
+    /// is done when neither changed since the last apply. Callers hold `overlays`.
+    async fn apply_overlays(&self, full: bool) -> Result<(), NetError> {
+        let wanted = self.snapshot();
+        if !full && self.lock().overlays_applied.as_ref() == Some(&wanted) {
+            return Ok(());
+        }
+        let applied = self.dp.apply_overlays(&wanted.0, &wanted.1).await;
+        self.lock().overlays_applied = applied.is_ok().then_some(wanted);
+        applied
+    }
+
+    /// One full pass: overlays, node rules, task rules.
+    pub async fn reconcile(&self) -> Result<(), NetError> {
+        self.reconcile_pass(true).await
+    }
+
+    /// One pass; unless `full`, the overlays are left alone when neither the state nor the
+    /// networks in use changed since they were last applied.
+    async fn reconcile_pass(&self, full: bool) -> Result<(), NetError> {
+        let t0 = std::time::Instant::now();
+        let wanted = self.snapshot();
+        let unchanged = !full && self.lock().overlays_applied.as_ref() == Some(&wanted);
+        if wanted.0.node_ip.is_some() && !unchanged {
+            let _dp = self.datapath.write().await;
+            let _one = self.overlays.lock().await;
+            self.apply_overlays(full).await?;
+        }
+        let t_overlays = t0.elapsed();
         let (node_script, tasks) = {
             let st = self.lock();
             let gw: BTreeMap<String, Ipv4Addr> = st
@@ -378,11 +436,20 @@ impl NodeNet {
                 Err(e) => first_err = Some(nft_error("the node's rules", e)),
             }
         }
+        let t_node = t0.elapsed();
+        let n_tasks = tasks.len();
         for (id, netns, script) in tasks {
             if let Err(e) = self.apply_task_rules(&id, &netns, script).await {
                 first_err.get_or_insert(e);
             }
         }
+        tracing::debug!(
+            overlays_ms = t_overlays.as_secs_f64() * 1e3,
+            node_rules_ms = (t_node - t_overlays).as_secs_f64() * 1e3,
+            task_rules = n_tasks,
+            task_rules_ms = (t0.elapsed() - t_node).as_secs_f64() * 1e3,
+            "network reconcile"
+        );
         first_err.map_or(Ok(()), Err)
     }
 
@@ -405,11 +472,24 @@ impl NodeNet {
 
     /// Remove everything this node programmed (leaving the swarm).
     pub async fn teardown(&self) -> Result<(), NetError> {
-        let _dp = self.datapath.lock().await;
+        let _dp = self.datapath.write().await;
         let r = self.dp.teardown_overlays().await;
+        self.lock().overlays_applied = None;
         let _ = self.dp.remove_rules(None, nft::TABLE).await;
         self.lock().node_rules = None;
         r
+    }
+}
+
+/// A task being attached: its networks count as in use until this is dropped.
+struct Attaching<'a> {
+    net: &'a NodeNet,
+    task_id: String,
+}
+
+impl Drop for Attaching<'_> {
+    fn drop(&mut self) {
+        self.net.lock().attaching.remove(&self.task_id);
     }
 }
 

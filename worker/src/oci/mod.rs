@@ -339,6 +339,16 @@ impl State {
         read_pid(&self.task_dir(task_id).join(files::SHIM_PID)).is_some_and(pid_alive)
     }
 
+    /// Until the monitor of `task_id` has ended, for at most 3 s.
+    async fn monitor_gone(&self, task_id: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        let mut pause = Duration::from_millis(1);
+        while self.shim_alive(task_id) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(POLL);
+        }
+    }
+
     fn exit_status(&self, task_id: &str) -> Option<ExitStatus> {
         let text = std::fs::read(self.task_dir(task_id).join(files::EXIT)).ok()?;
         serde_json::from_slice(&text).ok()
@@ -938,18 +948,36 @@ impl Runtime for OciRuntime {
             return Ok(());
         }
         let t = std::time::Instant::now();
-        let _ = self
-            .inner
-            .runtime_cmd(&["delete", "--force", task_id])
-            .await;
+        // A container whose init the monitor reaped has no process left (its PID namespace
+        // died with its init): what `<runtime> delete` would do is remove the cgroups (done
+        // below in any case) and the runtime's state directory, done here without starting
+        // the runtime once more. Anything else (still running, never started, no monitor)
+        // goes through the runtime.
+        let exited = self.inner.exit_status(task_id).is_some();
+        if exited {
+            // It writes the exit status last, then ends.
+            self.inner.monitor_gone(task_id).await;
+        }
+        if exited && !self.inner.shim_alive(task_id) {
+            let state = self.inner.root.join(task_id);
+            if let Err(e) = std::fs::remove_dir_all(&state) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::debug!(task = task_id, error = %e, "runtime state left; asking the runtime");
+                    let _ = self
+                        .inner
+                        .runtime_cmd(&["delete", "--force", task_id])
+                        .await;
+                }
+            }
+        } else {
+            let _ = self
+                .inner
+                .runtime_cmd(&["delete", "--force", task_id])
+                .await;
+        }
         let t = self.inner.step(task_id, "remove: runtime delete", t);
         // Let the monitor record the end before the directory goes.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        let mut pause = Duration::from_millis(1);
-        while self.inner.shim_alive(task_id) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(POLL);
-        }
+        self.inner.monitor_gone(task_id).await;
         let t = self.inner.step(task_id, "remove: monitor gone", t);
         for sub in ["rootfs", "secrets"] {
             let path = dir.join(sub);
@@ -1237,7 +1265,13 @@ fn mount_layers(rootfs: &Path, options: &str, work: &Path) -> Result<(), String>
         .map_err(|e| format!("mounting the image layers (overlay): {e}"))
 }
 
+/// Whether `p` is the root of a mount, from `statx` (one system call; reading
+/// /proc/self/mountinfo costs time in proportion to the node's mounts, hundreds with many
+/// containers); the mount table where the kernel does not say.
 fn is_mountpoint(path: &Path) -> bool {
+    if let Some(root) = statx_mount_root(path) {
+        return root;
+    }
     let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return false;
     };
@@ -1249,6 +1283,25 @@ fn is_mountpoint(path: &Path) -> bool {
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
         .any(|mp| unescape_mount(mp) == wanted)
+}
+
+/// `Some(is a mount root)`, or None if `statx` cannot tell (absent path: `Some(false)`).
+fn statx_mount_root(path: &Path) -> Option<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statx is plain data; all zeroes is a valid value.
+    let mut out: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: statx only writes into the struct it is given; the path is NUL-terminated.
+    let failed = unsafe { libc::statx(libc::AT_FDCWD, c_path.as_ptr(), 0, 0, &mut out) } != 0;
+    if failed {
+        let errno = std::io::Error::last_os_error().raw_os_error();
+        return (errno == Some(libc::ENOENT)).then_some(false);
+    }
+    let bit = libc::STATX_ATTR_MOUNT_ROOT as u64;
+    if out.stx_attributes_mask & bit == 0 {
+        return None;
+    }
+    Some(out.stx_attributes & bit != 0)
 }
 
 fn unescape_mount(text: &str) -> String {
