@@ -106,6 +106,29 @@ struct Inner {
     restored: Mutex<Option<HashMap<String, Adopt>>>,
     /// The facts live restore needs, kept by the executor (see [`table`]).
     table: TaskTable,
+    /// Tasks being prepared or started now: removing finished containers waits for none
+    /// (at most [`REMOVE_YIELDS_AT_MOST`]), so that in a rolling update the old batch's
+    /// removal does not compete with the new batch's start for the CPU.
+    starting: watch::Sender<usize>,
+}
+
+/// How long removing a finished container yields to containers being started.
+const REMOVE_YIELDS_AT_MOST: Duration = Duration::from_secs(10);
+
+/// Counts a task as starting while it lives.
+struct StartInFlight(watch::Sender<usize>);
+
+impl StartInFlight {
+    fn new(count: &watch::Sender<usize>) -> StartInFlight {
+        count.send_modify(|n| *n += 1);
+        StartInFlight(count.clone())
+    }
+}
+
+impl Drop for StartInFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// A task that outlived the daemon: what the runtime found of it, and what the task table
@@ -165,6 +188,7 @@ impl Executor {
                 spawner: tokio::runtime::Handle::current(),
                 restored: Mutex::new(None),
                 table,
+                starting: watch::Sender::new(0),
             }),
             _stop_drivers: cancel.drop_guard(),
         }
@@ -499,6 +523,7 @@ impl Driver {
     async fn prepare(&mut self) -> Flow {
         let runtime = self.inner.runtime.clone();
         let cancel = self.inner.cancel.clone();
+        let _starting = StartInFlight::new(&self.inner.starting);
         // An image pull can take long; a shutdown meanwhile abandons it (the next step is then
         // Abandon) instead of waiting for a task nobody wants any more.
         let result = tokio::select! {
@@ -533,6 +558,7 @@ impl Driver {
     async fn start(&mut self) -> Flow {
         let runtime = self.inner.runtime.clone();
         let cancel = self.inner.cancel.clone();
+        let _starting = StartInFlight::new(&self.inner.starting);
         // Not abandoned on shutdown: a half-started process could be left running unseen.
         // Once started, the next step stops it.
         let result = tokio::select! {
@@ -631,6 +657,13 @@ impl Driver {
         let runtime = self.inner.runtime.clone();
         let cancel = self.inner.cancel.clone();
         let task_id = self.assignment.task_id.clone();
+        // Yield to containers being started (bounded): nobody waits for this removal.
+        let mut starting = self.inner.starting.subscribe();
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Flow::Exit,
+            _ = tokio::time::timeout(REMOVE_YIELDS_AT_MOST, starting.wait_for(|n| *n == 0)) => {}
+        }
         let result = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Flow::Exit,
@@ -946,6 +979,30 @@ mod tests {
             h.reports.try_recv().is_err(),
             "a terminal state is reported once"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn removal_yields_to_a_task_being_started() {
+        let mut h = harness();
+        h.executor
+            .apply(false, vec![assignment("t1", &[], Running)], vec![]);
+        h.states_until("t1", Running).await;
+
+        // t1 leaves while t2 takes 2 s to prepare and start: t1's container is stopped at
+        // once but removed only once t2 has started.
+        let t2 = assignment("t2", &["SHOAL_FAKE_START_MS=2000"], Running);
+        h.executor.apply(false, vec![t2], vec!["t1".into()]);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let calls = h.runtime.calls();
+        assert!(calls.contains(&"stop t1".to_string()), "{calls:?}");
+        assert!(!calls.contains(&"remove t1".to_string()), "{calls:?}");
+
+        h.settle().await;
+        let calls = h.runtime.calls();
+        let at = |c: &str| calls.iter().position(|x| x == c);
+        assert!(at("remove t1").is_some(), "{calls:?}");
+        assert!(at("remove t1") > at("start t2"), "{calls:?}");
+        assert_eq!(h.runtime.task_count(), 1);
     }
 
     #[tokio::test(start_paused = true)]
