@@ -578,6 +578,8 @@ pub struct Touched {
     kinds: u16,
     /// A task put in the event is attached to networks.
     task_networks: bool,
+    /// The store held networks once the event was applied.
+    networks: bool,
 }
 
 impl Touched {
@@ -622,6 +624,11 @@ impl Touched {
         self.tasks_by_node.get(node_id).map_or(&[], Vec::as_slice)
     }
 
+    /// The nodes that tasks of the event are placed on, before or after the change.
+    pub fn nodes(&self) -> impl Iterator<Item = &str> {
+        self.tasks_by_node.keys().map(String::as_str)
+    }
+
     /// Whether an object of `kind` was put or deleted.
     pub fn has(&self, kind: Kind) -> bool {
         self.kinds & (1 << kind as u16) != 0
@@ -630,6 +637,11 @@ impl Touched {
     /// Whether a task put in the event is attached to networks.
     pub fn task_networks(&self) -> bool {
         self.task_networks
+    }
+
+    /// Whether the store held any network once the event was applied.
+    pub fn networks(&self) -> bool {
+        self.networks
     }
 }
 
@@ -1443,8 +1455,10 @@ impl Store {
             let res = {
                 let mut data = self.data.write().expect("store lock");
                 let old = old_task_nodes(&data, txn);
-                data.apply_txn(index, txn)
-                    .inspect(|c| touched.add(0, c, &old))
+                data.apply_txn(index, txn).inspect(|c| {
+                    touched.add(0, c, &old);
+                    touched.networks = !data.networks.is_empty();
+                })
             };
             return match res {
                 Ok(changes) => {
@@ -1474,6 +1488,7 @@ impl Store {
                     Err(e) => outcomes.push(TxnOutcome::Refused(e)),
                 }
             }
+            touched.networks = !data.networks.is_empty();
         }
         if !all.is_empty() {
             let _ = self.events.send(Event {
