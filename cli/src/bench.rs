@@ -99,7 +99,13 @@ async fn issue_all(cluster: &Cluster, ids: &[String]) -> Result<Vec<Arc<Credenti
         let (cluster, part) = (cluster.clone(), part.to_vec());
         jobs.push(tokio::task::spawn_blocking(move || {
             part.iter()
-                .map(|id| Ok(Credentials::new(Some(identity(&cluster, id, Role::Worker)?))))
+                .map(|id| {
+                    Ok(Credentials::new(Some(identity(
+                        &cluster,
+                        id,
+                        Role::Worker,
+                    )?)))
+                })
                 .collect::<Result<Vec<_>>>()
         }));
     }

@@ -107,12 +107,7 @@ impl Feeds {
     /// A feed for the session `serial` of `node` (replacing an older one of the node), of
     /// the events of `store` from now on: subscribe before reading the state the events
     /// change.
-    pub fn subscribe(
-        self: &Arc<Self>,
-        node: &str,
-        serial: u64,
-        store: &Store,
-    ) -> FeedRx {
+    pub fn subscribe(self: &Arc<Self>, node: &str, serial: u64, store: &Store) -> FeedRx {
         let (tx, rx) = mpsc::channel(FEED_QUEUE);
         let state = Arc::new(FeedState::default());
         let mut inner = self.inner.lock().expect("feeds lock");
@@ -194,27 +189,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::store::tests::node;
+    use crate::store::tests::{bare_task as task_on, node};
     use crate::store::{DirectProposer, Object, Op, Txn};
-
-    fn task_on(id: &str, node_id: &str) -> crate::store::Task {
-        crate::store::Task {
-            id: id.into(),
-            version: 0,
-            service_id: "s".into(),
-            service_name: "s".into(),
-            slot: 1,
-            node_id: node_id.into(),
-            spec: Default::default(),
-            spec_version: 1,
-            desired_state: proto::spec::TaskState::Running,
-            status: Default::default(),
-            created_at_ms: 0,
-            restart_count: 0,
-            networks: Vec::new(),
-            awaiting_addresses: false,
-        }
-    }
 
     async fn write(store: &Store, ops: Vec<Op>) {
         store.propose(Txn::new(ops)).await.expect("write");
