@@ -216,15 +216,41 @@ pub(crate) async fn bench_manager(
     Ok((m, node_id, addr))
 }
 
+/// Runtimes shut down without waiting for their tasks when dropped (a runtime may not be
+/// dropped plainly inside another one).
+#[derive(Default)]
+struct Runtimes(Vec<tokio::runtime::Runtime>);
+
+impl Drop for Runtimes {
+    fn drop(&mut self) {
+        for rt in self.0.drain(..) {
+            rt.shutdown_background();
+        }
+    }
+}
+
 async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<Figures> {
     let setup = Instant::now();
     let cluster = bench_cluster(5000)?;
 
     // Managers.
+    // Each manager runs on runtime threads of its own, as on a host of its own: its raft and
+    // its answers to the other managers are not queued behind thousands of simulated agents'
+    // tasks (which starved raft into endless elections once a thousand sessions started).
+    let mut manager_rts = Runtimes::default();
     let mut managers: Vec<Arc<Manager>> = Vec::new();
     let mut manager_nodes = Vec::new();
     for i in 0..cfg.managers {
-        let (m, node_id, addr) = bench_manager(&cluster, dir, i).await?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(format!("manager-{i}"))
+            .enable_all()
+            .build()?;
+        let (c, d) = (cluster.clone(), dir.to_path_buf());
+        let (m, node_id, addr) = rt
+            .spawn(async move { bench_manager(&c, &d, i).await })
+            .await??;
+        manager_rts.0.push(rt);
         manager_nodes.push(node(
             &node_id,
             i as u64 + 1,
