@@ -474,6 +474,7 @@ pub enum Op {
 }
 
 /// How to take back an operation of a transaction that fails further on.
+#[allow(clippy::large_enum_variant)]
 enum Undo {
     /// Put the object back as it was (None: it did not exist).
     Object(Kind, String, Option<Object>),
