@@ -22,8 +22,10 @@ use proto::transport::{Credentials, Identity};
 use tokio_util::sync::CancellationToken;
 use worker::agent::{Agent, AgentConfig};
 
-/// Workers started together while the bench sets up.
-const REGISTRATION_WAVE: usize = 100;
+/// Workers whose sessions may be starting at once while the bench sets up.
+const REGISTRATION_WINDOW: usize = 200;
+/// How long the workers may take to register before the bench goes on with those that did.
+const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub struct BenchConfig {
     pub managers: usize,
@@ -86,6 +88,32 @@ pub(crate) fn identity(cluster: &Cluster, node_id: &str, role: Role) -> Result<I
     let (cert, _) =
         manager::ca::issue(cluster, &csr, node_id, role).map_err(|s| anyhow!("{}", s.message()))?;
     Ok(Identity::new(&cert, &key, &cluster.root_ca.cert_pem)?)
+}
+
+/// The credentials of nodes `ids` (workers), issued on the blocking pool in parallel.
+async fn issue_all(cluster: &Cluster, ids: &[String]) -> Result<Vec<Arc<Credentials>>> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let per = ids.len().div_ceil(threads).max(1);
+    let mut jobs = Vec::new();
+    for part in ids.chunks(per) {
+        let (cluster, part) = (cluster.clone(), part.to_vec());
+        jobs.push(tokio::task::spawn_blocking(move || {
+            part.iter()
+                .map(|id| {
+                    Ok(Credentials::new(Some(identity(
+                        &cluster,
+                        id,
+                        Role::Worker,
+                    )?)))
+                })
+                .collect::<Result<Vec<_>>>()
+        }));
+    }
+    let mut all = Vec::with_capacity(ids.len());
+    for j in jobs {
+        all.extend(j.await??);
+    }
+    Ok(all)
 }
 
 pub(crate) fn free_port() -> Result<u16> {
@@ -188,15 +216,41 @@ pub(crate) async fn bench_manager(
     Ok((m, node_id, addr))
 }
 
+/// Runtimes shut down without waiting for their tasks when dropped (a runtime may not be
+/// dropped plainly inside another one).
+#[derive(Default)]
+struct Runtimes(Vec<tokio::runtime::Runtime>);
+
+impl Drop for Runtimes {
+    fn drop(&mut self) {
+        for rt in self.0.drain(..) {
+            rt.shutdown_background();
+        }
+    }
+}
+
 async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<Figures> {
     let setup = Instant::now();
     let cluster = bench_cluster(5000)?;
 
     // Managers.
+    // Each manager runs on runtime threads of its own, as on a host of its own: its raft and
+    // its answers to the other managers are not queued behind thousands of simulated agents'
+    // tasks (which starved raft into endless elections once a thousand sessions started).
+    let mut manager_rts = Runtimes::default();
     let mut managers: Vec<Arc<Manager>> = Vec::new();
     let mut manager_nodes = Vec::new();
     for i in 0..cfg.managers {
-        let (m, node_id, addr) = bench_manager(&cluster, dir, i).await?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(format!("manager-{i}"))
+            .enable_all()
+            .build()?;
+        let (c, d) = (cluster.clone(), dir.to_path_buf());
+        let (m, node_id, addr) = rt
+            .spawn(async move { bench_manager(&c, &d, i).await })
+            .await??;
+        manager_rts.0.push(rt);
         manager_nodes.push(node(
             &node_id,
             i as u64 + 1,
@@ -253,16 +307,32 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<Figures> {
                 .count()
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    for (i, id) in worker_ids.iter().enumerate() {
-        // Workers come in waves: a thousand TLS handshakes and registrations at once on two
-        // cores starve the managers' raft into elections before the measured part starts.
-        if i > 0 && i % REGISTRATION_WAVE == 0 {
-            while registered() < cfg.managers + i && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+    // Certificates first, on the blocking pool (in a real swarm every node makes its own key):
+    // the figure is about the managers registering the nodes.
+    let creds = issue_all(&cluster, &worker_ids).await?;
+    let registration = Instant::now();
+    let deadline = registration + REGISTRATION_TIMEOUT;
+    let mut last_print = Instant::now();
+    let mut ready = 0;
+    for (i, creds) in creds.into_iter().enumerate() {
+        // Admission: at most REGISTRATION_WINDOW sessions starting at once. A thousand TLS
+        // handshakes and registrations at once on two cores starve the managers' raft into
+        // elections.
+        while ready + REGISTRATION_WINDOW <= i && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            ready = registered().saturating_sub(cfg.managers);
+            if last_print.elapsed() > Duration::from_secs(5) {
+                last_print = Instant::now();
+                note(
+                    cfg.json,
+                    &format!(
+                        "setup: {ready} of {} workers registered after {:.1}s",
+                        cfg.workers,
+                        registration.elapsed().as_secs_f64()
+                    ),
+                );
             }
         }
-        let creds = Credentials::new(Some(identity(&cluster, id, Role::Worker)?));
         tokio::spawn(simulated_node(
             format!("w{i}"),
             creds,
@@ -281,21 +351,25 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<Figures> {
             note(
                 cfg.json,
                 &format!(
-                    "setup: only {} of {} workers registered within 120 s; going on with them",
+                    "setup: only {} of {} workers registered within {}s; going on with them",
                     ready.saturating_sub(cfg.managers),
-                    cfg.workers
+                    cfg.workers,
+                    REGISTRATION_TIMEOUT.as_secs()
                 ),
             );
             break ready;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let registration_s = registration.elapsed().as_secs_f64();
     note(
         cfg.json,
         &format!(
-            "setup: {} managers, {} workers ready in {:.1}s",
+            "setup: {} managers; {} of {} workers registered in {registration_s:.1}s ({:.0}/s); set-up {:.1}s in all",
             cfg.managers,
+            ready.saturating_sub(cfg.managers),
             cfg.workers,
+            ready.saturating_sub(cfg.managers) as f64 / registration_s.max(1e-9),
             setup.elapsed().as_secs_f64()
         ),
     );
@@ -306,6 +380,7 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<Figures> {
         managers: cfg.managers,
         workers: cfg.workers,
         workers_ready: ready.saturating_sub(cfg.managers),
+        registration_s,
         tasks: cfg.tasks,
         setup_s: setup.elapsed().as_secs_f64(),
         ..Figures::default()
@@ -337,6 +412,8 @@ pub struct Figures {
     pub managers: usize,
     pub workers: usize,
     pub workers_ready: usize,
+    /// Seconds from the first worker's start to the last one registered (or the give-up).
+    pub registration_s: f64,
     pub tasks: u64,
     pub setup_s: f64,
     /// Tasks RUNNING when the run stopped.

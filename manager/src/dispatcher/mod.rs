@@ -20,6 +20,7 @@
 //! ```
 
 pub mod assignments;
+mod feed;
 pub mod liveness;
 pub mod logs;
 pub mod network;
@@ -126,6 +127,8 @@ pub struct Dispatcher {
     pub statuses: Arc<StatusWriter>,
     /// Network and service states shared by the sessions.
     net_cache: Mutex<NetCache>,
+    /// The store's events, to the sessions they concern.
+    feeds: Arc<feed::Feeds>,
     pub stats: SessionStats,
 }
 
@@ -139,6 +142,7 @@ impl Dispatcher {
             next_serial: AtomicU64::new(1),
             log_subs: Mutex::new(HashMap::new()),
             net_cache: Mutex::new(NetCache::default()),
+            feeds: Arc::default(),
             stats: SessionStats::default(),
         }
     }
@@ -152,13 +156,15 @@ impl Dispatcher {
             .map(|(s, _)| *s)
     }
 
-    fn register_session(&self, node: &str, tx: SessionTx) -> u64 {
-        let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
+    fn next_serial(&self) -> u64 {
+        self.next_serial.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn register_session(&self, node: &str, serial: u64, tx: SessionTx) {
         self.sessions
             .lock()
             .expect("dispatcher lock")
             .insert(node.to_string(), (serial, tx));
-        serial
     }
 
     fn end_session(&self, node: &str, serial: u64) {
@@ -166,6 +172,7 @@ impl Dispatcher {
         if s.get(node).is_some_and(|(x, _)| *x == serial) {
             s.remove(node);
         }
+        self.feeds.unsubscribe(node, serial);
     }
 
     /// Send `m` on a session (counted in [`SessionStats`]); false if the session is gone.

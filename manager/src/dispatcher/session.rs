@@ -98,6 +98,15 @@ fn removed(e: &StateError) -> bool {
     )
 }
 
+/// Ends a session's registrations with the dispatcher when dropped.
+struct EndSession(Arc<Dispatcher>, String, u64);
+
+impl Drop for EndSession {
+    fn drop(&mut self) {
+        self.0.end_session(&self.1, self.2);
+    }
+}
+
 pub struct DispatcherService {
     dispatcher: Arc<Dispatcher>,
     auth: Authorizer,
@@ -194,7 +203,12 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
 
         let (tx, rx) = mpsc::channel(16);
         let node_id = cert.node_id.clone();
-        let mut events = store.watch();
+        // Subscribed before the full read below: no change after it is missed.
+        let serial = dispatcher.next_serial();
+        let mut events = dispatcher.feeds.subscribe(&node_id, serial, &store);
+        // Ends the session's registrations however this call ends (the client may go away
+        // before the session task starts).
+        let end = EndSession(dispatcher.clone(), node_id.clone(), serial);
         let mut asg = NodeAssignments::default();
         let mut net = NodeNet::default();
         let mut first = dispatcher.session_message(&*leader, &node_id);
@@ -202,21 +216,16 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         let mut rest = asg.chunks(full).into_iter();
         first.assignments = rest.next();
         first.network = dispatcher.net_update(&mut net, None, &node_id);
+        events.set_net_busy(net.busy());
         dispatcher.send(&tx, first).await;
         for part in rest {
             let mut m = dispatcher.session_message(&*leader, &node_id);
             m.assignments = Some(part);
             dispatcher.send(&tx, m).await;
         }
-        let serial = dispatcher.register_session(&node_id, tx.clone());
+        dispatcher.register_session(&node_id, serial, tx.clone());
         tokio::spawn(async move {
-            struct EndSession(Arc<Dispatcher>, String, u64);
-            impl Drop for EndSession {
-                fn drop(&mut self) {
-                    self.0.end_session(&self.1, self.2);
-                }
-            }
-            let _end = EndSession(dispatcher.clone(), node_id.clone(), serial);
+            let _end = end;
             loop {
                 let msg = tokio::select! {
                     m = inbound.message() => m,
@@ -226,7 +235,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                         let (tasks, files, net_changed) = match &ev {
                             Ok(e) => {
                                 let t = &e.touched;
-                                let net_active = net.busy() || store.view(|d| !d.networks.is_empty());
+                                let net_active = net.busy() || t.networks();
                                 let net_kinds = t.has(Kind::Network)
                                     || t.has(Kind::Service)
                                     || t.has(Kind::Node)
@@ -271,6 +280,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                         if net_changed {
                             let index = ev.as_ref().ok().map(|e| e.index);
                             m.network = dispatcher.net_update(&mut net, index, &node_id);
+                            events.set_net_busy(net.busy());
                         }
                         if (m.assignments.is_some() || m.network.is_some())
                             && !dispatcher.send(&tx, m).await

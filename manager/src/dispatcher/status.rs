@@ -8,7 +8,7 @@ use std::time::Duration;
 use proto::spec::{StatusReport, TaskStatus};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{Object, Op, ProposeError, Store, StoreData, Txn};
+use crate::store::{Op, ProposeError, Store, StoreData, Txn};
 
 /// A queued report: the task's id and its status.
 type Report = (String, TaskStatus);
@@ -115,9 +115,12 @@ fn status_ops(d: &StoreData, statuses: &[Report]) -> Vec<Op> {
             if st.state < t.status.state || (st.state == t.status.state && st == &t.status) {
                 return None;
             }
-            let mut t = t.clone();
-            t.status = st.clone();
-            Some(Op::Update(Object::Task(t)))
+            // Only the status goes into the log entry, not the whole task.
+            Some(Op::TaskStatus {
+                id: id.clone(),
+                version: t.version,
+                status: st.clone(),
+            })
         })
         .collect()
 }

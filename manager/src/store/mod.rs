@@ -464,6 +464,22 @@ pub enum Op {
     Update(Object),
     /// Fails if the object does not exist.
     Delete { kind: Kind, id: String },
+    /// A task's observed status, as [`Op::Update`] of the task with only its status changed
+    /// (same checks): the log entry carries the status, not the whole task.
+    TaskStatus {
+        id: String,
+        version: u64,
+        status: TaskStatus,
+    },
+}
+
+/// How to take back an operation of a transaction that fails further on.
+#[allow(clippy::large_enum_variant)]
+enum Undo {
+    /// Put the object back as it was (None: it did not exist).
+    Object(Kind, String, Option<Object>),
+    /// Give the task its former status and version back.
+    TaskStatus(String, u64, TaskStatus),
 }
 
 /// One Raft entry's worth of changes: `ops`, all or nothing; or, when `batch` is not empty
@@ -578,6 +594,8 @@ pub struct Touched {
     kinds: u16,
     /// A task put in the event is attached to networks.
     task_networks: bool,
+    /// The store held networks once the event was applied.
+    networks: bool,
 }
 
 impl Touched {
@@ -622,6 +640,11 @@ impl Touched {
         self.tasks_by_node.get(node_id).map_or(&[], Vec::as_slice)
     }
 
+    /// The nodes that tasks of the event are placed on, before or after the change.
+    pub fn nodes(&self) -> impl Iterator<Item = &str> {
+        self.tasks_by_node.keys().map(String::as_str)
+    }
+
     /// Whether an object of `kind` was put or deleted.
     pub fn has(&self, kind: Kind) -> bool {
         self.kinds & (1 << kind as u16) != 0
@@ -630,6 +653,11 @@ impl Touched {
     /// Whether a task put in the event is attached to networks.
     pub fn task_networks(&self) -> bool {
         self.task_networks
+    }
+
+    /// Whether the store held any network once the event was applied.
+    pub fn networks(&self) -> bool {
+        self.networks
     }
 }
 
@@ -643,7 +671,8 @@ fn old_task_nodes(data: &StoreData, txn: &Txn) -> Vec<Option<String>> {
                 Op::Delete {
                     kind: Kind::Task,
                     id,
-                } => id,
+                }
+                | Op::TaskStatus { id, .. } => id,
                 _ => return None,
             };
             data.tasks.get(id).map(|t| t.node_id.clone())
@@ -886,76 +915,127 @@ impl StoreData {
                 }),
                 Some(_) => Ok(()),
             },
+            Op::TaskStatus {
+                id,
+                version,
+                status,
+            } => {
+                let Some(old) = self.tasks.get(id) else {
+                    return Err(TxnError::NotFound {
+                        kind: Kind::Task,
+                        id: id.clone(),
+                    });
+                };
+                if old.version != *version {
+                    return Err(TxnError::Conflict {
+                        kind: Kind::Task,
+                        id: id.clone(),
+                        expected: *version,
+                        actual: old.version,
+                    });
+                }
+                if status.state < old.status.state {
+                    return Err(TxnError::Backwards {
+                        id: id.clone(),
+                        field: "state".into(),
+                        from: old.status.state,
+                        to: status.state,
+                    });
+                }
+                // As check_assignable of the task with this status (the holdings of a task
+                // do not depend on its status).
+                if status.state == TaskState::Assigned && old.status.state < TaskState::Assigned {
+                    let ready = self.nodes.get(&old.node_id).is_some_and(|n| {
+                        n.state == NodeState::Ready && n.availability == Availability::Active
+                    });
+                    if !ready {
+                        return Err(TxnError::NodeUnavailable {
+                            task: id.clone(),
+                            node: old.node_id.clone(),
+                        });
+                    }
+                }
+                Ok(())
+            }
         }
     }
 
-    fn put(&mut self, o: Object) {
+    /// Stores `o`; the object it replaced, if any.
+    fn put(&mut self, o: Object) -> Option<Object> {
         self.unindex_addrs(o.kind(), o.id());
         self.index_addrs(&o);
         match o {
-            Object::Cluster(c) => self.cluster = Some(c),
-            Object::Node(n) => {
-                self.nodes.insert(n.id.clone(), n);
-            }
-            Object::Service(s) => {
-                self.services.insert(s.id.clone(), s);
-            }
+            Object::Cluster(c) => self.cluster.replace(c).map(Object::Cluster),
+            Object::Node(n) => self.nodes.insert(n.id.clone(), n).map(Object::Node),
+            Object::Service(s) => self.services.insert(s.id.clone(), s).map(Object::Service),
             Object::Task(mut t) => {
-                if let Some(old) = self.tasks.remove(&t.id) {
-                    self.unindex_task(&old);
+                let old = self.tasks.remove(&t.id);
+                if let Some(old) = &old {
+                    self.unindex_task(old);
                 }
                 t.spec = self.specs.intern(&t.service_id, &t.spec);
                 self.index_task(&t);
                 self.tasks.insert(t.id.clone(), t);
+                old.map(Object::Task)
             }
-            Object::Secret(f) => {
-                self.secrets.insert(f.id.clone(), f);
-            }
-            Object::Config(f) => {
-                self.configs.insert(f.id.clone(), f);
-            }
-            Object::DataKey(k) => self.data_key = Some(k),
+            Object::Secret(f) => self.secrets.insert(f.id.clone(), f).map(Object::Secret),
+            Object::Config(f) => self.configs.insert(f.id.clone(), f).map(Object::Config),
+            Object::DataKey(k) => self.data_key.replace(k).map(Object::DataKey),
             Object::Network(n) => {
                 let id = n.id.clone();
-                self.networks.insert(id.clone(), n);
+                let old = self.networks.insert(id.clone(), n);
                 self.reindex_network(&id);
+                old.map(Object::Network)
             }
         }
     }
 
-    fn delete(&mut self, kind: Kind, id: &str) {
+    /// Removes an object; the object removed, if any.
+    fn delete(&mut self, kind: Kind, id: &str) -> Option<Object> {
         self.unindex_addrs(kind, id);
         match kind {
-            Kind::Cluster => self.cluster = None,
-            Kind::Node => {
-                self.nodes.remove(id);
-            }
+            Kind::Cluster => self.cluster.take().map(Object::Cluster),
+            Kind::Node => self.nodes.remove(id).map(Object::Node),
             Kind::Service => {
-                self.services.remove(id);
+                let old = self.services.remove(id);
                 self.specs.forget(id);
+                old.map(Object::Service)
             }
             Kind::Task => {
-                if let Some(old) = self.tasks.remove(id) {
-                    self.unindex_task(&old);
-                    if !self.services.contains_key(&old.service_id)
-                        && !self.tasks_by_service.contains_key(&old.service_id)
-                    {
-                        self.specs.forget(&old.service_id);
-                    }
+                let old = self.tasks.remove(id)?;
+                self.unindex_task(&old);
+                if !self.services.contains_key(&old.service_id)
+                    && !self.tasks_by_service.contains_key(&old.service_id)
+                {
+                    self.specs.forget(&old.service_id);
                 }
+                Some(Object::Task(old))
             }
-            Kind::Secret => {
-                self.secrets.remove(id);
-            }
-            Kind::Config => {
-                self.configs.remove(id);
-            }
-            Kind::DataKey => self.data_key = None,
+            Kind::Secret => self.secrets.remove(id).map(Object::Secret),
+            Kind::Config => self.configs.remove(id).map(Object::Config),
+            Kind::DataKey => self.data_key.take().map(Object::DataKey),
             Kind::Network => {
-                self.networks.remove(id);
+                let old = self.networks.remove(id);
                 self.reindex_network(id);
+                old.map(Object::Network)
             }
         }
+    }
+
+    /// Sets a task's status and version (re-indexing it); its former status and version.
+    fn set_task_status(
+        &mut self,
+        id: &str,
+        version: u64,
+        status: TaskStatus,
+    ) -> Option<(u64, TaskStatus)> {
+        let mut t = self.tasks.remove(id)?;
+        self.unindex_task(&t);
+        let old_version = std::mem::replace(&mut t.version, version);
+        let old = std::mem::replace(&mut t.status, status);
+        self.index_task(&t);
+        self.tasks.insert(t.id.clone(), t);
+        Some((old_version, old))
     }
 
     /// Apply a transaction at log index `index`: all operations or none. Deterministic.
@@ -976,56 +1056,62 @@ impl StoreData {
     }
 
     pub fn apply_txn(&mut self, index: u64, txn: &Txn) -> Result<Vec<Change>, TxnError> {
-        let mut undo: Vec<(Kind, String, Option<Object>)> = Vec::with_capacity(txn.ops.len());
+        // The objects an operation replaces are moved into the undo log, not copied.
+        let mut undo: Vec<Undo> = Vec::with_capacity(txn.ops.len());
         let mut changes = Vec::with_capacity(txn.ops.len());
         for op in &txn.ops {
             if let Err(e) = self.check(op) {
-                for (kind, id, before) in undo.into_iter().rev() {
-                    match before {
-                        Some(o) => self.put(o),
-                        None => self.delete(kind, &id),
+                for u in undo.into_iter().rev() {
+                    match u {
+                        Undo::Object(_, _, Some(o)) => {
+                            self.put(o);
+                        }
+                        Undo::Object(kind, id, None) => {
+                            self.delete(kind, &id);
+                        }
+                        Undo::TaskStatus(id, version, status) => {
+                            self.set_task_status(&id, version, status);
+                        }
                     }
                 }
                 return Err(e);
             }
-            let (kind, id) = match op {
-                Op::Create(o) | Op::Update(o) => (o.kind(), o.id().to_string()),
-                Op::Delete { kind, id } => (*kind, id.clone()),
-            };
-            let before = self.object(kind, &id);
-            undo.push((kind, id, before));
-            changes.push(self.apply_unchecked(index, op));
+            let (change, u) = self.apply_unchecked(index, op);
+            undo.push(u);
+            changes.push(change);
         }
         Ok(changes)
     }
 
-    fn object(&self, kind: Kind, id: &str) -> Option<Object> {
-        match kind {
-            Kind::Cluster => self.cluster.clone().map(Object::Cluster),
-            Kind::Node => self.nodes.get(id).cloned().map(Object::Node),
-            Kind::Service => self.services.get(id).cloned().map(Object::Service),
-            Kind::Task => self.tasks.get(id).cloned().map(Object::Task),
-            Kind::Secret => self.secrets.get(id).cloned().map(Object::Secret),
-            Kind::Config => self.configs.get(id).cloned().map(Object::Config),
-            Kind::DataKey => self.data_key.clone().map(Object::DataKey),
-            Kind::Network => self.networks.get(id).cloned().map(Object::Network),
-        }
-    }
-
-    fn apply_unchecked(&mut self, index: u64, op: &Op) -> Change {
+    /// Applies a checked operation: the change, and how to take it back.
+    fn apply_unchecked(&mut self, index: u64, op: &Op) -> (Change, Undo) {
         match op {
             Op::Create(o) | Op::Update(o) => {
                 let mut o = o.clone();
                 o.set_version(index);
-                self.put(o.clone());
-                Change::Put(o)
+                let (kind, id) = (o.kind(), o.id().to_string());
+                let before = self.put(o.clone());
+                (Change::Put(o), Undo::Object(kind, id, before))
             }
             Op::Delete { kind, id } => {
-                self.delete(*kind, id);
-                Change::Deleted {
-                    kind: *kind,
-                    id: id.clone(),
-                }
+                let before = self.delete(*kind, id);
+                (
+                    Change::Deleted {
+                        kind: *kind,
+                        id: id.clone(),
+                    },
+                    Undo::Object(*kind, id.clone(), before),
+                )
+            }
+            Op::TaskStatus { id, status, .. } => {
+                let (version, before) = self
+                    .set_task_status(id, index, status.clone())
+                    .expect("checked: the task exists");
+                let t = self.tasks.get(id).expect("just set").clone();
+                (
+                    Change::Put(Object::Task(t)),
+                    Undo::TaskStatus(id.clone(), version, before),
+                )
             }
         }
     }
@@ -1443,8 +1529,10 @@ impl Store {
             let res = {
                 let mut data = self.data.write().expect("store lock");
                 let old = old_task_nodes(&data, txn);
-                data.apply_txn(index, txn)
-                    .inspect(|c| touched.add(0, c, &old))
+                data.apply_txn(index, txn).inspect(|c| {
+                    touched.add(0, c, &old);
+                    touched.networks = !data.networks.is_empty();
+                })
             };
             return match res {
                 Ok(changes) => {
@@ -1474,6 +1562,7 @@ impl Store {
                     Err(e) => outcomes.push(TxnOutcome::Refused(e)),
                 }
             }
+            touched.networks = !data.networks.is_empty();
         }
         if !all.is_empty() {
             let _ = self.events.send(Event {
@@ -1576,6 +1665,134 @@ pub(crate) mod tests {
             updated_at_ms: 0,
             cert_not_after_ms: 0,
         }
+    }
+
+    /// A task of service `svc` placed on `node`, without networks.
+    pub fn bare_task(id: &str, node: &str) -> Task {
+        Task {
+            id: id.into(),
+            version: 0,
+            service_id: "svc".into(),
+            service_name: "svc".into(),
+            slot: 1,
+            node_id: node.into(),
+            spec: Arc::default(),
+            spec_version: 1,
+            desired_state: TaskState::Running,
+            status: TaskStatus::default(),
+            created_at_ms: 0,
+            restart_count: 0,
+            networks: Vec::new(),
+            awaiting_addresses: false,
+        }
+    }
+
+    fn status(state: TaskState) -> TaskStatus {
+        TaskStatus {
+            state,
+            ..Default::default()
+        }
+    }
+
+    /// A status write is an update of the task's status alone: same version check, forward
+    /// only, indexes kept, taken back with the rest of a refused transaction; its log entry
+    /// is a fraction of the whole task's.
+    #[test]
+    fn a_status_write_updates_the_status_alone() {
+        let mut d = StoreData::default();
+        let mut n = node("n1", "h1");
+        n.state = NodeState::Ready;
+        let mut t = bare_task("t1", "n1");
+        t.spec = Arc::new(TaskSpec {
+            image: "a-long-image-name:with-a-tag".into(),
+            ..Default::default()
+        });
+        d.apply_txn(
+            2,
+            &Txn::new(vec![
+                Op::Create(Object::Node(n)),
+                Op::Create(Object::Task(t.clone())),
+            ]),
+        )
+        .unwrap();
+        assert!(d.unplaced.contains("t1"));
+        let op = |version, state| Op::TaskStatus {
+            id: "t1".into(),
+            version,
+            status: status(state),
+        };
+        let changes = d
+            .apply_txn(3, &Txn::new(vec![op(2, TaskState::Assigned)]))
+            .unwrap();
+        let Change::Put(Object::Task(put)) = &changes[0] else {
+            panic!("{changes:?}")
+        };
+        assert_eq!((put.version, put.status.state), (3, TaskState::Assigned));
+        assert_eq!(d.tasks["t1"], *put);
+        assert_eq!(d.tasks["t1"].spec.image, t.spec.image, "the rest is kept");
+        assert!(!d.unplaced.contains("t1"), "re-indexed");
+        // A stale version, a move backwards, a task that does not exist: refused.
+        for (bad, want) in [
+            (op(2, TaskState::Running), "changed since"),
+            (op(3, TaskState::Pending), "backwards"),
+        ] {
+            let e = d.apply_txn(4, &Txn::new(vec![bad])).unwrap_err();
+            assert!(e.to_string().contains(want), "{e}");
+        }
+        let missing = Op::TaskStatus {
+            id: "nope".into(),
+            version: 1,
+            status: status(TaskState::Running),
+        };
+        // Refused further on in a transaction: the status written before is taken back.
+        let before = d.clone();
+        let e = d
+            .apply_txn(5, &Txn::new(vec![op(3, TaskState::Running), missing]))
+            .unwrap_err();
+        assert!(matches!(e, TxnError::NotFound { .. }), "{e}");
+        assert_eq!(d, before);
+        assert_eq!(d.tasks["t1"].status.state, TaskState::Assigned);
+        // The entry is small next to the whole task's.
+        let delta = serde_json::to_string(&op(3, TaskState::Running))
+            .unwrap()
+            .len();
+        let whole = serde_json::to_string(&Op::Update(Object::Task(d.tasks["t1"].clone())))
+            .unwrap()
+            .len();
+        assert!(delta * 3 < whole, "{delta} vs {whole}");
+    }
+
+    /// A refused transaction leaves the store as it was, whatever its operations did first.
+    #[test]
+    fn a_refused_transaction_takes_back_puts_and_deletes() {
+        let mut d = StoreData::default();
+        d.apply_txn(
+            2,
+            &Txn::new(vec![
+                Op::Create(Object::Task(bare_task("t1", "n1"))),
+                Op::Create(Object::Task(bare_task("t2", ""))),
+            ]),
+        )
+        .unwrap();
+        let before = d.clone();
+        let mut moved = d.tasks["t2"].clone();
+        moved.node_id = "n2".into();
+        let e = d
+            .apply_txn(
+                3,
+                &Txn::new(vec![
+                    Op::Delete {
+                        kind: Kind::Task,
+                        id: "t1".into(),
+                    },
+                    Op::Update(Object::Task(moved)),
+                    Op::Create(Object::Task(bare_task("t3", "n1"))),
+                    Op::Create(Object::Task(bare_task("t2", "n1"))),
+                ]),
+            )
+            .unwrap_err();
+        assert!(matches!(e, TxnError::Exists { .. }), "{e}");
+        assert_eq!(d, before);
     }
 
     #[test]
