@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use manager::clock::{Clock, SystemClock};
-use manager::store::{Object, Op, Service, Store, Task, Txn};
+use manager::store::{Object, Op, Service, Task, Txn};
 use manager::Manager;
 use proto::security::Role;
 use proto::spec::{ServiceMode, ServiceSpec, TaskSpec, TaskState, TaskStatus};
@@ -57,8 +57,10 @@ pub struct PhaseFigures {
     pub bytes_per_entry: f64,
     /// Durable commits of the raft databases per second, summed over the managers.
     pub syncs_per_s: f64,
-    /// Writes refused or failed (none expected).
+    /// Writes refused or failed (none expected), and the first reason.
     pub failed: u64,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub first_error: String,
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -115,6 +117,11 @@ impl RaftFigures {
                 p.syncs_per_s,
                 p.failed
             );
+        }
+        for p in [&self.batched, &self.unbatched] {
+            if !p.first_error.is_empty() {
+                println!("first failed write: {}", p.first_error);
+            }
         }
         println!("batched / unbatched: {:.1}x", self.ratio);
         println!(
@@ -210,21 +217,31 @@ async fn bench(
     wait_applied(managers, Duration::from_secs(60)).await?;
 
     let services = Arc::new(services);
+    let managers = Arc::new(managers.to_vec());
     let mut acked = BTreeMap::new();
-    let unbatched = phase(&leader, cfg, 1, baseline_writes, "u", &services, &mut acked).await;
+    let unbatched = phase(
+        &managers,
+        cfg,
+        1,
+        baseline_writes,
+        "u",
+        &services,
+        &mut acked,
+    )
+    .await;
     let batched = phase(
-        &leader, cfg, cfg.batch, cfg.writes, "b", &services, &mut acked,
+        &managers, cfg, cfg.batch, cfg.writes, "b", &services, &mut acked,
     )
     .await;
 
     // Every acknowledged write, on every manager.
-    wait_applied(managers, Duration::from_secs(60)).await?;
+    wait_applied(&managers, Duration::from_secs(60)).await?;
     let mut found = u64::MAX;
-    for m in managers {
+    for m in managers.iter() {
         let here = m.store.view(|d| {
             acked
                 .iter()
-                .filter(|(id, a)| d.tasks.get(*id).is_some_and(|t| t.version == a.index))
+                .filter(|(id, a)| d.tasks.get(*id).is_some_and(|t| t.version >= a.index))
                 .map(|(_, a)| a.writes)
                 .sum::<u64>()
         });
@@ -337,31 +354,80 @@ struct Acked {
     writes: u64,
 }
 
-/// Proposes `txn`, noting how long it took.
-async fn timed(
-    store: &Store,
+/// The manager that leads now, waited for up to 10 s.
+async fn current_leader(managers: &[Arc<Manager>]) -> Result<Arc<Manager>, String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(m) = managers.iter().find(|m| m.is_leader()) {
+            return Ok(m.clone());
+        }
+        if Instant::now() > deadline {
+            return Err("no leader for 10 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Writes `txn` (creates, or `updated` of `tasks`) through the leader, noting how long it
+/// took. A write that fails for a lost leadership has an unknown outcome: the new leader's
+/// store says whether it committed (only the bench writes these tasks), else it is written
+/// again there. The index the writes committed at.
+async fn write(
+    managers: &[Arc<Manager>],
     txn: Txn,
+    tasks: &[Task],
+    updated: bool,
     latencies: &mut Vec<Duration>,
-) -> Result<u64, manager::store::ProposeError> {
+) -> Result<u64, String> {
     let start = Instant::now();
-    let r = store.propose(txn).await;
-    latencies.push(start.elapsed());
-    r
+    let mut last = String::new();
+    for _ in 0..5 {
+        let leader = current_leader(managers).await?;
+        match leader.store.propose(txn.clone()).await {
+            Ok(index) => {
+                latencies.push(start.elapsed());
+                return Ok(index);
+            }
+            Err(e) => last = e.to_string(),
+        }
+        let leader = current_leader(managers).await?;
+        if leader.linearizable().await.is_err() {
+            continue;
+        }
+        let settled = leader.store.view(|d| {
+            let mut index = 0;
+            for t in tasks {
+                match d.tasks.get(&t.id) {
+                    Some(s) if !updated || s.status.message == t.status.message => {
+                        index = index.max(s.version)
+                    }
+                    _ => return None,
+                }
+            }
+            Some(index)
+        });
+        if let Some(index) = settled {
+            latencies.push(start.elapsed());
+            return Ok(index);
+        }
+    }
+    Err(last)
 }
 
 /// One client's writes: tasks `first..first + count` created in transactions of `batch`
 /// operations, each transaction's tasks then updated in one more.
 async fn client(
-    store: Store,
+    managers: Arc<Vec<Arc<Manager>>>,
     prefix: String,
     services: Arc<Vec<String>>,
     first: u64,
     writes: u64,
     batch: usize,
-) -> (Vec<Duration>, BTreeMap<String, Acked>, u64) {
+) -> (Vec<Duration>, BTreeMap<String, Acked>, u64, String) {
     let mut latencies = Vec::new();
     let mut acked = BTreeMap::new();
     let mut failed = 0u64;
+    let mut first_error = String::new();
     let mut done = 0u64;
     let mut next = first;
     while done < writes {
@@ -382,7 +448,7 @@ async fn client(
                 .iter()
                 .map(|t| Op::Create(Object::Task(t.clone())))
                 .collect();
-            match timed(&store, Txn::new(ops), &mut latencies).await {
+            match write(&managers, Txn::new(ops), chunk, false, &mut latencies).await {
                 Ok(index) => {
                     for t in chunk.iter_mut() {
                         t.version = index;
@@ -390,7 +456,12 @@ async fn client(
                         updates.push(t.clone());
                     }
                 }
-                Err(_) => failed += chunk.len() as u64,
+                Err(e) => {
+                    failed += chunk.len() as u64;
+                    if first_error.is_empty() {
+                        first_error = e;
+                    }
+                }
             }
         }
         done += n as u64;
@@ -405,7 +476,7 @@ async fn client(
                 .iter()
                 .map(|t| Op::Update(Object::Task(t.clone())))
                 .collect();
-            match timed(&store, Txn::new(ops), &mut latencies).await {
+            match write(&managers, Txn::new(ops), chunk, true, &mut latencies).await {
                 Ok(index) => {
                     for t in chunk {
                         if let Some(a) = acked.get_mut(&t.id) {
@@ -416,17 +487,22 @@ async fn client(
                         }
                     }
                 }
-                Err(_) => failed += chunk.len() as u64,
+                Err(e) => {
+                    failed += chunk.len() as u64;
+                    if first_error.is_empty() {
+                        first_error = e;
+                    }
+                }
             }
         }
         done += updates.len() as u64;
     }
-    (latencies, acked, failed)
+    (latencies, acked, failed, first_error)
 }
 
 /// `writes` task writes by the clients at once, `batch` operations a transaction.
 async fn phase(
-    leader: &Arc<Manager>,
+    managers: &Arc<Vec<Arc<Manager>>>,
     cfg: &RaftBenchConfig,
     batch: usize,
     writes: u64,
@@ -444,7 +520,7 @@ async fn phase(
         let share = writes / clients + u64::from(c < writes % clients);
         let first = base + c * (writes / clients + 1);
         handles.push(tokio::spawn(client(
-            leader.store.clone(),
+            managers.clone(),
             format!("{prefix}{c:03}-"),
             services.clone(),
             first,
@@ -454,12 +530,16 @@ async fn phase(
     }
     let mut latencies = Vec::new();
     let mut failed = 0;
+    let mut first_error = String::new();
     for h in handles {
         match h.await {
-            Ok((l, a, f)) => {
+            Ok((l, a, f, e)) => {
                 latencies.extend(l);
                 acked.extend(a);
                 failed += f;
+                if first_error.is_empty() {
+                    first_error = e;
+                }
             }
             Err(_) => failed += writes / clients,
         }
@@ -486,6 +566,7 @@ async fn phase(
         bytes_per_entry: (after.bytes - before.bytes) as f64 / entries.max(1) as f64,
         syncs_per_s: (after.syncs - before.syncs) as f64 / seconds.max(1e-9),
         failed,
+        first_error,
     }
 }
 
