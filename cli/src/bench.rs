@@ -39,7 +39,7 @@ pub struct BenchConfig {
 }
 
 /// A memory figure of this process from /proc/self/status (`VmRSS`, `VmHWM`), in MiB.
-fn status_mb(key: &str) -> f64 {
+pub(crate) fn status_mb(key: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -453,6 +453,23 @@ pub enum BenchCmd {
     /// Manager CPU and session bytes per task change with many nodes on one overlay (in
     /// process, fake runtime); `--before` prints an older build's figures beside.
     OverlayChurn(crate::bench_wire::OverlayChurnArgs),
+    /// Raft write throughput: clients create and update tasks through on-disk managers in
+    /// one process, `--batch` operations a transaction, beside one a transaction.
+    Raft {
+        #[arg(long, default_value_t = 3)]
+        managers: usize,
+        /// Task writes of the batched run (the unbatched baseline makes a tenth, at most 5,000).
+        #[arg(long, default_value_t = 100_000)]
+        writes: u64,
+        /// Operations a transaction.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Writers at once.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        #[arg(long, default_value = "table")]
+        format: Format,
+    },
 }
 
 /// Flags shared by the network benchmarks.
@@ -744,6 +761,23 @@ pub fn run(cli: Cli) -> i32 {
             rt.block_on(crate::bench_failover::run_failover(args))
                 .map(|_| ())
                 .map_err(|e| CliError(format!("Error: bench failover: {e:#}")))
+        }
+        Cmd::Bench(BenchCmd::Raft {
+            managers,
+            writes,
+            batch,
+            clients,
+            format,
+        }) => {
+            init_tracing("error");
+            rt.block_on(crate::bench_raft::run(crate::bench_raft::RaftBenchConfig {
+                managers,
+                writes,
+                batch,
+                clients,
+                json: matches!(format, Format::Json),
+            }))
+            .map_err(|e| CliError(format!("Error: bench raft: {e:#}")))
         }
         Cmd::Bench(BenchCmd::OverlayChurn(a)) => {
             init_tracing("error");

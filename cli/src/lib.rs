@@ -8,6 +8,7 @@ pub mod bench_chaos;
 pub mod bench_containers;
 pub mod bench_failover;
 pub mod bench_net;
+pub mod bench_raft;
 pub mod bench_update;
 pub mod bench_wire;
 pub mod client;

@@ -2,6 +2,7 @@
 
 use std::fmt::Debug;
 use std::ops::RangeBounds;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -16,6 +17,37 @@ pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta
 pub(super) const VOTE: &str = "vote";
 pub(super) const COMMITTED: &str = "committed";
 pub(super) const LAST_PURGED: &str = "last_purged";
+
+/// What the log stores of this process have written since it started (every manager in
+/// the process counts here): for benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Entries appended.
+    pub entries: u64,
+    /// Their encoded bytes.
+    pub bytes: u64,
+    /// Durable (fsynced) commits of the raft database: appends, votes, truncations, purges.
+    pub syncs: u64,
+}
+
+static ENTRIES: AtomicU64 = AtomicU64::new(0);
+static BYTES: AtomicU64 = AtomicU64::new(0);
+static SYNCS: AtomicU64 = AtomicU64::new(0);
+
+/// The counts so far (see [`LogStats`]).
+pub fn log_stats() -> LogStats {
+    LogStats {
+        entries: ENTRIES.load(Ordering::Relaxed),
+        bytes: BYTES.load(Ordering::Relaxed),
+        syncs: SYNCS.load(Ordering::Relaxed),
+    }
+}
+
+/// Commits `txn` durably, counting it.
+fn commit(txn: redb::WriteTransaction) -> Result<(), redb::CommitError> {
+    SYNCS.fetch_add(1, Ordering::Relaxed);
+    txn.commit()
+}
 
 /// Cheap to clone: the log reader handed to replication tasks is a clone.
 #[derive(Clone)]
@@ -40,7 +72,7 @@ impl LogStore {
         let txn = db.begin_write().map_err(werr)?;
         txn.open_table(LOGS).map_err(werr)?;
         txn.open_table(META).map_err(werr)?;
-        txn.commit().map_err(werr)?;
+        commit(txn).map_err(werr)?;
         Ok(LogStore { db })
     }
 
@@ -68,7 +100,7 @@ impl LogStore {
             let mut table = txn.open_table(META).map_err(werr)?;
             table.insert(key, bytes.as_slice()).map_err(werr)?;
         }
-        txn.commit().map_err(werr)?;
+        commit(txn).map_err(werr)?;
         Ok(())
     }
 }
@@ -146,13 +178,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut table = txn.open_table(LOGS).map_err(werr)?;
             for e in entries {
                 let bytes = serde_json::to_vec(&e).map_err(werr)?;
+                ENTRIES.fetch_add(1, Ordering::Relaxed);
+                BYTES.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 table
                     .insert(e.log_id.index, bytes.as_slice())
                     .map_err(werr)?;
             }
         }
         // redb commits are durable (fsync) by default: the entries are on disk when this returns.
-        let res = txn.commit();
+        let res = commit(txn);
         match res {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
@@ -173,7 +207,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .retain_in(log_id.index.., |_, _| false)
                 .map_err(werr)?;
         }
-        txn.commit().map_err(werr)?;
+        commit(txn).map_err(werr)?;
         Ok(())
     }
 
@@ -188,7 +222,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .retain_in(..=log_id.index, |_, _| false)
                 .map_err(werr)?;
         }
-        txn.commit().map_err(werr)?;
+        commit(txn).map_err(werr)?;
         Ok(())
     }
 }

@@ -22,7 +22,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use log_store::LogStore;
+pub use log_store::{log_stats, LogStats, LogStore};
 pub use network::{serve_raft, Network};
 pub use state_machine::StateMachine;
 
