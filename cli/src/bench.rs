@@ -168,6 +168,22 @@ pub async fn run_cluster_figures(cfg: BenchConfig) -> Result<Figures> {
 }
 
 /// The cluster object of a bench's swarm (a new CA and tokens), with `heartbeat_period_ms`.
+/// How many nodes are in each state, as the leader's store says: "9980 ready, 20 unknown".
+fn node_states(leader: &Manager) -> String {
+    let counts = leader.store.view(|d| {
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        for n in d.nodes.values() {
+            *counts.entry(format!("{:?}", n.state).to_lowercase()).or_default() += 1;
+        }
+        counts
+    });
+    counts
+        .iter()
+        .map(|(state, n)| format!("{n} {state}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub(crate) fn bench_cluster(heartbeat_period_ms: u64) -> Result<Cluster> {
     let cluster_id = random_id(25);
     let root_ca = RootCa::generate(&cluster_id)?;
@@ -231,7 +247,10 @@ impl Drop for Runtimes {
 
 async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<Figures> {
     let setup = Instant::now();
-    let cluster = bench_cluster(5000)?;
+    let mut cluster = bench_cluster(5000)?;
+    // As an operator of a swarm this size would (`swarm update --max-replicas`).
+    cluster.limits.max_replicas = cluster.limits.max_replicas.max(cfg.tasks);
+    cluster.limits.max_tasks = cluster.limits.max_tasks.max(cfg.tasks);
 
     // Managers.
     // Each manager runs on runtime threads of its own, as on a host of its own: its raft and
@@ -351,10 +370,11 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<Figures> {
             note(
                 cfg.json,
                 &format!(
-                    "setup: only {} of {} workers registered within {}s; going on with them",
+                    "setup: only {} of {} workers registered within {}s ({}); going on with them",
                     ready.saturating_sub(cfg.managers),
                     cfg.workers,
-                    REGISTRATION_TIMEOUT.as_secs()
+                    REGISTRATION_TIMEOUT.as_secs(),
+                    node_states(&leader)
                 ),
             );
             break ready;
