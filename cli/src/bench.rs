@@ -173,7 +173,9 @@ fn node_states(leader: &Manager) -> String {
     let counts = leader.store.view(|d| {
         let mut counts = std::collections::BTreeMap::<String, usize>::new();
         for n in d.nodes.values() {
-            *counts.entry(format!("{:?}", n.state).to_lowercase()).or_default() += 1;
+            *counts
+                .entry(format!("{:?}", n.state).to_lowercase())
+                .or_default() += 1;
         }
         counts
     });
