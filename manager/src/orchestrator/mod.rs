@@ -38,11 +38,20 @@ use tokio::sync::broadcast;
 /// Most operations in one raft entry (swarmkit batches the same way).
 pub const MAX_OPS_PER_TXN: usize = 200;
 
-/// Most tasks one orchestration round creates: a large service is brought up over several
-/// rounds, so a round's memory and transactions stay bounded whatever the spec asks. Each
-/// round reads the whole service, so the bound also sets how many times a new service of N
-/// tasks is read (N / this): 1,000 made 100,000 tasks cost 100 reads of up to 100,000.
+/// Most tasks one orchestration round creates in a small cluster: a large service is brought
+/// up over several rounds, so a round's memory and transactions stay bounded whatever the
+/// spec asks. Each round reads the whole service, so a fixed bound would read a new service
+/// of N tasks N / bound times (1,000,000 tasks: 200 reads of up to 1,000,000); the budget
+/// therefore grows with the tasks the store already holds ([`creates_per_round`]), and
+/// bringing up N tasks reads O(N) tasks in all.
 pub const MAX_CREATES_PER_ROUND: usize = 5000;
+
+/// A round's budget of new tasks: [`MAX_CREATES_PER_ROUND`], or a quarter of the tasks the
+/// store holds when that is more (a round then costs at most a quarter more memory than the
+/// store already takes, and each round grows the service by a quarter).
+pub fn creates_per_round(tasks_in_store: usize) -> usize {
+    MAX_CREATES_PER_ROUND.max(tasks_in_store / 4)
+}
 
 /// Decisions of one orchestration round, over a working copy of the tasks it touched.
 pub struct Plan<'a> {
@@ -54,7 +63,7 @@ pub struct Plan<'a> {
     services: BTreeMap<String, Service>,
     /// Addresses given to tasks created in this plan (not yet in the store).
     taken: BTreeSet<(String, Ipv4Addr)>,
-    /// Tasks this round may still create ([`MAX_CREATES_PER_ROUND`]).
+    /// Tasks this round may still create ([`creates_per_round`]).
     creates_left: usize,
     /// Tasks the cluster may still gain before reaching its `max_tasks` limit; counted at
     /// the first new task (a round that creates none does not count the cluster's tasks).
@@ -77,7 +86,7 @@ impl<'a> Plan<'a> {
             deleted: BTreeSet::new(),
             services: BTreeMap::new(),
             taken: BTreeSet::new(),
-            creates_left: MAX_CREATES_PER_ROUND,
+            creates_left: creates_per_round(data.tasks.len()),
             room_left: None,
             limits,
             specs: BTreeMap::new(),
@@ -208,7 +217,7 @@ impl<'a> Plan<'a> {
     }
 
     /// A new task of `service` for `slot` (replicated) or `node` (global); `None` once this
-    /// round has created [`MAX_CREATES_PER_ROUND`] tasks (the next round goes on).
+    /// round has created its budget ([`creates_per_round`]) tasks (the next round goes on).
     pub fn create_task(
         &mut self,
         service: &Service,
@@ -527,7 +536,7 @@ fn progress_only(t: &Task) -> bool {
 pub struct Round {
     pub ops: Vec<Op>,
     pub wakes: BTreeMap<String, i64>,
-    /// The round stopped at its budget of new tasks ([`MAX_CREATES_PER_ROUND`]): these
+    /// The round stopped at its budget of new tasks ([`creates_per_round`]): these
     /// services want the next round at once (their new tasks are progress only).
     pub more: BTreeSet<String>,
 }

@@ -854,3 +854,20 @@ fn an_update_asks_for_a_round_when_its_monitor_period_ends() {
     assert_eq!(status.state, UpdateState::Completed);
     assert_eq!(status.completed_ms, last + 5_000);
 }
+
+#[test]
+fn bringing_up_a_large_service_reads_it_a_bounded_number_of_times() {
+    assert_eq!(super::creates_per_round(0), super::MAX_CREATES_PER_ROUND);
+    assert_eq!(super::creates_per_round(1_000_000), 250_000);
+    // Each round reads the whole service and creates its budget: from nothing to a million
+    // tasks the reads add up to a few times the million, not hundreds of times.
+    let target = 1_000_000usize;
+    let (mut tasks, mut rounds, mut read) = (0usize, 0usize, 0usize);
+    while tasks < target {
+        read += tasks;
+        tasks += super::creates_per_round(tasks).min(target - tasks);
+        rounds += 1;
+    }
+    assert!(rounds <= 30, "{rounds} rounds");
+    assert!(read <= 5 * target, "{read} tasks read");
+}
