@@ -186,6 +186,18 @@ fn node_states(leader: &Manager) -> String {
         .join(", ")
 }
 
+/// Wait (at most 60 s) until `managers` managers are members of the leader's raft group.
+pub(crate) async fn managers_joined(leader: &Manager, managers: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while manager::raft::membership(&leader.raft).0.len() < managers {
+        if Instant::now() > deadline {
+            return Err(anyhow!("the managers did not join raft within 60 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 pub(crate) fn bench_cluster(heartbeat_period_ms: u64) -> Result<Cluster> {
     let cluster_id = random_id(25);
     let root_ca = RootCa::generate(&cluster_id)?;
@@ -311,13 +323,7 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<Figures> {
     }
     propose_all(&leader, ops).await?;
     // Let the other managers join the raft group before the load starts.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while manager::raft::membership(&leader.raft).0.len() < cfg.managers {
-        if Instant::now() > deadline {
-            return Err(anyhow!("managers did not join raft"));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    managers_joined(&leader, cfg.managers).await?;
     let leader_addr = leader.config.advertise_addr.clone();
     let cancel = CancellationToken::new();
     let registered = || {

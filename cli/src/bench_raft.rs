@@ -207,13 +207,7 @@ async fn bench(
         ops.push(Op::Create(Object::Service(service(id))));
     }
     propose_all(&leader, ops).await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while manager::raft::membership(&leader.raft).0.len() < cfg.managers {
-        if Instant::now() > deadline {
-            return Err(anyhow!("the managers did not join raft within 60 s"));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::bench::managers_joined(&leader, cfg.managers).await?;
     wait_applied(managers, Duration::from_secs(60)).await?;
 
     let services = Arc::new(services);
