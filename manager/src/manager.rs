@@ -703,7 +703,7 @@ async fn submit(raft: &Raft, mut batch: Vec<PendingWrite>) {
     };
     if batch.len() == 1 {
         let w = batch.pop().expect("one write");
-        let r = raft.client_write(w.txn).await;
+        let r = raft.client_write(w.txn.into()).await;
         let _ = w.reply.send(
             r.map_err(err)
                 .and_then(|resp| one(resp.data, resp.log_id.index)),
@@ -711,7 +711,7 @@ async fn submit(raft: &Raft, mut batch: Vec<PendingWrite>) {
         return;
     }
     let (txns, replies): (Vec<Txn>, Vec<_>) = batch.into_iter().map(|w| (w.txn, w.reply)).unzip();
-    match raft.client_write(Txn::batch(txns)).await {
+    match raft.client_write(Txn::batch(txns).into()).await {
         Ok(resp) => {
             let index = resp.log_id.index;
             let outs = match resp.data {

@@ -33,9 +33,29 @@ use crate::store::{Store, Txn, TxnOutcome};
 openraft::declare_raft_types!(
     /// shoal's Raft types: entries carry store transactions.
     pub TypeConfig:
-        D = Txn,
+        D = SharedTxn,
         R = TxnOutcome,
 );
+
+/// A raft entry's transaction, shared: the log's cache of recent entries, replication to
+/// every follower and the state machine read one decoded copy, where each used to decode the
+/// entry again from disk. On disk and on the wire it is the [`Txn`] itself.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct SharedTxn(pub Arc<Txn>);
+
+impl From<Txn> for SharedTxn {
+    fn from(txn: Txn) -> SharedTxn {
+        SharedTxn(Arc::new(txn))
+    }
+}
+
+impl std::ops::Deref for SharedTxn {
+    type Target = Txn;
+    fn deref(&self) -> &Txn {
+        &self.0
+    }
+}
 
 pub type Raft = openraft::Raft<TypeConfig>;
 pub type NodeId = u64;
@@ -428,16 +448,16 @@ pub(crate) mod tests {
             wait_leader(&raft).await;
             for i in 0..20 {
                 let out = raft
-                    .client_write(Txn::new(vec![Op::Create(Object::Node(node(&format!(
-                        "n{i}"
-                    ))))]))
+                    .client_write(
+                        Txn::new(vec![Op::Create(Object::Node(node(&format!("n{i}"))))]).into(),
+                    )
                     .await
                     .unwrap();
                 assert!(matches!(out.data, TxnOutcome::Applied { .. }));
             }
             // A refused transaction is acknowledged as refused and changes nothing.
             let out = raft
-                .client_write(Txn::new(vec![Op::Create(Object::Node(node("n0")))]))
+                .client_write(Txn::new(vec![Op::Create(Object::Node(node("n0")))]).into())
                 .await
                 .unwrap();
             assert!(matches!(out.data, TxnOutcome::Refused(_)));

@@ -281,7 +281,7 @@ mod tests {
 
     async fn write(raft: &Raft, id: &str) -> Result<u64, String> {
         let txn = Txn::new(vec![Op::Create(Object::Node(node(id)))]);
-        match tokio::time::timeout(Duration::from_secs(2), raft.client_write(txn)).await {
+        match tokio::time::timeout(Duration::from_secs(2), raft.client_write(txn.into())).await {
             Ok(Ok(r)) => match r.data {
                 TxnOutcome::Applied { index } => Ok(index),
                 other => Err(format!("{other:?}")),
@@ -314,7 +314,7 @@ mod tests {
                 .map(|id| Txn::new(vec![Op::Create(Object::Node(node(id)))]))
                 .collect(),
         );
-        let r = raft.client_write(batch).await.unwrap();
+        let r = raft.client_write(batch.into()).await.unwrap();
         assert!(matches!(r.data, TxnOutcome::Batch(_)), "{:?}", r.data);
         let last = r.log_id.index;
         // Two more voters that never answer: the joint configuration cannot commit, and
