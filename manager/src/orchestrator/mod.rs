@@ -582,6 +582,10 @@ pub fn plan_dirty(data: &StoreData, now_ms: i64, dirty: &Dirty) -> Round {
 /// How often the time-driven work is looked at: restart delays that end, rolling updates'
 /// delays, monitor periods and deadlines.
 const TICK: Duration = Duration::from_millis(500);
+/// How long a change waits for the ones that follow it before planning (a burst lands in
+/// one round). Each step of a rolling update waits for it twice (the old task stopped, the
+/// new one running).
+const ABSORB: Duration = Duration::from_millis(3);
 /// Every service is planned again this often, whatever the change stream said (a safety net,
 /// as a controller's periodic resync).
 const RESYNC: Duration = Duration::from_secs(10);
@@ -715,7 +719,7 @@ impl Orchestrator {
         if !note(first, dirty) {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(ABSORB).await;
         loop {
             match events.try_recv() {
                 Ok(ev) => {
