@@ -38,7 +38,7 @@ pub use constraint::{Constraint, ConstraintError};
 pub use plan::{needs_scheduling, plan};
 
 /// After a change, wait this long for more before planning…
-const QUIET: Duration = Duration::from_millis(20);
+const QUIET: Duration = Duration::from_millis(5);
 /// …but no longer than this in all.
 const MAX_DELAY: Duration = Duration::from_millis(100);
 /// Plan this often even without changes, in case a wake-up was missed.
