@@ -34,6 +34,36 @@ pub fn shoal_bin() -> PathBuf {
     bin
 }
 
+/// The report a `shoal … --format json` run printed: its last line that is JSON.
+pub fn json_report(stdout: &str) -> Option<Value> {
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+}
+
+/// Runs `shoal bench ARGS… --format json --prefix PREFIX` to its end and returns its report.
+/// The run removes its lab itself; when it fails, the lab is removed here as well.
+pub fn bench_report(prefix: &str, args: &[&str]) -> Result<Value> {
+    let bin = shoal_bin();
+    let out = std::process::Command::new(&bin)
+        .arg("bench")
+        .args(args)
+        .args(["--format", "json", "--prefix", prefix])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("run shoal bench {}", args.join(" ")))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        let _ = std::process::Command::new(&bin)
+            .args(["lab", "down", "--prefix", prefix])
+            .status();
+        bail!("shoal bench {} exited {}", args.join(" "), out.status);
+    }
+    json_report(&stdout).with_context(|| format!("no JSON report; stdout: {stdout}"))
+}
+
 /// A lab prefix unique to this test process: `zt`, `tag` (2 chars) and the pid in base 36.
 /// `deploy/test.sh` removes leftover `zt*` labs of a run whose tests were killed.
 pub fn unique_prefix(tag: &str) -> String {

@@ -73,13 +73,9 @@ fn chaos_short_seeded_run_keeps_every_invariant() -> Result<()> {
             .status();
         bail!("the chaos run took longer than {BUDGET:?}; daemons' logs in {logs:?}");
     };
-    let report: Value = stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .with_context(|| {
-            format!("no JSON report (exit {status}); stdout: {stdout}; logs in {logs:?}")
-        })?;
+    let report: Value = harness::json_report(&stdout).with_context(|| {
+        format!("no JSON report (exit {status}); stdout: {stdout}; logs in {logs:?}")
+    })?;
     println!(
         "FIGURE chaos_acknowledged={} lost={} step_down_ms={} longest_duplicate_ms={} longest_dual_claim_ms={}",
         report["Acknowledged"],

@@ -3,49 +3,29 @@
 //! The figures are printed, not asserted against the targets (a benchmark, not a timed
 //! test). Needs root.
 
-use std::process::{Command, Stdio};
-
-use anyhow::{ensure, Context, Result};
-use harness::{shoal_bin, unique_prefix};
+use anyhow::{ensure, Result};
+use harness::{bench_report, unique_prefix};
 use serde_json::Value;
 
 #[test]
 fn failover_bench_smoke_run_recovers_from_every_fault() -> Result<()> {
     let prefix = unique_prefix("fo");
-    let bin = shoal_bin();
-    let out = Command::new(&bin)
-        .args(["bench", "failover", "--kills", "2", "--cutoffs", "1"])
-        .args([
+    let report = bench_report(
+        &prefix,
+        &[
+            "failover",
+            "--kills",
+            "2",
+            "--cutoffs",
+            "1",
             "--baseline-heartbeat",
             "0s",
             "--baseline-kills",
             "1",
             "--replicas",
             "4",
-        ])
-        .args(["--format", "json", "--prefix", &prefix])
-        .stdin(Stdio::null())
-        .output()
-        .context("run shoal bench failover")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stderr}");
-    if !out.status.success() {
-        // The run removes its lab itself; make sure of it when it failed.
-        let _ = Command::new(&bin)
-            .args(["lab", "down", "--prefix", &prefix])
-            .status();
-    }
-    ensure!(
-        out.status.success(),
-        "shoal bench failover exited {}",
-        out.status
-    );
-    let report: Value = stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .with_context(|| format!("no JSON report; stdout: {stdout}"))?;
+        ],
+    )?;
     println!(
         "FIGURE failover_write_again_ms={} cutoff_down_ms={} cutoff_replaced_ms={} elections={}",
         report["WriteAgain"]["Ms"],

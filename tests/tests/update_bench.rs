@@ -3,41 +3,28 @@
 //! complete, and completion waits for the monitor period. The figures are printed, not
 //! asserted against the targets (a benchmark, not a timed test). Needs root.
 
-use std::process::{Command, Stdio};
-
-use anyhow::{ensure, Context, Result};
-use harness::{shoal_bin, unique_prefix};
+use anyhow::{ensure, Result};
+use harness::{bench_report, unique_prefix};
 use serde_json::Value;
 
 #[test]
 fn update_bench_smoke_run_updates_and_rolls_back() -> Result<()> {
     let prefix = unique_prefix("up");
-    let bin = shoal_bin();
-    let out = Command::new(&bin)
-        .args(["bench", "update", "--replicas", "3", "--parallelism", "2"])
-        .args(["--runtime", "fake", "--no-swarm", "--timeout", "60s"])
-        .args(["--format", "json", "--prefix", &prefix])
-        .stdin(Stdio::null())
-        .output()
-        .context("run shoal bench update")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    if !out.status.success() {
-        // The run removes its lab itself; make sure of it when it failed.
-        let _ = Command::new(&bin)
-            .args(["lab", "down", "--prefix", &prefix])
-            .status();
-    }
-    ensure!(
-        out.status.success(),
-        "shoal bench update exited {}",
-        out.status
-    );
-    let report: Value = stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .with_context(|| format!("no JSON report; stdout: {stdout}"))?;
+    let report = bench_report(
+        &prefix,
+        &[
+            "update",
+            "--replicas",
+            "3",
+            "--parallelism",
+            "2",
+            "--runtime",
+            "fake",
+            "--no-swarm",
+            "--timeout",
+            "60s",
+        ],
+    )?;
     println!("FIGURE update {}", report["Shoal"]);
     ensure!(
         report["SwarmMeasured"] == Value::Bool(false) && report["Swarm"].is_null(),

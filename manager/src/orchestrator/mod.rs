@@ -662,18 +662,6 @@ impl Orchestrator {
                 }
                 _ = tokio::time::sleep_until(sleep_to) => {
                     let now = self.clock.now_ms();
-                    if sleep_to < next_tick {
-                        timers.retain(|id, at| {
-                            if *at <= now {
-                                dirty.service(id);
-                                false
-                            } else {
-                                true
-                            }
-                        });
-                        continue;
-                    }
-                    next_tick = tokio::time::Instant::now() + TICK;
                     timers.retain(|id, at| {
                         if *at <= now {
                             dirty.service(id);
@@ -682,6 +670,10 @@ impl Orchestrator {
                             true
                         }
                     });
+                    if sleep_to < next_tick {
+                        continue;
+                    }
+                    next_tick = tokio::time::Instant::now() + TICK;
                     self.store.view(|d| {
                         for s in d.services.values() {
                             if s.update_status.as_ref().is_some_and(|u| u.state.in_progress()) {
