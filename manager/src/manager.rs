@@ -528,15 +528,21 @@ impl Manager {
         let mut tick = tokio::time::interval(LEASE_CHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_heartbeat = tokio::time::Instant::now();
+        // Since when the lease has lapsed while raft kept leading (see below).
+        let mut lapsed_since: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let (raft_leader, fatal) = {
+            let (raft_leader, raft_term, fatal) = {
                 let m = self.raft.metrics();
                 let m = m.borrow();
-                (m.state.is_leader(), m.running_state.clone().err())
+                (
+                    m.state.is_leader() && m.current_leader == Some(self.config.raft_id),
+                    m.current_term,
+                    m.running_state.clone().err(),
+                )
             };
             if let Some(fatal) = fatal {
                 // `Stopped` is our own shutdown; anything else is a crash of the raft core.
@@ -568,15 +574,45 @@ impl Manager {
             {
                 // Begin or end a term of acting as leader before anyone hears of it.
                 let mut g = self.leader_token.lock().expect("leader token lock");
-                let term = match current {
-                    Leadership::Leader { term } => Some(term),
-                    _ => None,
-                };
-                if g.as_ref().map(|(t, _)| *t) != term {
-                    if let Some((_, tok)) = g.take() {
-                        tok.cancel();
+                match current {
+                    Leadership::Leader { term } => {
+                        if let Some(since) = lapsed_since.take() {
+                            tracing::info!(
+                                node = %self.config.node_id,
+                                term,
+                                after = ?now.saturating_duration_since(since),
+                                "lease regained; leader work resumes"
+                            );
+                        }
+                        if g.as_ref().map(|(t, _)| *t) != Some(term) {
+                            if let Some((_, tok)) = g.take() {
+                                tok.cancel();
+                            }
+                            *g = Some((term, self.cancel.child_token()));
+                        }
                     }
-                    *g = term.map(|t| (t, self.cancel.child_token()));
+                    _ => {
+                        // A lapse while raft still leads the same term pauses the leader's
+                        // work (no writes, no reads: see `leader_token`) without ending it, so
+                        // that a leader slowed down for a moment keeps its nodes' sessions;
+                        // the term ends once raft moves on or the lapse outlasts the grace.
+                        let grace = self.config.tuning.election_max.saturating_mul(2);
+                        let same_term = g.as_ref().is_some_and(|(t, _)| {
+                            raft_leader && *t == raft_term && !self.abdicating()
+                        });
+                        let since = same_term.then(|| {
+                            *lapsed_since.get_or_insert_with(|| {
+                                tracing::info!(node = %self.config.node_id, term = raft_term, "lease lapsed; leader work paused");
+                                now
+                            })
+                        });
+                        if !since.is_some_and(|s| now.saturating_duration_since(s) < grace) {
+                            lapsed_since = None;
+                            if let Some((_, tok)) = g.take() {
+                                tok.cancel();
+                            }
+                        }
+                    }
                 }
             }
             self.leadership_tx.send_if_modified(|l| {
@@ -624,31 +660,39 @@ impl Manager {
     }
 
     /// The leader-only loops, each supervised: restarted if it panics or fails; when one
-    /// keeps failing, this node steps down rather than lead without it.
+    /// keeps failing, this node steps down rather than lead without it. One that ends on a
+    /// write refused while the lease has lapsed runs again when the lease is back.
     fn start_leader_loops(self: &Arc<Self>, token: &CancellationToken) {
         let give_up = CancellationToken::new();
         use crate::supervise::spawn as sup;
         let tasks = &self.tasks;
         let m = self.clone();
         sup(tasks, "membership", token, &give_up, move |t| {
-            crate::membership::Membership::new(m.store.clone(), m.raft.clone(), m.config.raft_id)
-                .run(t)
+            let run = crate::membership::Membership::new(
+                m.store.clone(),
+                m.raft.clone(),
+                m.config.raft_id,
+            )
+            .run(t.clone());
+            m.when_acting(t, run)
         });
-        let liveness = self.dispatcher.liveness.clone();
+        let m = self.clone();
         sup(tasks, "dispatcher monitor", token, &give_up, move |t| {
-            liveness.clone().run(t)
+            m.when_acting(t.clone(), m.dispatcher.liveness.clone().run(t))
         });
         let m = self.clone();
         sup(tasks, "orchestrator", token, &give_up, move |t| {
-            crate::orchestrator::Orchestrator::new(m.store.clone(), m.config.clock.clone()).run(t)
+            let o = crate::orchestrator::Orchestrator::new(m.store.clone(), m.config.clock.clone());
+            m.when_acting(t.clone(), o.run(t))
         });
         let m = self.clone();
         sup(tasks, "scheduler", token, &give_up, move |t| {
-            crate::scheduler::Scheduler::new(m.store.clone(), m.config.clock.clone()).run(t)
+            let s = crate::scheduler::Scheduler::new(m.store.clone(), m.config.clock.clone());
+            m.when_acting(t.clone(), s.run(t))
         });
-        let statuses = self.dispatcher.statuses.clone();
+        let m = self.clone();
         sup(tasks, "dispatcher statuses", token, &give_up, move |t| {
-            statuses.clone().run(t)
+            m.when_acting(t.clone(), m.dispatcher.statuses.clone().run(t))
         });
         let t = token.clone();
         let m = self.clone();
@@ -658,6 +702,26 @@ impl Manager {
                 _ = give_up.cancelled() => m.step_down("a leader loop keeps failing"),
             }
         });
+    }
+
+    /// `run`, once this node acts as leader (at once unless its lease has lapsed: a leader loop
+    /// that ended on a refused write waits for the lease to come back within its term).
+    fn when_acting<F: std::future::Future>(
+        self: &Arc<Self>,
+        term: CancellationToken,
+        run: F,
+    ) -> impl std::future::Future<Output = F::Output> {
+        let m = self.clone();
+        async move {
+            let mut rx = m.watch_leadership();
+            while !term.is_cancelled() && m.leader_token().is_none() {
+                tokio::select! {
+                    _ = term.cancelled() => break,
+                    r = rx.changed() => if r.is_err() { break },
+                }
+            }
+            run.await
+        }
     }
 
     /// Stop leading: act as leader no more, send no heartbeats (the followers' leases run

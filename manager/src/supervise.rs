@@ -41,6 +41,9 @@ impl Default for RestartPolicy {
     }
 }
 
+/// How soon a loop that ended cleanly while its term lasts runs again.
+const PAUSED_RESTART: Duration = Duration::from_millis(20);
+
 /// What a loop's run returned: loops written as `async fn run(..)` return `()`, others a
 /// `Result`.
 pub trait LoopOutcome {
@@ -60,8 +63,8 @@ impl<E: Display> LoopOutcome for Result<(), E> {
     }
 }
 
-/// Run `make(token)` until `cancel` fires or it ends cleanly, restarting it whenever it panics
-/// or fails. Returns then, or after firing `give_up` when the loop failed more than the
+/// Run `make(token)` until `cancel` fires, restarting it whenever it panics or fails (after a
+/// backoff) or ends cleanly (at once). Returns then, or after firing `give_up` when the loop failed more than the
 /// policy allows.
 pub async fn supervise<F, Fut>(
     name: &'static str,
@@ -85,12 +88,18 @@ pub async fn supervise<F, Fut>(
             Ok(out) => match out.failure() {
                 Some(e) => format!("failed: {e}"),
                 None => {
-                    // A loop ends cleanly only when it sees leadership go (the token follows
-                    // shortly) or the node stopping: not a failure to restart.
-                    if !cancel.is_cancelled() {
-                        tracing::debug!(r#loop = name, "leader loop ended");
+                    // A loop ends cleanly when it sees leadership go or pause (a write
+                    // refused while the lease has lapsed) or the node stopping: not a failure.
+                    // While the term lasts it runs again (`make` waits for the lease).
+                    if cancel.is_cancelled() {
+                        return;
                     }
-                    return;
+                    tracing::debug!(r#loop = name, "leader loop paused");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(PAUSED_RESTART) => {}
+                    }
+                    continue;
                 }
             },
             Err(e) if e.is_panic() => format!("panicked: {}", panic_message(e.into_panic())),
@@ -196,23 +205,37 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_clean_end_is_not_restarted() {
+    async fn a_clean_end_runs_again_while_the_term_lasts_and_is_no_failure() {
         let runs = Arc::new(AtomicUsize::new(0));
         let r = runs.clone();
+        let cancel = CancellationToken::new();
         let give_up = CancellationToken::new();
-        supervise(
+        let sup = tokio::spawn(supervise(
             "test",
-            CancellationToken::new(),
+            cancel.clone(),
             give_up.clone(),
             RestartPolicy::default(),
             move |_t: CancellationToken| {
                 r.fetch_add(1, Ordering::SeqCst);
                 async {}
             },
-        )
-        .await;
-        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        ));
+        // Far more clean ends than the policy tolerates failures.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while runs.load(Ordering::SeqCst) < 20 {
+            assert!(Instant::now() < deadline, "the loop was not run again");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert!(!give_up.is_cancelled());
+        cancel.cancel();
+        sup.await.unwrap();
+        let after = runs.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            after,
+            "ran after its term ended"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -54,6 +54,9 @@ struct NetState {
     max_delay_ms: u64,
     /// Every message takes at least this long (a slow link, or a follower slow to fsync).
     min_delay_ms: u64,
+    /// Managers that get no answers to their appends (too slow to take them in): their
+    /// followers hear them, but they hear no acknowledgement.
+    deaf: BTreeSet<NodeId>,
 }
 
 struct SimNet {
@@ -138,9 +141,16 @@ impl RaftNetwork<TypeConfig> for SimClient {
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         let raft = self.target().await?;
-        raft.append_entries(rpc)
+        let answer = raft
+            .append_entries(rpc)
             .await
-            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.to, e)))
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.to, e)))?;
+        if self.net.state.lock().unwrap().deaf.contains(&self.from) {
+            return Err(RPCError::Network(NetworkError::new(&NetErr(
+                "answer not taken in",
+            ))));
+        }
+        Ok(answer)
     }
 
     async fn install_snapshot(
@@ -1342,6 +1352,72 @@ fn without_quorum_no_manager_acts_as_leader_and_writes_fail_fast() {
         }
         sim.net.state.lock().unwrap().cut.clear();
         time_to_write(&sim, 4, Duration::from_secs(10)).await;
+        sim.shutdown().await;
+    });
+}
+
+/// A leader whose lease lapses while its followers still hear it (too busy to take their
+/// answers in) stops acting at once but keeps its term for a moment: its sessions and leader
+/// loops go on when the lease is back. A lapse longer than the grace (twice the longest
+/// election timeout) ends the term, as a partition does.
+#[test]
+fn a_short_lapse_pauses_the_leader_and_a_long_one_ends_its_term() {
+    paused_runtime().block_on(async {
+        let sim = timing_cluster(5).await;
+        time_to_write(&sim, 0, Duration::from_secs(10)).await;
+        let l = sim.leader().expect("a leader");
+        let me = l.config.raft_id;
+        let term = l.leader_token().expect("the leader acts");
+        let raft_term = l.raft.metrics().borrow().current_term;
+        let tuning = RaftTuning::default();
+
+        let deaf_for = |on: bool| {
+            let mut st = sim.net.state.lock().unwrap();
+            if on {
+                st.deaf.insert(me);
+            } else {
+                st.deaf.remove(&me);
+            }
+        };
+        deaf_for(true);
+        let t0 = tokio::time::Instant::now();
+        while l.is_leader() {
+            assert!(t0.elapsed() < tuning.lease * 2, "the lease did not lapse");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(l.propose(label_write(&l, 1)).await.is_err());
+        tokio::time::sleep(tuning.election_max.saturating_sub(t0.elapsed())).await;
+        assert!(!term.is_cancelled(), "a short lapse ended the term");
+        deaf_for(false);
+        let t1 = tokio::time::Instant::now();
+        while !l.is_leader() {
+            assert!(
+                t1.elapsed() < Duration::from_secs(1),
+                "the lease did not return"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(l.raft.metrics().borrow().current_term, raft_term);
+        assert!(!term.is_cancelled(), "the term ended");
+        assert!(l.propose(label_write(&l, 2)).await.is_ok());
+
+        // A lapse past the grace ends the term, though raft still leads it.
+        deaf_for(true);
+        let t2 = tokio::time::Instant::now();
+        while !term.is_cancelled() {
+            assert!(
+                t2.elapsed() < tuning.lease + tuning.election_max * 2 + Duration::from_millis(200),
+                "the term outlived a long lapse"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            t2.elapsed() > tuning.election_max * 2,
+            "the term ended within the grace ({:?})",
+            t2.elapsed()
+        );
+        deaf_for(false);
+        time_to_write(&sim, 3, Duration::from_secs(10)).await;
         sim.shutdown().await;
     });
 }

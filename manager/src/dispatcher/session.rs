@@ -148,8 +148,8 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
             ));
         };
         // The session lives as long as this term of leadership: a leader whose lease lapses
-        // (cut off from the other managers) ends every session, so that its nodes go to the
-        // manager that leads now instead of being marked down there.
+        // for longer than a moment (cut off from the other managers) ends every session, so
+        // that its nodes go to the manager that leads now instead of being marked down there.
         let Some(term) = leader.leader_token() else {
             return Err(leader.write_refused(ProposeError::NotLeader));
         };
@@ -330,12 +330,8 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                     Ok(Some(pb::SessionRequest {
                         msg: Some(pb::session_request::Msg::Heartbeat(_)),
                     })) => {
-                        if leader.leader_token().is_none() {
-                            let _ = tx
-                                .send(Err(leader.write_refused(ProposeError::NotLeader)))
-                                .await;
-                            return;
-                        }
+                        // While the lease has lapsed (within the term) the node is seen and
+                        // answered; a write this needs is refused and made by a later one.
                         if let Err(e) = dispatcher.liveness.heartbeat(&node_id).await {
                             if removed(&e) {
                                 let _ = tx.send(Err(state_refused(&*leader, e))).await;

@@ -91,16 +91,25 @@ impl StatusWriter {
                     .unzip()
             });
             let results = self.store.propose_each(txns).await;
+            let mut paused = false;
             for (chunk, result) in chunks.into_iter().zip(results) {
                 match result {
                     Ok(_) => {}
-                    Err(ProposeError::NotLeader) => return,
+                    // Not written (the lease lapsed, or the term ended): kept for the
+                    // loop that runs when this node acts as leader again.
+                    Err(ProposeError::NotLeader) => {
+                        paused = true;
+                        self.requeue(chunk.iter().cloned());
+                    }
                     Err(e) => {
                         // A task changed meanwhile: put the reports back for the next round.
                         tracing::debug!(error = %e, "status batch refused; retrying");
                         self.requeue(chunk.iter().cloned());
                     }
                 }
+            }
+            if paused {
+                return;
             }
         }
     }
