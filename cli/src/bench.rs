@@ -523,6 +523,7 @@ async fn measure(cfg: &BenchConfig, leader: &Arc<Manager>, fig: &mut Figures) ->
     let start = Instant::now();
     let deadline = start + cfg.timeout;
     let mut assigned: HashSet<String> = HashSet::new();
+    let mut running: HashSet<String> = HashSet::new();
     let mut latencies: Vec<i64> = Vec::new();
     let result = async {
         tokio::time::timeout(
@@ -541,23 +542,38 @@ async fn measure(cfg: &BenchConfig, leader: &Arc<Manager>, fig: &mut Figures) ->
             match ev {
                 Ok(Ok(ev)) => {
                     for c in ev.changes.iter() {
-                        if let Change::Put(Object::Task(t)) = c {
-                            if t.status.state >= TaskState::Assigned
-                                && assigned.insert(t.id.clone())
-                            {
-                                latencies.push(t_ms - t.created_at_ms);
+                        match c {
+                            Change::Put(Object::Task(t)) => {
+                                if t.status.state >= TaskState::Assigned
+                                    && assigned.insert(t.id.clone())
+                                {
+                                    latencies.push(t_ms - t.created_at_ms);
+                                }
+                                if t.status.state == TaskState::Running {
+                                    running.insert(t.id.clone());
+                                } else {
+                                    running.remove(&t.id);
+                                }
                             }
+                            Change::Deleted { id, .. } => {
+                                running.remove(id);
+                            }
+                            Change::Put(_) => {}
                         }
                     }
                 }
                 // Missed events: the tasks assigned meanwhile count as assigned now (an
-                // upper bound of their latency).
+                // upper bound of their latency); the running ones are counted afresh.
                 Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
                     leader.store.view(|d| {
+                        running.clear();
                         for t in d.tasks.values() {
                             if t.status.state >= TaskState::Assigned && !assigned.contains(&t.id) {
                                 assigned.insert(t.id.clone());
                                 latencies.push(t_ms - t.created_at_ms);
+                            }
+                            if t.status.state == TaskState::Running {
+                                running.insert(t.id.clone());
                             }
                         }
                     });
@@ -569,12 +585,8 @@ async fn measure(cfg: &BenchConfig, leader: &Arc<Manager>, fig: &mut Figures) ->
             }
             if last_check.elapsed() >= Duration::from_millis(100) {
                 last_check = Instant::now();
-                let running = leader.store.view(|d| {
-                    d.tasks
-                        .values()
-                        .filter(|t| t.status.state == TaskState::Running)
-                        .count()
-                }) as u64;
+                // Counted from the events (a scan of every task would hold the store up).
+                let running = running.len() as u64;
                 fig.running = running;
                 fig.seconds = start.elapsed().as_secs_f64();
                 if running >= cfg.tasks {

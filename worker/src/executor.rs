@@ -305,6 +305,7 @@ impl Executor {
             );
             let driver = Driver {
                 inner: self.inner.clone(),
+                spec_fingerprint: table::fingerprint(&assignment.spec),
                 assignment,
                 desired: desired_rx,
                 observed: TaskState::Assigned,
@@ -451,6 +452,8 @@ enum Flow {
 struct Driver {
     inner: Arc<Inner>,
     assignment: Assignment,
+    /// [`table::fingerprint`] of the assignment's spec, for its task table records.
+    spec_fingerprint: String,
     desired: watch::Receiver<Desired>,
     observed: TaskState,
     status: Arc<Mutex<Option<TaskStatus>>>,
@@ -714,7 +717,12 @@ impl Driver {
             timestamp_ms: now_ms(),
         };
         *lock(&self.status) = Some(status.clone());
-        let record = TaskRecord::new(&self.assignment, state, exit_code);
+        let record = TaskRecord::with_fingerprint(
+            &self.assignment,
+            state,
+            exit_code,
+            self.spec_fingerprint.clone(),
+        );
         if let Err(e) = self.inner.table.upsert(record) {
             tracing::warn!(error = %e, "updating the task table");
         }

@@ -39,21 +39,65 @@ openraft::declare_raft_types!(
 
 /// A raft entry's transaction, shared: the log's cache of recent entries, replication to
 /// every follower and the state machine read one decoded copy, where each used to decode the
-/// entry again from disk. On disk and on the wire it is the [`Txn`] itself.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
-pub struct SharedTxn(pub Arc<Txn>);
+/// entry again from disk. On disk and on the wire it is the [`Txn`] itself, as JSON, which is
+/// made once an entry and kept with it: the leader writes the same text to its log and to
+/// each follower, and a follower writes the text it received.
+#[derive(Clone, Debug)]
+pub struct SharedTxn(Arc<Encoded>);
+
+#[derive(Debug)]
+struct Encoded {
+    txn: Txn,
+    json: std::sync::OnceLock<Box<serde_json::value::RawValue>>,
+}
+
+impl SharedTxn {
+    /// The transaction's JSON form, made at the first call.
+    fn json(&self) -> Result<&serde_json::value::RawValue, serde_json::Error> {
+        if let Some(j) = self.0.json.get() {
+            return Ok(j);
+        }
+        let j = serde_json::value::to_raw_value(&self.0.txn)?;
+        Ok(self.0.json.get_or_init(|| j))
+    }
+}
+
+impl PartialEq for SharedTxn {
+    fn eq(&self, other: &SharedTxn) -> bool {
+        self.0.txn == other.0.txn
+    }
+}
+
+impl serde::Serialize for SharedTxn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.json().map_err(serde::ser::Error::custom)?.serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SharedTxn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SharedTxn, D::Error> {
+        let json = Box::<serde_json::value::RawValue>::deserialize(d)?;
+        let txn = serde_json::from_str(json.get()).map_err(serde::de::Error::custom)?;
+        Ok(SharedTxn(Arc::new(Encoded {
+            txn,
+            json: std::sync::OnceLock::from(json),
+        })))
+    }
+}
 
 impl From<Txn> for SharedTxn {
     fn from(txn: Txn) -> SharedTxn {
-        SharedTxn(Arc::new(txn))
+        SharedTxn(Arc::new(Encoded {
+            txn,
+            json: std::sync::OnceLock::new(),
+        }))
     }
 }
 
 impl std::ops::Deref for SharedTxn {
     type Target = Txn;
     fn deref(&self) -> &Txn {
-        &self.0
+        &self.0.txn
     }
 }
 
@@ -354,6 +398,37 @@ pub(crate) mod tests {
     use super::*;
     use crate::store::{Node, NodeDescription, NodeState, Object, Op, TxnOutcome};
     use proto::security::Role;
+
+    /// An entry's payload is the transaction's JSON, on disk and on the wire, made once: the
+    /// text a follower received is the text it writes, byte for byte.
+    #[test]
+    fn an_entry_is_encoded_once_and_as_its_transaction() {
+        let txn = Txn::new(vec![
+            Op::Create(Object::Node(node("n1"))),
+            Op::Delete {
+                kind: crate::store::Kind::Node,
+                id: "n0 \"quoted\"".into(),
+            },
+        ]);
+        let plain = serde_json::to_string(&txn).unwrap();
+        let shared = SharedTxn::from(txn.clone());
+        assert!(shared.0.json.get().is_none());
+        let entry = openraft::Entry::<TypeConfig> {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(3, 1), 7),
+            payload: openraft::EntryPayload::Normal(shared.clone()),
+        };
+        let bytes = serde_json::to_string(&entry).unwrap();
+        assert!(bytes.contains(&plain), "{bytes}");
+        assert_eq!(shared.0.json.get().map(|j| j.get()), Some(plain.as_str()));
+        let back: openraft::Entry<TypeConfig> = serde_json::from_str(&bytes).unwrap();
+        let openraft::EntryPayload::Normal(got) = &back.payload else {
+            panic!("not a normal entry");
+        };
+        assert_eq!(**got, txn);
+        assert_eq!(got.0.json.get().map(|j| j.get()), Some(plain.as_str()));
+        assert_eq!(serde_json::to_string(&back).unwrap(), bytes);
+        assert!(serde_json::from_str::<SharedTxn>(r#"{"ops":[{"Nope":1}]}"#).is_err());
+    }
 
     /// A manager node object for raft tests.
     pub(crate) fn node(id: &str) -> Node {

@@ -79,6 +79,17 @@ pub struct TaskRecord {
 
 impl TaskRecord {
     pub fn new(a: &Assignment, state: TaskState, exit_code: Option<i32>) -> TaskRecord {
+        TaskRecord::with_fingerprint(a, state, exit_code, fingerprint(&a.spec))
+    }
+
+    /// [`TaskRecord::new`] with the spec's [`fingerprint`] computed already (once a task, not
+    /// once a state).
+    pub fn with_fingerprint(
+        a: &Assignment,
+        state: TaskState,
+        exit_code: Option<i32>,
+        spec_fingerprint: String,
+    ) -> TaskRecord {
         TaskRecord {
             task_id: a.task_id.clone(),
             container_id: a.task_id.clone(),
@@ -86,7 +97,7 @@ impl TaskRecord {
             slot: a.slot,
             state,
             exit_code,
-            spec_fingerprint: fingerprint(&a.spec),
+            spec_fingerprint,
             networks: a
                 .networks
                 .iter()
