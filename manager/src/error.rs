@@ -142,6 +142,7 @@ impl From<crate::store::TxnError> for ApiError {
                 hint: "",
             },
             TxnError::Conflict { .. }
+            | TxnError::Placed { .. }
             | TxnError::AddressInUse { .. }
             | TxnError::NetworkClash { .. } => ApiError::Conflict(e.to_string()),
             TxnError::PortInUse { .. }

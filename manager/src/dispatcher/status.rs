@@ -129,6 +129,7 @@ fn status_ops(d: &StoreData, statuses: &[Report]) -> Vec<Op> {
                 id: id.clone(),
                 version: t.version,
                 status: st.clone(),
+                node_id: None,
             })
         })
         .collect()

@@ -70,26 +70,33 @@ pub fn decision_op(data: &StoreData, decision: &Decision, now_ms: i64) -> Option
     if !needs_scheduling(task) {
         return None;
     }
-    let mut task = task.clone();
+    let mut status = task.status.clone();
+    let mut node = None;
     match decision {
         Decision::Assign { node_id, .. } => {
             if !task.node_id.is_empty() && task.node_id != *node_id {
                 return None;
             }
-            task.node_id = node_id.clone();
-            task.status.state = TaskState::Assigned;
-            task.status.message = ASSIGNED_MESSAGE.to_string();
+            node = (task.node_id != *node_id).then(|| node_id.clone());
+            status.state = TaskState::Assigned;
+            status.message = ASSIGNED_MESSAGE.to_string();
         }
         Decision::Pending { message, .. } => {
             if task.status.state == TaskState::Pending && task.status.message == *message {
                 return None;
             }
-            task.status.state = TaskState::Pending;
-            task.status.message = message.clone();
+            status.state = TaskState::Pending;
+            status.message = message.clone();
         }
     }
-    task.status.timestamp_ms = now_ms;
-    Some(Op::Update(Object::Task(task)))
+    status.timestamp_ms = now_ms;
+    // The status and the node only: the entry does not carry the whole task (and its spec).
+    Some(Op::TaskStatus {
+        id: task.id.clone(),
+        version: task.version,
+        status,
+        node_id: node,
+    })
 }
 
 /// The scheduler: reads the store, writes through it, takes its time from the clock.

@@ -500,23 +500,39 @@ fn decision_op_writes_only_what_still_applies() {
         task_id: "t".into(),
         node_id: "a".into(),
     };
-    let Some(Op::Update(Object::Task(t))) = decision_op(&data, &assign, 42) else {
-        panic!("expected a task update");
+    // The status and the node only, applied as the task's placement.
+    let Some(
+        op @ Op::TaskStatus {
+            version: 1,
+            node_id: Some(_),
+            ..
+        },
+    ) = decision_op(&data, &assign, 42)
+    else {
+        panic!("expected a placement");
     };
+    let mut applied = data.clone();
+    applied.apply_txn(2, &Txn::new(vec![op])).expect("applies");
+    let t = &applied.tasks["t"];
     assert_eq!(t.node_id, "a");
     assert_eq!(t.status.state, TaskState::Assigned);
     assert_eq!(t.status.message, ASSIGNED_MESSAGE);
     assert_eq!(t.status.timestamp_ms, 42);
-    assert_eq!(t.version, 1);
+    assert_eq!(t.version, 2);
 
     let pending = Decision::Pending {
         task_id: "t".into(),
         message: "no suitable node (no nodes in the swarm)".into(),
     };
-    let Some(Op::Update(Object::Task(t))) = decision_op(&data, &pending, 43) else {
-        panic!("expected a task update");
+    let Some(Op::TaskStatus {
+        status,
+        node_id: None,
+        ..
+    }) = decision_op(&data, &pending, 43)
+    else {
+        panic!("expected a status");
     };
-    assert_eq!(t.status.state, TaskState::Pending);
+    assert_eq!(status.state, TaskState::Pending);
 
     data.tasks.get_mut("t").unwrap().desired_state = TaskState::Shutdown;
     assert_eq!(decision_op(&data, &assign, 44), None);

@@ -465,11 +465,14 @@ pub enum Op {
     /// Fails if the object does not exist.
     Delete { kind: Kind, id: String },
     /// A task's observed status, as [`Op::Update`] of the task with only its status changed
-    /// (same checks): the log entry carries the status, not the whole task.
+    /// (same checks): the log entry carries the status, not the whole task. With `node_id`,
+    /// the scheduler's placement of an unplaced task on that node, with its status.
     TaskStatus {
         id: String,
         version: u64,
         status: TaskStatus,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node_id: Option<String>,
     },
 }
 
@@ -478,8 +481,8 @@ pub enum Op {
 enum Undo {
     /// Put the object back as it was (None: it did not exist).
     Object(Kind, String, Option<Object>),
-    /// Give the task its former status and version back.
-    TaskStatus(String, u64, TaskStatus),
+    /// Give the task its former status and version back (and its former node, if it moved).
+    TaskStatus(String, u64, TaskStatus, Option<String>),
 }
 
 /// One Raft entry's worth of changes: `ops`, all or nothing; or, when `batch` is not empty
@@ -527,6 +530,12 @@ pub enum TxnError {
     Exists { kind: Kind, id: String },
     #[error("{kind:?} {id} not found")]
     NotFound { kind: Kind, id: String },
+    #[error("task {task} is placed already (on node {on:?}, {state}); retry")]
+    Placed {
+        task: String,
+        on: String,
+        state: TaskState,
+    },
     #[error("task {task} cannot be assigned to node {node}: it is not ready and active")]
     NodeUnavailable { task: String, node: String },
     #[error("task {id}: {field} may not move backwards ({from} to {to})")]
@@ -919,6 +928,7 @@ impl StoreData {
                 id,
                 version,
                 status,
+                node_id,
             } => {
                 let Some(old) = self.tasks.get(id) else {
                     return Err(TxnError::NotFound {
@@ -942,16 +952,34 @@ impl StoreData {
                         to: status.state,
                     });
                 }
+                // A task is placed once, and only by the scheduler, before it is assigned.
+                let node = match node_id {
+                    Some(n)
+                        if !n.is_empty()
+                            && old.status.state < TaskState::Assigned
+                            && (old.node_id.is_empty() || old.node_id == *n) =>
+                    {
+                        n
+                    }
+                    Some(_) => {
+                        return Err(TxnError::Placed {
+                            task: id.clone(),
+                            on: old.node_id.clone(),
+                            state: old.status.state,
+                        })
+                    }
+                    None => &old.node_id,
+                };
                 // As check_assignable of the task with this status (the holdings of a task
-                // do not depend on its status).
+                // do not depend on its status or its node).
                 if status.state == TaskState::Assigned && old.status.state < TaskState::Assigned {
-                    let ready = self.nodes.get(&old.node_id).is_some_and(|n| {
+                    let ready = self.nodes.get(node).is_some_and(|n| {
                         n.state == NodeState::Ready && n.availability == Availability::Active
                     });
                     if !ready {
                         return Err(TxnError::NodeUnavailable {
                             task: id.clone(),
-                            node: old.node_id.clone(),
+                            node: node.clone(),
                         });
                     }
                 }
@@ -1023,12 +1051,26 @@ impl StoreData {
     }
 
     /// Sets a task's status and version (re-indexing it); its former status and version.
+    /// Sets a task's status and version, and its node if `node` differs from it; the former
+    /// version and status, and the former node if it moved.
     fn set_task_status(
         &mut self,
         id: &str,
         version: u64,
         status: TaskStatus,
-    ) -> Option<(u64, TaskStatus)> {
+        node: Option<&str>,
+    ) -> Option<(u64, TaskStatus, Option<String>)> {
+        if let Some(node) = node.filter(|n| self.tasks.get(id).is_some_and(|t| t.node_id != *n)) {
+            // Placed (or, undone, unplaced): re-filed in every index, as an update is.
+            let mut t = self.tasks.remove(id)?;
+            self.unindex_task(&t);
+            let old_version = std::mem::replace(&mut t.version, version);
+            let old = std::mem::replace(&mut t.status, status);
+            let old_node = std::mem::replace(&mut t.node_id, node.to_string());
+            self.index_task(&t);
+            self.tasks.insert(t.id.clone(), t);
+            return Some((old_version, old, Some(old_node)));
+        }
         // Only the indexes that depend on the state move: the task keeps its service and node
         // (re-filing it in those sets cost a quarter of applying a status).
         let t = self.tasks.get_mut(id)?;
@@ -1051,7 +1093,7 @@ impl StoreData {
         if t.occupies_node() {
             self.usage.entry(t.node_id.clone()).or_default().add(t);
         }
-        Some((old_version, old))
+        Some((old_version, old, None))
     }
 
     /// Apply a transaction at log index `index`: all operations or none. Deterministic.
@@ -1085,8 +1127,8 @@ impl StoreData {
                         Undo::Object(kind, id, None) => {
                             self.delete(kind, &id);
                         }
-                        Undo::TaskStatus(id, version, status) => {
-                            self.set_task_status(&id, version, status);
+                        Undo::TaskStatus(id, version, status, node) => {
+                            self.set_task_status(&id, version, status, node.as_deref());
                         }
                     }
                 }
@@ -1119,14 +1161,19 @@ impl StoreData {
                     Undo::Object(*kind, id.clone(), before),
                 )
             }
-            Op::TaskStatus { id, status, .. } => {
-                let (version, before) = self
-                    .set_task_status(id, index, status.clone())
+            Op::TaskStatus {
+                id,
+                status,
+                node_id,
+                ..
+            } => {
+                let (version, before, node_before) = self
+                    .set_task_status(id, index, status.clone(), node_id.as_deref())
                     .expect("checked: the task exists");
                 let t = self.tasks.get(id).expect("just set").clone();
                 (
                     Change::Put(Object::Task(t)),
-                    Undo::TaskStatus(id.clone(), version, before),
+                    Undo::TaskStatus(id.clone(), version, before, node_before),
                 )
             }
         }
@@ -1736,6 +1783,7 @@ pub(crate) mod tests {
             id: "t1".into(),
             version,
             status: status(state),
+            node_id: None,
         };
         let changes = d
             .apply_txn(3, &Txn::new(vec![op(2, TaskState::Assigned)]))
@@ -1759,6 +1807,7 @@ pub(crate) mod tests {
             id: "nope".into(),
             version: 1,
             status: status(TaskState::Running),
+            node_id: None,
         };
         // Refused further on in a transaction: the status written before is taken back.
         let before = d.clone();
@@ -1992,22 +2041,55 @@ pub(crate) mod tests {
             assert_eq!(d.usage["n1"].tasks, 1);
             assert_eq!(d.usage["n2"].tasks, 1);
         });
-        // Status deltas move the same indexes: t4 placed on n1 by an update, then running
+        // Status deltas move the same indexes: t4 placed on n1 by the scheduler's delta (a
+        // placement taken back with its refused transaction leaves no trace), then running
         // and complete by status alone.
-        step(
-            &store,
-            &|t| {
-                t.node_id = "n1".into();
-                t.status.state = TaskState::Assigned;
+        let place = |node: &str| Op::TaskStatus {
+            id: "t4".into(),
+            version: store.view(|d| d.tasks["t4"].version),
+            status: status(TaskState::Assigned),
+            node_id: Some(node.into()),
+        };
+        let before = store.view(|d| d.clone());
+        let refused = Txn::new(vec![
+            place("n1"),
+            Op::Delete {
+                kind: Kind::Task,
+                id: "nope".into(),
             },
-            &["t4"],
+        ]);
+        assert!(matches!(
+            store.apply(index, &refused),
+            TxnOutcome::Refused(TxnError::NotFound { .. })
+        ));
+        index += 1;
+        assert!(
+            store.view(|d| *d == before),
+            "the placement was not taken back"
         );
+        check("placement taken back");
+        assert!(matches!(
+            store.apply(index, &Txn::new(vec![place("n1")])),
+            TxnOutcome::Applied { .. }
+        ));
+        index += 1;
+        check("t4 placed by its status delta");
+        assert_eq!(store.view(|d| d.tasks["t4"].node_id.clone()), "n1");
+        // Placed once: not again, elsewhere or on the same node.
+        for node in ["n2", "n1"] {
+            assert!(matches!(
+                store.apply(index, &Txn::new(vec![place(node)])),
+                TxnOutcome::Refused(TxnError::Placed { .. })
+            ));
+            index += 1;
+        }
         for state in [TaskState::Running, TaskState::Complete] {
             let version = store.view(|d| d.tasks["t4"].version);
             let txn = Txn::new(vec![Op::TaskStatus {
                 id: "t4".into(),
                 version,
                 status: status(state),
+                node_id: None,
             }]);
             assert!(matches!(
                 store.apply(index, &txn),
