@@ -164,7 +164,15 @@ pub async fn run_cluster(cfg: BenchConfig) -> Result<()> {
 /// As [`run_cluster`], handing back the figures it printed.
 pub async fn run_cluster_figures(cfg: BenchConfig) -> Result<Figures> {
     let dir = tempfile::Builder::new().prefix("shoal-bench-").tempdir()?;
-    bench(&cfg, dir.path()).await
+    // Stopped by a signal, the bench still removes its managers' data (with `dir`).
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        r = bench(&cfg, dir.path()) => r,
+        _ = term.recv() => Err(anyhow!("stopped (SIGTERM); its data dir is removed")),
+        _ = int.recv() => Err(anyhow!("stopped (SIGINT); its data dir is removed")),
+    }
 }
 
 /// The cluster object of a bench's swarm (a new CA and tokens), with `heartbeat_period_ms`.
