@@ -38,16 +38,18 @@ openraft::declare_raft_types!(
 );
 
 /// A raft entry's transaction, shared: the log's cache of recent entries, replication to
-/// every follower and the state machine read one decoded copy, where each used to decode the
-/// entry again from disk. On disk and on the wire it is the [`Txn`] itself, as JSON, which is
-/// made once an entry and kept with it: the leader writes the same text to its log and to
-/// each follower, and a follower writes the text it received.
+/// every follower and the state machine read one copy, where each used to decode the entry
+/// again from disk. On disk and on the wire it is the [`Txn`] itself, as JSON, made once an
+/// entry and kept with it: the leader writes the same text to its log and to each follower,
+/// and a follower writes the text it received. Read back from the log, an entry is decoded
+/// only when its transaction is read (applied), not to be sent on to a follower.
 #[derive(Clone, Debug)]
 pub struct SharedTxn(Arc<Encoded>);
 
+/// At least one of the two is set; the other is made from it when first needed.
 #[derive(Debug)]
 struct Encoded {
-    txn: Txn,
+    txn: std::sync::OnceLock<Txn>,
     json: std::sync::OnceLock<Box<serde_json::value::RawValue>>,
 }
 
@@ -57,14 +59,35 @@ impl SharedTxn {
         if let Some(j) = self.0.json.get() {
             return Ok(j);
         }
-        let j = serde_json::value::to_raw_value(&self.0.txn)?;
+        let j = serde_json::value::to_raw_value(self.txn()?)?;
         Ok(self.0.json.get_or_init(|| j))
+    }
+
+    /// The transaction, decoded at the first call; an error if its JSON does not decode (an
+    /// entry from a follower's network is checked on arrival, see [`SharedTxn::check`]).
+    pub fn txn(&self) -> Result<&Txn, serde_json::Error> {
+        if let Some(t) = self.0.txn.get() {
+            return Ok(t);
+        }
+        let json = self
+            .0
+            .json
+            .get()
+            .expect("an entry has its transaction or its JSON");
+        let t = serde_json::from_str(json.get())?;
+        Ok(self.0.txn.get_or_init(|| t))
+    }
+
+    /// Decodes the transaction now: entries that arrive from another manager are refused
+    /// there if they do not decode, not when they are applied.
+    pub fn check(&self) -> Result<(), serde_json::Error> {
+        self.txn().map(|_| ())
     }
 }
 
 impl PartialEq for SharedTxn {
     fn eq(&self, other: &SharedTxn) -> bool {
-        self.0.txn == other.0.txn
+        **self == **other
     }
 }
 
@@ -77,9 +100,8 @@ impl serde::Serialize for SharedTxn {
 impl<'de> serde::Deserialize<'de> for SharedTxn {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SharedTxn, D::Error> {
         let json = Box::<serde_json::value::RawValue>::deserialize(d)?;
-        let txn = serde_json::from_str(json.get()).map_err(serde::de::Error::custom)?;
         Ok(SharedTxn(Arc::new(Encoded {
-            txn,
+            txn: std::sync::OnceLock::new(),
             json: std::sync::OnceLock::from(json),
         })))
     }
@@ -88,7 +110,7 @@ impl<'de> serde::Deserialize<'de> for SharedTxn {
 impl From<Txn> for SharedTxn {
     fn from(txn: Txn) -> SharedTxn {
         SharedTxn(Arc::new(Encoded {
-            txn,
+            txn: std::sync::OnceLock::from(txn),
             json: std::sync::OnceLock::new(),
         }))
     }
@@ -96,8 +118,11 @@ impl From<Txn> for SharedTxn {
 
 impl std::ops::Deref for SharedTxn {
     type Target = Txn;
+    /// Panics if the entry's JSON does not decode: entries are checked when they arrive from
+    /// another manager, and the log holds only entries that were.
     fn deref(&self) -> &Txn {
-        &self.0.txn
+        self.txn()
+            .expect("a raft entry's transaction decodes (checked when it arrived)")
     }
 }
 
@@ -424,10 +449,16 @@ pub(crate) mod tests {
         let openraft::EntryPayload::Normal(got) = &back.payload else {
             panic!("not a normal entry");
         };
+        // Sent on as it came, without being decoded; decoded when read.
+        assert_eq!(serde_json::to_string(&back).unwrap(), bytes);
+        assert!(got.0.txn.get().is_none());
         assert_eq!(**got, txn);
         assert_eq!(got.0.json.get().map(|j| j.get()), Some(plain.as_str()));
-        assert_eq!(serde_json::to_string(&back).unwrap(), bytes);
-        assert!(serde_json::from_str::<SharedTxn>(r#"{"ops":[{"Nope":1}]}"#).is_err());
+        // Malformed: not JSON at all is refused at once; a transaction that does not decode
+        // fails its check (made where entries arrive from another manager).
+        assert!(serde_json::from_str::<SharedTxn>(r#"{"ops":["#).is_err());
+        let bad: SharedTxn = serde_json::from_str(r#"{"ops":[{"Nope":1}]}"#).unwrap();
+        assert!(bad.check().is_err());
     }
 
     /// A manager node object for raft tests.

@@ -223,6 +223,16 @@ impl pb::raft_server::Raft for RaftService {
     ) -> Result<Response<pb::RaftPayload>, Status> {
         self.auth.manager(&req)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req)?;
+        for e in &rpc.entries {
+            if let openraft::EntryPayload::Normal(txn) = &e.payload {
+                txn.check().map_err(|err| {
+                    Status::invalid_argument(format!(
+                        "malformed raft message: entry {}: {err}",
+                        e.log_id.index
+                    ))
+                })?;
+            }
+        }
         encode(&self.raft.append_entries(rpc).await)
     }
 

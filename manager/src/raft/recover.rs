@@ -128,6 +128,7 @@ pub fn read_committed(
             }
             let e: Entry<TypeConfig> = serde_json::from_slice(v.value()).map_err(|e| bad(&e))?;
             if let EntryPayload::Normal(t) = &e.payload {
+                let t = t.txn().map_err(|e| bad(&e))?;
                 // A refused transaction was refused on every node alike: it changes nothing.
                 // Batched transactions (writes gathered into one entry) apply one by one.
                 data.apply_entry(e.log_id.index, t);

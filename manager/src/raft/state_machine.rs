@@ -170,6 +170,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut out = Vec::new();
         for e in entries {
+            // An entry read back from the log is decoded here: one that does not decode (a
+            // damaged log) stops the state machine before anything of it is applied.
+            if let EntryPayload::Normal(txn) = &e.payload {
+                txn.check().map_err(sm_err)?;
+            }
             self.last_applied = Some(e.log_id);
             let r = match e.payload {
                 EntryPayload::Blank => TxnOutcome::Nothing,
