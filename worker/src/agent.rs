@@ -110,6 +110,9 @@ pub struct Agent {
     chain: Chain,
 }
 
+/// How long a status report waits for the ones that follow it, to go in one message.
+const STATUS_GATHER: Duration = Duration::from_millis(5);
+
 fn statuses_message(reports: &[StatusReport]) -> pb::SessionRequest {
     pb::SessionRequest {
         msg: Some(pb::session_request::Msg::Statuses(pb::TaskStatuses {
@@ -450,12 +453,14 @@ impl Agent {
                     Ok(m) => m?,
                 },
                 Some(first) = self.reports.recv() => {
-                    // Send what is queued as one message.
+                    // Send what is queued, and what follows within a moment, as one message:
+                    // tasks started together report together.
                     let mut batch = vec![first];
+                    let until = tokio::time::Instant::now() + STATUS_GATHER;
                     while batch.len() < 1000 {
-                        match self.reports.try_recv() {
-                            Ok(r) => batch.push(r),
-                            Err(_) => break,
+                        match tokio::time::timeout_at(until, self.reports.recv()).await {
+                            Ok(Some(r)) => batch.push(r),
+                            _ => break,
                         }
                     }
                     if statuses.send(statuses_message(&batch)).await.is_err() {
