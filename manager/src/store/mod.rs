@@ -675,13 +675,14 @@ fn old_task_nodes(data: &StoreData, txn: &Txn) -> Vec<Option<String>> {
     txn.ops
         .iter()
         .map(|op| {
+            // A created task had no node; a status keeps the task's node, and a placement
+            // gives one to a task that had none (or the same): no node to look up.
             let id = match op {
-                Op::Create(Object::Task(t)) | Op::Update(Object::Task(t)) => &t.id,
+                Op::Update(Object::Task(t)) => &t.id,
                 Op::Delete {
                     kind: Kind::Task,
                     id,
-                }
-                | Op::TaskStatus { id, .. } => id,
+                } => id,
                 _ => return None,
             };
             data.tasks.get(id).map(|t| t.node_id.clone())
@@ -1060,19 +1061,8 @@ impl StoreData {
         status: TaskStatus,
         node: Option<&str>,
     ) -> Option<(u64, TaskStatus, Option<String>)> {
-        if let Some(node) = node.filter(|n| self.tasks.get(id).is_some_and(|t| t.node_id != *n)) {
-            // Placed (or, undone, unplaced): re-filed in every index, as an update is.
-            let mut t = self.tasks.remove(id)?;
-            self.unindex_task(&t);
-            let old_version = std::mem::replace(&mut t.version, version);
-            let old = std::mem::replace(&mut t.status, status);
-            let old_node = std::mem::replace(&mut t.node_id, node.to_string());
-            self.index_task(&t);
-            self.tasks.insert(t.id.clone(), t);
-            return Some((old_version, old, Some(old_node)));
-        }
-        // Only the indexes that depend on the state move: the task keeps its service and node
-        // (re-filing it in those sets cost a quarter of applying a status).
+        // Only the indexes that depend on the state and the node move: the task keeps its
+        // service (re-filing it in every set cost a quarter of applying a status).
         let t = self.tasks.get_mut(id)?;
         let was_unplaced = t.status.state <= TaskState::Pending;
         if t.occupies_node() {
@@ -1084,6 +1074,26 @@ impl StoreData {
         }
         let old_version = std::mem::replace(&mut t.version, version);
         let old = std::mem::replace(&mut t.status, status);
+        // Placed (or, undone, unplaced): moved between the nodes' sets.
+        let old_node = match node {
+            Some(n) if t.node_id != n => {
+                let before = std::mem::replace(&mut t.node_id, n.to_string());
+                if let Some(set) = self.tasks_by_node.get_mut(&before) {
+                    set.remove(&t.id);
+                    if set.is_empty() {
+                        self.tasks_by_node.remove(&before);
+                    }
+                }
+                if !t.node_id.is_empty() {
+                    self.tasks_by_node
+                        .entry(t.node_id.clone())
+                        .or_default()
+                        .insert(t.id.clone());
+                }
+                Some(before)
+            }
+            _ => None,
+        };
         let unplaced = t.status.state <= TaskState::Pending;
         if was_unplaced && !unplaced {
             self.unplaced.remove(&t.id);
@@ -1093,7 +1103,7 @@ impl StoreData {
         if t.occupies_node() {
             self.usage.entry(t.node_id.clone()).or_default().add(t);
         }
-        Some((old_version, old, None))
+        Some((old_version, old, old_node))
     }
 
     /// Apply a transaction at log index `index`: all operations or none. Deterministic.
