@@ -40,16 +40,41 @@ pub struct BenchConfig {
 
 /// A memory figure of this process from /proc/self/status (`VmRSS`, `VmHWM`), in MiB.
 pub(crate) fn status_mb(key: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
+    status_field_mb(std::fs::read_to_string("/proc/self/status").ok(), key)
+}
+
+/// This process's `/proc/self/status`, opened once: read again after thousands of simulated
+/// nodes' sockets may have taken every file this process may open.
+pub(crate) struct ProcStatus(std::sync::Mutex<std::fs::File>);
+
+impl ProcStatus {
+    pub(crate) fn open() -> Result<ProcStatus> {
+        Ok(ProcStatus(std::sync::Mutex::new(std::fs::File::open(
+            "/proc/self/status",
+        )?)))
+    }
+
+    /// The size `key` gives, in MiB (0 if it cannot be read).
+    pub(crate) fn mb(&self, key: &str) -> f64 {
+        use std::io::{Read, Seek};
+        let mut f = self.0.lock().expect("status file lock");
+        let mut text = String::new();
+        let read = f
+            .seek(std::io::SeekFrom::Start(0))
+            .and_then(|_| f.read_to_string(&mut text));
+        status_field_mb(read.ok().map(|_| text), key)
+    }
+}
+
+fn status_field_mb(text: Option<String>, key: &str) -> f64 {
+    text.and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+    })
+    .map(|kb| kb / 1024.0)
+    .unwrap_or(0.0)
 }
 
 /// One simulated node: the real agent and executor over the fake runtime, with a session to
@@ -269,6 +294,22 @@ impl Drop for Runtimes {
 
 async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<Figures> {
     let setup = Instant::now();
+    // Both ends of every node's connection are in this process, with the managers' files.
+    let want = u64::try_from(cfg.workers)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(2)
+        .saturating_add(4096);
+    let files = crate::limits::raise_open_files(want)?;
+    let proc_status = ProcStatus::open()?;
+    if files < want {
+        note(
+            cfg.json,
+            &format!(
+                "setup: open-file limit {files}, below the {want} that {} workers need: some will not connect",
+                cfg.workers
+            ),
+        );
+    }
     let mut cluster = bench_cluster(5000)?;
     // As an operator of a swarm this size would (`swarm update --max-replicas`).
     cluster.limits.max_replicas = cluster.limits.max_replicas.max(cfg.tasks);
@@ -376,8 +417,13 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<Figures> {
             cancel.clone(),
         ));
     }
+    // When the last of them registered: with some that never do, the time it took the rest.
+    let (mut last_count, mut last_at) = (0, registration.elapsed());
     let ready = loop {
         let ready = registered();
+        if ready != last_count {
+            (last_count, last_at) = (ready, registration.elapsed());
+        }
         if ready >= cfg.workers + cfg.managers {
             break ready;
         }
@@ -397,7 +443,7 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<Figures> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let registration_s = registration.elapsed().as_secs_f64();
+    let registration_s = last_at.as_secs_f64();
     note(
         cfg.json,
         &format!(
@@ -421,12 +467,12 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<Figures> {
         setup_s: setup.elapsed().as_secs_f64(),
         ..Figures::default()
     };
-    let outcome = measure(cfg, &leader, &mut fig).await;
+    let outcome = measure(cfg, &leader, &mut fig, &proc_status).await;
     fig.outcome = match outcome {
         Ok(o) => o,
         Err(e) => format!("error: {e:#}"),
     };
-    fig.peak_rss_mib = status_mb("VmHWM:");
+    fig.peak_rss_mib = proc_status.mb("VmHWM:");
     fig.print(cfg.json);
     cancel.cancel();
     // Bounded: a manager that cannot stop in time is left to the process's exit.
@@ -512,7 +558,12 @@ fn quantile(v: &[i64], p: f64) -> i64 {
 
 /// Create the service and follow it until every task runs, the timeout or the memory limit;
 /// `fig` holds what was reached whatever the outcome.
-async fn measure(cfg: &BenchConfig, leader: &Arc<Manager>, fig: &mut Figures) -> Result<String> {
+async fn measure(
+    cfg: &BenchConfig,
+    leader: &Arc<Manager>,
+    fig: &mut Figures,
+    proc_status: &ProcStatus,
+) -> Result<String> {
     let mut events = leader.store.watch();
     let spec = ServiceSpec {
         name: "bench".into(),
@@ -604,7 +655,7 @@ async fn measure(cfg: &BenchConfig, leader: &Arc<Manager>, fig: &mut Figures) ->
                 if Instant::now() > deadline {
                     return Ok("timeout".to_string());
                 }
-                let rss = status_mb("VmRSS:");
+                let rss = proc_status.mb("VmRSS:");
                 if rss > cfg.max_rss_mb {
                     return Ok(format!(
                         "memory limit ({rss:.0} MiB > {:.0} MiB)",

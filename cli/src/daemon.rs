@@ -734,6 +734,9 @@ fn resolve_advertise(s: &str, listen: SocketAddr) -> Result<String, Status> {
     }
 }
 
+/// The open-file limit the daemon asks for (Docker's unit asks for no limit at all).
+const DAEMON_OPEN_FILES: u64 = 1 << 20;
+
 fn local_ipv4_addrs() -> Vec<std::net::Ipv4Addr> {
     let mut out = Vec::new();
     let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
@@ -1120,6 +1123,12 @@ impl NodeCalls for Node {
 
 /// Run the node until `shutdown` fires.
 pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    // A manager holds a connection for every node: the default soft limit (1,024 files) ends
+    // a swarm of a thousand nodes.
+    match crate::limits::raise_open_files(DAEMON_OPEN_FILES) {
+        Ok(n) => tracing::debug!(limit = n, "open files"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
     restrict_data_dir(&cfg.data_dir).map_err(|e| DaemonError::DataDir {
         path: cfg.data_dir.clone(),
         source: e,

@@ -15,6 +15,7 @@ pub mod client;
 pub mod commands;
 pub mod daemon;
 pub mod image;
+pub mod limits;
 pub mod logs;
 pub mod network;
 pub mod node_runtime;
