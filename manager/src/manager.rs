@@ -606,7 +606,7 @@ impl Manager {
                                 now
                             })
                         });
-                        if !since.is_some_and(|s| now.saturating_duration_since(s) < grace) {
+                        if since.is_none_or(|s| now.saturating_duration_since(s) >= grace) {
                             lapsed_since = None;
                             if let Some((_, tok)) = g.take() {
                                 tok.cancel();
