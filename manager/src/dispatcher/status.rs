@@ -129,7 +129,6 @@ fn status_ops(d: &StoreData, statuses: &[Report]) -> Vec<Op> {
                 id: id.clone(),
                 version: t.version,
                 status: st.clone(),
-                node_id: None,
             })
         })
         .collect()

@@ -91,11 +91,19 @@ pub fn decision_op(data: &StoreData, decision: &Decision, now_ms: i64) -> Option
     }
     status.timestamp_ms = now_ms;
     // The status and the node only: the entry does not carry the whole task (and its spec).
-    Some(Op::TaskStatus {
-        id: task.id.clone(),
-        version: task.version,
-        status,
-        node_id: node,
+    let (id, version) = (task.id.clone(), task.version);
+    Some(match node {
+        Some(node_id) => Op::Place {
+            id,
+            version,
+            status,
+            node_id,
+        },
+        None => Op::TaskStatus {
+            id,
+            version,
+            status,
+        },
     })
 }
 

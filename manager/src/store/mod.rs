@@ -465,14 +465,21 @@ pub enum Op {
     /// Fails if the object does not exist.
     Delete { kind: Kind, id: String },
     /// A task's observed status, as [`Op::Update`] of the task with only its status changed
-    /// (same checks): the log entry carries the status, not the whole task. With `node_id`,
-    /// the scheduler's placement of an unplaced task on that node, with its status.
+    /// (same checks): the log entry carries the status, not the whole task.
     TaskStatus {
         id: String,
         version: u64,
         status: TaskStatus,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        node_id: Option<String>,
+    },
+    /// The scheduler's placement of an unplaced task on `node_id`, with its status: as
+    /// [`Op::TaskStatus`], and the node. (An operation of its own, not a field of
+    /// `TaskStatus`: a manager of an older build refuses an entry with it instead of applying
+    /// it without the node.)
+    Place {
+        id: String,
+        version: u64,
+        status: TaskStatus,
+        node_id: String,
     },
 }
 
@@ -882,6 +889,71 @@ impl StoreData {
         }
     }
 
+    /// The checks of a status delta ([`Op::TaskStatus`]), or of a placement with it
+    /// ([`Op::Place`], `node_id` given).
+    fn check_status(
+        &self,
+        id: &String,
+        version: u64,
+        status: &TaskStatus,
+        node_id: Option<&String>,
+    ) -> Result<(), TxnError> {
+        let Some(old) = self.tasks.get(id) else {
+            return Err(TxnError::NotFound {
+                kind: Kind::Task,
+                id: id.clone(),
+            });
+        };
+        if old.version != version {
+            return Err(TxnError::Conflict {
+                kind: Kind::Task,
+                id: id.clone(),
+                expected: version,
+                actual: old.version,
+            });
+        }
+        if status.state < old.status.state {
+            return Err(TxnError::Backwards {
+                id: id.clone(),
+                field: "state".into(),
+                from: old.status.state,
+                to: status.state,
+            });
+        }
+        // A task is placed once, and only by the scheduler, before it is assigned.
+        let node = match node_id {
+            Some(n)
+                if !n.is_empty()
+                    && old.status.state < TaskState::Assigned
+                    && (old.node_id.is_empty() || old.node_id == *n) =>
+            {
+                n
+            }
+            Some(_) => {
+                return Err(TxnError::Placed {
+                    task: id.clone(),
+                    on: old.node_id.clone(),
+                    state: old.status.state,
+                })
+            }
+            None => &old.node_id,
+        };
+        // As check_assignable of the task with this status (the holdings of a task
+        // do not depend on its status or its node).
+        if status.state == TaskState::Assigned && old.status.state < TaskState::Assigned {
+            let ready = self.nodes.get(node).is_some_and(|n| {
+                n.state == NodeState::Ready && n.availability == Availability::Active
+            });
+            if !ready {
+                return Err(TxnError::NodeUnavailable {
+                    task: id.clone(),
+                    node: node.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn check(&self, op: &Op) -> Result<(), TxnError> {
         match op {
             Op::Create(o) => match self.get(o.kind(), o.id()) {
@@ -929,63 +1001,13 @@ impl StoreData {
                 id,
                 version,
                 status,
+            } => self.check_status(id, *version, status, None),
+            Op::Place {
+                id,
+                version,
+                status,
                 node_id,
-            } => {
-                let Some(old) = self.tasks.get(id) else {
-                    return Err(TxnError::NotFound {
-                        kind: Kind::Task,
-                        id: id.clone(),
-                    });
-                };
-                if old.version != *version {
-                    return Err(TxnError::Conflict {
-                        kind: Kind::Task,
-                        id: id.clone(),
-                        expected: *version,
-                        actual: old.version,
-                    });
-                }
-                if status.state < old.status.state {
-                    return Err(TxnError::Backwards {
-                        id: id.clone(),
-                        field: "state".into(),
-                        from: old.status.state,
-                        to: status.state,
-                    });
-                }
-                // A task is placed once, and only by the scheduler, before it is assigned.
-                let node = match node_id {
-                    Some(n)
-                        if !n.is_empty()
-                            && old.status.state < TaskState::Assigned
-                            && (old.node_id.is_empty() || old.node_id == *n) =>
-                    {
-                        n
-                    }
-                    Some(_) => {
-                        return Err(TxnError::Placed {
-                            task: id.clone(),
-                            on: old.node_id.clone(),
-                            state: old.status.state,
-                        })
-                    }
-                    None => &old.node_id,
-                };
-                // As check_assignable of the task with this status (the holdings of a task
-                // do not depend on its status or its node).
-                if status.state == TaskState::Assigned && old.status.state < TaskState::Assigned {
-                    let ready = self.nodes.get(node).is_some_and(|n| {
-                        n.state == NodeState::Ready && n.availability == Availability::Active
-                    });
-                    if !ready {
-                        return Err(TxnError::NodeUnavailable {
-                            task: id.clone(),
-                            node: node.clone(),
-                        });
-                    }
-                }
-                Ok(())
-            }
+            } => self.check_status(id, *version, status, Some(node_id)),
         }
     }
 
@@ -1171,22 +1193,32 @@ impl StoreData {
                     Undo::Object(*kind, id.clone(), before),
                 )
             }
-            Op::TaskStatus {
+            Op::TaskStatus { id, status, .. } => self.apply_status(index, id, status, None),
+            Op::Place {
                 id,
                 status,
                 node_id,
                 ..
-            } => {
-                let (version, before, node_before) = self
-                    .set_task_status(id, index, status.clone(), node_id.as_deref())
-                    .expect("checked: the task exists");
-                let t = self.tasks.get(id).expect("just set").clone();
-                (
-                    Change::Put(Object::Task(t)),
-                    Undo::TaskStatus(id.clone(), version, before, node_before),
-                )
-            }
+            } => self.apply_status(index, id, status, Some(node_id)),
         }
+    }
+
+    /// Applies a checked status delta, or placement with it (`node_id` given).
+    fn apply_status(
+        &mut self,
+        index: u64,
+        id: &String,
+        status: &TaskStatus,
+        node_id: Option<&String>,
+    ) -> (Change, Undo) {
+        let (version, before, node_before) = self
+            .set_task_status(id, index, status.clone(), node_id.map(String::as_str))
+            .expect("checked: the task exists");
+        let t = self.tasks.get(id).expect("just set").clone();
+        (
+            Change::Put(Object::Task(t)),
+            Undo::TaskStatus(id.clone(), version, before, node_before),
+        )
     }
 
     /// Find a node by full id, unique id prefix, or hostname (as Docker's CLI resolves names).
@@ -1793,7 +1825,6 @@ pub(crate) mod tests {
             id: "t1".into(),
             version,
             status: status(state),
-            node_id: None,
         };
         let changes = d
             .apply_txn(3, &Txn::new(vec![op(2, TaskState::Assigned)]))
@@ -1817,7 +1848,6 @@ pub(crate) mod tests {
             id: "nope".into(),
             version: 1,
             status: status(TaskState::Running),
-            node_id: None,
         };
         // Refused further on in a transaction: the status written before is taken back.
         let before = d.clone();
@@ -2054,11 +2084,11 @@ pub(crate) mod tests {
         // Status deltas move the same indexes: t4 placed on n1 by the scheduler's delta (a
         // placement taken back with its refused transaction leaves no trace), then running
         // and complete by status alone.
-        let place = |node: &str| Op::TaskStatus {
+        let place = |node: &str| Op::Place {
             id: "t4".into(),
             version: store.view(|d| d.tasks["t4"].version),
             status: status(TaskState::Assigned),
-            node_id: Some(node.into()),
+            node_id: node.into(),
         };
         let before = store.view(|d| d.clone());
         let refused = Txn::new(vec![
@@ -2099,7 +2129,6 @@ pub(crate) mod tests {
                 id: "t4".into(),
                 version,
                 status: status(state),
-                node_id: None,
             }]);
             assert!(matches!(
                 store.apply(index, &txn),
