@@ -40,7 +40,7 @@ pub struct BenchConfig {
 
 /// A memory figure of this process from /proc/self/status (`VmRSS`, `VmHWM`), in MiB.
 pub(crate) fn status_mb(key: &str) -> f64 {
-    status_field_mb(std::fs::read_to_string("/proc/self/status").ok(), key)
+    ProcStatus::open().map_or(0.0, |p| p.mb(key))
 }
 
 /// This process's `/proc/self/status`, opened once: read again after thousands of simulated
@@ -59,22 +59,18 @@ impl ProcStatus {
         use std::io::{Read, Seek};
         let mut f = self.0.lock().expect("status file lock");
         let mut text = String::new();
-        let read = f
-            .seek(std::io::SeekFrom::Start(0))
-            .and_then(|_| f.read_to_string(&mut text));
-        status_field_mb(read.ok().map(|_| text), key)
-    }
-}
-
-fn status_field_mb(text: Option<String>, key: &str) -> f64 {
-    text.and_then(|s| {
-        s.lines()
+        if f.seek(std::io::SeekFrom::Start(0))
+            .and_then(|_| f.read_to_string(&mut text))
+            .is_err()
+        {
+            return 0.0;
+        }
+        text.lines()
             .find(|l| l.starts_with(key))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|kb| kb.parse::<f64>().ok())
-    })
-    .map(|kb| kb / 1024.0)
-    .unwrap_or(0.0)
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
 }
 
 /// One simulated node: the real agent and executor over the fake runtime, with a session to

@@ -664,36 +664,30 @@ impl Manager {
     /// write refused while the lease has lapsed runs again when the lease is back.
     fn start_leader_loops(self: &Arc<Self>, token: &CancellationToken) {
         let give_up = CancellationToken::new();
-        use crate::supervise::spawn as sup;
-        let tasks = &self.tasks;
         let m = self.clone();
-        sup(tasks, "membership", token, &give_up, move |t| {
-            let run = crate::membership::Membership::new(
-                m.store.clone(),
-                m.raft.clone(),
-                m.config.raft_id,
-            )
-            .run(t.clone());
-            m.when_acting(t, run)
+        let loops = crate::supervise::Supervisor {
+            tracker: self.tasks.clone(),
+            cancel: token.clone(),
+            give_up: give_up.clone(),
+            ready: move |t| m.until_acting(t),
+        };
+        let m = self.clone();
+        loops.spawn("membership", move |t| {
+            crate::membership::Membership::new(m.store.clone(), m.raft.clone(), m.config.raft_id)
+                .run(t)
+        });
+        let liveness = self.dispatcher.liveness.clone();
+        loops.spawn("dispatcher monitor", move |t| liveness.clone().run(t));
+        let m = self.clone();
+        loops.spawn("orchestrator", move |t| {
+            crate::orchestrator::Orchestrator::new(m.store.clone(), m.config.clock.clone()).run(t)
         });
         let m = self.clone();
-        sup(tasks, "dispatcher monitor", token, &give_up, move |t| {
-            m.when_acting(t.clone(), m.dispatcher.liveness.clone().run(t))
+        loops.spawn("scheduler", move |t| {
+            crate::scheduler::Scheduler::new(m.store.clone(), m.config.clock.clone()).run(t)
         });
-        let m = self.clone();
-        sup(tasks, "orchestrator", token, &give_up, move |t| {
-            let o = crate::orchestrator::Orchestrator::new(m.store.clone(), m.config.clock.clone());
-            m.when_acting(t.clone(), o.run(t))
-        });
-        let m = self.clone();
-        sup(tasks, "scheduler", token, &give_up, move |t| {
-            let s = crate::scheduler::Scheduler::new(m.store.clone(), m.config.clock.clone());
-            m.when_acting(t.clone(), s.run(t))
-        });
-        let m = self.clone();
-        sup(tasks, "dispatcher statuses", token, &give_up, move |t| {
-            m.when_acting(t.clone(), m.dispatcher.statuses.clone().run(t))
-        });
+        let statuses = self.dispatcher.statuses.clone();
+        loops.spawn("dispatcher statuses", move |t| statuses.clone().run(t));
         let t = token.clone();
         let m = self.clone();
         self.tasks.spawn(async move {
@@ -704,13 +698,12 @@ impl Manager {
         });
     }
 
-    /// `run`, once this node acts as leader (at once unless its lease has lapsed: a leader loop
-    /// that ended on a refused write waits for the lease to come back within its term).
-    fn when_acting<F: std::future::Future>(
+    /// Completes once this node acts as leader, or `term` ends (at once unless the lease has
+    /// lapsed: a leader loop that ended on a refused write waits for the lease to come back).
+    fn until_acting(
         self: &Arc<Self>,
         term: CancellationToken,
-        run: F,
-    ) -> impl std::future::Future<Output = F::Output> {
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let m = self.clone();
         async move {
             let mut rx = m.watch_leadership();
@@ -720,7 +713,6 @@ impl Manager {
                     r = rx.changed() => if r.is_err() { break },
                 }
             }
-            run.await
         }
     }
 

@@ -4,6 +4,7 @@
 //! ```text
 //!   supervise(name, cancel, give_up, make)
 //!     loop: spawn make(child of cancel) ── panics or fails ──▶ log, backoff, restart;
+//!                                       ── ends cleanly ──▶ restart (a paused leader loop)
 //!           more than `max_restarts` failures in `window` ──▶ fire give_up and stop
 //! ```
 //!
@@ -64,8 +65,8 @@ impl<E: Display> LoopOutcome for Result<(), E> {
 }
 
 /// Run `make(token)` until `cancel` fires, restarting it whenever it panics or fails (after a
-/// backoff) or ends cleanly (at once). Returns then, or after firing `give_up` when the loop failed more than the
-/// policy allows.
+/// backoff) or ends cleanly (at once). Returns then, or after firing `give_up` when the loop
+/// failed more than the policy allows.
 pub async fn supervise<F, Fut>(
     name: &'static str,
     cancel: CancellationToken,
@@ -90,7 +91,7 @@ pub async fn supervise<F, Fut>(
                 None => {
                     // A loop ends cleanly when it sees leadership go or pause (a write
                     // refused while the lease has lapsed) or the node stopping: not a failure.
-                    // While the term lasts it runs again (`make` waits for the lease).
+                    // While the term lasts it runs again (see `Supervisor::ready`).
                     if cancel.is_cancelled() {
                         return;
                     }
@@ -135,25 +136,44 @@ pub async fn supervise<F, Fut>(
     }
 }
 
-/// [`supervise`] with the default policy, as a task of `tracker`.
-pub fn spawn<F, Fut>(
-    tracker: &TaskTracker,
-    name: &'static str,
-    cancel: &CancellationToken,
-    give_up: &CancellationToken,
-    make: F,
-) where
-    F: FnMut(CancellationToken) -> Fut + Send + 'static,
-    Fut: Future + Send + 'static,
-    Fut::Output: LoopOutcome + Send,
+/// Loops supervised alike: as tasks of `tracker`, with the default policy, until `cancel`,
+/// firing `give_up`; every run (the first and each restart) begins once `ready(token)`
+/// completes (a leader loop waits for the lease).
+pub struct Supervisor<R> {
+    pub tracker: TaskTracker,
+    pub cancel: CancellationToken,
+    pub give_up: CancellationToken,
+    pub ready: R,
+}
+
+impl<R, RFut> Supervisor<R>
+where
+    R: Fn(CancellationToken) -> RFut + Clone + Send + 'static,
+    RFut: Future<Output = ()> + Send + 'static,
 {
-    tracker.spawn(supervise(
-        name,
-        cancel.clone(),
-        give_up.clone(),
-        RestartPolicy::default(),
-        make,
-    ));
+    /// [`supervise`]s loop `name`, made by `make`.
+    pub fn spawn<F, Fut>(&self, name: &'static str, mut make: F)
+    where
+        F: FnMut(CancellationToken) -> Fut + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: LoopOutcome + Send,
+    {
+        let ready = self.ready.clone();
+        self.tracker.spawn(supervise(
+            name,
+            self.cancel.clone(),
+            self.give_up.clone(),
+            RestartPolicy::default(),
+            move |t: CancellationToken| {
+                let ready = ready(t.clone());
+                let run = make(t);
+                async move {
+                    ready.await;
+                    run.await
+                }
+            },
+        ));
+    }
 }
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {

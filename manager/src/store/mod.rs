@@ -677,6 +677,16 @@ impl Touched {
     }
 }
 
+/// Takes `id` out of the set under `key`, and the set out of `index` once it is empty.
+fn unfile(index: &mut BTreeMap<String, BTreeSet<String>>, key: &str, id: &str) {
+    if let Some(set) = index.get_mut(key) {
+        set.remove(id);
+        if set.is_empty() {
+            index.remove(key);
+        }
+    }
+}
+
 /// The node each task op of `txn` finds its task placed on (before the transaction).
 fn old_task_nodes(data: &StoreData, txn: &Txn) -> Vec<Option<String>> {
     txn.ops
@@ -875,46 +885,36 @@ impl StoreData {
                 }
             }
         }
-        if let Some(set) = self.tasks_by_service.get_mut(&t.service_id) {
-            set.remove(&t.id);
-            if set.is_empty() {
-                self.tasks_by_service.remove(&t.service_id);
-            }
-        }
-        if let Some(set) = self.tasks_by_node.get_mut(&t.node_id) {
-            set.remove(&t.id);
-            if set.is_empty() {
-                self.tasks_by_node.remove(&t.node_id);
-            }
-        }
+        unfile(&mut self.tasks_by_service, &t.service_id, &t.id);
+        unfile(&mut self.tasks_by_node, &t.node_id, &t.id);
     }
 
     /// The checks of a status delta ([`Op::TaskStatus`]), or of a placement with it
     /// ([`Op::Place`], `node_id` given).
     fn check_status(
         &self,
-        id: &String,
+        id: &str,
         version: u64,
         status: &TaskStatus,
-        node_id: Option<&String>,
+        node_id: Option<&str>,
     ) -> Result<(), TxnError> {
         let Some(old) = self.tasks.get(id) else {
             return Err(TxnError::NotFound {
                 kind: Kind::Task,
-                id: id.clone(),
+                id: id.to_string(),
             });
         };
         if old.version != version {
             return Err(TxnError::Conflict {
                 kind: Kind::Task,
-                id: id.clone(),
+                id: id.to_string(),
                 expected: version,
                 actual: old.version,
             });
         }
         if status.state < old.status.state {
             return Err(TxnError::Backwards {
-                id: id.clone(),
+                id: id.to_string(),
                 field: "state".into(),
                 from: old.status.state,
                 to: status.state,
@@ -925,18 +925,18 @@ impl StoreData {
             Some(n)
                 if !n.is_empty()
                     && old.status.state < TaskState::Assigned
-                    && (old.node_id.is_empty() || old.node_id == *n) =>
+                    && (old.node_id.is_empty() || old.node_id == n) =>
             {
                 n
             }
             Some(_) => {
                 return Err(TxnError::Placed {
-                    task: id.clone(),
-                    on: old.node_id.clone(),
+                    task: id.to_string(),
+                    on: old.node_id.to_string(),
                     state: old.status.state,
                 })
             }
-            None => &old.node_id,
+            None => old.node_id.as_str(),
         };
         // As check_assignable of the task with this status (the holdings of a task
         // do not depend on its status or its node).
@@ -946,8 +946,8 @@ impl StoreData {
             });
             if !ready {
                 return Err(TxnError::NodeUnavailable {
-                    task: id.clone(),
-                    node: node.clone(),
+                    task: id.to_string(),
+                    node: node.to_string(),
                 });
             }
         }
@@ -1007,7 +1007,7 @@ impl StoreData {
                 version,
                 status,
                 node_id,
-            } => self.check_status(id, *version, status, Some(node_id)),
+            } => self.check_status(id, *version, status, Some(node_id.as_str())),
         }
     }
 
@@ -1073,7 +1073,6 @@ impl StoreData {
         }
     }
 
-    /// Sets a task's status and version (re-indexing it); its former status and version.
     /// Sets a task's status and version, and its node if `node` differs from it; the former
     /// version and status, and the former node if it moved.
     fn set_task_status(
@@ -1100,12 +1099,7 @@ impl StoreData {
         let old_node = match node {
             Some(n) if t.node_id != n => {
                 let before = std::mem::replace(&mut t.node_id, n.to_string());
-                if let Some(set) = self.tasks_by_node.get_mut(&before) {
-                    set.remove(&t.id);
-                    if set.is_empty() {
-                        self.tasks_by_node.remove(&before);
-                    }
-                }
+                unfile(&mut self.tasks_by_node, &before, &t.id);
                 if !t.node_id.is_empty() {
                     self.tasks_by_node
                         .entry(t.node_id.clone())
@@ -1199,7 +1193,7 @@ impl StoreData {
                 status,
                 node_id,
                 ..
-            } => self.apply_status(index, id, status, Some(node_id)),
+            } => self.apply_status(index, id, status, Some(node_id.as_str())),
         }
     }
 
@@ -1207,17 +1201,17 @@ impl StoreData {
     fn apply_status(
         &mut self,
         index: u64,
-        id: &String,
+        id: &str,
         status: &TaskStatus,
-        node_id: Option<&String>,
+        node_id: Option<&str>,
     ) -> (Change, Undo) {
         let (version, before, node_before) = self
-            .set_task_status(id, index, status.clone(), node_id.map(String::as_str))
+            .set_task_status(id, index, status.clone(), node_id)
             .expect("checked: the task exists");
         let t = self.tasks.get(id).expect("just set").clone();
         (
             Change::Put(Object::Task(t)),
-            Undo::TaskStatus(id.clone(), version, before, node_before),
+            Undo::TaskStatus(id.to_string(), version, before, node_before),
         )
     }
 
