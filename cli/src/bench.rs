@@ -505,6 +505,10 @@ pub struct Figures {
     pub latency_p99_ms: i64,
     pub latency_samples: usize,
     pub peak_rss_mib: f64,
+    /// Raft log entries appended during the run, on all managers together.
+    pub log_entries: u64,
+    /// Their encoded bytes, per task of the run, on all managers together.
+    pub log_bytes_per_task: f64,
     /// `all running`, `timeout`, `memory limit` or the error that stopped the run.
     pub outcome: String,
 }
@@ -531,6 +535,10 @@ impl Figures {
         println!(
             "peak RSS of the process (managers + simulated workers): {:.0} MiB",
             self.peak_rss_mib
+        );
+        println!(
+            "raft log (all managers): {} entries, {:.0} bytes per task",
+            self.log_entries, self.log_bytes_per_task
         );
     }
 }
@@ -576,6 +584,7 @@ async fn measure(
         endpoint: Default::default(),
     };
     let start = Instant::now();
+    let log_before = manager::raft::log_stats();
     let deadline = start + cfg.timeout;
     let mut assigned: HashSet<String> = HashSet::new();
     let mut running: HashSet<String> = HashSet::new();
@@ -668,6 +677,10 @@ async fn measure(
     if fig.seconds > 0.0 {
         fig.tasks_per_s = fig.running as f64 / fig.seconds;
     }
+    let log = manager::raft::log_stats();
+    fig.log_entries = log.entries.saturating_sub(log_before.entries);
+    fig.log_bytes_per_task =
+        log.bytes.saturating_sub(log_before.bytes) as f64 / cfg.tasks.max(1) as f64;
     latencies.sort_unstable();
     fig.latency_p50_ms = quantile(&latencies, 0.5);
     fig.latency_p99_ms = quantile(&latencies, 0.99);
