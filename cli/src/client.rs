@@ -385,6 +385,17 @@ impl Client {
         .await
     }
 
+    /// Wake-ups while waiting for service `id` to converge: a message whenever a committed
+    /// change touches it (see the `WatchService` call). Not retried: a caller that cannot
+    /// watch polls instead.
+    pub async fn watch_service(&self, id: &str) -> Result<tonic::Streaming<pb::ServiceChanged>> {
+        self.call(Retry::Once, |mut c| {
+            let id = id.to_string();
+            async move { c.watch_service(pb::GetServiceRequest { id }).await }
+        })
+        .await
+    }
+
     // ------------------------------------------------------------ networks
 
     pub async fn create_network(&self, spec: &NetworkSpec) -> Result<NetworkView> {

@@ -26,6 +26,7 @@ use tonic::{Request, Response, Status};
 
 use crate::controlapi::ControlApi;
 use crate::controlapi_logs::LogStream;
+use crate::controlapi_watch::WatchStream;
 use crate::secrets::FileKind;
 use crate::Manager;
 
@@ -201,6 +202,7 @@ macro_rules! control_service {
         #[tonic::async_trait]
         impl pb::control_server::Control for ControlService {
             type ServiceLogsStream = LogStream;
+            type WatchServiceStream = WatchStream;
             $(
                 async fn $nname(&self, req: Request<$nreq>) -> Result<Response<$nresp>, Status> {
                     self.local_only(&req)?;
@@ -254,6 +256,7 @@ control_service! {
         get_config(pb::GetFileObjectRequest) -> pb::FileObject: |api, r| api.get_file_object(FileKind::Config, r);
         remove_config(pb::GetFileObjectRequest) -> pb::Empty: |api, r| api.remove_file_object(FileKind::Config, r);
         service_logs(pb::ServiceLogsRequest) -> LogStream: |api, r| api.service_logs(r);
+        watch_service(pb::GetServiceRequest) -> WatchStream: |api, r| api.watch_service(r);
     }
 }
 

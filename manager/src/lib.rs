@@ -21,6 +21,7 @@ pub mod controlapi_networks;
 pub mod controlapi_secrets;
 pub mod controlapi_server;
 pub mod controlapi_services;
+pub mod controlapi_watch;
 pub mod dispatcher;
 pub mod error;
 pub mod keys;

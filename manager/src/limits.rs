@@ -24,6 +24,8 @@ pub const MAX_TASKS_CEILING: u64 = 10_000_000;
 /// The longest duration a service spec may carry (restart delay and window, update and
 /// rollback delay, monitor and deadline, stop grace period, healthcheck timings): one year.
 pub const MAX_SPEC_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// `WatchService` streams one manager serves at once: each reads every committed change.
+pub const MAX_SERVICE_WATCHES: usize = 256;
 
 /// A duration in one unit, as people write it: `100ms`, `30s`, `24h`, `87600h`.
 pub fn human(d: Duration) -> String {

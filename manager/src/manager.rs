@@ -94,6 +94,8 @@ pub struct Manager {
     /// The term this node acts as leader of, and a token cancelled when that ends; set and
     /// cleared only by the lease loop.
     leader_token: std::sync::Mutex<Option<(u64, CancellationToken)>>,
+    /// Service watches this manager may serve at once (`WatchService`).
+    pub watches: Arc<tokio::sync::Semaphore>,
     /// The cluster's key-encrypting key: opens the data key and the root CA key in the store.
     pub kek: crate::keys::Kek,
     cancel: CancellationToken,
@@ -197,6 +199,9 @@ impl Manager {
             live,
             leadership_tx,
             leader_token: std::sync::Mutex::new(None),
+            watches: Arc::new(tokio::sync::Semaphore::new(
+                crate::limits::MAX_SERVICE_WATCHES,
+            )),
             cancel: cancel.clone(),
             failed: CancellationToken::new(),
             tasks: TaskTracker::new(),

@@ -222,7 +222,7 @@ fn lab_secrets_configs_and_logs() -> Result<()> {
     })?;
 
     // ---- logs: the fake runtime has none; every node answers at once, the call ends.
-    rt.block_on(async {
+    let watch = rt.block_on(async {
         let mut m2 = client(&lab, "m2").await?;
         let msgs = logs_once(&mut m2, "web", Duration::from_secs(20)).await?;
         ensure!(msgs.is_empty(), "{msgs:?}");
@@ -237,8 +237,28 @@ fn lab_secrets_configs_and_logs() -> Result<()> {
             Err(e) => e,
         };
         ensure!(err.code() == Code::NotFound, "{err:?}");
-        Ok::<_, anyhow::Error>(())
+
+        // A watch of the service (through whichever manager m2 forwards to): it starts with
+        // a message, ends with the service's removal (below); an unknown service is refused.
+        let mut watch = m2
+            .watch_service(pb::GetServiceRequest { id: "web".into() })
+            .await?
+            .into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(20), watch.message())
+            .await
+            .map_err(|_| anyhow!("no first message from the watch"))??
+            .ok_or_else(|| anyhow!("the watch ended at once"))?;
+        ensure!(first.index == 0 && !first.removed, "{first:?}");
+        let err = m2
+            .watch_service(pb::GetServiceRequest {
+                id: "nosuch".into(),
+            })
+            .await
+            .unwrap_err();
+        ensure!(err.code() == Code::NotFound, "{err:?}");
+        Ok::<_, anyhow::Error>(watch)
     })?;
+    let mut watch = watch;
 
     // A killed worker is reported, not waited on (with and without --follow).
     lab.lab.kill_daemon("w2")?;
@@ -290,6 +310,25 @@ fn lab_secrets_configs_and_logs() -> Result<()> {
 
     // ---- once the service is gone the secret can be removed.
     lab.shoal("m1", &["service", "rm", "web"])?;
+    rt.block_on(async {
+        // The watch saw the removal (after any number of changes of its tasks) and ended.
+        let until = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let m = tokio::time::timeout_at(until, watch.message())
+                .await
+                .map_err(|_| anyhow!("the watch did not report the removal"))??
+                .ok_or_else(|| anyhow!("the watch ended before the removal"))?;
+            if m.removed {
+                ensure!(m.index > 0, "{m:?}");
+                break;
+            }
+        }
+        let end = tokio::time::timeout_at(until, watch.message())
+            .await
+            .map_err(|_| anyhow!("the watch did not end after the removal"))??;
+        ensure!(end.is_none(), "{end:?}");
+        Ok::<_, anyhow::Error>(())
+    })?;
     rt.block_on(async {
         let mut m1 = client(&lab, "m1").await?;
         m1.remove_secret(pb::GetFileObjectRequest { id: id.clone() })

@@ -4,10 +4,13 @@
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::io::{IsTerminal, Write};
+use std::sync::Arc;
 use std::time::Duration;
 
 use proto::api::{ServiceView, TaskView, UpdateStatusView};
 use proto::spec::TaskState;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::commands::CliError;
 
@@ -174,18 +177,22 @@ impl Render for BarsRender {
 }
 
 /// Poll with `fetch` until the watch says converged or failed. No deadline (as Docker);
-/// Ctrl-C ends the process.
+/// Ctrl-C ends the process. Between polls: `every`, or less when `changed` is notified (the
+/// manager said the service changed), but never less than the last poll took (nor
+/// [`MIN_POLL_GAP`]), so that a large service changing all the time is not read back to back.
 pub async fn watch_until<F, Fut>(
     mut fetch: F,
     mut watch: Watch,
     render: &mut dyn Render,
     every: Duration,
+    changed: Option<&Notify>,
 ) -> Result<(), CliError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(ServiceView, Vec<TaskView>), CliError>>,
 {
     loop {
+        let started = Instant::now();
         let (view, tasks) = match fetch().await {
             Ok(x) => x,
             Err(e) => {
@@ -204,8 +211,55 @@ where
                 render.finish(false);
                 return Err(CliError(format!("Error: {m}")));
             }
-            Verdict::Waiting => tokio::time::sleep(every).await,
+            Verdict::Waiting => {
+                let now = Instant::now();
+                let earliest = now + (now - started).max(MIN_POLL_GAP).min(every);
+                match changed {
+                    Some(n) => {
+                        if tokio::time::timeout(every, n.notified()).await.is_ok() {
+                            tokio::time::sleep_until(earliest).await;
+                        }
+                    }
+                    None => tokio::time::sleep(every).await,
+                }
+            }
         }
+    }
+}
+
+/// The shortest pause between two polls woken by changes.
+const MIN_POLL_GAP: Duration = Duration::from_millis(10);
+
+/// Wakes `changed` whenever the manager says service `id` changed, until the returned task
+/// is aborted; `None` when the manager cannot watch (an older one, or too many watches):
+/// the caller then polls on its period alone.
+async fn watch_changes(c: &Client, id: &str) -> Option<(Arc<Notify>, AbortOnDrop)> {
+    let mut stream = match c.watch_service(id).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(error = %e, "no service watch; polling");
+            return None;
+        }
+    };
+    let changed = Arc::new(Notify::new());
+    let n = changed.clone();
+    let task = tokio::spawn(async move {
+        while let Ok(Some(m)) = stream.message().await {
+            n.notify_one();
+            if m.removed {
+                return;
+            }
+        }
+    });
+    Some((changed, AbortOnDrop(task)))
+}
+
+/// Ends a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -234,11 +288,14 @@ pub(super) async fn wait(
         let tasks = c.list_tasks(&view.id, "", desired).await?;
         Ok((view, tasks))
     };
+    // Subscribed before the first poll: a change after it wakes the next one.
+    let changes = watch_changes(c, service_id).await;
     watch_until(
         fetch,
         Watch::new(rollback, baseline),
         render.as_mut(),
         Duration::from_millis(250),
+        changes.as_ref().map(|(n, _)| &**n),
     )
     .await
 }

@@ -180,6 +180,7 @@ async fn watch_until_polls_until_converged_or_failed() {
         Watch::new(false, None),
         &mut r,
         Duration::from_millis(1),
+        None,
     )
     .await;
     assert!(res.is_ok());
@@ -198,8 +199,43 @@ async fn watch_until_polls_until_converged_or_failed() {
         Watch::new(false, status("updating", 9)),
         &mut r,
         Duration::from_millis(1),
+        None,
     )
     .await;
     let e = res.unwrap_err().0;
     assert_eq!(e, "Error: update paused: paused msg");
+}
+
+/// A change the manager announces wakes the next poll at once (after the short gap), not
+/// after the polling period.
+#[tokio::test(start_paused = true)]
+async fn a_change_wakes_the_next_poll_before_the_period() {
+    let v = view("web", ServiceMode::Replicated { replicas: 1 }, 0, 1);
+    let spec = v.spec.task.clone();
+    let mut v_ok = v.clone();
+    v_ok.running = 1;
+    let mut script = std::collections::VecDeque::from(vec![
+        (v.clone(), vec![]),
+        (v.clone(), vec![]),
+        (v_ok.clone(), vec![running(1, &spec)]),
+    ]);
+    let changed = tokio::sync::Notify::new();
+    let t0 = tokio::time::Instant::now();
+    let res = watch_until(
+        || {
+            // Each poll is followed by a change.
+            changed.notify_one();
+            let next = script.pop_front().expect("polled past convergence");
+            async move { Ok(next) }
+        },
+        Watch::new(false, None),
+        &mut QuietRender,
+        Duration::from_secs(10),
+        Some(&changed),
+    )
+    .await;
+    assert!(res.is_ok());
+    let waited = t0.elapsed();
+    assert!(waited < Duration::from_secs(1), "waited {waited:?}");
+    assert!(waited >= Duration::from_millis(20), "waited {waited:?}");
 }
