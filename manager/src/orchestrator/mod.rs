@@ -311,8 +311,10 @@ impl<'a> Plan<'a> {
         for s in self.services.into_values() {
             ops.push(Op::Update(Object::Service(s)));
         }
+        // Every task a round creates runs its service's current spec (create_task): the
+        // entry carries the task without it.
         for t in self.created.into_values() {
-            ops.push(Op::Create(Object::Task(t)));
+            ops.push(Op::CreateTask(t.into()));
         }
         for t in self.updated.into_values() {
             ops.push(Op::Update(Object::Task(t)));

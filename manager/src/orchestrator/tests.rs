@@ -70,6 +70,10 @@ fn apply(d: &mut StoreData, ops: Vec<Op>) {
             Op::Create(Object::Task(t)) | Op::Update(Object::Task(t)) => {
                 d.tasks.insert(t.id.clone(), t);
             }
+            Op::CreateTask(t) => {
+                let spec = std::sync::Arc::new(d.services[&t.service_id].spec.task.clone());
+                d.tasks.insert(t.id.clone(), t.to_task(spec, 0));
+            }
             Op::Update(Object::Service(s)) => {
                 d.services.insert(s.id.clone(), s);
             }
@@ -434,9 +438,10 @@ fn tasks_and_nodes_allocated_together() {
     }
     assert!(d.nodes.values().all(|n| n.ingress_addr.is_some()));
     // Nothing more to allocate.
-    assert!(plan(&d, 0)
-        .iter()
-        .all(|op| !matches!(op, Op::Create(_) | Op::Update(Object::Node(_)))));
+    assert!(plan(&d, 0).iter().all(|op| !matches!(
+        op,
+        Op::Create(_) | Op::CreateTask(_) | Op::Update(Object::Node(_))
+    )));
 }
 
 #[test]
@@ -550,7 +555,7 @@ fn a_large_service_is_created_in_bounded_rounds() {
         let ops = plan(&d, now);
         let creates = ops
             .iter()
-            .filter(|o| matches!(o, Op::Create(Object::Task(_))))
+            .filter(|o| matches!(o, Op::CreateTask(_)))
             .count();
         assert!(
             creates <= super::MAX_CREATES_PER_ROUND,
@@ -659,7 +664,7 @@ fn a_round_plans_only_the_services_that_changed() {
         .ops
         .iter()
         .filter_map(|op| match op {
-            Op::Create(Object::Task(t)) => Some(t.service_id.clone()),
+            Op::CreateTask(t) => Some(t.service_id.clone()),
             _ => None,
         })
         .collect();
@@ -705,7 +710,7 @@ fn a_restart_delay_asks_for_a_round_when_it_ends() {
     converge(&mut d, &mut now, 1, |_| TaskState::Failed);
     let round = super::plan_dirty(&d, now, &super::Dirty::all());
     assert!(
-        !round.ops.iter().any(|op| matches!(op, Op::Create(_))),
+        !round.ops.iter().any(|op| matches!(op, Op::CreateTask(_))),
         "{:?}",
         round.ops
     );
@@ -816,7 +821,7 @@ fn a_round_cut_at_its_budget_asks_for_the_next() {
         round
             .ops
             .iter()
-            .filter(|o| matches!(o, Op::Create(Object::Task(_))))
+            .filter(|o| matches!(o, Op::CreateTask(_)))
             .count(),
         10
     );

@@ -289,6 +289,68 @@ pub struct Task {
     pub awaiting_addresses: bool,
 }
 
+/// A new task that runs its service's current task spec ([`Op::CreateTask`]): a [`Task`]
+/// without its spec (nor version), which the store takes from the service when it applies
+/// the operation. A log entry of such tasks holds the spec not once per task but nowhere.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewTask {
+    pub id: String,
+    pub service_id: String,
+    pub service_name: String,
+    pub slot: u64,
+    pub node_id: String,
+    pub spec_version: u64,
+    pub desired_state: TaskState,
+    pub status: TaskStatus,
+    pub created_at_ms: i64,
+    pub restart_count: u64,
+    #[serde(default)]
+    pub networks: Vec<TaskNetwork>,
+    #[serde(default)]
+    pub awaiting_addresses: bool,
+}
+
+impl From<Task> for NewTask {
+    fn from(t: Task) -> NewTask {
+        NewTask {
+            id: t.id,
+            service_id: t.service_id,
+            service_name: t.service_name,
+            slot: t.slot,
+            node_id: t.node_id,
+            spec_version: t.spec_version,
+            desired_state: t.desired_state,
+            status: t.status,
+            created_at_ms: t.created_at_ms,
+            restart_count: t.restart_count,
+            networks: t.networks,
+            awaiting_addresses: t.awaiting_addresses,
+        }
+    }
+}
+
+impl NewTask {
+    /// The task, with `spec` (its service's) and version `version`.
+    pub fn to_task(&self, spec: Arc<TaskSpec>, version: u64) -> Task {
+        Task {
+            id: self.id.clone(),
+            version,
+            service_id: self.service_id.clone(),
+            service_name: self.service_name.clone(),
+            slot: self.slot,
+            node_id: self.node_id.clone(),
+            spec,
+            spec_version: self.spec_version,
+            desired_state: self.desired_state,
+            status: self.status.clone(),
+            created_at_ms: self.created_at_ms,
+            restart_count: self.restart_count,
+            networks: self.networks.clone(),
+            awaiting_addresses: self.awaiting_addresses,
+        }
+    }
+}
+
 impl Task {
     /// Meant to run: desired RUNNING, or READY (a stop-first update's new task, placed and
     /// prepared while the task it replaces stops).
@@ -481,6 +543,11 @@ pub enum Op {
         status: TaskStatus,
         node_id: String,
     },
+    /// A new task running its service's current task spec: as [`Op::Create`] of the task,
+    /// with the spec taken from the service, which must exist with the task's
+    /// `spec_version`. (What the orchestrator writes: a 100,000-task service's creation
+    /// carried its spec 100,000 times through raft and every manager's decoder.)
+    CreateTask(NewTask),
 }
 
 /// How to take back an operation of a transaction that fails further on.
@@ -750,7 +817,11 @@ pub struct StoreData {
 /// (older specs stay shared by their tasks; only new tasks look them up). Not part of the
 /// store's state: two stores with the same tables are equal whatever their pools hold.
 #[derive(Clone, Debug, Default)]
-pub struct SpecPool(BTreeMap<String, Vec<Arc<TaskSpec>>>);
+pub struct SpecPool {
+    recent: BTreeMap<String, Vec<Arc<TaskSpec>>>,
+    /// Each service's current task spec and the spec version it belongs to.
+    current: BTreeMap<String, (u64, Arc<TaskSpec>)>,
+}
 
 impl PartialEq for SpecPool {
     fn eq(&self, _: &SpecPool) -> bool {
@@ -763,7 +834,7 @@ impl SpecPool {
 
     /// The shared copy of `spec` for `service_id`, remembered if it is new.
     pub fn intern(&mut self, service_id: &str, spec: &Arc<TaskSpec>) -> Arc<TaskSpec> {
-        let recent = self.0.entry(service_id.to_string()).or_default();
+        let recent = self.recent.entry(service_id.to_string()).or_default();
         if let Some(pos) = recent
             .iter()
             .position(|s| Arc::ptr_eq(s, spec) || **s == **spec)
@@ -777,8 +848,23 @@ impl SpecPool {
         spec.clone()
     }
 
+    /// The shared copy of service `s`'s current task spec (what its tasks of its spec
+    /// version run), made once per spec version.
+    pub fn current(&mut self, s: &Service) -> Arc<TaskSpec> {
+        if let Some((version, spec)) = self.current.get(&s.id) {
+            if *version == s.spec_version {
+                return spec.clone();
+            }
+        }
+        let spec = self.intern(&s.id, &Arc::new(s.spec.task.clone()));
+        self.current
+            .insert(s.id.clone(), (s.spec_version, spec.clone()));
+        spec
+    }
+
     pub fn forget(&mut self, service_id: &str) {
-        self.0.remove(service_id);
+        self.recent.remove(service_id);
+        self.current.remove(service_id);
     }
 }
 
@@ -1008,6 +1094,35 @@ impl StoreData {
                 status,
                 node_id,
             } => self.check_status(id, *version, status, Some(node_id.as_str())),
+            Op::CreateTask(t) => {
+                if self.tasks.contains_key(&t.id) {
+                    return Err(TxnError::Exists {
+                        kind: Kind::Task,
+                        id: t.id.clone(),
+                    });
+                }
+                match self.services.get(&t.service_id) {
+                    None => Err(TxnError::NotFound {
+                        kind: Kind::Service,
+                        id: t.service_id.clone(),
+                    }),
+                    Some(s) if s.spec_version != t.spec_version => Err(TxnError::Conflict {
+                        kind: Kind::Service,
+                        id: s.id.clone(),
+                        expected: t.spec_version,
+                        actual: s.spec_version,
+                    }),
+                    Some(_) if t.status.state.is_terminal() => Ok(()),
+                    Some(_) => self.check_addrs(
+                        &Holder::Task(t.id.clone()),
+                        t.networks
+                            .iter()
+                            .filter(|n| self.networks.contains_key(&n.network_id))
+                            .map(|n| (n.network_id.clone(), n.addr))
+                            .collect(),
+                    ),
+                }
+            }
         }
     }
 
@@ -1194,6 +1309,15 @@ impl StoreData {
                 node_id,
                 ..
             } => self.apply_status(index, id, status, Some(node_id.as_str())),
+            Op::CreateTask(t) => {
+                let service = self.services.get(&t.service_id).expect("checked");
+                let task = t.to_task(self.specs.current(service), index);
+                let before = self.put(Object::Task(task.clone()));
+                (
+                    Change::Put(Object::Task(task)),
+                    Undo::Object(Kind::Task, t.id.clone(), before),
+                )
+            }
         }
     }
 
@@ -1398,29 +1522,35 @@ impl StoreData {
 
     /// No address of a network goes to two holders, nor is a network's gateway; no
     /// published port clashes with another service's.
+    /// The addresses `held` are free for `h`: neither a gateway nor held by another.
+    fn check_addrs(&self, h: &Holder, held: Vec<(String, Ipv4Addr)>) -> Result<(), TxnError> {
+        for (net, a) in held {
+            if self.networks.get(&net).is_some_and(|n| n.gateway == a) {
+                return Err(TxnError::AddressInUse {
+                    network: net,
+                    addr: a,
+                    holder: "the gateway".into(),
+                });
+            }
+            match self.addr_holder(&net, a) {
+                Some(other) if other != h => {
+                    return Err(TxnError::AddressInUse {
+                        network: net,
+                        addr: a,
+                        holder: other.to_string(),
+                    })
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     fn check_holdings(&self, o: &Object) -> Result<(), TxnError> {
         let held = self.holdings(o);
         if !held.is_empty() {
             let h = Holder::of(o).expect("only tasks, services and nodes hold addresses");
-            for (net, a) in held {
-                if self.networks.get(&net).is_some_and(|n| n.gateway == a) {
-                    return Err(TxnError::AddressInUse {
-                        network: net,
-                        addr: a,
-                        holder: "the gateway".into(),
-                    });
-                }
-                match self.addr_holder(&net, a) {
-                    Some(other) if *other != h => {
-                        return Err(TxnError::AddressInUse {
-                            network: net,
-                            addr: a,
-                            holder: other.to_string(),
-                        })
-                    }
-                    _ => {}
-                }
-            }
+            self.check_addrs(&h, held)?;
         }
         if let Object::Network(n) = o {
             let mine = n.subnet.parse::<crate::allocator::Cidr>().ok();
@@ -1791,6 +1921,69 @@ pub(crate) mod tests {
             state,
             ..Default::default()
         }
+    }
+
+    /// A task created from its service carries no spec in the entry: it gets the service's
+    /// current one (one shared copy), only while the service has the task's spec version,
+    /// and is taken back with the rest of a refused transaction.
+    #[test]
+    fn a_task_created_from_its_service_takes_the_service_spec() {
+        let mut d = StoreData::default();
+        let mut svc = crate::allocator::tests::service("svc", &[], vec![]);
+        svc.spec.task.image = "a-long-image-name:with-a-tag".into();
+        svc.spec.task.env = (0..20).map(|i| format!("VARIABLE_{i}=value {i}")).collect();
+        d.apply_txn(2, &Txn::new(vec![Op::Create(Object::Service(svc.clone()))]))
+            .unwrap();
+        let new = |id: &str, spec_version| {
+            let mut t = bare_task(id, "");
+            t.spec_version = spec_version;
+            Op::CreateTask(t.into())
+        };
+        let changes = d
+            .apply_txn(3, &Txn::new(vec![new("t1", 1), new("t2", 1)]))
+            .unwrap();
+        let Change::Put(Object::Task(put)) = &changes[0] else {
+            panic!("{changes:?}")
+        };
+        assert_eq!((put.version, &put.spec.image), (3, &svc.spec.task.image));
+        assert_eq!(d.tasks["t1"], *put);
+        assert!(Arc::ptr_eq(&d.tasks["t1"].spec, &d.tasks["t2"].spec));
+        assert!(d.unplaced.contains("t2"));
+        // An id in use, a service gone or of another spec version: refused, and what the
+        // transaction did before is taken back.
+        let before = d.clone();
+        for (bad, want) in [
+            (new("t1", 1), "already exists"),
+            (new("t9", 2), "changed since"),
+        ] {
+            let e = d
+                .apply_txn(4, &Txn::new(vec![new("t3", 1), bad]))
+                .unwrap_err();
+            assert!(e.to_string().contains(want), "{e}");
+            assert_eq!(d, before);
+        }
+        let mut orphan = bare_task("t4", "");
+        orphan.service_id = "gone".into();
+        let e = d
+            .apply_txn(4, &Txn::new(vec![Op::CreateTask(orphan.into())]))
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                TxnError::NotFound {
+                    kind: Kind::Service,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(d, before);
+        // The entry is a fraction of the whole task's.
+        let compact = serde_json::to_string(&new("t5", 1)).unwrap().len();
+        let whole = serde_json::to_string(&Op::Create(Object::Task(d.tasks["t1"].clone())))
+            .unwrap()
+            .len();
+        assert!(compact * 2 < whole, "{compact} vs {whole}");
     }
 
     /// A status write is an update of the task's status alone: same version check, forward
