@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -509,6 +510,9 @@ pub struct Figures {
     pub log_entries: u64,
     /// Their encoded bytes, per task of the run, on all managers together.
     pub log_bytes_per_task: f64,
+    /// Messages the leader's dispatcher sent the nodes during the run (assignments,
+    /// heartbeat answers).
+    pub session_messages: u64,
     /// `all running`, `timeout`, `memory limit` or the error that stopped the run.
     pub outcome: String,
 }
@@ -537,8 +541,8 @@ impl Figures {
             self.peak_rss_mib
         );
         println!(
-            "raft log (all managers): {} entries, {:.0} bytes per task",
-            self.log_entries, self.log_bytes_per_task
+            "raft log (all managers): {} entries, {:.0} bytes per task; {} messages to the nodes",
+            self.log_entries, self.log_bytes_per_task, self.session_messages
         );
     }
 }
@@ -585,6 +589,8 @@ async fn measure(
     };
     let start = Instant::now();
     let log_before = manager::raft::log_stats();
+    let sent = || leader.dispatcher.stats.messages.load(Ordering::Relaxed);
+    let messages_before = sent();
     let deadline = start + cfg.timeout;
     let mut assigned: HashSet<String> = HashSet::new();
     let mut running: HashSet<String> = HashSet::new();
@@ -679,6 +685,7 @@ async fn measure(
     }
     let log = manager::raft::log_stats();
     fig.log_entries = log.entries.saturating_sub(log_before.entries);
+    fig.session_messages = sent().saturating_sub(messages_before);
     fig.log_bytes_per_task =
         log.bytes.saturating_sub(log_before.bytes) as f64 / cfg.tasks.max(1) as f64;
     latencies.sort_unstable();
