@@ -47,6 +47,7 @@ pub struct OverlayChurnArgs {
     /// The `--format json` output of a run of another build, printed as "before".
     #[arg(long)]
     pub before: Option<PathBuf>,
+    /// Output format: table or json.
     #[arg(long, default_value = "table")]
     pub format: Format,
 }

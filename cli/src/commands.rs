@@ -71,6 +71,20 @@ pub enum Cmd {
     /// Manage swarm configs.
     #[command(subcommand)]
     Config(crate::secret::FileObjectCmd<crate::secret::Configs>),
+    /// Print the completion script for a shell (e.g. `shoal completion bash >
+    /// /etc/bash_completion.d/shoal`).
+    Completion {
+        /// The shell: bash, zsh, fish or powershell.
+        #[arg(value_enum)]
+        shell: crate::manual::CompletionShell,
+    },
+    /// Print the man page of shoal, or write one per command into a directory.
+    Man {
+        /// Write shoal.1, shoal-service.1, shoal-service-create.1, … into this directory
+        /// (it must exist) instead of printing shoal.1.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// The per-container monitor (started by the daemon, not by hand).
     #[command(hide = true)]
     Shim {
@@ -235,8 +249,10 @@ pub enum SwarmCmd {
         /// (moving `--update-parallelism` tasks at a time).
         #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = clap::value_parser!(bool))]
         rebalance_on_join: Option<bool>,
+        /// Dispatcher heartbeat period (a node is Down after 3 missed).
         #[arg(long, value_parser = parse_duration)]
         dispatcher_heartbeat: Option<Duration>,
+        /// Validity period for node certificates.
         #[arg(long, value_parser = parse_duration)]
         cert_expiry: Option<Duration>,
         /// Most replicas one service may have (default 100000).
@@ -258,6 +274,7 @@ pub enum NodeCmd {
         /// Print the information in a human friendly format.
         #[arg(long)]
         pretty: bool,
+        /// Nodes: id, unique id prefix or hostname.
         #[arg(required = true)]
         nodes: Vec<String>,
     },
@@ -275,15 +292,18 @@ pub enum NodeCmd {
         /// Remove a node label if exists.
         #[arg(long = "label-rm")]
         label_rm: Vec<String>,
+        /// The node: id, unique id prefix or hostname.
         node: String,
     },
     /// Promote one or more nodes to manager in the swarm.
     Promote {
+        /// Nodes: id, unique id prefix or hostname.
         #[arg(required = true)]
         nodes: Vec<String>,
     },
     /// Demote one or more nodes from manager in the swarm.
     Demote {
+        /// Nodes: id, unique id prefix or hostname.
         #[arg(required = true)]
         nodes: Vec<String>,
     },
@@ -293,6 +313,7 @@ pub enum NodeCmd {
         /// Force remove a node from the swarm.
         #[arg(short, long)]
         force: bool,
+        /// Nodes: id, unique id prefix or hostname.
         #[arg(required = true)]
         nodes: Vec<String>,
     },
@@ -300,6 +321,7 @@ pub enum NodeCmd {
 
 #[derive(Args, Debug)]
 pub struct InfoArgs {
+    /// Output format: table or json.
     #[arg(long, default_value = "table")]
     pub format: Format,
 }
@@ -309,10 +331,13 @@ pub enum BenchCmd {
     /// Real managers (raft on disk, mTLS gRPC on loopback) and simulated workers in one
     /// process: time until every task of one service is RUNNING.
     Cluster {
+        /// Managers (1, 3 or 5).
         #[arg(long, default_value_t = 3)]
         managers: usize,
+        /// Simulated workers.
         #[arg(long, default_value_t = 100)]
         workers: usize,
+        /// Replicas of the one service.
         #[arg(long, default_value_t = 1000)]
         tasks: u64,
         /// Give up after this long.
@@ -321,23 +346,27 @@ pub enum BenchCmd {
         /// Stop when the process's memory passes this (e.g. 16G): print what was reached.
         #[arg(long, default_value = "16G", value_parser = parse_size)]
         max_rss: u64,
+        /// Output format: table or json.
         #[arg(long, default_value = "table")]
         format: Format,
     },
     /// One container life cycle (`true`) through shoal's OCI runtime vs bare `<runtime> run`
     /// of the same bundle: medians and their ratio, per runtime.
     Runtime {
+        /// Life cycles per runtime (the median is reported).
         #[arg(long, default_value_t = 20)]
         rounds: usize,
         /// OCI runtimes to measure, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "runc,crun")]
         runtimes: Vec<String>,
+        /// Output format: table or json.
         #[arg(long, default_value = "table")]
         format: Format,
     },
     /// Time from `service create --replicas N` to every task RUNNING on one lab worker, per
     /// runtime (`fake` is the orchestration-only baseline); ratios against runc.
     Replicas {
+        /// Replicas of the service.
         #[arg(long, default_value_t = 50)]
         replicas: u32,
         /// Runtimes to measure, comma-separated: fake, runc, crun or a path.
@@ -349,6 +378,7 @@ pub enum BenchCmd {
         /// Give up on one runtime after this long.
         #[arg(long, default_value = "5m", value_parser = parse_duration)]
         timeout: Duration,
+        /// Output format: table or json.
         #[arg(long, default_value = "table")]
         format: Format,
     },
@@ -357,8 +387,10 @@ pub enum BenchCmd {
     /// the new image and to the update completed; Docker Swarm the same when `dockerd` is on
     /// PATH (a private daemon in its own network namespace), and the ratios.
     Update {
+        /// Replicas of the service.
         #[arg(long, default_value_t = 50)]
         replicas: u32,
+        /// Tasks updated at a time (--update-parallelism).
         #[arg(long, default_value_t = 10)]
         parallelism: u32,
         /// runc, crun, or fake (orchestration only, no registry).
@@ -373,6 +405,7 @@ pub enum BenchCmd {
         /// Give up on one phase after this long.
         #[arg(long, default_value = "5m", value_parser = parse_duration)]
         timeout: Duration,
+        /// Output format: table or json.
         #[arg(long, default_value = "table")]
         format: Format,
     },
@@ -392,8 +425,10 @@ pub enum BenchCmd {
         /// Seed of the nemesis (default: a random one, printed).
         #[arg(long)]
         seed: Option<u64>,
+        /// Managers of the lab.
         #[arg(long, default_value_t = 3)]
         managers: usize,
+        /// Workers of the lab.
         #[arg(long, default_value_t = 1)]
         workers: usize,
         /// Replicas of the service whose slots are checked for duplicates.
@@ -408,6 +443,7 @@ pub enum BenchCmd {
         /// Keep the daemons' logs in this directory.
         #[arg(long)]
         logs: Option<PathBuf>,
+        /// Output format: table or json.
         #[arg(long, default_value = "table")]
         format: Format,
     },
@@ -415,8 +451,10 @@ pub enum BenchCmd {
     /// times (→ a write accepted again), workers cut off `--cutoffs` times (→ Down, → their
     /// tasks running elsewhere), the cutoffs again with the baseline heartbeat; p50 and max.
     Failover {
+        /// Times the leader is killed.
         #[arg(long, default_value_t = 20)]
         kills: usize,
+        /// Times a worker is cut off.
         #[arg(long, default_value_t = 5)]
         cutoffs: usize,
         /// Heartbeat period of the baseline cutoffs (0s: none).
@@ -426,10 +464,13 @@ pub enum BenchCmd {
         /// (default: as many as --kills).
         #[arg(long)]
         baseline_kills: Option<usize>,
+        /// Managers of the lab.
         #[arg(long, default_value_t = 3)]
         managers: usize,
+        /// Workers of the lab.
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// Replicas of the service whose tasks are moved.
         #[arg(long, default_value_t = 10)]
         replicas: u32,
         /// Prefix of the lab the run creates and removes.
@@ -438,6 +479,7 @@ pub enum BenchCmd {
         /// Keep the daemons' logs in this directory.
         #[arg(long)]
         logs: Option<PathBuf>,
+        /// Output format: table or json.
         #[arg(long, default_value = "table")]
         format: Format,
     },
@@ -456,6 +498,7 @@ pub enum BenchCmd {
     /// Raft write throughput: clients create and update tasks through on-disk managers in
     /// one process, `--batch` operations a transaction, beside one a transaction.
     Raft {
+        /// Managers (1, 3 or 5).
         #[arg(long, default_value_t = 3)]
         managers: usize,
         /// Task writes of the batched run (the unbatched baseline makes a tenth, at most 5,000).
@@ -467,6 +510,7 @@ pub enum BenchCmd {
         /// Writers at once.
         #[arg(long, default_value_t = 8)]
         clients: usize,
+        /// Output format: table or json.
         #[arg(long, default_value = "table")]
         format: Format,
     },
@@ -487,6 +531,7 @@ pub struct NetBenchFlags {
     /// Give up waiting for the lab's services after this long.
     #[arg(long, default_value = "3m", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Output format: table or json.
     #[arg(long, default_value = "table")]
     pub format: Format,
 }
@@ -511,8 +556,10 @@ impl NetBenchFlags {
 pub enum LabCmd {
     /// Create the hosts, start a daemon on each and join them into one swarm.
     Up {
+        /// Manager hosts.
         #[arg(long, default_value_t = 1)]
         managers: usize,
+        /// Worker hosts.
         #[arg(long, default_value_t = 2)]
         workers: usize,
         /// Prefix of everything the lab creates (1-8 of a-z, 0-9).
@@ -535,25 +582,32 @@ pub enum LabCmd {
     },
     /// Stop the lab's daemons and remove its hosts, also after a crash.
     Down {
+        /// Prefix of the lab.
         #[arg(long, default_value = "shoal")]
         prefix: String,
     },
     /// Kill a lab host's daemon with SIGKILL, as a crash would.
     Kill {
+        /// Prefix of the lab.
         #[arg(long, default_value = "shoal")]
         prefix: String,
+        /// The lab host (m1, w2, …).
         host: String,
     },
     /// Start a lab host's daemon again on its data dir.
     Start {
+        /// Prefix of the lab.
         #[arg(long, default_value = "shoal")]
         prefix: String,
+        /// The lab host (m1, w2, …).
         host: String,
     },
     /// Cut a lab host off from other lab hosts (both ways), as a network partition would.
     Partition {
+        /// Prefix of the lab.
         #[arg(long, default_value = "shoal")]
         prefix: String,
+        /// The lab host to cut off (m1, w2, …).
         host: String,
         /// The hosts it can no longer reach, comma-separated (e.g. m2,m3).
         #[arg(long, value_delimiter = ',', required = true)]
@@ -561,6 +615,7 @@ pub enum LabCmd {
     },
     /// Undo `lab partition` for one host, or for every host.
     Heal {
+        /// Prefix of the lab.
         #[arg(long, default_value = "shoal")]
         prefix: String,
         /// The host to heal (default: every host). Not `host`: that id is the global
@@ -570,9 +625,12 @@ pub enum LabCmd {
     },
     /// Run a command on a lab host (SHOAL_HOST points at its daemon).
     Exec {
+        /// Prefix of the lab.
         #[arg(long, default_value = "shoal")]
         prefix: String,
+        /// The lab host (m1, w2, …).
         host: String,
+        /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
@@ -798,6 +856,11 @@ pub fn run(cli: Cli) -> i32 {
             eprintln!("Error: shim is started by the daemon");
             return 2;
         }
+        Cmd::Completion { shell } => crate::manual::completion(shell, &mut std::io::stdout()),
+        Cmd::Man { dir: None } => crate::manual::man_page(&mut std::io::stdout()),
+        Cmd::Man { dir: Some(dir) } => crate::manual::man_pages(&dir).map(|n| {
+            println!("{n} man pages written to {}", dir.display());
+        }),
         Cmd::Exec(a) => rt.block_on(exec(&cli.host, a)),
         Cmd::Image(c) => rt.block_on(async {
             let client = node_local(&cli.host).await?;
@@ -818,6 +881,8 @@ pub fn run(cli: Cli) -> i32 {
                 | Cmd::Lab(_)
                 | Cmd::Bench(_)
                 | Cmd::Shim { .. }
+                | Cmd::Completion { .. }
+                | Cmd::Man { .. }
                 | Cmd::Exec(_)
                 | Cmd::Image(_) => {
                     unreachable!("handled above")

@@ -17,6 +17,7 @@ pub mod daemon;
 pub mod image;
 pub mod limits;
 pub mod logs;
+pub mod manual;
 pub mod network;
 pub mod node_runtime;
 pub mod output;

@@ -69,6 +69,7 @@ pub struct CreateArgs {
     /// Set driver specific options (KEY=VALUE).
     #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE")]
     pub opts: Vec<String>,
+    /// Name of the network.
     pub name: String,
 }
 
@@ -93,12 +94,14 @@ pub struct InspectArgs {
     /// Format output: json (Docker's default, a JSON array).
     #[arg(short, long, default_value = "json")]
     pub format: String,
+    /// Networks: id, unique id prefix or name.
     #[arg(required = true, value_name = "NETWORK")]
     pub networks: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct RmArgs {
+    /// Networks: id, unique id prefix or name.
     #[arg(required = true, value_name = "NETWORK")]
     pub networks: Vec<String>,
 }

@@ -102,6 +102,7 @@ impl<K: ObjectKind> Subcommand for FileObjectCmd<K> {
 
 #[derive(clap::Args, Debug)]
 pub struct CreateArgs {
+    /// Name of the secret or config to create.
     pub name: String,
     /// File to read the content from; `-` reads STDIN.
     pub file: String,
@@ -122,6 +123,7 @@ pub struct LsArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct InspectArgs {
+    /// Names, ids or unique id prefixes.
     #[arg(required = true)]
     pub names: Vec<String>,
     /// Output format: json (Docker's default, a JSON array).
@@ -131,6 +133,7 @@ pub struct InspectArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct RmArgs {
+    /// Names, ids or unique id prefixes.
     #[arg(required = true)]
     pub names: Vec<String>,
 }

@@ -196,6 +196,7 @@ pub struct CreateArgs {
     /// Suppress progress output.
     #[arg(short, long)]
     pub quiet: bool,
+    /// The image, e.g. registry.example:5000/web:v1.
     pub image: String,
     /// The command and its arguments.
     #[arg(
@@ -301,6 +302,7 @@ pub struct UpdateArgs {
     /// Suppress progress output.
     #[arg(short, long)]
     pub quiet: bool,
+    /// The service: id, unique id prefix or name.
     pub service: String,
 }
 
@@ -318,6 +320,7 @@ pub struct PsArgs {
     /// Only display task IDs.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Services: id, unique id prefix or name.
     #[arg(required = true, value_name = "SERVICE")]
     pub services: Vec<String>,
 }

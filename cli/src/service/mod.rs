@@ -48,6 +48,7 @@ pub enum ServiceCmd {
         /// Print the information in a human friendly format.
         #[arg(long)]
         pretty: bool,
+        /// Services: id, unique id prefix or name.
         #[arg(required = true, value_name = "SERVICE")]
         services: Vec<String>,
     },
@@ -56,6 +57,7 @@ pub enum ServiceCmd {
         /// Exit immediately instead of waiting for the service to converge.
         #[arg(short, long)]
         detach: bool,
+        /// Services and their replica counts, e.g. web=5.
         #[arg(required = true, value_name = "SERVICE=REPLICAS")]
         scales: Vec<String>,
     },
@@ -69,11 +71,13 @@ pub enum ServiceCmd {
         /// Suppress progress output.
         #[arg(short, long)]
         quiet: bool,
+        /// The service: id, unique id prefix or name.
         service: String,
     },
     /// Remove one or more services.
     #[command(alias = "remove")]
     Rm {
+        /// Services: id, unique id prefix or name.
         #[arg(required = true, value_name = "SERVICE")]
         services: Vec<String>,
     },
