@@ -20,12 +20,12 @@ use crate::units::{parse_duration, parse_size};
     about = "A container cluster orchestrator in the manner of Docker Swarm mode"
 )]
 pub struct Cli {
-    /// Daemon socket to connect to (unix://PATH).
+    /// Daemon socket to connect to (unix://PATH). Before the command, as Docker's: after it,
+    /// `--host` is `service create`'s extra /etc/hosts entry.
     #[arg(
         short = 'H',
         long = "host",
         env = "SHOAL_HOST",
-        global = true,
         default_value = "unix:///run/shoal/shoal.sock"
     )]
     pub host: String,

@@ -506,8 +506,14 @@ pub async fn run(c: Client, cmd: NetworkCmd) -> Result<(), CliError> {
         NetworkCmd::Rm(a) => {
             let mut errs = Vec::new();
             for n in &a.networks {
+                let ingress = c.get_network(n).await.is_ok_and(|v| v.spec.ingress);
                 match c.remove_network(n).await {
-                    Ok(()) => println!("{n}"),
+                    Ok(()) => {
+                        if ingress {
+                            eprintln!("{INGRESS_REMOVED}");
+                        }
+                        println!("{n}");
+                    }
                     Err(e) => errs.push(CliError::from(e).0),
                 }
             }
@@ -515,6 +521,9 @@ pub async fn run(c: Client, cmd: NetworkCmd) -> Result<(), CliError> {
         }
     }
 }
+
+/// Said when the routing mesh's network is removed.
+pub const INGRESS_REMOVED: &str = "WARNING! The routing-mesh (ingress) network is removed: published ports (-p) are refused until one is created again (shoal network create -d overlay --ingress ingress)";
 
 #[cfg(test)]
 mod tests {

@@ -334,9 +334,20 @@ mod tests {
             created_at_ms: 0,
             updated_at_ms: 0,
         };
-        store.apply(3, &Txn::new(vec![Op::Create(Object::Service(svc))]));
+        let mut moved_on = svc.clone();
+        moved_on.id = "svc2".into();
+        moved_on.spec = spec_with_secret("api-svc", "other");
+        moved_on.previous_spec = Some(spec_with_secret("api-svc", "api"));
+        store.apply(
+            3,
+            &Txn::new(vec![
+                Op::Create(Object::Service(svc)),
+                Op::Create(Object::Service(moved_on)),
+            ]),
+        );
         store.view(|d| {
             assert_eq!(secrets::users(d, FileKind::Secret, "db"), vec!["web"]);
+            // Only the previous spec names it: not in use.
             assert!(secrets::users(d, FileKind::Secret, "api").is_empty());
             assert_eq!(
                 in_use_message(FileKind::Secret, "db", &["web".into()]),

@@ -290,7 +290,19 @@ fn alloc_status(e: crate::allocator::AllocError) -> Status {
 }
 
 /// The service `s` with spec `spec` stored: network targets resolved, endpoint allocated.
-fn with_spec(d: &StoreData, s: &mut Service, mut spec: ServiceSpec) -> Result<(), Status> {
+pub(crate) fn with_spec(
+    d: &StoreData,
+    s: &mut Service,
+    mut spec: ServiceSpec,
+) -> Result<(), Status> {
+    // Published ports are answered on every node through the ingress network: without it
+    // (`network rm ingress`) they would be published nowhere. Docker's words.
+    if crate::allocator::uses_ingress(&spec.endpoint.ports) && d.ingress_network().is_none() {
+        return Err(ApiError::FailedPrecondition(
+            "service needs ingress network, but no ingress network is present".into(),
+        )
+        .into());
+    }
     resolve_networks(d, &mut spec)?;
     s.endpoint =
         crate::allocator::allocate_endpoint(d, &s.id, &spec, &s.endpoint).map_err(alloc_status)?;
@@ -457,6 +469,11 @@ impl ControlApi {
                             "service {} has no previous spec to roll back to",
                             s.spec.name
                         ))
+                    })?;
+                    // A secret or config the previous spec names may have been removed
+                    // since (only the current spec keeps them in use).
+                    crate::secrets::check_refs(d, &prev.task).map_err(|e| {
+                        ApiError::FailedPrecondition(format!("cannot roll back: {e}"))
                     })?;
                     (prev, UpdateState::RollbackStarted)
                 }

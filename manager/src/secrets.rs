@@ -166,16 +166,13 @@ pub(crate) fn by_name<'a>(d: &'a StoreData, kind: FileKind, name: &str) -> Optio
     kind.table(d).values().find(|o| o.name == name)
 }
 
-/// Names of the services whose spec (current, or previous while it may be rolled back to)
-/// refers to `name`.
+/// Names of the services whose current spec refers to `name`. (As in Docker, a previous
+/// spec does not keep it in use: `service update --secret-rm X` frees X at once; a manual
+/// rollback to a spec naming a removed one is refused.)
 pub fn users(d: &StoreData, kind: FileKind, name: &str) -> Vec<String> {
     d.services
         .values()
-        .filter(|s| {
-            std::iter::once(&s.spec)
-                .chain(s.previous_spec.as_ref())
-                .any(|spec| kind.refs(&spec.task).iter().any(|r| r.name == name))
-        })
+        .filter(|s| kind.refs(&s.spec.task).iter().any(|r| r.name == name))
         .map(|s| s.spec.name.clone())
         .collect()
 }

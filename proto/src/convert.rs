@@ -330,6 +330,7 @@ impl From<&spec::TaskSpec> for pb::TaskSpec {
                 search: s.dns.search.clone(),
                 options: s.dns.options.clone(),
             }),
+            hosts: s.hosts.clone(),
         }
     }
 }
@@ -412,6 +413,7 @@ impl TryFrom<pb::TaskSpec> for spec::TaskSpec {
                 search: dns.search,
                 options: dns.options,
             },
+            hosts: s.hosts,
         })
     }
 }

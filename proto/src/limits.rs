@@ -81,6 +81,55 @@ fn truncated(s: &str) -> String {
     }
 }
 
+/// One extra /etc/hosts line of a spec (`hosts`): `IP NAME [NAME…]`, the address IPv4 or
+/// IPv6, each name letters, digits, '-', '_' and '.' (at most 253 bytes).
+pub fn check_host_entry(entry: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "invalid --host entry {:?}: {why}",
+            truncated(entry)
+        ))
+    };
+    let mut words = entry.split_whitespace();
+    let Some(ip) = words.next() else {
+        return bad("expected IP NAME");
+    };
+    if ip.parse::<std::net::IpAddr>().is_err() {
+        return bad("not an IP address");
+    }
+    let names: Vec<&str> = words.collect();
+    if names.is_empty() {
+        return bad("expected IP NAME");
+    }
+    let name_ok = |n: &str| {
+        n.len() <= 253
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    };
+    if !names.iter().all(|n| name_ok(n)) {
+        return bad("a host name may hold letters, digits, '-', '_' and '.'");
+    }
+    Ok(())
+}
+
+/// Docker's `--host HOST:IP` (also `HOST=IP`) as a spec's hosts line, `IP HOST`. The IP may
+/// be IPv6 (`db:fe80::1`: the host is what comes before the first ':').
+pub fn host_entry(flag: &str) -> Result<String, String> {
+    let (host, ip) = flag
+        .split_once(['=', ':'])
+        .ok_or_else(|| format!("invalid --host {:?}: expected HOST:IP", truncated(flag)))?;
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(format!(
+            "invalid --host {:?}: expected HOST:IP",
+            truncated(flag)
+        ));
+    }
+    let ip = ip.trim_start_matches('[').trim_end_matches(']');
+    let entry = format!("{ip} {host}");
+    check_host_entry(&entry)?;
+    Ok(entry)
+}
+
 /// `--user` as Docker takes it: `user[:group]`, each a name or a numeric id.
 pub fn check_user(user: &str) -> Result<(), String> {
     if user.is_empty() {
@@ -190,6 +239,10 @@ fn check_task_spec(t: &TaskSpec) -> Result<(), String> {
             check_text(field, &r.target, MAX_FIELD_BYTES)?;
         }
     }
+    check_list("--host", t.hosts.len(), MAX_LIST_ENTRIES)?;
+    for h in &t.hosts {
+        check_host_entry(h)?;
+    }
     check_list("--network", t.networks.len(), MAX_LIST_ENTRIES)?;
     for n in &t.networks {
         check_text("--network", &n.target, MAX_FIELD_BYTES)?;
@@ -206,6 +259,21 @@ fn check_task_spec(t: &TaskSpec) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extra_host_entries() {
+        assert_eq!(host_entry("db:10.0.0.5").unwrap(), "10.0.0.5 db");
+        assert_eq!(host_entry("db=10.0.0.5").unwrap(), "10.0.0.5 db");
+        assert_eq!(host_entry("v6:fe80::1").unwrap(), "fe80::1 v6");
+        assert_eq!(host_entry("v6:[::1]").unwrap(), "::1 v6");
+        for bad in ["db", "db:nope", "d b:10.0.0.1", ":10.0.0.1", "db:"] {
+            assert!(host_entry(bad).is_err(), "{bad}");
+        }
+        assert!(check_host_entry("10.0.0.5 db db.local").is_ok());
+        for bad in ["", "10.0.0.5", "x db", "10.0.0.5 d/b"] {
+            assert!(check_host_entry(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn labels_are_bounded() {

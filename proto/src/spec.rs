@@ -179,6 +179,10 @@ pub struct TaskSpec {
     /// forwards unknown names to (empty: the node's resolvers), and resolv.conf's other lines.
     #[serde(default)]
     pub dns: DnsConfig,
+    /// `--host HOST:IP`: extra lines of the container's /etc/hosts, each `IP NAME` (as
+    /// Docker's spec keeps them).
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -193,9 +193,12 @@ async fn lifecycle(runtime: &'static str) {
             "/bin/sh",
             "-c",
             "echo out-one; echo err-one >&2; echo \"host=$(hostname) env=$FROM_IMAGE\"; \
-             echo \"net=$(ls /sys/class/net) lo=$(cat /sys/class/net/lo/operstate)\"; exit 3",
+             echo \"net=$(ls /sys/class/net) lo=$(cat /sys/class/net/lo/operstate)\"; \
+             cat /etc/hosts; exit 3",
         ],
     );
+    let mut task = task;
+    task.spec.hosts = vec!["10.1.2.3 db db.local".into()];
     env.rt.prepare(&task).await.unwrap();
     env.rt.start(&task.task_id).await.unwrap();
     assert_eq!(env.rt.wait(&task.task_id).await.unwrap(), 3);
@@ -219,6 +222,13 @@ async fn lifecycle(runtime: &'static str) {
     );
     // A network namespace of its own, with only the loopback, up.
     assert!(log.contains("stdout net=lo lo=unknown"), "{log}");
+    // `--host` entries follow the task's own in /etc/hosts.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with(" stdout 10.1.2.3\tdb db.local")),
+        "{log}"
+    );
     // `<RFC 3339 nanos> <stream> <text>`
     let stamp = lines[0].split(' ').next().unwrap();
     assert!(stamp.ends_with('Z') && stamp.len() == 30, "{stamp}");
@@ -633,7 +643,7 @@ async fn healthchecks(runtime: &'static str) {
     assert_eq!(env.rt.wait(&sick.task_id).await.unwrap(), 137);
     assert_eq!(
         env.rt.exit_detail(&sick.task_id).await.as_deref(),
-        Some("container unhealthy: bad-health")
+        Some("container unhealthy: exit 1: bad-health")
     );
 }
 both_runtimes!(healthchecks);

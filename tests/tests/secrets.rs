@@ -309,6 +309,28 @@ fn lab_secrets_configs_and_logs() -> Result<()> {
     })?;
 
     // ---- once the service is gone the secret can be removed.
+    // ---- `--secret-rm` frees the secret at once (a previous spec does not keep it in use);
+    // a rollback to the spec that named it is then refused.
+    lab.shoal(
+        "m1",
+        &[
+            "service",
+            "update",
+            "--detach",
+            "--secret-rm",
+            "db-password",
+            "web",
+        ],
+    )?;
+    lab.shoal("m1", &["secret", "rm", "db-password"])?;
+    let refused = lab
+        .shoal("m1", &["service", "rollback", "--detach", "web"])
+        .unwrap_err()
+        .to_string();
+    ensure!(
+        refused.contains("cannot roll back: secret not found: db-password"),
+        "{refused}"
+    );
     lab.shoal("m1", &["service", "rm", "web"])?;
     rt.block_on(async {
         // The watch saw the removal (after any number of changes of its tasks) and ended.
@@ -331,8 +353,11 @@ fn lab_secrets_configs_and_logs() -> Result<()> {
     })?;
     rt.block_on(async {
         let mut m1 = client(&lab, "m1").await?;
-        m1.remove_secret(pb::GetFileObjectRequest { id: id.clone() })
-            .await?;
+        let gone = m1
+            .remove_secret(pb::GetFileObjectRequest { id: id.clone() })
+            .await
+            .unwrap_err();
+        ensure!(gone.code() == Code::NotFound, "{gone:?}");
         let list = m1.list_secrets(pb::Empty {}).await?.into_inner().objects;
         ensure!(list.is_empty(), "{list:?}");
         m1.remove_config(pb::GetFileObjectRequest {

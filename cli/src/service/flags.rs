@@ -188,6 +188,9 @@ pub struct CreateArgs {
     /// Set DNS options (resolv.conf `options`), e.g. ndots:2.
     #[arg(long = "dns-option", value_parser = parse_dns_option, value_name = "OPTION")]
     pub dns_option: Vec<String>,
+    /// Add a custom host-to-IP mapping to the containers' /etc/hosts (HOST:IP); repeatable.
+    #[arg(long = "host", value_parser = proto::limits::host_entry, value_name = "HOST:IP")]
+    pub hosts: Vec<String>,
     #[command(flatten)]
     pub flags: SpecFlags,
     /// Exit immediately instead of waiting for the service to converge.
@@ -288,6 +291,12 @@ pub struct UpdateArgs {
     /// Remove a DNS option.
     #[arg(long = "dns-option-rm", value_name = "OPTION")]
     pub dns_option_rm: Vec<String>,
+    /// Add a custom host-to-IP mapping (HOST:IP).
+    #[arg(long = "host-add", value_parser = proto::limits::host_entry, value_name = "HOST:IP")]
+    pub host_add: Vec<String>,
+    /// Remove a custom host-to-IP mapping: HOST:IP, or HOST for every address of it.
+    #[arg(long = "host-rm", value_name = "HOST[:IP]")]
+    pub host_rm: Vec<String>,
     #[command(flatten)]
     pub flags: SpecFlags,
     /// Force update even if no changes require it.

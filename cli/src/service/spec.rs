@@ -46,6 +46,28 @@ pub fn edit_list(list: &mut Vec<String>, add: &[String], rm: &[String]) {
     list.retain(|c| !rm.contains(&norm(c)));
 }
 
+/// `--host-rm` then `--host-add` on a spec's hosts lines (`IP NAME`): a removal `HOST:IP`
+/// takes that line, `HOST` every line naming it; an addition already there is not doubled.
+pub fn edit_hosts(hosts: &mut Vec<String>, add: &[String], rm: &[String]) {
+    for r in rm {
+        let (name, ip) = match r.split_once([':', '=']) {
+            Some((n, ip)) => (n, Some(ip.trim_start_matches('[').trim_end_matches(']'))),
+            None => (r.as_str(), None),
+        };
+        hosts.retain(|h| {
+            let mut words = h.split_whitespace();
+            let addr = words.next().unwrap_or_default();
+            let named = words.any(|w| w == name);
+            !(named && ip.is_none_or(|ip| ip == addr))
+        });
+    }
+    for a in add {
+        if !hosts.contains(a) {
+            hosts.push(a.clone());
+        }
+    }
+}
+
 /// Publishing rules that can be checked without the cluster: one service publishes a port
 /// (and protocol) once, and DNS round robin has no VIP for the routing mesh to balance on.
 pub fn check_endpoint(e: &EndpointSpec) -> Result<(), String> {
@@ -176,6 +198,7 @@ pub fn build_spec(a: &CreateArgs, name: String) -> Result<ServiceSpec, String> {
                 search: dedup(&a.dns_search),
                 options: dedup(&a.dns_option),
             },
+            hosts: dedup(&a.hosts),
             ..Default::default()
         },
         update: UpdateConfig::default(),
@@ -278,6 +301,7 @@ pub fn update_spec(
     edit_list(&mut dns.nameservers, &a.dns_add, &a.dns_rm);
     edit_list(&mut dns.search, &a.dns_search_add, &a.dns_search_rm);
     edit_list(&mut dns.options, &a.dns_option_add, &a.dns_option_rm);
+    edit_hosts(&mut spec.task.hosts, &a.host_add, &a.host_rm);
     apply_flags(&mut spec, &a.flags)?;
     check_endpoint(&spec.endpoint)?;
     if a.force {

@@ -175,7 +175,11 @@ impl Watch {
                 view.running == view.desired && all_current && !updating,
             )
         };
+        // An update rolled back is told once the rollback has converged: the manager marks
+        // it completed when the last batch is started, not when every slot runs again.
+        let rolled_back = status.is_some_and(|u| u.state == "rollback_completed");
         let verdict = match failure {
+            Some(_) if rolled_back && !converged => Verdict::Waiting,
             Some(m) => Verdict::Failed(m),
             None if converged => Verdict::Converged,
             None => Verdict::Waiting,

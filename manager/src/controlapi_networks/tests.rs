@@ -122,3 +122,21 @@ fn service_ports_are_checked() {
     s.endpoint.ports[0].publish_mode = proto::spec::PublishMode::Host;
     assert!(validate_spec(&s).is_ok());
 }
+
+/// Published ports need the routing mesh's network: without it (removed) a service that
+/// publishes is refused, one that does not is not.
+#[test]
+fn publishing_needs_an_ingress_network() {
+    use crate::controlapi_services::with_spec;
+    let mut d = data_with_networks();
+    let mut s = service("web", &[], vec![port(8080, 80)]);
+    with_spec(&d, &mut s.clone(), s.spec.clone()).unwrap();
+    d.networks.remove("ing");
+    let e = with_spec(&d, &mut s.clone(), s.spec.clone()).unwrap_err();
+    assert_eq!(
+        e.message(),
+        "service needs ingress network, but no ingress network is present"
+    );
+    s.spec.endpoint.ports.clear();
+    with_spec(&d, &mut s.clone(), s.spec.clone()).unwrap();
+}

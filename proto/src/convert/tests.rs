@@ -113,6 +113,7 @@ pub(crate) fn task_spec() -> impl Strategy<Value = TaskSpec> {
         health,
         networks,
         dns,
+        strings(),
     );
     (head, restart, placement, tail).prop_map(
         |(
@@ -128,6 +129,7 @@ pub(crate) fn task_spec() -> impl Strategy<Value = TaskSpec> {
                 healthcheck,
                 networks,
                 dns,
+                hosts,
             ),
         )| TaskSpec {
             image,
@@ -155,6 +157,7 @@ pub(crate) fn task_spec() -> impl Strategy<Value = TaskSpec> {
             healthcheck,
             networks,
             dns,
+            hosts,
         },
     )
 }

@@ -314,6 +314,18 @@ impl State {
 
     /// Run the runtime binary with `args`; returns stdout, or the trimmed error.
     async fn runtime_cmd(&self, args: &[&str]) -> Result<String, String> {
+        let out = self.runtime_output(args).await?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
+            text.push_str(&String::from_utf8_lossy(&out.stdout));
+            Err(trim_runtime_error(&text))
+        }
+    }
+
+    /// The runtime run with `args`, to its end: status and output.
+    async fn runtime_output(&self, args: &[&str]) -> Result<std::process::Output, String> {
         let mut cmd = tokio::process::Command::new(&self.binary);
         cmd.arg("--root").arg(&self.root).args(args);
         cmd.stdin(std::process::Stdio::null());
@@ -322,17 +334,9 @@ impl State {
             // SAFETY: mask_cgroup2 only makes system calls.
             unsafe { cmd.pre_exec(shim::mask_cgroup2) };
         }
-        let out = cmd
-            .output()
+        cmd.output()
             .await
-            .map_err(|e| format!("{}: {e}", self.binary))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
-            text.push_str(&String::from_utf8_lossy(&out.stdout));
-            Err(trim_runtime_error(&text))
-        }
+            .map_err(|e| format!("{}: {e}", self.binary))
     }
 
     fn shim_alive(&self, task_id: &str) -> bool {
@@ -397,13 +401,16 @@ impl State {
             .find(|n| !n.ingress)
             .map(|n| n.addr.to_string())
             .unwrap_or_else(|| "127.0.1.1".into());
-        std::fs::write(
-            etc.join("hosts"),
-            format!(
-                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\t{hostname}\n"
-            ),
-        )
-        .map_err(|e| io("/etc/hosts", e))?;
+        let mut hosts = format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\t{hostname}\n"
+        );
+        // `--host HOST:IP` entries (IP NAME), after the task's own, as Docker writes them.
+        for h in &task.spec.hosts {
+            if let Some((ip, names)) = h.trim().split_once(char::is_whitespace) {
+                hosts.push_str(&format!("{ip}\t{}\n", names.trim()));
+            }
+        }
+        std::fs::write(etc.join("hosts"), hosts).map_err(|e| io("/etc/hosts", e))?;
         let resolv = if task.networks.is_empty() {
             std::fs::read("/etc/resolv.conf").unwrap_or_default()
         } else {
@@ -759,10 +766,12 @@ impl State {
             }
             let mut args = vec!["exec", task_id];
             args.extend(argv.iter().map(String::as_str));
-            let (ok, output) = match tokio::time::timeout(timeout, self.runtime_cmd(&args)).await {
-                Ok(Ok(out)) => (true, out),
+            let (ok, output) = match tokio::time::timeout(timeout, self.runtime_output(&args)).await
+            {
+                Ok(Ok(out)) if out.status.success() => (true, String::new()),
+                Ok(Ok(out)) => (false, probe_failure(&out)),
                 Ok(Err(e)) => (false, e),
-                Err(_) => (false, format!("timed out after {timeout:?}")),
+                Err(_) => (false, format!("probe timed out after {timeout:?}")),
             };
             if ok {
                 failures = 0;
@@ -774,7 +783,6 @@ impl State {
             }
             failures += 1;
             if failures >= retries {
-                let output: String = output.trim().chars().take(300).collect();
                 let _ = std::fs::write(self.task_dir(task_id).join("unhealthy"), output);
                 live.health.send_replace(Health::Unhealthy);
                 let _ = self.runtime_cmd(&["kill", task_id, "KILL"]).await;
@@ -787,6 +795,27 @@ impl State {
         if let Some(live) = lock(&self.live).remove(task_id) {
             live.cancel.cancel();
         }
+    }
+}
+
+/// Why a health probe failed, as `service ps` shows it after "container unhealthy: ": its
+/// exit code and the end of its output (`exit 1: connection refused`, `exit 1, no output`).
+fn probe_failure(out: &std::process::Output) -> String {
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    let text = text.trim();
+    // The end of a long output: what a probe says last is what explains it.
+    let skip = text.chars().count().saturating_sub(300);
+    let tail: String = text.chars().skip(skip).collect();
+    let tail = tail.replace('\n', " ");
+    let code = match out.status.code() {
+        Some(c) => format!("exit {c}"),
+        None => "killed by a signal".to_string(),
+    };
+    if tail.is_empty() {
+        format!("{code}, no output")
+    } else {
+        format!("{code}: {tail}")
     }
 }
 
@@ -1351,6 +1380,31 @@ fn failed(task_id: &str, op: RuntimeOp, reason: String) -> RuntimeError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_probe_says_its_exit_code_and_the_end_of_its_output() {
+        use std::os::unix::process::ExitStatusExt;
+        let out = |raw: i32, stdout: &str, stderr: &str| std::process::Output {
+            status: std::process::ExitStatus::from_raw(raw),
+            stdout: stdout.as_bytes().to_vec(),
+            stderr: stderr.as_bytes().to_vec(),
+        };
+        assert_eq!(probe_failure(&out(1 << 8, "", "")), "exit 1, no output");
+        assert_eq!(
+            probe_failure(&out(2 << 8, "checking\n", "refused\n")),
+            "exit 2: checking refused"
+        );
+        assert_eq!(
+            probe_failure(&out(9, "", "")),
+            "killed by a signal, no output"
+        );
+        let long = format!("{}END", "x".repeat(1000));
+        let said = probe_failure(&out(1 << 8, &long, ""));
+        assert!(
+            said.ends_with("END") && said.len() == "exit 1: ".len() + 300,
+            "{said}"
+        );
+    }
 
     #[test]
     fn runtime_errors_are_trimmed_to_their_essence() {

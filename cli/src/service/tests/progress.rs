@@ -46,6 +46,12 @@ fn paused_and_rolled_back_updates_fail() {
     assert_eq!(s.verdict, Verdict::Waiting);
     assert_eq!(w.observe(&v, &[running(1, &spec)]).note, None);
     v.update_status = status("rollback_completed", 5);
+    // Told only once the rollback converged: not while a slot has no running task.
+    let mut gap = v.clone();
+    gap.running = 0;
+    let mut starting = running(1, &spec);
+    starting.status.state = TaskState::Starting;
+    assert_eq!(w.observe(&gap, &[starting]).verdict, Verdict::Waiting);
     match w.observe(&v, &[running(1, &spec)]).verdict {
         Verdict::Failed(m) => assert_eq!(m, "update rolled back: rollback_completed msg"),
         other => panic!("{other:?}"),

@@ -146,3 +146,46 @@ fn ps_filters() {
 }
 
 // ------------------------------------------------------------ rendering
+
+/// Docker's `--host HOST:IP` (create) and `--host-add`/`--host-rm` (update): the spec keeps
+/// `IP HOST` lines; `-H` stays the daemon socket before the command.
+#[test]
+fn extra_hosts() {
+    let s = create_spec(&[
+        "--host",
+        "db:10.0.0.5",
+        "--host",
+        "v6:fe80::1",
+        "--host",
+        "db:10.0.0.5",
+        "busybox",
+    ])
+    .unwrap();
+    assert_eq!(s.task.hosts, ["10.0.0.5 db", "fe80::1 v6"]);
+    let mut with = base();
+    with.task.hosts = s.task.hosts.clone();
+    let u = update(
+        with.clone(),
+        &["--host-rm", "db", "--host-add", "cache:10.0.0.9"],
+    )
+    .unwrap();
+    assert_eq!(u.task.hosts, ["fe80::1 v6", "10.0.0.9 cache"]);
+    let u = update(with, &["--host-rm", "db:10.0.0.6"]).unwrap();
+    assert_eq!(u.task.hosts.len(), 2, "another address: kept");
+    let e = usage_error(&["create", "--host", "db", "busybox"]);
+    assert!(e.contains("expected HOST:IP"), "{e}");
+    let e = usage_error(&["create", "--host", "db:nope", "busybox"]);
+    assert!(e.contains("not an IP address"), "{e}");
+    let cli = crate::commands::Cli::try_parse_from([
+        "shoal",
+        "-H",
+        "unix:///tmp/s.sock",
+        "service",
+        "create",
+        "--host",
+        "db:10.0.0.5",
+        "busybox",
+    ])
+    .unwrap();
+    assert_eq!(cli.host, "unix:///tmp/s.sock");
+}
