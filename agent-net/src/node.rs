@@ -628,6 +628,8 @@ mod tests {
             spec: TaskSpec::default(),
             desired_state: TaskState::Running,
             node_hostname: "n1".into(),
+            node_id: String::new(),
+            service_labels: Default::default(),
             secrets: vec![],
             configs: vec![],
             networks,

@@ -466,6 +466,8 @@ impl From<&spec::Assignment> for pb::Assignment {
             desired_state: pb::TaskState::from(a.desired_state) as i32,
             node_hostname: a.node_hostname.clone(),
             networks: a.networks.iter().map(Into::into).collect(),
+            node_id: a.node_id.clone(),
+            service_labels: a.service_labels.clone().into_iter().collect(),
         }
     }
 }
@@ -494,6 +496,8 @@ impl TryFrom<pb::Assignment> for spec::Assignment {
             node_hostname: a.node_hostname,
             secrets: Vec::new(),
             configs: Vec::new(),
+            node_id: a.node_id,
+            service_labels: a.service_labels.into_iter().collect(),
         })
     }
 }

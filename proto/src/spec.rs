@@ -150,9 +150,9 @@ pub struct TaskSpec {
     pub stop_signal: String,
     /// Bumped by `service update --force` to replace tasks with an unchanged spec.
     pub force_update: u64,
-    /// Container hostname; may hold the templates `{{.Service.Name}}`, `{{.Task.Slot}}`,
-    /// `{{.Node.Hostname}}` (and `{{.Task.ID}}`, `{{.Service.ID}}`). Empty: the task id's
-    /// first 12 characters, as Docker does.
+    /// Container hostname; may hold Docker's templates (`{{.Service.Name}}`, `{{.Task.Slot}}`,
+    /// `{{.Node.Hostname}}`, …: see the worker's `oci::spec::expand`), as may `env` values and
+    /// volume names. Empty: the task id's first 12 characters, as Docker does.
     #[serde(default)]
     pub hostname: String,
     /// `user[:group]`, names or numbers; empty: the image's user.
@@ -552,6 +552,12 @@ pub struct Assignment {
     /// The task's overlay networks, in the order of its interfaces.
     #[serde(default)]
     pub networks: Vec<TaskNetwork>,
+    /// The node the task is assigned to (for `{{.Node.ID}}`).
+    #[serde(default)]
+    pub node_id: String,
+    /// Its service's labels (for `{{.Service.Labels}}`).
+    #[serde(default)]
+    pub service_labels: BTreeMap<String, String>,
 }
 
 /// What a worker reports about one task.

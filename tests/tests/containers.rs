@@ -193,7 +193,8 @@ fn lab_real_containers() -> Result<()> {
     let web2 = format!("{reg}/web:v2");
     let sleep = format!("{reg}/sleep:1");
 
-    // Six replicas over the three nodes, each answering with its own hostname.
+    // Six replicas over the three nodes, each answering with its own hostname (a template,
+    // spaces inside the braces as Go templates allow).
     create(
         &lab,
         &[
@@ -202,7 +203,7 @@ fn lab_real_containers() -> Result<()> {
             "--replicas",
             "6",
             "--hostname",
-            "{{.Service.Name}}-{{.Task.Slot}}",
+            "{{ .Service.Name }}-{{.Task.Slot}}",
             "--update-delay",
             "0s",
             &web1,

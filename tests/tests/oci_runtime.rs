@@ -878,6 +878,8 @@ impl Env {
             },
             desired_state: TaskState::Running,
             node_hostname: "node1".into(),
+            node_id: String::new(),
+            service_labels: Default::default(),
             secrets: vec![],
             configs: vec![],
             networks: vec![],

@@ -622,6 +622,8 @@ mod tests {
             secrets: Vec::new(),
             configs: Vec::new(),
             networks: Vec::new(),
+            node_id: String::new(),
+            service_labels: Default::default(),
         })
     }
 

@@ -774,6 +774,8 @@ mod tests {
     fn assignment(id: &str, env: &[&str], desired: TaskState) -> Assignment {
         Assignment {
             node_hostname: String::new(),
+            node_id: String::new(),
+            service_labels: Default::default(),
             secrets: Vec::new(),
             configs: Vec::new(),
             networks: vec![],

@@ -510,6 +510,8 @@ mod tests {
     fn task(id: &str, env: &[&str]) -> Assignment {
         Assignment {
             node_hostname: String::new(),
+            node_id: String::new(),
+            service_labels: Default::default(),
             secrets: Vec::new(),
             configs: Vec::new(),
             networks: vec![],

@@ -54,6 +54,12 @@ fn assignment_of(d: &StoreData, t: &Task, node_id: &str) -> Option<Assignment> {
         secrets: Vec::new(),
         configs: Vec::new(),
         networks: t.networks.clone(),
+        node_id: node_id.to_string(),
+        service_labels: d
+            .services
+            .get(&t.service_id)
+            .map(|s| s.spec.labels.clone())
+            .unwrap_or_default(),
     })
 }
 

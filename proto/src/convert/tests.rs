@@ -204,16 +204,18 @@ fn assignment() -> impl Strategy<Value = Assignment> {
         (s(), s(), s(), any::<u64>()),
         task_spec(),
         state(),
-        s(),
+        (s(), s()),
         prop::collection::vec(task_network(), 0..3),
+        prop::collection::btree_map(s(), s(), 0..3),
     )
         .prop_map(
             |(
                 (task_id, service_id, service_name, slot),
                 spec,
                 desired_state,
-                node_hostname,
+                (node_hostname, node_id),
                 networks,
+                service_labels,
             )| {
                 Assignment {
                     task_id,
@@ -226,6 +228,8 @@ fn assignment() -> impl Strategy<Value = Assignment> {
                     secrets: Vec::new(),
                     configs: Vec::new(),
                     networks,
+                    node_id,
+                    service_labels,
                 }
             },
         )
@@ -421,6 +425,8 @@ fn unknown_enum_values_keep_the_rest_of_the_message() {
         },
         desired_state: TaskState::Running,
         node_hostname: "h".into(),
+        node_id: String::new(),
+        service_labels: Default::default(),
         secrets: Vec::new(),
         configs: Vec::new(),
         networks: Vec::new(),
@@ -550,6 +556,8 @@ fn files_fill_assignments_with_default_targets() {
         },
         desired_state: TaskState::Running,
         node_hostname: String::new(),
+        node_id: String::new(),
+        service_labels: Default::default(),
         secrets: Vec::new(),
         configs: Vec::new(),
         networks: Vec::new(),

@@ -708,6 +708,8 @@ mod tests {
             },
             desired_state: TaskState::Running,
             node_hostname: "n1".into(),
+            node_id: String::new(),
+            service_labels: Default::default(),
             secrets: vec![],
             configs: vec![],
             networks: vec![TaskNetwork {

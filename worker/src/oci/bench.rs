@@ -76,6 +76,8 @@ fn bench_task(id: String, command: &[&str]) -> Assignment {
         },
         desired_state: TaskState::Running,
         node_hostname: String::new(),
+        node_id: String::new(),
+        service_labels: Default::default(),
         secrets: vec![],
         configs: vec![],
         networks: vec![],

@@ -450,17 +450,15 @@ impl State {
                     }
                 }
                 MountKind::Volume => {
-                    let source = if mount.source.is_empty() {
+                    // A name may hold templates: a volume per task or slot.
+                    let name = spec::expand(&mount.source, task);
+                    let source = if name.is_empty() {
                         dir.join("volumes").join(i.to_string())
                     } else {
-                        if mount.source.contains('/') || mount.source.starts_with('.') {
-                            return Err(format!("invalid volume name {:?}", mount.source));
+                        if name.contains('/') || name.starts_with('.') {
+                            return Err(format!("invalid volume name {name:?}"));
                         }
-                        self.config
-                            .data_dir
-                            .join("volumes")
-                            .join(&mount.source)
-                            .join("_data")
+                        self.config.data_dir.join("volumes").join(&name).join("_data")
                     };
                     std::fs::create_dir_all(&source).map_err(|e| io("creating the volume", e))?;
                     MountPlan::Bind {

@@ -134,12 +134,63 @@ pub fn hostname(task: &Assignment) -> String {
     if template.is_empty() {
         return task.task_id.chars().take(12).collect();
     }
-    template
-        .replace("{{.Service.Name}}", &task.service_name)
-        .replace("{{.Service.ID}}", &task.service_id)
-        .replace("{{.Task.Slot}}", &task.slot.to_string())
-        .replace("{{.Task.ID}}", &task.task_id)
-        .replace("{{.Node.Hostname}}", &task.node_hostname)
+    expand(template, task)
+}
+
+/// Docker's placeholders of `--hostname`, `--env` and `--mount source=` filled in for
+/// `task`: `{{.Service.ID}}`, `{{.Service.Name}}`, `{{.Service.Labels}}` (and `{{index
+/// .Service.Labels "KEY"}}`), `{{.Node.ID}}`, `{{.Node.Hostname}}`, `{{.Task.ID}}`,
+/// `{{.Task.Name}}`, `{{.Task.Slot}}`, with or without spaces inside the braces. Anything
+/// else is left as written.
+pub fn expand(template: &str, task: &Assignment) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        let Some(len) = rest[open + 2..].find("}}") else {
+            break;
+        };
+        out.push_str(&rest[..open]);
+        let whole = &rest[open..open + 2 + len + 2];
+        match placeholder(rest[open + 2..open + 2 + len].trim(), task) {
+            Some(v) => out.push_str(&v),
+            None => out.push_str(whole),
+        }
+        rest = &rest[open + 2 + len + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn placeholder(name: &str, t: &Assignment) -> Option<String> {
+    Some(match name {
+        ".Service.ID" => t.service_id.clone(),
+        ".Service.Name" => t.service_name.clone(),
+        // As Go prints a map: map[k1:v1 k2:v2], keys sorted.
+        ".Service.Labels" => {
+            let pairs: Vec<String> = t
+                .service_labels
+                .iter()
+                .map(|(k, v)| format!("{k}:{v}"))
+                .collect();
+            format!("map[{}]", pairs.join(" "))
+        }
+        ".Node.ID" => t.node_id.clone(),
+        ".Node.Hostname" => t.node_hostname.clone(),
+        ".Task.ID" => t.task_id.clone(),
+        ".Task.Slot" => t.slot.to_string(),
+        // Docker's task name: service.slot.id, or service.node.id for a global task.
+        ".Task.Name" if t.slot > 0 => format!("{}.{}.{}", t.service_name, t.slot, t.task_id),
+        ".Task.Name" => format!("{}.{}.{}", t.service_name, t.node_id, t.task_id),
+        _ => {
+            let key = name
+                .strip_prefix("index")?
+                .trim_start()
+                .strip_prefix(".Service.Labels")?
+                .trim();
+            let key = key.strip_prefix('"')?.strip_suffix('"')?;
+            t.service_labels.get(key).cloned().unwrap_or_default()
+        }
+    })
 }
 
 /// CFS quota for a limit in nano CPUs (1e9 = one CPU), over [`CPU_PERIOD_US`].
@@ -307,7 +358,8 @@ pub fn build(input: &BundleInput<'_>) -> Result<Spec, String> {
     let task = input.task;
     let spec = &task.spec;
     let args = merge_args(&spec.command, &spec.args, input.image)?;
-    let env = merge_env(&input.image.env, &spec.env, input.hostname);
+    let task_env: Vec<String> = spec.env.iter().map(|e| expand(e, task)).collect();
+    let env = merge_env(&input.image.env, &task_env, input.hostname);
     let cwd = if !spec.workdir.is_empty() {
         spec.workdir.clone()
     } else if !input.image.working_dir.is_empty() {
@@ -442,6 +494,8 @@ mod tests {
             spec: TaskSpec::default(),
             desired_state: TaskState::Running,
             node_hostname: "node-a".into(),
+            node_id: String::new(),
+            service_labels: Default::default(),
             secrets: vec![],
             configs: vec![],
             networks: vec![],
@@ -503,6 +557,60 @@ mod tests {
         assert!(
             !text.contains("192.0.2.53"),
             "forwarders stay out of resolv.conf"
+        );
+    }
+
+    #[test]
+    fn every_placeholder_docker_has_expands_with_or_without_spaces() {
+        let mut t = task();
+        t.node_id = "node9".into();
+        t.service_labels = [
+            ("tier".to_string(), "front".to_string()),
+            ("a".into(), "b".into()),
+        ]
+        .into_iter()
+        .collect();
+        let cases = [
+            ("{{ .Service.ID }}", "svc123"),
+            ("{{.Service.Name}}", "web"),
+            ("{{.Service.Labels}}", "map[a:b tier:front]"),
+            ("{{ index .Service.Labels \"tier\" }}", "front"),
+            ("{{index .Service.Labels \"nope\"}}", ""),
+            ("{{.Node.ID}}", "node9"),
+            ("{{ .Node.Hostname}}", "node-a"),
+            ("{{.Task.ID }}", "abcdefghijklmnopqrstuvwxyz"),
+            ("{{.Task.Name}}", "web.4.abcdefghijklmnopqrstuvwxyz"),
+            ("{{.Task.Slot}}", "4"),
+            ("x-{{.Nope}}-{{.Task.Slot}}", "x-{{.Nope}}-4"),
+            ("unclosed {{.Task.Slot", "unclosed {{.Task.Slot"),
+            ("no templates", "no templates"),
+        ];
+        for (template, want) in cases {
+            assert_eq!(expand(template, &t), want, "{template}");
+        }
+        t.slot = 0;
+        assert_eq!(
+            expand("{{.Task.Name}}", &t),
+            "web.node9.abcdefghijklmnopqrstuvwxyz"
+        );
+        // In the environment too.
+        t.spec.env = vec!["WHO={{.Service.Name}}.{{ .Task.Slot }}".into()];
+        t.spec.command = strings(&["true"]);
+        let image = ImageConfig::default();
+        let input = BundleInput {
+            task: &t,
+            image: &image,
+            rootfs: Path::new("/tmp/rootfs"),
+            hostname: "h",
+            user: ResolvedUser::default(),
+            mounts: Vec::new(),
+            netns_path: None,
+        };
+        let value = serde_json::to_value(build(&input).unwrap()).unwrap();
+        let env = &value["process"]["env"];
+        assert!(
+            env.as_array().unwrap().contains(&Value::from("WHO=web.0")),
+            "{env}"
         );
     }
 
