@@ -30,7 +30,11 @@ pub struct SpecFlags {
     #[arg(long)]
     pub max_concurrent: Option<u64>,
     /// Maximum number of tasks per node (default 0 = unlimited).
-    #[arg(long)]
+    #[arg(
+        long = "replicas-max-per-node",
+        alias = "max-replicas",
+        value_name = "N"
+    )]
     pub max_replicas: Option<u64>,
     /// Reserve CPUs, e.g. 0.5.
     #[arg(long, value_parser = parse_cpu, value_name = "CPUS")]
@@ -154,6 +158,10 @@ pub struct CreateArgs {
     /// Set environment variables (KEY=VALUE).
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
+    /// Read environment variables from a file: KEY=VALUE lines (a bare KEY takes this
+    /// shell's value; blank and # lines skipped); --env wins over it.
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_file: Vec<std::path::PathBuf>,
     /// Service labels (KEY=VALUE).
     #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
@@ -193,8 +201,9 @@ pub struct CreateArgs {
     pub hosts: Vec<String>,
     #[command(flatten)]
     pub flags: SpecFlags,
-    /// Exit immediately instead of waiting for the service to converge.
-    #[arg(short, long)]
+    /// Exit immediately instead of waiting for the service to converge (`--detach=false`:
+    /// wait).
+    #[arg(short, long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = false)]
     pub detach: bool,
     /// Suppress progress output.
     #[arg(short, long)]
@@ -305,8 +314,9 @@ pub struct UpdateArgs {
     /// Rollback to previous specification.
     #[arg(long)]
     pub rollback: bool,
-    /// Exit immediately instead of waiting for the service to converge.
-    #[arg(short, long)]
+    /// Exit immediately instead of waiting for the service to converge (`--detach=false`:
+    /// wait).
+    #[arg(short, long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = false)]
     pub detach: bool,
     /// Suppress progress output.
     #[arg(short, long)]

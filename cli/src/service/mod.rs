@@ -54,8 +54,9 @@ pub enum ServiceCmd {
     },
     /// Scale one or multiple replicated services.
     Scale {
-        /// Exit immediately instead of waiting for the service to converge.
-        #[arg(short, long)]
+        /// Exit immediately instead of waiting for the service to converge (`--detach=false`:
+        /// wait).
+        #[arg(short, long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = false)]
         detach: bool,
         /// Services and their replica counts, e.g. web=5.
         #[arg(required = true, value_name = "SERVICE=REPLICAS")]
@@ -65,8 +66,9 @@ pub enum ServiceCmd {
     Update(Box<UpdateArgs>),
     /// Revert changes to a service's configuration.
     Rollback {
-        /// Exit immediately instead of waiting for the service to converge.
-        #[arg(short, long)]
+        /// Exit immediately instead of waiting for the service to converge (`--detach=false`:
+        /// wait).
+        #[arg(short, long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = false)]
         detach: bool,
         /// Suppress progress output.
         #[arg(short, long)]

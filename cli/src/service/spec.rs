@@ -30,6 +30,32 @@ pub fn edit_env(env: &mut Vec<String>, add: &[String], rm: &[String]) -> Result<
     Ok(())
 }
 
+/// The variables of an `--env-file`, as Docker reads one: `KEY=VALUE` lines taken as they
+/// are, a bare `KEY` with this process's value (left out when unset), blank lines and lines
+/// starting with `#` skipped.
+pub fn read_env_file(path: &std::path::Path) -> Result<Vec<String>, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("--env-file {}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let entry = match line.split_once('=') {
+            Some(_) => line.to_string(),
+            None => match std::env::var(line.trim_end()) {
+                Ok(v) => format!("{}={v}", line.trim_end()),
+                Err(_) => continue,
+            },
+        };
+        check_env("--env-file", &entry)
+            .map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?;
+        out.push(entry);
+    }
+    Ok(out)
+}
+
 fn norm(s: &str) -> String {
     s.split_whitespace().collect()
 }
@@ -166,6 +192,11 @@ pub fn build_spec(a: &CreateArgs, name: String) -> Result<ServiceSpec, String> {
     for e in &a.env {
         check_env("--env", e)?;
     }
+    let mut env = Vec::new();
+    for f in &a.env_file {
+        env.extend(read_env_file(f)?);
+    }
+    edit_env(&mut env, &a.env, &[])?;
     // As Docker: the words after the image replace the image's CMD; --entrypoint its
     // ENTRYPOINT.
     let command = Vec::new();
@@ -178,7 +209,7 @@ pub fn build_spec(a: &CreateArgs, name: String) -> Result<ServiceSpec, String> {
             image: a.image.clone(),
             command,
             args,
-            env: a.env.clone(),
+            env,
             resources: Resources::default(),
             restart: RestartPolicy::default(),
             placement: Placement {

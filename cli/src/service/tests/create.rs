@@ -300,3 +300,59 @@ fn bad_values_name_the_flag_in_one_line() {
     let e = create_spec(&["--label", "=x", "busybox"]).unwrap_err();
     assert!(e.contains("--label"), "{e}");
 }
+
+/// `--env-file` as Docker reads it, `--env` winning; `--replicas-max-per-node` (Docker's
+/// name, `--max-replicas` kept); `--detach` alone, `=true` or `=false`.
+#[test]
+fn env_files_max_per_node_and_detach_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.env");
+    std::fs::write(
+        &file,
+        "# comment\nA=1\n\nB=two words\nPATH\nSHOAL_TEST_SURELY_UNSET\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let s = create_spec(&["--env-file", f, "-e", "A=2", "busybox"]).unwrap();
+    let path = std::env::var("PATH").unwrap();
+    assert_eq!(
+        s.task.env,
+        [
+            "A=2".to_string(),
+            "B=two words".into(),
+            format!("PATH={path}")
+        ]
+    );
+    std::fs::write(&file, "=nokey\n").unwrap();
+    let e = create_spec(&["--env-file", f, "busybox"]).unwrap_err();
+    assert!(
+        e.contains("app.env:1:") && e.contains("empty variable name"),
+        "{e}"
+    );
+    let e = create_spec(&["--env-file", "/nonexistent/x.env", "busybox"]).unwrap_err();
+    assert!(e.starts_with("--env-file /nonexistent/x.env:"), "{e}");
+
+    for flag in ["--replicas-max-per-node", "--max-replicas"] {
+        let s = create_spec(&[flag, "2", "busybox"]).unwrap();
+        assert_eq!(s.task.placement.max_replicas, 2, "{flag}");
+    }
+
+    let detach = |args: &[&str]| {
+        let mut v = vec!["create"];
+        v.extend_from_slice(args);
+        v.push("busybox");
+        match parse(&v) {
+            ServiceCmd::Create(a) => a.detach,
+            _ => unreachable!(),
+        }
+    };
+    assert!(!detach(&[]));
+    assert!(detach(&["-d"]));
+    assert!(detach(&["--detach"]));
+    assert!(detach(&["--detach=true"]));
+    assert!(!detach(&["--detach=false"]));
+    match parse(&["scale", "-d", "web=3"]) {
+        ServiceCmd::Scale { detach, scales } => assert!(detach && scales == ["web=3"]),
+        _ => unreachable!(),
+    }
+}
