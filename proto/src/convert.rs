@@ -331,6 +331,19 @@ impl From<&spec::TaskSpec> for pb::TaskSpec {
                 options: s.dns.options.clone(),
             }),
             hosts: s.hosts.clone(),
+            read_only: s.read_only,
+            cap_add: s.cap_add.clone(),
+            cap_drop: s.cap_drop.clone(),
+            sysctls: s.sysctls.clone().into_iter().collect(),
+            ulimits: s
+                .ulimits
+                .iter()
+                .map(|u| pb::Ulimit {
+                    name: u.name.clone(),
+                    soft: u.soft,
+                    hard: u.hard,
+                })
+                .collect(),
         }
     }
 }
@@ -414,6 +427,19 @@ impl TryFrom<pb::TaskSpec> for spec::TaskSpec {
                 options: dns.options,
             },
             hosts: s.hosts,
+            read_only: s.read_only,
+            cap_add: s.cap_add,
+            cap_drop: s.cap_drop,
+            sysctls: s.sysctls.into_iter().collect(),
+            ulimits: s
+                .ulimits
+                .into_iter()
+                .map(|u| spec::Ulimit {
+                    name: u.name,
+                    soft: u.soft,
+                    hard: u.hard,
+                })
+                .collect(),
         })
     }
 }

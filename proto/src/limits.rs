@@ -130,6 +130,157 @@ pub fn host_entry(flag: &str) -> Result<String, String> {
     Ok(entry)
 }
 
+/// Linux capabilities by name (without `CAP_`), as `--cap-add`/`--cap-drop` take them.
+pub const CAPABILITIES: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// A capability as `--cap-add` takes it (`net_admin`, `CAP_NET_ADMIN`, `ALL`), in the
+/// spec's form: `CAP_NET_ADMIN` or `ALL`.
+pub fn capability(name: &str) -> Result<String, String> {
+    let upper = name.trim().to_ascii_uppercase();
+    if upper == "ALL" {
+        return Ok(upper);
+    }
+    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    if CAPABILITIES.contains(&bare) {
+        Ok(format!("CAP_{bare}"))
+    } else {
+        Err(format!("unknown capability {:?}", truncated(name)))
+    }
+}
+
+/// A `--sysctl` key Docker lets a container set: those of its own namespaces (IPC:
+/// `kernel.msg*`, `kernel.sem`, `kernel.shm*`, `fs.mqueue.*`; network: `net.*`).
+pub fn check_sysctl(key: &str, value: &str) -> Result<(), String> {
+    const IPC: [&str; 8] = [
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    let key_ok = key.len() <= 256
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+        && (IPC.contains(&key) || key.starts_with("fs.mqueue.") || key.starts_with("net."));
+    if !key_ok {
+        return Err(format!(
+            "sysctl {:?} is not allowed: only namespaced ones (net.*, kernel.msg*, kernel.sem, kernel.shm*, fs.mqueue.*)",
+            truncated(key)
+        ));
+    }
+    if value.is_empty() || value.len() > 1024 || value.contains(['\n', '\0']) {
+        return Err(format!(
+            "invalid value for sysctl {key}: {:?}",
+            truncated(value)
+        ));
+    }
+    Ok(())
+}
+
+/// The resource limits `--ulimit` knows (RLIMIT_ names in lower case).
+pub const ULIMITS: [&str; 16] = [
+    "as",
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+];
+
+/// One `--ulimit` as Docker writes it: `NAME=SOFT[:HARD]` (-1: unlimited).
+pub fn ulimit(text: &str) -> Result<crate::spec::Ulimit, String> {
+    let bad = |why: &str| format!("invalid --ulimit {:?}: {why}", truncated(text));
+    let (name, limits) = text
+        .split_once('=')
+        .ok_or_else(|| bad("expected NAME=SOFT[:HARD]"))?;
+    let (soft, hard) = limits.split_once(':').unwrap_or((limits, limits));
+    let num = |v: &str| {
+        v.trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= -1)
+            .ok_or_else(|| bad("limits are whole numbers, -1 for unlimited"))
+    };
+    let u = crate::spec::Ulimit {
+        name: name.trim().to_ascii_lowercase(),
+        soft: num(soft)?,
+        hard: num(hard)?,
+    };
+    check_ulimit(&u)?;
+    Ok(u)
+}
+
+/// A spec's ulimit: a known name, soft not above hard (-1 above everything).
+pub fn check_ulimit(u: &crate::spec::Ulimit) -> Result<(), String> {
+    if !ULIMITS.contains(&u.name.as_str()) {
+        return Err(format!("unknown ulimit {:?}", truncated(&u.name)));
+    }
+    let as_u = |v: i64| if v == -1 { u64::MAX } else { v.max(0) as u64 };
+    if u.soft < -1 || u.hard < -1 || as_u(u.soft) > as_u(u.hard) {
+        return Err(format!(
+            "ulimit {}: soft limit {} is above hard limit {} (or below -1)",
+            u.name, u.soft, u.hard
+        ));
+    }
+    Ok(())
+}
+
 /// `--user` as Docker takes it: `user[:group]`, each a name or a numeric id.
 pub fn check_user(user: &str) -> Result<(), String> {
     if user.is_empty() {
@@ -239,6 +390,22 @@ fn check_task_spec(t: &TaskSpec) -> Result<(), String> {
             check_text(field, &r.target, MAX_FIELD_BYTES)?;
         }
     }
+    for (field, caps) in [("--cap-add", &t.cap_add), ("--cap-drop", &t.cap_drop)] {
+        check_list(field, caps.len(), MAX_LIST_ENTRIES)?;
+        for c in caps {
+            if capability(c).as_deref() != Ok(c.as_str()) {
+                return Err(format!("{field}: unknown capability {:?}", truncated(c)));
+            }
+        }
+    }
+    check_list("--sysctl", t.sysctls.len(), MAX_LIST_ENTRIES)?;
+    for (k, v) in &t.sysctls {
+        check_sysctl(k, v)?;
+    }
+    check_list("--ulimit", t.ulimits.len(), ULIMITS.len())?;
+    for u in &t.ulimits {
+        check_ulimit(u)?;
+    }
     check_list("--host", t.hosts.len(), MAX_LIST_ENTRIES)?;
     for h in &t.hosts {
         check_host_entry(h)?;
@@ -259,6 +426,42 @@ fn check_task_spec(t: &TaskSpec) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capabilities_sysctls_and_ulimits() {
+        assert_eq!(capability("net_admin").unwrap(), "CAP_NET_ADMIN");
+        assert_eq!(capability("CAP_SYS_TIME").unwrap(), "CAP_SYS_TIME");
+        assert_eq!(capability("all").unwrap(), "ALL");
+        assert!(capability("NOPE").is_err());
+        assert!(check_sysctl("net.ipv4.ip_forward", "1").is_ok());
+        assert!(check_sysctl("kernel.shmmax", "1024").is_ok());
+        assert!(check_sysctl("fs.mqueue.msg_max", "20").is_ok());
+        assert!(check_sysctl("kernel.hostname", "x").is_err());
+        assert!(check_sysctl("vm.swappiness", "1").is_err());
+        assert!(check_sysctl("net.core.somaxconn", "").is_err());
+        let u = ulimit("nofile=1024:2048").unwrap();
+        assert_eq!((u.name.as_str(), u.soft, u.hard), ("nofile", 1024, 2048));
+        let u = ulimit("NPROC=-1").unwrap();
+        assert_eq!((u.soft, u.hard), (-1, -1));
+        assert_eq!(ulimit("core=0:-1").unwrap().hard, -1);
+        for bad in [
+            "nofile",
+            "nofile=x",
+            "nofile=2048:1024",
+            "nope=1",
+            "nofile=-2",
+            "nofile=-1:5",
+        ] {
+            assert!(ulimit(bad).is_err(), "{bad}");
+        }
+        let mut t = TaskSpec {
+            cap_add: vec!["net_admin".into()],
+            ..Default::default()
+        };
+        assert!(check_task_spec(&t).unwrap_err().contains("--cap-add"));
+        t.cap_add = vec!["CAP_NET_ADMIN".into()];
+        assert!(check_task_spec(&t).is_ok());
+    }
 
     #[test]
     fn extra_host_entries() {

@@ -183,6 +183,29 @@ pub struct TaskSpec {
     /// Docker's spec keeps them).
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// `--read-only`: the container's root file system mounted read-only.
+    #[serde(default)]
+    pub read_only: bool,
+    /// `--cap-add`, `--cap-drop`: capabilities (`CAP_NET_ADMIN`, or `ALL`) on top of, or taken
+    /// from, Docker's default set.
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+    /// `--sysctl KEY=VALUE`: namespaced kernel parameters of the container.
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, String>,
+    /// `--ulimit NAME=SOFT[:HARD]`: resource limits of the container's processes.
+    #[serde(default)]
+    pub ulimits: Vec<Ulimit>,
+}
+
+/// One `--ulimit`: `nofile=1024:2048` (a limit of -1 is unlimited).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    pub name: String,
+    pub soft: i64,
+    pub hard: i64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -250,6 +250,44 @@ async fn lifecycle(runtime: &'static str) {
 }
 both_runtimes!(lifecycle);
 
+/// `--read-only`, `--sysctl`, `--ulimit` and `--cap-drop` as the container sees them.
+async fn hardening(runtime: &'static str) {
+    let env = Env::new(runtime, "hard");
+    let mut task = env.task(
+        "h",
+        &[
+            "/bin/sh",
+            "-c",
+            "touch /written 2>/dev/null && echo rw=yes || echo rw=no; \
+             echo somaxconn=$(cat /proc/sys/net/core/somaxconn); \
+             echo nofile=$(ulimit -n); \
+             cat /proc/self/status",
+        ],
+    );
+    task.spec.read_only = true;
+    task.spec.sysctls = [("net.core.somaxconn".to_string(), "777".to_string())]
+        .into_iter()
+        .collect();
+    task.spec.ulimits = vec![proto::spec::Ulimit {
+        name: "nofile".into(),
+        soft: 333,
+        hard: 444,
+    }];
+    task.spec.cap_drop = vec!["ALL".into()];
+    task.spec.cap_add = vec!["CAP_KILL".into()];
+    env.rt.prepare(&task).await.unwrap();
+    env.rt.start(&task.task_id).await.unwrap();
+    assert_eq!(env.rt.wait(&task.task_id).await.unwrap(), 0);
+    let log = env.log(&task.task_id);
+    for want in ["stdout rw=no", "stdout somaxconn=777", "stdout nofile=333"] {
+        assert!(log.contains(want), "{want}: {log}");
+    }
+    // CAP_KILL alone: bit 5.
+    assert!(log.contains("stdout CapBnd:\t0000000000000020"), "{log}");
+    env.rt.remove(&task.task_id).await.unwrap();
+}
+both_runtimes!(hardening);
+
 async fn limits_and_oom(runtime: &'static str) {
     let env = Env::new(runtime, "limits");
     let mut task = env.task("a", &["sleep", "1000"]);

@@ -199,6 +199,21 @@ pub struct CreateArgs {
     /// Add a custom host-to-IP mapping to the containers' /etc/hosts (HOST:IP); repeatable.
     #[arg(long = "host", value_parser = proto::limits::host_entry, value_name = "HOST:IP")]
     pub hosts: Vec<String>,
+    /// Mount the container's root filesystem as read only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Add Linux capabilities (e.g. NET_ADMIN, or ALL).
+    #[arg(long = "cap-add", value_parser = proto::limits::capability, value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Drop Linux capabilities (e.g. CHOWN, or ALL).
+    #[arg(long = "cap-drop", value_parser = proto::limits::capability, value_name = "CAP")]
+    pub cap_drop: Vec<String>,
+    /// Namespaced kernel parameters (KEY=VALUE, e.g. net.core.somaxconn=1024).
+    #[arg(long = "sysctl", value_parser = parse_sysctl, value_name = "KEY=VALUE")]
+    pub sysctls: Vec<(String, String)>,
+    /// Resource limits of the container's processes (NAME=SOFT[:HARD], e.g. nofile=1024:2048).
+    #[arg(long = "ulimit", value_parser = proto::limits::ulimit, value_name = "ULIMIT")]
+    pub ulimits: Vec<proto::spec::Ulimit>,
     #[command(flatten)]
     pub flags: SpecFlags,
     /// Exit immediately instead of waiting for the service to converge (`--detach=false`:
@@ -217,6 +232,15 @@ pub struct CreateArgs {
         value_name = "COMMAND"
     )]
     pub command: Vec<String>,
+}
+
+/// `--sysctl KEY=VALUE`, checked as the manager checks it.
+fn parse_sysctl(text: &str) -> Result<(String, String), String> {
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| format!("invalid --sysctl {text:?}: expected KEY=VALUE"))?;
+    proto::limits::check_sysctl(k.trim(), v.trim())?;
+    Ok((k.trim().to_string(), v.trim().to_string()))
 }
 
 #[derive(Args, Debug, Clone)]
@@ -303,6 +327,27 @@ pub struct UpdateArgs {
     /// Add a custom host-to-IP mapping (HOST:IP).
     #[arg(long = "host-add", value_parser = proto::limits::host_entry, value_name = "HOST:IP")]
     pub host_add: Vec<String>,
+    /// Mount the container's root filesystem as read only (`--read-only=false`: writable).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub read_only: Option<bool>,
+    /// Add Linux capabilities (taken off the dropped ones).
+    #[arg(long = "cap-add", value_parser = proto::limits::capability, value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Drop Linux capabilities (taken off the added ones).
+    #[arg(long = "cap-drop", value_parser = proto::limits::capability, value_name = "CAP")]
+    pub cap_drop: Vec<String>,
+    /// Add or update a namespaced kernel parameter (KEY=VALUE).
+    #[arg(long = "sysctl-add", value_parser = parse_sysctl, value_name = "KEY=VALUE")]
+    pub sysctl_add: Vec<(String, String)>,
+    /// Remove a kernel parameter (KEY).
+    #[arg(long = "sysctl-rm", value_name = "KEY")]
+    pub sysctl_rm: Vec<String>,
+    /// Add or update a ulimit (NAME=SOFT[:HARD]).
+    #[arg(long = "ulimit-add", value_parser = proto::limits::ulimit, value_name = "ULIMIT")]
+    pub ulimit_add: Vec<proto::spec::Ulimit>,
+    /// Remove a ulimit (NAME).
+    #[arg(long = "ulimit-rm", value_name = "NAME")]
+    pub ulimit_rm: Vec<String>,
     /// Remove a custom host-to-IP mapping: HOST:IP, or HOST for every address of it.
     #[arg(long = "host-rm", value_name = "HOST[:IP]")]
     pub host_rm: Vec<String>,

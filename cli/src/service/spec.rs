@@ -94,6 +94,21 @@ pub fn edit_hosts(hosts: &mut Vec<String>, add: &[String], rm: &[String]) {
     }
 }
 
+/// `--ulimit-rm NAME` then `--ulimit-add NAME=…` (one limit a name, the last one given).
+pub fn edit_ulimits(
+    ulimits: &mut Vec<proto::spec::Ulimit>,
+    add: &[proto::spec::Ulimit],
+    rm: &[String],
+) {
+    ulimits.retain(|u| !rm.iter().any(|r| r.trim().eq_ignore_ascii_case(&u.name)));
+    for a in add {
+        match ulimits.iter_mut().find(|u| u.name == a.name) {
+            Some(u) => *u = a.clone(),
+            None => ulimits.push(a.clone()),
+        }
+    }
+}
+
 /// Publishing rules that can be checked without the cluster: one service publishes a port
 /// (and protocol) once, and DNS round robin has no VIP for the routing mesh to balance on.
 pub fn check_endpoint(e: &EndpointSpec) -> Result<(), String> {
@@ -230,6 +245,15 @@ pub fn build_spec(a: &CreateArgs, name: String) -> Result<ServiceSpec, String> {
                 options: dedup(&a.dns_option),
             },
             hosts: dedup(&a.hosts),
+            read_only: a.read_only,
+            cap_add: dedup(&a.cap_add),
+            cap_drop: dedup(&a.cap_drop),
+            sysctls: a.sysctls.iter().cloned().collect(),
+            ulimits: {
+                let mut u = Vec::new();
+                edit_ulimits(&mut u, &a.ulimits, &[]);
+                u
+            },
             ..Default::default()
         },
         update: UpdateConfig::default(),
@@ -333,6 +357,20 @@ pub fn update_spec(
     edit_list(&mut dns.search, &a.dns_search_add, &a.dns_search_rm);
     edit_list(&mut dns.options, &a.dns_option_add, &a.dns_option_rm);
     edit_hosts(&mut spec.task.hosts, &a.host_add, &a.host_rm);
+    let t = &mut spec.task;
+    if let Some(ro) = a.read_only {
+        t.read_only = ro;
+    }
+    // As Docker: an added capability is no longer dropped, a dropped one no longer added.
+    t.cap_drop.retain(|c| !a.cap_add.contains(c));
+    t.cap_add.retain(|c| !a.cap_drop.contains(c));
+    edit_list(&mut t.cap_add, &a.cap_add, &[]);
+    edit_list(&mut t.cap_drop, &a.cap_drop, &[]);
+    for k in &a.sysctl_rm {
+        t.sysctls.remove(k.trim());
+    }
+    t.sysctls.extend(a.sysctl_add.iter().cloned());
+    edit_ulimits(&mut t.ulimits, &a.ulimit_add, &a.ulimit_rm);
     apply_flags(&mut spec, &a.flags)?;
     check_endpoint(&spec.endpoint)?;
     if a.force {

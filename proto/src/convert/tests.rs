@@ -114,6 +114,20 @@ pub(crate) fn task_spec() -> impl Strategy<Value = TaskSpec> {
         networks,
         dns,
         strings(),
+        (
+            any::<bool>(),
+            strings(),
+            strings(),
+            prop::collection::btree_map(s(), s(), 0..3),
+            prop::collection::vec(
+                (s(), any::<(i64, i64)>()).prop_map(|(name, (soft, hard))| Ulimit {
+                    name,
+                    soft,
+                    hard,
+                }),
+                0..3,
+            ),
+        ),
     );
     (head, restart, placement, tail).prop_map(
         |(
@@ -130,6 +144,7 @@ pub(crate) fn task_spec() -> impl Strategy<Value = TaskSpec> {
                 networks,
                 dns,
                 hosts,
+                (read_only, cap_add, cap_drop, sysctls, ulimits),
             ),
         )| TaskSpec {
             image,
@@ -158,6 +173,11 @@ pub(crate) fn task_spec() -> impl Strategy<Value = TaskSpec> {
             networks,
             dns,
             hosts,
+            read_only,
+            cap_add,
+            cap_drop,
+            sysctls,
+            ulimits,
         },
     )
 }

@@ -127,6 +127,35 @@ pub fn resolv_conf(dns: &proto::spec::DnsConfig) -> String {
     out
 }
 
+/// The container's capabilities, as Docker works them out: its default set, less `drop`
+/// (all of it for `ALL`), plus `add` (every capability for `ALL`).
+pub fn capabilities(add: &[String], drop: &[String]) -> Vec<String> {
+    let all = || {
+        proto::limits::CAPABILITIES
+            .iter()
+            .map(|c| format!("CAP_{c}"))
+            .collect::<Vec<_>>()
+    };
+    if add.iter().any(|c| c == "ALL") {
+        return all();
+    }
+    let mut caps: Vec<String> = if drop.iter().any(|c| c == "ALL") {
+        Vec::new()
+    } else {
+        DEFAULT_CAPABILITIES
+            .iter()
+            .map(|c| c.to_string())
+            .filter(|c| !drop.contains(c))
+            .collect()
+    };
+    for c in add {
+        if !caps.contains(c) {
+            caps.push(c.clone());
+        }
+    }
+    caps
+}
+
 /// The container's hostname: the task's template expanded, or the task id's first 12
 /// characters.
 pub fn hostname(task: &Assignment) -> String {
@@ -372,7 +401,17 @@ pub fn build(input: &BundleInput<'_>) -> Result<Spec, String> {
             "the working directory {cwd:?} is invalid: it needs to be an absolute path"
         ));
     }
-    let caps: Vec<&str> = DEFAULT_CAPABILITIES.to_vec();
+    let caps = capabilities(&spec.cap_add, &spec.cap_drop);
+    let rlimits: Vec<Value> = spec
+        .ulimits
+        .iter()
+        .map(|u| {
+            // -1 is unlimited: the kernel's RLIM_INFINITY.
+            let v = |n: i64| if n < 0 { u64::MAX } else { n as u64 };
+            json!({"type": format!("RLIMIT_{}", u.name.to_ascii_uppercase()),
+                   "soft": v(u.soft), "hard": v(u.hard)})
+        })
+        .collect();
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc",
                "options": ["nosuid", "noexec", "nodev"]}),
@@ -452,9 +491,10 @@ pub fn build(input: &BundleInput<'_>) -> Result<Spec, String> {
             "capabilities": {
                 "bounding": caps, "effective": caps, "permitted": caps,
             },
+            "rlimits": rlimits,
             "noNewPrivileges": true,
         },
-        "root": {"path": input.rootfs, "readonly": false},
+        "root": {"path": input.rootfs, "readonly": spec.read_only},
         "hostname": input.hostname,
         "mounts": mounts,
         "linux": {
@@ -463,6 +503,7 @@ pub fn build(input: &BundleInput<'_>) -> Result<Spec, String> {
             "namespaces": namespaces,
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
+            "sysctl": spec.sysctls,
         },
     });
     serde_json::from_value(config).map_err(|e| format!("building the runtime config: {e}"))
@@ -612,6 +653,61 @@ mod tests {
             env.as_array().unwrap().contains(&Value::from("WHO=web.0")),
             "{env}"
         );
+    }
+
+    #[test]
+    fn read_only_capabilities_sysctls_and_ulimits_reach_the_runtime_config() {
+        assert_eq!(capabilities(&[], &[]).len(), DEFAULT_CAPABILITIES.len());
+        let caps = capabilities(&["CAP_NET_ADMIN".into()], &["CAP_CHOWN".into()]);
+        assert!(caps.contains(&"CAP_NET_ADMIN".to_string()));
+        assert!(!caps.contains(&"CAP_CHOWN".to_string()));
+        assert_eq!(
+            capabilities(&["CAP_KILL".into()], &["ALL".into()]),
+            ["CAP_KILL"]
+        );
+        assert_eq!(capabilities(&["ALL".into()], &[]).len(), 41);
+
+        let mut t = task();
+        t.spec.command = strings(&["true"]);
+        t.spec.read_only = true;
+        t.spec.cap_add = vec!["CAP_NET_ADMIN".into()];
+        t.spec.sysctls = [("net.ipv4.ip_forward".to_string(), "1".to_string())]
+            .into_iter()
+            .collect();
+        t.spec.ulimits = vec![
+            proto::spec::Ulimit {
+                name: "nofile".into(),
+                soft: 1024,
+                hard: 2048,
+            },
+            proto::spec::Ulimit {
+                name: "core".into(),
+                soft: -1,
+                hard: -1,
+            },
+        ];
+        let image = ImageConfig::default();
+        let input = BundleInput {
+            task: &t,
+            image: &image,
+            rootfs: Path::new("/tmp/rootfs"),
+            hostname: "h",
+            user: ResolvedUser::default(),
+            mounts: Vec::new(),
+            netns_path: None,
+        };
+        let v = serde_json::to_value(build(&input).unwrap()).unwrap();
+        assert_eq!(v["root"]["readonly"], true);
+        assert_eq!(v["linux"]["sysctl"]["net.ipv4.ip_forward"], "1");
+        let bounding = v["process"]["capabilities"]["bounding"].as_array().unwrap();
+        assert!(bounding.contains(&Value::from("CAP_NET_ADMIN")));
+        let rl = v["process"]["rlimits"].as_array().unwrap();
+        assert_eq!(rl[0]["type"], "RLIMIT_NOFILE");
+        assert_eq!(
+            (rl[0]["soft"].as_u64(), rl[0]["hard"].as_u64()),
+            (Some(1024), Some(2048))
+        );
+        assert_eq!(rl[1]["hard"].as_u64(), Some(u64::MAX));
     }
 
     #[test]

@@ -189,3 +189,84 @@ fn extra_hosts() {
     .unwrap();
     assert_eq!(cli.host, "unix:///tmp/s.sock");
 }
+
+/// `--read-only`, `--cap-add/--cap-drop`, `--sysctl`, `--ulimit` on create, and their update
+/// forms (`--read-only=false`, `--sysctl-add/-rm`, `--ulimit-add/-rm`).
+#[test]
+fn read_only_capabilities_sysctls_and_ulimits() {
+    let s = create_spec(&[
+        "--read-only",
+        "--cap-add",
+        "net_admin",
+        "--cap-drop",
+        "CAP_CHOWN",
+        "--sysctl",
+        "net.core.somaxconn=1024",
+        "--ulimit",
+        "nofile=1024:2048",
+        "--ulimit",
+        "nofile=4096",
+        "busybox",
+    ])
+    .unwrap();
+    let t = &s.task;
+    assert!(t.read_only);
+    assert_eq!(
+        (t.cap_add.as_slice(), t.cap_drop.as_slice()),
+        (
+            &["CAP_NET_ADMIN".to_string()][..],
+            &["CAP_CHOWN".to_string()][..]
+        )
+    );
+    assert_eq!(t.sysctls["net.core.somaxconn"], "1024");
+    assert_eq!(t.ulimits.len(), 1);
+    assert_eq!((t.ulimits[0].soft, t.ulimits[0].hard), (4096, 4096));
+
+    let mut with = base();
+    with.task = t.clone();
+    let u = update(
+        with,
+        &[
+            "--read-only=false",
+            "--cap-add",
+            "chown",
+            "--cap-drop",
+            "net_admin",
+            "--sysctl-rm",
+            "net.core.somaxconn",
+            "--sysctl-add",
+            "kernel.shmmax=1000000",
+            "--ulimit-rm",
+            "nofile",
+            "--ulimit-add",
+            "nproc=100:200",
+        ],
+    )
+    .unwrap();
+    let t = &u.task;
+    assert!(!t.read_only);
+    assert_eq!(t.cap_add, ["CAP_CHOWN"]);
+    assert_eq!(t.cap_drop, ["CAP_NET_ADMIN"]);
+    assert_eq!(t.sysctls.len(), 1);
+    assert_eq!(t.sysctls["kernel.shmmax"], "1000000");
+    assert_eq!(t.ulimits.len(), 1);
+    assert_eq!(t.ulimits[0].name, "nproc");
+
+    for (args, want) in [
+        (
+            &["create", "--cap-add", "nope", "busybox"][..],
+            "unknown capability",
+        ),
+        (
+            &["create", "--sysctl", "vm.swappiness=1", "busybox"][..],
+            "not allowed",
+        ),
+        (
+            &["create", "--ulimit", "nofile=2:1", "busybox"][..],
+            "above hard limit",
+        ),
+    ] {
+        let e = usage_error(args);
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+}
