@@ -307,6 +307,24 @@ pub enum NodeCmd {
         #[arg(required = true)]
         nodes: Vec<String>,
     },
+    /// List tasks running on one or more nodes, defaults to current node.
+    Ps {
+        /// Do not truncate output.
+        #[arg(long)]
+        no_trunc: bool,
+        /// Filter output: desired-state=running|shutdown|accepted.
+        #[arg(short, long = "filter", value_name = "KEY=VALUE")]
+        filter: Vec<String>,
+        /// Format output: table or json.
+        #[arg(long, default_value = "table")]
+        format: Format,
+        /// Only display task IDs.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Nodes: id, unique id prefix, hostname, or `self` (the default).
+        #[arg(value_name = "NODE")]
+        nodes: Vec<String>,
+    },
     /// Remove one or more nodes from the swarm.
     #[command(alias = "remove")]
     Rm {
@@ -1359,7 +1377,7 @@ async fn node(c: Client, cmd: NodeCmd) -> CliResult {
         NodeCmd::Inspect { pretty, nodes } => {
             let mut out = Vec::new();
             for id in &nodes {
-                out.push(c.get_node(id).await?);
+                out.push(c.get_node(&self_node(&c, id).await?).await?);
             }
             if pretty {
                 for n in &out {
@@ -1475,8 +1493,59 @@ async fn node(c: Client, cmd: NodeCmd) -> CliResult {
                 println!("{id}");
             }
         }
+        NodeCmd::Ps {
+            no_trunc,
+            filter,
+            format,
+            quiet,
+            nodes,
+        } => {
+            let (states, node_filter) = crate::service::ps::parse_ps_filters(&filter)
+                .map_err(|e| CliError(format!("Error: {e}")))?;
+            if !node_filter.is_empty() {
+                return Err(CliError(
+                    "Error: invalid filter 'node': name the nodes as arguments".into(),
+                ));
+            }
+            let states = if states.is_empty() {
+                vec![String::new()]
+            } else {
+                states
+            };
+            let nodes = if nodes.is_empty() {
+                vec!["self".to_string()]
+            } else {
+                nodes
+            };
+            let mut tasks = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for n in &nodes {
+                // Resolved first: an unknown node is an error even when it would list nothing.
+                let id = c.get_node(&self_node(&c, n).await?).await?.id;
+                for st in &states {
+                    for t in c.list_tasks("", &id, st).await? {
+                        if seen.insert(t.id.clone()) {
+                            tasks.push(t);
+                        }
+                    }
+                }
+            }
+            crate::service::ps::print_tasks(&tasks, no_trunc, quiet, format);
+        }
     }
     Ok(())
+}
+
+/// A node as the user named it, with Docker's `self` for this node.
+async fn self_node(c: &Client, name: &str) -> Result<String, CliError> {
+    if name == "self" {
+        let id = c.info().await?.node_id;
+        if id.is_empty() {
+            return Err(CliError("Error: this node is not part of a swarm".into()));
+        }
+        return Ok(id);
+    }
+    Ok(name.to_string())
 }
 
 async fn info(c: Client, a: InfoArgs) -> CliResult {

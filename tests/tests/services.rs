@@ -96,6 +96,23 @@ fn lab_services_place_scale_restart_and_follow_nodes() -> Result<()> {
     );
     ensure!(spread.len() == 5 && hi - lo <= 1, "unbalanced: {spread:?}");
 
+    // `node ps` (default: this node, `self`) lists the tasks of the nodes named, of every
+    // service; `node inspect self` is this node.
+    let mine = lines(&lab.shoal("m1", &["node", "ps", "--format", "json"])?)?;
+    ensure!(
+        !mine.is_empty() && mine.iter().all(|t| t["Node"] == "m1"),
+        "{mine:?}"
+    );
+    let both = lines(&lab.shoal("m1", &["node", "ps", "--format", "json", "w1", "w2"])?)?;
+    ensure!(
+        both.iter().filter(|t| t["Node"] == "w1").count() == spread["w1"]
+            && both.iter().filter(|t| t["Node"] == "w2").count() == spread["w2"],
+        "{both:?} vs {spread:?}"
+    );
+    let me: Value = serde_json::from_str(&lab.shoal("m2", &["node", "inspect", "self"])?)?;
+    ensure!(me[0]["Description"]["Hostname"] == "m2", "{me}");
+    ensure!(lab.shoal("m1", &["node", "ps", "nosuch"]).is_err());
+
     // Scale up and down.
     lab.shoal("m2", &["service", "scale", "--detach", "web=20"])?;
     converged(&lab, "web", 20)?;

@@ -205,14 +205,20 @@ pub(super) async fn ps(c: &Client, a: PsArgs) -> Result<(), CliError> {
             }
         }
     }
-    let rows = ps_rows(&tasks, now_ms(), a.no_trunc);
-    if a.quiet {
+    print_tasks(&tasks, a.no_trunc, a.quiet, a.format);
+    Ok(())
+}
+
+/// Tasks as `service ps` and `node ps` print them: IDs (`quiet`), JSON lines or the table.
+pub fn print_tasks(tasks: &[TaskView], no_trunc: bool, quiet: bool, format: Format) {
+    let rows = ps_rows(tasks, now_ms(), no_trunc);
+    if quiet {
         for r in &rows {
             println!("{}", r.id);
         }
-        return Ok(());
+        return;
     }
-    match a.format {
+    match format {
         Format::Json => {
             for r in &rows {
                 println!("{}", r.json());
@@ -223,5 +229,4 @@ pub(super) async fn ps(c: &Client, a: PsArgs) -> Result<(), CliError> {
             print!("{}", table(&PS_HEADERS, &cells));
         }
     }
-    Ok(())
 }
