@@ -1112,14 +1112,9 @@ impl StoreData {
                         expected: t.spec_version,
                         actual: s.spec_version,
                     }),
-                    Some(_) if t.status.state.is_terminal() => Ok(()),
                     Some(_) => self.check_addrs(
                         &Holder::Task(t.id.clone()),
-                        t.networks
-                            .iter()
-                            .filter(|n| self.networks.contains_key(&n.network_id))
-                            .map(|n| (n.network_id.clone(), n.addr))
-                            .collect(),
+                        self.on_networks(addrs_held(t.status.state, &t.networks)),
                     ),
                 }
             }
@@ -1420,14 +1415,18 @@ impl StoreData {
         self.addrs.get(net).and_then(|m| m.get(&addr))
     }
 
+    /// The addresses of `held` on networks that exist.
+    fn on_networks(&self, held: Vec<(String, Ipv4Addr)>) -> Vec<(String, Ipv4Addr)> {
+        held.into_iter()
+            .filter(|(n, _)| self.networks.contains_key(n))
+            .collect()
+    }
+
     /// The addresses `o` holds on existing networks: (network id, address). (Addresses on a
     /// removed network hold nothing: the index stays a function of the tables alone.)
     fn holdings(&self, o: &Object) -> Vec<(String, Ipv4Addr)> {
         match o {
-            Object::Task(t) => task_holdings(t)
-                .into_iter()
-                .filter(|(n, _)| self.networks.contains_key(n))
-                .collect(),
+            Object::Task(t) => self.on_networks(task_holdings(t)),
             Object::Service(s) => s
                 .endpoint
                 .vips
@@ -1587,10 +1586,15 @@ impl StoreData {
 }
 
 fn task_holdings(t: &Task) -> Vec<(String, Ipv4Addr)> {
-    if t.status.state.is_terminal() {
+    addrs_held(t.status.state, &t.networks)
+}
+
+/// The addresses a task in `state` with `networks` holds: none once it has ended.
+fn addrs_held(state: TaskState, networks: &[TaskNetwork]) -> Vec<(String, Ipv4Addr)> {
+    if state.is_terminal() {
         return Vec::new();
     }
-    t.networks
+    networks
         .iter()
         .map(|n| (n.network_id.clone(), n.addr))
         .collect()

@@ -601,6 +601,21 @@ mod tests {
         );
     }
 
+    /// The runtime config of `t` with the default image, as JSON.
+    fn config_of(t: &Assignment) -> Value {
+        let image = ImageConfig::default();
+        let input = BundleInput {
+            task: t,
+            image: &image,
+            rootfs: Path::new("/tmp/rootfs"),
+            hostname: "h",
+            user: ResolvedUser::default(),
+            mounts: Vec::new(),
+            netns_path: None,
+        };
+        serde_json::to_value(build(&input).unwrap()).unwrap()
+    }
+
     #[test]
     fn every_placeholder_docker_has_expands_with_or_without_spaces() {
         let mut t = task();
@@ -637,17 +652,7 @@ mod tests {
         // In the environment too.
         t.spec.env = vec!["WHO={{.Service.Name}}.{{ .Task.Slot }}".into()];
         t.spec.command = strings(&["true"]);
-        let image = ImageConfig::default();
-        let input = BundleInput {
-            task: &t,
-            image: &image,
-            rootfs: Path::new("/tmp/rootfs"),
-            hostname: "h",
-            user: ResolvedUser::default(),
-            mounts: Vec::new(),
-            netns_path: None,
-        };
-        let value = serde_json::to_value(build(&input).unwrap()).unwrap();
+        let value = config_of(&t);
         let env = &value["process"]["env"];
         assert!(
             env.as_array().unwrap().contains(&Value::from("WHO=web.0")),
@@ -686,17 +691,7 @@ mod tests {
                 hard: -1,
             },
         ];
-        let image = ImageConfig::default();
-        let input = BundleInput {
-            task: &t,
-            image: &image,
-            rootfs: Path::new("/tmp/rootfs"),
-            hostname: "h",
-            user: ResolvedUser::default(),
-            mounts: Vec::new(),
-            netns_path: None,
-        };
-        let v = serde_json::to_value(build(&input).unwrap()).unwrap();
+        let v = config_of(&t);
         assert_eq!(v["root"]["readonly"], true);
         assert_eq!(v["linux"]["sysctl"]["net.ipv4.ip_forward"], "1");
         let bounding = v["process"]["capabilities"]["bounding"].as_array().unwrap();
