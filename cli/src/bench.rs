@@ -112,21 +112,48 @@ pub(crate) fn identity(cluster: &Cluster, node_id: &str, role: Role) -> Result<I
     Ok(Identity::new(&cert, &key, &cluster.root_ca.cert_pem)?)
 }
 
-/// The credentials of nodes `ids` (workers), issued on the blocking pool in parallel.
-async fn issue_all(cluster: &Cluster, ids: &[String]) -> Result<Vec<Arc<Credentials>>> {
+/// A simulated worker's name and certificate, as the bench hands it to an agent.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AgentSpec {
+    hostname: String,
+    cert: String,
+    key: String,
+}
+
+/// What an agent process needs before its first worker: where the leader is and the CA.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AgentsHeader {
+    manager: String,
+    ca: String,
+}
+
+impl AgentSpec {
+    fn credentials(&self, ca: &str) -> Result<Arc<Credentials>> {
+        Ok(Credentials::new(Some(Identity::new(
+            &self.cert, &self.key, ca,
+        )?)))
+    }
+}
+
+/// The certificates of workers `ids`, issued on the blocking pool in parallel.
+async fn issue_all(cluster: &Cluster, ids: &[String]) -> Result<Vec<AgentSpec>> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let per = ids.len().div_ceil(threads).max(1);
     let mut jobs = Vec::new();
-    for part in ids.chunks(per) {
+    for (c, part) in ids.chunks(per).enumerate() {
         let (cluster, part) = (cluster.clone(), part.to_vec());
         jobs.push(tokio::task::spawn_blocking(move || {
             part.iter()
-                .map(|id| {
-                    Ok(Credentials::new(Some(identity(
-                        &cluster,
-                        id,
-                        Role::Worker,
-                    )?)))
+                .enumerate()
+                .map(|(i, id)| {
+                    let (key, csr) = new_key_and_csr()?;
+                    let (cert, _) = manager::ca::issue(&cluster, &csr, id, Role::Worker)
+                        .map_err(|s| anyhow!("{}", s.message()))?;
+                    Ok(AgentSpec {
+                        hostname: format!("w{}", c * per + i),
+                        cert,
+                        key,
+                    })
                 })
                 .collect::<Result<Vec<_>>>()
         }));
@@ -136,6 +163,97 @@ async fn issue_all(cluster: &Cluster, ids: &[String]) -> Result<Vec<Arc<Credenti
         all.extend(j.await??);
     }
     Ok(all)
+}
+
+/// Files an agent process keeps for other things than its workers' connections.
+const AGENT_SPARE_FILES: u64 = 1024;
+
+/// Processes that run simulated workers for the bench when one process may not hold both
+/// ends of every worker's connection (the open-file limit): `shoal bench cluster-agents`,
+/// fed workers on stdin, ended by closing it.
+struct AgentProcesses {
+    children: Vec<(tokio::process::Child, tokio::process::ChildStdin)>,
+    per_child: usize,
+}
+
+impl AgentProcesses {
+    async fn start(workers: usize, files: u64, header: &AgentsHeader) -> Result<AgentProcesses> {
+        use tokio::io::AsyncWriteExt;
+        let per_child = usize::try_from(files.saturating_sub(AGENT_SPARE_FILES))
+            .unwrap_or(usize::MAX)
+            .max(1);
+        let exe = std::env::current_exe().context("this program's path")?;
+        let mut children = Vec::new();
+        for _ in 0..workers.div_ceil(per_child) {
+            let mut child = tokio::process::Command::new(&exe)
+                .args(["bench", "cluster-agents"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .context("start an agent process")?;
+            let mut stdin = child.stdin.take().context("agent process stdin")?;
+            let mut line = serde_json::to_vec(header)?;
+            line.push(b'\n');
+            stdin.write_all(&line).await?;
+            children.push((child, stdin));
+        }
+        Ok(AgentProcesses {
+            children,
+            per_child,
+        })
+    }
+
+    /// Worker `i` starts in its process.
+    async fn add(&mut self, i: usize, spec: &AgentSpec) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let last = self.children.len() - 1;
+        let (_, stdin) = &mut self.children[(i / self.per_child).min(last)];
+        let mut line = serde_json::to_vec(spec)?;
+        line.push(b'\n');
+        stdin
+            .write_all(&line)
+            .await
+            .context("an agent process ended")
+    }
+
+    /// Ends every agent process: stdin closed, then killed if it has not ended in 10 s.
+    async fn stop(self) {
+        for (mut child, stdin) in self.children {
+            drop(stdin);
+            if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+/// `shoal bench cluster-agents`: runs the simulated workers named on stdin (a header line,
+/// then one line per worker) until stdin closes.
+pub async fn run_agents() -> Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    crate::limits::raise_open_files(u64::MAX)?;
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let header: AgentsHeader = match lines.next_line().await? {
+        Some(l) => serde_json::from_str(&l).context("agents header")?,
+        None => return Ok(()),
+    };
+    let cancel = CancellationToken::new();
+    while let Some(l) = lines.next_line().await? {
+        let spec: AgentSpec = serde_json::from_str(&l).context("agent line")?;
+        tokio::spawn(simulated_node(
+            spec.hostname.clone(),
+            spec.credentials(&header.ca)?,
+            header.manager.clone(),
+            Duration::from_secs(5),
+            cancel.clone(),
+        ));
+    }
+    cancel.cancel();
+    Ok(())
 }
 
 pub(crate) fn free_port() -> Result<u16> {
@@ -298,11 +416,15 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<Figures> {
         .saturating_add(4096);
     let files = crate::limits::raise_open_files(want)?;
     let proc_status = ProcStatus::open()?;
-    if files < want {
+    // Past the limit, the workers run in processes of their own (each with its own limit)
+    // and this one holds the managers' ends only.
+    let in_process = files >= want;
+    let managers_want = want.saturating_sub(u64::try_from(cfg.workers).unwrap_or(u64::MAX));
+    if !in_process && files < managers_want {
         note(
             cfg.json,
             &format!(
-                "setup: open-file limit {files}, below the {want} that {} workers need: some will not connect",
+                "setup: open-file limit {files}, below the {managers_want} that the managers of {} workers need: some will not connect",
                 cfg.workers
             ),
         );
@@ -382,12 +504,33 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<Figures> {
     };
     // Certificates first, on the blocking pool (in a real swarm every node makes its own key):
     // the figure is about the managers registering the nodes.
-    let creds = issue_all(&cluster, &worker_ids).await?;
+    let specs = issue_all(&cluster, &worker_ids).await?;
+    let mut agents = if in_process {
+        None
+    } else {
+        let header = AgentsHeader {
+            manager: leader_addr.clone(),
+            ca: cluster.root_ca.cert_pem.clone(),
+        };
+        let agents = AgentProcesses::start(cfg.workers, files, &header).await?;
+        note(
+            cfg.json,
+            &match agents.children.len() {
+                1 => format!(
+                    "setup: open-file limit {files}: the workers run in a process of their own"
+                ),
+                n => format!(
+                    "setup: open-file limit {files}: the workers run in {n} processes of their own"
+                ),
+            },
+        );
+        Some(agents)
+    };
     let registration = Instant::now();
     let deadline = registration + REGISTRATION_TIMEOUT;
     let mut last_print = Instant::now();
     let mut ready = 0;
-    for (i, creds) in creds.into_iter().enumerate() {
+    for (i, spec) in specs.into_iter().enumerate() {
         // Admission: at most REGISTRATION_WINDOW sessions starting at once. A thousand TLS
         // handshakes and registrations at once on two cores starve the managers' raft into
         // elections.
@@ -406,13 +549,18 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<Figures> {
                 );
             }
         }
-        tokio::spawn(simulated_node(
-            format!("w{i}"),
-            creds,
-            leader_addr.clone(),
-            Duration::from_secs(5),
-            cancel.clone(),
-        ));
+        match &mut agents {
+            Some(agents) => agents.add(i, &spec).await?,
+            None => {
+                tokio::spawn(simulated_node(
+                    spec.hostname.clone(),
+                    spec.credentials(&cluster.root_ca.cert_pem)?,
+                    leader_addr.clone(),
+                    Duration::from_secs(5),
+                    cancel.clone(),
+                ));
+            }
+        }
     }
     // When the last of them registered: with some that never do, the time it took the rest.
     let (mut last_count, mut last_at) = (0, registration.elapsed());
@@ -461,6 +609,7 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<Figures> {
         workers_ready: ready.saturating_sub(cfg.managers),
         registration_s,
         tasks: cfg.tasks,
+        agent_processes: agents.as_ref().map_or(0, |a| a.children.len()),
         setup_s: setup.elapsed().as_secs_f64(),
         ..Figures::default()
     };
@@ -472,6 +621,9 @@ async fn bench(cfg: &BenchConfig, dir: &std::path::Path) -> Result<Figures> {
     fig.peak_rss_mib = proc_status.mb("VmHWM:");
     fig.print(cfg.json);
     cancel.cancel();
+    if let Some(agents) = agents {
+        agents.stop().await;
+    }
     // Bounded: a manager that cannot stop in time is left to the process's exit.
     for m in &managers {
         if tokio::time::timeout(Duration::from_secs(10), m.shutdown())
@@ -494,6 +646,8 @@ pub struct Figures {
     /// Seconds from the first worker's start to the last one registered (or the give-up).
     pub registration_s: f64,
     pub tasks: u64,
+    /// Processes of their own the simulated workers ran in (0: in the managers' process).
+    pub agent_processes: usize,
     pub setup_s: f64,
     /// Tasks RUNNING when the run stopped.
     pub running: u64,
@@ -537,7 +691,12 @@ impl Figures {
             self.latency_p50_ms, self.latency_p99_ms, self.latency_samples
         );
         println!(
-            "peak RSS of the process (managers + simulated workers): {:.0} MiB",
+            "peak RSS of the process ({}): {:.0} MiB",
+            if self.agent_processes == 0 {
+                "managers + simulated workers"
+            } else {
+                "managers; the workers ran in processes of their own"
+            },
             self.peak_rss_mib
         );
         println!(

@@ -368,6 +368,10 @@ pub enum BenchCmd {
         #[arg(long, default_value = "table")]
         format: Format,
     },
+    /// The simulated workers of `bench cluster` when they run in a process of their own
+    /// (fed on stdin by the bench).
+    #[command(hide = true)]
+    ClusterAgents,
     /// One container life cycle (`true`) through shoal's OCI runtime vs bare `<runtime> run`
     /// of the same bundle: medians and their ratio, per runtime.
     Runtime {
@@ -724,6 +728,11 @@ pub fn run(cli: Cli) -> i32 {
                 json: matches!(format, Format::Json),
             }))
             .map_err(|e| CliError(format!("Error: bench: {e:#}")))
+        }
+        Cmd::Bench(BenchCmd::ClusterAgents) => {
+            init_tracing("error");
+            rt.block_on(crate::bench::run_agents())
+                .map_err(|e| CliError(format!("Error: bench agents: {e:#}")))
         }
         Cmd::Bench(BenchCmd::Runtime {
             rounds,

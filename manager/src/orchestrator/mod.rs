@@ -30,10 +30,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
 use crate::store::{
-    Change, ClusterLimits, Event, Kind, Node, NodeState, Object, Op, ProposeError, Service, Store,
+    Change, ClusterLimits, Kind, Node, NodeState, Object, Op, ProposeError, Service, Store,
     StoreData, Task, Txn, TxnError,
 };
-use tokio::sync::broadcast;
 
 /// Most operations in one raft entry (swarmkit batches the same way).
 pub const MAX_OPS_PER_TXN: usize = 200;
@@ -432,6 +431,21 @@ impl Dirty {
             && self.progressed.is_empty()
     }
 
+    /// Add what `other` marks.
+    pub fn merge(&mut self, other: Dirty) {
+        if self.all {
+            return;
+        }
+        if other.all {
+            *self = other;
+            return;
+        }
+        self.services.extend(other.services);
+        self.progressed.extend(other.progressed);
+        self.nodes.extend(other.nodes);
+        self.tasks_gone |= other.tasks_gone;
+    }
+
     pub fn service(&mut self, id: &str) {
         if !self.all {
             self.services.insert(id.to_string());
@@ -591,6 +605,8 @@ const ABSORB: Duration = Duration::from_millis(3);
 /// Every service is planned again this often, whatever the change stream said (a safety net,
 /// as a controller's periodic resync).
 const RESYNC: Duration = Duration::from_secs(10);
+/// ... or, when a full round takes long, this many times its length.
+const RESYNC_SHARE: u32 = 50;
 /// Waits after a refused write before planning again, doubling up to the last.
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -610,20 +626,30 @@ impl Orchestrator {
     /// whose timers are due and those in a rolling update every [`TICK`], and all of them
     /// every [`RESYNC`]; after a refused write, back off and plan again.
     pub async fn run(self, cancel: CancellationToken) {
-        let mut events = self.store.watch();
+        // Folded rather than broadcast: a round over a large store outlasts any buffer of
+        // events, and a watcher that lost some would have to plan everything again (which
+        // took longer still, so that it lost more: every round was a full one).
+        let changes = self.store.watch_folded(Dirty::note);
         let mut dirty = Dirty::all();
         let mut timers: BTreeMap<String, i64> = BTreeMap::new();
         let mut backoff = BACKOFF_MIN;
         let mut last_resync = tokio::time::Instant::now();
+        let mut resync_every = RESYNC;
         let mut next_tick = tokio::time::Instant::now() + TICK;
         loop {
-            if last_resync.elapsed() >= RESYNC {
+            if last_resync.elapsed() >= resync_every {
                 dirty = Dirty::all();
                 last_resync = tokio::time::Instant::now();
             }
             if !dirty.is_empty() {
                 let now = self.clock.now_ms();
+                let started = tokio::time::Instant::now();
                 let round = self.store.view_long(|d| plan_dirty(d, now, &dirty));
+                if dirty.all {
+                    // The safety net costs at most a fiftieth of the time, however large the
+                    // store: a full round over a million tasks takes about a second.
+                    resync_every = RESYNC.max(started.elapsed().saturating_mul(RESYNC_SHARE));
+                }
                 for (id, at) in round.wakes {
                     let e = timers.entry(id).or_insert(at);
                     *e = (*e).min(at);
@@ -657,10 +683,10 @@ impl Orchestrator {
             let sleep_to = wake_at.map_or(next_tick, |w| w.min(next_tick));
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = events.recv() => {
-                    if !self.absorb(r, &mut events, &mut dirty).await {
-                        return;
-                    }
+                _ = changes.changed() => {
+                    // A burst lands before planning.
+                    tokio::time::sleep(ABSORB).await;
+                    dirty.merge(changes.take());
                 }
                 _ = tokio::time::sleep_until(sleep_to) => {
                     let now = self.clock.now_ms();
@@ -684,46 +710,6 @@ impl Orchestrator {
                         }
                     });
                 }
-            }
-        }
-    }
-
-    /// Take in a change and the ones that follow it within a short while (a burst lands
-    /// before planning). False once the store is gone.
-    async fn absorb(
-        &self,
-        first: Result<Event, broadcast::error::RecvError>,
-        events: &mut broadcast::Receiver<Event>,
-        dirty: &mut Dirty,
-    ) -> bool {
-        let note = |r: Result<Event, broadcast::error::RecvError>, dirty: &mut Dirty| match r {
-            Ok(ev) => {
-                for c in ev.changes.iter() {
-                    dirty.note(c);
-                }
-                true
-            }
-            // Changes were missed: plan everything.
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                *dirty = Dirty::all();
-                true
-            }
-            Err(broadcast::error::RecvError::Closed) => false,
-        };
-        if !note(first, dirty) {
-            return false;
-        }
-        tokio::time::sleep(ABSORB).await;
-        loop {
-            match events.try_recv() {
-                Ok(ev) => {
-                    note(Ok(ev), dirty);
-                }
-                Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                    note(Err(broadcast::error::RecvError::Lagged(n)), dirty);
-                }
-                Err(broadcast::error::TryRecvError::Empty) => return true,
-                Err(broadcast::error::TryRecvError::Closed) => return false,
             }
         }
     }

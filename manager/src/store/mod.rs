@@ -1687,10 +1687,55 @@ pub enum FindError {
 /// Committed transactions buffered for watchers.
 pub const EVENT_BUFFER: usize = 32;
 
+/// A watcher that cannot fall behind: the store folds every committed change into its
+/// state as it applies it, and wakes it. What the state keeps bounds its memory (a set of
+/// ids, not the changes), where a broadcast watcher that is slow loses changes and must
+/// re-read the whole store.
+pub struct Folded<S> {
+    shared: Arc<FoldShared<S>>,
+}
+
+struct FoldShared<S> {
+    state: std::sync::Mutex<S>,
+    notify: tokio::sync::Notify,
+    fold: fn(&mut S, &Change),
+}
+
+trait Fold: Send + Sync {
+    fn fold(&self, changes: &[Change]);
+}
+
+impl<S: Send> Fold for FoldShared<S> {
+    fn fold(&self, changes: &[Change]) {
+        {
+            let mut s = self.state.lock().expect("fold lock");
+            for c in changes {
+                (self.fold)(&mut s, c);
+            }
+        }
+        self.notify.notify_one();
+    }
+}
+
+impl<S: Default> Folded<S> {
+    /// Returns once changes were folded in since the last [`Folded::take`] (at once if
+    /// some already were).
+    pub async fn changed(&self) {
+        self.shared.notify.notified().await
+    }
+
+    /// The state folded so far; it starts again from empty.
+    pub fn take(&self) -> S {
+        std::mem::take(&mut *self.shared.state.lock().expect("fold lock"))
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     data: Arc<RwLock<StoreData>>,
     events: broadcast::Sender<Event>,
+    /// Folded watchers ([`Store::watch_folded`]), dropped with their handles.
+    folds: Arc<std::sync::Mutex<Vec<std::sync::Weak<dyn Fold>>>>,
     /// Where writes go ([`Store::propose`]); none until the manager sets it.
     proposer: Arc<RwLock<Option<Arc<dyn Proposer>>>>,
 }
@@ -1717,8 +1762,37 @@ impl Store {
         Store {
             data: Arc::new(RwLock::new(StoreData::default())),
             events,
+            folds: Default::default(),
             proposer: Arc::new(RwLock::new(None)),
         }
+    }
+
+    /// Changes committed from now on, folded by `fold` into a state of the watcher's own
+    /// ([`Folded`]).
+    pub fn watch_folded<S: Default + Send + 'static>(
+        &self,
+        fold: fn(&mut S, &Change),
+    ) -> Folded<S> {
+        let shared = Arc::new(FoldShared {
+            state: std::sync::Mutex::new(S::default()),
+            notify: tokio::sync::Notify::new(),
+            fold,
+        });
+        let weak: std::sync::Weak<dyn Fold> = Arc::downgrade(&(shared.clone() as Arc<dyn Fold>));
+        self.folds.lock().expect("folds lock").push(weak);
+        Folded { shared }
+    }
+
+    /// Folds committed `changes` into every live folded watcher.
+    fn fold(&self, changes: &[Change]) {
+        let mut folds = self.folds.lock().expect("folds lock");
+        folds.retain(|f| match f.upgrade() {
+            Some(f) => {
+                f.fold(changes);
+                true
+            }
+            None => false,
+        });
     }
 
     /// Writes go through `p` from now on.
@@ -1769,6 +1843,7 @@ impl Store {
             };
             return match res {
                 Ok(changes) => {
+                    self.fold(&changes);
                     let _ = self.events.send(Event {
                         index,
                         changes: Arc::new(changes),
@@ -1798,6 +1873,7 @@ impl Store {
             touched.networks = !data.networks.is_empty();
         }
         if !all.is_empty() {
+            self.fold(&all);
             let _ = self.events.send(Event {
                 index,
                 changes: Arc::new(all),
@@ -1821,6 +1897,47 @@ impl Store {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// A folded watcher misses nothing however many transactions commit before it reads
+    /// (a broadcast one would have lagged past [`EVENT_BUFFER`]); what it holds is only
+    /// what its fold keeps; dropped, it is no longer fed.
+    #[tokio::test]
+    async fn a_folded_watcher_misses_nothing_and_stays_bounded() {
+        let store = Store::new();
+        fn ids(s: &mut BTreeSet<String>, c: &Change) {
+            if let Change::Put(Object::Node(n)) = c {
+                s.insert(n.id.clone());
+            }
+        }
+        let folded = store.watch_folded::<BTreeSet<String>>(ids);
+        let n = EVENT_BUFFER * 4;
+        for i in 0..n {
+            let mut a = node(&format!("n{}", i % 10), "h");
+            a.version = 0;
+            let op = if i < 10 {
+                Op::Create(Object::Node(a))
+            } else {
+                let mut cur = store.view(|d| d.nodes[&a.id].clone());
+                cur.labels.insert("i".into(), i.to_string());
+                Op::Update(Object::Node(cur))
+            };
+            assert!(matches!(
+                store.apply(i as u64 + 1, &Txn::new(vec![op])),
+                TxnOutcome::Applied { .. }
+            ));
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(5), folded.changed())
+            .await
+            .expect("woken");
+        assert_eq!(folded.take().len(), 10);
+        assert!(folded.take().is_empty());
+        drop(folded);
+        store.apply(
+            n as u64 + 1,
+            &Txn::new(vec![Op::Create(Object::Node(node("x", "h")))]),
+        );
+        assert!(store.folds.lock().unwrap().is_empty());
+    }
 
     /// A batch applies each transaction on its own: a refused one changes nothing and does
     /// not stop the others; the later of two writes of the same version conflicts.
