@@ -23,4 +23,5 @@ pub mod node_runtime;
 pub mod output;
 pub mod secret;
 pub mod service;
+pub mod stack;
 pub mod units;
