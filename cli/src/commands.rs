@@ -52,6 +52,9 @@ pub enum Cmd {
     /// Manage swarm networks.
     #[command(subcommand)]
     Network(crate::network::NetworkCmd),
+    /// Manage swarm stacks (compose files).
+    #[command(subcommand)]
+    Stack(crate::stack::StackCmd),
     /// Show this node's swarm state.
     Info(InfoArgs),
     /// Benchmarks that print figures.
@@ -901,6 +904,7 @@ pub fn run(cli: Cli) -> i32 {
                 Cmd::Node(c) => node(client, c).await,
                 Cmd::Service(c) => crate::service::run(client, c).await,
                 Cmd::Network(c) => crate::network::run(client, c).await,
+                Cmd::Stack(c) => crate::stack::run(client, c).await,
                 Cmd::Info(a) => info(client, a).await,
                 Cmd::Secret(c) => crate::secret::run(client, c).await,
                 Cmd::Config(c) => crate::secret::run(client, c).await,
@@ -934,6 +938,10 @@ fn check_locally(cmd: &Cmd) -> CliResult {
         }
         Cmd::Service(crate::service::ServiceCmd::Create(a)) => {
             crate::service::build_spec(a, a.name.clone().unwrap_or_default()).map(|_| ())
+        }
+        // A bad compose file is refused before connecting (and so changes nothing).
+        Cmd::Stack(crate::stack::StackCmd::Deploy(a)) if !a.files.iter().any(|f| f == "-") => {
+            return crate::stack::load(a).map(|_| ());
         }
         Cmd::Swarm(SwarmCmd::Init {
             default_addr_pool,

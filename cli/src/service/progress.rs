@@ -264,7 +264,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// Wait for `service_id` to converge, showing progress as the terminal allows.
-pub(super) async fn wait(
+pub(crate) async fn wait(
     c: &Client,
     service_id: &str,
     rollback: bool,

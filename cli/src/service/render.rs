@@ -195,14 +195,18 @@ pub(super) fn kebab<T: serde::Serialize>(v: &T) -> String {
 
 /// `service ls`.
 pub(super) async fn ls(c: &Client, format: Format, quiet: bool) -> Result<(), CliError> {
-    let views = c.list_services().await?;
-    let rows = ls_rows(&views);
+    print_ls(&c.list_services().await?, format, quiet);
+    Ok(())
+}
+
+/// `service ls`'s output for `views` (also `stack services`).
+pub fn print_ls(views: &[ServiceView], format: Format, quiet: bool) {
+    let rows = ls_rows(views);
     if quiet {
         for (cells, _) in &rows {
             println!("{}", cells[0]);
         }
-        return Ok(());
+        return;
     }
     print_rows(&LS_HEADERS, rows, format);
-    Ok(())
 }
