@@ -391,7 +391,7 @@ pub fn run(args: OverlayChurnArgs) -> Result<()> {
     };
     let after = measure(args.nodes, args.changes, args.timeout)?;
     match args.format {
-        Format::Json => match &before {
+        Format::Json | Format::Template(_) => match &before {
             Some(b) => println!("{}", serde_json::json!({ "before": b, "after": after })),
             None => println!("{}", serde_json::to_string(&after)?),
         },

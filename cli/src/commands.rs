@@ -1576,28 +1576,46 @@ async fn info(c: Client, a: InfoArgs) -> CliResult {
     } else {
         None
     };
+    let info_json = || {
+        json_line(vec![
+            ("ClusterID", json!(i.cluster_id)),
+            ("Error", json!(i.error)),
+            ("IsLeader", json!(i.is_leader)),
+            ("LeaderAddr", json!(i.leader_addr)),
+            ("LocalNodeState", json!(state)),
+            ("Managers", json!(i.managers)),
+            ("NodeAddr", json!(i.node_addr)),
+            ("NodeID", json!(i.node_id)),
+            ("RaftStatus", json!(i.raft_status)),
+            ("RaftState", json!(i.raft_state)),
+            ("RaftTerm", json!(i.raft_term)),
+            ("Role", json!(role)),
+            (
+                "Spec",
+                settings.as_ref().map(settings_json).unwrap_or(Value::Null),
+            ),
+        ])
+    };
     match a.format {
-        Format::Json => println!(
-            "{}",
-            json_line(vec![
-                ("ClusterID", json!(i.cluster_id)),
-                ("Error", json!(i.error)),
-                ("IsLeader", json!(i.is_leader)),
-                ("LeaderAddr", json!(i.leader_addr)),
-                ("LocalNodeState", json!(state)),
-                ("Managers", json!(i.managers)),
-                ("NodeAddr", json!(i.node_addr)),
-                ("NodeID", json!(i.node_id)),
-                ("RaftStatus", json!(i.raft_status)),
-                ("RaftState", json!(i.raft_state)),
-                ("RaftTerm", json!(i.raft_term)),
-                ("Role", json!(role)),
-                (
-                    "Spec",
-                    settings.as_ref().map(settings_json).unwrap_or(Value::Null)
-                ),
-            ])
-        ),
+        Format::Json => println!("{}", info_json()),
+        // Templates see Docker's shape too: `{{.Swarm.LocalNodeState}}`, `{{.Swarm.NodeID}}`.
+        Format::Template(t) => {
+            let mut v: Value = serde_json::from_str(&info_json()).unwrap_or(Value::Null);
+            let swarm = json!({
+                "LocalNodeState": state,
+                "NodeID": i.node_id,
+                "NodeAddr": i.node_addr,
+                "ControlAvailable": role == "manager",
+                "Error": i.error,
+                "RemoteManagers": i.managers.iter().map(|m| json!({"Addr": m})).collect::<Vec<_>>(),
+                "Managers": i.managers.len(),
+                "Cluster": {"ID": i.cluster_id, "Spec": v.get("Spec").cloned().unwrap_or(Value::Null)},
+            });
+            if let Value::Object(m) = &mut v {
+                m.insert("Swarm".into(), swarm);
+            }
+            crate::output::print_template(t, &[v.to_string()]);
+        }
         Format::Table => {
             println!("Swarm: {state}");
             if !i.error.is_empty() {

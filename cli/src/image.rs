@@ -119,6 +119,10 @@ pub async fn run(cmd: ImageCmd, mut c: NodeLocalClient<Channel>) -> Result<(), C
                     }
                 }
                 Format::Table => print!("{}", table(&LS_HEADERS, &ls_rows(&images, now))),
+                Format::Template(t) => crate::output::print_template(
+                    t,
+                    &images.iter().map(|i| json_row(i, now)).collect::<Vec<_>>(),
+                ),
             }
             Ok(())
         }

@@ -24,4 +24,5 @@ pub mod output;
 pub mod secret;
 pub mod service;
 pub mod stack;
+pub mod template;
 pub mod units;

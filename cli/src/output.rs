@@ -3,10 +3,13 @@
 use serde_json::{Map, Value};
 
 /// Output formats every list command accepts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Format {
     Table,
     Json,
+    /// A Go template over each row's JSON object (kept for the process's life: one per
+    /// command line).
+    Template(&'static crate::template::Template),
 }
 
 impl std::str::FromStr for Format {
@@ -15,10 +18,25 @@ impl std::str::FromStr for Format {
         match s {
             "table" | "" => Ok(Format::Table),
             "json" | "{{json .}}" => Ok(Format::Json),
+            t if t.contains("{{") || t.starts_with("table ") => Ok(Format::Template(Box::leak(
+                Box::new(crate::template::Template::parse(t)?),
+            ))),
             other => Err(format!(
-                "unsupported format {other:?}: use \"table\" or \"json\""
+                "unsupported format {other:?}: use \"table\", \"json\" or a Go template such as '{{{{.Name}}}}'"
             )),
         }
+    }
+}
+
+/// Rows' JSON objects through a template, printed (an error in one row stops the output).
+pub fn print_template(t: &crate::template::Template, rows: &[String]) {
+    let values: Vec<Value> = rows
+        .iter()
+        .map(|j| serde_json::from_str(j).unwrap_or(Value::Null))
+        .collect();
+    match t.render_all(&values) {
+        Ok(s) => print!("{s}"),
+        Err(e) => eprintln!("{e}"),
     }
 }
 
@@ -120,6 +138,10 @@ pub fn print_rows(headers: &[&str], rows: Vec<(Vec<String>, String)>, format: Fo
             let cells: Vec<Vec<String>> = rows.into_iter().map(|(r, _)| r).collect();
             print!("{}", table(headers, &cells));
         }
+        Format::Template(t) => {
+            let json: Vec<String> = rows.into_iter().map(|(_, j)| j).collect();
+            print_template(t, &json);
+        }
     }
 }
 
@@ -172,7 +194,16 @@ mod tests {
     #[test]
     fn formats_parse() {
         assert_eq!("json".parse::<Format>().unwrap(), Format::Json);
-        assert!("{{.ID}}".parse::<Format>().is_err());
+        assert!(matches!(
+            "{{.ID}}".parse::<Format>(),
+            Ok(Format::Template(_))
+        ));
+        assert!(matches!(
+            "table {{.ID}}".parse::<Format>(),
+            Ok(Format::Template(_))
+        ));
+        assert!("yaml".parse::<Format>().is_err());
+        assert!("{{.ID".parse::<Format>().is_err());
     }
 
     #[test]

@@ -298,25 +298,28 @@ async fn ls(c: Client, kind: FileKind, a: LsArgs) -> Result<(), CliError> {
         }
         return Ok(());
     }
+    let json_of = |o: &pb::FileObject| {
+        let labels = o
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        json_line(vec![
+            ("ID", json!(o.id)),
+            ("Name", json!(o.name)),
+            ("CreatedAt", json!(rfc3339(o.created_at_ms))),
+            ("UpdatedAt", json!(rfc3339(o.updated_at_ms))),
+            ("Labels", json!(labels)),
+        ])
+    };
     match a.format {
+        Format::Template(t) => {
+            crate::output::print_template(t, &objs.iter().map(json_of).collect::<Vec<_>>())
+        }
         Format::Json => {
             for o in &objs {
-                let labels = o
-                    .labels
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(",");
-                println!(
-                    "{}",
-                    json_line(vec![
-                        ("ID", json!(o.id)),
-                        ("Name", json!(o.name)),
-                        ("CreatedAt", json!(rfc3339(o.created_at_ms))),
-                        ("UpdatedAt", json!(rfc3339(o.updated_at_ms))),
-                        ("Labels", json!(labels)),
-                    ])
-                );
+                println!("{}", json_of(o));
             }
         }
         Format::Table => {

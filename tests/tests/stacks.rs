@@ -166,6 +166,32 @@ fn a_stack_deploys_redeploys_only_what_changed_prunes_and_goes_away() -> Result<
         "{ls:?}"
     );
     all_running(&lab, 6)?;
+    // Go templates, as scripts use them.
+    ensure!(
+        lab.shoal(
+            "m1",
+            &["stack", "ls", "--format", "{{.Name}}: {{.Services}}"]
+        )? == "vote: 5\n"
+    );
+    ensure!(
+        lab.shoal("m1", &["info", "--format", "{{.Swarm.LocalNodeState}}"])?
+            .trim()
+            == "active"
+    );
+    let t = lab.shoal(
+        "m1",
+        &[
+            "stack",
+            "services",
+            "vote",
+            "--format",
+            "table {{.Name}}\\t{{.Replicas}}",
+        ],
+    )?;
+    ensure!(t.lines().next() == Some("NAME          REPLICAS"), "{t}");
+    ensure!(t.lines().any(|l| l == "vote_vote     2/2"), "{t}");
+    let hosts = lab.shoal("m1", &["node", "ls", "--format", "{{.Hostname}}"])?;
+    ensure!(hosts.lines().count() == 3, "{hosts}");
     let svc: Value = serde_json::from_str(&lab.shoal("m1", &["service", "inspect", "vote_vote"])?)?;
     ensure!(
         svc.to_string().contains("com.docker.stack.namespace"),

@@ -228,5 +228,8 @@ pub fn print_tasks(tasks: &[TaskView], no_trunc: bool, quiet: bool, format: Form
             let cells: Vec<Vec<String>> = rows.iter().map(PsRow::cells).collect();
             print!("{}", table(&PS_HEADERS, &cells));
         }
+        Format::Template(t) => {
+            crate::output::print_template(t, &rows.iter().map(|r| r.json()).collect::<Vec<_>>())
+        }
     }
 }
