@@ -1367,9 +1367,29 @@ fn inspect_json(n: &pb::Node) -> Value {
 
 async fn node(c: Client, cmd: NodeCmd) -> CliResult {
     match cmd {
-        NodeCmd::Ls(crate::output::ListArgs { format, quiet }) => {
+        NodeCmd::Ls(crate::output::ListArgs {
+            format,
+            quiet,
+            filter,
+        }) => {
+            let f = crate::filter::Filters::parse(
+                &filter,
+                &["id", "label", "node.label", "membership", "name", "role"],
+            )?;
             let self_id = c.info().await?.node_id;
-            let nodes = list_nodes(&c).await?;
+            let nodes: Vec<pb::Node> = list_nodes(&c)
+                .await?
+                .into_iter()
+                .filter(|n| {
+                    let host = n.description.as_ref().map_or("", |d| d.hostname.as_str());
+                    f.id(&n.id)
+                        && f.any("name", |v| host.starts_with(v) || n.id.starts_with(v))
+                        && f.labels("label", &n.labels)
+                        && f.labels("node.label", &n.labels)
+                        && f.any("membership", |m| m == "accepted")
+                        && f.any("role", |r| n.spec_role().label() == r)
+                })
+                .collect();
             if quiet {
                 for n in &nodes {
                     println!("{}", n.id);
@@ -1547,6 +1567,7 @@ async fn node(c: Client, cmd: NodeCmd) -> CliResult {
                     }
                 }
             }
+            tasks.retain(|t| crate::service::ps::keep_task(&filter, t));
             crate::service::ps::print_tasks(&tasks, no_trunc, quiet, format);
         }
     }

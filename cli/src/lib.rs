@@ -14,6 +14,7 @@ pub mod bench_wire;
 pub mod client;
 pub mod commands;
 pub mod daemon;
+pub mod filter;
 pub mod image;
 pub mod limits;
 pub mod logs;

@@ -41,7 +41,7 @@ pub fn print_template(t: &crate::template::Template, rows: &[String]) {
 }
 
 /// The flags of a list command.
-#[derive(clap::Args, Debug, Clone, Copy)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct ListArgs {
     /// Format output: table or json.
     #[arg(long, default_value = "table")]
@@ -49,6 +49,9 @@ pub struct ListArgs {
     /// Only display IDs.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Filter output based on conditions provided (KEY=VALUE; repeatable).
+    #[arg(short, long, value_name = "FILTER")]
+    pub filter: Vec<String>,
 }
 
 /// Docker capitalises state words in its tables: "ready" → "Ready".

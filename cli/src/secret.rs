@@ -119,6 +119,9 @@ pub struct LsArgs {
     /// Only display IDs.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Filter output based on conditions provided (id=, name=, label=).
+    #[arg(short, long, value_name = "FILTER")]
+    pub filter: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -291,7 +294,12 @@ async fn list(c: &Client, kind: FileKind) -> Result<Vec<pb::FileObject>, CliErro
 }
 
 async fn ls(c: Client, kind: FileKind, a: LsArgs) -> Result<(), CliError> {
-    let objs = list(&c, kind).await?;
+    let f = crate::filter::Filters::parse(&a.filter, &["id", "name", "label"])?;
+    let objs: Vec<pb::FileObject> = list(&c, kind)
+        .await?
+        .into_iter()
+        .filter(|o| f.id(&o.id) && f.name(&o.name) && f.labels("label", &o.labels))
+        .collect();
     if a.quiet {
         for o in &objs {
             println!("{}", o.id);

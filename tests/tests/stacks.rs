@@ -192,6 +192,68 @@ fn a_stack_deploys_redeploys_only_what_changed_prunes_and_goes_away() -> Result<
     ensure!(t.lines().any(|l| l == "vote_vote     2/2"), "{t}");
     let hosts = lab.shoal("m1", &["node", "ls", "--format", "{{.Hostname}}"])?;
     ensure!(hosts.lines().count() == 3, "{hosts}");
+    // Docker's filters.
+    let count = |args: &[&str]| -> Result<usize> { Ok(lab.shoal("m1", args)?.lines().count()) };
+    ensure!(
+        count(&[
+            "service",
+            "ls",
+            "-q",
+            "--filter",
+            "label=com.docker.stack.namespace=vote"
+        ])? == 5
+    );
+    ensure!(
+        count(&[
+            "service",
+            "ls",
+            "-q",
+            "--filter",
+            "name=vote_v",
+            "--filter",
+            "name=vote_r"
+        ])? == 3
+    );
+    ensure!(count(&["service", "ls", "-q", "--filter", "mode=global"])? == 0);
+    ensure!(
+        lab.shoal(
+            "m1",
+            &[
+                "node",
+                "ls",
+                "--filter",
+                "role=manager",
+                "--format",
+                "{{.Hostname}}"
+            ]
+        )? == "m1\n"
+    );
+    ensure!(
+        count(&[
+            "secret",
+            "ls",
+            "-q",
+            "--filter",
+            "label=com.docker.stack.namespace=vote"
+        ])? == 1
+    );
+    ensure!(count(&["network", "ls", "-q", "--filter", "name=vote_"])? == 2);
+    ensure!(count(&["stack", "ps", "vote", "-q", "--filter", "name=vote_vote.2"])? == 1);
+    ensure!(
+        count(&[
+            "stack",
+            "services",
+            "vote",
+            "-q",
+            "--filter",
+            "name=vote_db"
+        ])? == 1
+    );
+    let e = lab
+        .shoal("m1", &["service", "ls", "--filter", "colour=red"])
+        .unwrap_err()
+        .to_string();
+    ensure!(e.contains("invalid filter 'colour'"), "{e}");
     let svc: Value = serde_json::from_str(&lab.shoal("m1", &["service", "inspect", "vote_vote"])?)?;
     ensure!(
         svc.to_string().contains("com.docker.stack.namespace"),

@@ -98,7 +98,7 @@ pub async fn run(c: Client, cmd: ServiceCmd) -> Result<(), CliError> {
     match cmd {
         ServiceCmd::Create(a) => create::create(&c, *a).await,
         ServiceCmd::Logs(a) => crate::logs::run_logs(&c, a).await,
-        ServiceCmd::Ls(a) => render::ls(&c, a.format, a.quiet).await,
+        ServiceCmd::Ls(a) => render::ls(&c, a).await,
         ServiceCmd::Ps(a) => ps::ps(&c, *a).await,
         ServiceCmd::Inspect { pretty, services } => inspect::inspect(&c, pretty, &services).await,
         ServiceCmd::Scale { detach, scales } => update::scale(&c, detach, &scales).await,

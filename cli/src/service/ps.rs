@@ -178,10 +178,28 @@ pub fn parse_ps_filters(filters: &[String]) -> Result<(Vec<String>, String), Str
                 }
             },
             Some(("node", v)) if !v.is_empty() => node = v.to_string(),
+            // Applied to the tasks fetched ([`keep_task`]).
+            Some(("id" | "name", _)) => {}
             _ => return Err(format!("invalid filter '{f}'")),
         }
     }
     Ok((states, node))
+}
+
+/// The `id=` (prefix of the task id) and `name=` (prefix of `service.slot`) filters of
+/// `service ps`, `node ps` and `stack ps`; other keys are left to [`parse_ps_filters`].
+pub fn keep_task(filters: &[String], t: &TaskView) -> bool {
+    let f = |key: &str, v: &str| match key {
+        "id" => t.id.starts_with(v),
+        _ => task_name(t).starts_with(v),
+    };
+    ["id", "name"].iter().all(|key| {
+        let vs: Vec<&str> = filters
+            .iter()
+            .filter_map(|x| x.split_once('=').filter(|(k, _)| k == key).map(|(_, v)| v))
+            .collect();
+        vs.is_empty() || vs.iter().any(|v| f(key, v))
+    })
 }
 
 pub(super) async fn ps(c: &Client, a: PsArgs) -> Result<(), CliError> {
@@ -205,6 +223,7 @@ pub(super) async fn ps(c: &Client, a: PsArgs) -> Result<(), CliError> {
             }
         }
     }
+    tasks.retain(|t| keep_task(&a.filter, t));
     print_tasks(&tasks, a.no_trunc, a.quiet, a.format);
     Ok(())
 }

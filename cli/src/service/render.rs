@@ -194,9 +194,38 @@ pub(super) fn kebab<T: serde::Serialize>(v: &T) -> String {
 }
 
 /// `service ls`.
-pub(super) async fn ls(c: &Client, format: Format, quiet: bool) -> Result<(), CliError> {
-    print_ls(&c.list_services().await?, format, quiet);
+pub(super) async fn ls(c: &Client, a: crate::output::ListArgs) -> Result<(), CliError> {
+    let f = crate::filter::Filters::parse(&a.filter, &LS_FILTERS)?;
+    let views: Vec<ServiceView> = c
+        .list_services()
+        .await?
+        .into_iter()
+        .filter(|v| service_matches(&f, v))
+        .collect();
+    print_ls(&views, a.format, a.quiet);
     Ok(())
+}
+
+/// The filters `service ls` takes.
+pub const LS_FILTERS: [&str; 4] = ["id", "name", "label", "mode"];
+
+/// Whether service `v` passes `service ls`'s filters.
+pub fn service_matches(f: &crate::filter::Filters, v: &ServiceView) -> bool {
+    f.id(&v.id)
+        && f.name(&v.spec.name)
+        && f.labels("label", &v.spec.labels)
+        && f.any("mode", |m| mode_name(&v.spec.mode) == m)
+}
+
+/// A service mode as `--mode` and the `mode` filter name it.
+pub fn mode_name(m: &proto::spec::ServiceMode) -> &'static str {
+    use proto::spec::ServiceMode;
+    match m {
+        ServiceMode::Replicated { .. } => "replicated",
+        ServiceMode::Global => "global",
+        ServiceMode::ReplicatedJob { .. } => "replicated-job",
+        ServiceMode::GlobalJob => "global-job",
+    }
 }
 
 /// `service ls`'s output for `views` (also `stack services`).

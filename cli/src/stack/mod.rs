@@ -56,6 +56,9 @@ pub enum StackCmd {
         /// Only display IDs.
         #[arg(short, long)]
         quiet: bool,
+        /// Filter output based on conditions provided (id=, name=, label=, mode=).
+        #[arg(short, long, value_name = "FILTER")]
+        filter: Vec<String>,
         /// The stack.
         stack: String,
     },
@@ -114,8 +117,9 @@ pub async fn run(c: Client, cmd: StackCmd) -> Result<(), CliError> {
         StackCmd::Services {
             format,
             quiet,
+            filter,
             stack,
-        } => services(&c, &stack, format, quiet).await,
+        } => services(&c, &stack, format, quiet, &filter).await,
         StackCmd::Rm { stacks } => {
             let mut errs = Vec::new();
             for s in &stacks {
@@ -368,11 +372,22 @@ async fn ls(c: &Client, format: Format) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn services(c: &Client, stack: &str, format: Format, quiet: bool) -> Result<(), CliError> {
+async fn services(
+    c: &Client,
+    stack: &str,
+    format: Format,
+    quiet: bool,
+    filter: &[String],
+) -> Result<(), CliError> {
+    let f = crate::filter::Filters::parse(filter, &crate::service::render::LS_FILTERS)?;
     let views = stack_services(c, stack).await?;
-    if views.is_empty() && !quiet && format == Format::Table {
+    if views.is_empty() {
         return Err(fail(format!("Nothing found in stack: {stack}")));
     }
+    let views: Vec<ServiceView> = views
+        .into_iter()
+        .filter(|v| crate::service::render::service_matches(&f, v))
+        .collect();
     crate::service::render::print_ls(&views, format, quiet);
     Ok(())
 }
@@ -385,25 +400,23 @@ async fn ps(
     format: Format,
     quiet: bool,
 ) -> Result<(), CliError> {
-    let mut desired = String::new();
-    for f in filter {
-        match f.split_once('=') {
-            Some(("desired-state", v)) => desired = v.to_string(),
-            _ => {
-                return Err(fail(format!(
-                    "invalid filter {f:?}: use desired-state=running|shutdown|accepted"
-                )))
-            }
-        }
-    }
+    let (states, node) = crate::service::ps::parse_ps_filters(filter).map_err(fail)?;
+    let states = if states.is_empty() {
+        vec![String::new()]
+    } else {
+        states
+    };
     let views = stack_services(c, stack).await?;
     if views.is_empty() {
         return Err(fail(format!("Nothing found in stack: {stack}")));
     }
     let mut tasks = Vec::new();
     for v in &views {
-        tasks.extend(c.list_tasks(&v.id, "", &desired).await?);
+        for st in &states {
+            tasks.extend(c.list_tasks(&v.id, &node, st).await?);
+        }
     }
+    tasks.retain(|t| crate::service::ps::keep_task(filter, t));
     crate::service::ps::print_tasks(&tasks, no_trunc, quiet, format);
     Ok(())
 }
