@@ -94,7 +94,8 @@ fn other_commands_parse() {
         parse(&["ls", "--format", "json", "-q"]),
         ServiceCmd::Ls(ListArgs {
             format: Format::Json,
-            quiet: true
+            quiet: true,
+            ..
         })
     ));
     match parse(&[
