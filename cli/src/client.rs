@@ -16,7 +16,6 @@ use proto::convert::ConvertError;
 use proto::pb;
 use proto::pb::control_client::ControlClient;
 use proto::spec::{NetworkSpec, ServiceSpec, TaskState};
-use serde_json::Value;
 use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 
@@ -324,15 +323,6 @@ impl Client {
             })
             .await?;
         Ok(view.try_into()?)
-    }
-
-    /// The service as a JSON document of every field (for `inspect`) and as a value.
-    pub async fn get_service_raw(&self, id: &str) -> Result<(Value, ServiceView)> {
-        let view = self.get_service(id).await?;
-        Ok((
-            serde_json::to_value(&view).map_err(ClientError::Show)?,
-            view,
-        ))
     }
 
     pub async fn list_services(&self) -> Result<Vec<ServiceView>> {

@@ -65,6 +65,19 @@ pub enum Cmd {
     Lab(LabCmd),
     /// Run a command in a running task's container (on the node that runs it).
     Exec(ExecArgs),
+    /// Return low-level information on swarm objects (services, nodes, networks, secrets,
+    /// configs) by name or id.
+    Inspect {
+        /// Only objects of this type: service, node, network, secret or config.
+        #[arg(long = "type", value_parser = ["service", "node", "network", "secret", "config"])]
+        kind: Option<String>,
+        /// Format output: json (a JSON array) or a Go template (e.g. '{{.ID}}').
+        #[arg(short, long, default_value = "json")]
+        format: String,
+        /// Names or ids.
+        #[arg(required = true, value_name = "NAME|ID")]
+        names: Vec<String>,
+    },
     /// Manage this node's images.
     #[command(subcommand)]
     Image(crate::image::ImageCmd),
@@ -277,6 +290,9 @@ pub enum NodeCmd {
         /// Print the information in a human friendly format.
         #[arg(long)]
         pretty: bool,
+        /// Format output: json (a JSON array) or a Go template (e.g. '{{.Status.State}}').
+        #[arg(short, long, default_value = "json")]
+        format: String,
         /// Nodes: id, unique id prefix or hostname.
         #[arg(required = true)]
         nodes: Vec<String>,
@@ -905,6 +921,11 @@ pub fn run(cli: Cli) -> i32 {
                 Cmd::Service(c) => crate::service::run(client, c).await,
                 Cmd::Network(c) => crate::network::run(client, c).await,
                 Cmd::Stack(c) => crate::stack::run(client, c).await,
+                Cmd::Inspect {
+                    kind,
+                    format,
+                    names,
+                } => inspect_any(&client, kind.as_deref(), &format, &names).await,
                 Cmd::Info(a) => info(client, a).await,
                 Cmd::Secret(c) => crate::secret::run(client, c).await,
                 Cmd::Config(c) => crate::secret::run(client, c).await,
@@ -1330,7 +1351,7 @@ fn ts(ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-fn inspect_json(n: &pb::Node) -> Value {
+pub(crate) fn inspect_json(n: &pb::Node) -> Value {
     let d = n.description.clone().unwrap_or_default();
     let (os, arch) = d
         .platform
@@ -1411,7 +1432,11 @@ async fn node(c: Client, cmd: NodeCmd) -> CliResult {
                 format,
             );
         }
-        NodeCmd::Inspect { pretty, nodes } => {
+        NodeCmd::Inspect {
+            pretty,
+            format,
+            nodes,
+        } => {
             let mut out = Vec::new();
             for id in &nodes {
                 out.push(c.get_node(&self_node(&c, id).await?).await?);
@@ -1453,7 +1478,8 @@ async fn node(c: Client, cmd: NodeCmd) -> CliResult {
                 }
             } else {
                 let arr: Vec<Value> = out.iter().map(inspect_json).collect();
-                println!("{}", serde_json::to_string_pretty(&arr).unwrap_or_default());
+                crate::output::print_inspect(arr, &format)
+                    .map_err(|e| CliError(format!("Error: {e}")))?;
             }
         }
         NodeCmd::Update {
@@ -1572,6 +1598,55 @@ async fn node(c: Client, cmd: NodeCmd) -> CliResult {
         }
     }
     Ok(())
+}
+
+/// `shoal inspect`: each name looked up as a service, node, network, secret and config in
+/// turn (or as `kind` only), printed in Docker's shape.
+async fn inspect_any(c: &Client, kind: Option<&str>, format: &str, names: &[String]) -> CliResult {
+    use crate::client::FileKind;
+    if !matches!(format, "" | "json") {
+        crate::template::Template::parse(format).map_err(|e| CliError(format!("Error: {e}")))?;
+    }
+    let want = |k: &str| kind.is_none_or(|x| x == k);
+    let mut out = Vec::new();
+    let mut missing = Vec::new();
+    for n in names {
+        let found = if let Some(v) = match want("service") {
+            true => c.get_service(n).await.ok(),
+            false => None,
+        } {
+            Some(crate::service::docker_json::service_json(&v))
+        } else if let Some(v) = match want("node") {
+            true => c.get_node(n).await.ok(),
+            false => None,
+        } {
+            Some(inspect_json(&v))
+        } else if let Some(v) = match want("network") {
+            true => c.get_network(n).await.ok(),
+            false => None,
+        } {
+            Some(crate::network::inspect_json(&v))
+        } else {
+            let mut hit = None;
+            for (k, fk) in [("secret", FileKind::Secret), ("config", FileKind::Config)] {
+                if hit.is_none() && want(k) {
+                    if let Ok(o) = c.get_file_object(fk, n).await {
+                        hit = Some(crate::secret::inspect_json(fk, &o));
+                    }
+                }
+            }
+            hit
+        };
+        match found {
+            Some(v) => out.push(v),
+            None => missing.push(format!("Error: No such object: {n}")),
+        }
+    }
+    crate::output::print_inspect(out, format).map_err(|e| CliError(format!("Error: {e}")))?;
+    match missing.is_empty() {
+        true => Ok(()),
+        false => Err(CliError(missing.join("; "))),
+    }
 }
 
 /// A node as the user named it, with Docker's `self` for this node.

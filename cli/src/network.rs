@@ -483,11 +483,9 @@ pub async fn run(c: Client, cmd: NetworkCmd) -> Result<(), CliError> {
             Ok(())
         }
         NetworkCmd::Inspect(a) => {
-            if a.format != "json" && !a.format.is_empty() {
-                return Err(CliError(format!(
-                    "Error: unsupported format {:?}: use json",
-                    a.format
-                )));
+            if !matches!(a.format.as_str(), "" | "json") {
+                crate::template::Template::parse(&a.format)
+                    .map_err(|e| CliError(format!("Error: {e}")))?;
             }
             let mut out = Vec::new();
             let mut errs = Vec::new();
@@ -497,10 +495,8 @@ pub async fn run(c: Client, cmd: NetworkCmd) -> Result<(), CliError> {
                     Err(e) => errs.push(format!("Error: {e}")),
                 }
             }
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&Value::Array(out)).unwrap_or_default()
-            );
+            crate::output::print_inspect(out, &a.format)
+                .map_err(|e| CliError(format!("Error: {e}")))?;
             last_error(errs)
         }
         NetworkCmd::Rm(a) => {

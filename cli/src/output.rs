@@ -28,6 +28,27 @@ impl std::str::FromStr for Format {
     }
 }
 
+/// `inspect` output: a JSON array (`json` or no format), or each object through a Go
+/// template (`--format '{{.Spec.Name}}'`), one line each.
+pub fn print_inspect(objects: Vec<Value>, format: &str) -> Result<(), String> {
+    match format {
+        "" | "json" => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&Value::Array(objects)).unwrap_or_default()
+            );
+            Ok(())
+        }
+        t => {
+            let t = crate::template::Template::parse(t)?;
+            for o in &objects {
+                println!("{}", t.render(o)?);
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Rows' JSON objects through a template, printed (an error in one row stops the output).
 pub fn print_template(t: &crate::template::Template, rows: &[String]) {
     let values: Vec<Value> = rows

@@ -129,7 +129,8 @@ pub struct InspectArgs {
     /// Names, ids or unique id prefixes.
     #[arg(required = true)]
     pub names: Vec<String>,
-    /// Output format: json (Docker's default, a JSON array).
+    /// Output format: json (Docker's default, a JSON array) or a Go template
+    /// (e.g. '{{.Spec.Name}}').
     #[arg(short, long, default_value = "json")]
     pub format: String,
 }
@@ -245,7 +246,7 @@ pub fn base64(data: &[u8]) -> String {
     out
 }
 
-fn inspect_json(kind: FileKind, o: &pb::FileObject) -> Value {
+pub(crate) fn inspect_json(kind: FileKind, o: &pb::FileObject) -> Value {
     let labels: serde_json::Map<String, Value> = o
         .labels
         .iter()
@@ -349,11 +350,8 @@ async fn ls(c: Client, kind: FileKind, a: LsArgs) -> Result<(), CliError> {
 }
 
 async fn inspect(c: Client, kind: FileKind, a: InspectArgs) -> Result<(), CliError> {
-    if a.format != "json" && !a.format.is_empty() {
-        return Err(CliError(format!(
-            "Error: unsupported format {:?}: use json",
-            a.format
-        )));
+    if !matches!(a.format.as_str(), "" | "json") {
+        crate::template::Template::parse(&a.format).map_err(|e| CliError(format!("Error: {e}")))?;
     }
     let mut out = Vec::new();
     let mut errs = Vec::new();
@@ -363,10 +361,7 @@ async fn inspect(c: Client, kind: FileKind, a: InspectArgs) -> Result<(), CliErr
             Err(e) => errs.push(format!("Error: {e}")),
         }
     }
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&Value::Array(out)).unwrap_or_default()
-    );
+    crate::output::print_inspect(out, &a.format).map_err(|e| CliError(format!("Error: {e}")))?;
     if errs.is_empty() {
         Ok(())
     } else {

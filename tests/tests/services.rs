@@ -353,7 +353,7 @@ fn lab_rolling_update_rollback_and_leader_failover() -> Result<()> {
     eventually("automatic rollback", WAIT, || {
         let out = lab.shoal("m1", &["service", "inspect", "app"])?;
         let v: Value = serde_json::from_str(&out)?;
-        let st = v[0]["update_status"]["state"].as_str().unwrap_or("");
+        let st = v[0]["UpdateStatus"]["State"].as_str().unwrap_or("");
         ensure!(st == "rollback_completed", "update state {st}");
         let tasks = running_tasks(&lab, "m1", "app")?;
         ensure!(
@@ -394,7 +394,7 @@ fn lab_rolling_update_rollback_and_leader_failover() -> Result<()> {
     eventually("update completed under the new leader", WAIT, || {
         let out = lab.shoal(other, &["service", "inspect", "app"])?;
         let v: Value = serde_json::from_str(&out)?;
-        let st = v[0]["update_status"]["state"].as_str().unwrap_or("");
+        let st = v[0]["UpdateStatus"]["State"].as_str().unwrap_or("");
         ensure!(st == "completed", "update state {st}");
         let tasks = running_tasks(&lab, other, "app")?;
         let on_new = tasks

@@ -249,6 +249,40 @@ fn a_stack_deploys_redeploys_only_what_changed_prunes_and_goes_away() -> Result<
             "name=vote_db"
         ])? == 1
     );
+    // Inspect in Docker's shape, with templates; `inspect` of any object.
+    let svc: Value = serde_json::from_str(&lab.shoal("m1", &["service", "inspect", "vote_vote"])?)?;
+    ensure!(
+        svc[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] == "vote:v1",
+        "{svc}"
+    );
+    ensure!(
+        svc[0]["Spec"]["Mode"]["Replicated"]["Replicas"] == 2,
+        "{svc}"
+    );
+    ensure!(
+        svc[0]["Endpoint"]["Ports"][0]["PublishedPort"] == 5000,
+        "{svc}"
+    );
+    let tpl = "{{.Spec.Name}} {{index .Spec.Labels \"com.docker.stack.namespace\"}}";
+    ensure!(
+        lab.shoal("m1", &["service", "inspect", "-f", tpl, "vote_vote"])? == "vote_vote vote\n"
+    );
+    ensure!(lab.shoal("m1", &["inspect", "-f", "{{.Name}}", "vote_front"])? == "vote_front\n");
+    let secret = [
+        "inspect",
+        "--type",
+        "secret",
+        "-f",
+        "{{.Spec.Name}}",
+        "vote_db_password",
+    ];
+    ensure!(lab.shoal("m1", &secret)? == "vote_db_password\n");
+    ensure!(lab.shoal("m1", &["node", "inspect", "-f", "{{.Spec.Role}}", "self"])? == "manager\n");
+    let e = lab
+        .shoal("m1", &["inspect", "nosuchthing"])
+        .unwrap_err()
+        .to_string();
+    ensure!(e.contains("No such object: nosuchthing"), "{e}");
     let e = lab
         .shoal("m1", &["service", "ls", "--filter", "colour=red"])
         .unwrap_err()

@@ -9,7 +9,7 @@ use crate::commands::CliError;
 use crate::output::title;
 use crate::units::{fmt_bytes, fmt_duration_ms};
 
-use super::render::{fmt_cpus, fmt_ts, inspect_service_json, kebab, service_ports};
+use super::render::{fmt_cpus, fmt_ts, kebab, service_ports};
 
 /// `service inspect --pretty`; `nets` names the networks the spec holds by id.
 pub fn pretty_service(v: &ServiceView, nets: &[NetworkView]) -> String {
@@ -199,29 +199,31 @@ pub fn pretty_service(v: &ServiceView, nets: &[NetworkView]) -> String {
 }
 
 /// `service inspect [--pretty] SERVICE…`.
-pub(super) async fn inspect(c: &Client, pretty: bool, services: &[String]) -> Result<(), CliError> {
+pub(super) async fn inspect(
+    c: &Client,
+    pretty: bool,
+    format: &str,
+    services: &[String],
+) -> Result<(), CliError> {
+    if !matches!(format, "" | "json") {
+        crate::template::Template::parse(format).map_err(|e| CliError(format!("Error: {e}")))?;
+    }
     let mut found = Vec::new();
     for s in services {
-        found.push(c.get_service_raw(s).await?);
+        found.push(c.get_service(s).await?);
     }
     if pretty {
         // Network names are a nicety: without them (an older manager) show the ids.
-        let nets = if found.iter().any(|(_, v)| !v.spec.task.networks.is_empty()) {
+        let nets = if found.iter().any(|v| !v.spec.task.networks.is_empty()) {
             c.list_networks().await.unwrap_or_default()
         } else {
             Vec::new()
         };
-        let outs: Vec<String> = found
-            .iter()
-            .map(|(_, v)| pretty_service(v, &nets))
-            .collect();
+        let outs: Vec<String> = found.iter().map(|v| pretty_service(v, &nets)).collect();
         print!("{}", outs.join("\n\n"));
     } else {
-        let arr: Vec<_> = found
-            .into_iter()
-            .map(|(raw, v)| inspect_service_json(raw, &v))
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&arr).unwrap_or_default());
+        let arr: Vec<_> = found.iter().map(super::docker_json::service_json).collect();
+        crate::output::print_inspect(arr, format).map_err(|e| CliError(format!("Error: {e}")))?;
     }
     Ok(())
 }

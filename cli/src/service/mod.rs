@@ -8,6 +8,7 @@
 
 pub mod apply;
 pub mod create;
+pub mod docker_json;
 pub mod flags;
 pub mod inspect;
 pub mod parse;
@@ -48,6 +49,9 @@ pub enum ServiceCmd {
         /// Print the information in a human friendly format.
         #[arg(long)]
         pretty: bool,
+        /// Format output: json (a JSON array) or a Go template (e.g. '{{.Spec.Name}}').
+        #[arg(short, long, default_value = "json")]
+        format: String,
         /// Services: id, unique id prefix or name.
         #[arg(required = true, value_name = "SERVICE")]
         services: Vec<String>,
@@ -100,7 +104,11 @@ pub async fn run(c: Client, cmd: ServiceCmd) -> Result<(), CliError> {
         ServiceCmd::Logs(a) => crate::logs::run_logs(&c, a).await,
         ServiceCmd::Ls(a) => render::ls(&c, a).await,
         ServiceCmd::Ps(a) => ps::ps(&c, *a).await,
-        ServiceCmd::Inspect { pretty, services } => inspect::inspect(&c, pretty, &services).await,
+        ServiceCmd::Inspect {
+            pretty,
+            format,
+            services,
+        } => inspect::inspect(&c, pretty, &format, &services).await,
         ServiceCmd::Scale { detach, scales } => update::scale(&c, detach, &scales).await,
         ServiceCmd::Update(a) => update::update(&c, *a).await,
         ServiceCmd::Rollback {

@@ -141,14 +141,6 @@ pub fn endpoint_json(v: &ServiceView) -> Value {
     Value::Object(e)
 }
 
-/// `service inspect` (JSON): the service as the daemon returned it, plus Docker's `Endpoint`.
-pub fn inspect_service_json(mut raw: Value, v: &ServiceView) -> Value {
-    if let Value::Object(m) = &mut raw {
-        m.insert("Endpoint".into(), endpoint_json(v));
-    }
-    raw
-}
-
 /// `service ls` rows (table cells and JSON line each), sorted by name.
 pub fn ls_rows(views: &[ServiceView]) -> Vec<(Vec<String>, String)> {
     let mut vs: Vec<&ServiceView> = views.iter().collect();
@@ -181,12 +173,12 @@ pub(super) fn fmt_cpus(nano: u64) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
-pub(super) fn fmt_ts(ms: i64) -> String {
+pub(crate) fn fmt_ts(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-pub(super) fn kebab<T: serde::Serialize>(v: &T) -> String {
+pub(crate) fn kebab<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v)
         .ok()
         .and_then(|v| v.as_str().map(String::from))

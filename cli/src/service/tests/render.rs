@@ -80,9 +80,14 @@ fn pretty_and_json_show_the_endpoint() {
     assert!(plain.contains("Endpoint Mode:\tvip") && !plain.contains("Ports:"));
     assert!(!plain.contains("Networks:") && !plain.contains("DNS:"));
 
-    let raw = serde_json::to_value(&v).unwrap();
-    let j = inspect_service_json(raw, &v);
-    assert_eq!(j["id"], v.id.as_str(), "the daemon's fields stay");
+    let j = crate::service::docker_json::service_json(&v);
+    assert_eq!(j["ID"], v.id.as_str());
+    assert_eq!(j["Spec"]["Name"], v.spec.name.as_str());
+    assert_eq!(
+        j["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"],
+        v.spec.task.image.as_str()
+    );
+    assert_eq!(j["Version"]["Index"], v.version);
     let e = &j["Endpoint"];
     assert_eq!(e["Spec"]["Mode"], "vip");
     let want_port = json!({"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080, "PublishMode": "ingress"});
