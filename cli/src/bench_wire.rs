@@ -535,7 +535,7 @@ mod tests {
         spec.task.networks.clear();
         spec.task.secrets = vec![proto::spec::FileRef {
             name: "big".into(),
-            target: String::new(),
+            ..Default::default()
         }];
         let wire = pb::ServiceSpec::from(&spec);
         sim.api(async move |api| {

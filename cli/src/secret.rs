@@ -147,39 +147,60 @@ pub struct RmArgs {
 pub fn parse_file_ref(flag: &str, s: &str) -> Result<FileRef, String> {
     let s = s.trim();
     if s.is_empty() {
-        return Err(format!("--{flag}: a {flag} name is required"));
+        return Err(format!("{flag}: a {flag} name is required"));
     }
     if !s.contains('=') {
         if s.contains(',') {
             return Err(format!(
-                "--{flag} {s:?}: expected NAME or source=NAME,target=PATH"
+                "{flag} {s:?}: expected NAME or source=NAME,target=PATH"
             ));
         }
         return Ok(FileRef {
             name: s.to_string(),
-            target: String::new(),
+            ..Default::default()
         });
     }
     let mut r = FileRef::default();
     for field in s.split(',') {
-        let (k, v) = field.split_once('=').ok_or_else(|| {
-            format!("--{flag} {s:?}: invalid field {field:?}: expected key=value")
-        })?;
+        let (k, v) = field
+            .split_once('=')
+            .ok_or_else(|| format!("{flag} {s:?}: invalid field {field:?}: expected key=value"))?;
         match k.trim().to_ascii_lowercase().as_str() {
             "source" | "src" => r.name = v.trim().to_string(),
             "target" | "dst" | "destination" => r.target = v.trim().to_string(),
-            "uid" | "gid" | "mode" => {
-                return Err(format!("--{flag} {s:?}: {k} is not supported"));
+            "uid" | "gid" => {
+                let id: u32 = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{flag} {s:?}: {k} must be a number, e.g. {k}=1000"))?;
+                if k.trim().eq_ignore_ascii_case("uid") {
+                    r.uid = Some(id);
+                } else {
+                    r.gid = Some(id);
+                }
+            }
+            "mode" => {
+                // Octal, as Docker reads it: 0400, 400, 0o644.
+                let t = v.trim();
+                let t = t.strip_prefix("0o").unwrap_or(t);
+                r.mode = Some(
+                    u32::from_str_radix(t, 8)
+                        .ok()
+                        .filter(|m| *m <= 0o7777)
+                        .ok_or_else(|| {
+                            format!("{flag} {s:?}: mode must be an octal file mode, e.g. mode=0440")
+                        })?,
+                );
             }
             other => {
                 return Err(format!(
-                    "--{flag} {s:?}: invalid field {other:?}: use source and target"
+                    "{flag} {s:?}: invalid field {other:?}: use source, target, uid, gid and mode"
                 ))
             }
         }
     }
     if r.name.is_empty() {
-        return Err(format!("--{flag} {s:?}: source is required"));
+        return Err(format!("{flag} {s:?}: source is required"));
     }
     Ok(r)
 }
@@ -391,14 +412,15 @@ mod tests {
             parse_file_ref("secret", "db").unwrap(),
             FileRef {
                 name: "db".into(),
-                target: String::new()
+                ..Default::default()
             }
         );
         assert_eq!(
             parse_file_ref("secret", "source=db,target=pw").unwrap(),
             FileRef {
                 name: "db".into(),
-                target: "pw".into()
+                target: "pw".into(),
+                ..Default::default()
             }
         );
         assert_eq!(
@@ -413,9 +435,30 @@ mod tests {
         assert!(parse_file_ref("secret", "target=x")
             .unwrap_err()
             .contains("source is required"));
-        assert!(parse_file_ref("secret", "source=a,mode=0400")
-            .unwrap_err()
-            .contains("not supported"));
+        let owned = parse_file_ref("--secret", "source=a,uid=1000,gid=33,mode=0440").unwrap();
+        assert_eq!(
+            (owned.uid, owned.gid, owned.mode),
+            (Some(1000), Some(33), Some(0o440))
+        );
+        assert_eq!(
+            parse_file_ref("--config", "source=a,mode=644")
+                .unwrap()
+                .mode,
+            Some(0o644)
+        );
+        for (bad, want) in [
+            (
+                "source=a,mode=0999",
+                "--secret \"source=a,mode=0999\": mode must be an octal",
+            ),
+            ("source=a,mode=17777", "mode must be an octal"),
+            ("source=a,uid=bob", "uid must be a number"),
+            ("source=a,gid=-1", "gid must be a number"),
+        ] {
+            let e = parse_file_ref("--secret", bad).unwrap_err();
+            assert!(e.contains(want), "{bad}: {e}");
+            assert!(!e.contains("----"), "{e}");
+        }
         assert!(parse_file_ref("secret", "source=a,foo=b")
             .unwrap_err()
             .contains("invalid field"));

@@ -211,6 +211,7 @@ mod tests {
                 secrets: vec![FileRef {
                     name: secret.into(),
                     target: String::new(),
+                    ..Default::default()
                 }],
                 ..Default::default()
             },
@@ -277,6 +278,7 @@ mod tests {
         cspec.configs.push(FileRef {
             name: "conf".into(),
             target: String::new(),
+            ..Default::default()
         });
         let files = secrets::resolve(&d, FileKind::Config, &cspec, d.data_key.as_ref());
         assert_eq!(files[0].target, "/conf");

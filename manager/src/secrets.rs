@@ -249,6 +249,9 @@ pub fn resolve(
                         (FileKind::Config, true) => format!("/{}", r.name),
                     },
                     data,
+                    uid: r.uid,
+                    gid: r.gid,
+                    mode: r.mode,
                 }),
                 Err(e) => {
                     tracing::warn!(name = %r.name, error = %e, "cannot open {}", kind.noun());

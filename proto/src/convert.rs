@@ -253,6 +253,9 @@ impl From<&spec::FileRef> for pb::FileReference {
         pb::FileReference {
             name: r.name.clone(),
             target: r.target.clone(),
+            uid: r.uid,
+            gid: r.gid,
+            mode: r.mode,
         }
     }
 }
@@ -262,6 +265,9 @@ impl From<pb::FileReference> for spec::FileRef {
         spec::FileRef {
             name: r.name,
             target: r.target,
+            uid: r.uid,
+            gid: r.gid,
+            mode: r.mode,
         }
     }
 }
@@ -577,6 +583,9 @@ pub fn fill_files(a: &mut spec::Assignment, files: &BTreeMap<FileKey, Vec<u8>>) 
                         (FileKind::Config, true) => format!("/{}", r.name),
                     },
                     data: data.clone(),
+                    uid: r.uid,
+                    gid: r.gid,
+                    mode: r.mode,
                 })
             })
             .collect()

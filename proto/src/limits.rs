@@ -388,6 +388,12 @@ fn check_task_spec(t: &TaskSpec) -> Result<(), String> {
         for r in refs {
             check_text(field, &r.name, MAX_FIELD_BYTES)?;
             check_text(field, &r.target, MAX_FIELD_BYTES)?;
+            if let Some(m) = r.mode.filter(|m| *m > 0o7777) {
+                return Err(format!(
+                    "{field} {}: mode {m:o} is not a file mode (at most 7777)",
+                    r.name
+                ));
+            }
         }
     }
     for (field, caps) in [("--cap-add", &t.cap_add), ("--cap-drop", &t.cap_drop)] {

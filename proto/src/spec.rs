@@ -236,6 +236,14 @@ pub struct FileRef {
     /// File name under /run/secrets (secrets) or absolute path (configs); empty: the name
     /// (secrets: /run/secrets/NAME; configs: /NAME).
     pub target: String,
+    /// The file's owner and mode (`uid=`, `gid=`, `mode=`); none: the container's user,
+    /// 0400 for secrets and 0444 for configs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
 }
 
 /// Docker's healthcheck: `test` is `["CMD", arg…]`, `["CMD-SHELL", "cmd"]` or `["NONE"]`
@@ -476,6 +484,13 @@ pub struct FileData {
     /// Where it goes: for secrets the path is /run/secrets/`target`, unless absolute.
     pub target: String,
     pub data: Vec<u8>,
+    /// As [`FileRef`]'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

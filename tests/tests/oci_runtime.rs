@@ -449,7 +449,8 @@ async fn secrets_and_mounts(runtime: &'static str) {
             "-c",
             "[ \"$(cat /run/secrets/x)\" = sup3r\"\"s3cret ] && echo secret-ok; \
              ls -l /run/secrets/x; cat /etc/app.conf; echo; cat /data/f; echo; \
-             echo vol > /vol/v && echo vol-ok; id -u; touch /data/g || echo ro-ok",
+             echo vol > /vol/v && echo vol-ok; id -u; touch /data/g || echo ro-ok; \
+             echo owned $(stat -c %u:%g:%a /run/secrets/owned)",
         ],
     );
     task.spec.user = "web".into();
@@ -467,15 +468,28 @@ async fn secrets_and_mounts(runtime: &'static str) {
             readonly: false,
         },
     ];
-    task.secrets = vec![FileData {
-        name: "x".into(),
-        target: String::new(),
-        data: b"sup3rs3cret".to_vec(),
-    }];
+    task.secrets = vec![
+        FileData {
+            name: "x".into(),
+            target: String::new(),
+            data: b"sup3rs3cret".to_vec(),
+            ..Default::default()
+        },
+        // --secret source=o,target=owned,uid=1234,gid=4321,mode=0440
+        FileData {
+            name: "o".into(),
+            target: "owned".into(),
+            data: b"theirs".to_vec(),
+            uid: Some(1234),
+            gid: Some(4321),
+            mode: Some(0o440),
+        },
+    ];
     task.configs = vec![FileData {
         name: "c".into(),
         target: "/etc/app.conf".into(),
         data: b"conf-data".to_vec(),
+        ..Default::default()
     }];
     // The volume belongs to root; let user 33 write to it.
     let volume = env.data().join("volumes/named1/_data");
@@ -498,6 +512,7 @@ async fn secrets_and_mounts(runtime: &'static str) {
         "vol-ok",
         "stdout 33",
         "ro-ok",
+        "owned 1234:4321:440",
     ] {
         assert!(log.contains(expected), "{expected} missing in {log}");
     }

@@ -42,7 +42,7 @@ fn spec(name: &str, secrets: &[&str], mode: ServiceMode) -> Option<pb::ServiceSp
                 .iter()
                 .map(|s| FileRef {
                     name: s.to_string(),
-                    target: String::new(),
+                    ..Default::default()
                 })
                 .collect(),
             ..Default::default()

@@ -614,6 +614,7 @@ mod tests {
                 secrets: vec![FileRef {
                     name: "db".into(),
                     target: String::new(),
+                    ..Default::default()
                 }],
                 ..Default::default()
             },

@@ -46,8 +46,14 @@ fn mount(m: &Mount) -> Value {
 }
 
 fn file_ref(f: &FileRef, id_key: &str, name_key: &str) -> Value {
+    let default_mode = if id_key == "SecretID" { 0o400 } else { 0o444 };
     json!({
-        "File": {"Name": f.target, "UID": "0", "GID": "0", "Mode": 0o444},
+        "File": {
+            "Name": f.target,
+            "UID": f.uid.unwrap_or(0).to_string(),
+            "GID": f.gid.unwrap_or(0).to_string(),
+            "Mode": f.mode.unwrap_or(default_mode),
+        },
         id_key: f.name,
         name_key: f.name,
     })

@@ -907,6 +907,7 @@ fn service(
         };
         for (i, it) in items.iter().enumerate() {
             let ip = format!("{}[{i}]", p(k));
+            let mut owner = FileRef::default();
             let (source, target) = match &it.value {
                 Value::Map(_) => {
                     unknown_keys(
@@ -915,13 +916,16 @@ fn service(
                         &["source", "target", "uid", "gid", "mode"],
                         warnings,
                     );
-                    for extra in ["uid", "gid", "mode"] {
-                        if let Some(x) = it.get(extra) {
-                            warnings.push(format!(
-                                "{}: {ip}.{extra}: not supported yet, ignored (files are root-owned, mode 0444)",
-                                x.at
-                            ));
+                    for (k, slot) in [("uid", &mut owner.uid), ("gid", &mut owner.gid)] {
+                        if let Some(x) = it.get(k) {
+                            let v = uint(x, &format!("{ip}.{k}"))?;
+                            *slot = Some(u32::try_from(v).map_err(|_| {
+                                err(x, &format!("{ip}.{k}"), "expected a user or group id")
+                            })?);
                         }
+                    }
+                    if let Some(x) = it.get("mode") {
+                        owner.mode = Some(file_mode(x, &format!("{ip}.mode"))?);
                     }
                     let s = it
                         .get("source")
@@ -953,6 +957,7 @@ fn service(
             file_refs[slot].push(FileRef {
                 name: def.name.clone(),
                 target,
+                ..owner
             });
         }
     }
@@ -1126,6 +1131,29 @@ fn service(
         },
         on_default,
     ))
+}
+
+/// A file mode as compose files write it: `0440` (octal, as YAML 1.1 and Docker read a
+/// leading zero; the YAML reader hands it over as the number 440.0), `0o440`, `"0440"`, or
+/// a plain number taken as it is (`288`).
+fn file_mode(n: &Node, path: &str) -> R<u32> {
+    let bad = || err(n, path, "expected an octal file mode, e.g. 0440");
+    let m = match &n.value {
+        Value::Int(i) => u32::try_from(*i).map_err(|_| bad())?,
+        Value::Float(f) if *f >= 0.0 && f.fract() == 0.0 && *f < 1e6 => {
+            u32::from_str_radix(&(*f as u64).to_string(), 8).map_err(|_| bad())?
+        }
+        Value::Str(s) => {
+            let t = s.trim();
+            let t = t.strip_prefix("0o").unwrap_or(t);
+            u32::from_str_radix(t, 8).map_err(|_| bad())?
+        }
+        _ => return Err(bad()),
+    };
+    if m > 0o7777 {
+        return Err(bad());
+    }
+    Ok(m)
 }
 
 fn flag_takes_value(flag: &str) -> bool {

@@ -363,6 +363,7 @@ fn a_secret_goes_to_a_node_once_whatever_the_tasks_that_use_it() {
     web.spec.task.secrets = vec![proto::spec::FileRef {
         name: "big".into(),
         target: String::new(),
+        ..Default::default()
     }];
     let mut index = 10;
     let mut asg = NodeAssignments::default();

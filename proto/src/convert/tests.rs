@@ -40,7 +40,13 @@ pub(crate) fn status() -> impl Strategy<Value = TaskStatus> {
 
 pub(crate) fn file_refs() -> impl Strategy<Value = Vec<FileRef>> {
     prop::collection::vec(
-        (s(), s()).prop_map(|(name, target)| FileRef { name, target }),
+        (s(), s(), prop::option::of(0u32..0o7777)).prop_map(|(name, target, mode)| FileRef {
+            name,
+            target,
+            uid: mode.map(|m| m + 1),
+            gid: None,
+            mode,
+        }),
         0..3,
     )
 }
@@ -561,16 +567,16 @@ fn files_fill_assignments_with_default_targets() {
             secrets: vec![
                 FileRef {
                     name: "db".into(),
-                    target: String::new(),
+                    ..Default::default()
                 },
                 FileRef {
                     name: "gone".into(),
-                    target: String::new(),
+                    ..Default::default()
                 },
             ],
             configs: vec![FileRef {
                 name: "site".into(),
-                target: String::new(),
+                ..Default::default()
             }],
             ..Default::default()
         },

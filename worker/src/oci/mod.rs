@@ -513,10 +513,15 @@ impl State {
                 };
                 let host = secrets.join(format!("{}{i}", if secret { "s" } else { "c" }));
                 std::fs::write(&host, &file.data).map_err(|e| io("writing a secret", e))?;
-                // Owned by the container's user, so that 0400 still lets it read them.
-                std::os::unix::fs::chown(&host, Some(uid), Some(gid))
-                    .map_err(|e| io("secret owner", e))?;
-                let mode = if secret { 0o400 } else { 0o444 };
+                // Owned by the container's user (unless uid=/gid= say otherwise), so that
+                // 0400 still lets it read them.
+                std::os::unix::fs::chown(
+                    &host,
+                    Some(file.uid.unwrap_or(uid)),
+                    Some(file.gid.unwrap_or(gid)),
+                )
+                .map_err(|e| io("secret owner", e))?;
+                let mode = file.mode.unwrap_or(if secret { 0o400 } else { 0o444 });
                 std::fs::set_permissions(&host, std::fs::Permissions::from_mode(mode))
                     .map_err(|e| io("secret permissions", e))?;
                 mounts.push(MountPlan::Bind {

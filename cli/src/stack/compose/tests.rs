@@ -42,6 +42,9 @@ services:
       - db_password
       - source: db_password
         target: /run/secrets/other
+        uid: "103"
+        gid: "104"
+        mode: 0440
     configs:
       - source: site
         target: /etc/nginx/site.conf
@@ -171,6 +174,11 @@ fn a_file_with_every_key_becomes_the_specs_service_create_would_make() {
     assert_eq!(t.secrets.len(), 2);
     assert_eq!(t.secrets[0].name, "shop_db_password");
     assert_eq!(t.secrets[1].target, "/run/secrets/other");
+    assert_eq!(
+        (t.secrets[1].uid, t.secrets[1].gid, t.secrets[1].mode),
+        (Some(103), Some(104), Some(0o440))
+    );
+    assert_eq!(t.secrets[0].mode, None);
     assert_eq!(t.configs[0].name, "shop_site");
     assert_eq!(t.configs[0].target, "/etc/nginx/site.conf");
     let hc = t.healthcheck.as_ref().unwrap();
