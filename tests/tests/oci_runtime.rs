@@ -525,6 +525,11 @@ async fn secrets_and_mounts(runtime: &'static str) {
         !task_dir.exists(),
         "secrets unmounted, task directory removed"
     );
+    // The log outlives the task (`service logs` of a finished task).
+    let kept = env.rt.log_path(&task.task_id).unwrap();
+    assert!(!kept.starts_with(&task_dir), "{}", kept.display());
+    let text = std::fs::read_to_string(&kept).unwrap();
+    assert!(text.contains("secret-ok"), "{text}");
     assert!(volume.join("v").exists(), "named volumes outlive the task");
 
     // A bind mount of a missing path is refused in plain words.

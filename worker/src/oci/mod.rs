@@ -274,6 +274,14 @@ impl State {
         self.config.data_dir.join("tasks").join(task_id)
     }
 
+    /// Where the log of a removed task is kept (`<data>/logs/<task>.log`).
+    fn retained_log(&self, task_id: &str) -> PathBuf {
+        self.config
+            .data_dir
+            .join("logs")
+            .join(format!("{task_id}.log"))
+    }
+
     /// A new name under `<data>/trash/` for the directory of a removed task.
     fn trash_name(&self, task_id: &str) -> PathBuf {
         let nanos = std::time::SystemTime::now()
@@ -1022,6 +1030,23 @@ impl Runtime for OciRuntime {
         let t = self.inner.step(task_id, "remove: unmount", t);
         remove_cgroups(task_id);
         let t = self.inner.step(task_id, "remove: cgroups", t);
+        // The log outlives the task (a job's output, a crash's last words), as Docker keeps
+        // a stopped container's: readable by `service logs` while the managers keep the task
+        // in their history; the oldest go past [`RETAINED_LOGS`] or [`RETAINED_LOG_BYTES`].
+        let log = dir.join(files::LOG);
+        if log.exists() {
+            let kept = self.inner.retained_log(task_id);
+            let moved = kept
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::rename(&log, &kept));
+            if let Err(e) = moved {
+                tracing::debug!(task = task_id, error = %e, "the log of a removed task is not kept");
+            }
+            if let Some(logs) = kept.parent().map(Path::to_path_buf) {
+                tokio::task::spawn_blocking(move || prune_retained_logs(&logs));
+            }
+        }
         // Out of the way in one rename, deleted in the background: a few dozen unlinks wait
         // on the file system's journal, tens of milliseconds on a busy disk.
         let trash = self.inner.trash_name(task_id);
@@ -1043,7 +1068,13 @@ impl Runtime for OciRuntime {
     }
 
     fn log_path(&self, task_id: &str) -> Option<PathBuf> {
-        Some(self.inner.task_dir(task_id).join(files::LOG))
+        let live = self.inner.task_dir(task_id).join(files::LOG);
+        let kept = self.inner.retained_log(task_id);
+        Some(if !live.exists() && kept.exists() {
+            kept
+        } else {
+            live
+        })
     }
 
     async fn restore(&self) -> Vec<Restored> {
@@ -1261,6 +1292,39 @@ impl Inotify {
     }
 }
 
+/// Logs of removed tasks kept on a node at most, and their bytes at most: the oldest go
+/// first.
+pub const RETAINED_LOGS: usize = 1000;
+pub const RETAINED_LOG_BYTES: u64 = 1 << 30;
+
+/// Remove the oldest kept logs in `dir` past [`RETAINED_LOGS`] files or
+/// [`RETAINED_LOG_BYTES`] bytes.
+pub fn prune_retained_logs(dir: &Path) {
+    prune_logs(dir, RETAINED_LOGS, RETAINED_LOG_BYTES)
+}
+
+fn prune_logs(dir: &Path, max_files: usize, max_bytes: u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut logs: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some((m.modified().ok()?, m.len(), e.path()))
+        })
+        .collect();
+    // Newest first: what is kept is a prefix.
+    logs.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut bytes = 0u64;
+    for (i, (_, len, path)) in logs.into_iter().enumerate() {
+        bytes = bytes.saturating_add(len);
+        if i >= max_files || bytes > max_bytes {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 fn remove_cgroups(task_id: &str) {
     let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else {
         return;
@@ -1383,6 +1447,32 @@ fn failed(task_id: &str, op: RuntimeOp, reason: String) -> RuntimeError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Kept logs go oldest first, past a count or a size.
+    #[test]
+    fn kept_logs_are_bounded_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = std::time::SystemTime::now() - std::time::Duration::from_secs(100);
+        for i in 0..5u64 {
+            let p = dir.path().join(format!("t{i}.log"));
+            std::fs::write(&p, vec![b'x'; 100]).unwrap();
+            let f = std::fs::File::options().write(true).open(&p).unwrap();
+            f.set_modified(t0 + std::time::Duration::from_secs(i))
+                .unwrap();
+        }
+        let names = || {
+            let mut v: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        prune_logs(dir.path(), 4, u64::MAX);
+        assert_eq!(names(), ["t1.log", "t2.log", "t3.log", "t4.log"]);
+        prune_logs(dir.path(), 10, 250);
+        assert_eq!(names(), ["t3.log", "t4.log"]);
+    }
 
     #[test]
     fn a_failed_probe_says_its_exit_code_and_the_end_of_its_output() {
