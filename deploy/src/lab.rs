@@ -305,7 +305,9 @@ impl Lab {
             .expect("host checked above"))
     }
 
-    fn exec_command(&self, host: &str, argv: &[String]) -> Result<Command, LabError> {
+    /// The command [`Lab::exec`] runs, for a caller that spawns it (e.g. to follow its
+    /// output).
+    pub fn exec_command(&self, host: &str, argv: &[String]) -> Result<Command, LabError> {
         let h = self.host(host)?;
         if argv.is_empty() {
             return Err(LabError::EmptyCommand {

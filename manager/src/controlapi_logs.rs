@@ -118,7 +118,7 @@ fn warning(node_id: &str, hostname: &str, what: &str) -> pb::LogMessage {
 impl ControlApi {
     pub async fn service_logs(&self, req: pb::ServiceLogsRequest) -> Result<LogStream, Status> {
         self.mgr.linearizable().await?;
-        let (infos, nodes) = self.mgr.store.view(|d| resolve(d, &req.target))?;
+        let (mut infos, mut nodes) = self.mgr.store.view(|d| resolve(d, &req.target))?;
         let mgr = self.mgr.clone();
         let (out, rx) = mpsc::channel::<Result<pb::LogMessage, Status>>(256);
         tokio::spawn(async move {
@@ -151,9 +151,11 @@ impl ControlApi {
                     }
                 }
             }
-            drop(sink);
+            // Following, tasks that start later (a scale-up, an update) are followed too:
+            // the sink stays open for them.
+            let sink = req.follow.then_some(sink);
             let mut tick = tokio::time::interval(LIVENESS_CHECK);
-            while !pending.is_empty() {
+            while !pending.is_empty() || sink.is_some() {
                 tokio::select! {
                     _ = out.closed() => break,
                     c = chunks.recv() => {
@@ -194,6 +196,41 @@ impl ControlApi {
                         }
                     }
                     _ = tick.tick() => {
+                        if let Some(sink) = &sink {
+                            let Ok((now, now_nodes)) = mgr.store.view(|d| resolve(d, &req.target)) else {
+                                // The service is gone: nothing more will start.
+                                break;
+                            };
+                            for (node_id, n) in now_nodes {
+                                let fresh: Vec<String> =
+                                    n.tasks.iter().filter(|t| !infos.contains_key(*t)).cloned().collect();
+                                if fresh.is_empty() || n.down {
+                                    continue;
+                                }
+                                let request = pb::LogRequest {
+                                    subscription: 0,
+                                    task_ids: fresh.clone(),
+                                    follow: true,
+                                    tail: req.tail,
+                                    cancel: false,
+                                };
+                                if let Some((id, serial)) =
+                                    dispatcher.subscribe_logs(&mgr, &node_id, request, sink.clone()).await
+                                {
+                                    pending.insert(id, (node_id.clone(), serial));
+                                    for t in fresh {
+                                        if let Some(info) = now.get(&t) {
+                                            infos.insert(t, TaskInfo {
+                                                slot: info.slot,
+                                                service_name: info.service_name.clone(),
+                                                node_id: info.node_id.clone(),
+                                            });
+                                        }
+                                    }
+                                    nodes.entry(node_id).or_insert(n);
+                                }
+                            }
+                        }
                         let lost: Vec<u64> = pending
                             .iter()
                             .filter(|(_, (node, serial))| {

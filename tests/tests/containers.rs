@@ -235,6 +235,84 @@ fn lab_real_containers() -> Result<()> {
     // Logs come from every node through the managers.
     let logs = lab.shoal("m1", &["service", "logs", "web"])?;
     ensure!(logs.matches("serving").count() >= 3, "logs: {logs}");
+    // Tasks that ended (scaled down, replaced by the update and the rollback) keep their
+    // logs while the managers keep them in the history.
+    let task_ids = |out: &str| -> std::collections::BTreeSet<String> {
+        out.lines()
+            .filter(|l| l.contains("| serving"))
+            .filter_map(|l| l.split('@').next()?.rsplit('.').next().map(str::to_string))
+            .collect()
+    };
+    let all = task_ids(&lab.shoal("m1", &["service", "logs", "--no-trunc", "web"])?);
+    ensure!(all.len() > 3, "only the running tasks' logs: {all:?}");
+    let raw = lab.shoal("m1", &["service", "logs", "--raw", "--tail", "1", "web"])?;
+    ensure!(raw.lines().all(|l| l == "serving"), "--raw: {raw}");
+
+    // `logs -f` follows tasks that start later.
+    let mut follow = lab
+        .lab
+        .exec_command(
+            "m1",
+            &[
+                lab.lab.shoal_bin.display().to_string(),
+                "service".into(),
+                "logs".into(),
+                "-f".into(),
+                "--tail".into(),
+                "1".into(),
+                "--no-trunc".into(),
+                "web".into(),
+            ],
+        )?
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let out = follow.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Scaled once the stream has started (the running tasks' last lines came): the new task
+    // is not among those the stream began with.
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut seen = Vec::new();
+    while seen
+        .iter()
+        .filter(|l: &&String| l.contains("| serving"))
+        .count()
+        < all.len()
+    {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => seen.push(l),
+            Err(_) => {
+                let _ = follow.kill();
+                let _ = follow.wait();
+                return Err(anyhow!("logs -f never started: {seen:?}"));
+            }
+        }
+    }
+    seen.clear();
+    lab.shoal("m1", &["service", "scale", "-d", "web=4"])?;
+    let followed = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left.min(Duration::from_secs(1))) {
+            Ok(l) if l.starts_with("web.4.") && l.contains("| serving") => break Ok(l),
+            Ok(l) => seen.push(l),
+            Err(_) if std::time::Instant::now() < deadline => {}
+            Err(_) => break Err(anyhow!("no new task followed within {WAIT:?}: {seen:?}")),
+        }
+    };
+    // Ours to end: by pid.
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let _ = reader.join();
+    followed?;
 
     // `image load` (a file, and stdin as `docker load < FILE`) and `image ls` on one node; a
     // service of that image runs there without any registry.

@@ -1315,7 +1315,7 @@ fn prune_logs(dir: &Path, max_files: usize, max_bytes: u64) {
         })
         .collect();
     // Newest first: what is kept is a prefix.
-    logs.sort_by(|a, b| b.0.cmp(&a.0));
+    logs.sort_by_key(|l| std::cmp::Reverse(l.0));
     let mut bytes = 0u64;
     for (i, (_, len, path)) in logs.into_iter().enumerate() {
         bytes = bytes.saturating_add(len);
