@@ -350,6 +350,10 @@ impl From<&spec::TaskSpec> for pb::TaskSpec {
                     hard: u.hard,
                 })
                 .collect(),
+            log_driver: s.log_driver.as_ref().map(|d| pb::LogDriver {
+                name: d.name.clone(),
+                options: d.options.clone().into_iter().collect(),
+            }),
         }
     }
 }
@@ -446,6 +450,10 @@ impl TryFrom<pb::TaskSpec> for spec::TaskSpec {
                     hard: u.hard,
                 })
                 .collect(),
+            log_driver: s.log_driver.map(|d| spec::LogDriver {
+                name: d.name,
+                options: d.options.into_iter().collect(),
+            }),
         })
     }
 }

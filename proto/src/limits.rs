@@ -243,6 +243,68 @@ pub const ULIMITS: [&str; 16] = [
     "stack",
 ];
 
+/// A container log is rotated past this many bytes, unless `--log-opt max-size` says
+/// otherwise; this many files are kept (the live one included).
+pub const DEFAULT_LOG_MAX_SIZE: u64 = 50 << 20;
+pub const DEFAULT_LOG_MAX_FILE: u32 = 3;
+
+/// The log drivers a task may name: the container's output in files on its node, or
+/// nowhere.
+pub const LOG_DRIVERS: &[&str] = &["json-file", "local", "none"];
+
+/// A log size as Docker writes it: bytes, or with k, m, g (powers of 1024).
+pub fn log_size(text: &str) -> Result<u64, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let (num, mult) = match t.trim_end_matches('b').chars().last() {
+        Some('k') => (&t[..t.trim_end_matches('b').len() - 1], 1u64 << 10),
+        Some('m') => (&t[..t.trim_end_matches('b').len() - 1], 1 << 20),
+        Some('g') => (&t[..t.trim_end_matches('b').len() - 1], 1 << 30),
+        _ => (t.trim_end_matches('b'), 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|n| (1024..=(64 << 30)).contains(n))
+        .ok_or_else(|| format!("invalid max-size {text:?}: use e.g. 10m or 1g (1k to 64g)"))
+}
+
+/// The rotation a log driver asks for: (bytes per file, files kept); `None` for `none`.
+pub fn log_rotation(d: Option<&crate::spec::LogDriver>) -> Result<Option<(u64, u32)>, String> {
+    let Some(d) = d else {
+        return Ok(Some((DEFAULT_LOG_MAX_SIZE, DEFAULT_LOG_MAX_FILE)));
+    };
+    if !LOG_DRIVERS.contains(&d.name.as_str()) {
+        return Err(format!(
+            "--log-driver {:?} is not supported: use json-file, local or none",
+            truncated(&d.name)
+        ));
+    }
+    let mut size = DEFAULT_LOG_MAX_SIZE;
+    let mut files = DEFAULT_LOG_MAX_FILE;
+    for (k, v) in &d.options {
+        match k.as_str() {
+            "max-size" => size = log_size(v)?,
+            "max-file" => {
+                files = v
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=100).contains(n))
+                    .ok_or_else(|| format!("invalid max-file {:?}: use 1 to 100", truncated(v)))?
+            }
+            // Accepted and without effect here: the kept files are not compressed.
+            "compress" => {}
+            other => {
+                return Err(format!(
+                    "--log-opt {:?} is not supported: use max-size and max-file",
+                    truncated(other)
+                ))
+            }
+        }
+    }
+    Ok((d.name != "none").then_some((size, files)))
+}
+
 /// One `--ulimit` as Docker writes it: `NAME=SOFT[:HARD]` (-1: unlimited).
 pub fn ulimit(text: &str) -> Result<crate::spec::Ulimit, String> {
     let bad = |why: &str| format!("invalid --ulimit {:?}: {why}", truncated(text));
@@ -412,6 +474,10 @@ fn check_task_spec(t: &TaskSpec) -> Result<(), String> {
     for u in &t.ulimits {
         check_ulimit(u)?;
     }
+    if let Some(d) = &t.log_driver {
+        check_list("--log-opt", d.options.len(), MAX_LIST_ENTRIES)?;
+        log_rotation(Some(d))?;
+    }
     check_list("--host", t.hosts.len(), MAX_LIST_ENTRIES)?;
     for h in &t.hosts {
         check_host_entry(h)?;
@@ -432,6 +498,42 @@ fn check_task_spec(t: &TaskSpec) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_drivers_and_their_rotation() {
+        let d = |name: &str, opts: &[(&str, &str)]| crate::spec::LogDriver {
+            name: name.into(),
+            options: opts
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        assert_eq!(log_rotation(None), Ok(Some((50 << 20, 3))));
+        assert_eq!(
+            log_rotation(Some(&d(
+                "json-file",
+                &[("max-size", "10m"), ("max-file", "5")]
+            ))),
+            Ok(Some((10 << 20, 5)))
+        );
+        assert_eq!(
+            log_rotation(Some(&d("local", &[("max-size", "2048")]))),
+            Ok(Some((2048, 3)))
+        );
+        assert_eq!(log_rotation(Some(&d("none", &[]))), Ok(None));
+        for (name, opts) in [
+            ("syslog", vec![]),
+            ("json-file", vec![("max-size", "1")]),
+            ("json-file", vec![("max-size", "100g")]),
+            ("json-file", vec![("max-file", "0")]),
+            ("json-file", vec![("labels", "a")]),
+        ] {
+            assert!(
+                log_rotation(Some(&d(name, &opts))).is_err(),
+                "{name} {opts:?}"
+            );
+        }
+    }
 
     #[test]
     fn capabilities_sysctls_and_ulimits() {

@@ -198,6 +198,19 @@ pub struct TaskSpec {
     /// `--ulimit NAME=SOFT[:HARD]`: resource limits of the container's processes.
     #[serde(default)]
     pub ulimits: Vec<Ulimit>,
+    /// `--log-driver` and `--log-opt`: how the container's output is kept (absent:
+    /// json-file, rotated at [`crate::limits::DEFAULT_LOG_MAX_SIZE`] ×
+    /// [`crate::limits::DEFAULT_LOG_MAX_FILE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_driver: Option<LogDriver>,
+}
+
+/// `--log-driver json-file|local|none --log-opt max-size=10m,max-file=3`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogDriver {
+    pub name: String,
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
 }
 
 /// One `--ulimit`: `nofile=1024:2048` (a limit of -1 is unlimited).

@@ -288,6 +288,54 @@ async fn hardening(runtime: &'static str) {
 }
 both_runtimes!(hardening);
 
+/// `--log-opt max-size=1k --log-opt max-file=2`: the log is rotated, two files at most;
+/// `--log-driver none`: no log at all.
+async fn log_rotation(runtime: &'static str) {
+    let env = Env::new(runtime, "logrot");
+    let mut task = env.task(
+        "l",
+        &[
+            "/bin/sh",
+            "-c",
+            "i=0; while [ $i -lt 200 ]; do echo line-$i; i=$((i+1)); done",
+        ],
+    );
+    task.spec.log_driver = Some(proto::spec::LogDriver {
+        name: "json-file".into(),
+        options: [("max-size", "1k"), ("max-file", "2")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    });
+    env.rt.prepare(&task).await.unwrap();
+    env.rt.start(&task.task_id).await.unwrap();
+    assert_eq!(env.rt.wait(&task.task_id).await.unwrap(), 0);
+    let log = env.rt.log_path(&task.task_id).unwrap();
+    let rotated = log.with_extension("log.1");
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    assert!(size(&log) > 0 && size(&log) <= 1024, "{}", size(&log));
+    assert!(
+        size(&rotated) > 0 && size(&rotated) <= 1024,
+        "{}",
+        size(&rotated)
+    );
+    assert!(!log.with_extension("log.2").exists(), "two files at most");
+    assert!(env.log(&task.task_id).contains("stdout line-199"));
+    env.rt.remove(&task.task_id).await.unwrap();
+
+    let mut quiet = env.task("q", &["/bin/sh", "-c", "echo nobody-reads-this"]);
+    quiet.spec.log_driver = Some(proto::spec::LogDriver {
+        name: "none".into(),
+        options: Default::default(),
+    });
+    env.rt.prepare(&quiet).await.unwrap();
+    env.rt.start(&quiet.task_id).await.unwrap();
+    assert_eq!(env.rt.wait(&quiet.task_id).await.unwrap(), 0);
+    assert!(!env.log(&quiet.task_id).contains("nobody-reads-this"));
+    env.rt.remove(&quiet.task_id).await.unwrap();
+}
+both_runtimes!(log_rotation);
+
 async fn limits_and_oom(runtime: &'static str) {
     let env = Env::new(runtime, "limits");
     let mut task = env.task("a", &["sleep", "1000"]);

@@ -48,7 +48,39 @@ fn apply_cfg(c: &mut UpdateConfig, f: CfgFlags) {
 }
 
 /// Apply the flags `create` and `update` share to a spec.
+/// `--log-driver` and `--log-opt`: a driver given replaces the driver (its options too,
+/// unless `--log-opt` are given as well); options alone replace the current driver's.
+fn apply_log_flags(spec: &mut ServiceSpec, f: &SpecFlags) -> Result<(), String> {
+    if f.log_driver.is_none() && f.log_opt.is_empty() {
+        return Ok(());
+    }
+    let mut options = std::collections::BTreeMap::new();
+    for o in &f.log_opt {
+        let (k, v) = o
+            .split_once('=')
+            .ok_or_else(|| format!("invalid --log-opt {o:?}: expected KEY=VALUE"))?;
+        options.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    let current = spec.task.log_driver.take();
+    let d = proto::spec::LogDriver {
+        name: f
+            .log_driver
+            .clone()
+            .or_else(|| current.as_ref().map(|d| d.name.clone()))
+            .unwrap_or_else(|| "json-file".into()),
+        options: if f.log_opt.is_empty() && f.log_driver.is_none() {
+            current.map(|d| d.options).unwrap_or_default()
+        } else {
+            options
+        },
+    };
+    proto::limits::log_rotation(Some(&d))?;
+    spec.task.log_driver = Some(d);
+    Ok(())
+}
+
 pub fn apply_flags(spec: &mut ServiceSpec, f: &SpecFlags) -> Result<(), String> {
+    apply_log_flags(spec, f)?;
     if let Some(n) = f.replicas {
         match &mut spec.mode {
             ServiceMode::Replicated { replicas } => *replicas = n,

@@ -211,6 +211,13 @@ pub fn spec_json(s: &ServiceSpec) -> Value {
                     .collect(),
             ),
         ),
+        (
+            "LogDriver",
+            t.log_driver
+                .as_ref()
+                .map(|d| json!({"Name": d.name, "Options": d.options}))
+                .unwrap_or(Value::Null),
+        ),
         ("ForceUpdate", json!(t.force_update)),
         ("Runtime", json!("container")),
     ]);

@@ -145,6 +145,12 @@ pub struct SpecFlags {
     /// Endpoint mode: vip (a virtual IP per network) or dnsrr (DNS round robin).
     #[arg(long, value_parser = parse_endpoint_mode, value_name = "MODE")]
     pub endpoint_mode: Option<EndpointMode>,
+    /// Logging driver for the service's containers: json-file (default), local or none.
+    #[arg(long, value_name = "DRIVER")]
+    pub log_driver: Option<String>,
+    /// Logging driver options: max-size=SIZE (default 50m), max-file=N (default 3).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub log_opt: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]

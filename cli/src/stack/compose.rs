@@ -377,6 +377,7 @@ const SERVICE_KEYS: &[&str] = &[
     "depends_on",
     "tmpfs",
     "expose",
+    "logging",
 ];
 /// Keys `docker stack deploy` ignores (they belong to `docker compose`): a warning each.
 const COMPOSE_ONLY: &[&str] = &["build", "container_name", "restart", "links", "privileged"];
@@ -1081,6 +1082,23 @@ fn service(
                 &hp,
                 v,
             );
+        }
+    }
+    if let Some(l) = svc.get("logging") {
+        let lp = p("logging");
+        unknown_keys(l, &lp, &["driver", "options"], warnings);
+        if let Some(d) = l.get("driver") {
+            f.add("--log-driver", text(d, &lp)?, &format!("{lp}.driver"), d);
+        }
+        if let Some(o) = l.get("options") {
+            for (k, v) in key_values(o, &format!("{lp}.options"))? {
+                f.add(
+                    "--log-opt",
+                    format!("{k}={}", v.unwrap_or_default()),
+                    &format!("{lp}.options.{k}"),
+                    o,
+                );
+            }
         }
     }
     // deploy:

@@ -591,6 +591,20 @@ impl State {
         if self.mask {
             args.push("--mask-cgroup2".into());
         }
+        // The log's rotation, as the task's spec asks (checked at the API; a record that
+        // cannot be read gets the default).
+        let driver = self
+            .record(task_id, RuntimeOp::Start)
+            .ok()
+            .and_then(|r| r.assignment.spec.log_driver);
+        match proto::limits::log_rotation(driver.as_ref()) {
+            Ok(None) => args.push("--log-none".into()),
+            Ok(Some((bytes, files))) => {
+                args.push("--log-rotate".into());
+                args.push(format!("{bytes}:{files}"));
+            }
+            Err(_) => {}
+        }
         args
     }
 

@@ -124,6 +124,9 @@ struct RunArgs {
     root: String,
     id: String,
     mask: bool,
+    /// The log's rotation: bytes per file (0: never rotated) and files kept; `None`: the
+    /// output is discarded (`--log-driver none`).
+    log: Option<(u64, u32)>,
 }
 
 impl RunArgs {
@@ -134,6 +137,7 @@ impl RunArgs {
             root: String::new(),
             id: String::new(),
             mask: false,
+            log: Some((0, 1)),
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -144,6 +148,15 @@ impl RunArgs {
                 "--root" => run.root = value()?,
                 "--id" => run.id = value()?,
                 "--mask-cgroup2" => run.mask = true,
+                "--log-none" => run.log = None,
+                "--log-rotate" => {
+                    let v = value()?;
+                    let (size, files) = v
+                        .split_once(':')
+                        .and_then(|(s, f)| Some((s.parse().ok()?, f.parse().ok()?)))
+                        .ok_or(format!("--log-rotate {v}: expected BYTES:FILES"))?;
+                    run.log = Some((size, files));
+                }
                 other => return Err(format!("unknown argument {other}")),
             }
         }
@@ -331,11 +344,9 @@ fn monitor(run: &RunArgs) -> Result<(), String> {
         .stack_size(64 * 1024)
         .spawn(move || reap_until(pid, wake_w))
         .map_err(|e| format!("thread: {e}"))?;
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(files::LOG))
-        .ok();
+    let log = run.log.and_then(|(max_bytes, max_files)| {
+        LogFile::open(dir.join(files::LOG), max_bytes, max_files)
+    });
     copy_logs(log, out_r, err_r, &wake_r);
     let raw = waiter.join().unwrap_or(0);
     let (code, signal) = if libc::WIFSIGNALED(raw) {
@@ -382,7 +393,7 @@ struct Stream {
 
 /// Copy both pipes line by line into the log until they close, or shortly after the init
 /// exited (a process that escaped the pid namespace could hold a pipe open for ever).
-fn copy_logs(mut log: Option<File>, out: OwnedFd, err: OwnedFd, wake: &OwnedFd) {
+fn copy_logs(mut log: Option<LogFile>, out: OwnedFd, err: OwnedFd, wake: &OwnedFd) {
     let mut streams = [
         Stream {
             fd: Some(out),
@@ -472,21 +483,85 @@ fn copy_logs(mut log: Option<File>, out: OwnedFd, err: OwnedFd, wake: &OwnedFd) 
     }
 }
 
-fn flush_partial(log: &mut Option<File>, stream: &mut Stream) {
+fn flush_partial(log: &mut Option<LogFile>, stream: &mut Stream) {
     if !stream.pending.is_empty() {
         let line = std::mem::take(&mut stream.pending);
         write_line(log, stream.name, &line);
     }
 }
 
-fn write_line(log: &mut Option<File>, stream: &str, text: &[u8]) {
-    let Some(file) = log else { return };
+fn write_line(log: &mut Option<LogFile>, stream: &str, text: &[u8]) {
+    let Some(log) = log else { return };
     let now = humantime::format_rfc3339_nanos(SystemTime::now());
     let mut line = Vec::with_capacity(text.len() + 48);
     let _ = write!(line, "{now} {stream} ");
     line.extend_from_slice(text);
     line.push(b'\n');
-    let _ = file.write_all(&line);
+    log.write(&line);
+}
+
+/// The container's log file, rotated as `--log-opt max-size`/`max-file` ask: past
+/// `max_bytes` the file becomes `container.log.1` (and `.1` becomes `.2` …), the oldest
+/// past `max_files` goes; with one file kept, it starts again empty.
+pub struct LogFile {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    max_bytes: u64,
+    max_files: u32,
+}
+
+impl LogFile {
+    pub fn open(path: PathBuf, max_bytes: u64, max_files: u32) -> Option<LogFile> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .ok()?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Some(LogFile {
+            file,
+            path,
+            size,
+            max_bytes,
+            max_files: max_files.max(1),
+        })
+    }
+
+    pub fn write(&mut self, line: &[u8]) {
+        if self.max_bytes > 0 && self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
+            self.rotate();
+        }
+        if self.file.write_all(line).is_ok() {
+            self.size += line.len() as u64;
+        }
+    }
+
+    fn rotate(&mut self) {
+        let numbered = |n: u32| {
+            let mut p = self.path.clone().into_os_string();
+            p.push(format!(".{n}"));
+            PathBuf::from(p)
+        };
+        if self.max_files <= 1 {
+            let _ = self.file.set_len(0);
+            self.size = 0;
+            return;
+        }
+        let _ = std::fs::remove_file(numbered(self.max_files - 1));
+        for n in (1..self.max_files - 1).rev() {
+            let _ = std::fs::rename(numbered(n), numbered(n + 1));
+        }
+        let _ = std::fs::rename(&self.path, numbered(1));
+        if let Ok(f) = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+        {
+            self.file = f;
+            self.size = 0;
+        }
+    }
 }
 
 /// Whether the container's memory cgroup recorded an OOM kill (v1, then v2 layouts).

@@ -271,3 +271,50 @@ fn read_only_capabilities_sysctls_and_ulimits() {
         assert!(e.contains(want), "{args:?}: {e}");
     }
 }
+
+/// `--log-driver` and `--log-opt`, on create and update, checked before anything is sent.
+#[test]
+fn log_driver_and_options() {
+    let s = create_spec(&[
+        "--log-driver",
+        "json-file",
+        "--log-opt",
+        "max-size=10m",
+        "--log-opt",
+        "max-file=2",
+        "busybox",
+    ])
+    .unwrap();
+    let d = s.task.log_driver.clone().unwrap();
+    assert_eq!(d.name, "json-file");
+    assert_eq!(d.options["max-size"], "10m");
+    assert_eq!(d.options["max-file"], "2");
+    assert_eq!(create_spec(&["busybox"]).unwrap().task.log_driver, None);
+    // Options alone replace the options; a driver alone replaces everything.
+    let u = update(s.clone(), &["--log-opt", "max-size=1m"]).unwrap();
+    let d = u.task.log_driver.unwrap();
+    assert_eq!((d.name.as_str(), d.options.len()), ("json-file", 1));
+    let u = update(s, &["--log-driver", "none"]).unwrap();
+    assert_eq!(u.task.log_driver.unwrap().name, "none");
+    for (args, want) in [
+        (
+            &["--log-driver", "syslog", "busybox"][..],
+            "--log-driver \"syslog\" is not supported",
+        ),
+        (
+            &["--log-opt", "max-size=huge", "busybox"][..],
+            "invalid max-size",
+        ),
+        (
+            &["--log-opt", "tag=x", "busybox"][..],
+            "--log-opt \"tag\" is not supported",
+        ),
+        (
+            &["--log-opt", "max-size", "busybox"][..],
+            "expected KEY=VALUE",
+        ),
+    ] {
+        let e = create_spec(args).unwrap_err();
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+}
