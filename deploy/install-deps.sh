@@ -3,7 +3,7 @@
 # already present are left alone and apt is not touched at all when nothing is missing.
 set -euo pipefail
 
-PACKAGES=(iproute2 util-linux nftables procps ca-certificates gcc libc6-dev runc crun busybox-static skopeo docker-registry python3 curl wrk iperf3 haproxy)
+PACKAGES=(iproute2 util-linux nftables procps ca-certificates gcc libc6-dev runc crun busybox-static tini skopeo docker-registry python3 curl wrk iperf3 haproxy)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -142,6 +142,10 @@ pub fn validate_spec_durations(spec: &ServiceSpec) -> Result<(), ApiError> {
             "spec.task.healthcheck.start_period_ms".into(),
             h.start_period_ms,
         ));
+        fields.push((
+            "spec.task.healthcheck.start_interval_ms".into(),
+            h.start_interval_ms,
+        ));
     }
     for (field, ms) in fields {
         if Duration::from_millis(ms) > MAX_SPEC_DURATION {

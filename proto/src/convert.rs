@@ -322,6 +322,7 @@ impl From<&spec::TaskSpec> for pb::TaskSpec {
                 timeout_ms: h.timeout_ms,
                 retries: h.retries,
                 start_period_ms: h.start_period_ms,
+                start_interval_ms: h.start_interval_ms,
             }),
             networks: s
                 .networks
@@ -354,6 +355,7 @@ impl From<&spec::TaskSpec> for pb::TaskSpec {
                 name: d.name.clone(),
                 options: d.options.clone().into_iter().collect(),
             }),
+            init: s.init,
         }
     }
 }
@@ -422,6 +424,7 @@ impl TryFrom<pb::TaskSpec> for spec::TaskSpec {
                 timeout_ms: h.timeout_ms,
                 retries: h.retries,
                 start_period_ms: h.start_period_ms,
+                start_interval_ms: h.start_interval_ms,
             }),
             networks: s
                 .networks
@@ -454,6 +457,7 @@ impl TryFrom<pb::TaskSpec> for spec::TaskSpec {
                 name: d.name,
                 options: d.options.into_iter().collect(),
             }),
+            init: s.init,
         })
     }
 }

@@ -203,6 +203,10 @@ pub struct TaskSpec {
     /// [`crate::limits::DEFAULT_LOG_MAX_FILE`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_driver: Option<LogDriver>,
+    /// `--init`: an init process (tini, as Docker's docker-init) runs as PID 1, forwards
+    /// signals and reaps zombies.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub init: bool,
 }
 
 /// `--log-driver json-file|local|none --log-opt max-size=10m,max-file=3`.
@@ -269,6 +273,10 @@ pub struct HealthCheck {
     pub timeout_ms: u64,
     pub retries: u64,
     pub start_period_ms: u64,
+    /// How often to probe during the start period (`--health-start-interval`); 0: the
+    /// interval.
+    #[serde(default)]
+    pub start_interval_ms: u64,
 }
 
 /// `--network NAME[,alias=A]`: a network the task joins and extra DNS names for the service

@@ -336,6 +336,28 @@ async fn log_rotation(runtime: &'static str) {
 }
 both_runtimes!(log_rotation);
 
+/// `--init`: tini is PID 1 and the task's process its child; a TERM reaches the process.
+async fn init_process(runtime: &'static str) {
+    let env = Env::new(runtime, "init");
+    let mut task = env.task(
+        "i",
+        &[
+            "/bin/sh",
+            "-c",
+            "echo pid=$$; echo one=$(cat /proc/1/cmdline | tr '\\0' ' ')",
+        ],
+    );
+    task.spec.init = true;
+    env.rt.prepare(&task).await.unwrap();
+    env.rt.start(&task.task_id).await.unwrap();
+    assert_eq!(env.rt.wait(&task.task_id).await.unwrap(), 0);
+    let log = env.log(&task.task_id);
+    assert!(!log.contains("pid=1\n"), "the process is not PID 1: {log}");
+    assert!(log.contains("one=/sbin/docker-init -- /bin/sh"), "{log}");
+    env.rt.remove(&task.task_id).await.unwrap();
+}
+both_runtimes!(init_process);
+
 async fn limits_and_oom(runtime: &'static str) {
     let env = Env::new(runtime, "limits");
     let mut task = env.task("a", &["sleep", "1000"]);
@@ -709,10 +731,13 @@ async fn healthchecks(runtime: &'static str) {
     let mut healthy = env.task("h", &["sleep", "1000"]);
     healthy.spec.healthcheck = Some(HealthCheck {
         test: vec!["CMD-SHELL".into(), "test -e /tmp/ready".into()],
-        interval_ms: 150,
+        // --health-interval 60s --health-start-period 60s --health-start-interval 150ms:
+        // healthy within the start period's quick probes, not after a minute.
+        interval_ms: 60_000,
         timeout_ms: 5_000,
         retries: 100,
-        start_period_ms: 0,
+        start_period_ms: 60_000,
+        start_interval_ms: 150,
     });
     env.rt.prepare(&healthy).await.unwrap();
     let rt = env.rt.clone();
@@ -743,6 +768,7 @@ async fn healthchecks(runtime: &'static str) {
         timeout_ms: 5_000,
         retries: 2,
         start_period_ms: 0,
+        start_interval_ms: 0,
     });
     env.rt.prepare(&sick).await.unwrap();
     env.rt.start(&sick.task_id).await.unwrap();

@@ -198,7 +198,8 @@ fn apply_health(t: &mut TaskSpec, f: &SpecFlags) -> Result<(), String> {
     let timing = f.health_interval.is_some()
         || f.health_timeout.is_some()
         || f.health_retries.is_some()
-        || f.health_start_period.is_some();
+        || f.health_start_period.is_some()
+        || f.health_start_interval.is_some();
     if f.no_healthcheck {
         if f.health_cmd.is_some() || timing {
             return Err("--no-healthcheck conflicts with --health-* options".into());
@@ -237,6 +238,12 @@ fn apply_health(t: &mut TaskSpec, f: &SpecFlags) -> Result<(), String> {
     }
     if let Some(v) = f.health_start_period {
         h.start_period_ms = ms(v);
+    }
+    if let Some(v) = f.health_start_interval {
+        if !v.is_zero() && v < Duration::from_millis(1) {
+            return Err("--health-start-interval must be at least 1ms".into());
+        }
+        h.start_interval_ms = ms(v);
     }
     t.healthcheck = Some(h);
     Ok(())

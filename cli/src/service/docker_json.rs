@@ -78,6 +78,7 @@ fn container_spec(t: &TaskSpec) -> Value {
             ("Timeout", ns(h.timeout_ms)),
             ("Retries", json!(h.retries)),
             ("StartPeriod", ns(h.start_period_ms)),
+            ("StartInterval", ns(h.start_interval_ms)),
         ])
     });
     let dns = object(vec![
@@ -118,6 +119,7 @@ fn container_spec(t: &TaskSpec) -> Value {
             ),
         ),
         ("ReadOnly", json!(t.read_only)),
+        ("Init", json!(t.init)),
         ("CapabilityAdd", json!(t.cap_add)),
         ("CapabilityDrop", json!(t.cap_drop)),
         ("Sysctls", json!(t.sysctls)),

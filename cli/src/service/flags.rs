@@ -139,6 +139,9 @@ pub struct SpecFlags {
     /// Start period for the container to initialize before counting retries (ms|s|m|h).
     #[arg(long, value_parser = parse_duration, value_name = "DUR")]
     pub health_start_period: Option<Duration>,
+    /// Time between running the check during the start period (e.g. 1s).
+    #[arg(long, value_parser = parse_duration, value_name = "DUR")]
+    pub health_start_interval: Option<Duration>,
     /// Disable any container-specified HEALTHCHECK.
     #[arg(long)]
     pub no_healthcheck: bool,
@@ -208,6 +211,9 @@ pub struct CreateArgs {
     /// Mount the container's root filesystem as read only.
     #[arg(long)]
     pub read_only: bool,
+    /// Use an init inside each service container to forward signals and reap processes.
+    #[arg(long)]
+    pub init: bool,
     /// Add Linux capabilities (e.g. NET_ADMIN, or ALL).
     #[arg(long = "cap-add", value_parser = proto::limits::capability, value_name = "CAP")]
     pub cap_add: Vec<String>,
@@ -336,6 +342,9 @@ pub struct UpdateArgs {
     /// Mount the container's root filesystem as read only (`--read-only=false`: writable).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub read_only: Option<bool>,
+    /// Use an init inside each service container (`--init=false`: none).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub init: Option<bool>,
     /// Add Linux capabilities (taken off the dropped ones).
     #[arg(long = "cap-add", value_parser = proto::limits::capability, value_name = "CAP")]
     pub cap_add: Vec<String>,

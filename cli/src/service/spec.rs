@@ -246,6 +246,7 @@ pub fn build_spec(a: &CreateArgs, name: String) -> Result<ServiceSpec, String> {
             },
             hosts: dedup(&a.hosts),
             read_only: a.read_only,
+            init: a.init,
             cap_add: dedup(&a.cap_add),
             cap_drop: dedup(&a.cap_drop),
             sysctls: a.sysctls.iter().cloned().collect(),
@@ -358,6 +359,9 @@ pub fn update_spec(
     edit_list(&mut dns.options, &a.dns_option_add, &a.dns_option_rm);
     edit_hosts(&mut spec.task.hosts, &a.host_add, &a.host_rm);
     let t = &mut spec.task;
+    if let Some(init) = a.init {
+        t.init = init;
+    }
     if let Some(ro) = a.read_only {
         t.read_only = ro;
     }

@@ -367,6 +367,7 @@ const SERVICE_KEYS: &[&str] = &[
     "cap_add",
     "cap_drop",
     "read_only",
+    "init",
     "ulimits",
     "sysctls",
     "extra_hosts",
@@ -763,6 +764,11 @@ fn service(
             f.add("--read-only", "", &p("read_only"), v);
         }
     }
+    if let Some(v) = svc.get("init") {
+        if boolean(v, &p("init"))? {
+            f.add("--init", "", &p("init"), v);
+        }
+    }
     for (k, flag) in [
         ("cap_add", "--cap-add"),
         ("cap_drop", "--cap-drop"),
@@ -1070,6 +1076,7 @@ fn service(
             ("interval", "--health-interval"),
             ("timeout", "--health-timeout"),
             ("start_period", "--health-start-period"),
+            ("start_interval", "--health-start-interval"),
         ] {
             if let Some(v) = h.get(k) {
                 duration_flag(&mut f, flag, v, &format!("{hp}.{k}"))?;
@@ -1175,7 +1182,7 @@ fn file_mode(n: &Node, path: &str) -> R<u32> {
 }
 
 fn flag_takes_value(flag: &str) -> bool {
-    !matches!(flag, "--read-only" | "--no-healthcheck")
+    !matches!(flag, "--read-only" | "--no-healthcheck" | "--init")
 }
 
 /// A `volumes:` entry of a service as a `--mount` value.

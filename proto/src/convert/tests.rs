@@ -98,6 +98,7 @@ pub(crate) fn task_spec() -> impl Strategy<Value = TaskSpec> {
             timeout_ms,
             retries,
             start_period_ms,
+            start_interval_ms: interval_ms / 2,
         },
     ));
     let networks = prop::collection::vec(
@@ -190,6 +191,7 @@ pub(crate) fn task_spec() -> impl Strategy<Value = TaskSpec> {
                 cap_drop,
                 sysctls,
                 ulimits,
+                init: log_driver.is_none() && !read_only,
                 log_driver,
             }
         },

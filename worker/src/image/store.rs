@@ -144,6 +144,7 @@ pub(super) struct DockerHealthcheck {
     pub timeout: Option<u64>,
     pub retries: Option<u64>,
     pub start_period: Option<u64>,
+    pub start_interval: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -169,6 +170,7 @@ impl ConfigFile {
                 timeout_ms: ms(h.timeout),
                 retries: h.retries.unwrap_or(0),
                 start_period_ms: ms(h.start_period),
+                start_interval_ms: ms(h.start_interval),
             })
         });
         ImageConfig {
@@ -477,6 +479,7 @@ mod tests {
                 timeout_ms: 1000,
                 retries: 3,
                 start_period_ms: 500,
+                start_interval_ms: 0,
             })
         );
     }

@@ -138,6 +138,7 @@ fn merge_healthcheck(
                 timeout_ms: pick(s.timeout_ms, i.timeout_ms),
                 retries: pick(s.retries, i.retries),
                 start_period_ms: pick(s.start_period_ms, i.start_period_ms),
+                start_interval_ms: pick(s.start_interval_ms, i.start_interval_ms),
             }
         }
     };
@@ -435,6 +436,16 @@ impl State {
         let (uid, gid) = (user.uid, user.gid);
 
         let mut mounts = Vec::new();
+        if task.spec.init {
+            let init = spec::host_init().ok_or(
+                "--init: this node has no init to run (install Debian's tini package: /usr/bin/tini-static)",
+            )?;
+            mounts.push(MountPlan::Bind {
+                source: init,
+                target: spec::INIT_PATH.to_string(),
+                readonly: true,
+            });
+        }
         for (i, mount) in task.spec.mounts.iter().enumerate() {
             if !mount.target.starts_with('/') {
                 return Err(format!(
@@ -777,6 +788,7 @@ impl State {
         let timeout = ms(check.timeout_ms, 30_000);
         let retries = if check.retries == 0 { 3 } else { check.retries };
         let start_period = Duration::from_millis(check.start_period_ms);
+        let start_interval = ms(check.start_interval_ms, interval.as_millis() as u64);
         let argv: Vec<String> = match check.test.first().map(String::as_str) {
             Some("CMD-SHELL") => vec!["/bin/sh".into(), "-c".into(), check.test[1..].join(" ")],
             Some("CMD") => check.test[1..].to_vec(),
@@ -785,7 +797,11 @@ impl State {
         let started = tokio::time::Instant::now();
         let mut failures = 0u64;
         loop {
-            tokio::time::sleep(interval).await;
+            // Faster while starting (`--health-start-interval`), so a slow-starting service
+            // counts as healthy soon after it is, without probing often for ever.
+            let starting =
+                started.elapsed() < start_period && *live.health.borrow() == Health::Starting;
+            tokio::time::sleep(if starting { start_interval } else { interval }).await;
             if self.exit_status(task_id).is_some() {
                 return;
             }
@@ -1535,6 +1551,7 @@ mod tests {
             timeout_ms: 1000,
             retries: 2,
             start_period_ms: 0,
+            start_interval_ms: 100,
         };
         // Only a start period given: the image's test and other timings stay.
         let only_start = HealthCheck {

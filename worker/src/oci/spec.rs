@@ -370,6 +370,22 @@ pub enum MountPlan {
 }
 
 /// Everything [`build`] needs beyond the task itself.
+/// Where `--init`'s init is in the container (Docker's path).
+pub const INIT_PATH: &str = "/sbin/docker-init";
+
+/// The node's init for `--init`: a static tini (Debian's `tini` package), as Docker's
+/// docker-init is.
+pub fn host_init() -> Option<PathBuf> {
+    [
+        "/usr/bin/tini-static",
+        "/usr/bin/docker-init",
+        "/usr/libexec/docker/docker-init",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
 pub struct BundleInput<'a> {
     pub task: &'a Assignment,
     pub image: &'a ImageConfig,
@@ -386,7 +402,11 @@ pub struct BundleInput<'a> {
 pub fn build(input: &BundleInput<'_>) -> Result<Spec, String> {
     let task = input.task;
     let spec = &task.spec;
-    let args = merge_args(&spec.command, &spec.args, input.image)?;
+    let mut args = merge_args(&spec.command, &spec.args, input.image)?;
+    if spec.init {
+        // The init bind-mounted by the runtime ([`INIT_PATH`]) runs the process.
+        args.splice(0..0, [INIT_PATH.to_string(), "--".to_string()]);
+    }
     let task_env: Vec<String> = spec.env.iter().map(|e| expand(e, task)).collect();
     let env = merge_env(&input.image.env, &task_env, input.hostname);
     let cwd = if !spec.workdir.is_empty() {

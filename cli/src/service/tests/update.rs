@@ -318,3 +318,15 @@ fn log_driver_and_options() {
         assert!(e.contains(want), "{args:?}: {e}");
     }
 }
+
+/// `--init` and `--health-start-interval`, on create and update.
+#[test]
+fn init_and_health_start_interval() {
+    let s = create_spec(&["--init", "--health-start-interval", "2s", "busybox"]).unwrap();
+    assert!(s.task.init);
+    assert_eq!(s.task.healthcheck.as_ref().unwrap().start_interval_ms, 2000);
+    assert!(!create_spec(&["busybox"]).unwrap().task.init);
+    let u = update(s, &["--init=false", "--health-start-interval", "500ms"]).unwrap();
+    assert!(!u.task.init);
+    assert_eq!(u.task.healthcheck.unwrap().start_interval_ms, 500);
+}
