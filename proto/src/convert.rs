@@ -356,6 +356,7 @@ impl From<&spec::TaskSpec> for pb::TaskSpec {
                 options: d.options.clone().into_iter().collect(),
             }),
             init: s.init,
+            container_labels: s.container_labels.clone().into_iter().collect(),
         }
     }
 }
@@ -458,6 +459,7 @@ impl TryFrom<pb::TaskSpec> for spec::TaskSpec {
                 options: d.options.into_iter().collect(),
             }),
             init: s.init,
+            container_labels: s.container_labels.into_iter().collect(),
         })
     }
 }

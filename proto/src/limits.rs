@@ -474,6 +474,15 @@ fn check_task_spec(t: &TaskSpec) -> Result<(), String> {
     for u in &t.ulimits {
         check_ulimit(u)?;
     }
+    check_list(
+        "--container-label",
+        t.container_labels.len(),
+        MAX_LIST_ENTRIES,
+    )?;
+    for (k, v) in &t.container_labels {
+        check_text("--container-label key", k, MAX_FIELD_BYTES)?;
+        check_text("--container-label value", v, MAX_FIELD_BYTES)?;
+    }
     if let Some(d) = &t.log_driver {
         check_list("--log-opt", d.options.len(), MAX_LIST_ENTRIES)?;
         log_rotation(Some(d))?;

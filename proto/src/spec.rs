@@ -207,6 +207,9 @@ pub struct TaskSpec {
     /// signals and reaps zombies.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub init: bool,
+    /// `--container-label`: labels of the containers (the runtime config's annotations).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub container_labels: BTreeMap<String, String>,
 }
 
 /// `--log-driver json-file|local|none --log-opt max-size=10m,max-file=3`.

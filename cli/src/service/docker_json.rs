@@ -88,6 +88,7 @@ fn container_spec(t: &TaskSpec) -> Value {
     ]);
     object(vec![
         ("Image", json!(t.image)),
+        ("Labels", json!(t.container_labels)),
         ("Command", json!(t.command)),
         ("Args", json!(t.args)),
         ("Hostname", json!(t.hostname)),

@@ -214,6 +214,9 @@ pub struct CreateArgs {
     /// Use an init inside each service container to forward signals and reap processes.
     #[arg(long)]
     pub init: bool,
+    /// Container labels (KEY=VALUE).
+    #[arg(long = "container-label", value_name = "KEY=VALUE")]
+    pub container_labels: Vec<String>,
     /// Add Linux capabilities (e.g. NET_ADMIN, or ALL).
     #[arg(long = "cap-add", value_parser = proto::limits::capability, value_name = "CAP")]
     pub cap_add: Vec<String>,
@@ -342,6 +345,12 @@ pub struct UpdateArgs {
     /// Mount the container's root filesystem as read only (`--read-only=false`: writable).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub read_only: Option<bool>,
+    /// Add or update a container label (KEY=VALUE).
+    #[arg(long = "container-label-add", value_name = "KEY=VALUE")]
+    pub container_label_add: Vec<String>,
+    /// Remove a container label.
+    #[arg(long = "container-label-rm", value_name = "KEY")]
+    pub container_label_rm: Vec<String>,
     /// Use an init inside each service container (`--init=false`: none).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub init: Option<bool>,

@@ -204,6 +204,11 @@ pub fn build_spec(a: &CreateArgs, name: String) -> Result<ServiceSpec, String> {
         let (k, v) = parse_label("--label", l)?;
         labels.insert(k, v);
     }
+    let mut container_labels = BTreeMap::new();
+    for l in &a.container_labels {
+        let (k, v) = parse_label("--container-label", l)?;
+        container_labels.insert(k, v);
+    }
     for e in &a.env {
         check_env("--env", e)?;
     }
@@ -247,6 +252,7 @@ pub fn build_spec(a: &CreateArgs, name: String) -> Result<ServiceSpec, String> {
             hosts: dedup(&a.hosts),
             read_only: a.read_only,
             init: a.init,
+            container_labels,
             cap_add: dedup(&a.cap_add),
             cap_drop: dedup(&a.cap_drop),
             sysctls: a.sysctls.iter().cloned().collect(),
@@ -326,6 +332,13 @@ pub fn update_spec(
     });
     for k in &a.label_rm {
         spec.labels.remove(env_key(k));
+    }
+    for k in &a.container_label_rm {
+        spec.task.container_labels.remove(env_key(k));
+    }
+    for l in &a.container_label_add {
+        let (k, v) = parse_label("--container-label-add", l)?;
+        spec.task.container_labels.insert(k, v);
     }
     for l in &a.label_add {
         let (k, v) = parse_label("--label-add", l)?;

@@ -840,13 +840,15 @@ fn service(
         }
     }
     if let Some(v) = svc.get("labels") {
-        // Container labels in compose; shoal has no container labels yet: they go on the
-        // service, as `deploy.labels` do.
-        warnings.push(format!(
-            "{}: {}: container labels are not supported yet; ignored (deploy.labels label the service)",
-            v.at,
-            p("labels")
-        ));
+        // A service's `labels:` label its containers (`deploy.labels`: the service).
+        for (k, val) in key_values(v, &p("labels"))? {
+            f.add(
+                "--container-label",
+                format!("{k}={}", val.unwrap_or_default()),
+                &p("labels"),
+                v,
+            );
+        }
     }
     if let Some(v) = svc.get("ports") {
         let Value::Seq(items) = &v.value else {

@@ -155,6 +155,11 @@ pub(crate) fn task_spec() -> impl Strategy<Value = TaskSpec> {
             ),
         )| {
             // Both shapes: none (the default rotation), and a driver with options.
+            let container_labels = if read_only {
+                sysctls.clone()
+            } else {
+                Default::default()
+            };
             let log_driver = read_only.then(|| crate::spec::LogDriver {
                 name: hostname.clone(),
                 options: sysctls.clone(),
@@ -192,6 +197,7 @@ pub(crate) fn task_spec() -> impl Strategy<Value = TaskSpec> {
                 sysctls,
                 ulimits,
                 init: log_driver.is_none() && !read_only,
+                container_labels,
                 log_driver,
             }
         },

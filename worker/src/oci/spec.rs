@@ -515,6 +515,7 @@ pub fn build(input: &BundleInput<'_>) -> Result<Spec, String> {
             "noNewPrivileges": true,
         },
         "root": {"path": input.rootfs, "readonly": spec.read_only},
+        "annotations": spec.container_labels,
         "hostname": input.hostname,
         "mounts": mounts,
         "linux": {
@@ -723,6 +724,24 @@ mod tests {
             (Some(1024), Some(2048))
         );
         assert_eq!(rl[1]["hard"].as_u64(), Some(u64::MAX));
+    }
+
+    /// `--container-label` as the runtime config's annotations; `--init` runs the process
+    /// under the init.
+    #[test]
+    fn container_labels_and_init() {
+        let mut t = task();
+        t.spec.command = vec!["sh".into(), "-c".into(), "true".into()];
+        t.spec.container_labels = [("team".to_string(), "web".to_string())]
+            .into_iter()
+            .collect();
+        t.spec.init = true;
+        let v = config_of(&t);
+        assert_eq!(v["annotations"]["team"], "web");
+        let args = v["process"]["args"].as_array().unwrap();
+        assert_eq!(args[0], INIT_PATH);
+        assert_eq!(args[1], "--");
+        assert_eq!(args[2], "sh");
     }
 
     #[test]

@@ -330,3 +330,25 @@ fn init_and_health_start_interval() {
     assert!(!u.task.init);
     assert_eq!(u.task.healthcheck.unwrap().start_interval_ms, 500);
 }
+
+/// `--container-label` on create; `--container-label-add/-rm` on update.
+#[test]
+fn container_labels() {
+    let s = create_spec(&[
+        "--container-label",
+        "a=1",
+        "--container-label",
+        "b",
+        "busybox",
+    ])
+    .unwrap();
+    assert_eq!(s.task.container_labels.len(), 2);
+    assert_eq!(s.task.container_labels["b"], "");
+    let u = update(
+        s,
+        &["--container-label-rm", "a", "--container-label-add", "c=3"],
+    )
+    .unwrap();
+    let keys: Vec<&str> = u.task.container_labels.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["b", "c"]);
+}

@@ -54,6 +54,9 @@ services:
       timeout: 2s
       retries: 4
       start_period: 1s
+    labels:
+      team: web
+    init: true
     hostname: "{{.Service.Name}}-{{.Task.Slot}}"
     user: "101"
     working_dir: /srv
@@ -205,7 +208,8 @@ fn a_file_with_every_key_becomes_the_specs_service_create_would_make() {
             &["CAP_MKNOD".to_string()][..]
         )
     );
-    assert!(t.read_only);
+    assert!(t.read_only && t.init);
+    assert_eq!(t.container_labels["team"], "web");
     assert_eq!(t.ulimits.len(), 2);
     assert_eq!(t.sysctls["net.core.somaxconn"], "1024");
     assert_eq!(t.hosts, ["10.0.0.5 db.local"]);
