@@ -125,7 +125,6 @@ impl Render for BarsRender {
         if let Some(n) = &s.note {
             let _ = self.multi.println(n);
         }
-        self.overall.set_message(s.overall_line());
         let shown: Vec<&SlotLine> = if s.slots.len() > MAX_BARS {
             Vec::new()
         } else {
@@ -148,7 +147,7 @@ impl Render for BarsRender {
         for l in shown {
             let bar = self.bars.entry(l.key.clone()).or_insert_with(|| {
                 let b = self.multi.add(ProgressBar::new(TaskState::Running as u64));
-                if let Ok(st) = ProgressStyle::with_template("{prefix} [{bar:40}] {wide_msg}") {
+                if let Ok(st) = ProgressStyle::with_template("{prefix} [{bar:40}] {msg}") {
                     b.set_style(st.progress_chars("=> "));
                 }
                 b
@@ -157,6 +156,8 @@ impl Render for BarsRender {
             bar.set_message(l.detail.clone());
             bar.set_position(Self::bar_position(l.state));
         }
+        // Last: a frame drawn while the bars move never shows the counter ahead of them.
+        self.overall.set_message(s.overall_line());
     }
     fn finish(&mut self, ok: bool) {
         for b in self.bars.values() {
