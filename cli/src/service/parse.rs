@@ -133,6 +133,19 @@ pub fn parse_mount(s: &str) -> Result<Mount, String> {
                     _ => return Err(format!("invalid value for {k}: {v}")),
                 }
             }
+            // Volumes are the node's local ones: Docker's default driver, named or not.
+            ("volume-driver", Some("local")) => {}
+            ("volume-driver", Some(d)) => {
+                return Err(format!(
+                    "volume driver \"{d}\" is not supported: volumes are local to their node (volume-driver=local)"
+                ))
+            }
+            ("volume-nocopy", _) => {}
+            ("volume-opt", _) => {
+                return Err(
+                    "volume-opt is not supported: local volumes are directories on their node".into(),
+                )
+            }
             _ => return Err(format!("unexpected key '{k}' in '{part}'")),
         }
     }

@@ -352,3 +352,16 @@ fn container_labels() {
     let keys: Vec<&str> = u.task.container_labels.keys().map(String::as_str).collect();
     assert_eq!(keys, ["b", "c"]);
 }
+
+/// `--mount …,volume-driver=local` (Docker's default) is taken; other drivers and
+/// volume-opt are refused in words.
+#[test]
+fn volume_driver_local_only() {
+    use crate::service::parse::parse_mount;
+    let m = parse_mount("type=volume,source=data,target=/d,volume-driver=local").unwrap();
+    assert_eq!((m.source.as_str(), m.target.as_str()), ("data", "/d"));
+    let e = parse_mount("type=volume,source=data,target=/d,volume-driver=nfs").unwrap_err();
+    assert!(e.contains("volume driver \"nfs\" is not supported"), "{e}");
+    let e = parse_mount("type=volume,source=d,target=/d,volume-opt=type=tmpfs").unwrap_err();
+    assert!(e.contains("volume-opt is not supported"), "{e}");
+}
