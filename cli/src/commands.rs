@@ -1515,16 +1515,16 @@ async fn node(c: Client, cmd: NodeCmd) -> CliResult {
                     .map_err(Status::invalid_argument)?
                     .into(),
             };
-            let n = c
-                .update_node(pb::UpdateNodeRequest {
-                    id: node,
-                    set_availability: set_availability as i32,
-                    set_role: set_role as i32,
-                    label_add,
-                    label_rm,
-                })
-                .await?;
-            println!("{}", n.id);
+            c.update_node(pb::UpdateNodeRequest {
+                id: node.clone(),
+                set_availability: set_availability as i32,
+                set_role: set_role as i32,
+                label_add,
+                label_rm,
+            })
+            .await?;
+            // As Docker: the node as the user named it.
+            println!("{node}");
         }
         NodeCmd::Promote { nodes } => {
             for id in nodes {

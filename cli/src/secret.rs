@@ -352,6 +352,25 @@ async fn ls(c: Client, kind: FileKind, a: LsArgs) -> Result<(), CliError> {
                 println!("{}", json_of(o));
             }
         }
+        // Docker's secrets have a DRIVER column (empty: the swarm's own store); configs not.
+        Format::Table if kind == FileKind::Secret => {
+            let rows: Vec<Vec<String>> = objs
+                .iter()
+                .map(|o| {
+                    vec![
+                        o.id.clone(),
+                        o.name.clone(),
+                        String::new(),
+                        ago(o.created_at_ms),
+                        ago(o.updated_at_ms),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(&["ID", "NAME", "DRIVER", "CREATED", "UPDATED"], &rows)
+            );
+        }
         Format::Table => {
             let rows: Vec<Vec<String>> = objs
                 .iter()
