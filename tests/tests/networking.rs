@@ -754,3 +754,117 @@ fn nslookup_output_is_parsed() {
     );
     assert!(parse_nslookup("** server can't find web: NXDOMAIN\n").is_empty());
 }
+
+/// A stack with real containers: a front end published through the mesh on two overlay
+/// networks, a back end with a secret, a config and a named volume, a worker; `depends_on`;
+/// redeployed with the front end's image changed (only it rolls); removed with nothing left.
+#[test]
+fn lab_stack_real_containers() -> Result<()> {
+    let args = ["--runtime".to_string(), "oci".to_string()];
+    let lab = LabGuard::up_with("stk", 1, 2, HEARTBEAT, &args, true)?;
+    let reg = lab
+        .lab
+        .registry
+        .clone()
+        .ok_or_else(|| anyhow!("no registry"))?;
+    let ul = format!("{}-ul", lab.lab.prefix);
+    let dir = tempfile::tempdir()?;
+    let compose = format!(
+        r#"
+services:
+  front:
+    image: {reg}/web:${{FRONT:-v1}}
+    hostname: "{{{{.Service.Name}}}}-{{{{.Task.Slot}}}}"
+    ports: ["8080:80"]
+    networks: [front, back]
+    deploy:
+      replicas: 2
+      update_config: {{parallelism: 2, delay: 0s}}
+    depends_on: [back]
+  back:
+    image: {reg}/sleep:1
+    networks: [back]
+    secrets: [token]
+    configs:
+      - source: settings
+        target: /etc/settings
+    volumes: [data:/data]
+  worker:
+    image: {reg}/sleep:1
+    networks: [back]
+networks:
+  front: {{}}
+  back: {{}}
+volumes:
+  data: {{}}
+secrets:
+  token:
+    file: ./token
+configs:
+  settings:
+    file: ./settings
+"#
+    );
+    let file = dir.path().join("docker-compose.yml");
+    std::fs::write(&file, compose)?;
+    std::fs::write(dir.path().join("token"), "t0ken")?;
+    std::fs::write(dir.path().join("settings"), "mode=fast")?;
+    let f = file.display().to_string();
+    let out = lab.shoal("m1", &["stack", "deploy", "-c", &f, "st"])?;
+    ensure!(out.contains("Creating service st_front"), "{out}");
+    wait_running(&lab, "st_front", 2)?;
+    wait_running(&lab, "st_back", 1)?;
+    wait_running(&lab, "st_worker", 1)?;
+    // The secret and the config are in the back end's container.
+    let files = sh(
+        &lab,
+        "st_back.1",
+        "cat /run/secrets/token; echo; cat /etc/settings",
+    )?;
+    ensure!(
+        files.contains("t0ken") && files.contains("mode=fast"),
+        "{files}"
+    );
+
+    let addrs: Vec<String> = ["m1", "w1", "w2"]
+        .iter()
+        .map(|h| lab.addr(h))
+        .collect::<Result<_>>()?;
+    let answers = |version: &str| -> Result<()> {
+        let want: BTreeSet<String> = (1..=2).map(|i| format!("st_front-{i} {version}")).collect();
+        for a in &addrs {
+            let target: SocketAddr = format!("{a}:8080").parse()?;
+            eventually(&format!("{target} answers {version}"), WAIT, || {
+                let mut seen = BTreeSet::new();
+                for _ in 0..8 {
+                    seen.insert(get_outside(&ul, target, "/")?);
+                }
+                ensure!(seen == want, "{target} answered {seen:?}");
+                Ok(())
+            })?;
+        }
+        Ok(())
+    };
+    answers("v1")?;
+
+    // One image changed: only the front end rolls.
+    std::fs::write(dir.path().join(".env"), "FRONT=v2\n")?;
+    let out = lab.shoal("m1", &["stack", "deploy", "-c", &f, "st"])?;
+    let updated: Vec<&str> = out.lines().filter(|l| l.starts_with("Updating")).collect();
+    ensure!(
+        updated.len() == 1 && updated[0].starts_with("Updating service st_front"),
+        "{out}"
+    );
+    answers("v2")?;
+
+    let out = lab.shoal("m1", &["stack", "rm", "st"])?;
+    ensure!(out.contains("Removing network st_front"), "{out}");
+    eventually("nothing of the stack left", WAIT, || {
+        for what in ["service", "network", "secret", "config"] {
+            let ls = lab.shoal("m1", &[what, "ls"])?;
+            ensure!(!ls.contains("st_"), "{what} ls: {ls}");
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
