@@ -755,9 +755,10 @@ fn nslookup_output_is_parsed() {
     assert!(parse_nslookup("** server can't find web: NXDOMAIN\n").is_empty());
 }
 
-/// A stack with real containers: a front end published through the mesh on two overlay
-/// networks, a back end with a secret, a config and a named volume, a worker; `depends_on`;
-/// redeployed with the front end's image changed (only it rolls); removed with nothing left.
+/// A stack with real containers in the shape of Docker's voting app: a front end published
+/// through the mesh on two overlay networks, a back end with a secret, a config and a named
+/// volume, a worker, a database and a result service; `depends_on`; redeployed with the
+/// front end's image changed (only it rolls); pruned; removed with nothing left.
 #[test]
 fn lab_stack_real_containers() -> Result<()> {
     let args = ["--runtime".to_string(), "oci".to_string()];
@@ -792,6 +793,16 @@ services:
   worker:
     image: {reg}/sleep:1
     networks: [back]
+    depends_on:
+      db:
+        condition: service_started
+  db:
+    image: {reg}/sleep:1
+    networks: [back]
+    volumes: [data:/var/lib/db]
+  result:
+    image: {reg}/sleep:1
+    networks: [front]
 networks:
   front: {{}}
   back: {{}}
@@ -815,6 +826,8 @@ configs:
     wait_running(&lab, "st_front", 2)?;
     wait_running(&lab, "st_back", 1)?;
     wait_running(&lab, "st_worker", 1)?;
+    wait_running(&lab, "st_db", 1)?;
+    wait_running(&lab, "st_result", 1)?;
     // The secret and the config are in the back end's container.
     let files = sh(
         &lab,
@@ -855,6 +868,20 @@ configs:
         updated.len() == 1 && updated[0].starts_with("Updating service st_front"),
         "{out}"
     );
+    answers("v2")?;
+
+    // Pruned: a service taken out of the file goes; the rest stay as they are.
+    let smaller = dir.path().join("smaller.yml");
+    let text = std::fs::read_to_string(&file)?;
+    let cut = text
+        .find("  result:")
+        .and_then(|a| text[a..].find("networks:\n  front").map(|b| (a, a + b)))
+        .ok_or_else(|| anyhow!("no result service in the file"))?;
+    std::fs::write(&smaller, format!("{}{}", &text[..cut.0], &text[cut.1..]))?;
+    let s = smaller.display().to_string();
+    let out = lab.shoal("m1", &["stack", "deploy", "--prune", "-c", &s, "st"])?;
+    ensure!(out.contains("Removing service st_result"), "{out}");
+    ensure!(!out.contains("Updating"), "{out}");
     answers("v2")?;
 
     let out = lab.shoal("m1", &["stack", "rm", "st"])?;
