@@ -105,6 +105,36 @@ pub fn pretty_service(v: &ServiceView, nets: &[NetworkView]) -> String {
     if !t.env.is_empty() {
         let _ = writeln!(o, " Env:\t\t{}", t.env.join(" "));
     }
+    if !t.workdir.is_empty() {
+        let _ = writeln!(o, " Dir:\t\t{}", t.workdir);
+    }
+    if !t.user.is_empty() {
+        let _ = writeln!(o, " User:\t\t{}", t.user);
+    }
+    if !t.hostname.is_empty() {
+        let _ = writeln!(o, " Hostname:\t{}", t.hostname);
+    }
+    if t.init {
+        let _ = writeln!(o, " Init:\t\ttrue");
+    }
+    if t.read_only {
+        let _ = writeln!(o, " Read Only:\ttrue");
+    }
+    if !t.cap_add.is_empty() || !t.cap_drop.is_empty() {
+        let _ = writeln!(o, " Capabilities:");
+        if !t.cap_add.is_empty() {
+            let _ = writeln!(o, "  Add: {}", t.cap_add.join(", "));
+        }
+        if !t.cap_drop.is_empty() {
+            let _ = writeln!(o, "  Drop: {}", t.cap_drop.join(", "));
+        }
+    }
+    if !t.container_labels.is_empty() {
+        let _ = writeln!(o, " Labels:");
+        for (k, val) in &t.container_labels {
+            let _ = writeln!(o, "  {k}={val}");
+        }
+    }
     let _ = writeln!(
         o,
         " StopGracePeriod: {}",
@@ -112,6 +142,45 @@ pub fn pretty_service(v: &ServiceView, nets: &[NetworkView]) -> String {
     );
     if !t.stop_signal.is_empty() {
         let _ = writeln!(o, " StopSignal:\t{}", t.stop_signal);
+    }
+    if let Some(h) = t.healthcheck.as_ref().filter(|h| !h.test.is_empty()) {
+        let _ = writeln!(o, " Healthcheck:\t{}", h.test.join(" "));
+    }
+    if !t.mounts.is_empty() {
+        let _ = writeln!(o, "Mounts:");
+        for m in &t.mounts {
+            let _ = writeln!(
+                o,
+                " Target:\t{}\n  Source:\t{}\n  ReadOnly:\t{}\n  Type:\t\t{}",
+                m.target,
+                m.source,
+                m.readonly,
+                kebab(&m.kind)
+            );
+        }
+    }
+    for (title_text, refs) in [("Configs", &t.configs), ("Secrets", &t.secrets)] {
+        if refs.is_empty() {
+            continue;
+        }
+        let _ = writeln!(o, "{title_text}:");
+        for f in refs {
+            let target = if f.target.is_empty() {
+                &f.name
+            } else {
+                &f.target
+            };
+            let _ = writeln!(o, " Target:\t{target}\n  Source:\t{}", f.name);
+        }
+    }
+    if let Some(d) = &t.log_driver {
+        let _ = writeln!(o, "Log Driver:\n Name:\t\t{}", d.name);
+        if !d.options.is_empty() {
+            let _ = writeln!(o, " LogOpts:");
+            for (k, val) in &d.options {
+                let _ = writeln!(o, "  {k}:\t{val}");
+            }
+        }
     }
     let r = &t.resources;
     if *r != Resources::default() {

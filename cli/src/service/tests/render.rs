@@ -259,3 +259,43 @@ fn pretty_summary() {
 }
 
 // ------------------------------------------------------------ convergence
+
+/// `--pretty` shows the container's settings as Docker's sections do: Dir, User, Init,
+/// Capabilities, Mounts, Configs, Secrets, Log Driver.
+#[test]
+fn pretty_shows_every_container_section() {
+    let mut v = view("web", ServiceMode::Replicated { replicas: 1 }, 1, 1);
+    let t = &mut v.spec.task;
+    t.workdir = "/srv".into();
+    t.user = "101".into();
+    t.init = true;
+    t.cap_add = vec!["CAP_NET_ADMIN".into()];
+    t.mounts = vec![proto::spec::Mount {
+        kind: proto::spec::MountKind::Volume,
+        source: "data".into(),
+        target: "/data".into(),
+        readonly: true,
+    }];
+    t.secrets = vec![proto::spec::FileRef {
+        name: "pw".into(),
+        ..Default::default()
+    }];
+    t.log_driver = Some(proto::spec::LogDriver {
+        name: "json-file".into(),
+        options: [("max-size".to_string(), "10m".to_string())]
+            .into_iter()
+            .collect(),
+    });
+    let p = pretty_service(&v, &[]);
+    for want in [
+        " Dir:\t\t/srv\n",
+        " User:\t\t101\n",
+        " Init:\t\ttrue\n",
+        "  Add: CAP_NET_ADMIN\n",
+        "Mounts:\n Target:\t/data\n  Source:\tdata\n  ReadOnly:\ttrue\n  Type:\t\tvolume\n",
+        "Secrets:\n Target:\tpw\n  Source:\tpw\n",
+        "Log Driver:\n Name:\t\tjson-file\n LogOpts:\n  max-size:\t10m\n",
+    ] {
+        assert!(p.contains(want), "missing {want:?} in\n{p}");
+    }
+}
