@@ -353,37 +353,25 @@ async fn ls(c: Client, kind: FileKind, a: LsArgs) -> Result<(), CliError> {
             }
         }
         // Docker's secrets have a DRIVER column (empty: the swarm's own store); configs not.
-        Format::Table if kind == FileKind::Secret => {
-            let rows: Vec<Vec<String>> = objs
-                .iter()
-                .map(|o| {
-                    vec![
-                        o.id.clone(),
-                        o.name.clone(),
-                        String::new(),
-                        ago(o.created_at_ms),
-                        ago(o.updated_at_ms),
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                table(&["ID", "NAME", "DRIVER", "CREATED", "UPDATED"], &rows)
-            );
-        }
         Format::Table => {
+            let secret = kind == FileKind::Secret;
             let rows: Vec<Vec<String>> = objs
                 .iter()
                 .map(|o| {
-                    vec![
-                        o.id.clone(),
-                        o.name.clone(),
-                        ago(o.created_at_ms),
-                        ago(o.updated_at_ms),
-                    ]
+                    let mut row = vec![o.id.clone(), o.name.clone()];
+                    if secret {
+                        row.push(String::new());
+                    }
+                    row.extend([ago(o.created_at_ms), ago(o.updated_at_ms)]);
+                    row
                 })
                 .collect();
-            print!("{}", table(&["ID", "NAME", "CREATED", "UPDATED"], &rows));
+            let headers: &[&str] = if secret {
+                &["ID", "NAME", "DRIVER", "CREATED", "UPDATED"]
+            } else {
+                &["ID", "NAME", "CREATED", "UPDATED"]
+            };
+            print!("{}", table(headers, &rows));
         }
     }
     Ok(())

@@ -437,10 +437,6 @@ fn eval(p: &Pipeline, dot: &Value, root: &Value) -> Result<Value, String> {
     Ok(prev.unwrap_or(Value::Null))
 }
 
-fn text_of(v: &Value) -> String {
-    show(v)
-}
-
 fn call(f: &str, a: &[Value]) -> Result<Value, String> {
     let need = |n: usize| {
         if a.len() < n {
@@ -474,19 +470,17 @@ fn call(f: &str, a: &[Value]) -> Result<Value, String> {
         }
         "join" => {
             need(2)?;
-            let sep = text_of(&a[1]);
+            let sep = show(&a[1]);
             match &a[0] {
-                Value::Array(l) => {
-                    Value::String(l.iter().map(text_of).collect::<Vec<_>>().join(&sep))
-                }
-                other => Value::String(text_of(other)),
+                Value::Array(l) => Value::String(l.iter().map(show).collect::<Vec<_>>().join(&sep)),
+                other => Value::String(show(other)),
             }
         }
         "split" => {
             need(2)?;
-            let sep = text_of(&a[1]);
+            let sep = show(&a[1]);
             Value::Array(
-                text_of(&a[0])
+                show(&a[0])
                     .split(sep.as_str())
                     .map(|s| Value::String(s.to_string()))
                     .collect(),
@@ -494,15 +488,15 @@ fn call(f: &str, a: &[Value]) -> Result<Value, String> {
         }
         "upper" => {
             need(1)?;
-            Value::String(text_of(&a[0]).to_uppercase())
+            Value::String(show(&a[0]).to_uppercase())
         }
         "lower" => {
             need(1)?;
-            Value::String(text_of(&a[0]).to_lowercase())
+            Value::String(show(&a[0]).to_lowercase())
         }
         "title" => {
             need(1)?;
-            Value::String(crate::output::title(&text_of(&a[0])))
+            Value::String(crate::output::title(&show(&a[0])))
         }
         "len" => {
             need(1)?;
@@ -516,20 +510,20 @@ fn call(f: &str, a: &[Value]) -> Result<Value, String> {
         "truncate" => {
             need(2)?;
             let n = a[1].as_u64().unwrap_or(0) as usize;
-            Value::String(text_of(&a[0]).chars().take(n).collect())
+            Value::String(show(&a[0]).chars().take(n).collect())
         }
         "pad" => {
             need(3)?;
             let (l, r) = (a[1].as_u64().unwrap_or(0), a[2].as_u64().unwrap_or(0));
             let l = " ".repeat(l.min(256) as usize);
             let r = " ".repeat(r.min(256) as usize);
-            Value::String(format!("{l}{}{r}", text_of(&a[0])))
+            Value::String(format!("{l}{}{r}", show(&a[0])))
         }
-        "print" => Value::String(a.iter().map(text_of).collect::<Vec<_>>().join(" ")),
-        "println" => Value::String(a.iter().map(text_of).collect::<Vec<_>>().join(" ") + "\n"),
+        "print" => Value::String(a.iter().map(show).collect::<Vec<_>>().join(" ")),
+        "println" => Value::String(a.iter().map(show).collect::<Vec<_>>().join(" ") + "\n"),
         "printf" => {
             need(1)?;
-            Value::String(printf(&text_of(&a[0]), &a[1..]))
+            Value::String(printf(&show(&a[0]), &a[1..]))
         }
         _ => return Err(format!("template: function {f:?} not defined")),
     })
@@ -547,12 +541,8 @@ fn printf(fmt: &str, args: &[Value]) -> String {
         }
         match chars.next() {
             Some('%') => out.push('%'),
-            Some('q') => out.push_str(&format!("{:?}", it.next().map(text_of).unwrap_or_default())),
-            Some(_) => out.push_str(
-                &it.next()
-                    .map(text_of)
-                    .unwrap_or_else(|| "%!v(MISSING)".into()),
-            ),
+            Some('q') => out.push_str(&format!("{:?}", it.next().map(show).unwrap_or_default())),
+            Some(_) => out.push_str(&it.next().map(show).unwrap_or_else(|| "%!v(MISSING)".into())),
             None => out.push('%'),
         }
     }

@@ -6,7 +6,7 @@ use proto::api::ServiceView;
 use proto::spec::{FileRef, Mount, MountKind, ServiceMode, ServiceSpec, TaskSpec, UpdateConfig};
 use serde_json::{json, Map, Value};
 
-use super::render::{endpoint_json, fmt_ts, kebab};
+use super::render::{endpoint_json, fmt_ts, kebab, port_json};
 
 fn ns(ms: u64) -> Value {
     json!(ms.saturating_mul(1_000_000))
@@ -229,20 +229,7 @@ pub fn spec_json(s: &ServiceSpec) -> Value {
     if !s.endpoint.ports.is_empty() {
         endpoint.insert(
             "Ports".into(),
-            Value::Array(
-                s.endpoint
-                    .ports
-                    .iter()
-                    .map(|p| {
-                        json!({
-                            "Protocol": p.protocol.as_str(),
-                            "TargetPort": p.target_port,
-                            "PublishedPort": p.published_port,
-                            "PublishMode": kebab(&p.publish_mode),
-                        })
-                    })
-                    .collect(),
-            ),
+            Value::Array(s.endpoint.ports.iter().map(port_json).collect()),
         );
     }
     object(vec![

@@ -105,7 +105,7 @@ pub fn ports_text(ports: &[PortConfig]) -> String {
         .join(", ")
 }
 
-fn port_json(p: &PortConfig) -> Value {
+pub(crate) fn port_json(p: &PortConfig) -> Value {
     json!({
         "Protocol": p.protocol.as_str(),
         "TargetPort": p.target_port,
@@ -206,18 +206,8 @@ pub fn service_matches(f: &crate::filter::Filters, v: &ServiceView) -> bool {
     f.id(&v.id)
         && f.name(&v.spec.name)
         && f.labels("label", &v.spec.labels)
-        && f.any("mode", |m| mode_name(&v.spec.mode) == m)
-}
-
-/// A service mode as `--mode` and the `mode` filter name it.
-pub fn mode_name(m: &proto::spec::ServiceMode) -> &'static str {
-    use proto::spec::ServiceMode;
-    match m {
-        ServiceMode::Replicated { .. } => "replicated",
-        ServiceMode::Global => "global",
-        ServiceMode::ReplicatedJob { .. } => "replicated-job",
-        ServiceMode::GlobalJob => "global-job",
-    }
+        // As `--mode` names it: "replicated job" is `replicated-job`.
+        && f.any("mode", |m| v.spec.mode.name().replace(' ', "-") == m)
 }
 
 /// `service ls`'s output for `views` (also `stack services`).
