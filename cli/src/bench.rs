@@ -667,6 +667,9 @@ pub struct Figures {
     /// Messages the leader's dispatcher sent the nodes during the run (assignments,
     /// heartbeat answers).
     pub session_messages: u64,
+    /// Store operations the leader applied during the run per task, by kind (create-task,
+    /// place, status — of which running —, …): the writes each task cost.
+    pub writes_per_task: std::collections::BTreeMap<String, f64>,
     /// `all running`, `timeout`, `memory limit` or the error that stopped the run.
     pub outcome: String,
 }
@@ -703,6 +706,12 @@ impl Figures {
             "raft log (all managers): {} entries, {:.0} bytes per task; {} messages to the nodes",
             self.log_entries, self.log_bytes_per_task, self.session_messages
         );
+        let writes: Vec<String> = self
+            .writes_per_task
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.2}"))
+            .collect();
+        println!("store writes per task: {}", writes.join(", "));
     }
 }
 
@@ -748,6 +757,7 @@ async fn measure(
     };
     let start = Instant::now();
     let log_before = manager::raft::log_stats();
+    let ops_before = manager::store::op_stats::snapshot();
     let sent = || leader.dispatcher.stats.messages.load(Ordering::Relaxed);
     let messages_before = sent();
     let deadline = start + cfg.timeout;
@@ -844,6 +854,15 @@ async fn measure(
     }
     let log = manager::raft::log_stats();
     fig.log_entries = log.entries.saturating_sub(log_before.entries);
+    // Every manager of the process applies each write: divided by their number.
+    let ops = manager::store::op_stats::snapshot();
+    let per = (cfg.managers.max(1) as u64 * cfg.tasks.max(1)) as f64;
+    fig.writes_per_task = manager::store::op_stats::KINDS
+        .iter()
+        .zip(ops.iter().zip(ops_before))
+        .filter(|(_, (now, before))| *now > before)
+        .map(|(k, (now, before))| (k.to_string(), (now - before) as f64 / per))
+        .collect();
     fig.session_messages = sent().saturating_sub(messages_before);
     fig.log_bytes_per_task =
         log.bytes.saturating_sub(log_before.bytes) as f64 / cfg.tasks.max(1) as f64;

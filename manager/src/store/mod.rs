@@ -550,6 +550,42 @@ pub enum Op {
     CreateTask(NewTask),
 }
 
+/// Operations applied in this process, by kind (all stores together): what `bench cluster`
+/// prints as writes per task.
+pub mod op_stats {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::Op;
+
+    static COUNTS: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
+    /// The kinds counted, in the order of [`snapshot`]'s array.
+    pub const KINDS: [&str; 7] = [
+        "create", "update", "delete", "status", "place", "create-task", "running",
+    ];
+
+    pub(super) fn count(op: &Op) {
+        let i = match op {
+            Op::Create(_) => 0,
+            Op::Update(_) => 1,
+            Op::Delete { .. } => 2,
+            Op::TaskStatus { status, .. } => {
+                if status.state == proto::spec::TaskState::Running {
+                    COUNTS[6].fetch_add(1, Ordering::Relaxed);
+                }
+                3
+            }
+            Op::Place { .. } => 4,
+            Op::CreateTask(_) => 5,
+        };
+        COUNTS[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts so far, in the order of [`KINDS`].
+    pub fn snapshot() -> [u64; 7] {
+        std::array::from_fn(|i| COUNTS[i].load(Ordering::Relaxed))
+    }
+}
+
 /// How to take back an operation of a transaction that fails further on.
 #[allow(clippy::large_enum_variant)]
 enum Undo {
@@ -1279,6 +1315,7 @@ impl StoreData {
 
     /// Applies a checked operation: the change, and how to take it back.
     fn apply_unchecked(&mut self, index: u64, op: &Op) -> (Change, Undo) {
+        op_stats::count(op);
         match op {
             Op::Create(o) | Op::Update(o) => {
                 let mut o = o.clone();
