@@ -1,6 +1,5 @@
 //! Replicated services and replicated jobs: numbered slots, one running task per slot.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use proto::spec::{ServiceMode, TaskState};
@@ -10,7 +9,7 @@ use super::{death, is_runnable, Plan};
 use crate::store::{Service, Task};
 
 /// The tasks of each slot.
-type Slots<'s, 'a> = BTreeMap<u64, &'s [Cow<'a, Task>]>;
+type Slots<'s, 'a> = BTreeMap<u64, &'s [&'a Task]>;
 
 /// What a slot holds after deaths are handled.
 enum SlotState {
@@ -36,7 +35,9 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
         .is_some_and(|u| u.state.in_progress());
     // One vector of the service's tasks, in slot order, and a slice of it per slot (a
     // vector per slot cost a large service about 1 KB a slot each round).
-    let mut tasks = p.service_tasks_ref(service_id);
+    // Sorted as references: moving 100,000 tasks about was a fifth of a round.
+    let owned = p.service_tasks_ref(service_id);
+    let mut tasks: Vec<&Task> = owned.iter().map(|t| &**t).collect();
     tasks.sort_by_key(|t| t.slot);
     let slots: Slots<'_, '_> = tasks
         .chunk_by(|a, b| a.slot == b.slot)
@@ -57,12 +58,7 @@ pub fn plan(p: &mut Plan<'_>, service_id: &str) {
 }
 
 /// Handle the deaths in one slot and say what it holds now.
-fn settle_slot(
-    p: &mut Plan<'_>,
-    s: &Service,
-    tasks: &[Cow<'_, Task>],
-    updating: bool,
-) -> SlotState {
+fn settle_slot(p: &mut Plan<'_>, s: &Service, tasks: &[&Task], updating: bool) -> SlotState {
     let mut runnable: Vec<&Task> = Vec::new();
     let mut latest_dead: Option<(&Task, super::Death)> = None;
     for t in tasks {

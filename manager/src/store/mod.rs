@@ -560,7 +560,13 @@ pub mod op_stats {
     static COUNTS: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
     /// The kinds counted, in the order of [`snapshot`]'s array.
     pub const KINDS: [&str; 7] = [
-        "create", "update", "delete", "status", "place", "create-task", "running",
+        "create",
+        "update",
+        "delete",
+        "status",
+        "place",
+        "create-task",
+        "running",
     ];
 
     pub(super) fn count(op: &Op) {
