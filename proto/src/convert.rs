@@ -312,6 +312,7 @@ impl From<&spec::TaskSpec> for pb::TaskSpec {
                     source: m.source.clone(),
                     target: m.target.clone(),
                     readonly: m.readonly,
+                    volume_options: m.volume_options.clone().into_iter().collect(),
                 })
                 .collect(),
             secrets: s.secrets.iter().map(Into::into).collect(),
@@ -379,6 +380,7 @@ impl TryFrom<pb::TaskSpec> for spec::TaskSpec {
                     source: m.source,
                     target: m.target,
                     readonly: m.readonly,
+                    volume_options: m.volume_options.into_iter().collect(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;

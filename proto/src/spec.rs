@@ -247,6 +247,64 @@ pub struct Mount {
     /// Absolute path in the container.
     pub target: String,
     pub readonly: bool,
+    /// `volume-opt=K=V` of a volume mount: the local driver's `type`, `device` and `o` with
+    /// which the node creates the volume at its first use (a tmpfs, a bind of `device`, or
+    /// any file system the kernel mounts).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub volume_options: BTreeMap<String, String>,
+}
+
+impl Mount {
+    /// The local driver's options a volume mount may carry.
+    pub const VOLUME_OPTIONS: [&'static str; 3] = ["type", "device", "o"];
+
+    /// Why `volume_options` cannot make a volume (what the node would refuse, refused at
+    /// the API): known keys, a `type` among them, `device` where the type needs one.
+    pub fn volume_options_error(&self) -> Option<String> {
+        let opts = &self.volume_options;
+        if opts.is_empty() {
+            return None;
+        }
+        if self.kind != MountKind::Volume {
+            return Some("volume options apply to volume mounts only".into());
+        }
+        for (k, v) in opts {
+            if !Self::VOLUME_OPTIONS.contains(&k.as_str()) {
+                return Some(format!(
+                    "unknown volume option {k:?}: the local driver takes type, device and o"
+                ));
+            }
+            if v.len() > 4096 || v.contains(['\0', '\n']) {
+                return Some(format!("invalid volume option {k}: at most 4096 bytes, one line"));
+            }
+        }
+        let Some(ty) = opts.get("type") else {
+            return Some("volume options need type= (tmpfs, none with o=bind, or a file system type)".into());
+        };
+        if ty.is_empty()
+            || !ty
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Some(format!("invalid volume type {ty:?}"));
+        }
+        let device = opts.get("device").map(String::as_str).unwrap_or("");
+        let o = opts.get("o").map(String::as_str).unwrap_or("");
+        match ty.as_str() {
+            "tmpfs" => None,
+            "none" => {
+                if !o.split(',').any(|x| x == "bind" || x == "rbind") {
+                    Some("volume type none needs o=bind (a bind of device)".into())
+                } else if !device.starts_with('/') {
+                    Some(format!("volume device {device:?}: a bind needs an absolute host path"))
+                } else {
+                    None
+                }
+            }
+            _ if device.is_empty() => Some(format!("volume type {ty} needs device=")),
+            _ => None,
+        }
+    }
 }
 
 /// A secret or config used by a service: `--secret NAME[,target=PATH]`.

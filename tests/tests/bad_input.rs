@@ -177,6 +177,7 @@ fn bad_mounts_from_an_api_client_are_refused_and_nothing_is_created() -> Result<
         source: source.into(),
         target: target.into(),
         readonly: false,
+        volume_options: Default::default(),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -158,6 +158,15 @@ impl Drop for Env {
         })
         .join()
         .unwrap();
+        // Volumes made with volume options stay mounted after their tasks: unmounted here,
+        // also when the test failed before it did so itself.
+        let data = self.data().display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        for point in mounts.lines().filter_map(|l| l.split(' ').nth(1)) {
+            if point.starts_with(&data) {
+                let _ = std::process::Command::new("umount").arg("-l").arg(point).status();
+            }
+        }
     }
 }
 
@@ -507,6 +516,20 @@ fn contains_bytes(dir: &Path, needle: &[u8], skip: &[PathBuf]) -> Vec<PathBuf> {
     found
 }
 
+/// A volume mount with the local driver's options (`volume-opt=K=V`).
+fn volume_with(name: &str, target: &str, opts: &[(&str, &str)]) -> proto::spec::Mount {
+    proto::spec::Mount {
+        kind: proto::spec::MountKind::Volume,
+        source: name.into(),
+        target: target.into(),
+        readonly: false,
+        volume_options: opts
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
 async fn secrets_and_mounts(runtime: &'static str) {
     let env = Env::new(runtime, "secrets");
     let bind_src = env.dir.path().join("bind");
@@ -520,7 +543,10 @@ async fn secrets_and_mounts(runtime: &'static str) {
             "[ \"$(cat /run/secrets/x)\" = sup3r\"\"s3cret ] && echo secret-ok; \
              ls -l /run/secrets/x; cat /etc/app.conf; echo; cat /data/f; echo; \
              echo vol > /vol/v && echo vol-ok; id -u; touch /data/g || echo ro-ok; \
-             echo owned $(stat -c %u:%g:%a /run/secrets/owned)",
+             echo owned $(stat -c %u:%g:%a /run/secrets/owned); \
+             grep -q ' /tv tmpfs ' /proc/mounts && echo tv > /tv/t && echo tmpfs-volume-ok; \
+             grep -q ' /anon tmpfs ' /proc/mounts && echo anon-tmpfs-ok; \
+             [ \"$(cat /bv/f)\" = bound ] && ! touch /bv/g 2>/dev/null && echo bind-volume-ok",
         ],
     );
     task.spec.user = "web".into();
@@ -530,13 +556,28 @@ async fn secrets_and_mounts(runtime: &'static str) {
             source: bind_src.to_string_lossy().into_owned(),
             target: "/data".into(),
             readonly: true,
+            ..Default::default()
         },
         proto::spec::Mount {
             kind: proto::spec::MountKind::Volume,
             source: "named1".into(),
             target: "/vol".into(),
             readonly: false,
+            ..Default::default()
         },
+        // --mount type=volume,source=…,volume-opt=type=tmpfs,volume-opt=o=size=1m
+        volume_with("named-tmpfs", "/tv", &[("type", "tmpfs"), ("o", "size=1m,mode=1777")]),
+        volume_with("", "/anon", &[("type", "tmpfs")]),
+        // volume-opt=type=none,volume-opt=o=bind,ro,volume-opt=device=…
+        volume_with(
+            "named-bind",
+            "/bv",
+            &[
+                ("type", "none"),
+                ("o", "bind,ro"),
+                ("device", &bind_src.to_string_lossy()),
+            ],
+        ),
     ];
     task.secrets = vec![
         FileData {
@@ -583,6 +624,9 @@ async fn secrets_and_mounts(runtime: &'static str) {
         "stdout 33",
         "ro-ok",
         "owned 1234:4321:440",
+        "tmpfs-volume-ok",
+        "anon-tmpfs-ok",
+        "bind-volume-ok",
     ] {
         assert!(log.contains(expected), "{expected} missing in {log}");
     }
@@ -601,6 +645,23 @@ async fn secrets_and_mounts(runtime: &'static str) {
     let text = std::fs::read_to_string(&kept).unwrap();
     assert!(text.contains("secret-ok"), "{text}");
     assert!(volume.join("v").exists(), "named volumes outlive the task");
+    // The tmpfs volume too, still mounted with what the task wrote; the anonymous one went
+    // with the task (its mount included, or the directory could not have been removed).
+    let tv = env.data().join("volumes/named-tmpfs/_data");
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let tv_line = format!(" {} tmpfs ", tv.display());
+    assert!(mounts.contains(&tv_line), "{mounts}");
+    assert_eq!(std::fs::read_to_string(tv.join("t")).unwrap(), "tv\n");
+    assert!(!mounts.contains(&task_dir.display().to_string()), "{mounts}");
+    let bv = env.data().join("volumes/named-bind/_data");
+    for dir in [&tv, &bv] {
+        let status = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "umount {}", dir.display());
+    }
 
     // A bind mount of a missing path is refused in plain words.
     let mut bad = env.task("b", &["true"]);
@@ -609,6 +670,7 @@ async fn secrets_and_mounts(runtime: &'static str) {
         source: "/nonexistent/shoal".into(),
         target: "/x".into(),
         readonly: false,
+        ..Default::default()
     }];
     let err = env.rt.prepare(&bad).await.unwrap_err().to_string();
     assert!(

@@ -37,12 +37,19 @@ fn mount(m: &Mount) -> Value {
         MountKind::Volume => "volume",
         MountKind::Tmpfs => "tmpfs",
     };
-    object(vec![
+    let mut fields = vec![
         ("Type", json!(kind)),
         ("Source", json!(m.source)),
         ("Target", json!(m.target)),
         ("ReadOnly", json!(m.readonly)),
-    ])
+    ];
+    if !m.volume_options.is_empty() {
+        fields.push((
+            "VolumeOptions",
+            json!({"DriverConfig": {"Name": "local", "Options": m.volume_options}}),
+        ));
+    }
+    object(fields)
 }
 
 fn file_ref(f: &FileRef, id_key: &str, name_key: &str) -> Value {

@@ -101,11 +101,37 @@ pub(super) fn check_env(flag: &str, e: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `--mount type=bind|volume|tmpfs,source=…,target=…[,readonly]`, Docker's syntax.
+/// The comma-separated fields of a flag's value, read as CSV as Docker does: a field in
+/// double quotes may hold commas (`"volume-opt=o=size=1m,uid=1000"`), `""` is a quote.
+fn csv_fields(s: &str) -> Result<Vec<String>, String> {
+    let mut out = vec![String::new()];
+    let mut quoted = false;
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        let field = out.last_mut().expect("never empty");
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(String::new()),
+            c => field.push(c),
+        }
+    }
+    if quoted {
+        return Err(format!("invalid value {s:?}: a quote is not closed"));
+    }
+    Ok(out)
+}
+
+/// `--mount type=bind|volume|tmpfs,source=…,target=…[,readonly][,volume-opt=K=V…]`, Docker's
+/// syntax.
 pub fn parse_mount(s: &str) -> Result<Mount, String> {
     let mut m = Mount::default();
     let mut target = None;
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+    let mut volume_keys = None;
+    for part in csv_fields(s)?.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
         let (k, v) = match part.split_once('=') {
             Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v.trim())),
             None => (part.to_ascii_lowercase(), None),
@@ -141,13 +167,32 @@ pub fn parse_mount(s: &str) -> Result<Mount, String> {
                 ))
             }
             ("volume-nocopy", _) => {}
-            ("volume-opt", _) => {
-                return Err(
-                    "volume-opt is not supported: local volumes are directories on their node".into(),
-                )
+            // `volume-opt=type=tmpfs`, `volume-opt=o=size=10m,uid=1000` (quoted, as Docker's
+            // CSV reading has it, when the value holds commas).
+            ("volume-opt", Some(opt)) => {
+                let (ok, ov) = opt.split_once('=').ok_or_else(|| {
+                    format!("invalid volume-opt {opt:?}: use volume-opt=KEY=VALUE")
+                })?;
+                m.volume_options.insert(ok.to_string(), ov.to_string());
             }
             _ => return Err(format!("unexpected key '{k}' in '{part}'")),
         }
+        if k.starts_with("volume-") {
+            volume_keys.get_or_insert(k);
+        }
+    }
+    if let Some(k) = volume_keys.filter(|_| m.kind != MountKind::Volume) {
+        return Err(format!(
+            "cannot mix '{k}' options with mount type '{}'",
+            match m.kind {
+                MountKind::Bind => "bind",
+                MountKind::Tmpfs => "tmpfs",
+                MountKind::Volume => "volume",
+            }
+        ));
+    }
+    if let Some(e) = m.volume_options_error() {
+        return Err(e);
     }
     m.target = target.ok_or_else(|| "target is required".to_string())?;
     if !m.target.starts_with('/') {

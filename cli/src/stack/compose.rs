@@ -444,14 +444,14 @@ fn convert(root: &Node, stack: &str, dir: &Path) -> R<Stack> {
     }
     let secrets = file_objects(root, "secrets", &scoped, dir, &mut st.warnings)?;
     let configs = file_objects(root, "configs", &scoped, dir, &mut st.warnings)?;
-    let mut volumes: BTreeMap<String, (String, bool)> = BTreeMap::new();
+    let mut volumes: BTreeMap<String, VolumeDef> = BTreeMap::new();
     if let Some(n) = root.get("volumes") {
         for (k, v) in entries(n, "volumes")? {
             let path = format!("volumes.{k}");
             unknown_keys(
                 v,
                 &path,
-                &["external", "name", "driver", "labels"],
+                &["external", "name", "driver", "driver_opts", "labels"],
                 &mut st.warnings,
             );
             let external = match v.get("external") {
@@ -473,7 +473,19 @@ fn convert(root: &Node, stack: &str, dir: &Path) -> R<Stack> {
                 None if external => k.clone(),
                 None => scoped(k),
             };
-            volumes.insert(k.clone(), (name, external));
+            // driver_opts (type, device, o): the local driver's options, with which each
+            // node makes the volume at its first use (`--mount …,volume-opt=K=V`).
+            let mut options = BTreeMap::new();
+            if let Some(o) = v.get("driver_opts") {
+                let op = format!("{path}.driver_opts");
+                for (ok, ov) in entries(o, &op)? {
+                    options.insert(ok.clone(), text(ov, &format!("{op}.{ok}"))?);
+                }
+            }
+            volumes.insert(
+                k.clone(),
+                VolumeDef { name, options },
+            );
         }
     }
 
@@ -702,7 +714,7 @@ struct Ctx<'a> {
     networks: &'a BTreeMap<String, ObjectDef>,
     secrets: &'a BTreeMap<String, ObjectDef>,
     configs: &'a BTreeMap<String, ObjectDef>,
-    volumes: &'a BTreeMap<String, (String, bool)>,
+    volumes: &'a BTreeMap<String, VolumeDef>,
 }
 
 /// Duration values as compose writes them (`10s`, `1m30s`), as the flag takes them.
@@ -1187,11 +1199,26 @@ fn flag_takes_value(flag: &str) -> bool {
     !matches!(flag, "--read-only" | "--no-healthcheck" | "--init")
 }
 
+/// A top-level `volumes:` entry.
+struct VolumeDef {
+    name: String,
+    /// `driver_opts`.
+    options: BTreeMap<String, String>,
+}
+
 /// A `volumes:` entry of a service as a `--mount` value.
 fn mount(it: &Node, ip: &str, ctx: &Ctx<'_>, warnings: &mut Vec<String>) -> R<String> {
+    // The volume's name, and its driver_opts as volume-opt fields (quoted: `o` may hold
+    // commas).
     let volume_name = |src: &str| -> R<String> {
         match ctx.volumes.get(src) {
-            Some((name, _)) => Ok(name.clone()),
+            Some(def) => {
+                let mut v = def.name.clone();
+                for (k, o) in &def.options {
+                    v.push_str(&format!(",\"volume-opt={k}={}\"", o.replace('"', "\"\"")));
+                }
+                Ok(v)
+            }
             None => Err(err(
                 it,
                 ip,

@@ -82,12 +82,14 @@ pub(crate) fn task_spec() -> impl Strategy<Value = TaskSpec> {
             s(),
             s(),
             any::<bool>(),
+            prop::collection::btree_map(s(), s(), 0..2),
         )
-            .prop_map(|(kind, source, target, readonly)| Mount {
+            .prop_map(|(kind, source, target, readonly, volume_options)| Mount {
                 kind,
                 source,
                 target,
                 readonly,
+                volume_options,
             }),
         0..3,
     );

@@ -480,6 +480,9 @@ impl State {
                         self.config.data_dir.join("volumes").join(&name).join("_data")
                     };
                     std::fs::create_dir_all(&source).map_err(|e| io("creating the volume", e))?;
+                    if !mount.volume_options.is_empty() {
+                        mount_volume(&source, &mount.volume_options)?;
+                    }
                     MountPlan::Bind {
                         source,
                         target: mount.target.clone(),
@@ -1049,8 +1052,14 @@ impl Runtime for OciRuntime {
         // Let the monitor record the end before the directory goes.
         self.inner.monitor_gone(task_id).await;
         let t = self.inner.step(task_id, "remove: monitor gone", t);
-        for sub in ["rootfs", "secrets"] {
-            let path = dir.join(sub);
+        // Anonymous volumes made with volume options may be mounts of their own.
+        let anonymous = std::fs::read_dir(dir.join("volumes"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path());
+        let subs = ["rootfs", "secrets"].into_iter().map(|s| dir.join(s));
+        for path in anonymous.chain(subs) {
             while is_mountpoint(&path) {
                 if nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH).is_err() {
                     break;
@@ -1394,6 +1403,65 @@ fn mount_layers(rootfs: &Path, options: &str, work: &Path) -> Result<(), String>
 /// Whether `p` is the root of a mount, from `statx` (one system call; reading
 /// /proc/self/mountinfo costs time in proportion to the node's mounts, hundreds with many
 /// containers); the mount table where the kernel does not say.
+/// Makes the volume at `dir` as the local driver's options say (`type`, `device`, `o`, as
+/// `mount -t TYPE -o O DEVICE DIR`; type `none` with `o=bind` binds `device`), unless it is
+/// made already: the first task that uses it creates it, the next ones share it.
+fn mount_volume(dir: &Path, opts: &std::collections::BTreeMap<String, String>) -> Result<(), String> {
+    use nix::mount::MsFlags;
+    if is_mountpoint(dir) {
+        return Ok(());
+    }
+    let ty = opts.get("type").map(String::as_str).unwrap_or("");
+    let mut device = opts.get("device").map(String::as_str).unwrap_or("");
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for o in opts.get("o").into_iter().flat_map(|o| o.split(',')) {
+        match o {
+            "" => {}
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "rw" => {}
+            "bind" => flags |= MsFlags::MS_BIND,
+            "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
+            "nosuid" => flags |= MsFlags::MS_NOSUID,
+            "nodev" => flags |= MsFlags::MS_NODEV,
+            "noexec" => flags |= MsFlags::MS_NOEXEC,
+            "noatime" => flags |= MsFlags::MS_NOATIME,
+            other => data.push(other),
+        }
+    }
+    if ty == "tmpfs" && device.is_empty() {
+        device = "tmpfs";
+    }
+    if flags.contains(MsFlags::MS_BIND) && !Path::new(device).exists() {
+        return Err(format!(
+            "creating the volume: its device {device} does not exist on this node"
+        ));
+    }
+    let data = data.join(",");
+    let fstype = (ty != "none").then_some(ty);
+    let bind = flags.contains(MsFlags::MS_BIND);
+    nix::mount::mount(
+        Some(device),
+        dir,
+        fstype,
+        flags,
+        (!data.is_empty()).then_some(data.as_str()),
+    )
+    .map_err(|e| format!("creating the volume: mount -t {ty} {device}: {e}"))?;
+    // A bind ignores ro on its first mount: made read-only by a remount.
+    if bind && flags.contains(MsFlags::MS_RDONLY) {
+        nix::mount::mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(|e| format!("creating the volume: read-only remount: {e}"))?;
+    }
+    Ok(())
+}
+
 fn is_mountpoint(path: &Path) -> bool {
     if let Some(root) = statx_mount_root(path) {
         return root;

@@ -275,6 +275,7 @@ fn pretty_shows_every_container_section() {
         source: "data".into(),
         target: "/data".into(),
         readonly: true,
+        ..Default::default()
     }];
     t.secrets = vec![proto::spec::FileRef {
         name: "pw".into(),

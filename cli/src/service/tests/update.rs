@@ -353,15 +353,33 @@ fn container_labels() {
     assert_eq!(keys, ["b", "c"]);
 }
 
-/// `--mount …,volume-driver=local` (Docker's default) is taken; other drivers and
-/// volume-opt are refused in words.
+/// `--mount …,volume-driver=local` (Docker's default) is taken, other drivers refused in
+/// words; `volume-opt=K=V` (quoted when it holds commas) are the local driver's options.
 #[test]
-fn volume_driver_local_only() {
+fn volume_driver_local_and_its_options() {
     use crate::service::parse::parse_mount;
     let m = parse_mount("type=volume,source=data,target=/d,volume-driver=local").unwrap();
     assert_eq!((m.source.as_str(), m.target.as_str()), ("data", "/d"));
     let e = parse_mount("type=volume,source=data,target=/d,volume-driver=nfs").unwrap_err();
     assert!(e.contains("volume driver \"nfs\" is not supported"), "{e}");
-    let e = parse_mount("type=volume,source=d,target=/d,volume-opt=type=tmpfs").unwrap_err();
-    assert!(e.contains("volume-opt is not supported"), "{e}");
+    let m = parse_mount(
+        "type=volume,source=d,target=/d,volume-opt=type=tmpfs,volume-opt=device=tmpfs,\"volume-opt=o=size=1m,uid=1000\"",
+    )
+    .unwrap();
+    assert_eq!(
+        m.volume_options,
+        [("device", "tmpfs"), ("o", "size=1m,uid=1000"), ("type", "tmpfs")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    );
+    for (flag, want) in [
+        ("type=bind,source=/s,target=/d,volume-opt=type=tmpfs", "cannot mix 'volume-opt' options with mount type 'bind'"),
+        ("type=volume,source=d,target=/d,volume-opt=tmpfs", "invalid volume-opt \"tmpfs\": use volume-opt=KEY=VALUE"),
+        ("type=volume,source=d,target=/d,volume-opt=size=1m", "unknown volume option \"size\": the local driver takes type, device and o"),
+        ("type=volume,source=d,target=/d,\"volume-opt=o=a", "a quote is not closed"),
+    ] {
+        let e = parse_mount(flag).unwrap_err();
+        assert!(e.contains(want), "{flag}: {e}");
+    }
 }

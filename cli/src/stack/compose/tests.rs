@@ -38,6 +38,7 @@ services:
       - /etc/hostname:/etc/host-name:ro
       - type: tmpfs
         target: /cache
+      - scratch:/scratch
     secrets:
       - db_password
       - source: db_password
@@ -124,6 +125,9 @@ networks:
   unused: {}
 volumes:
   data: {}
+  scratch:
+    driver: local
+    driver_opts: {type: tmpfs, device: tmpfs, o: "size=64m,uid=1000"}
 secrets:
   db_password:
     file: ./db_password.txt
@@ -164,7 +168,14 @@ fn a_file_with_every_key_becomes_the_specs_service_create_would_make() {
             ("shop_back", &[][..])
         ]
     );
-    assert_eq!(t.mounts.len(), 3);
+    assert_eq!(t.mounts.len(), 4);
+    // driver_opts become the mount's volume options (o kept whole, commas and all).
+    assert_eq!(t.mounts[3].source, "shop_scratch");
+    assert_eq!(
+        t.mounts[3].volume_options.get("o").map(String::as_str),
+        Some("size=64m,uid=1000")
+    );
+    assert_eq!(t.mounts[3].volume_options.len(), 3);
     assert_eq!(
         (t.mounts[0].kind, t.mounts[0].source.as_str()),
         (MountKind::Volume, "shop_data")
