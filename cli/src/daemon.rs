@@ -122,6 +122,7 @@ struct NoRuntime;
 
 #[async_trait::async_trait]
 impl worker::runtime::Runtime for NoRuntime {
+    fn forget(&self, _: &str) {}
     async fn prepare(
         &self,
         task: &proto::spec::Assignment,

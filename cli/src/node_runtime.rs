@@ -64,6 +64,9 @@ impl Runtime for NetworkedRuntime {
         }
         r
     }
+    fn forget(&self, task_id: &str) {
+        self.inner.forget(task_id)
+    }
     fn log_path(&self, task_id: &str) -> Option<PathBuf> {
         self.inner.log_path(task_id)
     }

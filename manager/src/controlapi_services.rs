@@ -719,20 +719,52 @@ mod tests {
                 .collect(),
             ..m(kind, "v", "/v")
         };
-        assert!(with(vec![opts(MountKind::Volume, &[("type", "tmpfs"), ("o", "size=1m")])]).is_ok());
+        assert!(with(vec![opts(
+            MountKind::Volume,
+            &[("type", "tmpfs"), ("o", "size=1m")]
+        )])
+        .is_ok());
         assert!(with(vec![opts(
             MountKind::Volume,
             &[("type", "none"), ("o", "bind"), ("device", "/srv")]
         )])
         .is_ok());
         for (pairs, kind, want) in [
-            (&[("type", "tmpfs"), ("size", "1m")][..], MountKind::Volume, "unknown volume option \"size\": the local driver takes type, device and o"),
-            (&[("o", "size=1m")][..], MountKind::Volume, "volume options need type= (tmpfs, none with o=bind, or a file system type)"),
-            (&[("type", "none"), ("device", "/srv")][..], MountKind::Volume, "volume type none needs o=bind (a bind of device)"),
-            (&[("type", "none"), ("o", "bind"), ("device", "srv")][..], MountKind::Volume, "volume device \"srv\": a bind needs an absolute host path"),
-            (&[("type", "nfs")][..], MountKind::Volume, "volume type nfs needs device="),
-            (&[("type", "tm pfs")][..], MountKind::Volume, "invalid volume type \"tm pfs\""),
-            (&[("type", "tmpfs")][..], MountKind::Tmpfs, "volume options apply to volume mounts only"),
+            (
+                &[("type", "tmpfs"), ("size", "1m")][..],
+                MountKind::Volume,
+                "unknown volume option \"size\": the local driver takes type, device and o",
+            ),
+            (
+                &[("o", "size=1m")][..],
+                MountKind::Volume,
+                "volume options need type= (tmpfs, none with o=bind, or a file system type)",
+            ),
+            (
+                &[("type", "none"), ("device", "/srv")][..],
+                MountKind::Volume,
+                "volume type none needs o=bind (a bind of device)",
+            ),
+            (
+                &[("type", "none"), ("o", "bind"), ("device", "srv")][..],
+                MountKind::Volume,
+                "volume device \"srv\": a bind needs an absolute host path",
+            ),
+            (
+                &[("type", "nfs")][..],
+                MountKind::Volume,
+                "volume type nfs needs device=",
+            ),
+            (
+                &[("type", "tm pfs")][..],
+                MountKind::Volume,
+                "invalid volume type \"tm pfs\"",
+            ),
+            (
+                &[("type", "tmpfs")][..],
+                MountKind::Tmpfs,
+                "volume options apply to volume mounts only",
+            ),
         ] {
             let mut mount = opts(kind, pairs);
             if kind == MountKind::Tmpfs {

@@ -275,11 +275,15 @@ impl Mount {
                 ));
             }
             if v.len() > 4096 || v.contains(['\0', '\n']) {
-                return Some(format!("invalid volume option {k}: at most 4096 bytes, one line"));
+                return Some(format!(
+                    "invalid volume option {k}: at most 4096 bytes, one line"
+                ));
             }
         }
         let Some(ty) = opts.get("type") else {
-            return Some("volume options need type= (tmpfs, none with o=bind, or a file system type)".into());
+            return Some(
+                "volume options need type= (tmpfs, none with o=bind, or a file system type)".into(),
+            );
         };
         if ty.is_empty()
             || !ty
@@ -296,7 +300,9 @@ impl Mount {
                 if !o.split(',').any(|x| x == "bind" || x == "rbind") {
                     Some("volume type none needs o=bind (a bind of device)".into())
                 } else if !device.starts_with('/') {
-                    Some(format!("volume device {device:?}: a bind needs an absolute host path"))
+                    Some(format!(
+                        "volume device {device:?}: a bind needs an absolute host path"
+                    ))
                 } else {
                     None
                 }

@@ -367,7 +367,25 @@ fn lab_real_containers() -> Result<()> {
     eventually("service of a loaded image running", WAIT, || {
         all_running(&lab, "loc", 1)
     })?;
+    // A replaced task's log is kept on its node while the managers' history holds the task;
+    // once the task leaves the history (here: the service is removed) the node drops it.
+    let first = all_running(&lab, "loc", 1)?[0]["ID"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    lab.shoal("m1", &["service", "update", "-q", "--force", "loc"])?;
+    let kept = lab.host_data_dir("w1")?.join(format!("logs/{first}.log"));
+    eventually("the replaced task's log kept on its node", WAIT, || {
+        let running = all_running(&lab, "loc", 1)?;
+        ensure!(running[0]["ID"] != first.as_str(), "not replaced yet");
+        ensure!(kept.exists(), "{} missing", kept.display());
+        Ok(())
+    })?;
     lab.shoal("m1", &["service", "rm", "loc"])?;
+    eventually("the kept log dropped with the task", WAIT, || {
+        ensure!(!kept.exists(), "{} still there", kept.display());
+        Ok(())
+    })?;
 
     // Limits read back from the cgroup files; an allocating process is OOM-killed.
     create(

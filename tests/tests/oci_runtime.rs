@@ -164,7 +164,10 @@ impl Drop for Env {
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         for point in mounts.lines().filter_map(|l| l.split(' ').nth(1)) {
             if point.starts_with(&data) {
-                let _ = std::process::Command::new("umount").arg("-l").arg(point).status();
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(point)
+                    .status();
             }
         }
     }
@@ -566,7 +569,11 @@ async fn secrets_and_mounts(runtime: &'static str) {
             ..Default::default()
         },
         // --mount type=volume,source=…,volume-opt=type=tmpfs,volume-opt=o=size=1m
-        volume_with("named-tmpfs", "/tv", &[("type", "tmpfs"), ("o", "size=1m,mode=1777")]),
+        volume_with(
+            "named-tmpfs",
+            "/tv",
+            &[("type", "tmpfs"), ("o", "size=1m,mode=1777")],
+        ),
         volume_with("", "/anon", &[("type", "tmpfs")]),
         // volume-opt=type=none,volume-opt=o=bind,ro,volume-opt=device=…
         volume_with(
@@ -644,6 +651,9 @@ async fn secrets_and_mounts(runtime: &'static str) {
     assert!(!kept.starts_with(&task_dir), "{}", kept.display());
     let text = std::fs::read_to_string(&kept).unwrap();
     assert!(text.contains("secret-ok"), "{text}");
+    // Until the managers forget the task.
+    env.rt.forget(&task.task_id);
+    assert!(!kept.exists(), "{}", kept.display());
     assert!(volume.join("v").exists(), "named volumes outlive the task");
     // The tmpfs volume too, still mounted with what the task wrote; the anonymous one went
     // with the task (its mount included, or the directory could not have been removed).
@@ -652,7 +662,10 @@ async fn secrets_and_mounts(runtime: &'static str) {
     let tv_line = format!(" {} tmpfs ", tv.display());
     assert!(mounts.contains(&tv_line), "{mounts}");
     assert_eq!(std::fs::read_to_string(tv.join("t")).unwrap(), "tv\n");
-    assert!(!mounts.contains(&task_dir.display().to_string()), "{mounts}");
+    assert!(
+        !mounts.contains(&task_dir.display().to_string()),
+        "{mounts}"
+    );
     let bv = env.data().join("volumes/named-bind/_data");
     for dir in [&tv, &bv] {
         let status = std::process::Command::new("umount")

@@ -497,6 +497,12 @@ impl Agent {
                     });
                 }
             }
+            if !msg.forgotten.is_empty() {
+                let runtime = self.executor.runtime();
+                for id in std::mem::take(&mut msg.forgotten) {
+                    runtime.forget(&id);
+                }
+            }
             if let Some(a) = msg.assignments.take() {
                 match self.chain.step(a) {
                     Step::Apply {

@@ -349,6 +349,7 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Runtime for FileLogs {
+        fn forget(&self, _: &str) {}
         async fn prepare(
             &self,
             _: &proto::spec::Assignment,

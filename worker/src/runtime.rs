@@ -118,6 +118,10 @@ pub trait Runtime: Send + Sync + 'static {
     fn log_path(&self, _task_id: &str) -> Option<std::path::PathBuf> {
         None
     }
+    /// The managers removed the task from their history: drop what is kept of it after its
+    /// removal (its log), now or when it is removed later. (No default: a runtime that wraps
+    /// another must pass it on.)
+    fn forget(&self, task_id: &str);
     /// The tasks this runtime still has from an earlier run of the daemon (live restore),
     /// ordered by task id. Called once, before the first assignments are applied.
     async fn restore(&self) -> Vec<Restored> {
@@ -352,6 +356,8 @@ impl FakeRuntime {
 
 #[async_trait::async_trait]
 impl Runtime for FakeRuntime {
+    /// Keeps nothing of removed tasks.
+    fn forget(&self, _: &str) {}
     async fn prepare(&self, task: &Assignment) -> Result<(), RuntimeError> {
         let task_id = task.task_id.as_str();
         self.lock().calls.push(format!("prepare {task_id}"));

@@ -131,7 +131,11 @@ pub fn parse_mount(s: &str) -> Result<Mount, String> {
     let mut m = Mount::default();
     let mut target = None;
     let mut volume_keys = None;
-    for part in csv_fields(s)?.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+    for part in csv_fields(s)?
+        .iter()
+        .map(|p| p.trim())
+        .filter(|p| !p.is_empty())
+    {
         let (k, v) = match part.split_once('=') {
             Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v.trim())),
             None => (part.to_ascii_lowercase(), None),

@@ -482,10 +482,7 @@ fn convert(root: &Node, stack: &str, dir: &Path) -> R<Stack> {
                     options.insert(ok.clone(), text(ov, &format!("{op}.{ok}"))?);
                 }
             }
-            volumes.insert(
-                k.clone(),
-                VolumeDef { name, options },
-            );
+            volumes.insert(k.clone(), VolumeDef { name, options });
         }
     }
 

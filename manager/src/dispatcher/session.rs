@@ -48,6 +48,7 @@ impl Dispatcher {
             assignments: None,
             log_request: None,
             network: None,
+            forgotten: Vec::new(),
         }
     }
 
@@ -277,12 +278,25 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                                 more.extend(parts);
                             }
                         }
+                        // Tasks of this node gone from the store (the history limit, a
+                        // removed service): the node drops their kept logs.
+                        if let Ok(e) = &ev {
+                            m.forgotten = e
+                                .touched
+                                .node_tasks(&node_id)
+                                .iter()
+                                .filter_map(|&i| match e.changes.get(i)? {
+                                    Change::Deleted { kind: Kind::Task, id } => Some(id.clone()),
+                                    _ => None,
+                                })
+                                .collect();
+                        }
                         if net_changed {
                             let index = ev.as_ref().ok().map(|e| e.index);
                             m.network = dispatcher.net_update(&mut net, index, &node_id);
                             events.set_net_busy(net.busy());
                         }
-                        if (m.assignments.is_some() || m.network.is_some())
+                        if (m.assignments.is_some() || m.network.is_some() || !m.forgotten.is_empty())
                             && !dispatcher.send(&tx, m).await
                         {
                             return;

@@ -175,7 +175,13 @@ pub(crate) struct State {
     server: tokio::sync::Mutex<Option<MonitorServer>>,
     /// Durations of the steps of `start` and `remove`, when asked for (benchmarks).
     steps: Mutex<Option<Vec<(&'static str, Duration)>>>,
+    /// Tasks the managers forgot before this node removed them: their logs are not kept.
+    forgotten: Mutex<std::collections::HashSet<String>>,
 }
+
+/// Forgotten tasks remembered until their removal, at most (a node is told of each once;
+/// past this the oldest bound applies: the kept logs' own limits).
+const FORGOTTEN_MAX: usize = 10_000;
 
 /// The process that forks the monitors, and the daemon's end of its request pipe. Dropping
 /// it closes the pipe, which ends the server (not the monitors).
@@ -240,6 +246,7 @@ impl State {
             live: Mutex::new(HashMap::new()),
             server: tokio::sync::Mutex::new(None),
             steps: Mutex::new(None),
+            forgotten: Mutex::new(Default::default()),
         })
     }
 
@@ -1073,7 +1080,8 @@ impl Runtime for OciRuntime {
         // a stopped container's: readable by `service logs` while the managers keep the task
         // in their history; the oldest go past [`RETAINED_LOGS`] or [`RETAINED_LOG_BYTES`].
         let log = dir.join(files::LOG);
-        if log.exists() {
+        let forgotten = lock(&self.inner.forgotten).remove(task_id);
+        if log.exists() && !forgotten {
             let kept = self.inner.retained_log(task_id);
             let moved = kept
                 .parent()
@@ -1104,6 +1112,17 @@ impl Runtime for OciRuntime {
         });
         self.inner.step(task_id, "remove: task directory", t);
         removed
+    }
+
+    fn forget(&self, task_id: &str) {
+        let _ = std::fs::remove_file(self.inner.retained_log(task_id));
+        if self.inner.task_dir(task_id).exists() {
+            let mut f = lock(&self.inner.forgotten);
+            if f.len() >= FORGOTTEN_MAX {
+                f.clear();
+            }
+            f.insert(task_id.to_string());
+        }
     }
 
     fn log_path(&self, task_id: &str) -> Option<PathBuf> {
@@ -1406,7 +1425,10 @@ fn mount_layers(rootfs: &Path, options: &str, work: &Path) -> Result<(), String>
 /// Makes the volume at `dir` as the local driver's options say (`type`, `device`, `o`, as
 /// `mount -t TYPE -o O DEVICE DIR`; type `none` with `o=bind` binds `device`), unless it is
 /// made already: the first task that uses it creates it, the next ones share it.
-fn mount_volume(dir: &Path, opts: &std::collections::BTreeMap<String, String>) -> Result<(), String> {
+fn mount_volume(
+    dir: &Path,
+    opts: &std::collections::BTreeMap<String, String>,
+) -> Result<(), String> {
     use nix::mount::MsFlags;
     if is_mountpoint(dir) {
         return Ok(());

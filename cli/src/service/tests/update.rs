@@ -368,16 +368,32 @@ fn volume_driver_local_and_its_options() {
     .unwrap();
     assert_eq!(
         m.volume_options,
-        [("device", "tmpfs"), ("o", "size=1m,uid=1000"), ("type", "tmpfs")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        [
+            ("device", "tmpfs"),
+            ("o", "size=1m,uid=1000"),
+            ("type", "tmpfs")
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
     );
     for (flag, want) in [
-        ("type=bind,source=/s,target=/d,volume-opt=type=tmpfs", "cannot mix 'volume-opt' options with mount type 'bind'"),
-        ("type=volume,source=d,target=/d,volume-opt=tmpfs", "invalid volume-opt \"tmpfs\": use volume-opt=KEY=VALUE"),
-        ("type=volume,source=d,target=/d,volume-opt=size=1m", "unknown volume option \"size\": the local driver takes type, device and o"),
-        ("type=volume,source=d,target=/d,\"volume-opt=o=a", "a quote is not closed"),
+        (
+            "type=bind,source=/s,target=/d,volume-opt=type=tmpfs",
+            "cannot mix 'volume-opt' options with mount type 'bind'",
+        ),
+        (
+            "type=volume,source=d,target=/d,volume-opt=tmpfs",
+            "invalid volume-opt \"tmpfs\": use volume-opt=KEY=VALUE",
+        ),
+        (
+            "type=volume,source=d,target=/d,volume-opt=size=1m",
+            "unknown volume option \"size\": the local driver takes type, device and o",
+        ),
+        (
+            "type=volume,source=d,target=/d,\"volume-opt=o=a",
+            "a quote is not closed",
+        ),
     ] {
         let e = parse_mount(flag).unwrap_err();
         assert!(e.contains(want), "{flag}: {e}");
