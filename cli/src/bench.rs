@@ -654,6 +654,10 @@ pub struct Figures {
     /// Seconds from `service create` to all RUNNING, or to the stop.
     pub seconds: f64,
     pub all_running: bool,
+    /// Seconds until the store held every task (0: not reached), and until every task was
+    /// seen assigned.
+    pub all_created_s: f64,
+    pub all_assigned_s: f64,
     pub tasks_per_s: f64,
     /// Created → ASSIGNED, over the tasks seen assigned.
     pub latency_p50_ms: i64,
@@ -689,6 +693,18 @@ impl Figures {
             );
         }
         println!("throughput: {:.0} tasks/s", self.tasks_per_s);
+        let at = |s: f64| {
+            if s > 0.0 {
+                format!("{s:.2}s")
+            } else {
+                "not reached".into()
+            }
+        };
+        println!(
+            "all created: {}, all assigned: {}",
+            at(self.all_created_s),
+            at(self.all_assigned_s)
+        );
         println!(
             "scheduling latency (created -> assigned): p50 {} ms, p99 {} ms ({} tasks)",
             self.latency_p50_ms, self.latency_p99_ms, self.latency_samples
@@ -824,6 +840,16 @@ async fn measure(
             }
             if last_check.elapsed() >= Duration::from_millis(100) {
                 last_check = Instant::now();
+                // When the orchestrator had created every task, and the scheduler placed
+                // every one: where the time to all RUNNING went.
+                if fig.all_created_s == 0.0
+                    && leader.store.view(|d| d.tasks.len() as u64) >= cfg.tasks
+                {
+                    fig.all_created_s = start.elapsed().as_secs_f64();
+                }
+                if fig.all_assigned_s == 0.0 && assigned.len() as u64 >= cfg.tasks {
+                    fig.all_assigned_s = start.elapsed().as_secs_f64();
+                }
                 // Counted from the events (a scan of every task would hold the store up).
                 let running = running.len() as u64;
                 fig.running = running;
