@@ -204,7 +204,7 @@ async fn bench(
         .map(|i| format!("bench-raft-{i}"))
         .collect();
     for id in &services {
-        ops.push(Op::Create(Object::Service(service(id))));
+        ops.push(Op::Create(Object::Service(Box::new(service(id)))));
     }
     propose_all(&leader, ops).await?;
     crate::bench::managers_joined(&leader, cfg.managers).await?;

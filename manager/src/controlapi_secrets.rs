@@ -343,8 +343,8 @@ mod tests {
         store.apply(
             3,
             &Txn::new(vec![
-                Op::Create(Object::Service(svc)),
-                Op::Create(Object::Service(moved_on)),
+                Op::Create(Object::Service(Box::new(svc))),
+                Op::Create(Object::Service(Box::new(moved_on))),
             ]),
         );
         store.view(|d| {

@@ -429,7 +429,9 @@ impl ControlApi {
             crate::limits::check_task_limits(d, &spec, None)?;
             let mut service = service.clone();
             with_spec(d, &mut service, spec.clone())?;
-            Ok(Txn::new(vec![Op::Create(Object::Service(service))]))
+            Ok(Txn::new(vec![Op::Create(Object::Service(Box::new(
+                service,
+            )))]))
         })
         .await?;
         self.mgr.store.view(|d| {
@@ -523,7 +525,7 @@ impl ControlApi {
                     },
                 });
             }
-            Ok(Txn::new(vec![Op::Update(Object::Service(s))]))
+            Ok(Txn::new(vec![Op::Update(Object::Service(Box::new(s)))]))
         })
         .await?;
         self.mgr.store.view(|d| {

@@ -124,7 +124,8 @@ mod tests {
             t.service_id = service.into();
             Change::Put(Object::Task(t))
         };
-        let service = |id: &str| Change::Put(Object::Service(service_object(id, &[], vec![])));
+        let service =
+            |id: &str| Change::Put(Object::Service(Box::new(service_object(id, &[], vec![]))));
         assert_eq!(touches(&event(vec![task("other")]), "s1"), (false, false));
         assert_eq!(
             touches(&event(vec![service("other")]), "s1"),

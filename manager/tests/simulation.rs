@@ -684,7 +684,7 @@ async fn run_seed(seed: u64) -> Vec<String> {
         ("web", ServiceMode::Replicated { replicas: 6 }),
         ("agent", ServiceMode::Global),
     ] {
-        ops.push(Op::Create(Object::Service(Service {
+        ops.push(Op::Create(Object::Service(Box::new(Service {
             endpoint: Default::default(),
             id: name.into(),
             version: 0,
@@ -694,7 +694,7 @@ async fn run_seed(seed: u64) -> Vec<String> {
             update_status: None,
             created_at_ms: 0,
             updated_at_ms: 0,
-        })));
+        }))));
     }
     let boot = async {
         loop {
@@ -796,7 +796,7 @@ async fn run_seed(seed: u64) -> Vec<String> {
                     let mut s = d.services.get("web")?.clone();
                     s.spec.mode = ServiceMode::Replicated { replicas };
                     s.spec_version += 1;
-                    Some(Txn::new(vec![Op::Update(Object::Service(s))]))
+                    Some(Txn::new(vec![Op::Update(Object::Service(Box::new(s)))]))
                 })
                 .await;
             }
@@ -814,7 +814,7 @@ async fn run_seed(seed: u64) -> Vec<String> {
                         completed_ms: 0,
                         message: String::new(),
                     });
-                    Some(Txn::new(vec![Op::Update(Object::Service(s))]))
+                    Some(Txn::new(vec![Op::Update(Object::Service(Box::new(s)))]))
                 })
                 .await;
             }

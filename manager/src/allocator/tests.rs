@@ -172,8 +172,11 @@ fn endpoint_gets_vips_and_ports() {
     let mut d2 = d.clone();
     let mut web = s.clone();
     web.endpoint = ep;
-    d2.apply_txn(3, &Txn::new(vec![Op::Create(Object::Service(web))]))
-        .unwrap();
+    d2.apply_txn(
+        3,
+        &Txn::new(vec![Op::Create(Object::Service(Box::new(web)))]),
+    )
+    .unwrap();
     let other = service("api", &[], vec![port(8080, 80)]);
     let e = allocate_endpoint(&d2, "api", &other.spec, &Default::default()).unwrap_err();
     assert_eq!(

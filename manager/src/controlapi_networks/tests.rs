@@ -56,12 +56,12 @@ fn remove_is_refused_while_services_use_it() {
     let mut a = service("a", &["net1"], vec![]);
     a.endpoint =
         crate::allocator::allocate_endpoint(&d, "a", &a.spec, &Default::default()).unwrap();
-    d.apply_txn(3, &Txn::new(vec![Op::Create(Object::Service(a))]))
+    d.apply_txn(3, &Txn::new(vec![Op::Create(Object::Service(Box::new(a)))]))
         .unwrap();
     let mut b = service("b", &["net1"], vec![port(80, 80)]);
     b.endpoint =
         crate::allocator::allocate_endpoint(&d, "b", &b.spec, &Default::default()).unwrap();
-    d.apply_txn(4, &Txn::new(vec![Op::Create(Object::Service(b))]))
+    d.apply_txn(4, &Txn::new(vec![Op::Create(Object::Service(Box::new(b)))]))
         .unwrap();
     let e = check_remove(&d, &d.networks["net1"]).unwrap_err();
     assert!(

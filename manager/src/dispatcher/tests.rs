@@ -65,8 +65,8 @@ fn net_state_lists_peers_services_and_backends() {
     d.apply_txn(
         5,
         &Txn::new(vec![
-            Op::Create(Object::Service(web.clone())),
-            Op::Create(Object::Service(other)),
+            Op::Create(Object::Service(Box::new(web.clone()))),
+            Op::Create(Object::Service(Box::new(other))),
         ]),
     )
     .unwrap();
@@ -417,8 +417,11 @@ fn network_deltas_go_to_the_nodes_that_need_them() {
     }
     d.apply_txn(3, &Txn::new(ops)).unwrap();
     let web = service("web", &["net1"], vec![]);
-    d.apply_txn(4, &Txn::new(vec![Op::Create(Object::Service(web.clone()))]))
-        .unwrap();
+    d.apply_txn(
+        4,
+        &Txn::new(vec![Op::Create(Object::Service(Box::new(web.clone())))]),
+    )
+    .unwrap();
     let mut index = 10;
     let t = task(&d, "t1", &web, "n1", TaskState::Running);
     put(&mut d, &mut index, t);
@@ -584,7 +587,7 @@ async fn the_status_writer_writes_forward_reports_of_a_nodes_own_tasks() {
     let store = Store::new();
     crate::store::DirectProposer::install(&store);
     let svc = service("web", &[], vec![]);
-    let mut ops = vec![Op::Create(Object::Service(svc.clone()))];
+    let mut ops = vec![Op::Create(Object::Service(Box::new(svc.clone())))];
     for id in ["n1", "n2"] {
         let mut n = node(id, id);
         n.state = NodeState::Ready;

@@ -308,7 +308,7 @@ impl<'a> Plan<'a> {
     pub fn into_ops(self) -> Vec<Op> {
         let mut ops = Vec::new();
         for s in self.services.into_values() {
-            ops.push(Op::Update(Object::Service(s)));
+            ops.push(Op::Update(Object::Service(Box::new(s))));
         }
         // Every task a round creates runs its service's current spec (create_task): the
         // entry carries the task without it.

@@ -75,7 +75,7 @@ fn apply(d: &mut StoreData, ops: Vec<Op>) {
                 d.tasks.insert(t.id.clone(), t.to_task(spec, 0));
             }
             Op::Update(Object::Service(s)) => {
-                d.services.insert(s.id.clone(), s);
+                d.services.insert(s.id.clone(), *s);
             }
             Op::Delete { id, .. } => {
                 d.tasks.remove(&id);
@@ -418,7 +418,7 @@ fn tasks_and_nodes_allocated_together() {
     d.apply_txn(
         3,
         &Txn::new(vec![
-            Op::Create(Object::Service(s)),
+            Op::Create(Object::Service(Box::new(s))),
             Op::Create(Object::Node(node("n1"))),
             Op::Create(Object::Node(node("n2"))),
         ]),
@@ -468,7 +468,7 @@ fn tasks_wait_pending_for_a_free_address_then_take_one() {
     d.apply_txn(
         4,
         &Txn::new(vec![
-            Op::Create(Object::Service(s)),
+            Op::Create(Object::Service(Box::new(s))),
             Op::Create(Object::Node(node("n1"))),
         ]),
     )
@@ -724,7 +724,7 @@ async fn components_run_on_a_store_and_a_clock() {
     let store = crate::store::Store::new();
     crate::store::DirectProposer::install(&store);
     let clock = crate::clock::TokioClock::shared(1_700_000_000_000);
-    let mut ops = vec![Op::Create(Object::Service(service(3, "img:1")))];
+    let mut ops = vec![Op::Create(Object::Service(Box::new(service(3, "img:1"))))];
     for n in ["n1", "n2"] {
         ops.push(Op::Create(Object::Node(node(n))));
     }

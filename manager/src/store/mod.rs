@@ -434,7 +434,9 @@ pub struct FileObject {
 pub enum Object {
     Cluster(Cluster),
     Node(Node),
-    Service(Service),
+    /// Boxed: a service is ~2 KB inline, and every object, change and operation was as
+    /// large as the largest kind (each task status write moved 2 KB values about).
+    Service(Box<Service>),
     Task(Task),
     Secret(FileObject),
     Config(FileObject),
@@ -965,7 +967,11 @@ impl StoreData {
             .tasks
             .values()
             .map(|t| Object::Task(t.clone()))
-            .chain(self.services.values().map(|s| Object::Service(s.clone())))
+            .chain(
+                self.services
+                    .values()
+                    .map(|s| Object::Service(Box::new(s.clone()))),
+            )
             .chain(self.nodes.values().map(|n| Object::Node(n.clone())))
             .filter_map(|o| Some((Holder::of(&o)?, self.holdings(&o))))
             .collect();
@@ -1170,7 +1176,10 @@ impl StoreData {
         match o {
             Object::Cluster(c) => self.cluster.replace(c).map(Object::Cluster),
             Object::Node(n) => self.nodes.insert(n.id.clone(), n).map(Object::Node),
-            Object::Service(s) => self.services.insert(s.id.clone(), s).map(Object::Service),
+            Object::Service(s) => self
+                .services
+                .insert(s.id.clone(), *s)
+                .map(|old| Object::Service(Box::new(old))),
             Object::Task(mut t) => {
                 let old = self.tasks.remove(&t.id);
                 if let Some(old) = &old {
@@ -1202,7 +1211,7 @@ impl StoreData {
             Kind::Service => {
                 let old = self.services.remove(id);
                 self.specs.forget(id);
-                old.map(Object::Service)
+                old.map(|s| Object::Service(Box::new(s)))
             }
             Kind::Task => {
                 let old = self.tasks.remove(id)?;
@@ -1539,7 +1548,7 @@ impl StoreData {
             },
             Kind::Service => match self.services.get(id) {
                 Some(s) if !s.endpoint.vips.is_empty() => (
-                    self.holdings(&Object::Service(s.clone())),
+                    self.holdings(&Object::Service(Box::new(s.clone()))),
                     Holder::Service(id.into()),
                 ),
                 _ => return,
@@ -2096,8 +2105,11 @@ pub(crate) mod tests {
         let mut svc = crate::allocator::tests::service("svc", &[], vec![]);
         svc.spec.task.image = "a-long-image-name:with-a-tag".into();
         svc.spec.task.env = (0..20).map(|i| format!("VARIABLE_{i}=value {i}")).collect();
-        d.apply_txn(2, &Txn::new(vec![Op::Create(Object::Service(svc.clone()))]))
-            .unwrap();
+        d.apply_txn(
+            2,
+            &Txn::new(vec![Op::Create(Object::Service(Box::new(svc.clone())))]),
+        )
+        .unwrap();
         let new = |id: &str, spec_version| {
             let mut t = bare_task(id, "");
             t.spec_version = spec_version;
@@ -2641,7 +2653,10 @@ pub(crate) mod tests {
             },
         };
         assert!(d
-            .apply_txn(3, &Txn::new(vec![Op::Create(Object::Service(svc.clone()))]))
+            .apply_txn(
+                3,
+                &Txn::new(vec![Op::Create(Object::Service(Box::new(svc.clone())))])
+            )
             .is_err());
         // Once the task has ended the address is free again.
         let mut t1 = d.tasks["t1"].clone();
@@ -2649,8 +2664,11 @@ pub(crate) mod tests {
         d.apply_txn(4, &Txn::new(vec![Op::Update(Object::Task(t1))]))
             .unwrap();
         assert_eq!(d.addr_holder("n", a), None);
-        d.apply_txn(5, &Txn::new(vec![Op::Create(Object::Service(svc))]))
-            .unwrap();
+        d.apply_txn(
+            5,
+            &Txn::new(vec![Op::Create(Object::Service(Box::new(svc)))]),
+        )
+        .unwrap();
         assert_eq!(d.addr_holder("n", a), Some(&Holder::Service("s".into())));
         // A refused transaction leaves the index as it was (undo goes through put/delete).
         let e = d.apply_txn(
