@@ -238,6 +238,10 @@ pub struct CreateArgs {
     /// Suppress progress output.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Do not query the registry to pin the image's digest (Docker's flag; shoal never does:
+    /// each node resolves the tag when it pulls).
+    #[arg(long)]
+    pub no_resolve_image: bool,
     /// The image, e.g. registry.example:5000/web:v1.
     pub image: String,
     /// The command and its arguments.
@@ -390,6 +394,10 @@ pub struct UpdateArgs {
     /// Suppress progress output.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Do not query the registry to pin the image's digest (Docker's flag; shoal never does:
+    /// each node resolves the tag when it pulls).
+    #[arg(long)]
+    pub no_resolve_image: bool,
     /// The service: id, unique id prefix or name.
     pub service: String,
 }

@@ -356,3 +356,21 @@ fn env_files_max_per_node_and_detach_values() {
         _ => unreachable!(),
     }
 }
+
+/// Docker's `--no-resolve-image` is taken on create and update and leaves the image as
+/// written (shoal never pins digests).
+#[test]
+fn no_resolve_image_is_taken() {
+    match parse(&["create", "--no-resolve-image", "web:v1"]) {
+        ServiceCmd::Create(a) => {
+            assert!(a.no_resolve_image);
+            let spec = build_spec(&a, "web".into()).unwrap();
+            assert_eq!(spec.task.image, "web:v1");
+        }
+        _ => unreachable!(),
+    }
+    match parse(&["update", "--no-resolve-image", "--image", "web:v2", "web"]) {
+        ServiceCmd::Update(a) => assert!(a.no_resolve_image),
+        _ => unreachable!(),
+    }
+}
