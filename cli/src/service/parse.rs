@@ -188,11 +188,7 @@ pub fn parse_mount(s: &str) -> Result<Mount, String> {
     if let Some(k) = volume_keys.filter(|_| m.kind != MountKind::Volume) {
         return Err(format!(
             "cannot mix '{k}' options with mount type '{}'",
-            match m.kind {
-                MountKind::Bind => "bind",
-                MountKind::Tmpfs => "tmpfs",
-                MountKind::Volume => "volume",
-            }
+            super::render::kebab(&m.kind)
         ));
     }
     if let Some(e) = m.volume_options_error() {

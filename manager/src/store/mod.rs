@@ -427,9 +427,6 @@ pub struct FileObject {
 }
 
 /// The object kinds the store holds.
-// Objects are moved whole through transactions and events; boxing the larger variants would
-// add an allocation per object for no gain.
-#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Object {
     Cluster(Cluster),
@@ -595,7 +592,6 @@ pub mod op_stats {
 }
 
 /// How to take back an operation of a transaction that fails further on.
-#[allow(clippy::large_enum_variant)]
 enum Undo {
     /// Put the object back as it was (None: it did not exist).
     Object(Kind, String, Option<Object>),
@@ -694,6 +690,7 @@ pub enum TxnOutcome {
     Batch(Vec<TxnOutcome>),
 }
 
+// Nearly every change is a Put: boxing it would add an allocation per change.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Change {
